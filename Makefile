@@ -1,0 +1,44 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create .venv and install midol with its dev extras when needed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.midol-installed
+# torch/torchvision are installed first and explicitly: this pair is the one the
+# build machines carry; elsewhere override, e.g. `make TORCH_SPEC="torch torchvision" test`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO   ?= demo
+# Tests run on 2 cores; more threads than cores only adds contention.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: demo test lint bench clean-demo help
+
+help:
+	@echo "make demo   - set up .venv and run the whole pipeline on the embedded synthetic data"
+	@echo "make test   - set up .venv and run the full test suite"
+	@echo "make lint   - ruff check"
+	@echo "make bench  - CPU benchmarks (ratios against same-run baselines)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check midol_cli tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/loader.py
+
+clean-demo:
+	rm -rf $(DEMO)

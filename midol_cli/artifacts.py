@@ -1,0 +1,141 @@
+"""Files the stages exchange: their schemas, atomic writes, provenance.
+
+Stages talk only through files (ARCHITECTURE.md). Every artifact records what
+produced it: package version, command, parameters and input hashes.
+
+Manifest (Parquet, written by ``ingest``, read by ``shard``/``probe``): one row per
+file found, accepted or rejected. Columns are ``MANIFEST_COLUMNS``; the
+table-level metadata key ``b"midol"`` holds a JSON provenance record with at
+least ``root`` (the absolute raw folder), ``layout`` and ``version``.
+
+Shards (``shard``): WebDataset tars ``shard-NNNNNN.tar``; each sample is
+``<key>.png`` or ``<key>.jpg`` plus ``<key>.json`` holding ``SHARD_META_KEYS``;
+``index.json`` beside them (see data/shards.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from midol_cli import __version__
+
+# One row per image file (status "ok") or per file that could not be used
+# (status "rejected", with a reason). Labels are strings: single-label tasks use
+# ``label``; multi-label rows keep every finding in ``labels`` and join them with
+# "|" in ``label``. An image with no label has label "" and labels [].
+MANIFEST_COLUMNS: dict[str, str] = {
+    "sample_id": "string",  # stable: sha1(dataset + '/' + path)[:16]
+    "path": "string",  # posix path relative to the raw root
+    "modality": "string",
+    "dataset": "string",  # e.g. aptos2019, ham10000, oct2017, chestxray14, nct-crc, or the folder name
+    "layout": "string",  # the layout module that read it
+    "label": "string",
+    "labels": "list<string>",
+    "group": "string",  # patient / lesion / slide id; the file's own id when none exists
+    "split": "string",  # train | val | test
+    "split_source": "string",  # official | derived
+    "width": "int32",
+    "height": "int32",
+    "channels": "int8",
+    "bit_depth": "int8",
+    "format": "string",  # JPEG, PNG, TIFF, BMP, WEBP, DICOM
+    "intensity": "string",  # how pixels became 8-bit (DICOM window policy, 16->8 scaling); "" for 8-bit
+    "sha256": "string",
+    "bytes": "int64",
+    "mtime_ns": "int64",
+    "status": "string",  # ok | rejected
+    "reason": "string",  # why rejected; "" for ok rows
+    "duplicate_of": "string",  # sample_id of the first file with the same sha256, or ""
+}
+
+SHARD_META_KEYS = (
+    "sample_id",
+    "modality",
+    "label",
+    "labels",
+    "group",
+    "split",
+    "dataset",
+    "orig_width",
+    "orig_height",
+)
+
+SPLITS = ("train", "val", "test")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stable_id(*parts: str, n: int = 16) -> str:
+    return hashlib.sha1("/".join(parts).encode("utf-8")).hexdigest()[:n]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success.
+
+    A reader never sees a half-written file: either the old one or the new one.
+    On error the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """What produced an artifact: version, command line, plus caller-specific fields."""
+    rec: dict[str, Any] = {
+        "midol_version": __version__,
+        "command": " ".join(sys.argv),
+    }
+    rec.update(extra)
+    return rec
+
+
+def is_within(child: str | os.PathLike[str], parent: str | os.PathLike[str]) -> bool:
+    """True when ``child`` resolves inside ``parent`` (used to refuse writes into raw data)."""
+    try:
+        Path(child).resolve().relative_to(Path(parent).resolve())
+        return True
+    except ValueError:
+        return False

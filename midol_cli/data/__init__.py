@@ -1,0 +1,1 @@
+"""Data plane: readers, dataset layouts, manifests, shards, loaders, transforms, synthetic data."""

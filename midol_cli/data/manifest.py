@@ -1,0 +1,78 @@
+"""The manifest: one Parquet file per ingested folder (schema in artifacts.MANIFEST_COLUMNS)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from midol_cli.artifacts import MANIFEST_COLUMNS, atomic_path, sha256_file
+from midol_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+META_KEY = b"midol"
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "list<string>": pa.list_(pa.string()),
+        "int8": pa.int8(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+    }
+    return pa.schema([(name, types[t]) for name, t in MANIFEST_COLUMNS.items()])
+
+
+def empty_row() -> dict[str, Any]:
+    """A row with every column present and neutral values (for rejects that never decoded)."""
+    row: dict[str, Any] = {}
+    for name, t in MANIFEST_COLUMNS.items():
+        row[name] = [] if t == "list<string>" else ("" if t == "string" else 0)
+    return row
+
+
+def write_manifest(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) -> None:
+    """Write ``df`` (all MANIFEST_COLUMNS) with provenance ``meta`` atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest is missing columns {missing}")
+    schema = _arrow_schema().with_metadata({META_KEY: json.dumps(meta, default=str).encode()})
+    table = pa.Table.from_pandas(df[list(MANIFEST_COLUMNS)], schema=schema, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_manifest(path: str | Path, only_ok: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a manifest; return (rows, provenance). ``only_ok`` drops rejected rows."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"manifest '{path}' does not exist; create it with `midol ingest`")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a non-Parquet file
+        raise UsageError(f"manifest '{path}' is not a readable Parquet file ({type(e).__name__})") from None
+    missing = [c for c in ("sample_id", "path", "modality", "status") if c not in table.column_names]
+    if missing:
+        raise UsageError(f"'{path}' is not a midol manifest (missing columns: {', '.join(missing)})")
+    raw_meta = (table.schema.metadata or {}).get(META_KEY, b"{}")
+    meta = json.loads(raw_meta.decode())
+    df = table.to_pandas()
+    if "labels" in df.columns:
+        df["labels"] = df["labels"].apply(lambda v: [] if v is None else list(v))
+    if only_ok:
+        df = df[df["status"] == "ok"].reset_index(drop=True)
+    return df, meta
+
+
+def manifest_hash(path: str | Path) -> str:
+    return sha256_file(path)[:16]

@@ -1,0 +1,289 @@
+"""Recipes: YAML checked by pydantic, with ``key.sub=value`` overrides.
+
+Rules (ARCHITECTURE.md): defaults live in code, YAML files override only what
+differs, unknown keys are errors (``extra="forbid"``), every problem is reported
+at once with its dotted key and the bad value, and the resolved recipe is
+written next to every output.
+
+A YAML file may start with ``inherit: other.yaml`` (relative to itself): the
+other file is loaded first and this one is merged over it. Ablation recipes use
+this so that each is a one-line switch away from its parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from midol_cli.errors import UsageError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- pretraining
+
+
+class ModelCfg(Strict):
+    arch: str = Field("swin_base_patch4_window7_224", description="any timm model name")
+    img_size: int = Field(224, ge=16)
+    arch_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra timm constructor args (tiny test models: embed_dim, depths, ...)"
+    )
+    weights: str | None = Field(None, description="local .pth/.safetensors to initialise the encoder from")
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+    grad_checkpointing: bool = False
+
+
+class ProjectorCfg(Strict):
+    hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    n_prototypes: int = Field(4096, ge=2)
+    n_layers: int = Field(3, ge=1)
+    shared_expert: bool = Field(False, description="ablation no_moe: one expert for every modality (K=1)")
+
+
+class LossCfg(Strict):
+    intra: Literal["distill", "contrastive"] = "distill"
+    w_intra: float = Field(1.0, ge=0)
+    w_inter: float = Field(1.0, ge=0)
+    w_route: float = Field(0.1, ge=0)
+    inter_ramp_frac: float = Field(0.1, ge=0, le=1, description="w_inter rises linearly over this fraction of steps")
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.04, gt=0)
+    teacher_temp_warmup: float = Field(0.04, gt=0, description="teacher temperature at step 0")
+    teacher_temp_warmup_frac: float = Field(0.1, ge=0, le=1)
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    contrastive_temp: float = Field(0.1, gt=0)
+    queue_size: int = Field(1024, ge=0, description="per-modality queue of teacher keys (contrastive)")
+    freeze_prototypes_frac: float = Field(0.02, ge=0, le=1, description="prototype layer frozen for this fraction")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> LossCfg:
+        if self.w_intra == 0 and self.w_inter == 0 and self.w_route == 0:
+            raise ValueError("at least one of w_intra, w_inter, w_route must be > 0")
+        return self
+
+
+class AugCfg(Strict):
+    """Augmentations for one modality. Views are (global_views x img_size) + (local_views x local_size)."""
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    hflip: bool = True
+    vflip: bool = False
+    rot90: bool = False
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.0, ge=0, le=0.5)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    blur_p: float = Field(0.2, ge=0, le=1)
+    grayscale: bool = Field(False, description="the modality is grayscale: colour jitter touches intensity only")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1] <= 1):
+            raise ValueError("crop_scale must satisfy 0 < min <= max <= 1")
+        return v
+
+
+def default_augs() -> dict[str, AugCfg]:
+    """Per-modality defaults: no hue for grayscale modalities, flips/rotations where anatomy allows."""
+    return {
+        # Chest X-ray: left/right matters (heart side), so no horizontal flip.
+        "xray": AugCfg(hflip=False, saturation=0.0, grayscale=True, crop_scale=(0.5, 1.0)),
+        "fundus": AugCfg(hflip=True, vflip=False, hue=0.02, saturation=0.2),
+        "oct": AugCfg(hflip=True, saturation=0.0, grayscale=True, crop_scale=(0.5, 1.0)),
+        "dermoscopy": AugCfg(hflip=True, vflip=True, rot90=True, hue=0.05),
+        # Histology has no canonical orientation: all 8 dihedral transforms are valid.
+        "pathology": AugCfg(hflip=True, vflip=True, rot90=True, hue=0.05, saturation=0.3),
+    }
+
+
+class DataCfg(Strict):
+    shards: str = Field("shards", description="folder written by `midol shard`")
+    modalities: list[str] = Field(default_factory=lambda: ["xray", "fundus", "oct", "dermoscopy", "pathology"])
+    split: str | None = Field("train", description="use only samples of this split; null for all")
+    global_views: int = Field(2, ge=2)
+    local_views: int = Field(0, ge=0)
+    local_size: int = Field(96, ge=16)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    augment: dict[str, AugCfg] = Field(default_factory=default_augs)
+    num_workers: int = Field(4, ge=0)
+    shuffle_buffer: int = Field(2000, ge=1)
+
+    @field_validator("modalities")
+    @classmethod
+    def _mods(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one modality")
+        if len(set(v)) != len(v):
+            raise ValueError("modalities must be unique")
+        from midol_cli.modalities import check_modality
+
+        return [check_modality(m, declared=v, allow_new=True) for m in v]
+
+
+class OptimCfg(Strict):
+    global_batch_size: int = Field(1024, ge=1, description="images per optimiser step over all ranks")
+    accum_steps: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0, description="peak LR for a global batch of 256; scaled linearly")
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_frac: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.04, ge=0)
+    weight_decay_end: float = Field(0.4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = Field(3.0, gt=0)
+    fused: bool = Field(True, description="fused AdamW where the device supports it")
+
+
+class TrainCfg(Strict):
+    steps: int = Field(100_000, ge=1)
+    momentum_teacher: float = Field(0.996, ge=0, le=1)
+    momentum_teacher_end: float = Field(1.0, ge=0, le=1)
+    routing: Literal["label", "learned"] = "label"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = Field(20, ge=1)
+    ckpt_every: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1)
+    max_bad_steps: int = Field(5, ge=1)
+    collapse_ratio: float = Field(0.95, gt=0, le=1, description="warn when teacher entropy stays above this x log P")
+
+
+class PretrainRecipe(Strict):
+    name: str = "midol"
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    projector: ProjectorCfg = Field(default_factory=ProjectorCfg)
+    loss: LossCfg = Field(default_factory=LossCfg)
+    data: DataCfg = Field(default_factory=DataCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+
+    @model_validator(mode="after")
+    def _augs_cover(self) -> PretrainRecipe:
+        defaults = default_augs()
+        for m in self.data.modalities:
+            if m not in self.data.augment:
+                # A user-declared modality without its own augmentations gets the photographic default.
+                self.data.augment[m] = defaults.get(m, AugCfg())
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe file (following ``inherit:``) into a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe '{path}' does not exist; pass a YAML file such as recipes/smoke.yaml")
+    if path.resolve() in _seen:
+        raise UsageError(f"recipe '{path}' inherits from itself")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UsageError(f"recipe '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe '{path}' must be a mapping of keys to values")
+    parent = data.pop("inherit", None)
+    if parent is not None:
+        base = read_yaml((path.parent / str(parent)), (*_seen, path.resolve()))
+        data = _merge(base, data)
+    return data
+
+
+def parse_overrides(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "data.modalities=[xray,oct]"]`` -> nested dict. Values are YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for tok in tokens:
+        if "=" not in tok:
+            raise UsageError(f"override '{tok}' must look like key.sub=value (e.g. optim.lr=1e-3)")
+        key, raw = tok.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise UsageError(f"override '{tok}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"override '{tok}' conflicts with an earlier override of '{p}'")
+        node[parts[-1]] = value
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        bad = e.get("input")
+        shown = json.dumps(bad, default=str) if not isinstance(bad, dict) else "{...}"
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        problems.append(f"{key}: {msg} (got {shown})")
+    n = len(problems)
+    return f"{source} has {n} problem{'s' if n > 1 else ''}: " + "; ".join(problems)
+
+
+def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(format_validation_error(e, source)) from None
+
+
+def load_recipe(schema: type[T], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Load ``path`` (or the schema defaults when None), apply overrides, validate everything at once."""
+    data = read_yaml(path) if path is not None else {}
+    data = _merge(data, parse_overrides(list(overrides)))
+    src = f"recipe '{path}'" if path is not None else "recipe"
+    if overrides:
+        src += " with overrides"
+    return validate(schema, data, src)
+
+
+def recipe_dict(recipe: BaseModel) -> dict[str, Any]:
+    return recipe.model_dump(mode="json")
+
+
+def recipe_hash(recipe: BaseModel) -> str:
+    blob = json.dumps(recipe_dict(recipe), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dump_recipe(recipe: BaseModel, path: str | Path) -> None:
+    """Write the resolved recipe (every default filled in) atomically as YAML."""
+    from midol_cli.artifacts import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(recipe_dict(recipe), sort_keys=False))
