@@ -128,9 +128,16 @@ class DataCfg(Strict):
             raise ValueError("list at least one modality")
         if len(set(v)) != len(v):
             raise ValueError("modalities must be unique")
+        from midol_cli.errors import UsageError
         from midol_cli.modalities import check_modality
 
-        return [check_modality(m, declared=v, allow_new=True) for m in v]
+        out = []
+        for m in v:
+            try:
+                out.append(check_modality(m, allow_new=True))
+            except UsageError as e:  # collected with the other problems, not raised alone
+                raise ValueError(str(e)) from None
+        return out
 
 
 class OptimCfg(Strict):

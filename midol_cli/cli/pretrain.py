@@ -1,0 +1,52 @@
+"""`midol pretrain`: M-IDoL self-supervised pre-training from shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "pretrain",
+        help=(
+            "Pre-train an M-IDoL encoder (student + EMA teacher + MoE projector) on shards.\n\n"
+            "Examples:\n\n"
+            "  midol pretrain recipes/smoke.yaml data.shards=demo/shards --out runs/smoke\n\n"
+            "  torchrun --nproc_per_node 8 -m midol_cli pretrain recipes/base.yaml --out runs/base --resume auto"
+        ),
+        context_settings={"allow_extra_args": False},
+    )
+    def pretrain(
+        recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+        overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. optim.lr=1e-3"),
+        out: Path = typer.Option(None, "--out", help="Run dir (default: runs/<recipe name>)."),
+        resume: str = typer.Option(None, "--resume", help="'auto' (newest checkpoint in the run dir) or a ckpt file."),
+        max_steps: int = typer.Option(None, "--max-steps", help="Stop after this step without changing schedules."),
+    ) -> None:
+        from midol_cli.recipes import PretrainRecipe, load_recipe
+
+        r = load_recipe(PretrainRecipe, recipe, overrides or [])
+        run_dir = out or Path("runs") / r.name
+        from midol_cli.train.pretrain import run_pretrain
+
+        summary = run_pretrain(r, run_dir, resume=resume, max_steps=max_steps)
+        import os
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            from midol_cli.cli._common import console
+
+            c = console()
+            last = summary.get("last", {})
+            c.print(f"[bold]pretrain[/] finished at step {summary['steps']} -> {run_dir}")
+            if last:
+                c.print(
+                    f"loss {last.get('loss', float('nan')):.4f}  intra {last.get('loss_intra', float('nan')):.4f}  "
+                    f"inter {last.get('loss_inter', float('nan')):.4f}  route {last.get('loss_route', float('nan')):.4f}  "
+                    f"router acc {last.get('router_acc', float('nan')):.3f}"
+                )
+            if "export" in summary:
+                c.print(f"exported encoder: {summary['export']['encoder']}")
+            if summary.get("collapse_warning"):
+                c.print("[yellow]collapse warning was raised during this run (see metrics.jsonl)[/]")

@@ -1,0 +1,81 @@
+"""L_intra, ``contrastive`` reading: InfoNCE inside the sample's own expert subspace.
+
+Fine-grained discrimination within a modality (arXiv 2604.08936; docs/method.md,
+"Two readings"): the student's embedding of view b in expert e_i must pick out
+the teacher's embedding of the same image's other view a among negatives drawn
+ONLY from images of the same modality: the rest of the global batch (all ranks)
+with the same e_i, plus a per-modality queue of earlier teacher keys. Other
+modalities are excluded on purpose: separating a fundus image from an X-ray is
+L_inter's job; this term must tell one fundus image from another.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from midol_cli.train.distributed import all_gather_cat, rank_offset
+
+
+class IntraContrastiveLoss(nn.Module):
+    def __init__(self, n_experts: int, dim: int, queue_size: int = 1024, temperature: float = 0.1):
+        super().__init__()
+        self.temperature = temperature
+        self.queue_size = queue_size
+        self.register_buffer("queue", F.normalize(torch.randn(n_experts, max(queue_size, 1), dim), dim=-1))
+        self.register_buffer("queue_ptr", torch.zeros(n_experts, dtype=torch.long))
+        self.register_buffer("queue_len", torch.zeros(n_experts, dtype=torch.long))
+
+    def forward(
+        self, student_emb: torch.Tensor, teacher_emb: torch.Tensor, expert: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """student_emb ``[Vs, B, d]``, teacher_emb ``[Vt, B, d]`` (own expert, L2-normalised), expert ``[B]``."""
+        b = expert.shape[0]
+        k, q_size, d = self.queue.shape
+        exp_all = all_gather_cat(expert)  # [G]
+        same = exp_all.unsqueeze(0) == expert.unsqueeze(1)  # [B, G]
+        pos = rank_offset(b) + torch.arange(b, device=expert.device)
+        # Queue keys of the sample's own modality, only the filled slots.
+        slot = torch.arange(q_size, device=expert.device)
+        filled = slot.unsqueeze(0) < self.queue_len.unsqueeze(1)  # [K, Q]
+        own_block = F.one_hot(expert, k).bool()  # [B, K]
+        q_mask = (own_block.unsqueeze(-1) & filled.unsqueeze(0)).flatten(1)  # [B, K*Q]
+        queue = self.queue.detach().reshape(k * q_size, d)
+        neg_inf = torch.finfo(student_emb.dtype).min
+        total, n = student_emb.new_zeros(()), 0
+        for a in range(teacher_emb.shape[0]):
+            keys = all_gather_cat(teacher_emb[a].detach())  # [G, d]
+            for v in range(student_emb.shape[0]):
+                if v == a:
+                    continue
+                q = student_emb[v]
+                lb = (q @ keys.T) / self.temperature
+                lb = lb.masked_fill(~same, neg_inf)
+                if self.queue_size > 0:
+                    lq = (q @ queue.T) / self.temperature
+                    lq = lq.masked_fill(~q_mask, neg_inf)
+                    logits = torch.cat([lb, lq], dim=1)
+                else:
+                    logits = lb
+                total = total + F.cross_entropy(logits.float(), pos)
+                n += 1
+        return {"loss": total / max(n, 1)}
+
+    @torch.no_grad()
+    def enqueue(self, teacher_emb: torch.Tensor, expert: torch.Tensor) -> None:
+        """Push the global batch's teacher keys (first view) into each modality's ring buffer."""
+        if self.queue_size == 0:
+            return
+        keys = all_gather_cat(teacher_emb[0].detach().to(self.queue.dtype))
+        exp_all = all_gather_cat(expert)
+        for e in range(self.queue.shape[0]):
+            sel = keys[exp_all == e][-self.queue_size :]
+            n = sel.shape[0]
+            if n == 0:
+                continue
+            ptr = int(self.queue_ptr[e])
+            idx = (ptr + torch.arange(n, device=keys.device)) % self.queue_size
+            self.queue[e, idx] = sel
+            self.queue_ptr[e] = (ptr + n) % self.queue_size
+            self.queue_len[e] = min(int(self.queue_len[e]) + n, self.queue_size)

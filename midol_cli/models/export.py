@@ -1,0 +1,156 @@
+"""Export: the encoder as a plain timm state dict in safetensors, plus the projector and router.
+
+``export/encoder.safetensors`` holds prefix-free, timm-named tensors, so
+
+    timm.create_model(arch, pretrained=True, num_classes=0,
+                      pretrained_cfg_overlay=dict(file="encoder.safetensors"))
+
+loads it with identical outputs (tested). Its metadata (strings) record the
+architecture and its arguments, image size, normalisation, the modality ->
+expert map, the midol version and the recipe hash. ``export/projector.safetensors``
+holds the MoE projector and router so ``embed`` can route images of unknown
+modality. The teacher is exported by default: in self-distillation the EMA
+teacher is the better encoder (DINO, DINOv2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from midol_cli import __version__
+from midol_cli.artifacts import atomic_path
+from midol_cli.errors import UsageError
+
+ENCODER_FILE = "encoder.safetensors"
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def _save(tensors: dict[str, Any], meta: dict[str, str], target: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = "teacher") -> dict[str, Path]:
+    """Write encoder (``out_file``) and projector (beside it) from a pre-training checkpoint."""
+    from midol_cli.train.checkpoint import load_checkpoint
+
+    if which not in ("teacher", "student"):
+        raise UsageError("--which must be teacher or student")
+    state = load_checkpoint(ckpt_path)
+    net = state[which]
+    enc = {k[len("encoder.") :]: v for k, v in net.items() if k.startswith("encoder.")}
+    proj = {k[len("projector.") :]: v for k, v in net.items() if k.startswith("projector.")}
+    # Non-persistent-in-spirit buffers timm rebuilds itself.
+    enc = {k: v for k, v in enc.items() if "relative_position_index" not in k and "attn_mask" not in k}
+    spec = state["encoder_spec"]
+    modalities = list(state["modalities"])
+    meta = {
+        "format": "midol-export-1",
+        "arch": spec["arch"],
+        "img_size": str(spec["img_size"]),
+        "arch_kwargs": json.dumps(spec.get("arch_kwargs", {})),
+        "mean": json.dumps(spec["mean"]),
+        "std": json.dumps(spec["std"]),
+        "modalities": json.dumps(modalities),
+        "expert_map": json.dumps(
+            {m: (0 if state["n_experts"] == 1 else i) for i, m in enumerate(modalities)}
+        ),
+        "n_experts": str(state["n_experts"]),
+        "midol_version": __version__,
+        "recipe_hash": str(state.get("recipe_hash", "")),
+        "step": str(state["step"]),
+        "which": which,
+    }
+    out_file = Path(out_file)
+    _save(enc, meta, out_file)
+    proj_file = out_file.with_name(out_file.name.replace(".safetensors", "") + ".projector.safetensors")
+    if out_file.name == ENCODER_FILE:
+        proj_file = out_file.with_name(PROJECTOR_FILE)
+    recipe = state.get("recipe", {})
+    pmeta = dict(meta)
+    pmeta["projector"] = json.dumps(recipe.get("projector", {}))
+    _save(proj, pmeta, proj_file)
+    return {"encoder": out_file, "projector": proj_file}
+
+
+def export_run(run_dir: str | Path, out_file: str | Path | None = None, which: str = "teacher") -> dict[str, Path]:
+    """Export the newest checkpoint of ``run_dir`` (default target: RUN_DIR/export/encoder.safetensors)."""
+    from midol_cli.train.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run dir '{run_dir}' does not exist")
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise UsageError(f"'{run_dir}' holds no checkpoint (checkpoints/ckpt-*.pt); pre-train first")
+    target = Path(out_file) if out_file else run_dir / "export" / ENCODER_FILE
+    return export_checkpoint(found[-1], target, which)
+
+
+def read_export_meta(path: str | Path) -> dict[str, Any]:
+    """Metadata of an exported encoder, decoded (arch_kwargs, mean, std, modalities as Python values)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"exported encoder '{path}' does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as e:
+        raise UsageError(f"'{path}' is not a readable safetensors file ({type(e).__name__})") from None
+    if meta.get("format") != "midol-export-1":
+        raise UsageError(f"'{path}' is not a midol export (no midol metadata); use timm:<arch>=<file> instead")
+    out: dict[str, Any] = dict(meta)
+    for k in ("arch_kwargs", "mean", "std", "modalities", "expert_map"):
+        out[k] = json.loads(meta[k])
+    out["img_size"] = int(meta["img_size"])
+    out["n_experts"] = int(meta["n_experts"])
+    return out
+
+
+def load_exported_encoder(path: str | Path):
+    """Rebuild the encoder of an export: (module in eval mode, EncoderSpec, metadata)."""
+    from midol_cli.models.encoder import EncoderSpec, build_encoder
+
+    meta = read_export_meta(path)
+    spec = EncoderSpec(
+        arch=meta["arch"],
+        img_size=meta["img_size"],
+        arch_kwargs=meta["arch_kwargs"],
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+    )
+    model = build_encoder(spec, weights=str(path))
+    return model.eval(), spec, meta
+
+
+def load_exported_projector(encoder_path: str | Path, in_dim: int):
+    """The MoE projector + router saved beside an exported encoder, or None if absent."""
+    from safetensors.torch import load_file
+
+    from midol_cli.models.moe import MoEProjector
+
+    encoder_path = Path(encoder_path)
+    cand = encoder_path.with_name(PROJECTOR_FILE)
+    if encoder_path.name != ENCODER_FILE:
+        cand = encoder_path.with_name(encoder_path.name.replace(".safetensors", "") + ".projector.safetensors")
+    if not cand.is_file():
+        return None
+    meta = read_export_meta(cand)
+    cfg = json.loads(meta.get("projector", "{}"))
+    proj = MoEProjector(
+        in_dim,
+        meta["n_experts"],
+        cfg.get("hidden_dim", 2048),
+        cfg.get("bottleneck_dim", 256),
+        cfg.get("n_prototypes", 4096),
+        cfg.get("n_layers", 3),
+    )
+    proj.load_state_dict(load_file(str(cand)))
+    return proj.eval()

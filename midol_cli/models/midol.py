@@ -1,0 +1,221 @@
+"""The M-IDoL student/teacher pair and the per-step objective (docs/method.md).
+
+Keeps the student/teacher wiring apart from the training loop (like DINOv2's
+ssl_meta_arch): the loop calls ``forward_train`` and ``update_teacher`` and knows
+nothing of experts, centres or queues.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from midol_cli.losses.inter import entropy, inter_modality_loss
+from midol_cli.losses.intra_contrastive import IntraContrastiveLoss
+from midol_cli.losses.intra_distill import IntraDistillLoss
+from midol_cli.losses.route import route_loss
+from midol_cli.models.moe import MoEOutput, MoEProjector
+
+
+class EncoderProjector(nn.Module):
+    """Encoder + MoE projector. One ``forward`` per step so DDP sees a single graph."""
+
+    def __init__(self, encoder: nn.Module, projector: MoEProjector) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+
+    def forward(self, global_views: torch.Tensor, local_views: torch.Tensor | None = None) -> MoEOutput:
+        """global_views ``[Vg*B, 3, S, S]``, local_views ``[Vl*B, 3, s, s]`` -> outputs for all views, globals first."""
+        h = self.encoder(global_views)
+        if local_views is not None:
+            h = torch.cat([h, self.encoder(local_views)], dim=0)
+        return self.projector(h)
+
+
+@dataclass
+class StepSchedule:
+    """Values the loop computes from the step: temperatures, weights."""
+
+    teacher_temp: float
+    w_intra: float
+    w_inter: float
+    w_route: float
+
+
+class MIDoL(nn.Module):
+    """Student (trained) and teacher (EMA, never receives gradients)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        n_experts: int,
+        *,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        n_prototypes: int,
+        n_layers: int,
+        intra: str = "distill",
+        routing: str = "label",
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        contrastive_temp: float = 0.1,
+        queue_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if intra not in ("distill", "contrastive"):
+            raise ValueError(f"intra must be distill or contrastive, not {intra}")
+        if routing not in ("label", "learned"):
+            raise ValueError(f"routing must be label or learned, not {routing}")
+        projector = MoEProjector(encoder.num_features, n_experts, hidden_dim, bottleneck_dim, n_prototypes, n_layers)
+        self.student = EncoderProjector(encoder, projector)
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()  # no drop-path in the teacher
+        self.n_experts, self.n_prototypes = n_experts, n_prototypes
+        self.intra_mode, self.routing = intra, routing
+        self.student_temp = student_temp
+        if intra == "distill":
+            self.intra = IntraDistillLoss(n_experts, n_prototypes, student_temp, center_momentum)
+        else:
+            self.intra = IntraContrastiveLoss(n_experts, bottleneck_dim, queue_size, contrastive_temp)
+
+    def train(self, mode: bool = True) -> MIDoL:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ------------------------------------------------------------------ objective
+
+    def forward_train(
+        self,
+        global_views: list[torch.Tensor],
+        local_views: list[torch.Tensor],
+        modality: torch.Tensor,
+        sched: StepSchedule,
+        student: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step's loss.
+
+        global_views: Vg tensors ``[B, 3, S, S]`` (Vg >= 2); local_views: Vl tensors
+        ``[B, 3, s, s]``; modality ``[B]`` (index into the recipe's modality list).
+        ``student`` is the DDP-wrapped student when distributed. Returns the total
+        loss and detached statistics (read to the host only at log steps).
+        """
+        student = student if student is not None else self.student
+        b = modality.shape[0]
+        vg, vl = len(global_views), len(local_views)
+        g = torch.cat(global_views, 0)
+        loc = torch.cat(local_views, 0) if local_views else None
+        s_out = student(g, loc)
+        with torch.no_grad():
+            t_out = self.teacher(g)
+        k, p = self.n_experts, self.n_prototypes
+        s_scores = s_out.scores.float().view(vg + vl, b, k, p)
+        t_scores = t_out.scores.float().view(vg, b, k, p)
+        s_router = s_out.router_logits.view(vg + vl, b, k)
+
+        if k == 1:
+            expert = torch.zeros_like(modality)
+        elif self.routing == "label":
+            expert = modality
+        else:  # learned: the teacher router decides, averaged over the global views
+            expert = t_out.router_logits.view(vg, b, k).float().mean(0).argmax(-1)
+
+        def own(x: torch.Tensor) -> torch.Tensor:  # [V, B, K, X] -> [V, B, X]
+            idx = expert.view(1, b, 1, 1).expand(x.shape[0], b, 1, x.shape[-1])
+            return x.gather(2, idx).squeeze(2)
+
+        stats: dict[str, torch.Tensor] = {}
+        if self.intra_mode == "distill":
+            out = self.intra(own(s_scores), own(t_scores), expert, sched.teacher_temp)
+            l_intra = out["loss"]
+            t_probs = out["teacher_probs"]  # [Vg, B, P]
+        else:
+            s_emb = s_out.emb.float().view(vg + vl, b, k, -1)
+            t_emb = t_out.emb.float().view(vg, b, k, -1)
+            l_intra = self.intra(own(s_emb), own(t_emb), expert)["loss"]
+            t_probs = torch.softmax(own(t_scores) / sched.teacher_temp, dim=-1)
+
+        inter_parts = [inter_modality_loss(s_scores[v], expert, self.student_temp) for v in range(vg + vl)]
+        l_inter = torch.stack([d["loss"] for d in inter_parts]).mean()
+        route = route_loss(s_router.flatten(0, 1), expert.repeat(vg + vl))
+        # Every term stays in the graph even at weight 0, so DDP always sees every parameter used.
+        loss = sched.w_intra * l_intra + sched.w_inter * l_inter + sched.w_route * route["loss"]
+
+        with torch.no_grad():
+            stats["loss"] = loss.detach()
+            stats["loss_intra"] = l_intra.detach()
+            stats["loss_inter"] = l_inter.detach()
+            stats["loss_route"] = route["loss"].detach()
+            for name in ("specificity", "marginal_entropy", "block_entropy"):
+                stats[f"inter_{name}"] = torch.stack([d[name] for d in inter_parts]).mean().detach()
+            stats["router_acc"] = (s_router[:vg].argmax(-1) == modality.unsqueeze(0)).float().mean()
+            stats.update(self._expert_stats(t_probs, s_out, expert, modality, vg, b))
+            self._teacher_state = (t_scores, t_out, expert)
+        return loss, stats
+
+    @torch.no_grad()
+    def _expert_stats(self, t_probs, s_out, expert, modality, vg, b) -> dict[str, torch.Tensor]:
+        """Collapse diagnostics per expert (METHOD.md): teacher entropy, embedding std, router accuracy.
+
+        Returned as ``[K]`` tensors plus the sample count per expert; NaN where an
+        expert had no sample in this batch.
+        """
+        from midol_cli.train.distributed import all_reduce_sum
+
+        k = self.n_experts
+        ent = entropy(t_probs).mean(0)  # [B]
+        onehot = torch.nn.functional.one_hot(expert, k).float()  # [B, K]
+        emb = s_out.emb.float().view(-1, b, k, s_out.emb.shape[-1])[0]  # first view [B, K, d]
+        own_emb = emb.gather(1, expert.view(b, 1, 1).expand(b, 1, emb.shape[-1])).squeeze(1)  # [B, d]
+        router_ok = (s_out.router_logits.view(-1, b, k)[:vg].float().mean(0).argmax(-1) == modality).float()
+        count = all_reduce_sum(onehot.sum(0))
+        ent_sum = all_reduce_sum(onehot.T @ ent)
+        r_sum = all_reduce_sum(onehot.T @ router_ok)
+        e1 = all_reduce_sum(onehot.T @ own_emb)  # [K, d]
+        e2 = all_reduce_sum(onehot.T @ own_emb.pow(2))
+        n = count.clamp_min(1).unsqueeze(1)
+        var = (e2 / n - (e1 / n).pow(2)) * (n / (n - 1).clamp_min(1))
+        nan = torch.full_like(count, float("nan"))
+        has = count > 0
+        return {
+            "expert_count": count,
+            "teacher_entropy": torch.where(has, ent_sum / count.clamp_min(1), nan),
+            "emb_std": torch.where(count > 1, var.clamp_min(0).sqrt().mean(1), nan),
+            "expert_router_acc": torch.where(has, r_sum / count.clamp_min(1), nan),
+        }
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Update the statistics that follow the teacher (centre or queue) with this step's outputs."""
+        t_scores, t_out, expert = self._teacher_state
+        if isinstance(self.intra, IntraDistillLoss):
+            b = expert.shape[0]
+            own = t_scores.gather(2, expert.view(1, b, 1, 1).expand(t_scores.shape[0], b, 1, t_scores.shape[-1]))
+            self.intra.update_center(own.squeeze(2), expert)
+        else:
+            vg = t_scores.shape[0]
+            b = expert.shape[0]
+            t_emb = t_out.emb.float().view(vg, b, self.n_experts, -1)
+            own = t_emb.gather(2, expert.view(1, b, 1, 1).expand(vg, b, 1, t_emb.shape[-1])).squeeze(2)
+            self.intra.enqueue(own, expert)
+        del self._teacher_state
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student, for every parameter (encoder and projector)."""
+        t_params = list(self.teacher.parameters())
+        s_params = [p.detach() for p in self.student.parameters()]
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+def cosine_momentum(step: int, total: int, m0: float, m1: float = 1.0) -> float:
+    """Teacher momentum: cosine from m0 at step 0 to m1 at the last step."""
+    return m1 - (m1 - m0) * (math.cos(math.pi * step / max(total, 1)) + 1) / 2

@@ -1,0 +1,1 @@
+"""Training engine: distributed setup, schedules, EMA, checkpoints, the generic loop."""

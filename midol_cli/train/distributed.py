@@ -1,0 +1,101 @@
+"""torchrun/DDP helpers. torchrun is the distributed engine; this module only reads its environment.
+
+Under ``torchrun --nproc_per_node N [--nnodes M ...]`` the variables RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT are set; without them we run
+as a single process. NCCL on GPU, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(prefer_cuda: bool = True) -> DistInfo:
+    """Initialise the process group when launched by torchrun; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = prefer_cuda and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, no gradient (statistics such as centres and counts)."""
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_sum_grad(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over ranks.
+
+    Its backward sums the incoming gradients over ranks too. Every rank computes
+    the same function of the global statistic, so rank r's local gradient is W
+    times the true partial derivative; DDP's gradient averaging divides by W
+    again, which gives exactly the single-process gradient of the global batch.
+    """
+    if is_dist():
+        import torch.distributed.nn.functional as dnnf
+
+        return dnnf.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (same shape on every rank) over ranks along dim 0, no gradient."""
+    if not is_dist():
+        return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def rank_offset(batch: int) -> int:
+    """Index of this rank's first sample in the all-gathered batch."""
+    return (dist.get_rank() if is_dist() else 0) * batch
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

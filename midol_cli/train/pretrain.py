@@ -1,0 +1,489 @@
+"""The pre-training run: recipe + shards -> run dir (checkpoints, metrics.jsonl, TensorBoard, export).
+
+Runs as one process (CPU or one GPU) or under torchrun (DDP). The loop knows
+nothing of the objective: ``MIDoL.forward_train`` computes it.
+
+Host syncs: loss values and diagnostics are read at log steps only. A
+non-finite step is skipped on the device: the fused AdamW kernel takes a
+``found_inf`` flag and leaves parameters and moments untouched when it is set,
+and a device-side counter tracks consecutive bad steps. Without a fused
+optimiser the loop falls back to one ``.item()`` per step.
+
+Data determinism: the data stream restarts at every checkpoint boundary with a
+seed derived from (seed, segment), so an uninterrupted run and a killed and
+resumed one see the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from midol_cli import __version__
+from midol_cli.artifacts import provenance, write_json_atomic
+from midol_cli.errors import RunFailed, UsageError
+from midol_cli.models.encoder import EncoderSpec, build_encoder
+from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
+from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
+from midol_cli.train import checkpoint as ckpt
+from midol_cli.train.distributed import DistInfo, barrier, cleanup, init_distributed
+from midol_cli.train.schedules import cosine, linear_ramp, warmup_cosine
+
+TERMS = ("loss_intra", "loss_inter", "loss_route", "grad_norm")
+
+
+def encoder_spec(recipe: PretrainRecipe) -> EncoderSpec:
+    return EncoderSpec(
+        arch=recipe.model.arch,
+        img_size=recipe.model.img_size,
+        arch_kwargs=dict(recipe.model.arch_kwargs),
+        drop_path_rate=recipe.model.drop_path_rate,
+    )
+
+
+def build_model(recipe: PretrainRecipe, weights: str | None = None) -> MIDoL:
+    """Student/teacher pair from a recipe (random init, or the recipe's local weights)."""
+    encoder = build_encoder(encoder_spec(recipe), weights=weights or recipe.model.weights)
+    n_experts = 1 if recipe.projector.shared_expert else len(recipe.data.modalities)
+    return MIDoL(
+        encoder,
+        n_experts,
+        hidden_dim=recipe.projector.hidden_dim,
+        bottleneck_dim=recipe.projector.bottleneck_dim,
+        n_prototypes=recipe.projector.n_prototypes,
+        n_layers=recipe.projector.n_layers,
+        intra=recipe.loss.intra,
+        routing=recipe.train.routing,
+        student_temp=recipe.loss.student_temp,
+        center_momentum=recipe.loss.center_momentum,
+        contrastive_temp=recipe.loss.contrastive_temp,
+        queue_size=recipe.loss.queue_size,
+    )
+
+
+def check_data(recipe: PretrainRecipe) -> dict[str, Any]:
+    """Fail before any compute when shards are missing, empty, or hold other modalities."""
+    from midol_cli.data.loader import read_index
+
+    index = read_index(recipe.data.shards)
+    present = shard_modalities(index, recipe.data.split)
+    if not present:
+        split = f" in split '{recipe.data.split}'" if recipe.data.split else ""
+        raise UsageError(f"shards in '{recipe.data.shards}' have no samples{split}; re-run midol shard")
+    wanted = list(recipe.data.modalities)
+    missing = [m for m in wanted if m not in present]
+    extra = [m for m in present if m not in wanted]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"recipe lists {missing} which the shards lack")
+        if extra:
+            parts.append(f"shards hold {extra} which the recipe lacks")
+        raise UsageError(
+            f"modality mismatch between recipe and '{recipe.data.shards}': {'; '.join(parts)}; "
+            f"set data.modalities=[{','.join(present)}] or re-shard"
+        )
+    return index
+
+
+def shard_modalities(index: dict[str, Any], split: str | None) -> list[str]:
+    """Modalities with at least one sample (in ``split`` when given), from index.json."""
+    counts: dict[str, int] = {}
+    for shard in index.get("shards", []):
+        if split is None:
+            for m, n in (shard.get("per_modality") or {}).items():
+                counts[m] = counts.get(m, 0) + int(n)
+        else:
+            per = shard.get("per_modality_split") or {}
+            if per:
+                for m, by_split in per.items():
+                    counts[m] = counts.get(m, 0) + int(by_split.get(split, 0))
+            elif (shard.get("per_split") or {}).get(split):
+                for m, n in (shard.get("per_modality") or {}).items():
+                    counts[m] = counts.get(m, 0) + int(n)
+    return [m for m, n in counts.items() if n > 0]
+
+
+def _param_groups(student: torch.nn.Module) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, position tables and prototypes (1-d or explicitly exempt)."""
+    decay, no_decay = [], []
+    for name, p in student.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or "relative_position" in name or "prototypes" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+
+
+class _Logger:
+    """metrics.jsonl + TensorBoard on rank 0; progress as a rich bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.fh = None
+        self.tb = None
+        self.progress = None
+        if not enabled:
+            return
+        self.fh = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception as e:  # tensorboard is optional at run time: metrics.jsonl is the record
+            warnings.warn(f"TensorBoard logging disabled ({type(e).__name__})", stacklevel=2)
+        from midol_cli.cli._common import show_progress
+
+        if show_progress():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("pretrain"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("pretrain", total=total, completed=start, info="")
+
+    def log(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self.tb.add_scalar(k.replace("/", "_") if "/" not in k else k, v, rec["step"])
+        info = f"loss {rec['loss']:.3f}  {rec['images_per_s']:.1f} img/s"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=rec["step"], info=info)
+        else:
+            import sys
+
+            print(f"step {rec['step']}/{rec['total_steps']}  {info}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.tb is not None:
+            self.tb.close()
+        if self.fh is not None:
+            self.fh.close()
+
+
+def _stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_experts: int) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    host = {k: v.detach().float().cpu() for k, v in stats.items()}
+    names = modalities if n_experts == len(modalities) else ["shared"] * n_experts
+    for k, v in host.items():
+        if v.dim() == 0:
+            rec[k] = float(v)
+        else:
+            for i, x in enumerate(v.tolist()):
+                rec[f"{k}/{names[i] if n_experts > 1 else 'shared'}"] = x
+    return rec
+
+
+def run_pretrain(
+    recipe: PretrainRecipe,
+    run_dir: str | Path,
+    resume: str | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Pre-train according to ``recipe`` into ``run_dir``; returns a summary dict (rank 0).
+
+    ``max_steps`` stops early (tests, smoke runs) without changing any schedule.
+    """
+    run_dir = Path(run_dir)
+    dist_info: DistInfo = init_distributed()
+    try:
+        return _run(recipe, run_dir, resume, max_steps, dist_info)
+    finally:
+        cleanup()
+
+
+def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: int | None, di: DistInfo):
+    from midol_cli.data.loader import make_loader
+    from midol_cli.data.transforms import MultiViewTransform, collate_views
+
+    index = check_data(recipe)  # before any compute
+    tr, opt_cfg = recipe.train, recipe.optim
+    world = di.world_size
+    per_step = world * opt_cfg.accum_steps
+    if opt_cfg.global_batch_size % per_step:
+        raise UsageError(
+            f"optim.global_batch_size={opt_cfg.global_batch_size} is not divisible by "
+            f"world size {world} x optim.accum_steps {opt_cfg.accum_steps}"
+        )
+    micro = opt_cfg.global_batch_size // per_step
+    total = tr.steps
+    if di.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_recipe(recipe, run_dir / "recipe.yaml")
+    barrier()
+
+    torch.manual_seed(tr.seed)
+    import random
+
+    import numpy as np
+
+    random.seed(tr.seed + di.rank)
+    np.random.seed(tr.seed + di.rank)
+    if tr.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    model = build_model(recipe).to(di.device)
+    if recipe.model.grad_checkpointing and hasattr(model.student.encoder, "set_grad_checkpointing"):
+        model.student.encoder.set_grad_checkpointing(True)
+    student: torch.nn.Module = model.student
+    if di.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        student = DDP(model.student, device_ids=[di.device.index] if di.device.type == "cuda" else None)
+    if tr.compile:
+        student = torch.compile(student)
+
+    on_cuda = di.device.type == "cuda"
+    use_bf16 = tr.precision == "bf16" or (tr.precision == "auto" and on_cuda)
+    if use_bf16 and not on_cuda and tr.precision == "bf16":
+        warnings.warn("bf16 autocast on CPU is slow; precision=fp32 is usually faster here", stacklevel=2)
+    autocast = (lambda: torch.autocast(di.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    peak_lr = opt_cfg.lr * opt_cfg.global_batch_size / 256
+    fused = opt_cfg.fused
+    try:
+        optimizer = torch.optim.AdamW(_param_groups(model.student), lr=peak_lr, betas=opt_cfg.betas, fused=fused)
+    except (RuntimeError, TypeError):
+        fused = False
+        optimizer = torch.optim.AdamW(_param_groups(model.student), lr=peak_lr, betas=opt_cfg.betas)
+
+    start_step, bad_total = 0, 0
+    resume_path = ckpt.resolve_resume(run_dir, resume)
+    if resume_path is not None:
+        state = ckpt.load_checkpoint(resume_path)
+        if state.get("recipe_hash") != recipe_hash(recipe):
+            warnings.warn(f"resuming from {resume_path.name} with a different recipe", stacklevel=2)
+        model.student.load_state_dict(state["student"])
+        model.teacher.load_state_dict(state["teacher"])
+        model.intra.load_state_dict(state["intra"])
+        optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start_step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
+        if di.is_main:
+            import sys
+
+            print(f"resumed from {resume_path} at step {start_step}", file=sys.stderr)
+    if di.is_main:
+        write_json_atomic(
+            run_dir / "run.json",
+            provenance(
+                recipe_hash=recipe_hash(recipe),
+                shards=str(Path(recipe.data.shards).resolve()),
+                shard_index_sha=index.get("sha256") or "",
+                world_size=world,
+                device=str(di.device),
+                modalities=list(recipe.data.modalities),
+                encoder=encoder_spec(recipe).to_dict(),
+            ),
+        )
+
+    transform = MultiViewTransform(
+        recipe.data.modalities,
+        recipe.data.augment,
+        recipe.model.img_size,
+        recipe.data.global_views,
+        recipe.data.local_views,
+        recipe.data.local_size,
+        recipe.data.local_crop_scale,
+    )
+
+    def data_iter(segment: int):
+        loader = make_loader(
+            recipe.data.shards,
+            transform,
+            micro,
+            num_workers=recipe.data.num_workers,
+            collate_fn=collate_views,
+            drop_last=True,
+            modalities=list(recipe.data.modalities),
+            split=recipe.data.split,
+            resampled=True,
+            shuffle_buffer=recipe.data.shuffle_buffer,
+            seed=tr.seed * 1_000_003 + segment,
+        )
+        return iter(loader)
+
+    warm = int(opt_cfg.warmup_frac * total)
+    t_warm = int(recipe.loss.teacher_temp_warmup_frac * total)
+    ramp = int(recipe.loss.inter_ramp_frac * total)
+    freeze = int(recipe.loss.freeze_prototypes_frac * total)
+    after_warmup = max(warm, t_warm)
+    log_p = math.log(recipe.projector.n_prototypes)
+    proto_params = model.student.projector.prototype_parameters()
+    params = [p for p in model.student.parameters() if p.requires_grad]
+
+    dev = di.device
+    consec = torch.zeros((), device=dev)
+    max_consec = torch.zeros((), device=dev)
+    bad_count = torch.zeros((), device=dev)
+    last_bad_step = torch.full((), -1.0, device=dev)
+    last_bad_terms = torch.zeros(len(TERMS), device=dev)
+
+    logger = _Logger(run_dir, total, start_step, di.is_main)
+    stop = min(total, max_steps) if max_steps else total
+    step = start_step
+    segment = None
+    it = None
+    t_last, step_last = time.perf_counter(), step
+    high_entropy_streak = 0
+    collapse_warned = False
+    last_rec: dict[str, Any] = {}
+    n_experts = model.n_experts
+
+    def check_bad() -> None:
+        if float(max_consec) >= tr.max_bad_steps:
+            bad_terms = [TERMS[i] for i, v in enumerate(last_bad_terms.tolist()) if v > 0]
+            raise RunFailed(
+                f"{tr.max_bad_steps} non-finite steps in a row (last at step {int(last_bad_step)}, "
+                f"non-finite: {', '.join(bad_terms) or 'unknown'}); the last good checkpoint is kept in {run_dir}"
+            )
+
+    def save(at: int) -> None:
+        check_bad()
+        if di.is_main:
+            ckpt.save_checkpoint(
+                run_dir,
+                at,
+                {
+                    "student": model.student.state_dict(),
+                    "teacher": model.teacher.state_dict(),
+                    "intra": model.intra.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": ckpt.rng_state(),
+                    "bad_steps": bad_total + int(bad_count),
+                    "recipe": recipe_dict(recipe),
+                    "recipe_hash": recipe_hash(recipe),
+                    "encoder_spec": encoder_spec(recipe).to_dict(),
+                    "modalities": list(recipe.data.modalities),
+                    "n_experts": n_experts,
+                    "midol_version": __version__,
+                },
+                tr.keep_last,
+            )
+        barrier()
+
+    model.train()
+    try:
+        while step < stop:
+            seg = step // tr.ckpt_every
+            if seg != segment:
+                segment, it = seg, data_iter(seg)
+            sched = StepSchedule(
+                teacher_temp=linear_ramp(step, t_warm, recipe.loss.teacher_temp_warmup, recipe.loss.teacher_temp),
+                w_intra=recipe.loss.w_intra,
+                w_inter=linear_ramp(step, ramp, 0.0, recipe.loss.w_inter),
+                w_route=recipe.loss.w_route,
+            )
+            lr = warmup_cosine(step, total, peak_lr, opt_cfg.min_lr, warm)
+            wd = cosine(step, total, opt_cfg.weight_decay, opt_cfg.weight_decay_end)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+                g["weight_decay"] = wd if g.get("apply_wd") else 0.0
+
+            for a in range(opt_cfg.accum_steps):
+                batch = next(it)
+                gv = [v.to(dev, non_blocking=True) for v in batch["global"]]
+                lv = [v.to(dev, non_blocking=True) for v in batch["local"]]
+                mod = batch["modality"].to(dev, non_blocking=True)
+                sync_ctx = student.no_sync if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext
+                with sync_ctx(), autocast():
+                    loss, stats = model.forward_train(gv, lv, mod, sched, student=student)
+                (loss / opt_cfg.accum_steps).backward()
+
+            if step < freeze:
+                for p in proto_params:
+                    p.grad = None if p.grad is None else torch.zeros_like(p.grad)
+            clip = opt_cfg.clip_grad if opt_cfg.clip_grad is not None else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False)
+            term_bad = torch.stack(
+                [~torch.isfinite(stats[t]) if t != "grad_norm" else ~torch.isfinite(grad_norm) for t in TERMS]
+            ).float()
+            found_inf = (term_bad.sum() > 0).float()
+            if fused:
+                optimizer.found_inf = found_inf  # the fused kernel skips the update on device
+                optimizer.grad_scale = None
+                optimizer.step()
+            elif not bool(found_inf):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            model.after_step()
+            model.update_teacher(cosine_momentum(step, total, tr.momentum_teacher, tr.momentum_teacher_end))
+
+            consec = (consec + 1) * found_inf
+            max_consec = torch.maximum(max_consec, consec)
+            bad_count = bad_count + found_inf
+            last_bad_step = torch.where(found_inf > 0, torch.tensor(float(step), device=dev), last_bad_step)
+            last_bad_terms = torch.where(found_inf > 0, term_bad, last_bad_terms)
+            step += 1
+
+            if step % tr.log_every == 0 or step == stop:
+                check_bad()
+                now = time.perf_counter()
+                ips = (step - step_last) * opt_cfg.global_batch_size / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                rec = {"step": step, "total_steps": total, "lr": lr, "weight_decay": wd}
+                rec.update(_stats_to_record(stats, list(recipe.data.modalities), n_experts))
+                rec.update(
+                    grad_norm=float(grad_norm),
+                    teacher_temp=sched.teacher_temp,
+                    w_inter=sched.w_inter,
+                    momentum=cosine_momentum(step, total, tr.momentum_teacher, tr.momentum_teacher_end),
+                    images_per_s=ips,
+                    bad_steps=bad_total + int(bad_count),
+                    log_p=log_p,
+                )
+                ents = [v for k, v in rec.items() if k.startswith("teacher_entropy/") and math.isfinite(v)]
+                if step > after_warmup and ents and max(ents) > tr.collapse_ratio * log_p:
+                    high_entropy_streak += 1
+                else:
+                    high_entropy_streak = 0
+                if high_entropy_streak >= 3 and not collapse_warned and di.is_main:
+                    collapse_warned = True
+                    import sys
+
+                    print(
+                        f"warning: teacher entropy stays above {tr.collapse_ratio:.2f} x log P "
+                        f"({max(ents):.2f} vs {log_p:.2f}) after warm-up: the prototypes are collapsing "
+                        "to uniform; see docs/method.md 'Known failure modes'",
+                        file=sys.stderr,
+                    )
+                rec["collapse_warning"] = collapse_warned
+                logger.log(rec)
+                last_rec = rec
+            if step % tr.ckpt_every == 0 and step < stop:
+                save(step)
+        save(step)
+    finally:
+        logger.close()
+
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": step, "last": last_rec}
+    if di.is_main and step >= total:
+        from midol_cli.models.export import export_run
+
+        summary["export"] = {k: str(v) for k, v in export_run(run_dir).items()}
+    summary["collapse_warning"] = collapse_warned
+    return summary
