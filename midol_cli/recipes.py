@@ -112,7 +112,7 @@ def default_augs() -> dict[str, AugCfg]:
 class DataCfg(Strict):
     shards: str = Field("shards", description="folder written by `midol shard`")
     modalities: list[str] = Field(default_factory=lambda: ["xray", "fundus", "oct", "dermoscopy", "pathology"])
-    split: str | None = Field("train", description="use only samples of this split; null for all")
+    split: Literal["train", "val", "test"] | None = Field("train", description="use only this split; null for all")
     global_views: int = Field(2, ge=2)
     local_views: int = Field(0, ge=0)
     local_size: int = Field(96, ge=16)

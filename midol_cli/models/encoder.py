@@ -43,8 +43,8 @@ class EncoderSpec:
 
 def _timm_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     kw: dict[str, Any] = dict(spec.arch_kwargs)
-    if spec.drop_path_rate:
-        kw["drop_path_rate"] = spec.drop_path_rate
+    # Always explicit: timm's own default differs by family (Swin's is 0.1), and 0.0 must mean 0.0.
+    kw.setdefault("drop_path_rate", spec.drop_path_rate)
     kw.setdefault("img_size", spec.img_size)
     return kw
 
@@ -56,10 +56,12 @@ def _create(arch: str, **kw: Any):
     try:
         return timm.create_model(arch, pretrained=False, **kw)
     except TypeError as e:
-        if "img_size" not in str(e):
+        if "img_size" not in str(e) and "drop_path_rate" not in str(e):
             raise
         kw.pop("img_size", None)
-        return timm.create_model(arch, pretrained=False, **kw)
+        if "drop_path_rate" in str(e):
+            kw.pop("drop_path_rate", None)
+        return _create(arch, **kw)
 
 
 def build_encoder(spec: EncoderSpec, weights: str | None = None):

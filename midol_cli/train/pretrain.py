@@ -184,9 +184,32 @@ class _Logger:
             self.fh.close()
 
 
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+    from midol_cli.artifacts import write_text_atomic
+
+    write_text_atomic(path, "".join(k + "\n" for k in keep))
+
+
 def _stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_experts: int) -> dict[str, Any]:
+    """Device stats -> a flat record. Scalars are averaged over ranks (the global-batch value);
+    per-expert ``[K]`` statistics are already global (computed with all-reduced sums)."""
+    from midol_cli.train.distributed import all_reduce_sum, world_size
+
     rec: dict[str, Any] = {}
+    scalar_keys = [k for k, v in stats.items() if v.dim() == 0]
+    reduced = all_reduce_sum(torch.stack([stats[k].detach().float() for k in scalar_keys])) / world_size()
     host = {k: v.detach().float().cpu() for k, v in stats.items()}
+    host.update({k: reduced[i].cpu() for i, k in enumerate(scalar_keys)})
     names = modalities if n_experts == len(modalities) else ["shared"] * n_experts
     for k, v in host.items():
         if v.dim() == 0:
@@ -283,6 +306,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         start_step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
+        if di.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
         if di.is_main:
             import sys
 

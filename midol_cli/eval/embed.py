@@ -1,0 +1,199 @@
+"""Embeddings: one row per image with the pooled feature and, for midol models, router probabilities.
+
+Inputs are a manifest (images re-read from the raw folder) or a shard dir.
+Output columns: sample_id, modality, label, labels, group, split, embedding
+(float32 list, fixed size D), router_probs (float32 list over the model's
+modalities, or None). Results are cached by content: the key hashes the
+weights, the encoder spec, the data file's hash and the midol version, so a
+probe never re-runs the encoder on the same (model, data) pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from midol_cli import __version__
+from midol_cli.errors import UsageError
+
+COLUMNS = ("sample_id", "modality", "label", "labels", "group", "split")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIDOL_CACHE_DIR", Path.home() / ".cache" / "midol")) / "embeddings"
+
+
+def data_source(data: str | Path) -> tuple[str, str]:
+    """('manifest' | 'shards', content hash) for a manifest file or a shard dir."""
+    from midol_cli.artifacts import sha256_file
+
+    p = Path(data)
+    if p.is_dir():
+        if not (p / "index.json").is_file():
+            raise UsageError(f"'{p}' is neither a manifest nor a shard dir (no index.json)")
+        return "shards", sha256_file(p / "index.json")[:16]
+    if p.is_file():
+        return "manifest", sha256_file(p)[:16]
+    raise UsageError(f"data '{p}' does not exist; pass a manifest (.parquet) or a shard dir")
+
+
+class _ManifestImages:
+    """Map-style dataset over a manifest's usable rows: (tensor [3,S,S], row index)."""
+
+    def __init__(self, root: str, paths: list[str], transform) -> None:
+        self.root, self.paths, self.transform = root, paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from midol_cli.data.readers import ImageRejected, read_image
+
+        try:
+            img = read_image(os.path.join(self.root, self.paths[i])).image
+        except (ImageRejected, OSError):
+            # changed since ingest: keep the batch shape, mark the row invalid
+            return torch.zeros(3, self.transform.crop.size[0], self.transform.crop.size[0]), i, False
+        return self.transform(img), i, True
+
+
+class _ShardImages:
+    """Iterable dataset over a shard dir in index order (one worker: order is kept)."""
+
+    def __init__(self, shard_dir: str, transform) -> None:
+        self.shard_dir, self.transform = shard_dir, transform
+
+    def __iter__(self):
+        from midol_cli.data.loader import iter_samples
+
+        for img, meta in iter_samples(self.shard_dir):
+            yield self.transform(img), {k: meta.get(k) for k in COLUMNS}, True
+
+
+def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
+    """Yield (images [B,3,S,S], metadata rows, valid mask) batches."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if kind == "manifest":
+        from midol_cli.data.manifest import read_manifest
+
+        df, meta = read_manifest(data, only_ok=True)
+        if "duplicate_of" in df.columns:
+            df = df[df["duplicate_of"].fillna("") == ""].reset_index(drop=True)
+        if df.empty:
+            raise UsageError(f"manifest '{data}' has no usable images")
+        root = meta.get("root")
+        if not root or not Path(root).is_dir():
+            raise UsageError(f"raw folder '{root}' recorded in manifest '{data}' is not reachable from here")
+        ds = _ManifestImages(root, df["path"].tolist(), transform)
+        recs = df[list(COLUMNS)].to_dict("records")
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
+        for x, idx, ok in loader:
+            yield x, [recs[int(i)] for i in idx], ok
+    else:
+        class _It(IterableDataset):
+            def __iter__(self_inner):
+                return iter(_ShardImages(str(data), transform))
+
+        def collate(items):
+            return (torch.stack([a for a, _, _ in items]), [m for _, m, _ in items],
+                    torch.tensor([c for _, _, c in items]))
+
+        loader = DataLoader(_It(), batch_size=batch_size, num_workers=min(workers, 1), collate_fn=collate)
+        yield from loader
+
+
+def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, device: str | None = None,
+          use_cache: bool = True, progress: bool = False):
+    """Embed every usable image of ``data`` with ``model`` (an eval.models.EvalModel) -> DataFrame."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from midol_cli.data.transforms import EvalTransform
+
+    data = Path(data)
+    kind, dhash = data_source(data)
+    key = hashlib.sha256(
+        json.dumps([model.weights_hash, model.spec.to_dict(), dhash, __version__], sort_keys=True).encode()
+    ).hexdigest()[:24]
+    cached = cache_dir() / f"{key}.parquet"
+    if use_cache and cached.is_file():
+        try:
+            df = pd.read_parquet(cached)
+            df.attrs["data_hash"], df.attrs["cache"] = dhash, "hit"
+            return df
+        except Exception:  # a damaged cache entry is simply recomputed
+            pass
+
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    enc = model.encoder.to(dev).eval()
+    proj = model.projector.to(dev).eval() if model.projector is not None else None
+    transform = EvalTransform(model.spec.img_size, model.spec.mean, model.spec.std)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
+    metas, embs, routes = [], [], []
+    n_bad = 0
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("embed", total=None)
+    try:
+        with torch.inference_mode():
+            for x, rows, ok in _rows(data, kind, transform, batch_size, workers):
+                x = x.to(dev, non_blocking=True)
+                if amp is not None:
+                    with amp:
+                        h = enc(x)
+                else:
+                    h = enc(x)
+                h = h.float()
+                r = torch.softmax(proj(h).router_logits.float(), -1) if proj is not None else None
+                okl = ok.tolist()
+                n_bad += okl.count(False)
+                keep = [i for i, v in enumerate(okl) if v]
+                metas.extend(rows[i] for i in keep)
+                embs.append(h[keep].cpu().numpy().astype(np.float32))
+                if r is not None:
+                    routes.append(r[keep].cpu().numpy().astype(np.float32))
+                if bar is not None:
+                    bar.advance(task, len(keep))
+    finally:
+        if bar is not None:
+            bar.stop()
+    if not metas:
+        raise UsageError(f"no image of '{data}' could be embedded")
+    df = pd.DataFrame(metas)
+    df["labels"] = df["labels"].apply(lambda v: [] if v is None else list(v))
+    e = np.concatenate(embs)
+    df["embedding"] = list(e)
+    df["router_probs"] = list(np.concatenate(routes)) if routes else None
+    df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", n_bad
+    if use_cache:
+        from midol_cli.artifacts import atomic_path
+
+        with atomic_path(cached) as tmp:
+            df.to_parquet(tmp, index=False)
+    return df
+
+
+def write_embeddings(df, out: str | Path, model_info: dict[str, Any], modalities: list[str] | None) -> None:
+    """Write the embeddings table atomically with provenance in the Parquet metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from midol_cli.artifacts import atomic_path, provenance
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = provenance(model=model_info, data_hash=df.attrs.get("data_hash"), router_modalities=modalities or [])
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"midol": json.dumps(meta).encode()})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)

@@ -1,0 +1,124 @@
+"""The model under evaluation: ``--weights`` in its three forms, and a stable short id.
+
+- a midol run dir, or an exported ``encoder.safetensors`` (with its projector + router if present);
+- ``timm:<model_name>=<local file>``: any timm backbone a user has on disk (DINOv2, RETFound,
+  ImageNet Swin-B ...), with timm's own input size and normalisation for that model;
+- ``random:<model_name>`` or ``random:<run dir | export>``: random init (seed 0), the floor.
+  The second form uses the exact architecture of that midol model, which is the fair
+  baseline for it.
+
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midol_cli.errors import UsageError
+
+
+@dataclass
+class EvalModel:
+    id: str
+    kind: str  # midol | timm | random
+    weights: str
+    weights_hash: str
+    spec: Any  # EncoderSpec
+    encoder: Any  # nn.Module, eval mode
+    projector: Any = None  # MoEProjector or None
+    modalities: list[str] = field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "weights": self.weights, "weights_hash": self.weights_hash,
+                "arch": self.spec.arch, "img_size": self.spec.img_size}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
+
+
+def _midol_export_path(p: Path) -> Path:
+    from midol_cli.models.export import ENCODER_FILE
+
+    if p.is_dir():
+        cand = p / "export" / ENCODER_FILE
+        if cand.is_file():
+            return cand
+        if (p / ENCODER_FILE).is_file():
+            return p / ENCODER_FILE
+        raise UsageError(f"'{p}' has no export/{ENCODER_FILE}; run `midol export {p}` first")
+    if p.is_file():
+        return p
+    raise UsageError(f"weights '{p}' do not exist (give a run dir, an exported .safetensors, timm:NAME=FILE or random:NAME)")
+
+
+def _timm_spec(name: str):
+    import timm
+
+    from midol_cli.models.encoder import EncoderSpec
+
+    if not timm.is_model(name):
+        raise UsageError(f"'{name}' is not a timm model name (see timm.list_models())")
+    cfg = timm.models.get_pretrained_cfg(name)
+    size = int(cfg.input_size[-1]) if cfg is not None else 224
+    mean = tuple(cfg.mean) if cfg is not None else None
+    std = tuple(cfg.std) if cfg is not None else None
+    spec = EncoderSpec(arch=name, img_size=size)
+    if mean and std:
+        spec.mean, spec.std = mean, std
+    return spec
+
+
+def load_eval_model(weights: str, name: str | None = None) -> EvalModel:
+    """Parse ``--weights`` and build the encoder (eval mode)."""
+    import torch
+
+    from midol_cli.artifacts import sha256_file
+    from midol_cli.models.encoder import build_encoder
+    from midol_cli.models.export import load_exported_encoder, load_exported_projector, read_export_meta
+
+    if weights.startswith("random:"):
+        target = weights[len("random:") :]
+        if not target:
+            raise UsageError("random: needs a model name or a midol run/export, e.g. random:swin_base_patch4_window7_224")
+        p = Path(target)
+        if p.exists():
+            from midol_cli.models.encoder import EncoderSpec
+
+            meta = read_export_meta(_midol_export_path(p))
+            spec = EncoderSpec(arch=meta["arch"], img_size=meta["img_size"], arch_kwargs=meta["arch_kwargs"],
+                               mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+            default_id = f"random-{_slug(p.name if p.is_dir() else p.parent.parent.name or p.stem)}"
+        else:
+            spec = _timm_spec(target)
+            default_id = f"random-{_slug(target)}"
+        torch.manual_seed(0)
+        enc = build_encoder(spec).eval()
+        return EvalModel(name or default_id, "random", weights, "random-seed0", spec, enc)
+
+    if weights.startswith("timm:"):
+        body = weights[len("timm:") :]
+        if "=" not in body:
+            raise UsageError(f"'{weights}' must look like timm:<model_name>=<local weights file>")
+        arch, file = body.split("=", 1)
+        if not Path(file).is_file():
+            raise UsageError(f"weights file '{file}' does not exist (midol never downloads weights)")
+        spec = _timm_spec(arch)
+        enc = build_encoder(spec, weights=file).eval()
+        return EvalModel(name or f"{_slug(arch)}-{_slug(Path(file).stem)}", "timm", weights,
+                         sha256_file(file)[:16], spec, enc)
+
+    path = _midol_export_path(Path(weights))
+    if path.suffix != ".safetensors":
+        raise UsageError(
+            f"'{path}' is not a midol export; for another checkpoint use timm:<model_name>={path}"
+        )
+    enc, spec, meta = load_exported_encoder(path)
+    proj = load_exported_projector(path, enc.num_features)
+    p = Path(weights)
+    default_id = _slug(p.name) if p.is_dir() else _slug(path.parent.parent.name if path.parent.name == "export" else path.stem)
+    return EvalModel(name or default_id, "midol", weights, sha256_file(path)[:16], spec, enc, proj,
+                     list(meta["modalities"]))

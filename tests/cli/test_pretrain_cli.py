@@ -1,0 +1,90 @@
+"""Bad input to `midol pretrain` / `midol export`: one line on stderr, non-zero exit, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return build_pipeline(tmp_path_factory.mktemp("cli"), per_class=2, modalities=("xray", "oct"))["shards"]
+
+
+def _midol(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "midol_cli", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_line_error(res, code=2):
+    assert res.returncode == code, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in res.stderr
+    return lines[0]
+
+
+def test_unknown_recipe_key():
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", "optim.lrr=1"))
+    assert "optim.lrr: unknown key" in line
+
+
+def test_wrong_type_reports_every_problem_at_once():
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", "optim.lr=fast", "train.steps=-3"))
+    assert "2 problems" in line and "optim.lr" in line and "train.steps" in line and '"fast"' in line
+
+
+def test_missing_recipe_file():
+    assert "does not exist" in _one_line_error(_midol("pretrain", "recipes/nope.yaml"))
+
+
+def test_missing_shard_dir(tmp_path):
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={tmp_path / 'none'}"))
+    assert "none" in line
+
+
+def test_modality_mismatch(shards, tmp_path):
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}", "--out", tmp_path / "r"))
+    assert "modality mismatch" in line and "fundus" in line
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing computed
+
+
+def test_zero_sample_shards(shards, tmp_path):
+    from midol_cli.data.shards import ShardParams, write_shards
+
+    val_only = tmp_path / "test_only"
+    mans = sorted((shards.parent / "manifests").glob("*.parquet"))
+    write_shards(mans, val_only, ShardParams(split="test", max_side=64, min_shards=1))
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={val_only}",
+                                  "data.modalities=[xray,oct]", "data.split=train"))
+    assert "no samples" in line and "train" in line
+
+
+def test_bad_global_batch(shards, tmp_path):
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}",
+                                  "data.modalities=[xray,oct]", "optim.accum_steps=3", "--out", tmp_path / "r"))
+    assert "divisible" in line
+
+
+def test_export_without_checkpoint(tmp_path):
+    assert "no checkpoint" in _one_line_error(_midol("export", tmp_path))
+
+
+def test_help_lists_commands_fast():
+    import time
+
+    t = time.perf_counter()
+    res = _midol("--help")
+    assert res.returncode == 0
+    for cmd in ("pretrain", "export"):
+        assert cmd in res.stdout
+    assert time.perf_counter() - t < 5  # the process incl. interpreter start; torch is never imported
+    res = subprocess.run([sys.executable, "-c", "import midol_cli.cli.main, sys; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.stdout.strip() == "False"
