@@ -1,0 +1,269 @@
+"""Synthetic demo data: five modality folders in the layouts of real public datasets.
+
+``generate(out_dir)`` writes, under ``out_dir``:
+
+- ``fundus/``      APTOS 2019 layout (``train.csv`` + ``train_images/<id_code>.png``)
+- ``dermoscopy/``  HAM10000 layout (``HAM10000_metadata.csv`` + two image folders)
+- ``oct/``         OCT2017 layout (``OCT2017/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg``)
+- ``xray/``        ChestX-ray14 layout with DICOM files (``Data_Entry_2017.csv``, split lists, ``images/``)
+- ``pathology/``   NCT-CRC-HE-100K layout (``NCT-CRC-HE-100K/<CLASS>/<CLASS>-<8 letters>.tif``)
+- ``synth.json``   what was generated (provenance, counts); outside the modality folders
+
+Each modality has four classes with ``per_class`` images each. Class cues are
+spatial structures (see each modality module's docstring); brightness,
+contrast, colour, pose and noise are drawn from one class-independent
+distribution, so global image statistics do not reveal the class.
+
+Every image is drawn from a random generator keyed by (seed, modality, item),
+so output is byte-identical for a seed regardless of ``workers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from midol_cli.errors import UsageError
+
+MODALITIES: tuple[str, ...] = ("xray", "fundus", "oct", "dermoscopy", "pathology")
+CORRUPT_KINDS: tuple[str, ...] = ("zero-byte", "truncated", "not-an-image")
+MIN_SIZE, MAX_SIZE = 32, 1024
+MAX_PER_CLASS = 100_000
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to write.
+
+    ``rel`` is the posix path inside the modality folder; ``fields`` are the
+    layout's table values for this file (CSV columns, in the layout's order).
+    ``corrupt`` names the damage for a deliberately broken file, "" otherwise.
+    """
+
+    index: int  # random-stream key of the image
+    rel: str
+    label: str  # the class; for X-ray the primary finding
+    labels: tuple[str, ...]
+    group: str
+    group_index: int  # random-stream key of the group's shared look
+    fields: tuple[tuple[str, str], ...] = ()
+    corrupt: str = ""
+
+
+def group_sizes(rng, n: int, lo: int = 2, hi: int = 4) -> list[int]:
+    """Split ``n`` images into groups of ``lo..hi`` (a remainder below ``lo`` joins the last group)."""
+    sizes: list[int] = []
+    left = n
+    while left > 0:
+        k = int(rng.integers(lo, hi + 1))
+        sizes.append(min(k, left))
+        left -= k
+    if len(sizes) > 1 and sizes[-1] < lo:
+        last = sizes.pop()
+        sizes[-1] += last
+    return sizes
+
+
+def unique_values(rng, n: int, draw: Callable[[Any], str], taken: set[str] | None = None) -> list[str]:
+    """``n`` distinct values from ``draw(rng)``, in draw order, avoiding ``taken``."""
+    seen = set(taken or ())
+    out: list[str] = []
+    while len(out) < n:
+        val = draw(rng)
+        if val not in seen:
+            seen.add(val)
+            out.append(val)
+    return out
+
+
+def _module(name: str):
+    return importlib.import_module(f"midol_cli.data.synth.{name}")
+
+
+def _damage(kind: str, good: bytes) -> bytes:
+    if kind == "zero-byte":
+        return b""
+    if kind == "truncated":
+        # Keep the header, cut into the pixel data: the decoder sees a plausible file that ends early.
+        return good[: max(len(good) * 2 // 5, 16)]
+    if kind == "not-an-image":
+        return b"synthetic corrupt file: this is text, not an image\n"
+    raise ValueError(f"unknown corruption kind {kind!r}")
+
+
+def _render_chunk(name: str, items: Sequence[Item], size: int, seed: int, root: str) -> int:
+    """Draw and write ``items`` of modality ``name`` under ``root``; runs in a worker process."""
+    from midol_cli.data.synth.draw import write_bytes
+
+    mod = _module(name)
+    base = Path(root)
+    for it in items:
+        if it.corrupt in ("zero-byte", "not-an-image"):
+            data = _damage(it.corrupt, b"")
+        else:
+            data = mod.render(it, size, seed)
+            if it.corrupt:
+                data = _damage(it.corrupt, data)
+        write_bytes(base / it.rel, data)
+    return len(items)
+
+
+def _check_args(per_class: int, size: int, workers: int, corrupt: int, seed: int) -> None:
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise UsageError(f"--per-class {per_class} is out of range; use 1 to {MAX_PER_CLASS}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UsageError(f"--size {size} is out of range; use {MIN_SIZE} to {MAX_SIZE} pixels")
+    if workers < 1:
+        raise UsageError(f"--workers {workers} must be at least 1")
+    if corrupt < 0:
+        raise UsageError(f"--corrupt {corrupt} must be 0 or more")
+    if seed < 0:
+        raise UsageError(f"--seed {seed} must be 0 or more")
+
+
+def _prepare_out(out: Path, modalities: Sequence[str], force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output '{out}' is a file; give a folder path")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(
+                f"output folder '{out}' is not empty; choose a new folder or pass --force to replace "
+                "the modality folders it holds"
+            )
+        # Only what this run rewrites is removed: stale files from an earlier run would
+        # otherwise be picked up by ingest as extra images.
+        for name in modalities:
+            target = out / name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.is_dir():
+                shutil.rmtree(target)
+        (out / "synth.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def generate(
+    out_dir: str | Path,
+    seed: int = 0,
+    per_class: int = 50,
+    size: int = 128,
+    modalities: Sequence[str] | None = None,
+    workers: int = 1,
+    corrupt: int = 0,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Write the synthetic raw folders under ``out_dir`` and return what was written.
+
+    ``modalities`` defaults to all five; ``corrupt`` adds that many damaged files
+    (spread over the modalities, referenced by their tables) for the ingest
+    reject path. ``out_dir`` must be empty or absent unless ``force``, which
+    replaces only the modality folders being written. ``progress(modality,
+    done, total)`` is called from this process as files land.
+
+    Returns ``{"out_dir", "seed", "per_class", "size", "seconds",
+    "modalities": {name: {"dataset", "root", "images", "classes": {class: n},
+    "groups", "multi_label", "tables", "files"}}, "corrupt": [{"modality",
+    "path", "kind"}], "paths"}``; ``files`` are relative to the modality root,
+    ``paths`` (every file written) and corrupt ``path`` relative to ``out_dir``.
+    """
+    from midol_cli.artifacts import provenance, write_json_atomic
+    from midol_cli.data.synth.draw import rng_for
+
+    t0 = time.perf_counter()
+    _check_args(per_class, size, workers, corrupt, seed)
+    if modalities is None or len(modalities) == 0:
+        chosen = list(MODALITIES)
+    else:
+        wanted = list(dict.fromkeys(m.strip().lower() for m in modalities))
+        bad = [m for m in wanted if m not in MODALITIES]
+        if bad:
+            raise UsageError(f"synth cannot draw modality '{bad[0]}'; choose from {', '.join(MODALITIES)}")
+        chosen = [m for m in MODALITIES if m in wanted]
+    out = Path(out_dir)
+    _prepare_out(out, chosen, force)
+
+    # Damaged files go round-robin over modalities and kinds, so even --corrupt 3 shows three kinds.
+    kinds: dict[str, list[str]] = {m: [] for m in chosen}
+    for i in range(corrupt):
+        kinds[chosen[i % len(chosen)]].append(CORRUPT_KINDS[i % len(CORRUPT_KINDS)])
+
+    plans: dict[str, list[Item]] = {}
+    for name in chosen:
+        plans[name] = _module(name).plan(rng_for(seed, name, "plan"), per_class, kinds[name])
+
+    total = {name: len(items) for name, items in plans.items()}
+    done = dict.fromkeys(chosen, 0)
+    chunk = 16
+    jobs = [
+        (name, items[i : i + chunk]) for name, items in plans.items() for i in range(0, len(items), chunk)
+    ]
+    if workers == 1:
+        for name, part in jobs:
+            done[name] += _render_chunk(name, part, size, seed, str(out / name))
+            if progress is not None:
+                progress(name, done[name], total[name])
+    else:
+        import multiprocessing
+
+        # spawn, not fork: the parent may hold torch/OpenMP threads when called from a test or a stage.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futs = {
+                pool.submit(_render_chunk, name, part, size, seed, str(out / name)): name
+                for name, part in jobs
+            }
+            for fut in as_completed(futs):
+                name = futs[fut]
+                done[name] += fut.result()
+                if progress is not None:
+                    progress(name, done[name], total[name])
+
+    summary: dict[str, Any] = {
+        "out_dir": str(out.resolve()),
+        "seed": seed,
+        "per_class": per_class,
+        "size": size,
+        "modalities": {},
+        "corrupt": [],
+        "paths": [],
+    }
+    for name in chosen:
+        mod = _module(name)
+        items = plans[name]
+        tables = mod.write_tables(out / name, items)
+        good = [it for it in items if not it.corrupt]
+        classes = Counter(lab for it in good for lab in it.labels)
+        summary["modalities"][name] = {
+            "dataset": mod.DATASET,
+            "root": str((out / name).resolve()),
+            "images": len(good),
+            "classes": {c: classes.get(c, 0) for c in mod.CLASSES},
+            "groups": len({it.group for it in good}),
+            "multi_label": sum(1 for it in good if len(it.labels) > 1),
+            "tables": tables,
+            "files": [it.rel for it in good],
+        }
+        summary["corrupt"] += [
+            {"modality": name, "path": f"{name}/{it.rel}", "kind": it.corrupt} for it in items if it.corrupt
+        ]
+        summary["paths"] += [f"{name}/{t}" for t in tables] + [f"{name}/{it.rel}" for it in items]
+
+    record = {k: v for k, v in summary.items() if k not in ("out_dir", "paths")}
+    record["modalities"] = {
+        n: {k: v for k, v in m.items() if k not in ("root", "files")}
+        for n, m in summary["modalities"].items()
+    }
+    write_json_atomic(out / "synth.json", provenance(stage="synth", **record))
+    summary["paths"].append("synth.json")
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
