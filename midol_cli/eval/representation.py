@@ -1,0 +1,158 @@
+"""What a representation looks like, beyond downstream scores (METHOD.md, "What to measure").
+
+- modality separation: cosine silhouette of embeddings grouped by modality (on a seeded random
+  subsample, capped for cost: silhouette is quadratic in N), and router accuracy (argmax of the MoE
+  router's probabilities against the modality's expert index);
+- intra-modality diversity: per modality, the effective rank of the centred embeddings (Roy &
+  Vetterli 2007: exp of the entropy of the normalised singular values) and k-NN accuracy on that
+  modality's labels (train -> test when both splits exist, else leave-one-out).
+
+All functions take plain arrays; ``representation_metrics`` runs them on an embeddings table
+(columns ``embedding``, ``modality``, ``label``, ``split``, optional ``router_probs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_predict
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def effective_rank(X: np.ndarray, center: bool = True) -> float:
+    """``exp(H(p))`` with ``p = s / sum(s)``, ``s`` the singular values of ``X`` ``[N, D]`` (centred
+    over rows by default). A matrix with r equal non-zero singular values has effective rank r;
+    0.0 for a matrix of zeros."""
+    X = np.asarray(X, dtype=np.float64)
+    if center:
+        X = X - X.mean(0, keepdims=True)
+    # Singular values from the smaller Gram matrix: same spectrum, much cheaper when N >> D.
+    G = X.T @ X if X.shape[0] >= X.shape[1] else X @ X.T
+    ev = np.clip(np.linalg.eigvalsh(G), 0.0, None)
+    s = np.sqrt(ev)
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s[s > total * 1e-12] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def modality_silhouette(
+    embeddings: np.ndarray, modalities: Sequence[str], max_n: int = 5000, seed: int = 0
+) -> float:
+    """Cosine silhouette of ``embeddings [N, D]`` labelled by modality, on at most ``max_n`` rows.
+
+    Near 1: modalities form tight, separate clusters; near 0: they overlap. NaN with fewer than two
+    modalities (silhouette is undefined).
+    """
+    from sklearn.metrics import silhouette_score
+
+    mods = np.asarray(modalities).astype(str)
+    X = np.asarray(embeddings, dtype=np.float32)
+    if len(np.unique(mods)) < 2:
+        return float("nan")
+    if len(X) > max_n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(X), max_n, replace=False))
+        X, mods = X[keep], mods[keep]
+        if len(np.unique(mods)) < 2 or len(np.unique(mods)) >= len(X):
+            return float("nan")
+    return float(silhouette_score(X, mods, metric="cosine"))
+
+
+def router_accuracy(
+    router_probs: Sequence[Any], modalities: Sequence[str], modality_order: Sequence[str]
+) -> tuple[float, int]:
+    """Share of rows whose router argmax is their modality's expert index in ``modality_order``.
+
+    ``router_probs``: per row a ``[K]`` vector or None (no router: row skipped). Rows of a modality
+    the model has no expert for are skipped too. Returns ``(accuracy, rows used)``; NaN if none.
+    """
+    order = {m: i for i, m in enumerate(modality_order)}
+    hits = used = 0
+    for probs, mod in zip(router_probs, modalities, strict=True):
+        # A row without router output arrives as None (or NaN after a pandas round trip).
+        if probs is None or isinstance(probs, float) or mod not in order:
+            continue
+        p = np.asarray(probs, dtype=np.float64)
+        if p.size != len(modality_order):
+            raise ValueError(
+                f"router_probs has {p.size} entries but the model lists {len(modality_order)} modalities"
+            )
+        used += 1
+        hits += int(np.argmax(p) == order[mod])
+    return (hits / used if used else float("nan")), used
+
+
+def knn_label_accuracy(
+    embeddings: np.ndarray,
+    labels: Sequence[str],
+    splits: Sequence[str] | None = None,
+    k: int = 20,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> tuple[float, str]:
+    """Weighted k-NN accuracy of ``labels`` (exact match of the label string) from ``embeddings``.
+
+    Uses train -> test when ``splits`` has both, else leave-one-out over all rows. Returns
+    ``(accuracy, protocol)`` with protocol ``"train->test"`` or ``"leave-one-out"``; NaN when there
+    are fewer than two labelled rows or a single class.
+    """
+    X = np.asarray(embeddings, dtype=np.float32)
+    lab = np.asarray(labels).astype(str)
+    ok = lab != ""
+    X, lab = X[ok], lab[ok]
+    sp = np.asarray(splits).astype(str)[ok] if splits is not None else None
+    classes, y = np.unique(lab, return_inverse=True)
+    if len(X) < 2 or len(classes) < 2:
+        return float("nan"), "none"
+    if sp is not None and (sp == "train").any() and (sp == "test").any():
+        tr, te = sp == "train", sp == "test"
+        probs = knn_predict(X[tr], y[tr], X[te], k, "multiclass", len(classes), temperature=temperature)
+        return float((probs.argmax(1) == y[te]).mean()), "train->test"
+    probs = knn_predict(X, y, X, k, "multiclass", len(classes), temperature=temperature, exclude_self=True)
+    return float((probs.argmax(1) == y).mean()), "leave-one-out"
+
+
+def representation_metrics(
+    emb_df: pd.DataFrame,
+    modality_order: Sequence[str] | None = None,
+    *,
+    max_silhouette: int = 5000,
+    max_rank_rows: int = 10000,
+    k: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All representation metrics of an embeddings table, as a JSON-ready dict.
+
+    ``{"modality_silhouette", "router_accuracy", "router_rows", "per_modality": {modality:
+    {"n", "effective_rank", "knn_accuracy", "knn_protocol"}}}``. Router accuracy needs
+    ``modality_order`` (the model's expert order) and a ``router_probs`` column; NaN otherwise.
+    """
+    X = np.stack(emb_df["embedding"].to_numpy()).astype(np.float32)
+    mods = emb_df["modality"].astype(str).to_numpy()
+    out: dict[str, Any] = {"modality_silhouette": modality_silhouette(X, mods, max_silhouette, seed)}
+    if modality_order is not None and "router_probs" in emb_df.columns:
+        acc, used = router_accuracy(emb_df["router_probs"].tolist(), mods, modality_order)
+    else:
+        acc, used = float("nan"), 0
+    out["router_accuracy"] = acc
+    out["router_rows"] = used
+    labels = emb_df["label"].astype(str).to_numpy() if "label" in emb_df.columns else None
+    splits = emb_df["split"].astype(str).to_numpy() if "split" in emb_df.columns else None
+    rng = np.random.default_rng(seed)
+    per: dict[str, Any] = {}
+    for m in sorted(set(mods)):
+        sel = np.flatnonzero(mods == m)
+        rank_rows = sel if len(sel) <= max_rank_rows else np.sort(rng.choice(sel, max_rank_rows, replace=False))
+        entry: dict[str, Any] = {"n": int(len(sel)), "effective_rank": effective_rank(X[rank_rows])}
+        if labels is not None:
+            acc_m, protocol = knn_label_accuracy(X[sel], labels[sel], splits[sel] if splits is not None else None, k)
+            entry["knn_accuracy"] = acc_m
+            entry["knn_protocol"] = protocol
+        per[m] = entry
+    out["per_modality"] = per
+    return out

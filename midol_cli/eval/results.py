@@ -1,0 +1,480 @@
+"""Result files of a (model, task) pair and the probe suite that writes them.
+
+Layout: ``results/<model_id>/<task>/`` holds
+
+- ``summary.json`` (written atomically)::
+
+    {"schema": 1,
+     "model": {"id", "weights", "weights_hash", "arch"},
+     "task": {"name", "modality", "label_type", "classes", "metric", "data_hash", "split_source"},
+     "protocols": {
+        "linear":  {"metrics": {name: {"value", "ci_low", "ci_high"}}, "C": float, "seeds": [int], ...},
+        "knn_k10": {"metrics": {name: {"value", "ci_low", "ci_high"}}, "k": 10, "temperature": 0.07, ...},
+        "fraction_0.01": {"metrics": {name: {"mean", "std", "values": [...]}}, "seeds": [...], ...},
+        "finetune": {...}          # added later by `finetune` through ``add_protocol``
+     },
+     "primary_metric": name, "n": {"train", "val", "test"}, "provenance": {...}}
+
+  Metric values are fractions (0.85), NaN is written as null. ``ci_low``/``ci_high`` are 95%
+  percentile-bootstrap bounds over test *groups* (patients), ``n_boot`` resamples; ``std`` over
+  seeds is the sample standard deviation (0 for a single seed).
+- ``predictions.parquet``: one row per test sample and protocol (and seed, for fraction protocols):
+  ``sample_id, split, label, protocol, seed, probs`` where ``probs`` is a float32 list in the order of
+  ``task.classes`` (binary: (negative, positive)); the class list is also in the file metadata.
+- ``confusion_matrix.png``: linear probe on test, single-label tasks only.
+
+Protocol choices: the linear probe and every label-fraction probe are fit on (a subset of) the
+training split with C chosen on the full validation split; the k-NN bank is the training split.
+When the table has no validation rows, 15% of the training groups (seeded) become validation and
+``n.val`` / ``val_source`` say so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from midol_cli.artifacts import atomic_path, provenance, write_json_atomic
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+SUMMARY_SCHEMA = 1
+SUMMARY_NAME = "summary.json"
+PREDICTIONS_NAME = "predictions.parquet"
+CONFUSION_NAME = "confusion_matrix.png"
+EMBEDDING_COLUMNS = ("sample_id", "modality", "label", "group", "split", "embedding")
+MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
+VAL_CARVE_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Task:
+    """A downstream task: ``classes`` ordered (ordinal: grade order; binary: (negative, positive)),
+    ``metric`` the primary metric name (see ``metrics.metric_names``)."""
+
+    name: str
+    modality: str
+    label_type: str
+    classes: tuple[str, ...]
+    metric: str
+    split_source: str = ""
+
+    def __post_init__(self) -> None:
+        from midol_cli.eval.metrics import metric_names
+
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        names = metric_names(self.label_type)  # raises on an unknown label type
+        if not self.name:
+            raise ValueError("a task needs a name")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"task '{self.name}' needs at least two distinct classes")
+        if self.label_type == "binary" and len(self.classes) != 2:
+            raise ValueError(f"binary task '{self.name}' needs exactly 2 classes (negative, positive)")
+        if self.metric not in names:
+            raise ValueError(
+                f"metric '{self.metric}' of task '{self.name}' is not one of {', '.join(names)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "label_type": self.label_type,
+            "classes": list(self.classes),
+            "metric": self.metric,
+            "split_source": self.split_source,
+        }
+
+
+def _num(x: Any) -> float | None:
+    """JSON-safe float: NaN/inf become null."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def summary_path(results_root: str | Path, model_id: str, task_name: str) -> Path:
+    return Path(results_root) / model_id / task_name / SUMMARY_NAME
+
+
+# --------------------------------------------------------------------------- protocol blocks
+
+
+def ci_block(
+    y_true: Any,
+    y_score: Any,
+    task: Task,
+    *,
+    groups: Any = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``{"metrics": {name: {"value", "ci_low", "ci_high"}}, "n_boot", ...}`` for one protocol on test.
+
+    ``y_true`` ``[N]`` / ``[N, C]``, ``y_score`` ``[N, C]``; ``groups`` (patient ids) make the
+    bootstrap resample patients. Also records how many resamples were degenerate and how many
+    classes AUROC averaged over (classes absent from the test set are left out).
+    """
+    from midol_cli.eval.bootstrap import bootstrap_cis
+    from midol_cli.eval.metrics import classification_metrics, metric_names
+
+    point = classification_metrics(y_true, y_score, task.label_type, task.classes)
+    names = metric_names(task.label_type)
+    cis = bootstrap_cis(
+        y_true, y_score, task.label_type, task.classes, names, n_boot=n_boot, seed=seed, groups=groups
+    )
+    return {
+        "metrics": {
+            k: {"value": _num(point[k]), "ci_low": _num(cis[k].low), "ci_high": _num(cis[k].high)} for k in names
+        },
+        "n_boot": int(n_boot),
+        "bootstrap_seed": int(seed),
+        "bootstrap_unit": "group" if groups is not None else "sample",
+        "n_degenerate": {k: cis[k].n_degenerate for k in names},
+        "auroc_classes_used": int(point["auroc_n_classes"]),
+        "auroc_classes_skipped": int(point["auroc_n_skipped"]),
+    }
+
+
+def seeds_block(per_seed: Sequence[dict[str, float]], seeds: Sequence[int]) -> dict[str, Any]:
+    """``{"metrics": {name: {"mean", "std", "values"}}, "seeds"}`` from one metric dict per seed."""
+    import numpy as np
+
+    names = list(per_seed[0]) if per_seed else []
+    metrics = {}
+    for k in names:
+        vals = [float(m[k]) for m in per_seed]
+        finite = [v for v in vals if math.isfinite(v)]
+        mean = float(np.mean(finite)) if finite else float("nan")
+        std = float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else float("nan"))
+        metrics[k] = {"mean": _num(mean), "std": _num(std), "values": [_num(v) for v in vals]}
+    return {"metrics": metrics, "seeds": [int(s) for s in seeds]}
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TaskData:
+    """Arrays of one task, all aligned with ``df`` (the kept rows of the embeddings table)."""
+
+    df: pd.DataFrame
+    X: np.ndarray  # [N, D] float32
+    y: np.ndarray  # [N] class indices, or [N, C] 0/1 for multi-label
+    groups: np.ndarray  # [N] str; rows without a group use their sample_id
+    split: np.ndarray  # [N] str: train | val | test
+    val_source: str = "split"
+    notes: list[str] = field(default_factory=list)
+
+    def mask(self, split: str) -> np.ndarray:
+        return self.split == split
+
+
+def task_data(emb_df: pd.DataFrame, task: Task, carve_seed: int = 0) -> TaskData:
+    """Select, check and encode the rows of ``emb_df`` that belong to ``task``.
+
+    Keeps rows of ``task.modality`` (when the table has several modalities) with a non-empty label.
+    Single-label rows whose label is not a task class raise ``ValueError`` naming it; multi-label
+    names outside the classes (e.g. "No Finding") are ignored. Needs train and test rows; without val
+    rows, ``VAL_CARVE_FRACTION`` of the training groups become validation (seeded).
+    """
+    import numpy as np
+
+    from midol_cli.eval.metrics import encode_targets
+
+    missing = [c for c in EMBEDDING_COLUMNS if c not in emb_df.columns]
+    if missing:
+        raise ValueError(f"the embeddings table lacks column(s) {', '.join(missing)}")
+    df = emb_df
+    notes: list[str] = []
+    mods = set(df["modality"].astype(str))
+    if task.modality and len(mods) > 1:
+        df = df[df["modality"].astype(str) == task.modality]
+    elif task.modality and mods and task.modality not in mods:
+        raise ValueError(
+            f"task '{task.name}' is for modality '{task.modality}' but the embeddings are {sorted(mods)}"
+        )
+    labelled = df["label"].fillna("").astype(str) != ""
+    if (~labelled).any():
+        notes.append(f"{int((~labelled).sum())} rows without a label were left out")
+    df = df[labelled].reset_index(drop=True)
+    if len(df) == 0:
+        raise ValueError(f"no labelled rows for task '{task.name}'")
+    if task.label_type == "multilabel":
+        known = set(task.classes)
+        y = encode_targets(
+            [[n for n in s.split("|") if n in known] for s in df["label"].astype(str)],
+            "multilabel",
+            task.classes,
+        )
+    else:
+        bad = sorted(set(df["label"].astype(str)) - set(task.classes))
+        if bad:
+            raise ValueError(
+                f"label(s) {', '.join(repr(b) for b in bad[:5])} of the embeddings table are not among the "
+                f"classes of task '{task.name}' ({', '.join(task.classes)})"
+            )
+        y = encode_targets(df["label"].astype(str).to_numpy(), task.label_type, task.classes)
+    X = np.stack(df["embedding"].to_numpy()).astype(np.float32)
+    if X.ndim != 2 or not np.isfinite(X).all():
+        raise ValueError("embeddings must be equal-length finite vectors")
+    group = df["group"].fillna("").astype(str).to_numpy()
+    sid = df["sample_id"].astype(str).to_numpy()
+    groups = np.where(group == "", sid, group)
+    split = df["split"].astype(str).to_numpy().copy()
+    unknown = sorted(set(split) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"unknown split value(s) {unknown}; expected train, val, test")
+    for need in ("train", "test"):
+        if not (split == need).any():
+            raise ValueError(f"task '{task.name}' has no '{need}' rows in the embeddings table")
+    val_source = "split"
+    if not (split == "val").any():
+        train_groups = np.unique(groups[split == "train"])
+        if len(train_groups) < 2:
+            raise ValueError(f"task '{task.name}' has no val rows and too few training groups to carve them")
+        rng = np.random.default_rng(carve_seed)
+        n_val = max(1, int(round(VAL_CARVE_FRACTION * len(train_groups))))
+        val_groups = set(rng.choice(train_groups, n_val, replace=False).tolist())
+        carve = (split == "train") & np.isin(groups, list(val_groups))
+        split[carve] = "val"
+        val_source = f"carved: {n_val} of {len(train_groups)} training groups (seed {carve_seed})"
+        notes.append(f"no val rows: {val_source}")
+    return TaskData(df, X, y, groups, split, val_source, notes)
+
+
+# --------------------------------------------------------------------------- suite
+
+
+def _fraction_key(fraction: float) -> str:
+    return f"fraction_{fraction:g}"
+
+
+def run_probe_suite(
+    emb_df: pd.DataFrame,
+    task: Task,
+    out_dir: str | Path,
+    *,
+    model_info: dict[str, Any],
+    data_hash: str,
+    fractions: Sequence[float] = (0.01, 0.1),
+    seeds: Sequence[int] = (0, 1, 2),
+    n_boot: int = 1000,
+    knn_ks: Sequence[int] = (10, 20),
+    split_source: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Linear probe, k-NN (each k) and label-fraction probes on ``emb_df``; writes the three files.
+
+    ``emb_df``: the embeddings table (``EMBEDDING_COLUMNS``); ``model_info``: ``MODEL_KEYS``;
+    ``data_hash``: hash of the data the embeddings came from (``report`` flags tasks whose hashes
+    differ across models). Fraction 1.0 reuses the linear probe (one seed). Returns the summary dict.
+    """
+    import numpy as np
+
+    from midol_cli.eval.fractions import sample_fraction
+    from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_predict
+    from midol_cli.eval.linear import fit_linear_probe
+    from midol_cli.eval.metrics import classification_metrics, confusion_matrix, metric_names
+
+    say = log or (lambda _msg: None)
+    missing = [k for k in MODEL_KEYS if k not in model_info]
+    if missing:
+        raise ValueError(f"model_info lacks {', '.join(missing)}")
+    for f in fractions:
+        if not 0 < float(f) <= 1:
+            raise ValueError(f"label fraction {f} is not in (0, 1]")
+    if not seeds:
+        raise ValueError("at least one seed is needed for the label-fraction probes")
+    out_dir = Path(out_dir)
+    td = task_data(emb_df, task)
+    tr, va, te = td.mask("train"), td.mask("val"), td.mask("test")
+    C = len(task.classes)
+    lt = task.label_type
+    y_te = td.y[te]
+    g_te = td.groups[te]
+    pred_rows: list[tuple[str, Any, np.ndarray]] = []  # (protocol, seed, probs [N_test, C])
+    protocols: dict[str, Any] = {}
+    boot_seed = int(seeds[0])
+
+    say(f"{task.name}: linear probe on {int(tr.sum())} train / {int(va.sum())} val rows")
+    probe = fit_linear_probe(td.X[tr], td.y[tr], td.X[va], td.y[va], lt, C)
+    p_lin = probe.predict_proba(td.X[te])
+    block = ci_block(y_te, p_lin, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
+    block.update(
+        {"C": probe.C, "seeds": [boot_seed], "l2_normalize": True, "c_path": probe.path, "fit_on": "train"}
+    )
+    protocols["linear"] = block
+    pred_rows.append(("linear", None, p_lin))
+
+    for k in knn_ks:
+        say(f"{task.name}: k-NN k={k}")
+        p_knn = knn_predict(td.X[tr], td.y[tr], td.X[te], int(k), lt, C)
+        block = ci_block(y_te, p_knn, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
+        block.update({"k": int(k), "temperature": DEFAULT_TEMPERATURE, "bank": "train"})
+        protocols[f"knn_k{int(k)}"] = block
+        pred_rows.append((f"knn_k{int(k)}", None, p_knn))
+
+    names = metric_names(lt)
+    train_df = td.df[tr].copy()
+    train_df["group"] = td.groups[tr]
+    train_pos = np.flatnonzero(tr)  # position in td.df of each training row
+    for f in fractions:
+        f = float(f)
+        key = _fraction_key(f)
+        if f >= 1.0:
+            point = {k: v["value"] for k, v in protocols["linear"]["metrics"].items()}
+            blk = seeds_block([{k: (np.nan if v is None else v) for k, v in point.items()}], [boot_seed])
+            blk.update({"fraction": 1.0, "n_train": [int(tr.sum())], "C": [probe.C], "same_as": "linear"})
+            protocols[key] = blk
+            continue
+        per_seed, n_train, Cs = [], [], []
+        for s in seeds:
+            keep = sample_fraction(train_df, f, int(s))
+            rows = train_pos[np.asarray(train_df.index.get_indexer(keep))]
+            say(f"{task.name}: {key} seed {s}: {len(rows)} training rows")
+            pf = fit_linear_probe(td.X[rows], td.y[rows], td.X[va], td.y[va], lt, C)
+            p = pf.predict_proba(td.X[te])
+            m = classification_metrics(y_te, p, lt, task.classes)
+            per_seed.append({k: m[k] for k in names})
+            n_train.append(len(rows))
+            Cs.append(pf.C)
+            pred_rows.append((key, int(s), p))
+        blk = seeds_block(per_seed, seeds)
+        blk.update({"fraction": f, "n_train": n_train, "C": Cs})
+        protocols[key] = blk
+
+    summary = {
+        "schema": SUMMARY_SCHEMA,
+        "model": {k: model_info[k] for k in MODEL_KEYS},
+        "task": {
+            **task.to_dict(),
+            "data_hash": data_hash,
+            "split_source": split_source if split_source is not None else task.split_source,
+        },
+        "protocols": protocols,
+        "primary_metric": task.metric,
+        "n": {"train": int(tr.sum()), "val": int(va.sum()), "test": int(te.sum())},
+        "val_source": td.val_source,
+        "notes": td.notes,
+        "provenance": provenance(stage="probe", n_boot=int(n_boot), seeds=[int(s) for s in seeds]),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out_dir / PREDICTIONS_NAME, td, te, task, pred_rows, model_info)
+    if lt != "multilabel":
+        from midol_cli.report.plots import plot_confusion_matrix
+
+        cm = confusion_matrix(y_te, p_lin, task.classes)
+        plot_confusion_matrix(cm, task.classes, out_dir / CONFUSION_NAME, title=f"{task.name}: linear probe (test)")
+    write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    say(f"{task.name}: wrote {out_dir / SUMMARY_NAME}")
+    return summary
+
+
+def _write_predictions(
+    path: Path,
+    td: TaskData,
+    te: np.ndarray,
+    task: Task,
+    pred_rows: list[tuple[str, Any, np.ndarray]],
+    model_info: dict[str, Any],
+) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sid = td.df["sample_id"].astype(str).to_numpy()[te].tolist()
+    label = td.df["label"].astype(str).to_numpy()[te].tolist()
+    n = len(sid)
+    cols: dict[str, list[Any]] = {k: [] for k in ("sample_id", "split", "label", "protocol", "seed", "probs")}
+    for protocol, seed, probs in pred_rows:
+        cols["sample_id"] += sid
+        cols["split"] += ["test"] * n
+        cols["label"] += label
+        cols["protocol"] += [protocol] * n
+        cols["seed"] += [seed] * n
+        cols["probs"] += list(np.asarray(probs, dtype=np.float32))
+    schema = pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("split", pa.string()),
+            ("label", pa.string()),
+            ("protocol", pa.string()),
+            ("seed", pa.int32()),
+            ("probs", pa.list_(pa.float32())),
+        ],
+        metadata={b"midol": json.dumps({"classes": list(task.classes), "task": task.name, "model": model_info["id"]})},
+    )
+    table = pa.table({k: cols[k] for k in schema.names}, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _require(obj: Any, dotted: str, path: Any) -> Any:
+    cur = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
+            raise ValueError(f"{path}: missing field '{dotted}'")
+        cur = cur[part]
+    return cur
+
+
+def validate_summary(summary: Any, path: Any = "summary") -> dict[str, Any]:
+    """Check the fields ``report`` relies on; raises ``ValueError`` naming the first missing one."""
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    schema = _require(summary, "schema", path)
+    if schema != SUMMARY_SCHEMA:
+        raise ValueError(f"{path}: schema {schema!r} is not the supported {SUMMARY_SCHEMA}")
+    for key in ("model.id", "task.name", "task.modality", "task.label_type", "task.classes", "task.metric",
+                "task.data_hash", "primary_metric", "n.train", "n.val", "n.test"):
+        _require(summary, key, path)
+    if not isinstance(summary["task"]["classes"], list):
+        raise ValueError(f"{path}: field 'task.classes' is not a list")
+    protocols = _require(summary, "protocols", path)
+    if not isinstance(protocols, dict) or not protocols:
+        raise ValueError(f"{path}: field 'protocols' holds no protocol")
+    for pname, block in protocols.items():
+        # Protocol names contain dots ("fraction_0.01"): look the block up directly.
+        metrics = block.get("metrics") if isinstance(block, dict) else None
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{path}: missing field 'protocols.{pname}.metrics'")
+        for mname, entry in metrics.items():
+            if not isinstance(entry, dict) or not ({"value", "mean"} & set(entry)):
+                raise ValueError(f"{path}: missing field 'protocols.{pname}.metrics.{mname}.value'")
+    return summary
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """Read and validate a ``summary.json``; ``ValueError`` (naming the file and field) if malformed."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return validate_summary(summary, path)
+
+
+def add_protocol(path: str | Path, name: str, block: dict[str, Any]) -> dict[str, Any]:
+    """Add or replace protocol ``name`` (e.g. "finetune") in an existing summary, atomically.
+
+    ``block`` must hold ``{"metrics": {metric: {"value", "ci_low", "ci_high"}}}`` (``ci_block``
+    builds one). Returns the updated summary.
+    """
+    summary = load_summary(path)
+    summary["protocols"][name] = block
+    validate_summary(summary, path)
+    write_json_atomic(path, summary)
+    return summary

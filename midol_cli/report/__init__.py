@@ -1,0 +1,1 @@
+"""Tables and plots from result files (``results/<model>/<task>/summary.json``); no metric computation."""

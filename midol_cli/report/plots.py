@@ -1,0 +1,85 @@
+"""PNG figures from numbers already computed (no metric computation here): a confusion matrix and a
+bar chart of models x tasks. matplotlib runs on the non-interactive Agg backend, written atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from midol_cli.artifacts import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, title: str = "") -> None:
+    """Counts ``cm [C, C]`` (rows true, columns predicted) as a heatmap with class names on both axes."""
+    import numpy as np
+
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    n = len(classes)
+    size = max(4.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    try:
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
+        ax.set_yticks(range(n), labels=list(classes))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if title:
+            ax.set_title(title)
+        top = cm.max() if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                        color="white" if top and cm[i, j] > top / 2 else "black", fontsize=8)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_bars(
+    tasks: Sequence[str],
+    models: Sequence[str],
+    values: dict[tuple[str, str], float],
+    errors: dict[tuple[str, str], tuple[float, float]],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+) -> None:
+    """Grouped bars: one group per task, one bar per model; ``values[(task, model)]``, optional
+    asymmetric error bars ``errors[(task, model)] = (below, above)``. Missing cells leave a gap."""
+    import numpy as np
+
+    plt = _pyplot()
+    n_t, n_m = len(tasks), max(len(models), 1)
+    width = 0.8 / n_m
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * n_t * max(1, n_m / 2) + 2), 4))
+    try:
+        x = np.arange(n_t)
+        for j, model in enumerate(models):
+            vals = [values.get((t, model), np.nan) for t in tasks]
+            err = np.array([errors.get((t, model), (0.0, 0.0)) for t in tasks]).T
+            ax.bar(x + (j - (n_m - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=model)
+        ax.set_xticks(x, labels=list(tasks), rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.legend(fontsize=8)
+        _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,126 @@
+"""`midol report` through the real entry point, on a fixed results tree."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from midol_cli.cli import main
+from tests.report._tree import write_tree
+
+EXPECTED_MD = """\
+Protocol: linear · metric: each task's primary metric · values ×100, 95% bootstrap CI in brackets
+
+| modality | task | metric | m-a | m-b | M-IDoL (paper, arXiv 2604.08936) |
+|---|---|---|---|---|---|
+| dermoscopy | ham10000 | accuracy | 80.00 [78.00, 82.00] | **85.00 [83.00, 87.00]** | 97.10 |
+| dermoscopy | *average* |  | 80.00 | **85.00** |  |
+| fundus | aptos | qwk | 70.00 [65.00, 75.00] † | 72.00 [66.00, 78.00] † |  |
+| fundus | retina | accuracy | **90.00 [88.00, 92.00]** | **90.00 [87.00, 93.00]** | 88.40 |
+| fundus | *average* |  | **90.00** | **90.00** |  |
+| all | *average rank* |  | 1.75 | **1.25** |  |
+
+† data hash differs across models for aptos: not comparable, left out of averages and ranks.
+M-IDoL (paper, arXiv 2604.08936): published percentages, shown only where the paper reports this metric; \
+not part of the ranks.
+"""
+
+
+def midol(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["midol", *args])
+    with pytest.raises(SystemExit) as ex:
+        main.run()
+    out = capsys.readouterr()
+    code = ex.value.code
+    return (0 if code is None else int(code)), out.out, out.err
+
+
+def test_golden_markdown_with_reference(tmp_path, monkeypatch, capsys):
+    results = write_tree(tmp_path)
+    code, out, err = midol(monkeypatch, capsys, "report", str(results), "--reference", "paper")
+    assert code == 0
+    assert out == EXPECTED_MD
+    # the malformed file is named, the mismatch is explained, on stderr only
+    assert "oct2017" in err and "'task.data_hash'" in err
+    assert "task 'aptos': data hash differs" in err
+    assert "oct2017" not in out
+
+
+def test_csv_and_json_carry_the_same_numbers(tmp_path, monkeypatch, capsys):
+    results = write_tree(tmp_path)
+    code, out_csv, _ = midol(monkeypatch, capsys, "report", str(results), "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out_csv)))
+    cell = {(r["row"], r["task"] or r["modality"], r["model"]): r for r in rows}
+    assert cell[("task", "ham10000", "m-b")]["value"] == "85.0"
+    assert cell[("task", "ham10000", "m-b")]["ci_low"] == "83.0"
+    assert cell[("task", "aptos", "m-a")]["flag"] == "data_hash_mismatch"
+    assert cell[("modality_average", "fundus", "m-a")]["value"] == "90.0"
+    assert cell[("average_rank", "", "m-a")]["value"] == "1.75"
+    assert "**" not in out_csv
+    code, out_json, _ = midol(monkeypatch, capsys, "report", str(results), "--format", "json")
+    obj = json.loads(out_json)
+    ham = next(r for r in obj["rows"] if r["task"] == "ham10000")
+    assert ham["cells"]["m-b"] == {"value": 85.0, "ci_low": 83.0, "ci_high": 87.0, "std": None,
+                                   "n_seeds": None, "best": True}
+    assert obj["average_rank"]["m-b"] == {"value": 1.25, "tasks": 2}
+    assert obj["modality_average"]["dermoscopy"]["m-a"]["value"] == 80.0
+    assert any("aptos" in w for w in obj["warnings"])
+
+
+def test_fraction_protocol_and_metric_override(tmp_path, monkeypatch, capsys):
+    results = write_tree(tmp_path)
+    code, out, _ = midol(monkeypatch, capsys, "report", str(results), "--protocol", "fraction_0.01")
+    assert code == 0
+    assert "mean ± std over seeds" in out
+    # ham10000: m-a mean 60.00 ± 10.00; m-b 70.00 ± 17.32 (best)
+    assert "| dermoscopy | ham10000 | accuracy | 60.00 ± 10.00 | **70.00 ± 17.32** |" in out
+    code, out, _ = midol(monkeypatch, capsys, "report", str(results), "--metric", "auroc", "--reference", "paper")
+    assert code == 0
+    assert "| dermoscopy | ham10000 | auroc | 85.00 [78.00, 87.00] | **90.00 [83.00, 92.00]** |  |" in out
+
+
+def test_plot_is_written(tmp_path, monkeypatch, capsys):
+    results = write_tree(tmp_path)
+    png = tmp_path / "bars.png"
+    code, _, err = midol(monkeypatch, capsys, "report", str(results), "--plot", str(png))
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["report", "{missing}"], "does not exist"),
+        (["report", "{empty}"], "no valid summary.json"),
+        (["report", "{results}", "--format", "xlsx"], "--format 'xlsx'"),
+        (["report", "{results}", "--protocol", "finetune"], "no summary has protocol 'finetune'"),
+        (["report", "{results}", "--reference", "blog"], "--reference 'blog'"),
+        (["report", "{results}", "--metric", "dice"], "no summary has metric 'dice'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    results = write_tree(tmp_path)
+    (tmp_path / "empty").mkdir()
+    paths = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "results": results}
+    code, out, err = midol(monkeypatch, capsys, *[a.format(**paths) for a in args])
+    assert code == 2
+    assert out == ""
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert "Traceback" not in err
+
+
+def test_command_module_imports_nothing_heavy():
+    import subprocess
+
+    code = (
+        "import sys, midol_cli.cli.report\n"
+        "heavy = {'numpy', 'pandas', 'torch', 'matplotlib', 'sklearn', 'pyarrow'} & set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from midol_cli.report.table import _average_ranks, build_table, collect_summaries, render_markdown
+from tests.report._tree import summary, write_tree
+
+
+def test_average_ranks_share_ties():
+    assert _average_ranks({"a": 0.9, "b": 0.8, "c": 0.9, "d": 0.1}) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
+
+
+def test_collect_skips_malformed_and_names_them(tmp_path):
+    results = write_tree(tmp_path)
+    (results / "m-a" / "junk").mkdir()
+    (results / "m-a" / "junk" / "summary.json").write_text("{")
+    found, warnings = collect_summaries(results)
+    assert len(found) == 6
+    assert len(warnings) == 2
+    assert any("junk" in w and "not valid JSON" in w for w in warnings)
+    assert any("oct2017" in w and "task.data_hash" in w for w in warnings)
+
+
+def _entries(*specs):
+    return [(Path(f"{m}/{t}/summary.json"), summary(m, t, mod, "accuracy", v, v - 0.01, v + 0.01))
+            for m, t, mod, v in specs]
+
+
+def test_partial_coverage_average_and_single_model_rows_not_ranked():
+    t = build_table(_entries(
+        ("a", "t1", "xray", 0.8), ("b", "t1", "xray", 0.7),
+        ("a", "t2", "xray", 0.6),  # only model a has t2
+    ))
+    assert t.modality_average["xray"]["a"] == (pytest.approx(0.7), 2, 2)
+    assert t.modality_average["xray"]["b"] == (pytest.approx(0.7), 1, 2)
+    assert t.average_rank == {"a": (1.0, 1), "b": (2.0, 1)}
+    md = render_markdown(t)
+    # a covers both tasks, so only its average can be bold; b's partial average says so
+    assert "| xray | *average* |  | **70.00** | 70.00 (1/2) |" in md
+    assert "| xray | t2 | accuracy | **60.00 [59.00, 61.00]** | – |" in md
+
+
+def test_duplicate_and_disagreeing_primary_metric_are_warned():
+    entries = _entries(("a", "t1", "xray", 0.8), ("a", "t1", "xray", 0.9), ("b", "t1", "xray", 0.7))
+    entries[2][1]["primary_metric"] = "auroc"
+    t = build_table(entries)
+    assert any("appears twice" in w for w in t.warnings)
+    assert any("disagree on the primary metric" in w for w in t.warnings)
+    assert t.rows[0].cells["a"].value == 0.8  # the first one is kept
+
+
+def test_reference_only_where_metric_matches(tmp_path):
+    results = write_tree(tmp_path)
+    found, _ = collect_summaries(results)
+    t = build_table(found, reference="paper")
+    refs = {r.task: r.reference for r in t.rows}
+    assert refs == {"ham10000": pytest.approx(0.971), "aptos": None, "retina": pytest.approx(0.884)}
+    t = build_table(found, metric="auroc", reference="paper")
+    assert all(r.reference is None for r in t.rows)
