@@ -1,0 +1,241 @@
+"""Throughput of the shard loader against torchvision ImageFolder over the raw files, same run.
+
+Generates N synthetic 1024 px RGB JPEGs (smooth random content) in an
+ImageFolder layout, builds a manifest and shards (--max-side 512) from them,
+then measures decoded + augmented images/s through
+
+  (a) midol_cli.data.loader.make_loader over the shards, and
+  (b) torchvision.datasets.ImageFolder over the raw files,
+
+with the same transform (RandomResizedCrop 224, RandomHorizontalFlip,
+ColorJitter, ToTensor), batch size and num_workers; and the ceiling: pure JPEG
+decode rate of the shard images on one core. Prints the ratio (a)/(b)
+(target >= 3x).
+
+    python benchmarks/loader.py [--n 400] [--workers 2] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def _one_image(args: tuple[Path, str, int, int]) -> None:
+    """One smooth random RGB JPEG: colour field + soft disc + grain, built at 1/4 size then upscaled."""
+    import numpy as np
+    from PIL import Image, ImageChops, ImageDraw
+
+    path, _, size, seed = args
+    rng = np.random.default_rng(seed)
+    s = max(8, size // 4)
+    img = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).resize((s, s), Image.Resampling.BICUBIC)
+    cx, cy = (rng.uniform(0.3, 0.7, 2) * s).tolist()
+    r = rng.uniform(0.2, 0.45) * s
+    disc = Image.new("L", (s, s), 0)
+    ImageDraw.Draw(disc).ellipse((cx - r, cy - r, cx + r, cy + r), fill=90)
+    img = Image.composite(Image.new("RGB", (s, s), tuple(int(v) for v in rng.integers(0, 256, 3))), img, disc)
+    img = ImageChops.add(img, Image.effect_noise((s, s), 10).convert("RGB"), scale=1.0, offset=-128)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.resize((size, size), Image.Resampling.BICUBIC).save(path, quality=90)
+
+
+def make_raw(root: Path, n: int, size: int, classes: int, seed: int, workers: int = 1) -> list[tuple[str, str]]:
+    """Write n smooth random RGB JPEGs (size x size) under root/class_k/; return (relpath, class) pairs."""
+    from multiprocessing import get_context
+
+    files = [(f"class_{i % classes}/img_{i:05d}.jpg", f"class_{i % classes}") for i in range(n)]
+    jobs = [(root / rel, cls, size, seed * 1_000_003 + i) for i, (rel, cls) in enumerate(files)]
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            pool.map(_one_image, jobs, chunksize=8)
+    else:
+        for job in jobs:
+            _one_image(job)
+    return files
+
+
+def write_manifest_for(root: Path, files: list[tuple[str, str]], path: Path) -> None:
+    import pandas as pd
+
+    from midol_cli.artifacts import sha256_file, stable_id
+    from midol_cli.data.manifest import empty_row, write_manifest
+
+    rows = []
+    for rel, cls in files:
+        p = root / rel
+        row = empty_row()
+        row.update(
+            sample_id=stable_id("bench", rel), path=rel, modality="fundus", dataset="bench",
+            layout="imagefolder", label=cls, labels=[cls], group=rel, split="train", split_source="derived",
+            width=1024, height=1024, channels=3, bit_depth=8, format="JPEG", sha256=sha256_file(p),
+            bytes=p.stat().st_size, status="ok",
+        )
+        rows.append(row)
+    write_manifest(pd.DataFrame(rows), {"root": str(root.resolve()), "layout": "imagefolder"}, path)
+
+
+def augment():
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(224),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.4, 0.4, 0.2, 0.1),
+            T.ToTensor(),
+        ]
+    )
+
+
+class _ShardTransform:
+    """transform(image, meta) -> (tensor, label): picklable for DataLoader workers."""
+
+    def __init__(self) -> None:
+        self.t = augment()
+
+    def __call__(self, img, meta):
+        return self.t(img.convert("RGB") if img.mode != "RGB" else img), 0
+
+
+def time_pass(loader) -> tuple[float, int]:
+    """Images/s of one full pass (worker start-up included) and the image count."""
+    n = 0
+    t0 = time.perf_counter()
+    for x, _y in loader:
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0), n
+
+
+def decode_ceiling(shard_dir: Path, seconds: float = 3.0) -> float:
+    """Images/s of plain PIL JPEG decode of the shard images, one core, data already in memory."""
+    import io
+
+    from PIL import Image
+
+    from midol_cli.data.loader import shard_urls
+    from midol_cli.data.shards import iter_tar_samples
+
+    blobs = [s["jpg"] for url in shard_urls(shard_dir) for s in iter_tar_samples(url) if "jpg" in s]
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for b in blobs:
+            Image.open(io.BytesIO(b)).load()
+        n += len(blobs)
+    return n / (time.perf_counter() - t0)
+
+
+def stage_costs(raw_paths: list[Path], shard_dir: Path, k: int = 40) -> dict[str, float]:
+    """Single-core ms per image: decode raw / decode shard, augment at raw size / at shard size."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from midol_cli.data.loader import shard_urls
+    from midol_cli.data.shards import iter_tar_samples
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        raw = [p.read_bytes() for p in raw_paths[:k]]
+        shard = [s["jpg"] for url in shard_urls(shard_dir) for s in iter_tar_samples(url) if "jpg" in s][:k]
+        aug = augment()
+
+        def ms(fn, items) -> float:
+            t0 = time.perf_counter()
+            for x in items:
+                fn(x)
+            return (time.perf_counter() - t0) * 1e3 / len(items)
+
+        def dec(b: bytes):
+            return Image.open(io.BytesIO(b)).convert("RGB")
+
+        raw_imgs, shard_imgs = [dec(b) for b in raw], [dec(b) for b in shard]
+        return {
+            "decode_raw": ms(dec, raw),
+            "decode_shard": ms(dec, shard),
+            "augment_raw": ms(aug, raw_imgs),
+            "augment_shard": ms(aug, shard_imgs),
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=400, help="synthetic images (default 400)")
+    ap.add_argument("--size", type=int, default=1024, help="raw image side (default 1024)")
+    ap.add_argument("--max-side", type=int, default=512, help="shard --max-side (default 512)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders (default 2)")
+    ap.add_argument("--epochs", type=int, default=2, help="interleaved passes per loader; the best is reported (default 2)")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep generated data here (default: a temp dir)")
+    args = ap.parse_args()
+
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    from midol_cli.data.loader import make_loader
+    from midol_cli.data.shards import ShardParams, write_shards
+
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="midol-bench-")) if args.workdir is None else args.workdir
+    try:
+        raw, shards = tmp / "raw", tmp / "shards"
+        t0 = time.perf_counter()
+        files = make_raw(raw, args.n, args.size, classes=4, seed=0, workers=max(1, args.workers))
+        t_gen = time.perf_counter() - t0
+        write_manifest_for(raw, files, tmp / "manifest.parquet")
+        t0 = time.perf_counter()
+        idx = write_shards(
+            [tmp / "manifest.parquet"], shards, ShardParams(max_side=args.max_side), workers=max(1, args.workers)
+        )
+        t_shard = time.perf_counter() - t0
+        raw_mb = sum((raw / r).stat().st_size for r, _ in files) / 2**20
+        print(
+            f"data: {args.n} x {args.size}px JPEG ({raw_mb:.1f} MiB) generated in {t_gen:.1f}s; "
+            f"{idx['totals']['shards']} shards ({idx['totals']['bytes'] / 2**20:.1f} MiB, max side {args.max_side}) "
+            f"written in {t_shard:.1f}s with {args.workers} workers"
+        )
+
+        shard_loader = make_loader(
+            shards, _ShardTransform(), args.batch_size, num_workers=args.workers, drop_last=False,
+            shuffle_buffer=256,
+        )
+        folder = ImageFolder(str(raw), transform=augment())
+        folder_loader = torch.utils.data.DataLoader(
+            folder, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=False
+        )
+        # Interleaved passes, best of each: a CPU shared with other jobs slows both alike.
+        rates: dict[str, list[float]] = {"a": [], "b": []}
+        for _ in range(args.epochs):
+            for key, loader in (("a", shard_loader), ("b", folder_loader)):
+                rate, count = time_pass(loader)
+                if count != args.n:
+                    raise SystemExit(f"loader ({key}) returned {count} images, expected {args.n}")
+                rates[key].append(rate)
+        a, b = max(rates["a"]), max(rates["b"])
+        ceiling = decode_ceiling(shards)
+        print(f"(a) midol shards  (make_loader, {args.workers} workers): {a:8.1f} img/s")
+        print(f"(b) ImageFolder raw ({args.workers} workers):            {b:8.1f} img/s")
+        print(f"ratio (a)/(b): {a / b:.2f}x (target >= 3x)")
+        print(f"ceiling: JPEG decode of shard images, 1 core: {ceiling:8.1f} img/s")
+        c = stage_costs([raw / r for r, _ in files], shards)
+        bound = (c["decode_raw"] + c["augment_raw"]) / (c["decode_shard"] + c["augment_shard"])
+        print(
+            f"1-core ms/image: decode raw {c['decode_raw']:.2f}, decode shard {c['decode_shard']:.2f}, "
+            f"augment at {args.size}px {c['augment_raw']:.2f}, at {args.max_side}px {c['augment_shard']:.2f} "
+            f"-> ratio bound for this transform {bound:.2f}x"
+        )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
