@@ -1,0 +1,141 @@
+"""``midol ingest RAW_DIR --modality M``: raw folder -> Parquet manifest (see data/ingest.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from midol_cli.cli._common import console, show_progress
+from midol_cli.errors import UsageError
+
+_SPLITS = ("train", "val", "test")
+
+
+def _plain(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Rich tables on stderr: images per label and split, rejects by reason, then warnings."""
+    from rich.table import Table
+
+    con = console()
+    t = Table(title=f"{summary['dataset']} ({summary['modality']}, layout {summary['layout']})")
+    t.add_column("label")
+    for s in (*_SPLITS, "total"):
+        t.add_column(s, justify="right")
+    for label, per in summary["per_label_split"].items():
+        t.add_row(label, *(str(per.get(s, 0)) for s in _SPLITS), str(sum(per.values())))
+    if summary["per_label_split"]:
+        # Per-split image counts, not column sums: a multi-label image counts once per label above.
+        t.add_section()
+        t.add_row("images (ok)", *(str(summary["per_split"].get(s, 0)) for s in _SPLITS), str(summary["ok"]))
+    con.print(t)
+    if summary["rejects_by_reason"]:
+        r = Table(title=f"rejected files: {summary['rejected']}")
+        r.add_column("reason")
+        r.add_column("files", justify="right")
+        for reason, n in summary["rejects_by_reason"].items():
+            r.add_row(reason, str(n))
+        con.print(r)
+    con.print(
+        f"{summary['rows']} rows: {summary['ok']} ok, {summary['rejected']} rejected; "
+        f"{summary['decoded']} read, {summary['reused']} reused from the previous manifest; "
+        f"{summary['duplicates']} exact duplicates",
+        highlight=False,
+    )
+    for w in summary["warnings"]:
+        con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    con.print(f"manifest: {summary['manifest']}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ingest")
+    def ingest(
+        raw_dir: Path = typer.Argument(
+            ..., help="Raw folder of images (read only; nothing is written inside it)."
+        ),
+        modality: str = typer.Option(
+            ..., "--modality", "-m", help="xray, fundus, oct, dermoscopy, pathology, ..."
+        ),
+        layout: str = typer.Option(
+            "auto",
+            "--layout",
+            help="auto, imagefolder, csv, aptos2019, ham10000, oct2017, chestxray14, nct-crc.",
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="Manifest path (default: ./manifests/<RAW_DIR name>.parquet)."
+        ),
+        workers: int | None = typer.Option(
+            None, "--workers", "-j", help="Decoding processes (default: min(4, CPUs); 1 = no subprocesses)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the derived train/val/test split."),
+        max_pixels: int | None = typer.Option(
+            None, "--max-pixels", help="Reject images with more pixels than this (default: 178956970)."
+        ),
+        new_modality: bool = typer.Option(
+            False, "--new-modality", help="Accept a modality name midol does not know."
+        ),
+        labels: Path | None = typer.Option(None, "--labels", help="csv layout: the labels CSV."),
+        path_col: str | None = typer.Option(None, "--path-col", help="csv layout: column with image paths."),
+        label_col: str | None = typer.Option(None, "--label-col", help="csv layout: column with labels."),
+        group_col: str | None = typer.Option(None, "--group-col", help="csv layout: patient/lesion column."),
+        split_col: str | None = typer.Option(None, "--split-col", help="csv layout: official split column."),
+        label_sep: str | None = typer.Option(
+            None, "--label-sep", help="csv layout: multi-label separator, e.g. '|'."
+        ),
+        dataset: str | None = typer.Option(
+            None, "--dataset", help="Dataset name (default: the layout's, else the folder name)."
+        ),
+    ) -> None:
+        """Walk RAW_DIR, validate every image and write a Parquet manifest (one row per file, with rejects)."""
+        from midol_cli.data.ingest import ingest_folder
+        from midol_cli.data.layouts import LayoutOptions
+        from midol_cli.data.readers import DEFAULT_MAX_PIXELS
+
+        csv_flags = {
+            "--labels": labels,
+            "--path-col": path_col,
+            "--label-col": label_col,
+            "--group-col": group_col,
+            "--split-col": split_col,
+            "--label-sep": label_sep,
+        }
+        given = [k for k, v in csv_flags.items() if v is not None]
+        if given and layout.strip().lower() == "auto":
+            layout = "csv"  # a labels CSV given means the csv layout
+        if given and layout.strip().lower() != "csv":
+            raise UsageError(f"{', '.join(given)} only apply to --layout csv (got --layout {layout})")
+        if labels is not None and not labels.is_file() and (raw_dir / labels).is_file():
+            labels = raw_dir / labels  # a CSV named relative to the raw folder
+        if labels is not None and not labels.is_file():
+            raise UsageError(f"labels file '{labels}' does not exist")
+        opts = LayoutOptions(
+            labels=labels,
+            path_col=path_col,
+            label_col=label_col,
+            group_col=group_col,
+            split_col=split_col,
+            label_sep=label_sep,
+        )
+        progress = show_progress()
+        summary = ingest_folder(
+            raw_dir,
+            modality,
+            layout=layout,
+            out=out,
+            workers=workers,
+            seed=seed,
+            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+            new_modality=new_modality,
+            layout_options=opts,
+            dataset=dataset,
+            progress=progress,
+            log=None if progress else _plain,
+        )
+        print_summary(summary)
+        # The manifest path is the command's data output: `M=$(midol ingest ...)` works.
+        typer.echo(summary["manifest"])

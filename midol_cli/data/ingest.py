@@ -1,0 +1,578 @@
+"""``midol ingest``: walk a raw folder read-only and write its Parquet manifest.
+
+One row per file found (every supported image on disk, plus every file the
+layout's CSV lists): status "ok" with size/format/bit depth/intensity policy
+and sha256, or "rejected" with a reason. Labels, groups and official splits
+come from the layout; the remaining splits are derived group-aware
+(``splits.assign_splits``). Exact duplicates (same sha256) point at the first
+copy; duplicates that land in different splits are counted as leakage.
+
+Each file is read once: its bytes are hashed and decoded from memory in a
+process pool (chunks of paths go out, small dicts of metadata come back; no
+pixels cross process boundaries). A rerun with the same root/layout/pixel cap
+reuses rows whose (path, bytes, mtime_ns) did not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from midol_cli.artifacts import MANIFEST_COLUMNS, SPLITS, is_within, provenance, stable_id
+from midol_cli.data import readers
+from midol_cli.data.layouts import (
+    LAYOUTS,
+    Entry,
+    LayoutOptions,
+    detect_layout,
+    get_layout,
+    strip_ext,
+    walk_candidates,
+)
+from midol_cli.errors import UsageError
+from midol_cli.modalities import check_modality
+
+# Bumped when the reader's output for the same bytes changes, so old manifests are not reused.
+READER_VERSION = 1
+
+# Fields a decode produces; reused verbatim from an earlier manifest when the file is unchanged.
+_DECODED = (
+    "width",
+    "height",
+    "channels",
+    "bit_depth",
+    "format",
+    "intensity",
+    "sha256",
+    "bytes",
+    "mtime_ns",
+    "status",
+    "reason",
+)
+# Rejections that depend only on the file's bytes (safe to reuse); others (permissions,
+# links, missing plugins) can change without the file changing, so they are re-checked.
+_CONTENT_REJECTS = (
+    "zero-byte file",
+    "truncated image",
+    "corrupt image data",
+    "not an image",
+    "unreadable DICOM",
+    "over pixel cap",
+    "DICOM without pixel data",
+    "unsupported DICOM transfer syntax",
+    "file too large",
+)
+UNLABELLED = "(unlabelled)"
+
+
+def default_out(raw_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> Path:
+    """``./manifests/<raw folder name>.parquet`` relative to ``cwd`` (default: the current directory)."""
+    name = Path(raw_dir).resolve().name or "root"
+    return Path(cwd or os.getcwd()) / "manifests" / f"{name}.parquet"
+
+
+def reason_class(reason: str) -> str:
+    """A reason without its per-file detail: "over pixel cap (9000 x 9000)" -> "over pixel cap"."""
+    return reason.split(" (", 1)[0]
+
+
+# ---------------------------------------------------------------- per-file work (runs in workers)
+
+
+def inspect_stat(path: str) -> dict[str, Any]:
+    """A rejected record carrying only what ``os.stat`` says (bytes, mtime_ns)."""
+    rec: dict[str, Any] = {
+        "width": 0,
+        "height": 0,
+        "channels": 0,
+        "bit_depth": 0,
+        "format": "",
+        "intensity": "",
+        "sha256": "",
+        "bytes": 0,
+        "mtime_ns": 0,
+        "status": "rejected",
+        "reason": "",
+    }
+    try:
+        st = os.stat(path)
+        rec["bytes"], rec["mtime_ns"] = int(st.st_size), int(st.st_mtime_ns)
+    except OSError:
+        pass  # the reader turns the same failure into a reason
+    return rec
+
+
+def inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
+    """Read ``path`` once, hash it, decode it; return the manifest's decoded fields (no pixels)."""
+    rec = inspect_stat(path)
+    try:
+        data, st = readers.read_file_bytes(path, readers.byte_cap(max_pixels))
+        rec["bytes"], rec["mtime_ns"] = len(data), int(st.st_mtime_ns)
+        rec["sha256"] = hashlib.sha256(data).hexdigest()
+        res = readers.decode_bytes(data, path, max_pixels)
+    except readers.ImageRejected as e:
+        rec["reason"] = e.reason
+        return rec
+    rec.update(
+        width=res.width,
+        height=res.height,
+        channels=res.channels,
+        bit_depth=res.bit_depth,
+        format=res.format,
+        intensity=res.intensity,
+        status="ok",
+    )
+    return rec
+
+
+def _inspect_chunk(paths: list[str], max_pixels: int) -> list[dict[str, Any]]:
+    return [inspect_file(p, max_pixels) for p in paths]
+
+
+def _pool_context():
+    import multiprocessing as mp
+
+    # forkserver: workers start from a clean process (no inherited threads from a progress
+    # bar or a loaded torch); spawn where fork servers are unavailable (macOS, Windows).
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # Imported once in the fork server, not once per worker.
+        ctx.set_forkserver_preload(
+            [
+                "midol_cli.data.ingest",
+                "numpy",
+                "PIL.Image",
+                "PIL.JpegImagePlugin",
+                "PIL.PngImagePlugin",
+                "PIL.TiffImagePlugin",
+            ]
+        )
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _crashed(path: str) -> dict[str, Any]:
+    rec = inspect_stat(path)
+    rec["reason"] = "decoder crashed"
+    return rec
+
+
+def _decode_all(
+    paths: list[str],
+    max_pixels: int,
+    workers: int,
+    progress: bool,
+    log: Callable[[str], None],
+    chunk_fn: Callable[[list[str], int], list[dict[str, Any]]] = _inspect_chunk,
+) -> dict[str, dict[str, Any]]:
+    """Absolute path -> decoded fields, using ``workers`` processes (1: this process).
+
+    A worker that dies (a decoder crashing on a hostile file) does not stop the run: the
+    chunks that were in flight are retried one file at a time, each alone in the pool, and
+    the file that kills a worker again is rejected as "decoder crashed".
+    """
+    out: dict[str, dict[str, Any]] = {}
+    if not paths:
+        return out
+    workers = max(1, min(workers, len(paths)))
+    # Small chunks keep the bar moving and balance work; large enough that IPC stays negligible.
+    size = max(1, min(32, -(-len(paths) // (workers * 16))))
+    queue: deque[list[str]] = deque(paths[i : i + size] for i in range(0, len(paths), size))
+    log(f"ingest: reading {len(paths)} files with {workers} worker{'s' if workers > 1 else ''}")
+
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from midol_cli.cli._common import console
+
+        bar = Progress(
+            TextColumn("reading"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console(),
+            transient=True,
+        )
+        bar.start()
+    task = bar.add_task("read", total=len(paths)) if bar else None
+
+    def done(chunk: list[str], recs: list[dict[str, Any]]) -> None:
+        out.update(zip(chunk, recs, strict=True))
+        if bar is not None:
+            bar.advance(task, len(chunk))
+
+    try:
+        if workers == 1:
+            while queue:
+                chunk = queue.popleft()
+                done(chunk, chunk_fn(chunk, max_pixels))
+        else:
+            _run_pool(queue, max_pixels, workers, chunk_fn, done, log)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return out
+
+
+def _run_pool(
+    queue: deque[list[str]],
+    max_pixels: int,
+    workers: int,
+    chunk_fn: Callable[[list[str], int], list[dict[str, Any]]],
+    done: Callable[[list[str], list[dict[str, Any]]], None],
+    log: Callable[[str], None],
+) -> None:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    suspects: deque[str] = deque()  # files from chunks lost to a dead worker
+    while queue or suspects:
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+        pending: dict[Any, list[str]] = {}
+        lost: list[list[str]] = []
+        isolated = False
+        try:
+            while queue or suspects or pending:
+                if suspects:
+                    # One suspect alone in flight, so a crash names exactly one file.
+                    if not pending:
+                        one = [suspects.popleft()]
+                        pending[ex.submit(chunk_fn, one, max_pixels)] = one
+                        isolated = True
+                else:
+                    isolated = False
+                    # A bounded number of chunks in flight keeps memory flat on huge folders.
+                    while queue and len(pending) < workers * 4:
+                        chunk = queue.popleft()
+                        pending[ex.submit(chunk_fn, chunk, max_pixels)] = chunk
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    chunk = pending.pop(fut)
+                    try:
+                        recs = fut.result()
+                    except BrokenProcessPool:
+                        lost.append(chunk)
+                        continue
+                    done(chunk, recs)
+                if lost:
+                    lost.extend(pending.values())
+                    pending.clear()
+                    break
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=not lost, cancel_futures=bool(lost))
+        if lost:
+            if isolated:
+                log(f"ingest: a decoder crashed on {lost[0][0]}; rejecting that file")
+                done(lost[0], [_crashed(lost[0][0])])
+            else:
+                log(f"ingest: a worker died; retrying {sum(map(len, lost))} files one at a time")
+                for chunk in lost:
+                    suspects.extend(chunk)
+
+
+# ---------------------------------------------------------------- the command's core
+
+
+def _resolve_out(root: Path, out: str | os.PathLike[str] | None) -> Path:
+    target = Path(out) if out is not None else default_out(root)
+    if is_within(target, root):
+        raise UsageError(
+            f"output '{target}' is inside the raw folder '{root}'; midol never writes into raw data: "
+            "pass --out with a path outside it"
+        )
+    if target.exists() and not target.is_file():
+        raise UsageError(f"output '{target}' exists and is not a file; pass --out with a .parquet file path")
+    return target
+
+
+def _previous_rows(out: Path, key: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Rows of an existing manifest made with the same decode key, by path; {} otherwise."""
+    if not out.is_file():
+        return {}
+    from midol_cli.data.manifest import read_manifest
+
+    try:
+        df, meta = read_manifest(out)
+    except UsageError:
+        raise UsageError(
+            f"output '{out}' exists and is not a midol manifest; choose another --out or remove that file"
+        ) from None
+    if {k: meta.get(k) for k in key} != key or any(c not in df.columns for c in _DECODED):
+        log("ingest: existing manifest was made from another root/layout/pixel cap; reading every file again")
+        return {}
+    prev: dict[str, dict[str, Any]] = {}
+    for rec in df[["path", *_DECODED]].to_dict("records"):
+        if rec["status"] == "ok" or reason_class(rec["reason"]).startswith(_CONTENT_REJECTS):
+            prev[rec["path"]] = rec
+    return prev
+
+
+def ingest_folder(
+    raw_dir: str | os.PathLike[str],
+    modality: str,
+    *,
+    layout: str = "auto",
+    out: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    max_pixels: int = readers.DEFAULT_MAX_PIXELS,
+    new_modality: bool = False,
+    layout_options: LayoutOptions | None = None,
+    dataset: str | None = None,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest ``raw_dir`` into a manifest; return a summary dict.
+
+    Summary keys: manifest (path), layout, dataset, modality, rows, ok, rejected,
+    decoded, reused, unlisted, duplicate_listings, rejects_by_reason {reason: n},
+    per_label_split {label: {split: n}} (multi-label rows count once per label; unlabelled
+    rows under "(unlabelled)"), per_split {split: n images},
+    duplicates (rows marked duplicate_of), duplicates_across_splits (duplicate rows in
+    another split than their first copy), groups_across_splits, walk_errors, warnings [str].
+    Raises UsageError for a bad folder, layout, modality, option or output path.
+    """
+    t0 = time.perf_counter()
+    log = log or (lambda _msg: None)
+    raw = Path(raw_dir)
+    if not raw.exists():
+        raise UsageError(f"raw folder '{raw}' does not exist")
+    if not raw.is_dir():
+        raise UsageError(f"raw folder '{raw}' is not a folder")
+    root = raw.resolve()
+    modality = check_modality(modality, allow_new=new_modality)
+    if max_pixels < 1:
+        raise UsageError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    target = _resolve_out(root, out)
+
+    if layout.strip().lower() == "auto":
+        lay = detect_layout(root)
+        if lay is None:
+            raise UsageError(
+                f"could not recognise the layout of '{raw}'; pass --layout with one of {', '.join(LAYOUTS)}"
+            )
+    else:
+        lay = get_layout(layout)
+    opts = dataclasses.replace(layout_options) if layout_options else LayoutOptions()
+    ds_name = (dataset or "").strip() or lay.dataset_name(root)
+
+    walk_errors: list[str] = []
+    files = walk_candidates(root, walk_errors)
+    opts.files = tuple(files)
+    log(f"ingest: {len(files)} image files under {root} (layout {lay.name})")
+    entries: dict[str, Entry] = {}
+    duplicate_listings = 0
+    for e in lay.scan(root, opts):
+        if e.path in entries:
+            duplicate_listings += 1
+            continue
+        entries[e.path] = e
+    unlisted = 0
+    for f in files:
+        if f not in entries:
+            entries[f] = Entry(f, "", [], strip_ext(f), None)
+            unlisted += 1
+    if not entries:
+        raise UsageError(
+            f"no image files found under '{raw}' ({', '.join(sorted(readers.SUPPORTED_EXTENSIONS))} or DICOM)"
+        )
+
+    key = {
+        "root": str(root),
+        "layout": lay.name,
+        "max_pixels": int(max_pixels),
+        "reader_version": READER_VERSION,
+    }
+    prev = _previous_rows(target, key, log)
+
+    decoded: dict[str, dict[str, Any]] = {}
+    todo: list[str] = []
+    for path, e in entries.items():
+        if e.reason:
+            continue
+        p = prev.get(path)
+        if p is not None:
+            try:
+                st = os.stat(root / path)
+            except OSError:
+                st = None
+            if st is not None and st.st_size == p["bytes"] and st.st_mtime_ns == p["mtime_ns"]:
+                decoded[path] = {k: p[k] for k in _DECODED}
+                continue
+        todo.append(path)
+    reused = len(decoded)
+    fresh = _decode_all([str(root / p) for p in todo], max_pixels, workers, progress, log)
+    for path in todo:
+        decoded[path] = fresh[str(root / path)]
+
+    df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions)
+    summary = _summarize(df)
+    summary.update(
+        manifest=str(target),
+        layout=lay.name,
+        dataset=ds_name,
+        modality=modality,
+        decoded=len(todo),
+        reused=reused,
+        unlisted=unlisted,
+        duplicate_listings=duplicate_listings,
+        walk_errors=walk_errors,
+    )
+    summary["warnings"] = _warnings(summary, lay.label_source, lay.name)
+
+    counts = {
+        k: summary[k]
+        for k in (
+            "rows",
+            "ok",
+            "rejected",
+            "decoded",
+            "reused",
+            "unlisted",
+            "duplicates",
+            "duplicates_across_splits",
+        )
+    }
+    meta = provenance(
+        **key,
+        dataset=ds_name,
+        modality=modality,
+        seed=seed,
+        fractions=list(fractions),
+        options=opts.as_record(),
+        counts=counts,
+        rejects_by_reason=summary["rejects_by_reason"],
+    )
+    from midol_cli.data.manifest import write_manifest
+
+    write_manifest(df, meta, target)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    log(f"ingest: wrote {target} ({summary['ok']} ok, {summary['rejected']} rejected)")
+    return summary
+
+
+def _build_frame(
+    entries: dict[str, Entry],
+    decoded: dict[str, dict[str, Any]],
+    modality: str,
+    dataset: str,
+    layout: str,
+    seed: int,
+    fractions: tuple[float, float, float],
+):
+    """All manifest rows as a DataFrame (MANIFEST_COLUMNS, sorted by path) with splits and duplicates."""
+    import pandas as pd
+
+    from midol_cli.data.manifest import empty_row
+    from midol_cli.data.splits import assign_splits
+
+    rows: list[dict[str, Any]] = []
+    for path in sorted(entries):
+        e = entries[path]
+        row = empty_row()
+        row.update(
+            sample_id=stable_id(dataset, path),
+            path=path,
+            modality=modality,
+            dataset=dataset,
+            layout=layout,
+            label=e.label,
+            labels=list(e.labels),
+            group=e.group or strip_ext(path),
+        )
+        if e.reason:
+            row.update(status="rejected", reason=e.reason)
+        else:
+            row.update(decoded[path])
+        row["split"] = e.split or ""
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    if df.empty:
+        return df
+
+    ok = df["status"] == "ok"
+    official = df["split"].copy()
+    if ok.any():
+        df.loc[ok, "split"] = assign_splits(df.loc[ok, ["group", "label", "split"]], seed, fractions)
+    df["split_source"] = [
+        ("official" if off and off == s else "derived") if s else ""
+        for off, s in zip(official, df["split"], strict=True)
+    ]
+
+    # Exact copies: the first (by path) is the original, later ones point to it.
+    first: dict[str, str] = {}
+    dup_of: list[str] = []
+    for sha, sid, is_ok in zip(df["sha256"], df["sample_id"], ok, strict=True):
+        if not is_ok or not sha:
+            dup_of.append("")
+        elif sha in first:
+            dup_of.append(first[sha])
+        else:
+            first[sha] = sid
+            dup_of.append("")
+    df["duplicate_of"] = dup_of
+    return df
+
+
+def _summarize(df) -> dict[str, Any]:
+    ok = df[df["status"] == "ok"] if len(df) else df
+    rej = df[df["status"] == "rejected"] if len(df) else df
+    per: dict[str, Counter[str]] = defaultdict(Counter)
+    for labels, split in zip(ok["labels"], ok["split"], strict=True):
+        for lab in labels or [UNLABELLED]:
+            per[lab][split] += 1
+    split_of = dict(zip(ok["sample_id"], ok["split"], strict=True))
+    dups = ok[ok["duplicate_of"] != ""]
+    across = int(sum(split_of.get(d) != s for d, s in zip(dups["duplicate_of"], dups["split"], strict=True)))
+    groups_across = int((ok.groupby("group")["split"].nunique() > 1).sum()) if len(ok) else 0
+    return {
+        "rows": int(len(df)),
+        "ok": int(len(ok)),
+        "rejected": int(len(rej)),
+        "rejects_by_reason": dict(sorted(Counter(reason_class(r) for r in rej["reason"]).items())),
+        "per_label_split": {lab: {s: int(c[s]) for s in SPLITS} for lab, c in sorted(per.items())},
+        "per_split": {s: int((ok["split"] == s).sum()) for s in SPLITS},
+        "duplicates": int(len(dups)),
+        "duplicates_across_splits": across,
+        "groups_across_splits": groups_across,
+    }
+
+
+def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[str]:
+    w: list[str] = []
+    if summary["unlisted"]:
+        w.append(
+            f"{summary['unlisted']} image files are not listed in {label_source} ({layout} layout); "
+            "kept as unlabelled rows"
+        )
+    if summary["duplicate_listings"]:
+        w.append(f"{summary['duplicate_listings']} repeated listings of the same file were ignored")
+    if summary["duplicates_across_splits"]:
+        w.append(
+            f"leakage: {summary['duplicates_across_splits']} exact duplicate images sit in a different "
+            "split than their first copy"
+        )
+    if summary["groups_across_splits"]:
+        w.append(
+            f"leakage: {summary['groups_across_splits']} groups have images in more than one split "
+            "(from the official split files)"
+        )
+    if summary["walk_errors"]:
+        w.append(
+            f"{len(summary['walk_errors'])} folders could not be listed (e.g. '{summary['walk_errors'][0]}')"
+        )
+    return w

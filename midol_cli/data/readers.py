@@ -1,0 +1,515 @@
+"""Decode one image file (JPEG/PNG/TIFF/BMP/WEBP/DICOM) into an 8-bit PIL image, or reject it.
+
+Used by ``ingest`` (to validate and describe every file) and by the shard
+writer (to get the pixels). Every failure a user's folder can produce
+(zero-byte, truncated, corrupt, not an image, unreadable DICOM, decompression
+bomb, permission denied, broken symlink) becomes ``ImageRejected`` with a short
+stable ``reason``; nothing else escapes ``read_image``.
+
+Pixel policy (what ``ReadResult.intensity`` records):
+
+- 8-bit sources are returned as they are ("L" or "RGB"); ``intensity`` is "".
+- 16/32-bit PNG/TIFF are min-max scaled to 8 bits per image: "minmax16to8".
+- DICOM grayscale: Modality LUT (RescaleSlope/Intercept or a LUT sequence),
+  then the VOI LUT sequence, else the first WindowCenter/WindowWidth (with
+  its VOILUTFunction), else min-max over the pixel values; MONOCHROME1 is
+  inverted so bone is bright. E.g.
+  ``dicom:modality_lut(slope=1,intercept=0)+voi_window(c=2048,w=4096)+invert_monochrome1``.
+
+The pixel cap is checked on the header (PIL size, DICOM Rows x Columns x
+frames) before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+# PIL's own bomb threshold (89,478,485) times two: a 13k x 13k slide tile still passes.
+DEFAULT_MAX_PIXELS: int = 178_956_970
+
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
+)
+DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom"})
+
+# A file larger than this is refused before it is read into memory: no
+# supported format at the pixel cap needs more than ~8 bytes per pixel.
+_BYTES_PER_PIXEL_CAP = 8
+_MIN_BYTE_CAP = 256 << 20
+
+# PIL formats under the names the manifest uses (cameras write JPEG as MPO).
+_FORMAT_NAMES = {"MPO": "JPEG", "JPEG2000": "JPEG2000"}
+
+# Which package decodes which compressed transfer syntax, for the reject reason
+# a user can act on ("pip install <this>").
+_DICOM_PLUGINS = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg or pillow",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg or pillow",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "numpy",
+}
+
+
+class ImageRejected(Exception):
+    """A file that cannot become a training image. ``reason`` is short and stable
+    (e.g. "truncated image", "over pixel cap (20000 x 20000)") and never contains pixel data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class ReadResult:
+    """One decoded image.
+
+    ``image`` is 8-bit, mode "L" (1 channel) or "RGB" (3 channels), ``width`` x ``height``
+    pixels; ``channels`` describes ``image``; ``bit_depth`` is the SOURCE's bits per
+    sample (16 for a 16-bit PNG, BitsStored for DICOM); ``format`` is JPEG, PNG, TIFF,
+    BMP, WEBP or DICOM; ``intensity`` says how the pixels became 8-bit ("" if they were).
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    format: str
+    intensity: str
+
+
+def byte_cap(max_pixels: int) -> int:
+    """Largest file (bytes) ``read_file_bytes`` will load for a given pixel cap."""
+    return max(_MIN_BYTE_CAP, _BYTES_PER_PIXEL_CAP * max_pixels)
+
+
+def is_candidate_name(name: str) -> bool:
+    """True when a file name is worth opening: a supported extension, or a name that
+    DICOM exports often use instead (no extension, or a numeric UID tail like ``1.2.840.5``)."""
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix in SUPPORTED_EXTENSIONS or suffix == "" or suffix[1:].isdigit()
+
+
+def has_dicom_preamble(data: bytes) -> bool:
+    """True when ``data`` starts with the 128-byte DICOM preamble and ``DICM``."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def sniff_dicom(path: str | os.PathLike[str]) -> bool:
+    """Peek at 132 bytes of a regular file: does it carry the DICOM preamble? False on any error."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as fh:
+            return has_dicom_preamble(fh.read(132))
+    except OSError:
+        return False
+
+
+def read_file_bytes(
+    path: str | os.PathLike[str], max_bytes: int | None = None
+) -> tuple[bytes, os.stat_result]:
+    """Read a whole regular file once; return (bytes, stat). Raises ImageRejected.
+
+    Refuses what would hang or mislead a reader: FIFOs/devices ("not a regular
+    file"), dangling or looping links ("broken symlink"), unreadable files
+    ("permission denied"), empty files ("zero-byte file").
+    """
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ImageRejected("broken symlink" if os.path.islink(p) else "file not found") from None
+    except PermissionError:
+        raise ImageRejected("permission denied") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageRejected("broken symlink") from None
+        raise ImageRejected(f"unreadable file ({errno.errorcode.get(e.errno or 0, 'OSError')})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageRejected("not a regular file")
+    if st.st_size == 0:
+        raise ImageRejected("zero-byte file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise ImageRejected(f"file too large ({st.st_size} bytes)")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read()
+    except PermissionError:
+        raise ImageRejected("permission denied") from None
+    except OSError as e:
+        raise ImageRejected(f"unreadable file ({errno.errorcode.get(e.errno or 0, 'OSError')})") from None
+    if not data:
+        raise ImageRejected("zero-byte file")
+    return data, st
+
+
+def read_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadResult:
+    """Read and fully decode one image file; raise ImageRejected with a reason if it cannot be used."""
+    data, _ = read_file_bytes(path, byte_cap(max_pixels))
+    return decode_bytes(data, os.fspath(path), max_pixels)
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadResult:
+    """Decode in-memory file contents. ``name`` only chooses DICOM handling by extension.
+
+    Files ending in .dcm/.dicom, or carrying the DICM preamble, go to pydicom;
+    everything else to PIL. Raises ImageRejected.
+    """
+    if not data:
+        raise ImageRejected("zero-byte file")
+    suffix = Path(name).suffix.lower()
+    try:
+        if has_dicom_preamble(data) or suffix in DICOM_EXTENSIONS:
+            return _decode_dicom(data, max_pixels, force=suffix in DICOM_EXTENSIONS)
+        return _decode_pil(data, max_pixels)
+    except ImageRejected:
+        raise
+    except MemoryError:
+        raise ImageRejected("out of memory while decoding") from None
+    except Exception:
+        # Hostile bytes reach corners of the decoders no reason above covers; one bad
+        # file must still be one reject, never a crashed run.
+        raise ImageRejected("corrupt image data") from None
+
+
+# ---------------------------------------------------------------- PIL formats
+
+
+def _pil_source_bits(img: Image.Image, data: bytes) -> int:
+    # The PNG header (IHDR) and the TIFF BitsPerSample tag hold the true depth;
+    # PIL's mode alone cannot tell a 12-bit TIFF from a 16-bit one.
+    if img.format == "PNG" and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24:
+        return int(data[24])
+    if img.format == "TIFF":
+        bits = getattr(img, "tag_v2", {}).get(258)
+        if bits:
+            return int(bits[0] if isinstance(bits, tuple) else bits)
+    if img.mode == "1":
+        return 1
+    if img.mode.startswith("I;16"):
+        return 16
+    if img.mode in ("I", "F"):
+        return 32
+    return 8
+
+
+def _minmax_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Linear map of [min, max] to [0, 255]; a constant image becomes all zeros."""
+    import numpy as np
+
+    a = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = np.where(finite, a, 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _to_8bit(img: Image.Image, bits: int) -> tuple[Image.Image, str]:
+    """Return (8-bit "L"/"RGB" image, intensity note)."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img, ""
+    if mode in ("1", "LA", "La"):
+        return img.convert("L"), ""
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        import numpy as np
+        from PIL import Image
+
+        arr = np.asarray(img)
+        return Image.fromarray(_minmax_to_uint8(arr), mode="L"), f"minmax{bits}to8"
+    # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV: colour, alpha dropped.
+    return img.convert("RGB"), ""
+
+
+def _decode_pil(data: bytes, max_pixels: int) -> ReadResult:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    # PIL refuses (DecompressionBombError) above 2x this; the explicit check
+    # below reports W x H for everything between.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise ImageRejected(f"over pixel cap ({_bomb_pixels(str(e))})") from None
+        except UnidentifiedImageError:
+            raise ImageRejected("not an image") from None
+        except Exception:  # a plugin choking on a damaged header
+            raise ImageRejected("not an image") from None
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageRejected(f"over pixel cap ({w} x {h})")
+        if w <= 0 or h <= 0:
+            raise ImageRejected("not an image")
+        fmt = _FORMAT_NAMES.get(img.format or "", img.format or "UNKNOWN")
+        try:
+            img.load()
+        except MemoryError:
+            raise ImageRejected("out of memory while decoding") from None
+        except Exception as e:
+            msg = str(e).lower()
+            raise ImageRejected("truncated image" if "truncat" in msg else "corrupt image data") from None
+        bits = _pil_source_bits(img, data)
+        try:
+            # Phone-camera photos (dermoscopy) store rotation in EXIF; honour it
+            # so width/height match what a viewer shows.
+            if img.getexif().get(0x0112, 1) not in (0, 1):
+                img = ImageOps.exif_transpose(img)
+            out, intensity = _to_8bit(img, bits)
+        except MemoryError:
+            raise ImageRejected("out of memory while decoding") from None
+        except Exception:
+            raise ImageRejected("corrupt image data") from None
+    return ReadResult(
+        image=out,
+        width=out.width,
+        height=out.height,
+        channels=1 if out.mode == "L" else 3,
+        bit_depth=bits,
+        format=fmt,
+        intensity=intensity,
+    )
+
+
+def _bomb_pixels(message: str) -> str:
+    # "Image size (400000000 pixels) exceeds limit of ..." -> "400000000 pixels"
+    start = message.find("(")
+    end = message.find(")", start)
+    return message[start + 1 : end] if 0 <= start < end else "too many pixels"
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _num(v: Any) -> float:
+    """First value of a DICOM number that may be multi-valued (WindowCenter "40\\400")."""
+    try:
+        from pydicom.multival import MultiValue
+
+        if isinstance(v, (MultiValue, list, tuple)):
+            v = v[0]
+    except ImportError:  # pragma: no cover - pydicom always ships multival
+        pass
+    return float(v)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
+    except Exception:
+        raise ImageRejected("unreadable DICOM") from None
+    try:
+        if "PixelData" not in ds:
+            # force=True parses any bytes into an empty dataset: only call it DICOM if it says so.
+            known = any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID"))
+            raise ImageRejected("DICOM without pixel data" if known else "unreadable DICOM")
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except ImageRejected:
+        raise
+    except Exception:
+        raise ImageRejected("unreadable DICOM") from None
+    if rows <= 0 or cols <= 0:
+        raise ImageRejected("unreadable DICOM")
+    if rows * cols * max(frames, 1) > max_pixels:
+        raise ImageRejected(f"over pixel cap ({cols} x {rows})")
+
+    tsyntax = _transfer_syntax(ds)
+    _check_decoder(tsyntax)
+    if not tsyntax.is_compressed:
+        bits_alloc = int(ds.get("BitsAllocated", 8) or 8)
+        expected = rows * cols * spp * max(frames, 1) * bits_alloc // 8
+        if len(ds.PixelData) < expected:
+            raise ImageRejected("truncated image")
+    try:
+        if frames > 1:
+            # Only the first frame is used; decoding all of a cine loop wastes memory.
+            ds.pixel_array_options(index=0)
+        arr = ds.pixel_array
+    except MemoryError:
+        raise ImageRejected("out of memory while decoding") from None
+    except Exception:
+        raise ImageRejected("unreadable DICOM pixel data") from None
+    if arr.ndim == 4:  # frames x rows x cols x samples, if the frame index was ignored
+        arr = arr[0]
+    elif arr.ndim == 3 and spp == 1:
+        arr = arr[0]
+
+    steps: list[str] = []
+    try:
+        if spp == 1 and photometric != "PALETTE COLOR":
+            out8 = _dicom_gray_to_8bit(arr, ds, bits_stored, photometric, steps)
+            img = Image.fromarray(out8, mode="L")
+        else:
+            if photometric == "PALETTE COLOR":
+                from pydicom.pixels import apply_color_lut
+
+                arr = apply_color_lut(arr, ds)
+                steps.append("palette_color")
+            if arr.dtype != np.uint8:
+                arr = _minmax_to_uint8(arr)
+                steps.append("minmax")
+            if arr.ndim == 2:
+                img = Image.fromarray(arr, mode="L")
+            else:
+                img = Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
+    except ImageRejected:
+        raise
+    except MemoryError:
+        raise ImageRejected("out of memory while decoding") from None
+    except Exception:
+        raise ImageRejected("unreadable DICOM pixel data") from None
+    if frames > 1:
+        steps.append(f"frame1of{frames}")
+    return ReadResult(
+        image=img,
+        width=img.width,
+        height=img.height,
+        channels=1 if img.mode == "L" else 3,
+        bit_depth=bits_stored,
+        format="DICOM",
+        intensity="dicom:" + "+".join(steps) if steps else "",
+    )
+
+
+def _transfer_syntax(ds: Any) -> Any:
+    """The dataset's transfer syntax; for a headerless file (read with force), the encoding it was read in."""
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return uid.UID(str(ts))
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if little is False:
+        ts = uid.ExplicitVRBigEndian
+    else:
+        ts = uid.ExplicitVRLittleEndian if implicit is False else uid.ImplicitVRLittleEndian
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _check_decoder(tsyntax: Any) -> None:
+    """Reject before decoding when no installed plugin can decode this transfer syntax."""
+    from pydicom.pixels import get_decoder
+
+    name = getattr(tsyntax, "name", str(tsyntax))
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise ImageRejected(f"unsupported DICOM transfer syntax: {name}") from None
+    except Exception:
+        raise ImageRejected("unreadable DICOM") from None
+    if not decoder.is_available:
+        plugin = _DICOM_PLUGINS.get(str(tsyntax)) or "; ".join(decoder.missing_dependencies) or "a decoder"
+        raise ImageRejected(f"missing DICOM plugin: {plugin} for {name}")
+
+
+def _dicom_gray_to_8bit(
+    arr: np.ndarray, ds: Any, bits_stored: int, photometric: str, steps: list[str]
+) -> np.ndarray:
+    """Modality LUT -> VOI (LUT, window, or min-max) -> MONOCHROME1 inversion; returns uint8 [H, W]."""
+    import numpy as np
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    x: np.ndarray = arr
+    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
+        x = apply_modality_lut(arr, ds)
+        steps.append("modality_lut(lut)")
+    elif has_rescale:
+        slope = _num(ds.get("RescaleSlope", 1) or 1)
+        intercept = _num(ds.get("RescaleIntercept", 0) or 0)
+        x = arr.astype(np.float64) * slope + intercept
+        steps.append(f"modality_lut(slope={_fmt(slope)},intercept={_fmt(intercept)})")
+    x = x.astype(np.float64, copy=False)
+
+    y: np.ndarray | None = None  # in [0, 1]
+    voi_seq = ds.get("VOILUTSequence")
+    if voi_seq is not None and len(voi_seq) and "LUTDescriptor" in voi_seq[0]:
+        lut_bits = int(voi_seq[0].LUTDescriptor[2]) or 16
+        # LUT inputs are integer indices (modality-LUT output is integral for LUT data).
+        lut_in = np.rint(x).astype(np.int64)
+        y = apply_voi_lut(lut_in, ds, index=0, prefer_lut=True).astype(np.float64) / float(
+            (1 << lut_bits) - 1
+        )
+        steps.append("voi_lut")
+    elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
+        try:
+            c, w = _num(ds.WindowCenter), _num(ds.WindowWidth)
+        except (TypeError, ValueError, IndexError):
+            c, w = 0.0, 0.0  # an unparseable window is ignored: min-max below
+        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        y = _window(x, c, w, func)
+        if y is not None:
+            extra = "" if func == "LINEAR" else f",{func.lower()}"
+            steps.append(f"voi_window(c={_fmt(c)},w={_fmt(w)}{extra})")
+    if y is None:
+        if bits_stored <= 8 and not steps and x.min() >= 0 and x.max() <= 255:
+            y = x / 255.0
+        else:
+            lo, hi = float(x.min()), float(x.max())
+            y = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+            steps.append(f"minmax(lo={_fmt(lo)},hi={_fmt(hi)})")
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1 stores high values as dark; flip so bone is bright like MONOCHROME2.
+        y = 1.0 - y
+        steps.append("invert_monochrome1")
+    return np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _window(x: np.ndarray, c: float, w: float, func: str) -> np.ndarray | None:
+    """VOI window per DICOM PS3.3 C.11.2.1.2 mapped to [0, 1]; None for an invalid width."""
+    import numpy as np
+
+    if func == "SIGMOID":
+        if w <= 0:
+            return None
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    if func == "LINEAR_EXACT":
+        if w <= 0:
+            return None
+        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    if w < 1:
+        return None
+    if w == 1:
+        return (x > c - 0.5).astype(np.float64)
+    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from midol_cli.cli.main import run
+
+
+def make_folder(raw: Path, classes=("benign", "malignant"), per_class: int = 3) -> None:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (raw / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(raw / c / f"{i}.png")
+
+
+def midol(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """Run the real console entry point in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["midol", *args])
+    with pytest.raises(SystemExit) as ei:
+        run()
+    cap = capsys.readouterr()
+    return ei.value.code or 0, cap.out, cap.err
+
+
+def test_ingest_writes_manifest_and_prints_path(tmp_path, capsys, monkeypatch):
+    raw = tmp_path / "derm"
+    make_folder(raw)
+    out = tmp_path / "out" / "derm.parquet"
+    code, stdout, stderr = midol(
+        capsys,
+        monkeypatch,
+        "ingest",
+        str(raw),
+        "--modality",
+        "dermoscopy",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+    )
+    assert code == 0
+    assert stdout.strip() == str(out) and out.is_file()
+    assert "malignant" in stderr and "6 ok" in stderr
+    # Not a terminal: plain progress lines instead of a bar.
+    assert "ingest: reading 6 files with 1 worker" in stderr
+
+    from midol_cli.data.manifest import read_manifest
+
+    df, meta = read_manifest(out)
+    assert len(df) == 6 and set(df["label"]) == {"benign", "malignant"} and meta["seed"] == 3
+
+
+def test_labels_flag_selects_csv_layout(tmp_path, capsys, monkeypatch):
+    raw = tmp_path / "raw"
+    make_folder(raw, classes=("imgs",))
+    (raw / "labels.csv").write_text("file,dx\nimgs/0.png,a\nimgs/1.png,b\nimgs/2.png,a\n")
+    out = tmp_path / "m.parquet"
+    # --labels relative to the raw folder, and no --layout: the csv layout is implied.
+    code, _, stderr = midol(
+        capsys,
+        monkeypatch,
+        "ingest",
+        str(raw),
+        "-m",
+        "fundus",
+        "--labels",
+        "labels.csv",
+        "--path-col",
+        "file",
+        "--label-col",
+        "dx",
+        "-o",
+        str(out),
+        "-j",
+        "1",
+    )
+    assert code == 0, stderr
+
+    from midol_cli.data.manifest import read_manifest
+
+    df, meta = read_manifest(out)
+    assert meta["layout"] == "csv" and sorted(df["label"]) == ["a", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["ingest", "{tmp}/missing", "--modality", "xray"], "does not exist"),
+        (["ingest", "{raw}", "--modality", "x-ray"], "spelled 'xray'"),
+        (["ingest", "{raw}", "--modality", "xray", "--layout", "dicomdir"], "unknown layout"),
+        (["ingest", "{flat}", "--modality", "xray"], "could not recognise the layout"),
+        (["ingest", "{raw}", "--modality", "xray", "--out", "{raw}/m.parquet"], "inside the raw folder"),
+        (
+            ["ingest", "{raw}", "--modality", "xray", "--layout", "imagefolder", "--path-col", "f"],
+            "only apply to",
+        ),
+        (["ingest", "{raw}", "--modality", "xray", "--labels", "{tmp}/none.csv"], "does not exist"),
+        (
+            ["ingest", "{raw}", "--modality", "xray", "--workers", "0", "--out", "{tmp}/m.parquet"],
+            "--workers",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, needle):
+    raw, flat = tmp_path / "raw", tmp_path / "flat"
+    make_folder(raw)
+    flat.mkdir()
+    Image.new("RGB", (4, 4)).save(flat / "x.png")
+    before = sorted(p.name for p in raw.rglob("*"))
+    argv = [a.format(tmp=tmp_path, raw=raw, flat=flat) for a in args]
+    code, stdout, stderr = midol(capsys, monkeypatch, *argv)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
+    assert stdout == ""
+    assert sorted(p.name for p in raw.rglob("*")) == before
+
+
+def test_cli_module_imports_nothing_heavy():
+    code = (
+        "import sys, midol_cli.cli.ingest\n"
+        "heavy = {'torch', 'pandas', 'numpy', 'PIL', 'pyarrow', 'pydicom', 'timm'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ingest_fixtures import (
+    crash_on_marker,
+    listing,
+    make_aptos,
+    make_cxr14,
+    make_imagefolder,
+    make_oct,
+    write_dicom,
+    write_image,
+)
+
+from midol_cli.artifacts import MANIFEST_COLUMNS, stable_id
+from midol_cli.data import ingest as ingest_mod
+from midol_cli.data import readers
+from midol_cli.data.ingest import default_out, ingest_folder
+from midol_cli.data.manifest import read_manifest
+from midol_cli.errors import UsageError
+
+
+def run(root: Path, out: Path, modality: str = "fundus", **kw):
+    kw.setdefault("workers", 1)
+    summary = ingest_folder(root, modality, out=out, **kw)
+    df, meta = read_manifest(out)
+    return summary, df.set_index("path", drop=False), meta
+
+
+def test_chestxray14_end_to_end(tmp_path):
+    raw = tmp_path / "cxr"
+    rows = make_cxr14(raw, patients=8)
+    summary, df, meta = run(raw, tmp_path / "m.parquet", modality="xray")
+    assert summary["ok"] == len(rows) == len(df) and summary["rejected"] == 0
+    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    r = df.loc[f"images/{rows[2]['name']}"]  # every third image is MONOCHROME1
+    assert r["intensity"].endswith("+invert_monochrome1") and r["format"] == "DICOM" and r["bit_depth"] == 12
+    assert "invert" not in df.loc[f"images/{rows[0]['name']}", "intensity"]
+    assert r["sample_id"] == stable_id("chestxray14", r["path"])
+    assert list(r["labels"]) == sorted(rows[2]["labels"].split("|"))
+    # Official test stays test; val is carved out of train_val by patient.
+    for row in rows:
+        got = df.loc[f"images/{row['name']}"]
+        if row["split"] == "test":
+            assert (got["split"], got["split_source"]) == ("test", "official")
+        else:
+            assert got["split"] in ("train", "val")
+            assert got["split_source"] == ("official" if got["split"] == "train" else "derived")
+    assert (df.groupby("group")["split"].nunique() == 1).all()
+    assert (df["split"] == "val").any()
+    assert meta["root"] == str(raw.resolve()) and meta["layout"] == "chestxray14"
+    assert meta["modality"] == "xray" and meta["dataset"] == "chestxray14" and meta["seed"] == 0
+    assert meta["counts"]["ok"] == len(rows)
+
+
+def make_bad_folder(raw: Path) -> dict[str, str]:
+    """An imagefolder with one file of every reject class; returns path -> expected reason."""
+    make_imagefolder(raw, classes=("a", "b"), per_class=3)
+    bad = raw / "a"
+    (bad / "zero.png").write_bytes(b"")
+    trunc = write_image(bad / "trunc.jpg", (64, 64))
+    trunc.write_bytes(trunc.read_bytes()[:2000])
+    corrupt = write_image(bad / "corrupt.png", (64, 64))
+    data = bytearray(corrupt.read_bytes())
+    for i in range(200, 400):
+        data[i] ^= 0x55
+    corrupt.write_bytes(bytes(data))
+    (bad / "text.png").write_text("this is a note, not an image")
+    (bad / "broken.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    write_image(bad / "huge.png", (80, 80))
+    (bad / "dangling.jpg").symlink_to(raw / "nowhere.jpg")
+    os.mkfifo(bad / "pipe.png")
+    write_image(bad / "locked.png")
+    return {
+        "a/zero.png": "zero-byte file",
+        "a/trunc.jpg": "truncated image",
+        "a/corrupt.png": "corrupt image data",
+        "a/text.png": "not an image",
+        "a/broken.dcm": "unreadable DICOM",
+        "a/huge.png": "over pixel cap (80 x 80)",
+        "a/dangling.jpg": "broken symlink",
+        "a/pipe.png": "not a regular file",
+        "a/locked.png": "permission denied",
+    }
+
+
+def deny(monkeypatch, name: str) -> None:
+    """Make the reader's open() fail with EACCES for one file (tests run as root, who reads anything)."""
+    real_open = builtins.open
+
+    def fake_open(path, *a, **kw):
+        if os.fspath(path).endswith(name):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(readers, "open", fake_open, raising=False)
+
+
+def test_every_bad_input_becomes_one_rejected_row(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    expected = make_bad_folder(raw)
+    deny(monkeypatch, "locked.png")
+    summary, df, _ = run(raw, tmp_path / "m.parquet", max_pixels=5000, layout="imagefolder")
+    assert len(df) == 6 + len(expected)
+    rejected = df[df["status"] == "rejected"]
+    assert dict(zip(rejected["path"], rejected["reason"], strict=True)) == expected
+    assert (df.loc[df["status"] == "ok", "reason"] == "").all()
+    assert summary["rejects_by_reason"]["over pixel cap"] == 1 and summary["rejected"] == len(expected)
+    assert df.loc["a/trunc.jpg", "bytes"] == 2000 and len(df.loc["a/trunc.jpg", "sha256"]) == 64
+
+
+def test_listed_but_missing_and_unlisted(tmp_path):
+    raw = tmp_path / "aptos"
+    ids = make_aptos(raw, per_class=2)
+    (raw / "train_images" / f"{ids[0]}.png").unlink()
+    write_image(raw / "train_images" / "ffffffffffff.png")
+    summary, df, _ = run(raw, tmp_path / "m.parquet")
+    assert df.loc[f"train_images/{ids[0]}.png", "reason"] == "listed in train.csv but missing"
+    assert df.loc["train_images/ffffffffffff.png", "label"] == ""
+    assert summary["unlisted"] == 1
+    assert any("1 image files are not listed in train.csv" in w for w in summary["warnings"])
+
+
+def test_duplicates_and_leakage_warning(tmp_path):
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, splits=("train", "test"), per_class=2)
+    shutil.copy(raw / "train" / "cat" / "img_0.png", raw / "test" / "cat" / "copy.png")
+    shutil.copy(raw / "train" / "dog" / "img_1.png", raw / "train" / "cat" / "img_9.png")
+    summary, df, _ = run(raw, tmp_path / "m.parquet", layout="imagefolder")
+    # The first copy in path order is the original ("test/..." sorts before "train/...").
+    assert df.loc["train/cat/img_0.png", "duplicate_of"] == df.loc["test/cat/copy.png", "sample_id"]
+    assert df.loc["test/cat/copy.png", "duplicate_of"] == ""
+    assert df.loc["train/dog/img_1.png", "duplicate_of"] == df.loc["train/cat/img_9.png", "sample_id"]
+    split_of = dict(zip(df["sample_id"], df["split"], strict=True))
+    dups = df[df["duplicate_of"] != ""]
+    across = sum(split_of[d] != s for d, s in zip(dups["duplicate_of"], dups["split"], strict=True))
+    assert summary["duplicates"] == 2 and summary["duplicates_across_splits"] == across >= 1
+    assert any(w.startswith(f"leakage: {across} exact duplicate") for w in summary["warnings"])
+
+
+def test_rerun_reuses_unchanged_rows_and_rereads_changed_ones(tmp_path):
+    raw = tmp_path / "oct"
+    made = make_oct(raw)
+    out = tmp_path / "m.parquet"
+    s1, df1, _ = run(raw, out, modality="oct")
+    assert (s1["decoded"], s1["reused"]) == (len(made), 0)
+    s2, df2, _ = run(raw, out, modality="oct")
+    assert (s2["decoded"], s2["reused"]) == (0, len(made))
+    assert df2.drop(columns="labels").equals(df1.drop(columns="labels"))
+    changed = raw / made[0][0]
+    write_image(changed, (48, 20), mode="L")
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    write_image(raw / "OCT2017" / "train" / "CNV" / "CNV-999-1.jpeg", (32, 16), mode="L")
+    s3, df3, _ = run(raw, out, modality="oct")
+    assert (s3["decoded"], s3["reused"]) == (2, len(made) - 1)
+    assert df3.loc[made[0][0], "width"] == 48
+    assert df3.loc[made[0][0], "sha256"] != df1.loc[made[0][0], "sha256"]
+    # Another pixel cap can change accept/reject: nothing is reused.
+    s4, _, _ = run(raw, out, modality="oct", max_pixels=10**6)
+    assert s4["reused"] == 0
+
+
+def test_permission_reject_is_not_reused(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, per_class=2)
+    out = tmp_path / "m.parquet"
+    deny(monkeypatch, "img_0.png")
+    s1, df1, _ = run(raw, out)
+    assert (df1["reason"] == "permission denied").sum() == 2
+    monkeypatch.undo()
+    s2, df2, _ = run(raw, out)
+    assert s2["reused"] == 2 and s2["decoded"] == 2 and (df2["status"] == "ok").all()
+
+
+def test_nothing_written_inside_raw_and_out_inside_refused(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    make_cxr14(raw, patients=3)
+    before = listing(raw)
+    with pytest.raises(UsageError, match="inside the raw folder"):
+        ingest_folder(raw, "xray", out=raw / "images" / "m.parquet")
+    monkeypatch.chdir(tmp_path)
+    summary = ingest_folder(raw, "xray", workers=2)
+    assert summary["manifest"] == str(tmp_path / "manifests" / "raw.parquet")
+    assert Path(summary["manifest"]).is_file()
+    assert listing(raw) == before
+    monkeypatch.chdir(raw)  # the default ./manifests would land inside the raw folder
+    with pytest.raises(UsageError, match="inside the raw folder"):
+        ingest_folder(raw, "xray")
+    assert default_out(raw, cwd=tmp_path) == tmp_path / "manifests" / "raw.parquet"
+
+
+def test_worker_crash_rejects_only_the_culprit(tmp_path):
+    raw = tmp_path / "raw"
+    files = make_imagefolder(raw, per_class=6)
+    paths = [str(raw / f) for f in files] + [str(write_image(raw / "cat" / "crash.png"))]
+    out = ingest_mod._decode_all(
+        paths, readers.DEFAULT_MAX_PIXELS, 2, False, lambda _m: None, chunk_fn=crash_on_marker
+    )
+    assert set(out) == set(paths)
+    assert out[paths[-1]]["reason"] == "decoder crashed"
+    assert all(out[p]["status"] == "ok" for p in paths[:-1])
+
+
+def test_user_errors(tmp_path):
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, per_class=1)
+    out = tmp_path / "m.parquet"
+    with pytest.raises(UsageError, match="does not exist"):
+        ingest_folder(tmp_path / "nope", "fundus", out=out)
+    with pytest.raises(UsageError, match="did you mean 'fundus'"):
+        ingest_folder(raw, "fondus", out=out)
+    with pytest.raises(UsageError, match="--new-modality"):
+        ingest_folder(raw, "ultrasound", out=out)
+    assert ingest_folder(raw, "ultrasound", out=out, new_modality=True, workers=1)["modality"] == "ultrasound"
+    with pytest.raises(UsageError, match="unknown layout 'imagefolders'"):
+        ingest_folder(raw, "fundus", out=out, layout="imagefolders")
+    flat = tmp_path / "flat"
+    write_image(flat / "a.png")
+    with pytest.raises(UsageError, match="could not recognise the layout"):
+        ingest_folder(flat, "fundus", out=out)
+    s = ingest_folder(flat, "fundus", out=out, layout="imagefolder", workers=1)
+    assert s["per_label_split"] == {"(unlabelled)": {"train": 1, "val": 0, "test": 0}}
+    notes = tmp_path / "notes.parquet"
+    notes.write_text("my notes")
+    with pytest.raises(UsageError, match="is not a midol manifest"):
+        ingest_folder(raw, "fundus", out=notes)
+    assert notes.read_text() == "my notes"
+
+
+def test_progress_bar_path_gives_the_same_rows(tmp_path):
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, per_class=3)
+    _, plain, _ = run(raw, tmp_path / "a.parquet")
+    _, barred, _ = run(raw, tmp_path / "b.parquet", progress=True)
+    assert barred.drop(columns="labels").equals(plain.drop(columns="labels"))
+
+
+def test_dicom_extensionless_in_imagefolder(tmp_path):
+    raw = tmp_path / "raw"
+    write_dicom(raw / "ct" / "IM0001", (np.arange(16).reshape(4, 4) * 100).astype(np.uint16))
+    write_image(raw / "ct" / "b.png")
+    summary, df, _ = run(raw, tmp_path / "m.parquet", modality="xray")
+    assert df.loc["ct/IM0001", "format"] == "DICOM" and df.loc["ct/IM0001", "status"] == "ok"
+    assert summary["ok"] == 2
