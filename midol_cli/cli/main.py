@@ -16,6 +16,15 @@ from midol_cli.errors import MidolError
 
 # Order is the order `midol --help` lists them: the pipeline, then helpers.
 COMMAND_MODULES: tuple[str, ...] = (
+    "synth",
+    "ingest",
+    "shard",
+    "pretrain",
+    "export",
+    "embed",
+    "probe",
+    "report",
+    "tasks",
 )
 
 app = typer.Typer(

@@ -32,7 +32,8 @@ import numpy as np
 LABEL_TYPES = ("binary", "multiclass", "ordinal", "multilabel")
 
 _SINGLE = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "auprc", "mcc")
-_MULTI = ("auroc", "auprc", "macro_f1")
+# Multi-label "accuracy" is subset (exact-match) accuracy at threshold 0.5, as sklearn's accuracy_score.
+_MULTI = ("accuracy", "auroc", "auprc", "macro_f1")
 
 # Rows of W processed at once: bounds memory to about _CELLS float64 values per temporary.
 _CELLS = 2_000_000
@@ -165,6 +166,7 @@ class PreparedScores:
         if label_type == "multilabel":
             self.T = y.astype(np.float64)  # [N, L]
             self.P = (s >= 0.5).astype(np.float64)
+            self.exact = (self.P == self.T).all(1).astype(np.float64)  # [N] every label right
             self.cols = _ranked_columns(s, y)
             return
         self.y = y
@@ -211,6 +213,8 @@ class PreparedScores:
                 f1 = np.divide(2 * tp, t + p, out=np.zeros_like(tp), where=(t + p) > 0)
                 if "macro_f1" in names:
                     out["macro_f1"] = _nanmean_rows(f1, (t + p) > 0)
+                if "accuracy" in names:
+                    out["accuracy"] = (W @ self.exact) / s
             else:
                 tp = W @ (self.T * self.correct[:, None])
                 if "accuracy" in names:

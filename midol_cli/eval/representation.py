@@ -156,3 +156,19 @@ def representation_metrics(
         per[m] = entry
     out["per_modality"] = per
     return out
+
+
+def project_2d(X: np.ndarray, seed: int = 0, max_points: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """t-SNE (cosine) of L2-normalised embeddings -> (``[n, 2]`` coordinates, indices of the rows used).
+
+    Rows beyond ``max_points`` are subsampled (seeded) to keep t-SNE's cost bounded.
+    """
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(X)) if len(X) <= max_points else np.sort(rng.choice(len(X), max_points, replace=False))
+    Z = X[idx].astype(np.float32)
+    Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    perplexity = float(min(30, max(2, (len(idx) - 1) // 3)))
+    xy = TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(Z)
+    return xy, idx

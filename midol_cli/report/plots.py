@@ -23,6 +23,7 @@ def _save(fig: Any, path: str | Path) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
 
 
 def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, title: str = "") -> None:
@@ -83,3 +84,46 @@ def plot_bars(
         _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _scatter(xy, labels, path: str | Path, title: str) -> None:
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    cats = sorted(set(labels))
+    cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+    labels = np.asarray(labels)
+    for i, c in enumerate(cats):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.75, color=cmap(i % cmap.N), label=f"{c} ({int(m.sum())})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
+    _save(fig, path)
+
+
+def embedding_maps(emb_df, out_dir: str | Path, title: str = "", seed: int = 0) -> list[Path]:
+    """t-SNE maps of an embeddings table: all images coloured by modality, then each modality by label."""
+    import numpy as np
+
+    from midol_cli.eval.representation import project_2d
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    X = np.stack(emb_df["embedding"].to_numpy())
+    paths = []
+    xy, idx = project_2d(X, seed)
+    p = out_dir / "tsne_modality.png"
+    _scatter(xy, emb_df["modality"].to_numpy()[idx], p, f"{title} — by modality".strip(" —"))
+    paths.append(p)
+    for mod, d in emb_df.groupby("modality"):
+        if len(d) < 5:
+            continue
+        xy, idx = project_2d(np.stack(d["embedding"].to_numpy()), seed)
+        p = out_dir / f"tsne_{mod}.png"
+        _scatter(xy, d["label"].astype(str).replace("", "(unlabelled)").to_numpy()[idx], p,
+                 f"{title} — {mod} by label".strip(" —"))
+        paths.append(p)
+    return paths

@@ -147,3 +147,17 @@ def test_metric_callable_and_confusion_matrix():
         Metric("qwk", "multiclass", ["a", "b", "c"])
     with pytest.raises(ValueError, match="y_score"):
         classification_metrics(y, score[:, :2], "multiclass", ["a", "b", "c"])
+
+
+def test_multilabel_accuracy_is_sklearn_subset_accuracy():
+    import numpy as np
+    from sklearn.metrics import accuracy_score
+
+    from midol_cli.eval.metrics import classification_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=(40, 3))
+    s = rng.random((40, 3)) * 0.5 + y * 0.3  # noisy: some labels fall on the wrong side of 0.5
+    got = classification_metrics(y, s, "multilabel", ["a", "b", "c"])["accuracy"]
+    assert got == accuracy_score(y, (s >= 0.5).astype(int))
+    assert 0 < got < 1

@@ -85,7 +85,7 @@ def test_multilabel_suite_and_carved_validation(tmp_path):
     summary = run_probe_suite(df, task, tmp_path, model_info=MODEL, data_hash="h", fractions=(0.5,),
                               seeds=(0,), n_boot=100, knn_ks=(10,))
     assert summary["n"]["val"] > 0 and summary["val_source"].startswith("carved")
-    assert set(summary["protocols"]["linear"]["metrics"]) == {"auroc", "auprc", "macro_f1"}
+    assert set(summary["protocols"]["linear"]["metrics"]) == {"accuracy", "auroc", "auprc", "macro_f1"}
     assert not (tmp_path / "confusion_matrix.png").exists()
     pred = pq.read_table(tmp_path / "predictions.parquet").to_pandas()
     assert len(pred.iloc[0]["probs"]) == 3

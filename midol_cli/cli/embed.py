@@ -1,0 +1,61 @@
+"""`midol embed`: embeddings of a manifest or shard dir, representation metrics, 2-D maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "embed",
+        help=(
+            "Embed every image of a manifest or shard dir with a model; print modality silhouette, router "
+            "accuracy, per-modality effective rank and k-NN accuracy; --plot draws t-SNE maps.\n\n"
+            "Examples:\n\n"
+            "  midol embed --weights runs/smoke --data demo/shards --out demo/emb.parquet --plot demo/plots\n\n"
+            "  midol embed --weights random:runs/smoke --data demo/shards --out demo/emb-random.parquet"
+        ),
+    )
+    def embed_cmd(
+        weights: str = typer.Option(..., "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
+        data: Path = typer.Option(..., "--data", help="Manifest (.parquet) or shard dir."),
+        out: Path = typer.Option(..., "--out", help="Embeddings Parquet to write."),
+        name: str = typer.Option(None, "--name", help="Model id (default: derived from --weights)."),
+        plot: Path = typer.Option(None, "--plot", help="Folder for t-SNE PNGs (by modality, and per modality by label)."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        workers: int = typer.Option(2, "--workers"),
+        device: str = typer.Option(None, "--device"),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
+    ) -> None:
+        import json
+
+        from midol_cli.cli._common import console, show_progress
+        from midol_cli.eval.embed import embed, write_embeddings
+        from midol_cli.eval.models import load_eval_model
+        from midol_cli.eval.representation import representation_metrics
+
+        model = load_eval_model(weights, name)
+        df = embed(model, data, batch_size=batch_size, workers=workers, device=device, use_cache=not no_cache,
+                   progress=show_progress())
+        write_embeddings(df, out, model.info(), model.modalities)
+        rep = representation_metrics(df, model.modalities or None)
+        out.with_suffix(".metrics.json").write_text(json.dumps(rep, indent=2, default=float))
+        c = console()
+        from rich.table import Table
+
+        c.print(f"[bold]{model.id}[/]: {len(df)} images -> {out} (cache {df.attrs.get('cache')})")
+        c.print(f"modality silhouette (cosine): {rep['modality_silhouette']:.3f}   "
+                f"router accuracy: {rep.get('router_accuracy', float('nan')):.3f}")
+        t = Table()
+        for col in ("modality", "n", "effective rank", "k-NN acc"):
+            t.add_column(col)
+        for m, r in rep["per_modality"].items():
+            t.add_row(m, str(r["n"]), f"{r['effective_rank']:.1f}", f"{r['knn_accuracy']:.3f}")
+        c.print(t)
+        if plot is not None:
+            from midol_cli.report.plots import embedding_maps
+
+            for p in embedding_maps(df, plot, title=model.id):
+                c.print(f"plot -> {p}")

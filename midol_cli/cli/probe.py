@@ -1,0 +1,62 @@
+"""`midol probe`: frozen-encoder evaluation (linear probe, k-NN, label fractions) on a task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "probe",
+        help=(
+            "Evaluate a frozen encoder on a task: linear probe (L2 chosen on val), k-NN (k=10,20), "
+            "label-fraction probes; 95% bootstrap CIs on test. Writes results/<model>/<task>/.\n\n"
+            "Examples:\n\n"
+            "  midol probe --task synth-fundus --weights runs/smoke --data demo/manifests/fundus.parquet\n\n"
+            "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data ~/HAM10000"
+        ),
+    )
+    def probe(
+        task: str = typer.Option(..., "--task", help="Task name (see `midol tasks`)."),
+        weights: str = typer.Option(..., "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
+        data: Path = typer.Option(..., "--data", help="Manifest, shard dir, or the raw download folder."),
+        out: Path = typer.Option(Path("results"), "--out", help="Results root."),
+        name: str = typer.Option(None, "--name", help="Model id in results (default: derived from --weights)."),
+        fractions: str = typer.Option("0.01,0.1,1.0", "--fractions", help="Label fractions for the fraction probes."),
+        seeds: int = typer.Option(3, "--seeds", help="Seeds per label fraction."),
+        n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        workers: int = typer.Option(2, "--workers", help="Data-loading processes for embedding."),
+        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
+    ) -> None:
+        from midol_cli.errors import UsageError
+        from midol_cli.tasks import get_task
+
+        spec = get_task(task)
+        try:
+            fr = tuple(float(x) for x in fractions.split(",") if x.strip())
+        except ValueError:
+            raise UsageError(f"--fractions '{fractions}' must be comma-separated numbers such as 0.01,0.1,1.0") from None
+        if any(not 0 < f <= 1 for f in fr):
+            raise UsageError(f"--fractions '{fractions}': every fraction must be in (0, 1]")
+        if seeds < 1 or n_boot < 10:
+            raise UsageError("--seeds must be >= 1 and --n-boot >= 10")
+        from midol_cli.eval.probe import run_task
+
+        summary = run_task(spec, weights, data, out, name=name, fractions=fr, seeds=tuple(range(seeds)),
+                           n_boot=n_boot, batch_size=batch_size, workers=workers, device=device)
+        from midol_cli.cli._common import console
+
+        c = console()
+        lin = summary["protocols"]["linear"]["metrics"]
+        m = summary["primary_metric"]
+        v = lin[m]
+        c.print(f"[bold]{summary['task']['name']}[/] / {summary['model']['id']}: linear {m} {v['value']:.4f} "
+                f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]  (n test {summary['n']['test']})")
+        for k in ("knn_k10", "knn_k20"):
+            if k in summary["protocols"]:
+                kv = summary["protocols"][k]["metrics"][m]
+                c.print(f"  {k}: {m} {kv['value']:.4f}")
+        c.print(f"-> {summary['out_dir']}")

@@ -1,0 +1,48 @@
+"""`midol tasks`: the built-in downstream tasks, and the folder layout each expects."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "tasks",
+        help=(
+            "List the built-in downstream tasks, or show the folder layout one expects.\n\n"
+            "Examples:\n\n"
+            "  midol tasks\n\n"
+            "  midol tasks show ham10000"
+        ),
+    )
+    def tasks(
+        action: str = typer.Argument(None, help="'show' to print one task's expected layout."),
+        name: str = typer.Argument(None, help="Task name (with 'show')."),
+    ) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        from midol_cli.errors import UsageError
+        from midol_cli.tasks import TASKS, get_task, layout_description
+
+        out = Console()
+        if action is None:
+            t = Table(title="midol tasks")
+            for col in ("task", "modality", "classes", "label type", "metric", "split"):
+                t.add_column(col)
+            for s in TASKS.values():
+                t.add_row(s.name, s.modality, str(len(s.classes)), s.label_type, s.metric, s.split)
+            out.print(t)
+            return
+        if action != "show" or not name:
+            raise UsageError("use `midol tasks` or `midol tasks show NAME`")
+        s = get_task(name)
+        out.print(f"[bold]{s.name}[/]  ({s.modality}, {s.label_type}, {len(s.classes)} classes; metric {s.metric})")
+        out.print(f"classes: {', '.join(s.classes)}")
+        out.print(f"source:  {s.source}" + (f"  licence: {s.license}" if s.license else ""))
+        out.print(f"split:   {s.split}")
+        if s.notes:
+            out.print(f"notes:   {s.notes}")
+        out.print(f"layout ({s.layout}), pass its root folder as --data:")
+        out.print(layout_description(s), markup=False, highlight=False)
+        out.print(f"\nrun: midol probe --task {s.name} --weights runs/base --data /path/to/download")

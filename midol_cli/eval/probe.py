@@ -1,0 +1,46 @@
+"""One task for one model: resolve data, embed (cached), run the probe suite, write results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name: str | None = None,
+             fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), n_boot: int = 1000, batch_size: int = 64,
+             workers: int = 2, device: str | None = None) -> dict[str, Any]:
+    """Probe ``weights`` on task ``spec``; return the summary (also in results/<model>/<task>/summary.json)."""
+    import sys
+
+    from midol_cli.errors import UsageError
+    from midol_cli.eval.embed import cache_dir, embed
+    from midol_cli.eval.models import load_eval_model
+    from midol_cli.eval.results import run_probe_suite
+    from midol_cli.tasks import resolve_data
+
+    src = resolve_data(spec, data, cache_dir().parent)
+    model = load_eval_model(weights, name)
+    emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)
+    emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
+    if emb.empty:
+        raise UsageError(f"no {spec.modality} images in '{data}' for task {spec.name}")
+    split_source = spec.split
+    out_dir = Path(out_root) / model.id / spec.name
+
+    def log(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr)
+
+    summary = run_probe_suite(
+        emb,
+        spec.eval_task(split_source),
+        out_dir,
+        model_info=model.info(),
+        data_hash=emb.attrs.get("data_hash", ""),
+        fractions=tuple(fractions),
+        seeds=seeds,
+        n_boot=n_boot,
+        split_source=split_source,
+        log=log,
+    )
+    summary["out_dir"] = str(out_dir)
+    return summary

@@ -1,0 +1,100 @@
+"""Built-in downstream tasks: which data, which labels, which metric.
+
+A task names a modality, an ingest layout (how its raw download looks on disk),
+the label type and ordered classes, and the primary metric the literature reports.
+``--data`` may be a manifest (from ``midol ingest``), a shard dir, or the raw
+download folder itself, which is then ingested with the task's layout into a
+cached manifest (re-ingest is incremental, so a second probe costs nothing).
+
+This issue carries the five ``synth-*`` tasks (one per modality of ``midol
+synth``) and HAM10000; the public benchmark datasets are added in the same form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from midol_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    modality: str
+    layout: str  # ingest layout of the raw download
+    label_type: str  # binary | multiclass | ordinal | multilabel
+    classes: tuple[str, ...]
+    metric: str  # primary metric (eval.metrics.metric_names)
+    source: str
+    split: str  # where the split comes from
+    license: str = ""
+    notes: str = ""
+
+    def eval_task(self, split_source: str = ""):
+        from midol_cli.eval.results import Task
+
+        return Task(self.name, self.modality, self.label_type, self.classes, self.metric, split_source)
+
+
+# One module per group of datasets, each exposing ``TASKS: list[TaskSpec]``. Adding a dataset
+# is a TaskSpec in one of them (plus its ingest layout in data/layouts/).
+_MODULES: tuple[str, ...] = ("synth", "dermoscopy")
+
+
+def _load() -> dict[str, TaskSpec]:
+    import importlib
+
+    out: dict[str, TaskSpec] = {}
+    for mod in _MODULES:
+        for spec in importlib.import_module(f"midol_cli.tasks.{mod}").TASKS:
+            if spec.name in out:
+                raise RuntimeError(f"task '{spec.name}' is defined twice")
+            out[spec.name] = spec
+    return out
+
+
+TASKS: dict[str, TaskSpec] = _load()
+
+SYNTH_TASKS = tuple(n for n in TASKS if n.startswith("synth-"))
+
+
+def get_task(name: str) -> TaskSpec:
+    if name in TASKS:
+        return TASKS[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(TASKS), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(TASKS)}; see `midol tasks`)"
+    raise UsageError(f"unknown task '{name}'{hint}")
+
+
+def layout_description(spec: TaskSpec) -> str:
+    from midol_cli.data.layouts import get_layout
+
+    return get_layout(spec.layout).description
+
+
+def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path) -> Path:
+    """A manifest or shard dir for ``spec``: ``data`` itself, or the raw folder ingested into the cache."""
+    p = Path(data)
+    if not p.exists():
+        raise UsageError(f"data '{p}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
+                         "shows the expected layout")
+    if p.is_file():
+        from midol_cli.data.manifest import read_manifest
+
+        df, _ = read_manifest(p)
+        mods = set(df["modality"].unique())
+        if spec.modality not in mods:
+            raise UsageError(f"manifest '{p}' holds {sorted(mods)}, not {spec.modality} images for task {spec.name}")
+        return p
+    if (p / "index.json").is_file():
+        return p
+    from midol_cli.data.ingest import ingest_folder
+
+    key = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:12]
+    out = cache_root / "manifests" / f"{spec.name}-{key}.parquet"
+    ingest_folder(p, spec.modality, layout=spec.layout, out=out)
+    return out
