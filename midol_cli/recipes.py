@@ -294,3 +294,40 @@ def dump_recipe(recipe: BaseModel, path: str | Path) -> None:
     from midol_cli.artifacts import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(recipe_dict(recipe), sort_keys=False))
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+class FinetuneOptimCfg(Strict):
+    batch_size: int = Field(64, ge=1, description="global batch over all ranks")
+    lr: float = Field(5e-4, gt=0, description="peak LR for a global batch of 256 (scaled linearly)")
+    min_lr: float = Field(1e-6, ge=0)
+    layer_decay: float = Field(0.75, gt=0, le=1, description="layer-wise LR decay (RETFound/BEiT); 1 = off")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_frac: float = Field(0.1, ge=0, lt=1)
+    clip_grad: float | None = Field(None, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class FinetuneRecipe(Strict):
+    """Full fine-tuning of encoder + head (classification) or encoder + decoder (segmentation)."""
+
+    name: str = "finetune"
+    epochs: int = Field(50, ge=1)
+    optim: FinetuneOptimCfg = Field(default_factory=FinetuneOptimCfg)
+    img_size: int | None = Field(None, ge=16, description="input size; default: the encoder's own")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_balanced: bool = Field(False, description="weight the loss by inverse class frequency")
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+    augment: AugCfg | None = Field(None, description="default: the modality's pre-training augmentations")
+    early_stopping: int = Field(10, ge=0, description="stop after this many epochs without val improvement; 0 = off")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    num_workers: int = Field(4, ge=0)
+    seed: int = 0
+    ckpt_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
+    n_boot: int = Field(1000, ge=10)
+    max_train_samples: int | None = Field(None, ge=1, description="cap the training set (quick runs)")
+    # segmentation only
+    decoder_dim: int = Field(128, ge=8, description="channels of the segmentation decoder (FPN)")
+    dice_weight: float = Field(1.0, ge=0)
