@@ -30,11 +30,13 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size"),
         workers: int = typer.Option(2, "--workers", help="Data-loading processes for embedding."),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
+        task_option: list[str] = typer.Option(None, "--task-option", help="KEY=VALUE task switch (see `midol tasks show`)."),
     ) -> None:
         from midol_cli.errors import UsageError
-        from midol_cli.tasks import get_task
+        from midol_cli.tasks import get_task, task_options
 
         spec = get_task(task)
+        opts = task_options(spec, task_option or [])
         try:
             fr = tuple(float(x) for x in fractions.split(",") if x.strip())
         except ValueError:
@@ -46,7 +48,8 @@ def register(app: typer.Typer) -> None:
         from midol_cli.eval.probe import run_task
 
         summary = run_task(spec, weights, data, out, name=name, fractions=fr, seeds=tuple(range(seeds)),
-                           n_boot=n_boot, batch_size=batch_size, workers=workers, device=device)
+                           n_boot=n_boot, batch_size=batch_size, workers=workers, device=device,
+                           options=opts)
         from midol_cli.cli._common import console
 
         c = console()

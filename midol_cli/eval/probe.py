@@ -8,7 +8,8 @@ from typing import Any
 
 def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name: str | None = None,
              fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), n_boot: int = 1000, batch_size: int = 64,
-             workers: int = 2, device: str | None = None) -> dict[str, Any]:
+             workers: int = 2, device: str | None = None,
+             options: dict[str, str] | None = None) -> dict[str, Any]:
     """Probe ``weights`` on task ``spec``; return the summary (also in results/<model>/<task>/summary.json)."""
     import sys
 
@@ -18,7 +19,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     from midol_cli.eval.results import run_probe_suite
     from midol_cli.tasks import resolve_data
 
-    src = resolve_data(spec, data, cache_dir().parent)
+    src = resolve_data(spec, data, cache_dir().parent, options)
     model = load_eval_model(weights, name)
     emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)

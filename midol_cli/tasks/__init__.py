@@ -31,6 +31,10 @@ class TaskSpec:
     split: str  # where the split comes from
     license: str = ""
     notes: str = ""
+    # Layout switches this task fixes (e.g. {"magnification": "40X"}); users may override the
+    # keys listed in ``user_options`` with --task-option KEY=VALUE (e.g. CheXpert's uncertainty).
+    layout_options: tuple[tuple[str, str], ...] = ()
+    user_options: tuple[str, ...] = ()
 
     def eval_task(self, split_source: str = ""):
         from midol_cli.eval.results import Task
@@ -76,7 +80,21 @@ def layout_description(spec: TaskSpec) -> str:
     return get_layout(spec.layout).description
 
 
-def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path) -> Path:
+def task_options(spec: TaskSpec, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The task's layout options with ``KEY=VALUE`` user overrides applied (only declared keys)."""
+    opts = dict(spec.layout_options)
+    for tok in overrides:
+        if "=" not in tok:
+            raise UsageError(f"--task-option '{tok}' must look like KEY=VALUE")
+        k, v = (s.strip() for s in tok.split("=", 1))
+        if k not in spec.user_options:
+            allowed = ", ".join(spec.user_options) or "none"
+            raise UsageError(f"task {spec.name} has no option '{k}' (options: {allowed})")
+        opts[k] = v
+    return opts
+
+
+def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: dict[str, str] | None = None) -> Path:
     """A manifest or shard dir for ``spec``: ``data`` itself, or the raw folder ingested into the cache."""
     p = Path(data)
     if not p.exists():
@@ -93,8 +111,10 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path) -> Path:
     if (p / "index.json").is_file():
         return p
     from midol_cli.data.ingest import ingest_folder
+    from midol_cli.data.layouts import LayoutOptions
 
-    key = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:12]
+    opts = dict(spec.layout_options) if options is None else options
+    key = hashlib.sha1(repr((str(p.resolve()), sorted(opts.items()))).encode()).hexdigest()[:12]
     out = cache_root / "manifests" / f"{spec.name}-{key}.parquet"
-    ingest_folder(p, spec.modality, layout=spec.layout, out=out)
+    ingest_folder(p, spec.modality, layout=spec.layout, out=out, layout_options=LayoutOptions(extra=opts))
     return out

@@ -74,10 +74,14 @@ class LayoutOptions:
     split_col: str | None = None
     label_sep: str | None = None
     files: tuple[str, ...] | None = None
+    # Dataset-specific switches a layout documents itself (e.g. CheXpert's uncertainty policy,
+    # BreakHis's magnification); a layout rejects keys it does not know.
+    extra: dict[str, str] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, str | None]:
         """The user-set options as JSON-able data (for manifest provenance)."""
         return {
+            **{f"extra.{k}": v for k, v in sorted(self.extra.items())},
             "labels": str(Path(self.labels).resolve()) if self.labels else None,
             "path_col": self.path_col,
             "label_col": self.label_col,
