@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     def tasks(
         action: str = typer.Argument(None, help="'show' to print one task's expected layout."),
         name: str = typer.Argument(None, help="Task name (with 'show')."),
+        fmt: str = typer.Option("table", "--format", help="table, or md (the docs/tasks.md page)."),
     ) -> None:
         from rich.console import Console
         from rich.table import Table
@@ -26,6 +27,15 @@ def register(app: typer.Typer) -> None:
         from midol_cli.tasks import TASKS, get_task, layout_description
 
         out = Console()
+        if fmt not in ("table", "md"):
+            raise UsageError(f"--format '{fmt}' is not one of table, md")
+        if action is None and fmt == "md":
+            import sys
+
+            from midol_cli.tasks.doc import tasks_markdown
+
+            sys.stdout.write(tasks_markdown())
+            return
         if action is None:
             t = Table(title="midol tasks")
             for col in ("task", "modality", "classes", "label type", "metric", "split"):

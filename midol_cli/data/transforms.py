@@ -90,17 +90,30 @@ class MultiViewTransform:
             return None
         g = [to_tensor(self.global_aug[m](img)) for _ in range(self.n_global)]
         loc = [to_tensor(self.local_aug[m](img)) for _ in range(self.n_local)]
-        return g, loc, self.index[m]
+        return g, loc, self.index[m], sample_key(meta.get("sample_id", ""))
+
+
+def sample_key(sample_id: str) -> int:
+    """A stable int64 for an image id (hex sample ids fit in 60 bits; anything else is hashed); -1 if none."""
+    if not sample_id:
+        return -1
+    try:
+        return int(sample_id[:15], 16)
+    except ValueError:
+        import hashlib
+
+        return int(hashlib.sha1(sample_id.encode()).hexdigest()[:15], 16)
 
 
 def collate_views(batch: list) -> dict[str, Any]:
-    """List of MultiViewTransform outputs -> {'global': [Vg x [B,3,S,S]], 'local': [...], 'modality': [B]}."""
+    """MultiViewTransform outputs -> {'global': [Vg x [B,3,S,S]], 'local': [...], 'modality': [B], 'sample_key': [B]}."""
     batch = [b for b in batch if b is not None]
     n_g, n_l = len(batch[0][0]), len(batch[0][1])
     return {
         "global": [torch.stack([b[0][v] for b in batch]) for v in range(n_g)],
         "local": [torch.stack([b[1][v] for b in batch]) for v in range(n_l)],
         "modality": torch.tensor([b[2] for b in batch], dtype=torch.long),
+        "sample_key": torch.tensor([b[3] for b in batch], dtype=torch.long),
     }
 
 

@@ -7,6 +7,12 @@ ONLY from images of the same modality: the rest of the global batch (all ranks)
 with the same e_i, plus a per-modality queue of earlier teacher keys. Other
 modalities are excluded on purpose: separating a fundus image from an X-ray is
 L_inter's job; this term must tell one fundus image from another.
+
+Keys of the *same image* are never negatives: the queue remembers each key's sample
+id and a batch may hold one image twice (resampled shards). Without this, a
+modality with fewer images than the queue holds sees every image's own earlier keys
+as negatives and the loss pushes each image away from itself (MoCo's queue assumes a
+dataset much larger than the queue).
 """
 
 from __future__ import annotations
@@ -26,21 +32,35 @@ class IntraContrastiveLoss(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(n_experts, max(queue_size, 1), dim), dim=-1))
         self.register_buffer("queue_ptr", torch.zeros(n_experts, dtype=torch.long))
         self.register_buffer("queue_len", torch.zeros(n_experts, dtype=torch.long))
+        self.register_buffer("queue_ids", torch.full((n_experts, max(queue_size, 1)), -1, dtype=torch.long))
 
     def forward(
-        self, student_emb: torch.Tensor, teacher_emb: torch.Tensor, expert: torch.Tensor
+        self,
+        student_emb: torch.Tensor,
+        teacher_emb: torch.Tensor,
+        expert: torch.Tensor,
+        sample_key: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """student_emb ``[Vs, B, d]``, teacher_emb ``[Vt, B, d]`` (own expert, L2-normalised), expert ``[B]``."""
+        """student_emb ``[Vs, B, d]``, teacher_emb ``[Vt, B, d]`` (own expert, L2-normalised), expert ``[B]``,
+        sample_key ``[B]`` int64 image ids (optional: without them, same-image keys cannot be excluded)."""
         b = expert.shape[0]
         k, q_size, d = self.queue.shape
         exp_all = all_gather_cat(expert)  # [G]
         same = exp_all.unsqueeze(0) == expert.unsqueeze(1)  # [B, G]
         pos = rank_offset(b) + torch.arange(b, device=expert.device)
+        if sample_key is not None:
+            keys_all = all_gather_cat(sample_key)
+            twin = keys_all.unsqueeze(0) == sample_key.unsqueeze(1)  # same image elsewhere in the batch
+            twin[torch.arange(b, device=expert.device), pos] = False
+            same = same & ~twin
         # Queue keys of the sample's own modality, only the filled slots.
         slot = torch.arange(q_size, device=expert.device)
         filled = slot.unsqueeze(0) < self.queue_len.unsqueeze(1)  # [K, Q]
         own_block = F.one_hot(expert, k).bool()  # [B, K]
-        q_mask = (own_block.unsqueeze(-1) & filled.unsqueeze(0)).flatten(1)  # [B, K*Q]
+        q_mask = own_block.unsqueeze(-1) & filled.unsqueeze(0)  # [B, K, Q]
+        if sample_key is not None:
+            q_mask = q_mask & (self.queue_ids.unsqueeze(0) != sample_key.view(b, 1, 1))
+        q_mask = q_mask.flatten(1)  # [B, K*Q]
         queue = self.queue.detach().reshape(k * q_size, d)
         neg_inf = torch.finfo(student_emb.dtype).min
         total, n = student_emb.new_zeros(()), 0
@@ -63,19 +83,22 @@ class IntraContrastiveLoss(nn.Module):
         return {"loss": total / max(n, 1)}
 
     @torch.no_grad()
-    def enqueue(self, teacher_emb: torch.Tensor, expert: torch.Tensor) -> None:
+    def enqueue(self, teacher_emb: torch.Tensor, expert: torch.Tensor, sample_key: torch.Tensor | None = None) -> None:
         """Push the global batch's teacher keys (first view) into each modality's ring buffer."""
         if self.queue_size == 0:
             return
         keys = all_gather_cat(teacher_emb[0].detach().to(self.queue.dtype))
         exp_all = all_gather_cat(expert)
+        ids = all_gather_cat(sample_key) if sample_key is not None else torch.full_like(exp_all, -1)
         for e in range(self.queue.shape[0]):
             sel = keys[exp_all == e][-self.queue_size :]
+            sel_ids = ids[exp_all == e][-self.queue_size :]
             n = sel.shape[0]
             if n == 0:
                 continue
             ptr = int(self.queue_ptr[e])
             idx = (ptr + torch.arange(n, device=keys.device)) % self.queue_size
             self.queue[e, idx] = sel
+            self.queue_ids[e, idx] = sel_ids
             self.queue_ptr[e] = (ptr + n) % self.queue_size
             self.queue_len[e] = min(int(self.queue_len[e]) + n, self.queue_size)

@@ -99,12 +99,14 @@ class MIDoL(nn.Module):
         modality: torch.Tensor,
         sched: StepSchedule,
         student: nn.Module | None = None,
+        sample_key: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's loss.
 
         global_views: Vg tensors ``[B, 3, S, S]`` (Vg >= 2); local_views: Vl tensors
         ``[B, 3, s, s]``; modality ``[B]`` (index into the recipe's modality list).
-        ``student`` is the DDP-wrapped student when distributed. Returns the total
+        ``student`` is the DDP-wrapped student when distributed; ``sample_key`` ``[B]`` int64
+        image ids let the contrastive term exclude an image's own keys. Returns the total
         loss and detached statistics (read to the host only at log steps).
         """
         student = student if student is not None else self.student
@@ -139,7 +141,7 @@ class MIDoL(nn.Module):
         else:
             s_emb = s_out.emb.float().view(vg + vl, b, k, -1)
             t_emb = t_out.emb.float().view(vg, b, k, -1)
-            l_intra = self.intra(own(s_emb), own(t_emb), expert)["loss"]
+            l_intra = self.intra(own(s_emb), own(t_emb), expert, sample_key)["loss"]
             t_probs = torch.softmax(own(t_scores) / sched.teacher_temp, dim=-1)
 
         inter_parts = [inter_modality_loss(s_scores[v], expert, self.student_temp) for v in range(vg + vl)]
@@ -157,7 +159,7 @@ class MIDoL(nn.Module):
                 stats[f"inter_{name}"] = torch.stack([d[name] for d in inter_parts]).mean().detach()
             stats["router_acc"] = (s_router[:vg].argmax(-1) == modality.unsqueeze(0)).float().mean()
             stats.update(self._expert_stats(t_probs, s_out, expert, modality, vg, b))
-            self._teacher_state = (t_scores, t_out, expert)
+            self._teacher_state = (t_scores, t_out, expert, sample_key)
         return loss, stats
 
     @torch.no_grad()
@@ -194,7 +196,7 @@ class MIDoL(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         """Update the statistics that follow the teacher (centre or queue) with this step's outputs."""
-        t_scores, t_out, expert = self._teacher_state
+        t_scores, t_out, expert, sample_key = self._teacher_state
         if isinstance(self.intra, IntraDistillLoss):
             b = expert.shape[0]
             own = t_scores.gather(2, expert.view(1, b, 1, 1).expand(t_scores.shape[0], b, 1, t_scores.shape[-1]))
@@ -204,7 +206,7 @@ class MIDoL(nn.Module):
             b = expert.shape[0]
             t_emb = t_out.emb.float().view(vg, b, self.n_experts, -1)
             own = t_emb.gather(2, expert.view(1, b, 1, 1).expand(vg, b, 1, t_emb.shape[-1])).squeeze(2)
-            self.intra.enqueue(own, expert)
+            self.intra.enqueue(own, expert, sample_key)
         del self._teacher_state
 
     @torch.no_grad()

@@ -181,7 +181,15 @@ def build_table(
                 f"task '{task}': data hash differs across models ({listing}); "
                 f"its cells are marked {MISMATCH} and left out of averages and ranks"
             )
-        cells = {m: (_cell(per[m][1], protocol, row_metric) if m in per else None) for m in models}
+        row_protocol = protocol
+        if not any(protocol in s["protocols"] for _, s in per.values()) and any(
+            "finetune" in s["protocols"] for _, s in per.values()
+        ):
+            # Dense tasks (segmentation) have no frozen-encoder protocol: show their fine-tune
+            # result in the same table rather than dropping the row, and say so.
+            row_protocol = "finetune"
+            warnings.append(f"task '{task}': no '{protocol}' results (e.g. segmentation); showing 'finetune'")
+        cells = {m: (_cell(per[m][1], row_protocol, row_metric) if m in per else None) for m in models}
         ref = reference_for(reference, task, row_metric) if reference else None
         rows.append(Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None))
     rows.sort(key=lambda r: (r.modality, r.task))

@@ -434,9 +434,10 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 gv = [v.to(dev, non_blocking=True) for v in batch["global"]]
                 lv = [v.to(dev, non_blocking=True) for v in batch["local"]]
                 mod = batch["modality"].to(dev, non_blocking=True)
+                skey = batch["sample_key"].to(dev, non_blocking=True) if "sample_key" in batch else None
                 sync_ctx = student.no_sync if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext
                 with sync_ctx(), autocast():
-                    loss, stats = model.forward_train(gv, lv, mod, sched, student=student)
+                    loss, stats = model.forward_train(gv, lv, mod, sched, student=student, sample_key=skey)
                 (loss / opt_cfg.accum_steps).backward()
 
             if step < freeze:

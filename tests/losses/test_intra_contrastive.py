@@ -56,3 +56,26 @@ def test_queue_fills_per_modality_and_adds_negatives():
     assert torch.allclose(loss.queue[1, 0], t[0, 2])
     after = loss(t, t.clone(), e)["loss"]
     assert after > before  # more (and here identical) negatives make the task harder
+
+
+def test_own_earlier_keys_in_the_queue_are_not_negatives():
+    torch.manual_seed(0)
+    loss = IntraContrastiveLoss(1, 8, queue_size=16, temperature=0.1)
+    s = F.normalize(torch.randn(2, 1, 8), dim=-1)  # one image: its only candidates are its own keys
+    e = torch.zeros(1, dtype=torch.long)
+    ids = torch.tensor([10])
+    loss.enqueue(s, e, ids)
+    loss.enqueue(s, e, ids)  # the queue now holds only this image's earlier keys
+    assert loss(s, s.clone(), e, ids)["loss"].abs() < 1e-6  # masked: no negative at all
+    assert loss(s, s.clone(), e)["loss"] > 0.5  # unmasked: the image is pushed away from itself
+
+
+def test_duplicate_image_in_batch_is_not_a_negative():
+    torch.manual_seed(0)
+    loss = IntraContrastiveLoss(1, 8, queue_size=0, temperature=0.1)
+    s = F.normalize(torch.randn(2, 3, 8), dim=-1)
+    s[:, 2] = s[:, 0]  # the same image drawn twice
+    e = torch.zeros(3, dtype=torch.long)
+    masked = loss(s, s.clone(), e, torch.tensor([1, 2, 1]))["loss"]
+    unmasked = loss(s, s.clone(), e, torch.tensor([1, 2, 3]))["loss"]
+    assert masked < unmasked

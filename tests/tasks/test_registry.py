@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from midol_cli.errors import UsageError
+from midol_cli.tasks import TASKS, get_task, task_options
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_task_is_consistent():
+    from midol_cli.data.layouts import get_layout
+    from midol_cli.eval.metrics import metric_names
+
+    for spec in TASKS.values():
+        get_layout(spec.layout)  # the layout exists
+        if spec.label_type != "segmentation":
+            assert spec.metric in metric_names(spec.label_type), spec.name
+            spec.eval_task()  # validates classes
+        for k in spec.user_options:
+            assert k in dict(spec.layout_options), f"{spec.name}: option {k} has no default"
+
+
+def test_unknown_task_suggests():
+    with pytest.raises(UsageError, match="did you mean 'ham10000'"):
+        get_task("ham1000")
+
+
+def test_task_options_only_declared_keys():
+    spec = next((s for s in TASKS.values() if s.user_options), None)
+    if spec is None:
+        pytest.skip("no task with options")
+    k = spec.user_options[0]
+    assert task_options(spec, [f"{k}=x"])[k] == "x"
+    with pytest.raises(UsageError, match="has no option"):
+        task_options(spec, ["nonsense=1"])
+
+
+def test_docs_tasks_md_is_up_to_date():
+    from midol_cli.tasks.doc import tasks_markdown
+
+    assert (ROOT / "docs" / "tasks.md").read_text() == tasks_markdown(), (
+        "docs/tasks.md is stale: run `midol tasks --format md > docs/tasks.md`"
+    )
