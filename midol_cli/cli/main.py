@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "embed",
     "probe",
+    "finetune",
     "report",
     "tasks",
 )

@@ -1,0 +1,78 @@
+"""`midol finetune`: fine-tune an encoder + linear head on a task (or train the head alone, --linear)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def split_recipe_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    """``[RECIPE.yaml] [key=value ...]`` -> (recipe path or None, overrides)."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "finetune",
+        help=(
+            "Fine-tune an encoder with a linear head on a classification task: AdamW, layer-wise LR decay, "
+            "warm-up + cosine, best epoch on val, early stopping; test metrics with 95% bootstrap CIs are added "
+            "to results/<model>/<task>/summary.json as protocol 'finetune' ('linear_ft' with --linear).\n\n"
+            "Examples:\n\n"
+            "  midol finetune --task synth-pathology --weights runs/smoke --data demo/manifests/pathology.parquet "
+            "recipes/finetune_smoke.yaml\n\n"
+            "  torchrun --nproc_per_node 4 -m midol_cli finetune --task ham10000 --weights runs/base "
+            "--data ~/HAM10000 recipes/finetune.yaml optim.batch_size=128 --resume auto"
+        ),
+    )
+    def finetune(
+        args: list[str] = typer.Argument(None, metavar="RECIPE.yaml KEY=VALUE",
+                                         help="Optional recipe YAML, then key.sub=value overrides (e.g. epochs=10)."),
+        task: str = typer.Option(..., "--task", help="Task name (see `midol tasks`)."),
+        weights: str = typer.Option(..., "--weights",
+                                    help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
+        data: Path = typer.Option(..., "--data", help="Manifest (from `midol ingest`) or the raw download folder."),
+        out: Path = typer.Option(Path("results"), "--out", help="Results root."),
+        name: str = typer.Option(None, "--name", help="Model id in results (default: derived from --weights)."),
+        run_dir: Path = typer.Option(None, "--run-dir",
+                                     help="Checkpoints and metrics (default: runs/finetune/<model id>/<task>)."),
+        resume: str = typer.Option(None, "--resume", help="'auto' (newest checkpoint in the run dir) or a ckpt file."),
+        linear: bool = typer.Option(False, "--linear",
+                                    help="Freeze the encoder and train only the head (protocol 'linear_ft')."),
+    ) -> None:
+        from midol_cli.recipes import FinetuneRecipe, load_recipe
+        from midol_cli.tasks import get_task
+
+        spec = get_task(task)
+        recipe_path, overrides = split_recipe_args(args)
+        recipe = load_recipe(FinetuneRecipe, recipe_path, overrides)
+        if not data.exists():
+            from midol_cli.errors import UsageError
+
+            raise UsageError(f"data '{data}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
+                             "shows the expected layout")
+        from midol_cli.train.finetune import run_finetune
+
+        summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,
+                               resume=resume, linear=linear)
+        if not summary:  # ranks other than 0
+            return
+        from midol_cli.cli._common import console
+
+        proto = summary["protocol"]
+        m = summary["primary_metric"]
+        v = summary["protocols"][proto]["metrics"][m]
+
+        def fmt(x: float | None) -> str:
+            return "nan" if x is None else f"{x:.4f}"
+
+        console().print(
+            f"[bold]{summary['task']['name']}[/] / {summary['model']['id']}: {proto} {m} {fmt(v['value'])} "
+            f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}] (n test {summary['n']['test']}, best epoch "
+            f"{summary['protocols'][proto]['best_epoch']}) -> {summary['out_dir']}",
+            soft_wrap=True,
+        )
