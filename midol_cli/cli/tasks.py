@@ -55,4 +55,8 @@ def register(app: typer.Typer) -> None:
             out.print(f"notes:   {s.notes}")
         out.print(f"layout ({s.layout}), pass its root folder as --data:")
         out.print(layout_description(s), markup=False, highlight=False)
-        out.print(f"\nrun: midol probe --task {s.name} --weights runs/base --data /path/to/download")
+        if s.user_options:
+            opts = dict(s.layout_options)
+            out.print("options (--task-option KEY=VALUE): " + ", ".join(f"{k} (default {opts.get(k)})" for k in s.user_options))
+        cmd = "finetune" if s.label_type == "segmentation" else "probe"
+        out.print(f"\nrun: midol {cmd} --task {s.name} --weights runs/base --data /path/to/download")

@@ -383,7 +383,7 @@ def ingest_folder(
         entries[e.path] = e
     unlisted = 0
     for f in files:
-        if f not in entries:
+        if f not in entries and not lay.auxiliary(f):
             entries[f] = Entry(f, "", [], strip_ext(f), None)
             unlisted += 1
     if not entries:
@@ -406,11 +406,15 @@ def ingest_folder(
             continue
         p = prev.get(path)
         if p is not None:
+            # An HDF5 member ("x.h5#12") is unchanged when its container is; its recorded
+            # bytes are the patch's, not the container's, so only the mtime can be compared.
+            member = readers.split_member(path)
             try:
-                st = os.stat(root / path)
+                st = os.stat(root / (member[0] if member else path))
             except OSError:
                 st = None
-            if st is not None and st.st_size == p["bytes"] and st.st_mtime_ns == p["mtime_ns"]:
+            same_size = member is not None or (st is not None and st.st_size == p["bytes"])
+            if st is not None and same_size and st.st_mtime_ns == p["mtime_ns"]:
                 decoded[path] = {k: p[k] for k in _DECODED}
                 continue
         todo.append(path)
@@ -432,7 +436,7 @@ def ingest_folder(
         duplicate_listings=duplicate_listings,
         walk_errors=walk_errors,
     )
-    summary["warnings"] = _warnings(summary, lay.label_source, lay.name)
+    summary["warnings"] = _warnings(summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
 
     counts = {
         k: summary[k]

@@ -18,6 +18,15 @@ Pixel policy (what ``ReadResult.intensity`` records):
 
 The pixel cap is checked on the header (PIL size, DICOM Rows x Columns x
 frames) before any pixel is decoded.
+
+HDF5 members: datasets such as PCam ship images as one array per file
+(``x`` of shape [N, H, W, C] or [N, H, W]). A manifest names one of them with
+a member path ``<file>.h5#<index>`` (``member_path``); ``read_file_bytes``
+returns that patch serialized as ``.npy`` bytes (dtype/shape header + the
+C-order pixels, so equal patches hash equally) with the container's stat, and
+``decode_bytes`` turns them into an image (format "HDF5"). h5py is imported
+only when such a path is read; without it the member is rejected with
+"missing HDF5 reader: pip install h5py".
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
 )
 DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom"})
+HDF5_EXTENSIONS: frozenset[str] = frozenset({".h5", ".hdf5"})
+# Separates an HDF5 container from the index of one image inside it: "x.h5#12".
+MEMBER_SEP = "#"
 
 # A file larger than this is refused before it is read into memory: no
 # supported format at the pixel cap needs more than ~8 bytes per pixel.
@@ -125,16 +137,28 @@ def sniff_dicom(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def read_file_bytes(
-    path: str | os.PathLike[str], max_bytes: int | None = None
-) -> tuple[bytes, os.stat_result]:
-    """Read a whole regular file once; return (bytes, stat). Raises ImageRejected.
+def split_member(path: str | os.PathLike[str]) -> tuple[str, int] | None:
+    """``"dir/x.h5#12"`` -> ``("dir/x.h5", 12)``; None for an ordinary file path.
 
-    Refuses what would hang or mislead a reader: FIFOs/devices ("not a regular
-    file"), dangling or looping links ("broken symlink"), unreadable files
-    ("permission denied"), empty files ("zero-byte file").
+    Only a decimal index after the last "#" of a path whose container ends in
+    .h5/.hdf5 counts, so image files that merely contain "#" stay files.
     """
     p = os.fspath(path)
+    base, sep, index = p.rpartition(MEMBER_SEP)
+    if not sep or not index.isascii() or not index.isdigit():
+        return None
+    if os.path.splitext(base)[1].lower() not in HDF5_EXTENSIONS:
+        return None
+    return base, int(index)
+
+
+def member_path(container: str, index: int) -> str:
+    """The path naming image ``index`` of an HDF5 ``container`` (inverse of ``split_member``)."""
+    return f"{container}{MEMBER_SEP}{int(index)}"
+
+
+def _stat_regular(p: str) -> os.stat_result:
+    """``os.stat`` of a regular file, or ImageRejected with the reason a user can act on."""
     try:
         st = os.stat(p)
     except FileNotFoundError:
@@ -147,6 +171,24 @@ def read_file_bytes(
         raise ImageRejected(f"unreadable file ({errno.errorcode.get(e.errno or 0, 'OSError')})") from None
     if not stat.S_ISREG(st.st_mode):
         raise ImageRejected("not a regular file")
+    return st
+
+
+def read_file_bytes(
+    path: str | os.PathLike[str], max_bytes: int | None = None
+) -> tuple[bytes, os.stat_result]:
+    """Read a whole regular file once; return (bytes, stat). Raises ImageRejected.
+
+    Refuses what would hang or mislead a reader: FIFOs/devices ("not a regular
+    file"), dangling or looping links ("broken symlink"), unreadable files
+    ("permission denied"), empty files ("zero-byte file"). An HDF5 member path
+    (``x.h5#12``) returns that image as .npy bytes and the container's stat.
+    """
+    p = os.fspath(path)
+    member = split_member(p)
+    if member is not None:
+        return _read_hdf5_member(member[0], member[1], max_bytes)
+    st = _stat_regular(p)
     if st.st_size == 0:
         raise ImageRejected("zero-byte file")
     if max_bytes is not None and st.st_size > max_bytes:
@@ -170,15 +212,18 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
 
 
 def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadResult:
-    """Decode in-memory file contents. ``name`` only chooses DICOM handling by extension.
+    """Decode in-memory file contents. ``name`` only chooses DICOM/HDF5 handling by its form.
 
-    Files ending in .dcm/.dicom, or carrying the DICM preamble, go to pydicom;
+    HDF5 member paths (``x.h5#12``, bytes from ``read_file_bytes``) are .npy arrays;
+    files ending in .dcm/.dicom, or carrying the DICM preamble, go to pydicom;
     everything else to PIL. Raises ImageRejected.
     """
     if not data:
         raise ImageRejected("zero-byte file")
     suffix = Path(name).suffix.lower()
     try:
+        if split_member(name) is not None:
+            return _decode_array(data, max_pixels)
         if has_dicom_preamble(data) or suffix in DICOM_EXTENSIONS:
             return _decode_dicom(data, max_pixels, force=suffix in DICOM_EXTENSIONS)
         return _decode_pil(data, max_pixels)
@@ -190,6 +235,102 @@ def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         # Hostile bytes reach corners of the decoders no reason above covers; one bad
         # file must still be one reject, never a crashed run.
         raise ImageRejected("corrupt image data") from None
+
+
+# ---------------------------------------------------------------- HDF5 members
+
+
+def _image_dataset(fh: Any) -> Any:
+    """The file's image array: dataset ``x`` (PCam), else its only top-level dataset, else None."""
+    import h5py
+
+    x = fh.get("x")
+    if isinstance(x, h5py.Dataset):
+        return x
+    found = [v for v in fh.values() if isinstance(v, h5py.Dataset)]
+    return found[0] if len(found) == 1 else None
+
+
+def _read_hdf5_member(container: str, index: int, max_bytes: int | None) -> tuple[bytes, os.stat_result]:
+    """Image ``index`` of ``container`` as .npy bytes (dtype/shape header + pixels) and the file's stat."""
+    import numpy as np
+
+    st = _stat_regular(container)
+    # h5py reports an unreadable file as a generic OSError: check first to keep the reason precise.
+    if not os.access(container, os.R_OK):
+        raise ImageRejected("permission denied")
+    try:
+        import h5py
+    except ImportError:
+        raise ImageRejected("missing HDF5 reader: pip install h5py") from None
+    try:
+        with h5py.File(container, "r") as fh:
+            ds = _image_dataset(fh)
+            if ds is None:
+                raise ImageRejected("HDF5 file without an image dataset 'x'")
+            if ds.ndim not in (3, 4) or ds.dtype.kind not in "biuf":
+                raise ImageRejected(f"unsupported HDF5 image array ({ds.dtype}, shape {tuple(ds.shape)})")
+            if index >= ds.shape[0]:
+                raise ImageRejected(f"HDF5 index out of range ({index} of {ds.shape[0]})")
+            # Refuse before reading: one item of a hostile array can be arbitrarily large.
+            item_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+            if max_bytes is not None and item_bytes > max_bytes:
+                raise ImageRejected(f"file too large ({item_bytes} bytes)")
+            arr = np.ascontiguousarray(ds[index])
+    except ImageRejected:
+        raise
+    except PermissionError:
+        raise ImageRejected("permission denied") from None
+    except MemoryError:
+        raise ImageRejected("out of memory while decoding") from None
+    except Exception:
+        # h5py reports a non-HDF5 or damaged file as OSError/KeyError/RuntimeError.
+        raise ImageRejected("unreadable HDF5") from None
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue(), st
+
+
+def _decode_array(data: bytes, max_pixels: int) -> ReadResult:
+    """.npy bytes of one [H, W], [H, W, 1|3|4] image -> 8-bit "L"/"RGB" (non-uint8 is min-max scaled)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception:
+        raise ImageRejected("corrupt image data") from None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or arr.dtype.kind not in "biuf":
+        raise ImageRejected(f"unsupported HDF5 image array ({arr.dtype}, shape {tuple(arr.shape)})")
+    h, w = int(arr.shape[0]), int(arr.shape[1])
+    if h <= 0 or w <= 0:
+        raise ImageRejected("not an image")
+    if w * h > max_pixels:
+        raise ImageRejected(f"over pixel cap ({w} x {h})")
+    intensity = ""
+    if arr.dtype == np.bool_:
+        bits, arr = 1, arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint8:
+        bits = 8
+    else:
+        bits = arr.dtype.itemsize * 8
+        arr = _minmax_to_uint8(arr)
+        intensity = f"minmax{bits}to8"
+    if arr.ndim == 2:
+        img = Image.fromarray(arr, mode="L")
+    else:
+        img = Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
+    return ReadResult(
+        image=img,
+        width=w,
+        height=h,
+        channels=1 if img.mode == "L" else 3,
+        bit_depth=bits,
+        format="HDF5",
+        intensity=intensity,
+    )
 
 
 # ---------------------------------------------------------------- PIL formats

@@ -413,16 +413,20 @@ def _encode_task(task: tuple[str, str, str, dict[str, Any], int, int]) -> tuple[
     Returns (sample_id, ext, image bytes, json bytes, "") or
     (sample_id, "", b"", b"", reason) when the file cannot be used now.
     """
-    from midol_cli.data.readers import ImageRejected, read_image
+    import hashlib
+
+    from midol_cli.data import readers
+    from midol_cli.data.readers import ImageRejected
 
     sid, abs_path, expected_sha, meta, max_side, quality = task
     try:
-        if expected_sha:
-            actual = sha256_file(abs_path)
-            if not actual.startswith(expected_sha.lower()):
-                return sid, "", b"", b"", "file changed since ingest (sha256 differs); re-run `midol ingest`"
-        cap = int(meta.get("max_pixels") or 0)
-        res = read_image(abs_path, max_pixels=cap) if cap > 0 else read_image(abs_path)
+        # Read once: the same bytes are hashed (the ingest-time check) and decoded. This also
+        # covers members of container files (``x.h5#12``), which are not files on their own.
+        cap = int(meta.get("max_pixels") or 0) or readers.DEFAULT_MAX_PIXELS
+        raw, _ = readers.read_file_bytes(abs_path, readers.byte_cap(cap))
+        if expected_sha and not hashlib.sha256(raw).hexdigest().startswith(expected_sha.lower()):
+            return sid, "", b"", b"", "file changed since ingest (sha256 differs); re-run `midol ingest`"
+        res = readers.decode_bytes(raw, abs_path, cap)
         ext, data = encode_image(res.image, max_side, quality)
     except ImageRejected as e:
         return sid, "", b"", b"", str(getattr(e, "reason", "") or e)

@@ -19,6 +19,11 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     from midol_cli.eval.results import run_probe_suite
     from midol_cli.tasks import resolve_data
 
+    if spec.label_type == "segmentation":
+        raise UsageError(
+            f"task {spec.name} is a segmentation task: frozen-encoder probes do not apply; "
+            f"use `midol finetune --task {spec.name}`"
+        )
     src = resolve_data(spec, data, cache_dir().parent, options)
     model = load_eval_model(weights, name)
     emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)

@@ -51,6 +51,8 @@ CONFUSION_NAME = "confusion_matrix.png"
 EMBEDDING_COLUMNS = ("sample_id", "modality", "label", "group", "split", "embedding")
 MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
 VAL_CARVE_FRACTION = 0.15
+# Segmentation tasks (``midol finetune`` only) report per-image overlap metrics, not classification ones.
+SEGMENTATION_METRICS = ("dice", "jaccard")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,10 @@ class Task:
         from midol_cli.eval.metrics import metric_names
 
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
-        names = metric_names(self.label_type)  # raises on an unknown label type
+        if self.label_type == "segmentation":
+            names = SEGMENTATION_METRICS
+        else:
+            names = metric_names(self.label_type)  # raises on an unknown label type
         if not self.name:
             raise ValueError("a task needs a name")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):

@@ -24,7 +24,7 @@ class TaskSpec:
     name: str
     modality: str
     layout: str  # ingest layout of the raw download
-    label_type: str  # binary | multiclass | ordinal | multilabel
+    label_type: str  # binary | multiclass | ordinal | multilabel | segmentation
     classes: tuple[str, ...]
     metric: str  # primary metric (eval.metrics.metric_names)
     source: str
@@ -44,7 +44,7 @@ class TaskSpec:
 
 # One module per group of datasets, each exposing ``TASKS: list[TaskSpec]``. Adding a dataset
 # is a TaskSpec in one of them (plus its ingest layout in data/layouts/).
-_MODULES: tuple[str, ...] = ("synth", "dermoscopy")
+_MODULES: tuple[str, ...] = ("synth", "dermoscopy", "xray", "fundus", "segmentation", "oct", "pathology")
 
 
 def _load() -> dict[str, TaskSpec]:

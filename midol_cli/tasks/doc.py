@@ -44,7 +44,8 @@ def tasks_markdown() -> str:
                 opts = ", ".join(f"`{k}` (default `{defaults.get(k, '')}`)" for k in s.user_options)
                 lines.append(f"- **Options** (`--task-option KEY=VALUE`): {opts}")
             lines += [
-                f"- **Run:** `midol probe --task {s.name} --weights runs/base --data /path/to/{s.layout}`",
+                f"- **Run:** `midol {'finetune' if s.label_type == 'segmentation' else 'probe'} --task {s.name} "
+                f"--weights runs/base --data /path/to/{s.layout}`",
                 "",
                 f"Expected layout (`{s.layout}`):",
                 "",

@@ -119,6 +119,15 @@ class Layout(ABC):
         """Image files under ``root`` (relative posix), from ``opts.files`` when ingest already walked."""
         return opts.files if opts.files is not None else tuple(walk_candidates(root))
 
+    def auxiliary(self, path: str) -> bool:
+        """True for a file that belongs to the dataset but is not an image row (a segmentation
+        mask): ingest neither keeps it as an unlabelled row nor counts it as unlisted."""
+        return False
+
+    def scan_warnings(self, root: Path, opts: LayoutOptions) -> list[str]:
+        """Dataset-specific warnings for ingest's summary (e.g. masks without an image); none by default."""
+        return []
+
 
 # ---------------------------------------------------------------- helpers for layouts
 
@@ -266,6 +275,20 @@ _MODULES: tuple[str, ...] = (
     "oct2017",
     "chestxray14",
     "nct_crc",
+    "chexpert",
+    "rsna_pneumonia",
+    "covidx",
+    "idrid",
+    "messidor2",
+    "eyepacs",
+    "retina_cataract",
+    "isic2018_seg",
+    "octid",
+    "isic2018",
+    "pad_ufes20",
+    "breakhis",
+    "pcam",
+    "mhist",
     "imagefolder",
     "csvfile",
 )
