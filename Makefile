@@ -31,6 +31,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
 
 test: $(STAMP)
+	$(BIN)/ruff check midol_cli tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -39,6 +40,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/probe.py
+	$(BIN)/python benchmarks/embed.py
+	$(BIN)/python benchmarks/pretrain_step.py --recipe recipes/smoke.yaml
 
 clean-demo:
 	rm -rf $(DEMO)

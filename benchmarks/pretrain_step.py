@@ -6,6 +6,7 @@
 bare step : student encoder forward+backward on both global views + teacher encoder forward on both
             views + AdamW on the encoder (no projector, no EMA, no losses)
 full step : MIDoL.forward_train (projector, all losses) + backward + AdamW + centre/queue update + EMA
+            (the per-expert diagnostics are left out as the loop computes them at log steps only)
 
 Both run on the same random batches, alternating in blocks (A B A B ...) so that a
 drifting machine affects both; the medians are compared. The ratio full/bare time
@@ -64,6 +65,7 @@ def main() -> None:
     opt_bare = torch.optim.AdamW(model.student.encoder.parameters(), lr=1e-4, fused=fused)
     views = [torch.randn(b, 3, s, s, device=dev) for _ in range(2)]
     mod = torch.arange(b, device=dev) % k
+    keys = torch.arange(b, device=dev)
     sched = StepSchedule(r.loss.teacher_temp, r.loss.w_intra, r.loss.w_inter, r.loss.w_route)
     ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else None
 
@@ -82,7 +84,7 @@ def main() -> None:
 
     def full_step():
         with autocast():
-            loss, _ = model.forward_train(views, [], mod, sched)
+            loss, _ = model.forward_train(views, [], mod, sched, sample_key=keys, diagnostics=False)
         loss.backward()
         opt_full.step()
         opt_full.zero_grad(set_to_none=True)

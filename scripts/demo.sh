@@ -12,7 +12,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 start=$(date +%s)
 
 say "1/7 synth: procedural images in five public-dataset layouts -> $D/raw"
-if [ -f "$D/raw/synth.json" ]; then echo "reusing $D/raw" >&2; else midol synth "$D/raw" --seed 0 --corrupt 5; fi
+if [ -f "$D/raw/synth.json" ]; then echo "reusing $D/raw" >&2; else midol synth "$D/raw" --seed 0 --per-class 100 --corrupt 5; fi
 
 say "2/7 ingest: one manifest per modality (damaged files become rejected rows)"
 for m in "${MODS[@]}"; do

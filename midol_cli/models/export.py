@@ -2,8 +2,7 @@
 
 ``export/encoder.safetensors`` holds prefix-free, timm-named tensors, so
 
-    timm.create_model(arch, pretrained=True, num_classes=0,
-                      pretrained_cfg_overlay=dict(file="encoder.safetensors"))
+    timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file="encoder.safetensors"), num_classes=0)
 
 loads it with identical outputs (tested). Its metadata (strings) record the
 architecture and its arguments, image size, normalisation, the modality ->

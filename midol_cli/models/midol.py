@@ -100,13 +100,16 @@ class MIDoL(nn.Module):
         sched: StepSchedule,
         student: nn.Module | None = None,
         sample_key: torch.Tensor | None = None,
+        diagnostics: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step's loss.
 
         global_views: Vg tensors ``[B, 3, S, S]`` (Vg >= 2); local_views: Vl tensors
         ``[B, 3, s, s]``; modality ``[B]`` (index into the recipe's modality list).
         ``student`` is the DDP-wrapped student when distributed; ``sample_key`` ``[B]`` int64
-        image ids let the contrastive term exclude an image's own keys. Returns the total
+        image ids let the contrastive term exclude an image's own keys; ``diagnostics=False``
+        skips the per-expert collapse statistics (the loop asks for them at log steps only,
+        they need collectives across ranks). Returns the total
         loss and detached statistics (read to the host only at log steps).
         """
         student = student if student is not None else self.student
@@ -158,7 +161,8 @@ class MIDoL(nn.Module):
             for name in ("specificity", "marginal_entropy", "block_entropy"):
                 stats[f"inter_{name}"] = torch.stack([d[name] for d in inter_parts]).mean().detach()
             stats["router_acc"] = (s_router[:vg].argmax(-1) == modality.unsqueeze(0)).float().mean()
-            stats.update(self._expert_stats(t_probs, s_out, expert, modality, vg, b))
+            if diagnostics:
+                stats.update(self._expert_stats(t_probs, s_out, expert, modality, vg, b))
             self._teacher_state = (t_scores, t_out, expert, sample_key)
         return loss, stats
 

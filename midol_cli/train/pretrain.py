@@ -436,8 +436,12 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 mod = batch["modality"].to(dev, non_blocking=True)
                 skey = batch["sample_key"].to(dev, non_blocking=True) if "sample_key" in batch else None
                 sync_ctx = student.no_sync if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext
+                log_now = (step + 1) % tr.log_every == 0 or step + 1 == stop
                 with sync_ctx(), autocast():
-                    loss, stats = model.forward_train(gv, lv, mod, sched, student=student, sample_key=skey)
+                    loss, stats = model.forward_train(
+                        gv, lv, mod, sched, student=student, sample_key=skey,
+                        diagnostics=log_now and a == opt_cfg.accum_steps - 1,
+                    )
                 (loss / opt_cfg.accum_steps).backward()
 
             if step < freeze:
@@ -482,21 +486,30 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     bad_steps=bad_total + int(bad_count),
                     log_p=log_p,
                 )
-                ents = [v for k, v in rec.items() if k.startswith("teacher_entropy/") and math.isfinite(v)]
-                if step > after_warmup and ents and max(ents) > tr.collapse_ratio * log_p:
-                    high_entropy_streak += 1
+                # Collapse signs differ by reading (docs/method.md): with `distill` the teacher's
+                # prototype distribution goes uniform; with `contrastive` the prototypes are only
+                # spread by L_inter (near-uniform teacher entropy is expected) and collapse shows
+                # as the expert embeddings shrinking to a point.
+                if recipe.loss.intra == "distill":
+                    vals = [v for k, v in rec.items() if k.startswith("teacher_entropy/") and math.isfinite(v)]
+                    bad = bool(vals) and max(vals) > tr.collapse_ratio * log_p
+                    what = (f"teacher entropy stays above {tr.collapse_ratio:.2f} x log P "
+                            f"({max(vals) if vals else 0:.2f} vs {log_p:.2f}): the prototypes are collapsing to uniform")
                 else:
-                    high_entropy_streak = 0
-                if high_entropy_streak >= 3 and not collapse_warned and di.is_main:
+                    vals = [v for k, v in rec.items() if k.startswith("emb_std/") and math.isfinite(v)]
+                    floor = 0.05 / math.sqrt(recipe.projector.bottleneck_dim)  # spread: 1/sqrt(d); point: 0
+                    bad = bool(vals) and min(vals) < floor
+                    what = (f"expert embeddings collapse to a point (std across the batch {min(vals) if vals else 0:.4f} "
+                            f"< {floor:.4f})")
+                high_entropy_streak = high_entropy_streak + 1 if (step > after_warmup and bad) else 0
+                # "Stays": the sign persists over at least 10% of the run (and 3 log steps), so a
+                # transient dip around peak LR that the run recovers from is not an alarm.
+                need = max(3, math.ceil(0.1 * total / tr.log_every))
+                if high_entropy_streak >= need and not collapse_warned and di.is_main:
                     collapse_warned = True
                     import sys
 
-                    print(
-                        f"warning: teacher entropy stays above {tr.collapse_ratio:.2f} x log P "
-                        f"({max(ents):.2f} vs {log_p:.2f}) after warm-up: the prototypes are collapsing "
-                        "to uniform; see docs/method.md 'Known failure modes'",
-                        file=sys.stderr,
-                    )
+                    print(f"warning: {what} after warm-up; see docs/method.md 'Known failure modes'", file=sys.stderr)
                 rec["collapse_warning"] = collapse_warned
                 logger.log(rec)
                 last_rec = rec

@@ -4,7 +4,12 @@ import torch
 
 from midol_cli.errors import UsageError
 from midol_cli.models.encoder import EncoderSpec, build_encoder
-from midol_cli.models.export import export_run, load_exported_encoder, load_exported_projector, read_export_meta
+from midol_cli.models.export import (
+    export_run,
+    load_exported_encoder,
+    load_exported_projector,
+    read_export_meta,
+)
 from midol_cli.models.midol import MIDoL
 from midol_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SWIN
