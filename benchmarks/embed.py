@@ -1,7 +1,8 @@
 """Embedding throughput against the bare encoder forward on the same images, measured in one run.
 
-    python benchmarks/embed.py                       # tiny Swin @ 64 px on generated data (CPU)
-    python benchmarks/embed.py --arch swin_base_patch4_window7_224 --img-size 224 --n 2048  # GPU
+    python benchmarks/embed.py                          # Swin-B @ 224 px (the product encoder), 48 images
+    python benchmarks/embed.py --n 4096 --batch 256     # the same on a GPU
+    python benchmarks/embed.py --tiny --img-size 64 --n 400   # tiny Swin: shows the loader's own ceiling
 
 (a) `midol_cli.eval.embed.embed` over a shard dir: decode, eval transform, batching in data-loading
     workers, inference, router probabilities, collection into a table (cache off);
@@ -25,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=400, help="images (generated with midol synth)")
+    ap.add_argument("--n", type=int, default=48, help="images (generated with midol synth)")
     ap.add_argument("--arch", default="swin_base_patch4_window7_224")
-    ap.add_argument("--img-size", type=int, default=64)
-    ap.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=False,
                     help="tiny Swin (embed_dim 32) instead of the named architecture's default size")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -56,7 +57,7 @@ def main() -> None:
     model = EvalModel("bench", "random", "random", "bench", spec, enc)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MIDOL_CACHE_DIR"] = tmp
-        per_class = max(1, args.n // 20)
+        per_class = max(1, -(-args.n // 20))
         shards = build_pipeline(Path(tmp) / "data", per_class=per_class, size=max(128, args.img_size),
                                 max_side=max(96, args.img_size), min_shards=4)["shards"]
         t = EvalTransform(args.img_size)

@@ -420,14 +420,18 @@ def iter_samples(
     shard_dir: str | os.PathLike[str],
     split: str | None = None,
     modalities: Sequence[str] | None = None,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Every sample passing the filters exactly once, as (PIL image, meta), shards in index order.
 
-    Single process and deterministic. Refused tar members and undecodable
-    samples are logged and skipped; an unreadable shard raises RunFailed (an
-    evaluation must not silently miss a shard).
+    Single process and deterministic. ``part=(i, n)`` reads only shards i, i+n, i+2n, ...
+    so n data-loading workers together read every sample exactly once. Refused tar
+    members and undecodable samples are logged and skipped; an unreadable shard raises
+    RunFailed (an evaluation must not silently miss a shard).
     """
     idx, urls, mods = _select_urls(shard_dir, modalities, split)
+    if part is not None:
+        urls = urls[part[0] :: part[1]]
     max_side = (idx.get("parameters") or {}).get("max_side")
     refused, bad = _Counter("refused"), _Counter("skipped bad")
     for url in urls:

@@ -63,15 +63,21 @@ class _ManifestImages:
 
 
 class _ShardImages:
-    """Iterable dataset over a shard dir in index order (one worker: order is kept)."""
+    """Iterable dataset over a shard dir; with several workers each reads its own shards.
+
+    Row order then follows the workers' interleaving; every row carries its sample_id."""
 
     def __init__(self, shard_dir: str, transform) -> None:
         self.shard_dir, self.transform = shard_dir, transform
 
     def __iter__(self):
+        from torch.utils.data import get_worker_info
+
         from midol_cli.data.loader import iter_samples
 
-        for img, meta in iter_samples(self.shard_dir):
+        w = get_worker_info()
+        part = (w.id, w.num_workers) if w is not None else None  # each worker its own shards
+        for img, meta in iter_samples(self.shard_dir, part=part):
             yield self.transform(img), {k: meta.get(k) for k in COLUMNS}, True
 
 
@@ -105,7 +111,7 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
             return (torch.stack([a for a, _, _ in items]), [m for _, m, _ in items],
                     torch.tensor([c for _, _, c in items]))
 
-        loader = DataLoader(_It(), batch_size=batch_size, num_workers=min(workers, 1), collate_fn=collate)
+        loader = DataLoader(_It(), batch_size=batch_size, num_workers=workers, collate_fn=collate)
         yield from loader
 
 
