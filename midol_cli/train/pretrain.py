@@ -147,6 +147,8 @@ class _Logger:
         if show_progress():
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+            from rich.console import Console
+
             self.progress = Progress(
                 TextColumn("pretrain"),
                 BarColumn(),
@@ -154,6 +156,7 @@ class _Logger:
                 TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=Console(stderr=True),  # stdout stays for data
             )
             self.progress.start()
             self.task = self.progress.add_task("pretrain", total=total, completed=start, info="")
@@ -182,6 +185,22 @@ class _Logger:
             self.tb.close()
         if self.fh is not None:
             self.fh.close()
+
+
+def _check_local_size(model: MIDoL, recipe: PretrainRecipe, device: torch.device) -> None:
+    """Local crops need an encoder that accepts their size; say so before training, not mid-run."""
+    s = recipe.data.local_size
+    try:
+        with torch.no_grad():
+            model.student.encoder.eval()(torch.zeros(1, 3, s, s, device=device))
+    except (AssertionError, RuntimeError, ValueError) as e:
+        raise UsageError(
+            f"model.arch {recipe.model.arch} does not take {s} px inputs ({str(e).splitlines()[0][:80]}); "
+            "local views need a size-flexible encoder (e.g. a ViT with model.arch_kwargs.dynamic_img_size=true) "
+            "or set data.local_views=0"
+        ) from None
+    finally:
+        model.student.encoder.train()
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -270,6 +289,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     model = build_model(recipe).to(di.device)
+    if recipe.data.local_views:
+        _check_local_size(model, recipe, di.device)
     if recipe.model.grad_checkpointing and hasattr(model.student.encoder, "set_grad_checkpointing"):
         model.student.encoder.set_grad_checkpointing(True)
     student: torch.nn.Module = model.student

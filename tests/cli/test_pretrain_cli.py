@@ -88,3 +88,10 @@ def test_help_lists_commands_fast():
     res = subprocess.run([sys.executable, "-c", "import midol_cli.cli.main, sys; print('torch' in sys.modules)"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "False"
+
+
+def test_local_views_with_fixed_size_swin_is_a_clear_error(shards, tmp_path):
+    line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}",
+                                  "data.modalities=[xray,oct]", "data.local_views=2", "data.local_size=32",
+                                  "--out", tmp_path / "r"))
+    assert "local views" in line and "32 px" in line

@@ -90,3 +90,15 @@ def test_after_step_updates_centre():
     m.forward_train(views, [], mod, StepSchedule(0.04, 1.0, 1.0, 0.1))
     m.after_step()
     assert not torch.equal(before, m.intra.center)
+
+
+def test_local_views_with_a_size_flexible_encoder():
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderSpec(arch="test_vit", img_size=64, arch_kwargs={"dynamic_img_size": True}))
+    m = MIDoL(enc, 2, hidden_dim=16, bottleneck_dim=8, n_prototypes=6, n_layers=2)
+    g = [torch.randn(4, 3, 64, 64) for _ in range(2)]
+    loc = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    loss, stats = m.forward_train(g, loc, torch.tensor([0, 1, 0, 1]), StepSchedule(0.04, 1.0, 1.0, 0.1))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in m.student.parameters())

@@ -1,0 +1,61 @@
+"""End to end through the real CLI: pretrain (a few steps) -> embed -> probe (2 models) -> report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tests.pipeline import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _midol(*args, env):
+    res = subprocess.run([sys.executable, "-m", "midol_cli", *map(str, args)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"midol {args[0]} failed:\n{res.stderr[-3000:]}"
+    return res
+
+
+def test_pretrain_embed_probe_report(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
+    p = build_pipeline(tmp_path / "data", per_class=8, modalities=("oct", "pathology"))
+    run = tmp_path / "runs" / "tiny"
+    _midol("pretrain", "recipes/smoke.yaml", f"data.shards={p['shards']}", "data.modalities=[oct,pathology]",
+           "train.steps=4", "optim.global_batch_size=8", "data.num_workers=0", "projector.hidden_dim=32",
+           "projector.n_prototypes=16", "loss.queue_size=8", "--out", run, env=env)
+    assert (run / "export" / "encoder.safetensors").is_file()
+
+    emb = tmp_path / "emb.parquet"
+    res = _midol("embed", "--weights", run, "--data", p["shards"], "--out", emb, "--plot", tmp_path / "plots",
+                 "--workers", "1", env=env)
+    df = pd.read_parquet(emb)
+    assert len(df) == 64 and set(df["modality"]) == {"oct", "pathology"}
+    assert len(df["embedding"].iloc[0]) == 256 and len(df["router_probs"].iloc[0]) == 2
+    assert "modality silhouette" in res.stderr
+    assert (tmp_path / "plots" / "tsne_modality.png").stat().st_size > 1000
+    metrics = json.loads(emb.with_suffix(".metrics.json").read_text())
+    assert set(metrics["per_modality"]) == {"oct", "pathology"}
+
+    results = tmp_path / "results"
+    for weights in (run, f"random:{run}"):
+        _midol("probe", "--task", "synth-oct", "--weights", weights, "--data", p["manifests"] / "oct.parquet",
+               "--out", results, "--fractions", "0.5,1.0", "--seeds", "2", "--n-boot", "50", "--workers", "1",
+               env=env)
+    s = json.loads((results / "tiny" / "synth-oct" / "summary.json").read_text())
+    assert s["task"]["name"] == "synth-oct" and s["model"]["id"] == "tiny"
+    for proto in ("linear", "knn_k10", "knn_k20", "fraction_0.5"):
+        assert proto in s["protocols"], proto
+    lin = s["protocols"]["linear"]["metrics"]["accuracy"]
+    assert lin["ci_low"] <= lin["value"] <= lin["ci_high"]
+    assert (results / "tiny" / "synth-oct" / "predictions.parquet").is_file()
+    assert (results / "tiny" / "synth-oct" / "confusion_matrix.png").is_file()
+    assert (results / "random-tiny" / "synth-oct" / "summary.json").is_file()
+
+    table = _midol("report", results, env=env).stdout
+    assert "synth-oct" in table and "tiny" in table and "random-tiny" in table
+    csv = _midol("report", results, "--format", "csv", env=env).stdout
+    assert csv.count("\n") >= 2
