@@ -145,9 +145,8 @@ class _Logger:
         from midol_cli.cli._common import show_progress
 
         if show_progress():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
             from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
                 TextColumn("pretrain"),
