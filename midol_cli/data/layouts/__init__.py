@@ -58,6 +58,17 @@ class Entry:
     reason: str = ""
 
 
+def listed_entries(
+    hits: list[str], missing_path: str, label: str, labels: list[str], group: str, split: str | None,
+    reason: str, listed_in: str,
+) -> list[Entry]:
+    """Entries for one labelled CSV row: one per file found on disk, or, when none is, one rejected
+    entry (``listed in <csv> but missing``) at the path the dataset would have used."""
+    if not hits:
+        return [Entry(missing_path, label, labels, group, split, reason or f"listed in {listed_in} but missing")]
+    return [Entry(path, label, labels, group, split, reason) for path in hits]
+
+
 @dataclass
 class LayoutOptions:
     """What a layout may need beyond the root folder.

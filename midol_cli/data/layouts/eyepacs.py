@@ -12,6 +12,7 @@ from midol_cli.data.layouts import (
     LayoutOptions,
     cell,
     find_column,
+    listed_entries,
     read_csv,
     strip_ext,
 )
@@ -81,12 +82,7 @@ class EyepacsLayout(Layout):
             group = m.group(1) if m else image
             reason = "" if level in _GRADES else f"invalid level '{level}' in {csv_path.name}"
             hits = index.stem_matches(image, under=(folder,)) or index.stem_matches(image)
-            if not hits:
-                reason = reason or f"listed in {csv_path.name} but missing"
-                out.append(Entry(f"{folder}/{image}.jpeg", level, labels, group, split, reason))
-                continue
-            for path in hits:
-                out.append(Entry(path, level, labels, group, split, reason))
+            out += listed_entries(hits, f"{folder}/{image}.jpeg", level, labels, group, split, reason, csv_path.name)
         return out
 
 

@@ -11,6 +11,7 @@ from midol_cli.data.layouts import (
     LayoutOptions,
     cell,
     find_column,
+    listed_entries,
     read_csv,
     strip_ext,
 )
@@ -90,12 +91,8 @@ class IdridLayout(Layout):
                 group = f"{split}/{stem}"
                 reason = "" if grade in _GRADES else f"invalid Retinopathy grade '{grade}' in {csv_name}"
                 hits = index.stem_matches(stem, under=(image_dir,))
-                if not hits:
-                    reason = reason or f"listed in {csv_name} but missing"
-                    entries.append(Entry(f"{image_dir}/{stem}.jpg", grade, labels, group, split, reason))
-                    continue
-                for path in hits:
-                    entries.append(Entry(path, grade, labels, group, split, reason))
+                entries += listed_entries(hits, f"{image_dir}/{stem}.jpg", grade, labels, group, split, reason,
+                                          csv_name)
         return entries
 
 

@@ -12,6 +12,7 @@ from midol_cli.data.layouts import (
     LayoutOptions,
     cell,
     find_column,
+    listed_entries,
     read_csv,
     strip_ext,
 )
@@ -125,12 +126,7 @@ class Messidor2Layout(Layout):
                 reason = ""
             # The CSV says ".jpg" where the release has ".JPG" (and ".png" for ".tif" re-encodings).
             hits = index.stem_matches(stem, under=(images,))
-            if not hits:
-                reason = reason or f"listed in {csv_path.name} but missing"
-                entries.append(Entry(f"{images}/{image_id}", grade, labels, group, None, reason))
-                continue
-            for path in hits:
-                entries.append(Entry(path, grade, labels, group, None, reason))
+            entries += listed_entries(hits, f"{images}/{image_id}", grade, labels, group, None, reason, csv_path.name)
         return entries
 
 
