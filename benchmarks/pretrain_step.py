@@ -60,9 +60,8 @@ def main() -> None:
     if args.compile:
         model.student.encoder = torch.compile(model.student.encoder)
         model.teacher.encoder = torch.compile(model.teacher.encoder)
-    fused = dev.type == "cuda" or True
-    opt_full = torch.optim.AdamW(model.student.parameters(), lr=1e-4, fused=fused)
-    opt_bare = torch.optim.AdamW(model.student.encoder.parameters(), lr=1e-4, fused=fused)
+    opt_full = torch.optim.AdamW(model.student.parameters(), lr=1e-4, fused=True)
+    opt_bare = torch.optim.AdamW(model.student.encoder.parameters(), lr=1e-4, fused=True)
     views = [torch.randn(b, 3, s, s, device=dev) for _ in range(2)]
     mod = torch.arange(b, device=dev) % k
     keys = torch.arange(b, device=dev)

@@ -32,10 +32,9 @@ def register(app: typer.Typer) -> None:
         from midol_cli.train.pretrain import run_pretrain
 
         summary = run_pretrain(r, run_dir, resume=resume, max_steps=max_steps)
-        import os
+        from midol_cli.cli._common import console, is_rank0
 
-        if int(os.environ.get("RANK", "0")) == 0:
-            from midol_cli.cli._common import console
+        if is_rank0():
 
             c = console()
             last = summary.get("last", {})

@@ -26,6 +26,15 @@ ENCODER_FILE = "encoder.safetensors"
 PROJECTOR_FILE = "projector.safetensors"
 
 
+def projector_path(encoder_path: str | Path) -> Path:
+    """Where the projector + router of an exported encoder live: ``projector.safetensors`` beside
+    ``encoder.safetensors``, else ``<name>.projector.safetensors`` beside ``<name>.safetensors``."""
+    encoder_path = Path(encoder_path)
+    if encoder_path.name == ENCODER_FILE:
+        return encoder_path.with_name(PROJECTOR_FILE)
+    return encoder_path.with_name(encoder_path.name.replace(".safetensors", "") + ".projector.safetensors")
+
+
 def _save(tensors: dict[str, Any], meta: dict[str, str], target: Path) -> None:
     from safetensors.torch import save_file
 
@@ -67,9 +76,7 @@ def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = 
     }
     out_file = Path(out_file)
     _save(enc, meta, out_file)
-    proj_file = out_file.with_name(out_file.name.replace(".safetensors", "") + ".projector.safetensors")
-    if out_file.name == ENCODER_FILE:
-        proj_file = out_file.with_name(PROJECTOR_FILE)
+    proj_file = projector_path(out_file)
     recipe = state.get("recipe", {})
     pmeta = dict(meta)
     pmeta["projector"] = json.dumps(recipe.get("projector", {}))
@@ -135,10 +142,7 @@ def load_exported_projector(encoder_path: str | Path, in_dim: int):
 
     from midol_cli.models.moe import MoEProjector
 
-    encoder_path = Path(encoder_path)
-    cand = encoder_path.with_name(PROJECTOR_FILE)
-    if encoder_path.name != ENCODER_FILE:
-        cand = encoder_path.with_name(encoder_path.name.replace(".safetensors", "") + ".projector.safetensors")
+    cand = projector_path(encoder_path)
     if not cand.is_file():
         return None
     meta = read_export_meta(cand)

@@ -87,7 +87,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
         raise UsageError(f"checkpoint '{path}' is unreadable ({type(e).__name__}); it may be truncated") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UsageError(f"'{path}' is not a midol pre-training checkpoint")
+        raise UsageError(f"'{path}' is not a midol checkpoint (pre-training or fine-tuning)")
     return obj
 
 

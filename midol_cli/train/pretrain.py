@@ -168,7 +168,7 @@ class _Logger:
         if self.tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
-                    self.tb.add_scalar(k.replace("/", "_") if "/" not in k else k, v, rec["step"])
+                    self.tb.add_scalar(k, v, rec["step"])  # "teacher_entropy/xray" groups per expert
         info = f"loss {rec['loss']:.3f}  {rec['images_per_s']:.1f} img/s"
         if self.progress is not None:
             self.progress.update(self.task, completed=rec["step"], info=info)
