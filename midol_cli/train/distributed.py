@@ -97,5 +97,16 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Destroy the process group once the run's DDP wrappers are gone.
+
+    A DDP wrapper holds the group and sits in reference cycles, so it outlives the function that
+    made it until the cycle collector runs. Destroying the group first and leaving the wrapper to
+    interpreter exit makes gloo's teardown abort the process now and then ("terminate called
+    without an active exception", exit -6) even though the run succeeded; collecting first
+    releases the wrapper while the group is still whole.
+    """
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()

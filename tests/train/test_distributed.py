@@ -66,3 +66,34 @@ def test_two_ranks_match_one_process(shards, tmp_path, intra):
     # sanity: training moved the parameters
     init_like = [k for k, v in a["student"].items() if v.dtype.is_floating_point]
     assert init_like
+
+
+def test_cleanup_releases_ddp_before_destroying_the_group(tmp_path):
+    """A DDP wrapper lives in reference cycles; left to interpreter exit after the group is gone,
+    gloo's teardown aborts the process now and then. ``cleanup`` must collect it first."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from midol_cli.train.distributed import cleanup
+
+    def train_briefly():
+        net = DDP(torch.nn.Linear(4, 4))
+        net(torch.randn(2, 4)).sum().backward()
+        return weakref.ref(net)
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the explicit collection in cleanup may free the cycle
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        ref = train_briefly()
+        assert ref() is not None  # still held by its own cycle after the function returned
+        cleanup()
+        assert ref() is None and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if was_enabled:
+            gc.enable()
