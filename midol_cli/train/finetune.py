@@ -173,13 +173,10 @@ class TrainTransform:
     def __init__(self, aug: AugCfg, size: int, mean: Any, std: Any) -> None:
         from midol_cli.data.transforms import ViewAugment
 
-        self.view = ViewAugment(aug, size, aug.crop_scale)
-        self.mean, self.std = mean, std
+        self.view = ViewAugment(aug, size, aug.crop_scale, mean, std)
 
     def __call__(self, img: Any) -> torch.Tensor:
-        from midol_cli.data.transforms import to_tensor
-
-        return to_tensor(self.view(img), self.mean, self.std)
+        return self.view(img)
 
 
 # --------------------------------------------------------------------------- model and optimiser

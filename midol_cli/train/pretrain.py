@@ -258,7 +258,7 @@ def run_pretrain(
 
 def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: int | None, di: DistInfo):
     from midol_cli.data.loader import make_loader
-    from midol_cli.data.transforms import MultiViewTransform, collate_views
+    from midol_cli.data.transforms import MultiViewTransform, Normalise, collate_views
 
     index = check_data(recipe)  # before any compute
     tr, opt_cfg = recipe.train, recipe.optim
@@ -356,6 +356,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         recipe.data.local_crop_scale,
     )
 
+    normalise = Normalise()
+
     def data_iter(segment: int):
         loader = make_loader(
             recipe.data.shards,
@@ -451,8 +453,9 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
 
             for a in range(opt_cfg.accum_steps):
                 batch = next(it)
-                gv = [v.to(dev, non_blocking=True) for v in batch["global"]]
-                lv = [v.to(dev, non_blocking=True) for v in batch["local"]]
+                # Views arrive as uint8 (a quarter of the bytes through workers and to the device).
+                gv = [normalise(v.to(dev, non_blocking=True)) for v in batch["global"]]
+                lv = [normalise(v.to(dev, non_blocking=True)) for v in batch["local"]]
                 mod = batch["modality"].to(dev, non_blocking=True)
                 skey = batch["sample_key"].to(dev, non_blocking=True) if "sample_key" in batch else None
                 sync_ctx = student.no_sync if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext

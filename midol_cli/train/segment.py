@@ -280,21 +280,19 @@ class JointTrainTransform:
     """
 
     def __init__(self, aug: AugCfg, size: int, mean: Any, std: Any) -> None:
-        from torchvision import transforms as T
+        from midol_cli.data.transforms import ColourJitter, RandomBlur
 
         self.aug, self.size, self.mean, self.std = aug, int(size), mean, std
-        self.jitter = T.ColorJitter(aug.brightness, aug.contrast, 0.0 if aug.grayscale else aug.saturation,
-                                    0.0 if aug.grayscale else aug.hue)
-        self.blur = T.GaussianBlur(kernel_size=max(3, (self.size // 20) | 1), sigma=(0.1, 2.0))
-        self.crop_params = T.RandomResizedCrop.get_params
+        self.jitter = ColourJitter(aug.brightness, aug.contrast, 0.0 if aug.grayscale else aug.saturation,
+                                   0.0 if aug.grayscale else aug.hue)
+        self.blur = RandomBlur((0.1, 2.0))
 
     def __call__(self, img: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
-        from midol_cli.data.transforms import to_tensor
+        from midol_cli.data.transforms import crop_box, to_tensor
 
-        i, j, h, w = self.crop_params(img, scale=list(self.aug.crop_scale), ratio=[3 / 4, 4 / 3])
-        box = (j, i, j + w, i + h)
+        box = crop_box(img.width, img.height, self.aug.crop_scale)
         s = (self.size, self.size)
         img = img.resize(s, Image.Resampling.BICUBIC, box=box)
         mask = mask.resize(s, Image.Resampling.NEAREST, box=box)

@@ -18,7 +18,7 @@ def fake_make_loader(shard_dir, transform, batch_size, *, seed=0, modalities=Non
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     k = len(modalities)
-    size = transform.global_aug[modalities[0]].crop.size[0]
+    size = transform.global_aug[modalities[0]].size
 
     class _Loader:
         def __iter__(self):
@@ -26,7 +26,8 @@ def fake_make_loader(shard_dir, transform, batch_size, *, seed=0, modalities=Non
             while True:
                 g = torch.Generator().manual_seed(seed * 1000 + i)
                 gb = batch_size * world
-                views = [torch.randn(gb, 3, size, size, generator=g) for _ in range(2)]
+                # uint8 pixels, as MultiViewTransform sends them (the loop normalises on its device)
+                views = [torch.randint(0, 256, (gb, 3, size, size), generator=g, dtype=torch.uint8) for _ in range(2)]
                 mod = torch.randint(0, k, (gb,), generator=g)
                 sl = slice(rank * batch_size, (rank + 1) * batch_size)
                 yield {"global": [v[sl] for v in views], "local": [], "modality": mod[sl]}

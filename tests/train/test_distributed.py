@@ -82,6 +82,8 @@ def test_cleanup_releases_ddp_before_destroying_the_group(tmp_path):
     def train_briefly():
         net = DDP(torch.nn.Linear(4, 4))
         net(torch.randn(2, 4)).sum().backward()
+        holder: list = [net]
+        holder.append(holder)  # reachable only through a garbage cycle once we return, as in a real run
         return weakref.ref(net)
 
     was_enabled = gc.isenabled()
