@@ -213,11 +213,17 @@ def resize_tensor(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Te
         return y.round_().clamp_(0, 255).to(x.dtype) if x.dtype == torch.uint8 else y
 
 
-def gaussian_blur_tensor(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of float ``[1, C, H, W]`` (kernel to 3 sigma, reflected borders)."""
+def gaussian_blur_tensor(x: torch.Tensor, sigma: float, max_radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of float ``[1, C, H, W]`` (reflected borders).
+
+    The kernel reaches 3 sigma, or ``max_radius`` pixels if that is less (then renormalised, as a
+    fixed-size kernel is in torchvision's ``GaussianBlur``).
+    """
     import torch.nn.functional as F
 
     radius = max(1, math.ceil(3.0 * sigma))
+    if max_radius is not None:
+        radius = min(radius, max(1, int(max_radius)))
     radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
     if radius < 1:
         return x
@@ -251,6 +257,9 @@ class ViewAugment:
         hue = 0.0 if cfg.grayscale else cfg.hue
         self.jitter = ColourJitter(cfg.brightness, cfg.contrast, sat, hue)
         self.sigma = (0.1, 2.0)
+        # The kernel spans about a twentieth of the view (11 px at 224, 3 px at 64), so the blur's
+        # strength relative to the image does not grow as views get small.
+        self.blur_radius = ((self.size // 20) | 1) // 2
         self.normalise = Normalise(mean, std) if normalise else None
 
     def __call__(self, img) -> torch.Tensor:
@@ -281,7 +290,7 @@ class ViewAugment:
                     x = (am @ x.reshape(3, -1)).reshape(x.shape) + torch.as_tensor(t, dtype=torch.float32).view(1, 3, 1, 1)
                 x = x.clamp_(0.0, 255.0)
         if blur:
-            x = gaussian_blur_tensor(x, random.uniform(*self.sigma))
+            x = gaussian_blur_tensor(x, random.uniform(*self.sigma), self.blur_radius)
         if self.normalise is None and x.dtype != torch.uint8:
             x = x.round_().clamp_(0.0, 255.0).to(torch.uint8)
         if c == 1:

@@ -231,6 +231,9 @@ def test_tensor_blur_is_a_gaussian():
         k = 2 * int(np.ceil(3 * sigma)) + 1
         ref = F.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
         assert torch.allclose(gaussian_blur_tensor(x, sigma), ref, atol=1e-3)
+    # A capped radius is torchvision's fixed-size kernel (3 px here), renormalised.
+    capped = F.gaussian_blur(x, kernel_size=[3, 3], sigma=[1.7, 1.7])
+    assert torch.allclose(gaussian_blur_tensor(x, 1.7, max_radius=1), capped, atol=1e-3)
 
 
 def test_pil_to_uint8_views_the_region_channels_last():
