@@ -131,9 +131,9 @@ def crop_box(width: int, height: int, scale: Sequence[float], ratio: Sequence[fl
     """A random-resized-crop box ``(left, top, right, bottom)`` (the Inception-style sampling).
 
     Up to ten draws of an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
-    ``ratio``; the first that fits is placed uniformly. If none fits (or ``scale`` is ``(1, 1)``), the
-    largest centred box whose aspect ratio lies in ``ratio``. Uses Python's ``random`` (seeded per DataLoader worker by torch),
-    so the hot path needs no torchvision.
+    ``ratio``; the first that fits is placed uniformly. If none fits (or ``scale`` is ``(1, 1)``),
+    the largest centred box whose aspect ratio lies in ``ratio``. Uses Python's ``random`` (seeded
+    per DataLoader worker by torch), so the hot path needs no torchvision.
     """
     r = rng if rng is not None else random
     area = width * height
@@ -157,26 +157,6 @@ def crop_box(width: int, height: int, scale: Sequence[float], ratio: Sequence[fl
         w, h = width, height
     left, top = (width - w) // 2, (height - h) // 2
     return left, top, left + w, top + h
-
-
-class RandomBlur:
-    """Gaussian blur of a random standard deviation in ``sigma`` (pixels), by PIL.
-
-    PIL's ``GaussianBlur`` runs three box passes in C (an extended-box approximation of the
-    Gaussian, exact in mean and variance); on a 224 px RGB crop it takes about half the time of
-    torchvision's ``GaussianBlur``, which converts to a tensor and convolves a truncated kernel.
-    """
-
-    def __init__(self, sigma: Sequence[float] = (0.1, 2.0)) -> None:
-        lo, hi = float(sigma[0]), float(sigma[1])
-        if not 0 < lo <= hi:
-            raise ValueError(f"blur sigma must satisfy 0 < min <= max (got {lo}, {hi})")
-        self.sigma = (lo, hi)
-
-    def __call__(self, img):
-        from PIL import ImageFilter
-
-        return img.filter(ImageFilter.GaussianBlur(random.uniform(*self.sigma)))
 
 
 def pil_to_uint8(img, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:

@@ -280,17 +280,17 @@ class JointTrainTransform:
     """
 
     def __init__(self, aug: AugCfg, size: int, mean: Any, std: Any) -> None:
-        from midol_cli.data.transforms import ColourJitter, RandomBlur
+        from midol_cli.data.transforms import ColourJitter
 
         self.aug, self.size, self.mean, self.std = aug, int(size), mean, std
         self.jitter = ColourJitter(aug.brightness, aug.contrast, 0.0 if aug.grayscale else aug.saturation,
                                    0.0 if aug.grayscale else aug.hue)
-        self.blur = RandomBlur((0.1, 2.0))
+        self.blur_radius = ((self.size // 20) | 1) // 2  # as ViewAugment's
 
     def __call__(self, img: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
-        from midol_cli.data.transforms import crop_box, to_tensor
+        from midol_cli.data.transforms import crop_box, gaussian_blur_tensor, to_tensor
 
         box = crop_box(img.width, img.height, self.aug.crop_scale)
         s = (self.size, self.size)
@@ -309,9 +309,11 @@ class JointTrainTransform:
             img, mask = img.transpose(op), mask.transpose(op)
         if random.random() < self.aug.jitter_p:
             img = self.jitter(img)
+        x = to_tensor(img, self.mean, self.std)
         if random.random() < self.aug.blur_p:
-            img = self.blur(img)
-        return to_tensor(img, self.mean, self.std), _mask_tensor(mask)
+            # Blurring commutes with the per-channel normalisation, so it can run on the tensor.
+            x = gaussian_blur_tensor(x[None], random.uniform(0.1, 2.0), self.blur_radius)[0]
+        return x, _mask_tensor(mask)
 
 
 class EvalPairTransform:
