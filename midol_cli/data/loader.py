@@ -8,6 +8,8 @@
       -> stream tar members (unsafe names refused, never extracted)
       -> shuffle buffer (encoded bytes, so the buffer stays small)
       -> parse json, filter modality/split, decode to PIL ("L" or "RGB" as stored; pixel-capped)
+         or, decode_mode="lazy", check the header only and let the transform decode the part of
+         the image its crops need (jpeg_roi.EncodedImage)
       -> transform(image, meta)
 
 ``iter_samples`` reads shards one after another in index order in this process
@@ -29,13 +31,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from midol_cli.data.shards import decode_image, iter_tar_samples, load_index, sample_image
+from midol_cli.data.jpeg_roi import ImageDecodeError
+from midol_cli.data.shards import decode_image, iter_tar_samples, load_index, open_encoded, sample_image
 from midol_cli.errors import RunFailed, UsageError
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Any, dict[str, Any]], Any]
-DECODE_MODES = ("pil", "bytes")
+DECODE_MODES = ("pil", "lazy", "bytes")
 # Warnings for refused members / bad samples: the first few verbatim, then every 1000th.
 _WARN_FIRST = 5
 _MAX_FAILED_IN_A_ROW = 50
@@ -236,7 +239,15 @@ class _DecodeStage:
             if out is None:
                 continue
             img, meta = out
-            yield self.transform(img, meta) if self.transform is not None else (img, meta)
+            if self.transform is None:
+                yield img, meta
+                continue
+            try:
+                result = self.transform(img, meta)
+            except ImageDecodeError as e:  # lazy mode: the pixels turned out bad when the transform asked
+                self.bad(f"sample {sample['__key__']} in {Path(sample['__url__']).name}", f"image not decoded: {e}")
+                continue
+            yield result
 
 
 def _prepare(
@@ -267,6 +278,8 @@ def _prepare(
     if decode_mode == "bytes":
         return img[1], meta
     try:
+        if decode_mode == "lazy":
+            return open_encoded(img[1], img[0], max_side=max_side), meta
         return decode_image(img[1], img[0], max_side=max_side), meta
     except Exception as e:  # undecodable or over the pixel cap: skip, never crash training
         bad(f"sample {key} in {shard}", f"image not decoded: {type(e).__name__}: {e}")
@@ -345,7 +358,10 @@ def make_dataset(
     """An IterableDataset (``webdataset.DataPipeline``) yielding ``transform(image, meta)``.
 
     ``image`` is a PIL image, mode "L" or "RGB" as stored (``decode_mode="bytes"``
-    passes the encoded bytes instead); ``meta`` is the sample's json (SHARD_META_KEYS).
+    passes the encoded bytes instead; ``decode_mode="lazy"`` a ``jpeg_roi.EncodedImage``
+    whose header is checked and whose pixels the transform decodes, wholly or in part,
+    through ``decode()`` / ``decode_region(box)``: ``transforms.ViewAugment`` and
+    ``MultiViewTransform`` take it); ``meta`` is the sample's json (SHARD_META_KEYS).
     ``transform=None`` yields ``(image, meta)``. Finite mode reads each shard once per
     epoch, disjointly over ranks and DataLoader workers; ``resampled=True`` is an
     infinite stream (bound it with ``.with_epoch(n)``). Call ``ds.set_epoch(e)`` each

@@ -180,6 +180,43 @@ def sample_image(sample: dict[str, Any]) -> tuple[str, bytes] | None:
     return found[0] if len(found) == 1 else None
 
 
+def open_image(data: bytes, ext: str, *, max_side: int | None = None, max_pixels: int = MAX_DECODE_PIXELS):
+    """A stored shard image opened as far as its header (PIL is lazy): no pixel is decoded yet.
+
+    Only the decoder named by ``ext`` is allowed; larger than ``max_pixels`` or, when given, a side
+    longer than ``max_side`` raises ``ValueError``.
+    """
+    from PIL import Image
+
+    fmt = _EXT_FORMAT.get(ext)
+    if fmt is None:
+        raise ValueError(f"'{ext}' is not an image extension")
+    img = Image.open(io.BytesIO(data), formats=[fmt])
+    _check_size(*img.size, max_side, max_pixels)
+    return img
+
+
+def _check_size(w: int, h: int, max_side: int | None, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ValueError(f"image of {w}x{h} pixels exceeds the {max_pixels}-pixel cap")
+    if max_side is not None and max(w, h) > max_side:
+        raise ValueError(f"image of {w}x{h} exceeds the shard set's max side {max_side}")
+
+
+def open_encoded(data: bytes, ext: str, *, max_side: int | None = None, max_pixels: int = MAX_DECODE_PIXELS):
+    """``jpeg_roi.EncodedImage`` of a stored shard image: size checked as ``open_image`` does,
+    pixels decoded when (and where) the transform asks. A restart-marked JPEG (as ``encode_image``
+    writes) is read by ``jpeg_roi.parse``, any other image by PIL's lazy open."""
+    from midol_cli.data import jpeg_roi
+
+    if ext in ("jpg", "jpeg"):
+        layout = jpeg_roi.parse(data)
+        if layout is not None:
+            _check_size(layout.width, layout.height, max_side, max_pixels)
+            return jpeg_roi.EncodedImage(data, ext, layout=layout)
+    return jpeg_roi.EncodedImage(data, ext, opened=open_image(data, ext, max_side=max_side, max_pixels=max_pixels))
+
+
 def decode_image(
     data: bytes,
     ext: str,
@@ -195,17 +232,7 @@ def decode_image(
     given, a side longer than ``max_side`` raises ``ValueError``. Other modes
     are converted to RGB unless ``strict_mode`` (the verifier) asks to refuse them.
     """
-    from PIL import Image
-
-    fmt = _EXT_FORMAT.get(ext)
-    if fmt is None:
-        raise ValueError(f"'{ext}' is not an image extension")
-    img = Image.open(io.BytesIO(data), formats=[fmt])
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ValueError(f"image of {w}x{h} pixels exceeds the {max_pixels}-pixel cap")
-    if max_side is not None and max(w, h) > max_side:
-        raise ValueError(f"image of {w}x{h} exceeds the shard set's max side {max_side}")
+    img = open_image(data, ext, max_side=max_side, max_pixels=max_pixels)
     img.load()
     if img.mode not in ("L", "RGB"):
         if strict_mode:
@@ -218,9 +245,13 @@ def encode_image(img, max_side: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -
     """Resize (longer side <= max_side, never upscaled, Lanczos) and encode.
 
     "L" images become PNG (lossless: grayscale X-ray/OCT contrast matters), RGB
-    photos JPEG at ``jpeg_quality``. Returns (extension, encoded bytes).
+    photos JPEG at ``jpeg_quality``, 4:2:0, baseline, with a restart marker every few
+    MCUs (``jpeg_roi.restart_interval``; ~1% of the bytes) so that a reader can
+    decode just the part a crop needs (``jpeg_roi``). Returns (extension, encoded bytes).
     """
     from PIL import Image
+
+    from midol_cli.data.jpeg_roi import restart_interval
 
     if img.mode not in ("L", "RGB"):
         img = img.convert("L" if img.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
@@ -238,7 +269,8 @@ def encode_image(img, max_side: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -
     if img.mode == "L":
         img.save(buf, format="PNG", compress_level=6)
         return "png", buf.getvalue()
-    img.save(buf, format="JPEG", quality=jpeg_quality)
+    img.save(buf, format="JPEG", quality=jpeg_quality, subsampling="4:2:0",
+             restart_marker_blocks=restart_interval(img.width))
     return "jpg", buf.getvalue()
 
 

@@ -371,6 +371,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             resampled=True,
             shuffle_buffer=recipe.data.shuffle_buffer,
             seed=tr.seed * 1_000_003 + segment,
+            decode_mode="lazy",  # the views' crops decide which part of each JPEG is decoded
         )
         return iter(loader)
 

@@ -235,3 +235,38 @@ def test_resampled_stream_over_unreadable_shards_stops(tmp_path: Path) -> None:
     ds = L.make_dataset(out, None, resampled=True)
     with pytest.raises(RunFailed, match="in a row"):
         next(iter(ds))
+
+
+def test_lazy_mode_hands_over_checked_undecoded_images(tmp_path: Path) -> None:
+    """decode_mode="lazy": header checked in the reader, pixels decoded by the transform; a sample
+    whose pixels fail then is counted and skipped like any bad sample."""
+    from midol_cli.data.jpeg_roi import EncodedImage
+    from midol_cli.data.shards import encode_image
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((64, 48))
+    jpg = encode_image(photo, 64)[1]
+    meta = {"modality": "fundus", "split": "train", "label": "", "labels": [], "group": "", "dataset": "x",
+            "orig_width": 64, "orig_height": 48}
+    with tarfile.open(d / "shard-000000.tar", "w") as t:
+        for key, data in (("good1", jpg), ("cut1", jpg[: len(jpg) // 2]), ("good2", jpg)):
+            _add(t, f"{key}.jpg", data)
+            _add(t, f"{key}.json", json.dumps(dict(meta, sample_id=key)).encode())
+    index = {
+        "shards": [{"name": "shard-000000.tar", "samples": 3, "counts": {"fundus": {"train": 3}}}],
+        "totals": {"samples": 3, "counts": {"fundus": {"train": 3}}, "per_modality": {"fundus": 3}},
+        "parameters": {"max_side": 64},
+    }
+    (d / "index.json").write_text(json.dumps(index))
+    seen = list(L.make_dataset(d, lambda img, m: (type(img), img.size, img.mode), decode_mode="lazy",
+                               shuffle_buffer=0))
+    assert seen == [(EncodedImage, (64, 48), "RGB")] * 3  # nothing decoded: all three pass
+    ds = L.make_dataset(d, lambda img, m: (m["sample_id"], img.decode_region((0, 0, 16, 16))[0].mode),
+                        decode_mode="lazy", shuffle_buffer=0)
+    assert list(ds) == [("good1", "RGB"), ("good2", "RGB")]
+    assert ds.stats() == {"refused_members": 0, "bad_samples": 1, "bad_shards": 0}
+    index["parameters"]["max_side"] = 32  # over the set's max side: refused before any decoding
+    (d / "index.json").write_text(json.dumps(index))
+    ds = L.make_dataset(d, lambda img, m: m["sample_id"], decode_mode="lazy")
+    assert list(ds) == [] and ds.stats()["bad_samples"] == 3

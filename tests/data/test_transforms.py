@@ -1,6 +1,7 @@
 """Augmentations: the fused colour jitter against torchvision's operations, blur, crop, views."""
 
 import colorsys
+import io
 import random
 
 import numpy as np
@@ -270,3 +271,34 @@ def test_normalise_matches_to_tensor():
     assert torch.allclose(Normalise()(pixels[None]), to_tensor(img)[None], atol=1e-5)  # batched
     custom = Normalise(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(torch.full((3, 2, 2), 255, dtype=torch.uint8))
     assert torch.allclose(custom, torch.ones(3, 2, 2))
+
+
+def _shard_jpeg(img) -> bytes:
+    from midol_cli.data.shards import encode_image
+
+    return encode_image(img, 512)[1]
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_views_of_an_encoded_image_are_the_views_of_its_pixels(normalise):
+    """The lazy loader's image gives the same views as its decoded pixels (only part is decoded)."""
+    from midol_cli.data.shards import open_encoded
+
+    arr = np.random.default_rng(5).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    data = _shard_jpeg(Image.fromarray(arr).resize((400, 320), Image.Resampling.BICUBIC))
+    pixels = Image.open(io.BytesIO(data)).convert("RGB")
+    aug = ViewAugment(AugCfg(hue=0.1, jitter_p=1.0, blur_p=0.5), 64, (0.05, 0.5), normalise=normalise)
+    for seed in range(12):
+        random.seed(seed)
+        lazy = aug(open_encoded(data, "jpg"))
+        random.seed(seed)
+        assert torch.equal(lazy, aug(pixels))
+    tf = MultiViewTransform(["fundus"], {"fundus": AugCfg(crop_scale=(0.1, 0.4))}, img_size=48, local_views=2,
+                            local_size=24)
+    meta = {"modality": "fundus", "sample_id": "ab"}
+    for seed in range(6):
+        random.seed(seed)
+        g, loc, _, _ = tf(open_encoded(data, "jpg"), meta)
+        random.seed(seed)
+        g2, loc2, _, _ = tf(pixels, meta)
+        assert all(torch.equal(a, b) for a, b in zip(g + loc, g2 + loc2, strict=True))
