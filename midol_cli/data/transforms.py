@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from midol_cli.models.encoder import IMAGENET_MEAN, IMAGENET_STD
@@ -27,13 +28,15 @@ _YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263), (0.211456, -0.5
 
 @functools.cache
 def _yiq_inverse() -> list[list[float]]:
-    import numpy as np
-
     return np.linalg.inv(np.asarray(_YIQ)).tolist()
 
 
 def _matmul(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> list[list[float]]:
-    return [[sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)] for i in range(3)]
+    return [[r[0] * b[0][j] + r[1] * b[1][j] + r[2] * b[2][j] for j in (0, 1, 2)] for r in a]
+
+
+def _matvec(a: Sequence[Sequence[float]], v: Sequence[float]) -> list[float]:
+    return [r[0] * v[0] + r[1] * v[1] + r[2] * v[2] for r in a]
 
 
 def _scaled_identity(f: float) -> list[list[float]]:
@@ -96,13 +99,15 @@ class ColourJitter:
 
     @staticmethod
     def affine(ops: Sequence[tuple[str, float]], mean_rgb: Sequence[float]):
-        """(A, t): the chain ``ops`` as ``x -> A x + t`` on RGB in [0, 255], for an image of mean ``mean_rgb``.
+        """(A, t): the chain ``ops`` as ``x -> A x + t`` on RGB in [0, 255], for an image of mean
+        ``mean_rgb``, as float64 numpy arrays."""
+        a, t = ColourJitter.affine_lists(ops, mean_rgb)
+        return np.asarray(a), np.asarray(t)
 
-        Composed in plain Python (3x3 numbers, once per view: numpy's per-call overhead would cost
-        more than the arithmetic); returned as float64 numpy arrays.
-        """
-        import numpy as np
-
+    @staticmethod
+    def affine_lists(ops: Sequence[tuple[str, float]], mean_rgb: Sequence[float]):
+        """``affine`` as plain lists: 3x3 numbers once per view, where numpy's per-call overhead
+        would cost more than the arithmetic."""
         a = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
         t = [0.0, 0.0, 0.0]
         mu = [float(v) for v in mean_rgb]
@@ -111,8 +116,8 @@ class ColourJitter:
             if name == "brightness":
                 m = _scaled_identity(f)
             elif name == "contrast":
-                mean_rgb_now = [sum(a[i][j] * mu[j] for j in range(3)) + t[i] for i in range(3)]
-                mean_luma = sum(w * v for w, v in zip(_LUMA, mean_rgb_now, strict=True))
+                now = [v + ti for v, ti in zip(_matvec(a, mu), t, strict=True)]
+                mean_luma = _LUMA[0] * now[0] + _LUMA[1] * now[1] + _LUMA[2] * now[2]
                 m, off = _scaled_identity(f), ((1.0 - f) * mean_luma,) * 3
             elif name == "saturation":
                 m = [[f * (i == j) + (1.0 - f) * _LUMA[j] for j in range(3)] for i in range(3)]
@@ -121,8 +126,8 @@ class ColourJitter:
             else:
                 raise ValueError(f"unknown colour operation {name!r}")
             a = _matmul(m, a)
-            t = [sum(m[i][j] * t[j] for j in range(3)) + off[i] for i in range(3)]
-        return np.asarray(a), np.asarray(t)
+            t = [v + o for v, o in zip(_matvec(m, t), off, strict=True)]
+        return a, t
 
     def __call__(self, img):
         from PIL import ImageStat
@@ -184,8 +189,6 @@ def pil_to_uint8(img, box: tuple[int, int, int, int] | None = None) -> torch.Ten
     The HWC pixel buffer is viewed as NCHW without a transpose, which is the layout torch's fast
     uint8 resampling kernels take.
     """
-    import numpy as np
-
     if img.mode not in ("L", "RGB"):
         raise ValueError(f"expected an L or RGB image (got mode {img.mode})")
     region = img.crop(box) if box is not None and box != (0, 0, img.width, img.height) else img
@@ -239,13 +242,13 @@ def decode_for(img, boxes: Sequence[tuple[int, int, int, int]]):
     """``(region, (x0, y0))``: decoded pixels covering every box, and where they sit in the image.
 
     A PIL image is its own region. An ``EncodedImage`` (the shard loader's ``decode_mode="lazy"``)
-    decodes only the restart intervals under the boxes' bounding box (``data.jpeg_roi``); the
-    pixels are the same as a full decode's.
+    decodes only the restart intervals under the boxes' bounding box (``data.jpeg_roi``), straight
+    into a numpy array ``(H, W, C)``; the pixels are the same as a full decode's.
     """
-    if not hasattr(img, "decode_region"):
+    if not hasattr(img, "region_pixels"):
         return img, (0, 0)
     union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
-    return img.decode_region(union)
+    return img.region_pixels(union)
 
 
 class ViewAugment:
@@ -287,8 +290,14 @@ class ViewAugment:
     def render(self, region, box: tuple[int, int, int, int], origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """The view whose crop is ``box`` of the image, given the decoded ``region`` with top-left ``origin``."""
         x0, y0 = origin
-        x = pil_to_uint8(region, (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
-        x = resize_tensor(x, self.size)
+        left, top, right, bottom = box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0
+        if isinstance(region, torch.Tensor | np.ndarray):  # (H, W, C): C = 1, 3, or 4 (RGB + padding)
+            x = torch.as_tensor(region)[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
+        else:
+            x = pil_to_uint8(region, (left, top, right, bottom))
+        # The crop is read in place and resampled with its padding byte if it has one (torch's
+        # uint8 kernel works on 4 bytes per pixel anyway); the padding is dropped afterwards.
+        x = resize_tensor(x, self.size)[:, :3]
         if self.cfg.hflip and random.random() < 0.5:
             x = x.flip(3)
         if self.cfg.vflip and random.random() < 0.5:
@@ -307,21 +316,18 @@ class ViewAugment:
             ops = self.jitter.draw(grayscale=c == 1)
             if ops:
                 mean = x.mean(dim=(2, 3))[0].tolist()
-                a, t = self.jitter.affine(ops, mean * 3 if c == 1 else mean)
+                a, t = self.jitter.affine_lists(ops, mean * 3 if c == 1 else mean)
                 if c == 1:
-                    x = x * float(a[0].sum()) + float(t[0])
+                    x = x * float(sum(a[0])) + float(t[0])
                 else:
-                    am = torch.as_tensor(a, dtype=torch.float32)
-                    tv = torch.as_tensor(t, dtype=torch.float32).view(3, 1)
-                    x = torch.addmm(tv, am, x.view(3, -1)).view(x.shape)
+                    at = torch.tensor([[*row, ti] for row, ti in zip(a, t, strict=True)], dtype=torch.float32)
+                    x = torch.addmm(at[:, 3:], at[:, :3], x.view(3, -1)).view(x.shape)
                 x = x.clamp_(0.0, 255.0)
         if blur:
             x = gaussian_blur_tensor(x, random.uniform(*self.sigma), self.blur_radius)
         if self.normalise is None and x.dtype != torch.uint8:
             # Already within [0, 255]: the jitter clipped, and the blur averages with positive weights.
             # numpy's float -> uint8 cast is vectorised (torch's took ~6x longer here).
-            import numpy as np
-
             x = torch.from_numpy(x.round_().numpy().astype(np.uint8))
         if c == 1:
             x = x.expand(1, 3, -1, -1)
@@ -354,8 +360,6 @@ class Normalise:
 
 def to_tensor(img, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """PIL (L or RGB) -> normalised float tensor ``[3, H, W]``."""
-    import numpy as np
-
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)

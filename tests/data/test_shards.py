@@ -339,3 +339,70 @@ def test_member_names_and_encoding_helpers() -> None:
     assert S.parse_size("256MB") == 256 << 20 and S.parse_size("1.5k") == 1536 and S.parse_size("100") == 100
     with pytest.raises(UsageError):
         S.parse_size("lots")
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT, **kinds: bytes) -> Path:
+    with tarfile.open(path, "w", format=fmt) as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            t.addfile(info, io.BytesIO(data))
+        for name, kind in kinds.items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd"
+            t.addfile(info)
+    return path
+
+
+def _read_all(path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
+    refused: list[tuple[str, str]] = []
+    return list(S.iter_tar_samples(path, on_refused=lambda n, why: refused.append((n, why)))), refused
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
+    rng = np.random.default_rng(fmt)
+    members = [(f"k{i // 2}.{'jpg' if i % 2 == 0 else 'json'}", rng.bytes(int(rng.integers(0, 3000))))
+               for i in range(10)]
+    members.append(("k9.json", b""))  # empty member, then another key
+    path = _tar(tmp_path / "a.tar", members, fmt, **{"lnk.png": tarfile.SYMTYPE, "d": tarfile.DIRTYPE})
+    samples, refused = _read_all(path)
+    with tarfile.open(path) as t:  # the reference reader
+        ref = [(m.name, t.extractfile(m).read()) for m in t.getmembers() if m.isreg()]
+    got = [(f"{s['__key__']}.{ext}", s[ext]) for s in samples for ext in ("jpg", "json") if ext in s]
+    assert got == ref == members
+    assert refused == [("lnk.png", "not a regular file"), ("d/", "not a regular file")]  # as stored
+
+
+def test_tar_reader_refuses_extension_headers_and_big_members(tmp_path: Path, monkeypatch) -> None:
+    long = "x" * 120 + ".png"  # PAX writes an extended header for it
+    path = _tar(tmp_path / "p.tar", [(long, b"abc"), ("ok1.json", b"{}")], tarfile.PAX_FORMAT)
+    samples, refused = _read_all(path)
+    assert [s["__key__"] for s in samples] == ["ok1"] and samples[0]["json"] == b"{}"
+    assert refused[0][1] == "not a regular file" and all(name != long for name, _ in refused)
+    monkeypatch.setattr(S, "MAX_MEMBER_BYTES", 2)  # never read, skipped by its size
+    samples, refused = _read_all(_tar(tmp_path / "b.tar", [("big1.png", b"abcdef"), ("ok1.json", b"{}")]))
+    assert refused == [("big1.png", "member larger than 0 MiB")] and [s["__key__"] for s in samples] == ["ok1"]
+
+
+def test_tar_reader_rejects_damaged_archives(tmp_path: Path) -> None:
+    good = _tar(tmp_path / "g.tar", [("a1.json", b"{}" * 400), ("a1.png", b"p" * 100)]).read_bytes()
+    cases = {
+        "checksum": good[:150] + b"9" + good[151:],  # a name/size digit changed, checksum not
+        "header": good[:512 + 1024 + 100],  # cut inside the second header
+        "data": good[:512 + 300],  # cut inside the first member's data
+        "number": good[:124] + b"zzzzzzzzzzz\0" + good[136:],
+    }
+    for what, blob in cases.items():
+        (tmp_path / f"{what}.tar").write_bytes(blob)
+        with pytest.raises(tarfile.ReadError):
+            _read_all(tmp_path / f"{what}.tar")
+    assert len(_read_all(tmp_path / "g.tar")[0]) == 1
+    (tmp_path / "empty.tar").write_bytes(b"")
+    assert _read_all(tmp_path / "empty.tar") == ([], [])
+    assert S._tar_number(b"0000644\0") == 0o644 and S._tar_number(b"\0" * 8) == 0
+    assert S._tar_number(b"\x80" + (70_000).to_bytes(11, "big")) == 70_000
+    with pytest.raises(tarfile.ReadError):
+        S._tar_number(b"\xff" * 12)
