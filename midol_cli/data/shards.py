@@ -302,7 +302,7 @@ def encode_image(img, max_side: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -
     """Resize (longer side <= max_side, never upscaled, Lanczos) and encode.
 
     "L" images become PNG (lossless: grayscale X-ray/OCT contrast matters), RGB
-    photos JPEG at ``jpeg_quality``, 4:2:0, baseline, with a restart marker every few
+    photos JPEG at ``jpeg_quality``, 4:2:0, baseline, optimised Huffman tables, with a restart marker every few
     MCUs (``jpeg_roi.restart_interval``; ~1% of the bytes) so that a reader can
     decode just the part a crop needs (``jpeg_roi``). Returns (extension, encoded bytes).
     """
@@ -326,7 +326,9 @@ def encode_image(img, max_side: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -
     if img.mode == "L":
         img.save(buf, format="PNG", compress_level=6)
         return "png", buf.getvalue()
-    img.save(buf, format="JPEG", quality=jpeg_quality, subsampling="4:2:0",
+    # optimize: Huffman tables fitted to the image (a second pass at shard time): ~3% fewer bytes,
+    # and as much less to entropy-decode on every epoch.
+    img.save(buf, format="JPEG", quality=jpeg_quality, subsampling="4:2:0", optimize=True,
              restart_marker_blocks=restart_interval(img.width))
     return "jpg", buf.getvalue()
 

@@ -103,6 +103,12 @@ def test_a_small_box_reads_a_small_part_of_the_file() -> None:
     assert origin == (192, 288) and size == (128, 64)  # 1-px margin, then whole 64 x 16 px pieces
     assert len(stream) < 0.1 * len(data)
     assert Image.open(io.BytesIO(stream)).size == size
+    # The cut's restart markers are numbered afresh, in order, as a decoder counts them.
+    big, _, _ = J.region_stream(layout, (70, 50, 400, 300))
+    cut = J.parse(big)
+    assert cut is not None and cut.per_row == 6 and len(cut.starts) == 6 * 16
+    numbers = [cut.scan[e + 1] - 0xD0 for e in cut.ends[:-1].tolist()]
+    assert numbers == [k & 7 for k in range(len(numbers))]
 
 
 def test_other_images_decode_whole() -> None:
