@@ -87,6 +87,8 @@ def _parse(data: bytes) -> JpegLayout | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length have no place here
+            return None
         length = struct.unpack_from(">H", data, i + 2)[0]
         if length < 2 or i + 2 + length > n:
             return None

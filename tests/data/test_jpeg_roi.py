@@ -63,6 +63,7 @@ def test_files_that_cannot_be_cut_are_recognised() -> None:
     assert J.parse(good) is not None
     assert J.parse(good[: len(good) // 2]) is None  # truncated: no end of image
     assert J.parse(b"\xff\xd8\xff\xe0\x00") is None
+    assert J.parse(good[:2] + b"\xff\xd0" + good[2:]) is None  # a stray restart marker in the header
     assert J.parse(b"") is None
 
 
