@@ -291,8 +291,8 @@ class ViewAugment:
         """The view whose crop is ``box`` of the image, given the decoded ``region`` with top-left ``origin``."""
         x0, y0 = origin
         left, top, right, bottom = box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0
-        if isinstance(region, torch.Tensor | np.ndarray):  # (H, W, C): C = 1, 3, or 4 (RGB + padding)
-            x = torch.as_tensor(region)[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
+        if isinstance(region, np.ndarray):  # (H, W, C) from EncodedImage.region_pixels: C = 1 or 4 (RGB + padding)
+            x = torch.from_numpy(region)[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
         else:
             x = pil_to_uint8(region, (left, top, right, bottom))
         # The crop is read in place and resampled with its padding byte if it has one (torch's

@@ -232,10 +232,14 @@ def test_pil_to_uint8_views_the_region_channels_last():
         pil_to_uint8(img.convert("CMYK"))
 
 
+def _every_op(mode):
+    """A view recipe that always jitters, blurs, flips and turns."""
+    return AugCfg(grayscale=mode == "L", hue=0.1, jitter_p=1.0, blur_p=1.0, rot90=True, vflip=True)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_views_are_normalised_three_channel_tensors(mode):
-    img = _photo(mode)
-    cfg = AugCfg(grayscale=mode == "L", hue=0.1, jitter_p=1.0, blur_p=1.0, rot90=True, vflip=True)
+    img, cfg = _photo(mode), _every_op(mode)
     random.seed(0)
     view = ViewAugment(cfg, 48, (0.3, 1.0))(img)
     assert view.shape == (3, 48, 48) and torch.isfinite(view).all()
@@ -253,8 +257,7 @@ def test_views_are_normalised_three_channel_tensors(mode):
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_uint8_views_are_the_rounded_float_views(mode):
-    img = _photo(mode)
-    cfg = AugCfg(grayscale=mode == "L", hue=0.1, jitter_p=1.0, blur_p=1.0, rot90=True, vflip=True)
+    img, cfg = _photo(mode), _every_op(mode)
     random.seed(3)
     as_float = ViewAugment(cfg, 40, (0.3, 1.0))(img)
     random.seed(3)
