@@ -56,6 +56,22 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "duplicate_of": "string",  # sample_id of the first file with the same sha256, or ""
 }
 
+# predictions.parquet (probe and finetune): one row per test image and protocol (and seed); ``probs``
+# in the task's class order, which the file metadata records; ``group`` is the patient, so that
+# paired bootstraps across models resample patients.
+PREDICTION_COLUMNS = ("sample_id", "group", "split", "label", "protocol", "seed", "probs")
+
+
+def prediction_schema(classes, task_name: str, model_id: str):
+    """The one Arrow schema of ``predictions.parquet`` (``PREDICTION_COLUMNS`` plus class metadata)."""
+    import pyarrow as pa
+
+    types = {"seed": pa.int32(), "probs": pa.list_(pa.float32())}
+    meta = {"classes": [str(c) for c in classes], "task": task_name, "model": model_id}
+    return pa.schema([(c, types.get(c, pa.string())) for c in PREDICTION_COLUMNS],
+                     metadata={b"midol": json.dumps(meta)})
+
+
 SHARD_META_KEYS = (
     "sample_id",
     "modality",
@@ -118,8 +134,25 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no NaN, and a reader that
+    is not Python (jq, JavaScript, a browser) rejects a file that holds one."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return json_safe(obj.item())
+    return obj
+
+
 def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_text_atomic(target, text + "\n")
 
 
 def provenance(**extra: Any) -> dict[str, Any]:

@@ -8,7 +8,11 @@ Protocol (what ``fit_linear_probe`` does):
    Each fit starts from the previous solution (warm start), so later fits need few iterations.
 3. C is chosen on the validation split by validation log-loss (a proper score, smooth in C, defined
    for every label type); the sweep stops early once validation loss has not improved for
-   ``patience`` consecutive values of C.
+   ``patience`` consecutive values of C. An optimum on an end of the grid is only the grid's: the
+   sweep then walks on past that end, by the grid's step, until the optimum is bracketed (or C hits
+   ``C_LIMITS``, which the probe records as ``boundary``). Starting strong and stopping early would
+   otherwise end the search at the first, strongest value whenever that one looks best: the
+   silent cause of probes that predict one class for every image.
 4. The model is fit on the training split only (no refit on train+val): the label-fraction probes
    use the same code on a subset of train, and val labels must not leak into them.
 
@@ -34,6 +38,8 @@ from midol_cli.eval.metrics import check_label_type
 
 # 10 values, 1e-3 .. 1e2 (sklearn's C on standardised features).
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-3, 2, 10))
+# How far the sweep may walk past the grid when its optimum sits on an end.
+C_LIMITS: tuple[float, float] = (1e-7, 1e5)
 
 
 @dataclass
@@ -182,6 +188,7 @@ class LinearProbe:
     scaler: Standardizer
     n_train: int
     path: list[dict[str, float]] = field(default_factory=list)
+    boundary: str = ""  # "low" / "high": the optimum sits on that limit of C even after extending
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """``[N, D]`` embeddings -> ``[N, K]`` float32 logits."""
@@ -205,11 +212,18 @@ def fit_linear_probe(
     l2_normalize: bool = True,
     max_iter: int = 100,
     patience: int = 2,
+    extend: bool = True,
+    c_limits: tuple[float, float] = C_LIMITS,
 ) -> LinearProbe:
     """Sweep C (warm-started, strong to weak), pick it by validation log-loss, return the probe.
 
     ``X_*`` ``[N, D]`` embeddings; ``y_*`` ``[N]`` class indices (multi-label: ``[N, C]`` 0/1).
-    ``path`` on the result lists ``{"C", "val_loss", "n_evals"}`` for each C tried.
+    The sweep stops ``patience`` values after the best one. An optimum on either end of the grid
+    is not an optimum of C, only of the grid: with ``extend`` the sweep goes on past that end by the
+    grid's own step (strong side: smaller C, from the strongest solution; weak side: larger C) until
+    ``patience`` worse values follow the best or C reaches ``c_limits``. ``path`` on the result lists
+    ``{"C", "val_loss", "n_evals"}`` for each C tried (ascending C); ``boundary`` says which end the
+    optimum still sits on ("low", "high") when even the limit did not bracket it, else "".
     """
     check_label_type(label_type)
     if len(Cs) == 0 or min(Cs) <= 0:
@@ -224,27 +238,55 @@ def fit_linear_probe(
     Ytr = targets_matrix(y_train, label_type, n_classes)
     Yva = targets_matrix(np.asarray(y_val), label_type, n_classes)
     n = Xtr.shape[0]
-    state: tuple[np.ndarray, np.ndarray] | None = None
-    best: tuple[float, float, tuple[np.ndarray, np.ndarray]] | None = None
-    path: list[dict[str, float]] = []
-    since_best = 0
-    for C in sorted(float(c) for c in Cs):
-        W, b, n_eval = fit_logistic(Xtr, Ytr, label_type, 1.0 / (C * n), init=state, max_iter=max_iter)
-        state = (W, b)
+    grid = sorted({float(c) for c in Cs})
+    # The grid's own step (log scale), to walk past either end; a decade for a one-value grid.
+    step = float(np.exp(np.mean(np.diff(np.log(grid))))) if len(grid) > 1 else 10.0
+    fits: dict[float, tuple[float, tuple[np.ndarray, np.ndarray], int]] = {}
+
+    def fit(C: float, init: tuple[np.ndarray, np.ndarray] | None) -> float:
+        W, b, n_eval = fit_logistic(Xtr, Ytr, label_type, 1.0 / (C * n), init=init, max_iter=max_iter)
         Zva = Xva @ W.T.astype(np.float32) + b.astype(np.float32)
         val_loss = _loss_and_residual(Zva, Yva, label_type)[0]
-        path.append({"C": C, "val_loss": val_loss, "n_evals": float(n_eval)})
-        if best is None or val_loss < best[0]:
-            best = (val_loss, C, state)
-            since_best = 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                break
-    if best is None:  # unreachable: Cs is non-empty (checked above)
-        raise ValueError("no value of C was fit")
-    _, C_best, (W, b) = best
-    return LinearProbe(W, b, label_type, n_classes, C_best, scaler, n, path)
+        fits[C] = (val_loss, (W, b), n_eval)
+        return val_loss
+
+    def walk(values: list[float], init: tuple[np.ndarray, np.ndarray] | None, top: float = np.inf) -> bool:
+        """Fit ``values`` in order (warm start from ``init``), stopping ``patience`` values after the
+        best (``top``: the best loss so far); True if it stopped early (the optimum is bracketed)."""
+        since = 0
+        state = init
+        for C in values:
+            loss = fit(C, state)
+            state = fits[C][1]
+            if loss < top:
+                top, since = loss, 0
+            else:
+                since += 1
+                if since >= patience:
+                    return True
+        return False
+
+    stopped = walk(grid, None)
+
+    def best() -> float:
+        return min(fits, key=lambda c: fits[c][0])
+
+    # A one-value grid is an explicit C, not a sweep: nothing to extend.
+    if extend and len(grid) > 1:
+        if best() == grid[0]:  # strong side, from the strongest solution
+            lower = [grid[0] / step**k for k in range(1, 200) if grid[0] / step**k >= c_limits[0] * (1 - 1e-9)]
+            walk(lower, fits[grid[0]][1], fits[grid[0]][0])
+        if not stopped and best() == grid[-1]:  # weak side, only if the sweep reached the grid's end
+            upper = [grid[-1] * step**k for k in range(1, 200) if grid[-1] * step**k <= c_limits[1] * (1 + 1e-9)]
+            walk(upper, fits[grid[-1]][1], fits[grid[-1]][0])
+    C_best = best()
+    boundary = ""
+    if len(fits) > 1:
+        # The best is the smallest (largest) C tried: nothing beyond it brackets the optimum.
+        boundary = "low" if C_best == min(fits) else ("high" if C_best == max(fits) else "")
+    path = [{"C": C, "val_loss": fits[C][0], "n_evals": float(fits[C][2])} for C in sorted(fits)]
+    W, b = fits[C_best][1]
+    return LinearProbe(W, b, label_type, n_classes, C_best, scaler, n, path, boundary)
 
 
 def linear_probe(

@@ -308,3 +308,45 @@ def confusion_matrix(y_true: Any, y_score: Any, classes: Sequence[str]) -> np.nd
     y = encode_targets(y_true, "multiclass", classes)
     pred = np.asarray(y_score).argmax(1)
     return np.bincount(y * C + pred, minlength=C * C).reshape(C, C)
+
+
+# A probe whose predictions are (almost) all one class has learned nothing usable, whatever its
+# accuracy on a balanced set says (25% on four balanced classes is exactly "always class k").
+DEGENERATE_SHARE = 0.95
+
+
+def chance_metrics(y_train: Any, y_test: Any, label_type: str, classes: Sequence[str]) -> dict[str, float]:
+    """Each metric of a predictor that learned nothing: the training class prior for every test image.
+
+    That is the chance level to read a score against: accuracy becomes the test rate of the training
+    majority class, AUROC 0.5 (constant scores tie), AUPRC the prevalence, MCC and kappa 0. Computed by
+    the same metric code as the real scores, so the two are comparable term by term.
+    """
+    y_tr = encode_targets(y_train, label_type, classes)
+    y_te = encode_targets(y_test, label_type, classes)
+    C = len(classes)
+    if label_type == "multilabel":
+        prior = y_tr.astype(np.float64).mean(0) if len(y_tr) else np.zeros(C)
+    else:
+        prior = np.bincount(y_tr, minlength=C).astype(np.float64)
+        prior = prior / max(prior.sum(), 1.0)
+    scores = np.tile(prior, (len(y_te), 1))
+    out = classification_metrics(y_te, scores, label_type, classes)
+    return {k: v for k, v in out.items() if k in metric_names(label_type)}
+
+
+def degenerate_prediction(y_score: Any, label_type: str, classes: Sequence[str],
+                          share: float = DEGENERATE_SHARE) -> dict[str, Any]:
+    """``{"flag", "top", "share"}``: is one prediction (class, or multi-label set) made for >= ``share``
+    of the test images? ``top`` names it ("" for the empty multi-label set)."""
+    s = np.asarray(y_score, dtype=np.float64)
+    if len(s) == 0:
+        return {"flag": False, "top": "", "share": 0.0}
+    if label_type == "multilabel":
+        keys = ["|".join(c for c, on in zip(classes, row, strict=True) if on) for row in (s >= 0.5)]
+    else:
+        keys = [str(classes[i]) for i in s.argmax(1)]
+    values, counts = np.unique(np.asarray(keys, dtype=object).astype(str), return_counts=True)
+    i = int(counts.argmax())
+    top_share = float(counts[i] / len(keys))
+    return {"flag": bool(top_share >= share), "top": str(values[i]), "share": round(top_share, 4)}

@@ -8,20 +8,27 @@ Layout: ``results/<model_id>/<task>/`` holds
      "model": {"id", "weights", "weights_hash", "arch"},
      "task": {"name", "modality", "label_type", "classes", "metric", "data_hash", "split_source"},
      "protocols": {
-        "linear":  {"metrics": {name: {"value", "ci_low", "ci_high"}}, "C": float, "seeds": [int], ...},
+        "linear":  {"metrics": {name: {"value", "ci_low", "ci_high"}}, "C": float, "seeds": [int],
+                    "feature_norm": {...}, "c_path": [...], "c_boundary": "" | "low" | "high",
+                    "degenerate": {"flag", "top", "share"}, ...},
         "knn_k10": {"metrics": {name: {"value", "ci_low", "ci_high"}}, "k": 10, "temperature": 0.07, ...},
         "fraction_0.01": {"metrics": {name: {"mean", "std", "values": [...]}}, "seeds": [...], ...},
         "finetune": {...}          # added later by `finetune` through ``add_protocol``
      },
-     "primary_metric": name, "n": {"train", "val", "test"}, "provenance": {...}}
+     "primary_metric": name, "chance": {name: value}, "n": {"train", "val", "test"}, "provenance": {...}}
 
   Metric values are fractions (0.85), NaN is written as null. ``ci_low``/``ci_high`` are 95%
   percentile-bootstrap bounds over test *groups* (patients), ``n_boot`` resamples; ``std`` over
   seeds is the sample standard deviation (0 for a single seed).
 - ``predictions.parquet``: one row per test sample and protocol (and seed, for fraction protocols):
-  ``sample_id, split, label, protocol, seed, probs`` where ``probs`` is a float32 list in the order of
+  ``sample_id, group, split, label, protocol, seed, probs`` (``group``: the patient, for paired
+  grouped bootstraps across models) where ``probs`` is a float32 list in the order of
   ``task.classes`` (binary: (negative, positive)); the class list is also in the file metadata.
 - ``confusion_matrix.png``: linear probe on test, single-label tasks only.
+
+``chance`` holds each metric of a predictor that learned nothing (the training prior for every test
+image: majority-class accuracy, AUROC 0.5); ``degenerate.flag`` marks a probe that predicts one class
+(or one multi-label set) for >= 95% of the test images.
 
 Protocol choices: the linear probe and every label-fraction probe are fit on (a subset of) the
 training split with C chosen on the full validation split; the k-NN bank is the training split.
@@ -38,7 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from midol_cli.artifacts import atomic_path, provenance, write_json_atomic
+from midol_cli.artifacts import (
+    PREDICTION_COLUMNS,
+    atomic_path,
+    prediction_schema,
+    provenance,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,6 +64,9 @@ CONFUSION_NAME = "confusion_matrix.png"
 EMBEDDING_COLUMNS = ("sample_id", "modality", "label", "group", "split", "embedding")
 MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
 VAL_CARVE_FRACTION = 0.15
+# The linear probe's feature standardisation (recorded in every summary): the non-affine BatchNorm
+# in front of the linear layer in MAE and RETFound linear probing, with statistics of train only.
+FEATURE_NORM = {"l2_normalize": True, "standardize": "per-feature mean and std of the training split"}
 # Segmentation tasks (``midol finetune`` only) report per-image overlap metrics, not classification ones.
 SEGMENTATION_METRICS = ("dice", "jaccard")
 
@@ -287,7 +303,13 @@ def run_probe_suite(
     from midol_cli.eval.fractions import sample_fraction
     from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_predict
     from midol_cli.eval.linear import fit_linear_probe
-    from midol_cli.eval.metrics import classification_metrics, confusion_matrix, metric_names
+    from midol_cli.eval.metrics import (
+        chance_metrics,
+        classification_metrics,
+        confusion_matrix,
+        degenerate_prediction,
+        metric_names,
+    )
 
     say = log or (lambda _msg: None)
     missing = [k for k in MODEL_KEYS if k not in model_info]
@@ -314,16 +336,29 @@ def run_probe_suite(
     p_lin = probe.predict_proba(td.X[te])
     block = ci_block(y_te, p_lin, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
     block.update(
-        {"C": probe.C, "seeds": [boot_seed], "l2_normalize": True, "c_path": probe.path, "fit_on": "train"}
+        {
+            "C": probe.C,
+            "seeds": [boot_seed],
+            "l2_normalize": True,
+            "feature_norm": FEATURE_NORM,
+            "c_path": probe.path,
+            "c_boundary": probe.boundary,
+            "fit_on": "train",
+            "degenerate": degenerate_prediction(p_lin, lt, task.classes),
+        }
     )
     protocols["linear"] = block
     pred_rows.append(("linear", None, p_lin))
+    if block["degenerate"]["flag"]:
+        say(f"{task.name}: warning: the linear probe predicts '{block['degenerate']['top']}' for "
+            f"{block['degenerate']['share']:.0%} of test images (degenerate)")
 
     for k in knn_ks:
         say(f"{task.name}: k-NN k={k}")
         p_knn = knn_predict(td.X[tr], td.y[tr], td.X[te], int(k), lt, C)
         block = ci_block(y_te, p_knn, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
-        block.update({"k": int(k), "temperature": DEFAULT_TEMPERATURE, "bank": "train"})
+        block.update({"k": int(k), "temperature": DEFAULT_TEMPERATURE, "bank": "train",
+                      "degenerate": degenerate_prediction(p_knn, lt, task.classes)})
         protocols[f"knn_k{int(k)}"] = block
         pred_rows.append((f"knn_k{int(k)}", None, p_knn))
 
@@ -340,7 +375,7 @@ def run_probe_suite(
             blk.update({"fraction": 1.0, "n_train": [int(tr.sum())], "C": [probe.C], "same_as": "linear"})
             protocols[key] = blk
             continue
-        per_seed, n_train, Cs = [], [], []
+        per_seed, n_train, Cs, degen = [], [], [], []
         for s in seeds:
             keep = sample_fraction(train_df, f, int(s))
             rows = train_pos[np.asarray(train_df.index.get_indexer(keep))]
@@ -351,9 +386,10 @@ def run_probe_suite(
             per_seed.append({k: m[k] for k in names})
             n_train.append(len(rows))
             Cs.append(pf.C)
+            degen.append(degenerate_prediction(p, lt, task.classes))
             pred_rows.append((key, int(s), p))
         blk = seeds_block(per_seed, seeds)
-        blk.update({"fraction": f, "n_train": n_train, "C": Cs})
+        blk.update({"fraction": f, "n_train": n_train, "C": Cs, "degenerate": degen})
         protocols[key] = blk
 
     summary = {
@@ -366,6 +402,8 @@ def run_probe_suite(
         },
         "protocols": protocols,
         "primary_metric": task.metric,
+        # What a probe that learned nothing scores (the training prior for every test image).
+        "chance": {k: _num(v) for k, v in chance_metrics(td.y[tr], y_te, lt, task.classes).items()},
         "n": {"train": int(tr.sum()), "val": int(va.sum()), "test": int(te.sum())},
         "val_source": td.val_source,
         "notes": td.notes,
@@ -397,26 +435,18 @@ def _write_predictions(
 
     sid = td.df["sample_id"].astype(str).to_numpy()[te].tolist()
     label = td.df["label"].astype(str).to_numpy()[te].tolist()
+    group = [str(g) for g in td.groups[te]]
     n = len(sid)
-    cols: dict[str, list[Any]] = {k: [] for k in ("sample_id", "split", "label", "protocol", "seed", "probs")}
+    cols: dict[str, list[Any]] = {k: [] for k in PREDICTION_COLUMNS}
     for protocol, seed, probs in pred_rows:
         cols["sample_id"] += sid
+        cols["group"] += group
         cols["split"] += ["test"] * n
         cols["label"] += label
         cols["protocol"] += [protocol] * n
         cols["seed"] += [seed] * n
         cols["probs"] += list(np.asarray(probs, dtype=np.float32))
-    schema = pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("split", pa.string()),
-            ("label", pa.string()),
-            ("protocol", pa.string()),
-            ("seed", pa.int32()),
-            ("probs", pa.list_(pa.float32())),
-        ],
-        metadata={b"midol": json.dumps({"classes": list(task.classes), "task": task.name, "model": model_info["id"]})},
-    )
+    schema = prediction_schema(task.classes, task.name, model_info["id"])
     table = pa.table({k: cols[k] for k in schema.names}, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

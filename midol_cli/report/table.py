@@ -6,7 +6,9 @@ fractions, over seeds). Numbers are printed x100 with two decimals; CSV and JSON
 rounded numbers as the Markdown. Each modality ends with an average row (mean over its tasks that
 the model has; ``(n/m)`` when it has fewer than all), and the table ends with the average rank
 (rank 1 = best, per task among models with a value, ties averaged; tasks with a single model are
-not ranked). Higher is better for every midol metric.
+not ranked). Higher is better for every midol metric. A ``chance`` column gives each task's chance level
+(the summary's ``chance``: what a predictor that learned nothing scores), and a ``‡`` marks a cell whose
+probe was degenerate (one class predicted for >= 95% of test images).
 
 Tasks whose ``data_hash`` differs across models are flagged: a warning, a ``†`` after each cell and
 a footnote; they are left out of averages and ranks, and get no bold.
@@ -25,6 +27,7 @@ from typing import Any
 from midol_cli.report.reference import SOURCES, reference_for
 
 MISMATCH = "†"
+DEGENERATE = "‡"
 DASH = "–"
 
 
@@ -35,6 +38,7 @@ class Cell:
     high: float | None = None
     std: float | None = None
     n_seeds: int = 0  # > 0 for mean ± std cells
+    degenerate: bool = False  # the probe predicts one class for >= 95% of test images (summary's flag)
 
     def text(self) -> str:
         v = _pct(self.value)
@@ -53,6 +57,7 @@ class Row:
     cells: dict[str, Cell | None]
     mismatch: bool = False
     reference: float | None = None  # fraction
+    chance: float | None = None  # fraction: the metric of a predictor that learned nothing
 
     def best(self) -> set[str]:
         """Models holding the highest (displayed) value; none in a flagged row."""
@@ -113,14 +118,26 @@ def _cell(summary: dict[str, Any], protocol: str, metric: str) -> Cell | None:
     entry = block.get("metrics", {}).get(metric)
     if not isinstance(entry, dict):
         return None
+    flags = block.get("degenerate")
+    flags = flags if isinstance(flags, list) else [flags]
+    degenerate = any(isinstance(f, dict) and f.get("flag") for f in flags)
     if "mean" in entry:
         if entry["mean"] is None:
             return None
         values = entry.get("values") or []
-        return Cell(float(entry["mean"]), std=entry.get("std"), n_seeds=max(1, len(values)))
+        return Cell(float(entry["mean"]), std=entry.get("std"), n_seeds=max(1, len(values)), degenerate=degenerate)
     if entry.get("value") is None:
         return None
-    return Cell(float(entry["value"]), entry.get("ci_low"), entry.get("ci_high"))
+    return Cell(float(entry["value"]), entry.get("ci_low"), entry.get("ci_high"), degenerate=degenerate)
+
+
+def _chance(per: dict[str, tuple[Path, dict[str, Any]]], metric: str) -> float | None:
+    """The task's chance level for ``metric`` (summaries written before it was recorded have none)."""
+    for m in sorted(per):
+        value = (per[m][1].get("chance") or {}).get(metric)
+        if value is not None:
+            return float(value)
+    return None
 
 
 def _average_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -191,7 +208,8 @@ def build_table(
             warnings.append(f"task '{task}': no '{protocol}' results (e.g. segmentation); showing 'finetune'")
         cells = {m: (_cell(per[m][1], row_protocol, row_metric) if m in per else None) for m in models}
         ref = reference_for(reference, task, row_metric) if reference else None
-        rows.append(Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None))
+        rows.append(Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None,
+                        _chance(per, row_metric)))
     rows.sort(key=lambda r: (r.modality, r.task))
 
     modality_average: dict[str, dict[str, tuple[float, int, int]]] = {}
@@ -242,7 +260,11 @@ def _caption(t: Table) -> str:
 
 def render_markdown(t: Table) -> str:
     """The table as GitHub Markdown: caption, table, footnotes."""
-    header = ["modality", "task", "metric", *t.models]
+    # The chance column appears once a task records its chance level; summaries written before
+    # probes recorded it render as they did.
+    chance = any(r.chance is not None for r in t.rows)
+    lead = ["chance"] if chance else []
+    header = ["modality", "task", "metric", *lead, *t.models]
     if t.reference_label:
         header.append(t.reference_label)
     lines = [_caption(t), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -259,8 +281,11 @@ def render_markdown(t: Table) -> str:
                 text = DASH if c is None else bold(c.text(), m in best)
                 if r.mismatch and c is not None:
                     text += f" {MISMATCH}"
+                if c is not None and c.degenerate:
+                    text += f" {DEGENERATE}"
                 cells.append(text)
-            row = [r.modality, r.task, r.metric, *cells]
+            row = [r.modality, r.task, r.metric, *([_pct(r.chance) if r.chance is not None else DASH] if chance else []),
+                   *cells]
             if t.reference_label:
                 row.append(_pct(r.reference) if r.reference is not None else "")
             lines.append("| " + " | ".join(row) + " |")
@@ -274,17 +299,26 @@ def render_markdown(t: Table) -> str:
             v, used, of = avg[m]
             text = bold(_pct(v), m in best)
             cells.append(text if used == of else f"{text} ({used}/{of})")
-        row = [mod, "*average*", "", *cells]
+        row = [mod, "*average*", "", *([""] if chance else []), *cells]
         if t.reference_label:
             row.append("")
         lines.append("| " + " | ".join(row) + " |")
     best = _rank_best(t.average_rank)
     cells = [bold(f"{t.average_rank[m][0]:.2f}", m in best) if m in t.average_rank else DASH for m in t.models]
-    row = ["all", "*average rank*", "", *cells]
+    row = ["all", "*average rank*", "", *([""] if chance else []), *cells]
     if t.reference_label:
         row.append("")
     lines.append("| " + " | ".join(row) + " |")
     notes = []
+    if chance:
+        notes.append("chance: the metric of a predictor that learned nothing (the training class prior for every "
+                     "test image: majority-class accuracy, AUROC 50).")
+    degenerate = sorted({f"{m} on {r.task}" for r in t.rows for m, c in r.cells.items() if c is not None and c.degenerate})
+    if degenerate:
+        notes.append(
+            f"{DEGENERATE} degenerate probe: one class predicted for >= 95% of test images "
+            f"({'; '.join(degenerate)}); the score measures the class balance, not the encoder."
+        )
     flagged = [r.task for r in t.rows if r.mismatch]
     if flagged:
         notes.append(
@@ -314,30 +348,34 @@ def _records(t: Table) -> list[dict[str, Any]]:
                 "row": "task", "modality": r.modality, "task": r.task, "metric": r.metric, "model": m,
                 "value": _r(c.value), "ci_low": _r(c.low), "ci_high": _r(c.high),
                 "std": _r(c.std) if c.n_seeds else None, "n": c.n_seeds or None,
-                "flag": "data_hash_mismatch" if r.mismatch else "",
+                "flag": ";".join(f for f, on in (("data_hash_mismatch", r.mismatch),
+                                                 ("degenerate", c.degenerate)) if on),
+                "chance": _r(r.chance),
             })
         if r.reference is not None and t.reference_label:
             recs.append({
                 "row": "task", "modality": r.modality, "task": r.task, "metric": r.metric,
                 "model": t.reference_label, "value": _r(r.reference), "ci_low": None, "ci_high": None,
-                "std": None, "n": None, "flag": "reference",
+                "std": None, "n": None, "flag": "reference", "chance": _r(r.chance),
             })
     for mod, avg in t.modality_average.items():
         for m, (v, used, of) in sorted(avg.items()):
             recs.append({
                 "row": "modality_average", "modality": mod, "task": "", "metric": "", "model": m,
                 "value": _r(v), "ci_low": None, "ci_high": None, "std": None, "n": used,
-                "flag": "" if used == of else f"partial {used}/{of}",
+                "flag": "" if used == of else f"partial {used}/{of}", "chance": None,
             })
     for m, (v, n) in sorted(t.average_rank.items()):
         recs.append({
             "row": "average_rank", "modality": "", "task": "", "metric": "", "model": m,
             "value": round(v, 2), "ci_low": None, "ci_high": None, "std": None, "n": n, "flag": "",
+            "chance": None,
         })
     return recs
 
 
-CSV_COLUMNS = ("row", "modality", "task", "metric", "model", "value", "ci_low", "ci_high", "std", "n", "flag")
+CSV_COLUMNS = ("row", "modality", "task", "metric", "model", "value", "ci_low", "ci_high", "std", "n", "flag",
+               "chance")
 
 
 def render_csv(t: Table) -> str:
@@ -361,10 +399,11 @@ def render_json(t: Table) -> str:
             cells[m] = None if c is None else {
                 "value": _r(c.value), "ci_low": _r(c.low), "ci_high": _r(c.high),
                 "std": _r(c.std) if c.n_seeds else None, "n_seeds": c.n_seeds or None, "best": m in best,
+                "degenerate": c.degenerate,
             }
         rows.append({
             "modality": r.modality, "task": r.task, "metric": r.metric, "data_hash_mismatch": r.mismatch,
-            "cells": cells, "reference": _r(r.reference),
+            "cells": cells, "reference": _r(r.reference), "chance": _r(r.chance),
         })
     obj = {
         "protocol": t.protocol,

@@ -66,7 +66,7 @@ def test_csv_and_json_carry_the_same_numbers(tmp_path, monkeypatch, capsys):
     obj = json.loads(out_json)
     ham = next(r for r in obj["rows"] if r["task"] == "ham10000")
     assert ham["cells"]["m-b"] == {"value": 85.0, "ci_low": 83.0, "ci_high": 87.0, "std": None,
-                                   "n_seeds": None, "best": True}
+                                   "n_seeds": None, "best": True, "degenerate": False}
     assert obj["average_rank"]["m-b"] == {"value": 1.25, "tasks": 2}
     assert obj["modality_average"]["dermoscopy"]["m-a"]["value"] == 80.0
     assert any("aptos" in w for w in obj["warnings"])

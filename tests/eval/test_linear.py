@@ -71,3 +71,53 @@ def test_early_stop_and_input_errors():
         fit_linear_probe(X[:10], np.zeros(10, int), X[10:20], y[10:20], "multiclass", 3)
     with pytest.raises(ValueError, match="validation"):
         fit_linear_probe(X[:10], y[:10], X[:0], y[:0], "multiclass", 3)
+
+
+def test_standardisation_is_l2_then_train_mean_and_std():
+    from sklearn.preprocessing import StandardScaler, normalize
+
+    X, _ = _blobs(300, 12, 3, 1.0, 5)
+    V, _ = _blobs(50, 12, 3, 1.0, 6)
+    sc, Xt = Standardizer.fit_transform(X)
+    ref = StandardScaler().fit(normalize(X))
+    assert np.allclose(Xt, ref.transform(normalize(X)), atol=1e-5)
+    # Validation and test rows use the training statistics, never their own.
+    assert np.allclose(sc.transform(V), ref.transform(normalize(V)), atol=1e-5)
+    assert not np.allclose(sc.transform(V).mean(0), 0, atol=1e-2)
+
+
+def test_sweep_extends_past_the_strong_end_when_the_optimum_sits_there():
+    """Labels barely related to 200 noisy features: the best C lies far below a grid of 10 and 100."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(400, 200)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(0, 3.0, 400) > 0).astype(int)
+    probe = fit_linear_probe(X[:250], y[:250], X[250:], y[250:], "binary", 2, Cs=[10.0, 100.0])
+    Cs = [p["C"] for p in probe.path]
+    assert min(Cs) < 1.0  # walked on past the grid's strong end (10) by its own step (10x)
+    assert probe.C < 10.0 and probe.boundary == ""
+    assert probe.C == min(probe.path, key=lambda p: p["val_loss"])["C"]
+    # the optimum is bracketed: a stronger value was tried and was worse
+    assert min(Cs) < probe.C
+    # Parity with sklearn at the chosen (extended) C.
+    sc = Standardizer.fit(X[:250])
+    sk = LogisticRegression(C=probe.C, max_iter=5000, tol=1e-10).fit(sc.transform(X[:250]), y[:250])
+    assert np.abs(sk.predict_proba(sc.transform(X[250:])) - probe.predict_proba(X[250:])).max() < 0.01
+
+
+def test_sweep_extends_past_the_weak_end_and_reports_an_unbracketed_optimum():
+    """Separable classes and plenty of rows: validation loss keeps falling as C grows past 1e-3."""
+    X, y = _blobs(3000, 4, 2, 6.0, 8)
+    probe = fit_linear_probe(X[:2000], y[:2000], X[2000:], y[2000:], "binary", 2, Cs=[1e-4, 1e-3],
+                             c_limits=(1e-7, 1e4))
+    Cs = [p["C"] for p in probe.path]
+    assert max(Cs) > 1e-3 and probe.C > 1e-3
+    if probe.C == max(Cs):  # still falling at the limit: said so, not hidden
+        assert probe.boundary == "high" and max(Cs) <= 1e4 * (1 + 1e-9)
+    else:
+        assert probe.boundary == "" and max(Cs) > probe.C
+
+
+def test_an_explicit_single_C_is_not_extended():
+    X, y = _blobs(200, 8, 2, 1.0, 9)
+    probe = fit_linear_probe(X[:150], y[:150], X[150:], y[150:], "binary", 2, Cs=[0.5])
+    assert [p["C"] for p in probe.path] == [0.5] and probe.boundary == ""

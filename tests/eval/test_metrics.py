@@ -161,3 +161,32 @@ def test_multilabel_accuracy_is_sklearn_subset_accuracy():
     got = classification_metrics(y, s, "multilabel", ["a", "b", "c"])["accuracy"]
     assert got == accuracy_score(y, (s >= 0.5).astype(int))
     assert 0 < got < 1
+
+
+def test_chance_levels_are_the_metrics_of_the_training_prior():
+    from midol_cli.eval.metrics import chance_metrics
+
+    y_tr = np.array([0, 0, 0, 1, 2, 2])  # majority: class 0
+    y_te = np.array([0, 1, 1, 2])
+    ch = chance_metrics(y_tr, y_te, "multiclass", ["a", "b", "c"])
+    assert ch["accuracy"] == pytest.approx(0.25)  # "always a" on this test set
+    assert ch["auroc"] == pytest.approx(0.5) and ch["mcc"] == pytest.approx(0.0)
+    assert ch["balanced_accuracy"] == pytest.approx(1 / 3)
+    ch = chance_metrics(np.array([0, 1, 1, 1]), np.array([1, 1, 0, 1, 1]), "binary", ["neg", "pos"])
+    assert ch["accuracy"] == pytest.approx(0.8) and ch["auroc"] == pytest.approx(0.5)
+    assert ch["auprc"] == pytest.approx(0.8)  # constant scores: the prevalence
+    ml = chance_metrics(np.array([[1, 0], [1, 1], [1, 0]]), np.array([[1, 0], [0, 1]]), "multilabel", ["x", "y"])
+    assert ml["accuracy"] == pytest.approx(0.5) and ml["auroc"] == pytest.approx(0.5)
+
+
+def test_degenerate_prediction_flags_one_class_for_most_images():
+    from midol_cli.eval.metrics import degenerate_prediction
+
+    p = np.tile([0.1, 0.7, 0.2], (100, 1))
+    p[:4] = [0.8, 0.1, 0.1]
+    d = degenerate_prediction(p, "multiclass", ["a", "b", "c"])
+    assert d == {"flag": True, "top": "b", "share": 0.96}
+    p[:6] = [0.8, 0.1, 0.1]
+    assert not degenerate_prediction(p, "multiclass", ["a", "b", "c"])["flag"]
+    ml = degenerate_prediction(np.tile([0.2, 0.3], (20, 1)), "multilabel", ["x", "y"])
+    assert ml["flag"] and ml["top"] == ""  # the empty label set for every image

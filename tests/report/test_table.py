@@ -59,3 +59,14 @@ def test_reference_only_where_metric_matches(tmp_path):
     assert refs == {"ham10000": pytest.approx(0.971), "aptos": None, "retina": pytest.approx(0.884)}
     t = build_table(found, metric="auroc", reference="paper")
     assert all(r.reference is None for r in t.rows)
+
+
+def test_chance_column_and_degenerate_marks():
+    entries = _entries(("a", "t1", "dermoscopy", 0.25), ("b", "t1", "dermoscopy", 0.7))
+    for _, s in entries:
+        s["chance"] = {"accuracy": 0.25}
+    entries[0][1]["protocols"]["linear"]["degenerate"] = {"flag": True, "top": "nv", "share": 1.0}
+    md = render_markdown(build_table(entries))
+    assert "| modality | task | metric | chance | a | b |" in md
+    assert "| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] ‡ | **70.00 [69.00, 71.00]** |" in md
+    assert "‡ degenerate probe" in md and "a on t1" in md
