@@ -32,22 +32,22 @@ def register(app: typer.Typer) -> None:
     def finetune(
         args: list[str] = typer.Argument(None, metavar="RECIPE.yaml KEY=VALUE",
                                          help="Optional recipe YAML, then key.sub=value overrides (e.g. epochs=10)."),
-        task: str = typer.Option(..., "--task", help="Task name (see `midol tasks`)."),
+        task: str = typer.Option(..., "--task", help="Task: a name (see `midol tasks`), a task file (.yaml), or auto."),
         weights: str = typer.Option(..., "--weights",
                                     help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
         data: Path = typer.Option(..., "--data", help="Manifest (from `midol ingest`) or the raw download folder."),
         out: Path = typer.Option(Path("results"), "--out", help="Results root."),
         name: str = typer.Option(None, "--name", help="Model id in results (default: derived from --weights)."),
         run_dir: Path = typer.Option(None, "--run-dir",
-                                     help="Checkpoints and metrics (default: runs/finetune/<model id>/<task>)."),
+                                     help="Checkpoints and metrics (default: OUT/<model id>/<task>/run_finetune)."),
         resume: str = typer.Option(None, "--resume", help="'auto' (newest checkpoint in the run dir) or a ckpt file."),
         linear: bool = typer.Option(False, "--linear",
                                     help="Freeze the encoder and train only the head (protocol 'linear_ft')."),
     ) -> None:
         from midol_cli.recipes import FinetuneRecipe, load_recipe
-        from midol_cli.tasks import get_task
+        from midol_cli.tasks import resolve_task
 
-        spec = get_task(task)
+        spec = resolve_task(task, data)
         recipe_path, overrides = split_recipe_args(args)
         recipe = load_recipe(FinetuneRecipe, recipe_path, overrides)
         if not data.exists():

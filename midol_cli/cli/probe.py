@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def probe(
-        task: str = typer.Option(..., "--task", help="Task name (see `midol tasks`)."),
+        task: str = typer.Option(..., "--task", help="Task: a name (see `midol tasks`), a task file (.yaml), or auto."),
         weights: str = typer.Option(..., "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
         data: Path = typer.Option(..., "--data", help="Manifest, shard dir, or the raw download folder."),
         out: Path = typer.Option(Path("results"), "--out", help="Results root."),
@@ -33,9 +33,9 @@ def register(app: typer.Typer) -> None:
         task_option: list[str] = typer.Option(None, "--task-option", help="KEY=VALUE task switch (see `midol tasks show`)."),
     ) -> None:
         from midol_cli.errors import UsageError
-        from midol_cli.tasks import get_task, task_options
+        from midol_cli.tasks import resolve_task, task_options
 
-        spec = get_task(task)
+        spec = resolve_task(task, data)
         opts = task_options(spec, task_option or [])
         try:
             fr = tuple(float(x) for x in fractions.split(",") if x.strip())

@@ -465,3 +465,26 @@ def iter_samples(
             raise RunFailed(
                 f"shard '{url}' cannot be read ({type(e).__name__}); check it with `midol shard --verify`"
             ) from None
+
+
+def iter_metadata(shard_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every sample's metadata (its ``.json`` member) in index order, without decoding any image.
+
+    For what needs the labels only (``--task auto``). Refused members are skipped; an unreadable shard
+    raises ``RunFailed``, as in ``iter_samples``."""
+    for url in shard_urls(shard_dir):
+        try:
+            for sample in iter_tar_samples(url):
+                raw = sample.get("json")
+                if raw is None or sample.get("__dup__"):
+                    continue
+                try:
+                    meta = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(meta, dict):
+                    yield meta
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise RunFailed(
+                f"shard '{url}' cannot be read ({type(e).__name__}); check it with `midol shard --verify`"
+            ) from None

@@ -9,8 +9,10 @@ from typing import Any
 def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name: str | None = None,
              fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), n_boot: int = 1000, batch_size: int = 64,
              workers: int = 2, device: str | None = None,
-             options: dict[str, str] | None = None) -> dict[str, Any]:
-    """Probe ``weights`` on task ``spec``; return the summary (also in results/<model>/<task>/summary.json)."""
+             options: dict[str, str] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Probe ``weights`` on task ``spec``; return the summary (also in results/<model>/<task>/summary.json).
+
+    ``quiet`` keeps the progress lines off stderr except warnings (a degenerate probe)."""
     import sys
 
     from midol_cli.errors import UsageError
@@ -30,11 +32,15 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
     if emb.empty:
         raise UsageError(f"no {spec.modality} images in '{data}' for task {spec.name}")
+    from midol_cli.tasks.custom import complete_classes
+
+    spec = complete_classes(spec, emb, f"'{data}'")
     split_source = spec.split
     out_dir = Path(out_root) / model.id / spec.name
 
     def log(msg: str) -> None:
-        print(f"  {msg}", file=sys.stderr)
+        if not quiet or "warning" in msg:
+            print(f"  {msg}", file=sys.stderr)
 
     summary = run_probe_suite(
         emb,

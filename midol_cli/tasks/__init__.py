@@ -35,6 +35,11 @@ class TaskSpec:
     # keys listed in ``user_options`` with --task-option KEY=VALUE (e.g. CheXpert's uncertainty).
     layout_options: tuple[tuple[str, str], ...] = ()
     user_options: tuple[str, ...] = ()
+    # User-defined tasks (task files): the ``csv`` layout's fields for ingesting a raw folder
+    # (labels, path_col, label_col or label_cols, group_col, split_col, label_sep), and where the
+    # task came from ("" for built-ins, the task file's path, or "auto").
+    ingest_options: tuple[tuple[str, str], ...] = ()
+    origin: str = ""
 
     def eval_task(self, split_source: str = ""):
         from midol_cli.eval.results import Task
@@ -65,6 +70,8 @@ SYNTH_TASKS = tuple(n for n in TASKS if n.startswith("synth-"))
 
 
 def get_task(name: str) -> TaskSpec:
+    """A built-in task by name (a close name gets a suggestion). See ``resolve_task`` for task files
+    and ``auto``."""
     if name in TASKS:
         return TASKS[name]
     import difflib
@@ -72,6 +79,37 @@ def get_task(name: str) -> TaskSpec:
     close = difflib.get_close_matches(name, list(TASKS), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(TASKS)}; see `midol tasks`)"
     raise UsageError(f"unknown task '{name}'{hint}")
+
+
+def resolve_task(arg: str, data: str | Path | None = None) -> TaskSpec:
+    """``--task`` in its three forms: a built-in name, a task file (``.yaml``), or ``auto``.
+
+    ``auto`` derives the task from the labels of ``data`` (a manifest or shard dir holding one
+    labelled modality). A task file's classes may be left to the data: they are filled in once its
+    data is read (``custom.complete_classes``).
+    """
+    from midol_cli.tasks import custom
+
+    if arg == "auto":
+        if data is None:
+            raise UsageError("--task auto needs --data: a manifest or shard dir with labels")
+        p = Path(data)
+        if not p.exists():
+            raise UsageError(f"data '{p}' does not exist")
+        if p.is_dir() and not (p / "index.json").is_file():
+            raise UsageError(f"--task auto reads labels from a manifest or shard dir; '{p}' is neither "
+                             "(ingest the folder first: `midol ingest`)")
+        specs = custom.auto_tasks(custom.read_labels_table(p), str(p))
+        if len(specs) > 1:
+            mods = ", ".join(s.modality for s in specs)
+            raise UsageError(f"'{p}' holds labelled images of several modalities ({mods}); --task auto needs one "
+                             "(give one manifest per modality, or a task file)")
+        return specs[0]
+    if custom.is_task_file(arg):
+        if not Path(arg).is_file():
+            raise UsageError(f"task file '{arg}' does not exist")
+        return custom.load_task_file(arg)
+    return get_task(arg)
 
 
 def layout_description(spec: TaskSpec) -> str:
@@ -114,7 +152,20 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
     from midol_cli.data.layouts import LayoutOptions
 
     opts = dict(spec.layout_options) if options is None else options
-    key = hashlib.sha1(repr((str(p.resolve()), sorted(opts.items()))).encode()).hexdigest()[:12]
+    fields = dict(spec.ingest_options)
+    key = hashlib.sha1(repr((str(p.resolve()), sorted(opts.items()), sorted(fields.items()))).encode()).hexdigest()[:12]
     out = cache_root / "manifests" / f"{spec.name}-{key}.parquet"
-    ingest_folder(p, spec.modality, layout=spec.layout, out=out, layout_options=LayoutOptions(extra=opts))
+    layout_opts = LayoutOptions(
+        labels=Path(fields["labels"]) if "labels" in fields else None,
+        path_col=fields.get("path_col"),
+        label_col=fields.get("label_col"),
+        label_cols=tuple(c for c in fields.get("label_cols", "").split(",") if c),
+        group_col=fields.get("group_col"),
+        split_col=fields.get("split_col"),
+        label_sep=fields.get("label_sep"),
+        extra=opts,
+    )
+    # A user task without a labels CSV reads a folder in any layout ingest detects.
+    ingest_folder(p, spec.modality, layout=spec.layout or "auto", out=out, layout_options=layout_opts,
+                  new_modality=bool(spec.origin))
     return out

@@ -21,6 +21,36 @@ def tasks_markdown() -> str:
         "| task | modality | classes | label type | metric | split |",
         "|---|---|---|---|---|---|",
     ]
+    lines += [
+        "",
+        "## Your own labelled data",
+        "",
+        "`--task` also takes a **task file** (YAML) or **`auto`**; such tasks work in `probe`, `finetune`, `report`",
+        "and `study` exactly like the built-ins.",
+        "",
+        "```yaml",
+        "name: hospital-dr            # results/<model>/<name>/",
+        "modality: fundus",
+        "label_type: ordinal          # binary | multiclass | ordinal | multilabel",
+        "classes: ['0', '1', '2', '3', '4']   # ordinal: grade order; binary: (negative, positive); optional otherwise",
+        "metric: qwk                  # optional; default auroc (binary, multilabel), balanced_accuracy, qwk (ordinal)",
+        "# only when --data is the raw image folder (ingested with the csv layout):",
+        "labels: labels.csv           # relative to this file",
+        "path_column: image",
+        "label_column: grade          # multilabel: one column with label_sep, or a list of 0/1 columns",
+        "group_column: patient_id     # patients stay in one split and are resampled together in the CIs",
+        "split_column: split          # train / val / test; without it a grouped, stratified 70/15/15 split",
+        "```",
+        "",
+        "`midol probe --task hospital-dr.yaml --weights runs/base --data /data/hospital-dr` ingests the folder",
+        "with the labels CSV and probes it; `--data` may also be a manifest that already carries the labels.",
+        "",
+        "`--task auto --data MANIFEST` derives the task from a labelled manifest (or shard dir with one",
+        "labelled modality): multilabel when any image has several labels, binary with two classes,",
+        "multiclass otherwise; classes sorted; the manifest's split; name `auto-<dataset>`. In `midol study`,",
+        "`--tasks auto` makes one such task per labelled modality of `--data`. A manifest without labels, or",
+        "with a single class, is a one-line error.",
+    ]
     by_mod: dict[str, list] = {}
     for s in TASKS.values():
         by_mod.setdefault(s.modality, []).append(s)

@@ -7,7 +7,7 @@ primary metric on val every epoch, keeps the best epoch in ``best.pt``, stops ea
 scores the best model on test into ``results/<model_id>/<task>/`` in the probe's schema (protocol
 ``finetune``, or ``linear_ft`` for a head-only run with augmentation).
 
-Run dir (default ``runs/finetune/<model_id>/<task>``; ``runs/linear_ft/...`` for ``--linear``):
+Run dir (default ``<out>/<model_id>/<task>/run_finetune``; ``run_linear_ft`` for ``--linear``):
 ``recipe.yaml`` (resolved), ``run.json`` (provenance), ``metrics.jsonl`` (one row per epoch),
 ``best.pt`` (encoder + head of the best val epoch), ``checkpoints/ckpt-<epoch>.pt`` (resumable).
 
@@ -35,7 +35,7 @@ import torch
 from midol_cli import __version__
 from midol_cli.artifacts import atomic_path, provenance, write_json_atomic
 from midol_cli.errors import UsageError
-from midol_cli.recipes import AugCfg, FinetuneRecipe, default_augs, dump_recipe, recipe_dict, recipe_hash
+from midol_cli.recipes import AugCfg, FinetuneRecipe, augment_for, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
 from midol_cli.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, is_dist
 from midol_cli.train.schedules import warmup_cosine
@@ -52,8 +52,10 @@ def protocol_name(linear: bool) -> str:
     return "linear_ft" if linear else "finetune"
 
 
-def default_run_dir(model_id: str, task_name: str, linear: bool = False) -> Path:
-    return Path("runs") / protocol_name(linear) / model_id / task_name
+def default_run_dir(out_root: str | Path, model_id: str, task_name: str, linear: bool = False) -> Path:
+    """``<results root>/<model>/<task>/run_<protocol>``: checkpoints go where the user sent the results,
+    never into whatever folder the command happened to start in."""
+    return Path(out_root) / model_id / task_name / f"run_{protocol_name(linear)}"
 
 
 # --------------------------------------------------------------------------- data
@@ -73,6 +75,7 @@ class FinetuneData:
     data_hash: str
     val_source: str = "split"
     notes: list[str] = field(default_factory=list)
+    spec: Any = None  # the task, with classes read from the data for a task file that left them out
 
     def index(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -105,6 +108,9 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
     if df.empty:
         raise UsageError(f"no usable {spec.modality} images in '{data}' for task {spec.name}")
     df = df.reset_index(drop=True).copy()
+    from midol_cli.tasks.custom import complete_classes
+
+    spec = complete_classes(spec, df, f"'{data}'")
     # task_data selects and encodes rows of an embeddings table; a one-wide dummy embedding lets the
     # same selection, label checks and val carving serve the image path too.
     df["embedding"] = [np.zeros(1, dtype=np.float32)] * len(df)
@@ -114,7 +120,7 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
         raise UsageError(f"data '{data}' does not fit task {spec.name}: {e}") from None
     out = td.df.drop(columns=["embedding"])
     return FinetuneData(src, Path(root), out, td.y, td.groups, td.split, manifest_hash(src), td.val_source,
-                        list(td.notes))
+                        list(td.notes), spec)
 
 
 class _Bad:
@@ -375,7 +381,6 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     from midol_cli.eval.results import ci_block
     from midol_cli.models.heads import balanced_class_weights, classification_loss, predict_proba
 
-    task = spec.eval_task(spec.split)
     protocol = protocol_name(linear)
     world = di.world_size
     if recipe.optim.batch_size % world:
@@ -387,6 +392,8 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     barrier()
     if fd is None:
         fd = prepare_data(spec, data)
+    spec = fd.spec
+    task = spec.eval_task(spec.split)
     tr_idx, va_idx, te_idx = fd.index("train"), fd.index("val"), fd.index("test")
     if len(va_idx) == 0:  # task_data carves val from train; this guards a future change there
         raise UsageError(f"task {spec.name} has no validation rows to select the best epoch on")
@@ -396,7 +403,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
         fd.notes.append(f"training set capped at {recipe.max_train_samples} rows (max_train_samples)")
 
     model_info = load_eval_model(weights, name)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(model_info.id, spec.name, linear)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out_root, model_info.id, spec.name, linear)
     resume_path = ckpt.resolve_resume(run_dir, resume)
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise UsageError(
@@ -428,7 +435,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     groups = param_groups(classifier, oc.weight_decay, 1.0 if linear else oc.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=oc.betas)
 
-    aug = recipe.augment or default_augs().get(spec.modality, AugCfg())
+    aug = augment_for(recipe.augment, spec.modality)
     size, mean, std = enc_spec.img_size, enc_spec.mean, enc_spec.std
     from midol_cli.data.transforms import EvalTransform
 
@@ -809,24 +816,16 @@ def merge_predictions(out_dir: Path, protocol: str, task: Any, model_id: str, fd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from midol_cli.artifacts import prediction_schema
     from midol_cli.eval.results import PREDICTIONS_NAME
 
     path = out_dir / PREDICTIONS_NAME
-    schema = pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("split", pa.string()),
-            ("label", pa.string()),
-            ("protocol", pa.string()),
-            ("seed", pa.int32()),
-            ("probs", pa.list_(pa.float32())),
-        ],
-        metadata={b"midol": json.dumps({"classes": list(task.classes), "task": task.name, "model": model_id})},
-    )
+    schema = prediction_schema(task.classes, task.name, model_id)
     k = len(rows)
     ours = pa.table(
         {
             "sample_id": fd.df["sample_id"].astype(str).to_numpy()[rows].tolist(),
+            "group": [str(g) for g in fd.groups[rows]],
             "split": ["test"] * k,
             "label": fd.df["label"].astype(str).to_numpy()[rows].tolist(),
             "protocol": [protocol] * k,
@@ -842,6 +841,8 @@ def merge_predictions(out_dir: Path, protocol: str, task: Any, model_id: str, fd
             meta = json.loads((old.schema.metadata or {}).get(b"midol", b"{}"))
             if meta.get("classes") not in (None, list(task.classes)):
                 raise ValueError("other classes")
+            if "group" not in old.column_names:  # written before predictions carried the patient
+                old = old.append_column("group", pa.array([""] * old.num_rows, pa.string()))
             old = old.select(schema.names).cast(schema)
             keep = np.asarray(old.column("protocol").to_pylist(), dtype=object) != protocol
             table = pa.concat_tables([old.filter(pa.array(keep)), ours])

@@ -81,6 +81,8 @@ class LayoutOptions:
     labels: Path | None = None
     path_col: str | None = None
     label_col: str | None = None
+    # Multi-label tables with one 0/1 column per label (CheXpert style): the label names.
+    label_cols: tuple[str, ...] = ()
     group_col: str | None = None
     split_col: str | None = None
     label_sep: str | None = None
@@ -96,6 +98,7 @@ class LayoutOptions:
             "labels": str(Path(self.labels).resolve()) if self.labels else None,
             "path_col": self.path_col,
             "label_col": self.label_col,
+            "label_cols": ",".join(self.label_cols) or None,
             "group_col": self.group_col,
             "split_col": self.split_col,
             "label_sep": self.label_sep,

@@ -21,6 +21,17 @@ from midol_cli.data.layouts import (
 from midol_cli.errors import UsageError
 
 
+def _positive(value: str) -> bool:
+    """A 0/1 indicator cell: 1, 1.0, true, yes (any case) are positive; anything else is not."""
+    v = value.strip().lower()
+    if v in ("true", "yes", "y", "t"):
+        return True
+    try:
+        return float(v) == 1.0
+    except ValueError:
+        return False
+
+
 def _parent(path: str) -> str:
     return str(PurePosixPath(path).parent)
 
@@ -32,6 +43,7 @@ class CsvLayout(Layout):
     description = (
         "Any folder of images plus a labels CSV (never auto-detected):\n"
         "  --labels FILE --path-col COL --label-col COL [--group-col COL] [--split-col COL] [--label-sep '|']\n"
+        "(a task file may instead list several 0/1 label columns: one per label, multi-label)\n"
         "Paths are relative to the raw folder; a name without extension (IDRiD) or with another\n"
         "extension is matched by stem. Split values: train/val/test (valid, validation, testing).\n"
         "Group = --group-col, else the image's own path."
@@ -63,12 +75,14 @@ class CsvLayout(Layout):
     def scan(self, root: Path, opts: LayoutOptions) -> list[Entry]:
         if opts.labels is None:
             raise UsageError("--layout csv needs --labels FILE (the CSV with one row per image)")
-        if not opts.path_col or not opts.label_col:
+        if not opts.path_col or not (opts.label_col or opts.label_cols):
             raise UsageError("--layout csv needs --path-col and --label-col (the CSV's column names)")
         csv_path = Path(opts.labels)
         header, rows = read_csv(csv_path, "labels file")
         i_path = find_column(header, (opts.path_col.strip(),), csv_path, self.name)
-        i_label = find_column(header, (opts.label_col.strip(),), csv_path, self.name)
+        i_label = find_column(header, (opts.label_col.strip(),), csv_path, self.name) if opts.label_col else None
+        # One 0/1 column per label (multi-label tables): the image carries the names of its positive columns.
+        i_flags = [(c, find_column(header, (c.strip(),), csv_path, self.name)) for c in opts.label_cols]
         i_group = (
             find_column(header, (opts.group_col.strip(),), csv_path, self.name) if opts.group_col else None
         )
@@ -82,7 +96,10 @@ class CsvLayout(Layout):
             value = cell(row, i_path)
             if not value:
                 continue
-            labels = split_labels(cell(row, i_label), opts.label_sep)
+            if i_label is not None:
+                labels = split_labels(cell(row, i_label), opts.label_sep)
+            else:
+                labels = sorted(c for c, i in i_flags if _positive(cell(row, i)))
             where = f"{csv_path.name} line {n}"
             split = normalize_split(cell(row, i_split), where) if i_split is not None else None
             resolved.append(

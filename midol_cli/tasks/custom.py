@@ -1,0 +1,226 @@
+"""User-defined tasks: a task file (YAML), or ``--task auto`` derived from a labelled manifest.
+
+A task file says what a built-in ``TaskSpec`` says, for a user's own labelled data::
+
+    name: hospital-dr            # results go to results/<model>/<name>/
+    modality: fundus
+    label_type: ordinal          # binary | multiclass | ordinal | multilabel
+    classes: ["0", "1", "2", "3", "4"]   # order matters: grades (ordinal), (negative, positive) (binary)
+    metric: qwk                  # optional: default auroc (binary, multilabel), balanced_accuracy
+    # Only needed when --data is the raw image folder (ingested with the `csv` layout):
+    labels: labels.csv           # relative to this file
+    path_column: image
+    label_column: grade          # multilabel: one column with label_sep, or a list of 0/1 columns
+    label_sep: "|"
+    group_column: patient_id     # patients / lesions / slides: splits and CIs keep them together
+    split_column: split          # train / val / test; without it a grouped stratified 70/15/15 split
+
+``classes`` may be left out for multiclass and multilabel tasks: they are then the sorted labels
+found in the data. ``--data`` may also be a manifest that already carries the labels (``midol ingest
+--layout csv --labels ...``); the column keys are then unused.
+
+``--task auto`` reads the labels of a manifest (or shard dir): one task per labelled modality, its
+label type from the data (multilabel when any image has several labels; binary with two classes),
+its classes sorted, its split the manifest's, its name ``auto-<dataset>``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from midol_cli.errors import UsageError
+from midol_cli.recipes import Strict, read_yaml, validate
+
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+DEFAULT_METRIC = {"binary": "auroc", "multiclass": "balanced_accuracy", "ordinal": "qwk", "multilabel": "auroc"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class TaskFile(Strict):
+    name: str = Field(..., description="task id; letters, digits, '.', '_' and '-'")
+    modality: str
+    label_type: Literal["binary", "multiclass", "ordinal", "multilabel"]
+    classes: list[str] | None = Field(None, description="ordered classes; default: sorted labels of the data")
+    metric: str | None = Field(None, description="primary metric; default by label type")
+    labels: str | None = Field(None, description="labels CSV for a raw folder (relative to the task file)")
+    path_column: str | None = None
+    label_column: str | list[str] | None = None
+    label_sep: str | None = None
+    group_column: str | None = None
+    split_column: str | None = None
+    split: str | None = Field(None, description="how the split was made (shown in reports)")
+    source: str = ""
+    license: str = ""
+    notes: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names a results folder)")
+        return v
+
+    @field_validator("modality")
+    @classmethod
+    def _modality(cls, v: str) -> str:
+        from midol_cli.modalities import check_modality
+
+        try:
+            return check_modality(v, allow_new=True)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskFile:
+        from midol_cli.eval.metrics import metric_names
+
+        if self.classes is not None:
+            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+                raise ValueError("classes must list at least two distinct names")
+        if self.label_type == "binary" and self.classes is not None and len(self.classes) != 2:
+            raise ValueError("a binary task needs exactly two classes, (negative, positive)")
+        if self.label_type == "ordinal" and self.classes is None:
+            raise ValueError("an ordinal task must list its classes in grade order")
+        if self.label_type == "binary" and self.classes is None:
+            raise ValueError("a binary task must list its classes as (negative, positive)")
+        if self.metric is not None and self.metric not in metric_names(self.label_type):
+            raise ValueError(f"metric '{self.metric}' is not one of {', '.join(metric_names(self.label_type))}")
+        if isinstance(self.label_column, list) and self.label_type != "multilabel":
+            raise ValueError("a list of label columns (0/1 indicators) needs label_type multilabel")
+        if self.labels is not None and (not self.path_column or not self.label_column):
+            raise ValueError("labels needs path_column and label_column")
+        return self
+
+
+def is_task_file(arg: str) -> bool:
+    return arg.lower().endswith(TASK_FILE_SUFFIXES) or Path(arg).is_file()
+
+
+def load_task_file(path: str | Path):
+    """A ``TaskSpec`` from a task file; ``classes`` is empty when the file leaves them to the data."""
+    from midol_cli.tasks import TaskSpec
+
+    path = Path(path)
+    data = read_yaml(path)
+    tf = validate(TaskFile, data, f"task file '{path}'")
+    ingest: dict[str, str] = {}
+    layout = ""
+    if tf.labels is not None:
+        csv = Path(tf.labels)
+        csv = csv if csv.is_absolute() else (path.parent / csv)
+        if not csv.is_file():
+            raise UsageError(f"task file '{path}': labels '{tf.labels}' does not exist (paths are relative to the task file)")
+        layout = "csv"
+        ingest = {"labels": str(csv.resolve()), "path_col": str(tf.path_column)}
+        if isinstance(tf.label_column, list):
+            ingest["label_cols"] = ",".join(tf.label_column)
+        else:
+            ingest["label_col"] = str(tf.label_column)
+        for key, val in (("group_col", tf.group_column), ("split_col", tf.split_column), ("label_sep", tf.label_sep)):
+            if val is not None:
+                ingest[key] = val
+    split = tf.split or (
+        f"column '{tf.split_column}' of the labels" if tf.split_column else "the manifest's split (ingest)"
+    )
+    return TaskSpec(
+        tf.name,
+        tf.modality,
+        layout,
+        tf.label_type,
+        tuple(tf.classes or ()),
+        tf.metric or DEFAULT_METRIC[tf.label_type],
+        tf.source or f"task file {path.resolve()}",
+        split,
+        license=tf.license,
+        notes=tf.notes,
+        ingest_options=tuple(sorted(ingest.items())),
+        origin=str(path.resolve()),
+    )
+
+
+def _labels_of(df) -> list[list[str]]:
+    """One list of label names per row (the manifest's ``labels`` list, else its ``label`` string)."""
+    out = []
+    labels_col = df["labels"].tolist() if "labels" in df.columns else [None] * len(df)
+    for lab, labs in zip(df["label"].fillna("").astype(str).tolist(), labels_col, strict=True):
+        names = [str(x) for x in labs] if labs is not None and len(labs) else ([lab] if lab else [])
+        out.append([n for n in names if n])
+    return out
+
+
+def complete_classes(spec, df, where: str):
+    """``spec`` with its classes filled from the labels of ``df`` (the task's modality rows) if empty."""
+    from dataclasses import replace
+
+    if spec.classes:
+        return spec
+    rows = df[df["modality"].astype(str) == spec.modality] if "modality" in df.columns else df
+    found = sorted({n for names in _labels_of(rows) for n in names})
+    if len(found) < 2:
+        what = f"only the class '{found[0]}'" if found else "no labels"
+        raise UsageError(f"task {spec.name}: {where} has {what}; a task needs at least two classes")
+    return replace(spec, classes=tuple(found))
+
+
+def auto_tasks(df, source: str) -> list:
+    """One ``TaskSpec`` per labelled modality of a manifest/embeddings table ``df``."""
+    from midol_cli.tasks import TaskSpec
+
+    if "status" in df.columns:
+        df = df[df["status"] == "ok"]
+    if "duplicate_of" in df.columns:
+        df = df[df["duplicate_of"].fillna("").astype(str) == ""]
+    labels = _labels_of(df)
+    labelled = [bool(x) for x in labels]
+    if not any(labelled):
+        raise UsageError(
+            f"'{source}' has no labels; --task auto needs a manifest ingested with labels "
+            "(a known dataset layout, or --layout csv --labels FILE)"
+        )
+    specs = []
+    mods = df["modality"].astype(str).tolist()
+    datasets = df["dataset"].astype(str).tolist() if "dataset" in df.columns else [""] * len(df)
+    for mod in sorted(set(m for m, ok in zip(mods, labelled, strict=True) if ok)):
+        rows = [i for i, (m, ok) in enumerate(zip(mods, labelled, strict=True)) if ok and m == mod]
+        names = sorted({n for i in rows for n in labels[i]})
+        if len(names) < 2:
+            raise UsageError(
+                f"'{source}': the {mod} images carry only the class '{names[0]}'; a task needs two or more"
+            )
+        multi = any(len(labels[i]) > 1 for i in rows)
+        label_type = "multilabel" if multi else ("binary" if len(names) == 2 else "multiclass")
+        ds = sorted({datasets[i] for i in rows if datasets[i]})
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", ds[0] if len(ds) == 1 else mod).strip("-") or mod
+        specs.append(
+            TaskSpec(
+                f"auto-{base}",
+                mod,
+                "",
+                label_type,
+                tuple(names),
+                DEFAULT_METRIC[label_type],
+                f"derived by --task auto from {source}",
+                "the manifest's split (ingest)",
+                notes=f"{len(rows)} labelled images; label type and classes read from the data",
+                origin="auto",
+            )
+        )
+    return specs
+
+
+def read_labels_table(path: Path):
+    """The rows ``--task auto`` reads: a manifest's, or a shard dir's samples (metadata only)."""
+    import pandas as pd
+
+    if path.is_dir():
+        from midol_cli.data.loader import iter_metadata
+
+        return pd.DataFrame(list(iter_metadata(path)))
+    from midol_cli.data.manifest import read_manifest
+
+    df, _ = read_manifest(path, only_ok=True)
+    return df

@@ -1,0 +1,198 @@
+"""User-defined tasks: task files, `--task auto`, and their one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from midol_cli.errors import UsageError
+from midol_cli.tasks import TASKS, resolve_task
+from midol_cli.tasks.custom import auto_tasks, complete_classes, load_task_file
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_task_file_becomes_a_task_spec(tmp_path):
+    _write(tmp_path / "labels.csv", "image,grade,patient\na.png,0,p1\n")
+    f = _write(tmp_path / "dr.yaml", (
+        "name: hospital-dr\nmodality: fundus\nlabel_type: ordinal\nclasses: ['0', '1', '2']\nmetric: qwk\n"
+        "labels: labels.csv\npath_column: image\nlabel_column: grade\ngroup_column: patient\n"
+    ))
+    spec = resolve_task(str(f))
+    assert (spec.name, spec.modality, spec.label_type, spec.classes, spec.metric) == (
+        "hospital-dr", "fundus", "ordinal", ("0", "1", "2"), "qwk")
+    opts = dict(spec.ingest_options)
+    assert spec.layout == "csv" and opts["labels"] == str((tmp_path / "labels.csv").resolve())
+    assert opts["label_col"] == "grade" and opts["group_col"] == "patient"
+    assert spec.origin == str(f.resolve())
+
+
+def test_task_file_defaults_and_classes_from_the_data(tmp_path):
+    f = _write(tmp_path / "t.yaml", "name: mine\nmodality: dermoscopy\nlabel_type: multiclass\n")
+    spec = load_task_file(f)
+    assert spec.classes == () and spec.metric == "balanced_accuracy" and spec.layout == ""
+    df = pd.DataFrame({"modality": ["dermoscopy"] * 3 + ["oct"], "label": ["nv", "mel", "nv", "CNV"],
+                       "labels": [["nv"], ["mel"], ["nv"], ["CNV"]]})
+    assert complete_classes(spec, df, "data").classes == ("mel", "nv")
+    with pytest.raises(UsageError, match="only the class 'nv'"):
+        complete_classes(spec, df.iloc[[0, 2]], "data")
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("name: a b\nmodality: oct\nlabel_type: multiclass\n", "name"),
+        ("name: t\nmodality: oct\nlabel_type: ordinal\n", "grade order"),
+        ("name: t\nmodality: oct\nlabel_type: binary\nclasses: [a, b, c]\n", "exactly two"),
+        ("name: t\nmodality: oct\nlabel_type: multiclass\nmetric: qwk\n", "metric 'qwk'"),
+        ("name: t\nmodality: oct\nlabel_type: multiclass\nlabel_colum: x\n", "unknown key"),
+        ("name: t\nmodality: fondus\nlabel_type: multiclass\n", "fundus"),
+        ("name: t\nmodality: oct\nlabel_type: multiclass\nlabels: nope.csv\npath_column: p\nlabel_column: l\n",
+         "does not exist"),
+    ],
+)
+def test_bad_task_files_are_one_line_errors(tmp_path, body, fragment):
+    f = _write(tmp_path / "t.yaml", body)
+    with pytest.raises(UsageError, match=fragment) as e:
+        resolve_task(str(f))
+    assert "\n" not in str(e.value)
+
+
+def _manifest(tmp_path, labels, modality="fundus", name="m.parquet"):
+    from midol_cli.artifacts import MANIFEST_COLUMNS
+    from midol_cli.data.manifest import empty_row, write_manifest
+
+    rows = []
+    for i, lab in enumerate(labels):
+        r = empty_row()
+        names = lab.split("|") if lab else []
+        r.update(sample_id=f"s{i}", path=f"{i}.png", modality=modality, dataset="clinic-A", label=lab,
+                 labels=names, group=f"g{i}", split=["train", "val", "test"][i % 3], status="ok")
+        rows.append(r)
+    df = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    out = tmp_path / name
+    write_manifest(df, {"root": str(tmp_path)}, out)
+    return out
+
+
+def test_auto_reads_label_type_and_classes_from_the_manifest(tmp_path):
+    spec = resolve_task("auto", _manifest(tmp_path, ["a", "b", "a", "c"] * 3))
+    assert (spec.name, spec.label_type, spec.classes, spec.metric) == (
+        "auto-clinic-A", "multiclass", ("a", "b", "c"), "balanced_accuracy")
+    assert resolve_task("auto", _manifest(tmp_path, ["neg", "pos"] * 3, name="b.parquet")).label_type == "binary"
+    ml = resolve_task("auto", _manifest(tmp_path, ["x|y", "x", "", "y"] * 2, name="c.parquet"))
+    assert ml.label_type == "multilabel" and ml.metric == "auroc" and ml.classes == ("x", "y")
+
+
+def test_auto_refuses_unlabelled_and_one_class_data(tmp_path):
+    with pytest.raises(UsageError, match="has no labels"):
+        resolve_task("auto", _manifest(tmp_path, [""] * 6))
+    with pytest.raises(UsageError, match="only the class 'a'"):
+        resolve_task("auto", _manifest(tmp_path, ["a"] * 6, name="one.parquet"))
+    with pytest.raises(UsageError, match="needs --data"):
+        resolve_task("auto")
+
+
+def test_auto_gives_one_task_per_labelled_modality():
+    df = pd.DataFrame({"modality": ["oct", "oct", "xray", "xray", "fundus"], "label": ["A", "B", "n", "m", ""],
+                       "labels": [["A"], ["B"], ["n"], ["m"], []], "dataset": ["o", "o", "x", "x", "f"],
+                       "status": ["ok"] * 5})
+    specs = auto_tasks(df, "shards")
+    assert [(s.modality, s.name) for s in specs] == [("oct", "auto-o"), ("xray", "auto-x")]
+
+
+def test_builtin_names_still_resolve_and_suggest():
+    assert resolve_task("synth-oct") is TASKS["synth-oct"]
+    with pytest.raises(UsageError, match="did you mean 'synth-oct'"):
+        resolve_task("synth-ocd")
+
+
+def test_task_file_with_indicator_columns_ingests_a_raw_folder(tmp_path):
+    """A raw folder + a CSV with one 0/1 column per finding: resolve_data ingests it with the csv layout."""
+    from midol_cli.data.manifest import read_manifest
+    from midol_cli.tasks import resolve_data
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = ["file,effusion,nodule,pid"]
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(raw / f"img{i}.png")
+        lines.append(f"img{i}.png,{i % 2},{1 if i % 3 == 0 else 0},p{i // 2}")
+    _write(tmp_path / "findings.csv", "\n".join(lines) + "\n")
+    f = _write(tmp_path / "cxr.yaml", (
+        "name: cxr-findings\nmodality: xray\nlabel_type: multilabel\nlabels: findings.csv\npath_column: file\n"
+        "label_column: [effusion, nodule]\ngroup_column: pid\n"
+    ))
+    spec = resolve_task(str(f))
+    man = resolve_data(spec, raw, tmp_path / "cache")
+    df, _ = read_manifest(man, only_ok=True)
+    assert len(df) == 12
+    got = dict(zip(df["path"], df["labels"].apply(tuple), strict=True))
+    assert got["img0.png"] == ("nodule",) and got["img3.png"] == ("effusion", "nodule") and got["img2.png"] == ()
+    assert df.groupby("group")["split"].nunique().max() == 1  # patients stay in one split
+
+
+def test_task_file_and_auto_run_end_to_end(tmp_path):
+    """probe --task FILE on a raw folder with a labels CSV, and probe/finetune --task auto on its manifest."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from midol_cli.recipes import PretrainRecipe, load_recipe
+    from midol_cli.train.outputs import export_initial
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
+    raw = tmp_path / "clinic"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["file,finding,patient"]
+    for i in range(60):
+        cls = ["clear", "spots"][i % 2]
+        img = rng.integers(90, 110, (48, 48, 3), dtype=np.uint8)
+        if cls == "spots":
+            for _ in range(6):
+                y, x = rng.integers(4, 44, 2)
+                img[y - 2:y + 2, x - 2:x + 2] = 250
+        Image.fromarray(img).save(raw / f"im{i:03d}.png")
+        lines.append(f"im{i:03d}.png,{cls},p{i // 2}")
+    _write(tmp_path / "labels.csv", "\n".join(lines) + "\n")
+    task = _write(tmp_path / "spots.yaml", (
+        "name: clinic-spots\nmodality: dermoscopy\nlabel_type: binary\nclasses: [clear, spots]\n"
+        "labels: labels.csv\npath_column: file\nlabel_column: finding\ngroup_column: patient\n"
+    ))
+    recipe = load_recipe(PretrainRecipe, root / "recipes" / "smoke.yaml", ["data.modalities=[dermoscopy]"])
+    export_initial(recipe, tmp_path / "model")
+
+    def midol(*args):
+        res = subprocess.run([sys.executable, "-m", "midol_cli", *map(str, args)], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    out = tmp_path / "results"
+    midol("probe", "--task", task, "--weights", tmp_path / "model", "--data", raw, "--out", out,
+          "--fractions", "1.0", "--seeds", "1", "--n-boot", "50", "--workers", "0")
+    s = json.loads((out / "model" / "clinic-spots" / "summary.json").read_text())
+    assert s["task"]["classes"] == ["clear", "spots"] and s["primary_metric"] == "auroc"
+    assert s["n"]["test"] > 0 and s["chance"]["auroc"] == 0.5
+
+    man = next((tmp_path / "cache" / "manifests").glob("clinic-spots-*.parquet"))
+    midol("probe", "--task", "auto", "--weights", tmp_path / "model", "--data", man, "--out", out,
+          "--fractions", "1.0", "--seeds", "1", "--n-boot", "50", "--workers", "0")
+    auto = json.loads((out / "model" / "auto-clinic" / "summary.json").read_text())
+    assert auto["task"]["label_type"] == "binary" and auto["task"]["classes"] == ["clear", "spots"]
+    midol("finetune", "--task", "auto", "--weights", tmp_path / "model", "--data", man, "--out", out,
+          "recipes/finetune_smoke.yaml", "epochs=1")
+    ft = json.loads((out / "model" / "auto-clinic" / "summary.json").read_text())
+    assert "finetune" in ft["protocols"]
+    assert (out / "model" / "auto-clinic" / "run_finetune" / "best.pt").is_file()
+    midol("report", out)
