@@ -29,8 +29,6 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device"),
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
     ) -> None:
-        import json
-
         from midol_cli.cli._common import console, show_progress
         from midol_cli.eval.embed import embed, write_embeddings
         from midol_cli.eval.models import load_eval_model
@@ -41,13 +39,19 @@ def register(app: typer.Typer) -> None:
                    progress=show_progress())
         write_embeddings(df, out, model.info(), model.modalities)
         rep = representation_metrics(df, model.modalities or None)
-        out.with_suffix(".metrics.json").write_text(json.dumps(rep, indent=2, default=float))
+        from midol_cli.artifacts import write_json_atomic
+
+        write_json_atomic(out.with_suffix(".metrics.json"), rep)
         c = console()
         from rich.table import Table
 
         c.print(f"[bold]{model.id}[/]: {len(df)} images -> {out} (cache {df.attrs.get('cache')})")
-        c.print(f"modality silhouette (cosine): {rep['modality_silhouette']:.3f}   "
-                f"router accuracy: {rep.get('router_accuracy', float('nan')):.3f}")
+        sil, racc = rep["modality_silhouette"], rep.get("router_accuracy", float("nan"))
+        c.print("modality silhouette (cosine): " + (f"{sil:.3f}" if sil == sil else "n/a (one modality)")
+                + "   router accuracy: " + (f"{racc:.3f}" if racc == racc else "n/a (no router)"))
+        if "routed_modality" in df.columns:
+            unknown = int((df["routed_modality"] == "unknown").sum())
+            c.print(f"routing: {unknown} of {len(df)} images beyond the calibrated threshold (routed 'unknown')")
         t = Table()
         for col in ("modality", "n", "effective rank", "k-NN acc"):
             t.add_column(col)

@@ -30,3 +30,10 @@ def register(app: typer.Typer) -> None:
         c = console()
         c.print(f"encoder   -> {paths['encoder']}")
         c.print(f"projector -> {paths['projector']}")
+        if out is None:  # the calibration lives beside RUN_DIR/export/encoder.safetensors
+            from midol_cli.eval.calibrate import calibrate_routing
+
+            info = calibrate_routing(run_dir)
+            if info:
+                c.print(f"routing   -> {info['file']} (held-out router accuracy {info['heldout_router_accuracy']:.3f}, "
+                        f"{100 * info['tpr']:.0f}% of known images accepted)")

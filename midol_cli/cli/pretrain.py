@@ -43,9 +43,13 @@ def register(app: typer.Typer) -> None:
                 c.print(
                     f"loss {last.get('loss', float('nan')):.4f}  intra {last.get('loss_intra', float('nan')):.4f}  "
                     f"inter {last.get('loss_inter', float('nan')):.4f}  route {last.get('loss_route', float('nan')):.4f}  "
-                    f"router acc {last.get('router_acc', float('nan')):.3f}"
+                    + (f"router acc {last['router_acc']:.3f}" if 'router_acc' in last else "")
                 )
             if "export" in summary:
                 c.print(f"exported encoder: {summary['export']['encoder']}")
+            if summary.get("routing"):
+                r = summary["routing"]
+                c.print(f"routing calibrated on held-out images: router accuracy {r['heldout_router_accuracy']:.3f}, "
+                        f"ECE {r['ece_before']:.3f} -> {r['ece_after']:.3f}; images beyond the threshold are 'unknown'")
             if summary.get("collapse_warning"):
                 c.print("[yellow]collapse warning was raised during this run (see metrics.jsonl)[/]")

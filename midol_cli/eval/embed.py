@@ -126,8 +126,10 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
 
     data = Path(data)
     kind, dhash = data_source(data)
+    cal = getattr(model, "calibration", None)
+    cal_key = [cal.temperature, cal.threshold] if cal is not None else None
     key = hashlib.sha256(
-        json.dumps([model.weights_hash, model.spec.to_dict(), dhash, __version__], sort_keys=True).encode()
+        json.dumps([model.weights_hash, model.spec.to_dict(), dhash, __version__, cal_key], sort_keys=True).encode()
     ).hexdigest()[:24]
     cached = cache_dir() / f"{key}.parquet"
     if use_cache and cached.is_file():
@@ -140,10 +142,12 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
 
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     enc = model.encoder.to(dev).eval()
-    proj = model.projector.to(dev).eval() if model.projector is not None else None
+    # A one-expert projector (the no_moe ablation) has nothing to route between: no router output.
+    proj = model.projector
+    proj = proj.to(dev).eval() if proj is not None and proj.n_experts > 1 else None
     transform = EvalTransform(model.spec.img_size, model.spec.mean, model.spec.std)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
-    metas, embs, routes = [], [], []
+    metas, embs, routes, logits_all = [], [], [], []
     n_bad = 0
     bar = None
     if progress:
@@ -162,7 +166,8 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
                 else:
                     h = enc(x)
                 h = h.float()
-                r = torch.softmax(proj(h).router_logits.float(), -1) if proj is not None else None
+                lg = proj(h).router_logits.float() if proj is not None else None
+                r = torch.softmax(lg, -1) if lg is not None else None
                 okl = ok.tolist()
                 n_bad += okl.count(False)
                 keep = [i for i, v in enumerate(okl) if v]
@@ -170,6 +175,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
                 embs.append(h[keep].cpu().numpy().astype(np.float32))
                 if r is not None:
                     routes.append(r[keep].cpu().numpy().astype(np.float32))
+                    logits_all.append(lg[keep].cpu().numpy())
                 if bar is not None:
                     bar.advance(task, len(keep))
     finally:
@@ -182,6 +188,14 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     e = np.concatenate(embs)
     df["embedding"] = list(e)
     df["router_probs"] = list(np.concatenate(routes)) if routes else None
+    if routes and cal is not None:
+        # Calibrated routing: probabilities at the fitted temperature, and "unknown" beyond the
+        # out-of-distribution threshold (eval/routing.py).
+        routed = cal.apply(e, np.concatenate(logits_all))
+        df["router_probs"] = list(routed["probs"].astype(np.float32))
+        df["router_confidence"] = routed["confidence"].astype(np.float32)
+        df["ood_score"] = routed["ood_score"].astype(np.float32)
+        df["routed_modality"] = routed["routed"]
     df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", n_bad
     if use_cache:
         from midol_cli.artifacts import atomic_path

@@ -30,6 +30,7 @@ class EvalModel:
     encoder: Any  # nn.Module, eval mode
     projector: Any = None  # MoEProjector or None
     modalities: list[str] = field(default_factory=list)
+    calibration: Any = None  # eval.routing.RouterCalibration beside the export, or None
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "weights": self.weights, "weights_hash": self.weights_hash,
@@ -120,5 +121,7 @@ def load_eval_model(weights: str, name: str | None = None) -> EvalModel:
     proj = load_exported_projector(path, enc.num_features)
     p = Path(weights)
     default_id = _slug(p.name) if p.is_dir() else _slug(path.parent.parent.name if path.parent.name == "export" else path.stem)
+    from midol_cli.eval.routing import calibration_beside
+
     return EvalModel(name or default_id, "midol", weights, sha256_file(path)[:16], spec, enc, proj,
-                     list(meta["modalities"]))
+                     list(meta["modalities"]), calibration_beside(path) if proj is not None else None)

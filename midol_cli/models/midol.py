@@ -34,7 +34,9 @@ class EncoderProjector(nn.Module):
         h = self.encoder(global_views)
         if local_views is not None:
             h = torch.cat([h, self.encoder(local_views)], dim=0)
-        return self.projector(h)
+        out = self.projector(h)
+        out.features = h
+        return out
 
 
 @dataclass
@@ -65,19 +67,24 @@ class MIDoL(nn.Module):
         center_momentum: float = 0.9,
         contrastive_temp: float = 0.1,
         queue_size: int = 1024,
+        n_modalities: int | None = None,
+        route_detached: bool = False,
     ) -> None:
         super().__init__()
         if intra not in ("distill", "contrastive"):
             raise ValueError(f"intra must be distill or contrastive, not {intra}")
         if routing not in ("label", "learned"):
             raise ValueError(f"routing must be label or learned, not {routing}")
-        projector = MoEProjector(encoder.num_features, n_experts, hidden_dim, bottleneck_dim, n_prototypes, n_layers)
+        projector = MoEProjector(encoder.num_features, n_experts, hidden_dim, bottleneck_dim, n_prototypes, n_layers,
+                                 route_detached=route_detached)
         self.student = EncoderProjector(encoder, projector)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher.eval()  # no drop-path in the teacher
+        self._teacher_mode(False)
         self.n_experts, self.n_prototypes = n_experts, n_prototypes
+        # Modalities of the recipe (labels of ``modality``): as many as experts, unless one expert is shared.
+        self.n_modalities = n_modalities if n_modalities is not None else n_experts
         self.intra_mode, self.routing = intra, routing
         self.student_temp = student_temp
         if intra == "distill":
@@ -87,8 +94,23 @@ class MIDoL(nn.Module):
 
     def train(self, mode: bool = True) -> MIDoL:
         super().train(mode)
-        self.teacher.eval()
+        self._teacher_mode(mode)
         return self
+
+    def _teacher_mode(self, training: bool) -> None:
+        """The teacher runs in eval mode (no drop-path, no dropout), except its batch norms while training.
+
+        The EMA moves parameters, not BatchNorm's running statistics, so an eval-mode teacher would
+        normalise with its initial statistics (mean 0, var 1) forever. Like DINO and BYOL, the teacher's
+        batch norms use batch statistics during training; their running averages then follow the
+        teacher's own features, which is what the exported (teacher) encoder uses at evaluation.
+        Encoders without batch norm (Swin, ViT) are unaffected.
+        """
+        self.teacher.eval()
+        if training:
+            for m in self.teacher.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
 
     # ------------------------------------------------------------------ objective
 
@@ -160,9 +182,11 @@ class MIDoL(nn.Module):
             stats["loss_route"] = route["loss"].detach()
             for name in ("specificity", "marginal_entropy", "block_entropy"):
                 stats[f"inter_{name}"] = torch.stack([d[name] for d in inter_parts]).mean().detach()
-            stats["router_acc"] = (s_router[:vg].argmax(-1) == modality.unsqueeze(0)).float().mean()
+            if k > 1:  # one shared expert routes nothing
+                stats["router_acc"] = (s_router[:vg].argmax(-1) == modality.unsqueeze(0)).float().mean()
             if diagnostics:
                 stats.update(self._expert_stats(t_probs, s_out, expert, modality, vg, b))
+                stats.update(self._encoder_stats(t_out.features[:b], modality))
             self._teacher_state = (t_scores, t_out, expert, sample_key)
         return loss, stats
 
@@ -190,12 +214,52 @@ class MIDoL(nn.Module):
         var = (e2 / n - (e1 / n).pow(2)) * (n / (n - 1).clamp_min(1))
         nan = torch.full_like(count, float("nan"))
         has = count > 0
-        return {
+        out = {
             "expert_count": count,
             "teacher_entropy": torch.where(has, ent_sum / count.clamp_min(1), nan),
             "emb_std": torch.where(count > 1, var.clamp_min(0).sqrt().mean(1), nan),
-            "expert_router_acc": torch.where(has, r_sum / count.clamp_min(1), nan),
         }
+        if k > 1:
+            out["expert_router_acc"] = torch.where(has, r_sum / count.clamp_min(1), nan)
+        return out
+
+    @torch.no_grad()
+    def _encoder_stats(self, feats: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Collapse diagnostics of what users evaluate: the teacher encoder's pooled features, per modality.
+
+        ``feats`` ``[B, D]`` (first global view), ``modality`` ``[B]``. Returns ``[M]`` tensors over the
+        recipe's M modalities (NaN where a modality has fewer than two images in the global batch):
+
+        - ``enc_spread``: the std across images of the L2-normalised features, averaged over dimensions
+          and scaled by sqrt(D): about 1 for directions spread uniformly on the sphere, 0 when every
+          image of the modality maps to one direction;
+        - ``enc_rank``: the effective rank (exp of the entropy of the normalised singular values,
+          ``eval.representation.effective_rank``) of the modality's centred, normalised features, as a
+          fraction of its maximum min(n - 1, D) for the n images of the batch: ~0.8 for random
+          features, falling towards 0 as the features of a modality fold onto a few directions.
+
+        Computed on the global batch (all ranks gathered).
+        """
+        from midol_cli.train.distributed import all_gather_cat
+
+        z = torch.nn.functional.normalize(all_gather_cat(feats.float()), dim=-1)
+        mods = all_gather_cat(modality)
+        n_mod = int(self.n_modalities)
+        nan = torch.full((n_mod,), float("nan"), device=z.device)
+        spread, rank = nan.clone(), nan.clone()
+        scale = z.shape[1] ** 0.5
+        for m in range(n_mod):
+            zm = z[mods == m]
+            if zm.shape[0] < 2:
+                continue
+            spread[m] = zm.std(0).mean() * scale
+            c = zm - zm.mean(0, keepdim=True)
+            s = torch.linalg.svdvals(c)
+            total = s.sum()
+            if total > 0:
+                p = s[s > total * 1e-12] / total
+                rank[m] = torch.exp(-(p * p.log()).sum()) / min(zm.shape[0] - 1, zm.shape[1])
+        return {"enc_spread": spread, "enc_rank": rank}
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -30,6 +30,7 @@ class MoEOutput:
     scores: torch.Tensor  # [B, K, P] prototype scores (cosine, in [-1, 1]) of every expert
     emb: torch.Tensor  # [B, K, d] L2-normalised expert embeddings
     router_logits: torch.Tensor  # [B, K]
+    features: torch.Tensor | None = None  # [B, D] the encoder's pooled features (set by EncoderProjector)
 
     @property
     def joint(self) -> torch.Tensor:
@@ -59,8 +60,11 @@ class MoEProjector(nn.Module):
         bottleneck_dim: int = 256,
         n_prototypes: int = 4096,
         n_layers: int = 3,
+        route_detached: bool = False,
     ) -> None:
         super().__init__()
+        # The router reads the features without shaping them: L_route then trains the router alone.
+        self.route_detached = route_detached
         if n_experts < 1:
             raise ValueError("n_experts must be >= 1")
         self.n_experts, self.n_prototypes, self.bottleneck_dim = n_experts, n_prototypes, bottleneck_dim
@@ -87,7 +91,7 @@ class MoEProjector(nn.Module):
         return MoEOutput(
             scores=scores.transpose(0, 1),
             emb=z.transpose(0, 1),
-            router_logits=self.router(h),
+            router_logits=self.router(h.detach() if self.route_detached else h),
         )
 
     def prototype_parameters(self) -> list[nn.Parameter]:

@@ -34,6 +34,7 @@ from midol_cli.models.encoder import EncoderSpec, build_encoder
 from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
+from midol_cli.train.diagnostics import CollapseWatch
 from midol_cli.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from midol_cli.train.schedules import cosine, linear_ramp, warmup_cosine
 
@@ -66,6 +67,8 @@ def build_model(recipe: PretrainRecipe, weights: str | None = None) -> MIDoL:
         center_momentum=recipe.loss.center_momentum,
         contrastive_temp=recipe.loss.contrastive_temp,
         queue_size=recipe.loss.queue_size,
+        n_modalities=len(recipe.data.modalities),
+        route_detached=recipe.loss.route_detach,
     )
 
 
@@ -228,13 +231,15 @@ def _stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_ex
     reduced = all_reduce_sum(torch.stack([stats[k].detach().float() for k in scalar_keys])) / world_size()
     host = {k: v.detach().float().cpu() for k, v in stats.items()}
     host.update({k: reduced[i].cpu() for i, k in enumerate(scalar_keys)})
-    names = modalities if n_experts == len(modalities) else ["shared"] * n_experts
+    experts = modalities if n_experts == len(modalities) else ["shared"] * n_experts
     for k, v in host.items():
         if v.dim() == 0:
             rec[k] = float(v)
         else:
+            # Encoder statistics (enc_*) are per modality; projector statistics per expert.
+            names = modalities if k.startswith("enc_") else experts
             for i, x in enumerate(v.tolist()):
-                rec[f"{k}/{names[i] if n_experts > 1 else 'shared'}"] = x
+                rec[f"{k}/{names[i]}"] = x
     return rec
 
 
@@ -260,7 +265,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     from midol_cli.data.loader import make_loader
     from midol_cli.data.transforms import MultiViewTransform, Normalise, collate_views
 
-    index = check_data(recipe)  # before any compute
+    check_data(recipe)  # before any compute
     tr, opt_cfg = recipe.train, recipe.optim
     world = di.world_size
     per_step = world * opt_cfg.accum_steps
@@ -288,6 +293,10 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     model = build_model(recipe).to(di.device)
+    if di.distributed and di.device.type == "cuda":
+        # Batch norms see the global batch, as in DINO's ResNet runs (SyncBatchNorm is CUDA-only: on
+        # CPU each rank normalises its own slice).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if recipe.data.local_views:
         _check_local_size(model, recipe, di.device)
     if recipe.model.grad_checkpointing and hasattr(model.student.encoder, "set_grad_checkpointing"):
@@ -332,13 +341,23 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             import sys
 
             print(f"resumed from {resume_path} at step {start_step}", file=sys.stderr)
+    run_started = time.perf_counter()
+    prior_seconds = 0.0
     if di.is_main:
+        from midol_cli.artifacts import sha256_file
+
+        if resume_path is not None:  # wall time accumulates over the segments of a resumed run
+            try:
+                prior_seconds = float(json.loads((run_dir / "run.json").read_text()).get("wall_seconds", 0.0))
+            except (OSError, ValueError, TypeError):
+                prior_seconds = 0.0
         write_json_atomic(
             run_dir / "run.json",
             provenance(
                 recipe_hash=recipe_hash(recipe),
                 shards=str(Path(recipe.data.shards).resolve()),
-                shard_index_sha=index.get("sha256") or "",
+                shard_index_sha=sha256_file(Path(recipe.data.shards) / "index.json")[:16],
+                wall_seconds=round(prior_seconds, 1),
                 world_size=world,
                 device=str(di.device),
                 modalities=list(recipe.data.modalities),
@@ -397,7 +416,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     segment = None
     it = None
     t_last, step_last = time.perf_counter(), step
-    high_entropy_streak = 0
+    watch = CollapseWatch(total=total, log_every=tr.log_every, after_warmup=after_warmup, intra=recipe.loss.intra,
+                          log_p=log_p, collapse_ratio=tr.collapse_ratio, bottleneck_dim=recipe.projector.bottleneck_dim)
     collapse_warned = False
     last_rec: dict[str, Any] = {}
     n_experts = model.n_experts
@@ -510,30 +530,12 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     bad_steps=bad_total + int(bad_count),
                     log_p=log_p,
                 )
-                # Collapse signs differ by reading (docs/method.md): with `distill` the teacher's
-                # prototype distribution goes uniform; with `contrastive` the prototypes are only
-                # spread by L_inter (near-uniform teacher entropy is expected) and collapse shows
-                # as the expert embeddings shrinking to a point.
-                if recipe.loss.intra == "distill":
-                    vals = [v for k, v in rec.items() if k.startswith("teacher_entropy/") and math.isfinite(v)]
-                    bad = bool(vals) and max(vals) > tr.collapse_ratio * log_p
-                    what = (f"teacher entropy stays above {tr.collapse_ratio:.2f} x log P "
-                            f"({max(vals) if vals else 0:.2f} vs {log_p:.2f}): the prototypes are collapsing to uniform")
-                else:
-                    vals = [v for k, v in rec.items() if k.startswith("emb_std/") and math.isfinite(v)]
-                    floor = 0.05 / math.sqrt(recipe.projector.bottleneck_dim)  # spread: 1/sqrt(d); point: 0
-                    bad = bool(vals) and min(vals) < floor
-                    what = (f"expert embeddings collapse to a point (std across the batch {min(vals) if vals else 0:.4f} "
-                            f"< {floor:.4f})")
-                high_entropy_streak = high_entropy_streak + 1 if (step > after_warmup and bad) else 0
-                # "Stays": the sign persists over at least 10% of the run (and 3 log steps), so a
-                # transient dip around peak LR that the run recovers from is not an alarm.
-                need = max(3, math.ceil(0.1 * total / tr.log_every))
-                if high_entropy_streak >= need and not collapse_warned and di.is_main:
-                    collapse_warned = True
+                if di.is_main:
                     import sys
 
-                    print(f"warning: {what} after warm-up; see docs/method.md 'Known failure modes'", file=sys.stderr)
+                    for line in watch.update(step, rec):
+                        print(line, file=sys.stderr)
+                collapse_warned = watch.warned
                 rec["collapse_warning"] = collapse_warned
                 logger.log(rec)
                 last_rec = rec
@@ -544,9 +546,19 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         logger.close()
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": step, "last": last_rec}
+    if di.is_main:
+        rec = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        rec.update(wall_seconds=round(prior_seconds + time.perf_counter() - run_started, 1), steps_done=step)
+        write_json_atomic(run_dir / "run.json", rec)
+        summary["wall_seconds"] = rec["wall_seconds"]
     if di.is_main and step >= total:
         from midol_cli.models.export import export_run
 
         summary["export"] = {k: str(v) for k, v in export_run(run_dir).items()}
+        if n_experts > 1:
+            from midol_cli.eval.calibrate import calibrate_routing
+
+            summary["routing"] = calibrate_routing(run_dir)
     summary["collapse_warning"] = collapse_warned
+    summary["notes"] = list(watch.notes)
     return summary

@@ -34,7 +34,7 @@ def test_pretrain_embed_probe_report(tmp_path):
                  "--workers", "1", env=env)
     df = pd.read_parquet(emb)
     assert len(df) == 64 and set(df["modality"]) == {"oct", "pathology"}
-    assert len(df["embedding"].iloc[0]) == 256 and len(df["router_probs"].iloc[0]) == 2
+    assert len(df["embedding"].iloc[0]) == 128 and len(df["router_probs"].iloc[0]) == 2
     assert "modality silhouette" in res.stderr
     assert (tmp_path / "plots" / "tsne_modality.png").stat().st_size > 1000
     metrics = json.loads(emb.with_suffix(".metrics.json").read_text())
@@ -59,3 +59,25 @@ def test_pretrain_embed_probe_report(tmp_path):
     assert "synth-oct" in table and "tiny" in table and "random-tiny" in table
     csv = _midol("report", results, "--format", "csv", env=env).stdout
     assert csv.count("\n") >= 2
+    # Provenance: the run records its shard set and its wall time; the probe records its sanity checks.
+    rec = json.loads((run / "run.json").read_text())
+    assert len(rec["shard_index_sha"]) == 16 and rec["wall_seconds"] > 0
+    assert set(s["chance"]) >= {"accuracy", "auroc"} and "degenerate" in s["protocols"]["linear"]
+    assert s["protocols"]["linear"]["feature_norm"]["l2_normalize"] is True
+
+
+def test_embed_a_no_moe_model(tmp_path):
+    """One shared expert has nothing to route: embed reports no router instead of failing."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
+    p = build_pipeline(tmp_path / "data", per_class=4, modalities=("oct", "pathology"))
+    run = tmp_path / "runs" / "nomoe"
+    _midol("pretrain", "recipes/smoke.yaml", f"data.shards={p['shards']}", "data.modalities=[oct,pathology]",
+           "projector.shared_expert=true", "train.steps=2", "optim.global_batch_size=8", "data.num_workers=0",
+           "projector.hidden_dim=32", "projector.n_prototypes=16", "loss.queue_size=8", "--out", run, env=env)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("router_acc") or k.startswith("expert_router_acc") for k in metrics[-1])
+    emb = tmp_path / "emb.parquet"
+    res = _midol("embed", "--weights", run, "--data", p["shards"], "--out", emb, "--workers", "1", env=env)
+    assert "router accuracy: n/a (no router)" in res.stderr
+    df = pd.read_parquet(emb)
+    assert df["router_probs"].isna().all() and len(df) == 32

@@ -102,3 +102,39 @@ def test_local_views_with_a_size_flexible_encoder():
     assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in m.student.parameters())
+
+
+SMALL_RESNET = dict(channels=(8, 16, 32, 64), stem_width=8)
+
+
+def test_teacher_batch_norms_use_batch_statistics_and_follow_the_teacher():
+    """The EMA moves parameters only: an eval-mode teacher would normalise with its initial running
+    statistics forever. Its batch norms run in batch mode while training, so their running averages
+    track the teacher's own features (what the exported encoder uses at evaluation)."""
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderSpec(arch="resnet10t", img_size=32, arch_kwargs=SMALL_RESNET))
+    m = MIDoL(enc, 2, hidden_dim=16, bottleneck_dim=8, n_prototypes=8, n_layers=2, intra="contrastive",
+              queue_size=4)
+    m.train()
+    bn = [x for x in m.teacher.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert bn and all(x.training for x in bn)
+    assert not m.teacher.training  # everything else (drop-path, dropout) stays in eval mode
+    views = [torch.rand(8, 3, 32, 32) * 4 + 2 for _ in range(2)]  # far from N(0, 1): stats must move
+    before = bn[0].running_mean.clone()
+    m.forward_train(views, [], torch.arange(8) % 2, StepSchedule(0.04, 1.0, 0.1, 0.1))
+    assert not torch.allclose(bn[0].running_mean, before)
+    m.eval()
+    assert all(not x.training for x in bn)
+
+
+def test_encoder_diagnostics_watch_the_pooled_features():
+    m = _model("contrastive")
+    views, mod = _batch(b=12)
+    _, stats = m.forward_train(views, [], mod, StepSchedule(0.04, 1.0, 1.0, 0.1))
+    assert stats["enc_spread"].shape == (3,) and stats["enc_rank"].shape == (3,)
+    assert (stats["enc_spread"] > 0).all() and (stats["enc_rank"] >= 1).all()
+    # A collapsed representation (one direction for every image) reads ~0 spread and rank ~1.
+    same = torch.zeros(12, m.student.encoder.num_features)
+    same[:, 0] = 1.0
+    collapsed = m._encoder_stats(same, mod)
+    assert torch.allclose(collapsed["enc_spread"], torch.zeros(3), atol=1e-6)

@@ -50,6 +50,10 @@ def test_two_ranks_match_one_process(shards, tmp_path, intra):
         "loss.queue_size=8",
         "loss.inter_ramp_frac=0",
         "train.deterministic=true",
+        # An encoder without batch norm: per-rank batch statistics (DDP without SyncBatchNorm, as on CPU)
+        # are a property of the model, not of the engine this test checks.
+        "model.arch=swin_base_patch4_window7_224",
+        "model.arch_kwargs={embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8], window_size: 4}",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, str(WORKER), args[0], str(one), *args[1:]])
