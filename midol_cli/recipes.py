@@ -56,6 +56,9 @@ class LossCfg(Strict):
     w_intra: float = Field(1.0, ge=0)
     w_inter: float = Field(1.0, ge=0)
     w_route: float = Field(0.1, ge=0)
+    route_detach: bool = Field(
+        False, description="train the router on detached features: L_route does not shape the encoder"
+    )
     inter_ramp_frac: float = Field(0.1, ge=0, le=1, description="w_inter rises linearly over this fraction of steps")
     student_temp: float = Field(0.1, gt=0)
     teacher_temp: float = Field(0.04, gt=0)
@@ -86,6 +89,9 @@ class AugCfg(Strict):
     hue: float = Field(0.0, ge=0, le=0.5)
     jitter_p: float = Field(0.8, ge=0, le=1)
     blur_p: float = Field(0.2, ge=0, le=1)
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur sigma range, pixels of the view")
+    noise: float = Field(0.0, ge=0, le=0.5, description="sensor-noise std drawn from [0, noise] (intensity 0..1)")
+    noise_p: float = Field(0.5, ge=0, le=1)
     grayscale: bool = Field(False, description="the modality is grayscale: colour jitter touches intensity only")
 
     @field_validator("crop_scale")
@@ -93,6 +99,13 @@ class AugCfg(Strict):
     def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not (0 < v[0] <= v[1] <= 1):
             raise ValueError("crop_scale must satisfy 0 < min <= max <= 1")
+        return v
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _sigma(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("blur_sigma must satisfy 0 < min <= max")
         return v
 
 
@@ -191,10 +204,16 @@ class PretrainRecipe(Strict):
 # ---------------------------------------------------------------- loading
 
 
+class _Whole(dict):
+    """A mapping given whole on the command line (``model.arch_kwargs={...}``): it replaces, not merges."""
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, _Whole):
+            out[k] = dict(v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -224,7 +243,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def parse_overrides(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "data.modalities=[xray,oct]"]`` -> nested dict. Values are YAML scalars/lists."""
+    """``["optim.lr=1e-3", "data.modalities=[xray,oct]"]`` -> nested dict. Values are YAML scalars/lists.
+
+    A mapping value (``model.arch_kwargs={embed_dim: 32}``) replaces the recipe's mapping whole; a dotted
+    key (``model.arch_kwargs.embed_dim=32``) changes one entry of it.
+    """
     out: dict[str, Any] = {}
     for tok in tokens:
         if "=" not in tok:
@@ -243,7 +266,7 @@ def parse_overrides(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UsageError(f"override '{tok}' conflicts with an earlier override of '{p}'")
-        node[parts[-1]] = value
+        node[parts[-1]] = _Whole(value) if isinstance(value, dict) else value
     return out
 
 
@@ -310,6 +333,15 @@ class FinetuneOptimCfg(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
 
 
+def augment_for(augment: AugCfg | dict[str, AugCfg] | None, modality: str) -> AugCfg:
+    """A fine-tuning recipe's augmentations for ``modality``: its own entry, else the code default."""
+    if isinstance(augment, AugCfg):
+        return augment
+    if augment and modality in augment:
+        return augment[modality]
+    return default_augs().get(modality, AugCfg())
+
+
 class FinetuneRecipe(Strict):
     """Full fine-tuning of encoder + head (classification) or encoder + decoder (segmentation)."""
 
@@ -320,7 +352,9 @@ class FinetuneRecipe(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     class_balanced: bool = Field(False, description="weight the loss by inverse class frequency")
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
-    augment: AugCfg | None = Field(None, description="default: the modality's pre-training augmentations")
+    augment: AugCfg | dict[str, AugCfg] | None = Field(
+        None, description="one AugCfg, or one per modality; default: the modality's pre-training augmentations"
+    )
     early_stopping: int = Field(10, ge=0, description="stop after this many epochs without val improvement; 0 = off")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     num_workers: int = Field(4, ge=0)

@@ -256,7 +256,7 @@ class ViewAugment:
     normalised float, or uint8 pixels.
 
     Random resized crop (bicubic, antialiased) -> flips / 90-degree turns -> colour jitter (p) ->
-    Gaussian blur (p); "L" images are replicated to 3 channels at the end. The crop is cut from the
+    Gaussian blur (p) -> sensor noise (p); "L" images are replicated to 3 channels at the end. The crop is cut from the
     PIL image and resampled by torch's uint8 kernel, and jitter and blur run on that small tensor in
     float without rounding in between: about 0.5 ms for a 224 px view of a 512 px photo on one core,
     against ~2 ms for the same operations through PIL and torchvision (docs/performance.md).
@@ -272,10 +272,9 @@ class ViewAugment:
         sat = 0.0 if cfg.grayscale else cfg.saturation
         hue = 0.0 if cfg.grayscale else cfg.hue
         self.jitter = ColourJitter(cfg.brightness, cfg.contrast, sat, hue)
-        self.sigma = (0.1, 2.0)
-        # The kernel spans about a twentieth of the view (11 px at 224, 3 px at 64), so the blur's
-        # strength relative to the image does not grow as views get small.
-        self.blur_radius = ((self.size // 20) | 1) // 2
+        # Sigma in pixels of the view, as DINO and BYOL draw it (0.1-2 px); the kernel reaches 3 sigma.
+        self.sigma = tuple(cfg.blur_sigma)
+        self.noise, self.noise_p = float(cfg.noise), float(cfg.noise_p)
         self.normalise = Normalise(mean, std) if normalise else None
 
     def draw_box(self, width: int, height: int) -> tuple[int, int, int, int]:
@@ -309,7 +308,8 @@ class ViewAugment:
         c = x.shape[1]
         jitter = random.random() < self.cfg.jitter_p
         blur = random.random() < self.cfg.blur_p
-        if jitter or blur:
+        noise = self.noise > 0 and random.random() < self.noise_p
+        if jitter or blur or noise:
             # Planar float from here: torch's channels-last uint8 -> planar copy is several times slower.
             x = x.float().contiguous()
         if jitter:
@@ -326,9 +326,15 @@ class ViewAugment:
                     x = torch.from_numpy(y).view(x.shape)
                 x = x.clamp_(0.0, 255.0)
         if blur:
-            x = gaussian_blur_tensor(x, random.uniform(*self.sigma), self.blur_radius)
+            x = gaussian_blur_tensor(x, random.uniform(*self.sigma))
+        if noise:
+            # Sensor noise of a random strength: images of one scanner share a noise level, so without
+            # this a view pair could be matched by its noise alone. One grey field for "L" images.
+            std = 255.0 * random.uniform(0.0, self.noise)
+            x = x.add_(torch.randn(x.shape, generator=None).mul_(std)).clamp_(0.0, 255.0)
         if self.normalise is None and x.dtype != torch.uint8:
-            # Already within [0, 255]: the jitter clipped, and the blur averages with positive weights.
+            # Already within [0, 255]: the jitter and the noise clipped, and the blur averages with
+            # positive weights.
             # numpy's float -> uint8 cast is vectorised (torch's took ~6x longer here).
             x = torch.from_numpy(x.round_().numpy().astype(np.uint8))
         if c == 1:

@@ -11,7 +11,7 @@ resolution into ``results/<model_id>/<task>/``: ``summary.json`` (protocol ``fin
 metric ``dice``, Dice/Jaccard with 95% bootstrap CIs over images), ``predictions.parquet`` (per-image
 Dice/Jaccard) and ``panel.png`` (a few test cases with outlines).
 
-Run dir (default ``runs/finetune/<model_id>/<task>``, as classification): ``recipe.yaml``, ``run.json``,
+Run dir (default ``<out>/<model_id>/<task>/run_finetune``, as classification): ``recipe.yaml``, ``run.json``,
 ``metrics.jsonl`` (one row per epoch), ``best.pt``, ``checkpoints/ckpt-<epoch>.pt`` (resumable with
 ``--resume auto``).
 
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from midol_cli import __version__
 from midol_cli.artifacts import atomic_path, provenance, write_json_atomic
 from midol_cli.errors import RunFailed, UsageError
-from midol_cli.recipes import AugCfg, FinetuneRecipe, default_augs, dump_recipe, recipe_dict, recipe_hash
+from midol_cli.recipes import AugCfg, FinetuneRecipe, augment_for, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
 from midol_cli.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, is_dist
 from midol_cli.train.schedules import warmup_cosine
@@ -285,7 +285,6 @@ class JointTrainTransform:
         self.aug, self.size, self.mean, self.std = aug, int(size), mean, std
         self.jitter = ColourJitter(aug.brightness, aug.contrast, 0.0 if aug.grayscale else aug.saturation,
                                    0.0 if aug.grayscale else aug.hue)
-        self.blur_radius = ((self.size // 20) | 1) // 2  # as ViewAugment's
 
     def __call__(self, img: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
@@ -312,7 +311,7 @@ class JointTrainTransform:
         x = to_tensor(img, self.mean, self.std)
         if random.random() < self.aug.blur_p:
             # Blurring commutes with the per-channel normalisation, so it can run on the tensor.
-            x = gaussian_blur_tensor(x[None], random.uniform(0.1, 2.0), self.blur_radius)[0]
+            x = gaussian_blur_tensor(x[None], random.uniform(*self.aug.blur_sigma))[0]
         return x, _mask_tensor(mask)
 
 
@@ -656,7 +655,7 @@ def run_segmentation(
 
     ``weights``: a midol run dir / export, ``timm:NAME=FILE`` or ``random:...``; ``data``: raw folder or
     manifest; ``out_root``: results root; ``name``: model id (default: derived from ``weights``);
-    ``run_dir``: checkpoints (default ``runs/finetune/<model id>/<task>``); ``resume``: None, "auto"
+    ``run_dir``: checkpoints (default ``<out>/<model id>/<task>/run_finetune``); ``resume``: None, "auto"
     or a checkpoint path. Returns the summary dict on rank 0 (plus ``out_dir``, ``run_dir`` and
     ``protocol``), ``{}`` on other ranks.
     """
@@ -711,7 +710,9 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     model.to(di.device)
     mean, std = enc_spec.mean, enc_spec.std
 
-    run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(model_info["id"], spec.name)
+    from midol_cli.train.finetune import default_run_dir  # the classification runs' convention: side by side
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out_root, model_info["id"], spec.name)
     resume_path = ckpt.resolve_resume(run_dir, resume)
     if resume is None and ckpt.list_checkpoints(run_dir):
         raise UsageError(f"run dir '{run_dir}' already holds a fine-tuning run; continue it with --resume auto, "
@@ -736,7 +737,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     except (RuntimeError, TypeError):
         optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=oc.betas)
 
-    aug = recipe.augment or default_augs().get(spec.modality, AugCfg())
+    aug = augment_for(recipe.augment, spec.modality)
     workers = recipe.num_workers
     train_ds = SegDataset(fd.root, fd.items, tr_idx, JointTrainTransform(aug, size, mean, std), max_pixels, size)
     train_loader, sampler = _loader(train_ds, per_rank, workers, di, recipe.seed)
@@ -991,8 +992,3 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     return summary
 
 
-def _default_run_dir(model_id: str, task_name: str) -> Path:
-    """The classification fine-tuning's run-dir convention, so both live side by side."""
-    from midol_cli.train.finetune import default_run_dir
-
-    return default_run_dir(model_id, task_name)

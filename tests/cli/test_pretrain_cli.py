@@ -93,5 +93,7 @@ def test_help_lists_commands_fast():
 def test_local_views_with_fixed_size_swin_is_a_clear_error(shards, tmp_path):
     line = _one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}",
                                   "data.modalities=[xray,oct]", "data.local_views=2", "data.local_size=32",
-                                  "--out", tmp_path / "r"))
+                                  "model.arch=swin_base_patch4_window7_224",
+                                  "model.arch_kwargs={embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8], "
+                                  "window_size: 4}", "--out", tmp_path / "r"))
     assert "local views" in line and "32 px" in line

@@ -1,10 +1,16 @@
-"""The smoke recipe demonstrably learns (issue: pre-training must beat random init).
+"""The smoke recipe demonstrably learns (issue: pre-training must beat random init, beyond chance).
 
-Pre-trains recipes/smoke.yaml exactly as `make demo` does, on synth data of the demo's
-size, then runs the real linear probe (`midol probe`'s code path) on the five synth tasks
-for the pre-trained encoder and for the same architecture at random init. The mean
-linear-probe accuracy of the pre-trained encoder must be higher, with no collapse warning.
-This is the slowest test of the suite (a few minutes on 2 cores) and the one that matters most.
+Pre-trains recipes/smoke.yaml exactly as `make demo` does, on synth data of the demo's size (fixed
+seed 0), then runs the real linear probe (`midol probe`'s code path) on the five synth tasks for the
+pre-trained encoder and for the same architecture at random init (the run's own starting point):
+
+- the random-init floor stays low (mean accuracy <= 0.55): the tasks are not linearly solvable by
+  random features, so what the probe reads after pre-training was learned;
+- the paired difference of the primary metrics, pre-trained - random, averaged over the tasks, has a
+  95% CI (test patients resampled) above 0;
+- no collapse warning, the router places modalities, the encoder's features stay spread.
+
+This is the slowest test of the suite (about 7 minutes on 2 cores) and the one that matters most.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
+    from midol_cli.eval.paired import compare_models
     from midol_cli.eval.probe import run_task
     from midol_cli.train.pretrain import run_pretrain
 
-    p = build_pipeline(tmp_path / "data", per_class=100, size=128, max_side=96, min_shards=16)
+    p = build_pipeline(tmp_path / "data", per_class=200, size=128, max_side=96, min_shards=16)
     recipe = load_recipe(PretrainRecipe, ROOT / "recipes" / "smoke.yaml", [f"data.shards={p['shards']}"])
     run = tmp_path / "run"
     summary = run_pretrain(recipe, run)
@@ -35,17 +42,22 @@ def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
     assert not summary["collapse_warning"]
     last = summary["last"]
     assert last["router_acc"] > 0.9  # the router places modalities
-    for m in recipe.data.modalities:  # no expert collapsed to a point
-        assert last[f"emb_std/{m}"] > 0.01
+    for m in recipe.data.modalities:  # no modality's features folded onto one direction
+        assert last[f"enc_spread/{m}"] > 0.1
+    assert summary["routing"]["heldout_router_accuracy"] > 0.9
 
     acc: dict[str, dict[str, float]] = {"pretrained": {}, "random": {}}
+    results = tmp_path / "results"
     for task in SYNTH_TASKS:
         spec = get_task(task)
         data = p["manifests"] / f"{spec.modality}.parquet"
         for kind, weights in (("pretrained", str(run)), ("random", f"random:{run}")):
-            s = run_task(spec, weights, data, tmp_path / "results", fractions=(1.0,), seeds=(0,), n_boot=50,
+            s = run_task(spec, weights, data, results, name=kind, fractions=(1.0,), seeds=(0,), n_boot=50,
                          workers=1)
+            assert not s["protocols"]["linear"]["degenerate"]["flag"], (kind, task)
             acc[kind][task] = s["protocols"]["linear"]["metrics"]["accuracy"]["value"]
-    pre, rnd = statistics.mean(acc["pretrained"].values()), statistics.mean(acc["random"].values())
-    print(f"mean linear-probe accuracy: pretrained {pre:.4f} vs random {rnd:.4f}; {acc}")
-    assert pre > rnd, acc
+    floor = statistics.mean(acc["random"].values())
+    diff = compare_models(results, "pretrained", "random", list(SYNTH_TASKS), n_boot=1000)
+    print(f"random-init floor {floor:.4f}; accuracy {acc}; paired mean difference {diff['mean']}")
+    assert floor <= 0.55, acc["random"]
+    assert diff["mean"].ci_low > 0, diff

@@ -10,9 +10,21 @@
 - ``synth.json``   what was generated (provenance, counts); outside the modality folders
 
 Each modality has four classes with ``per_class`` images each. Class cues are
-spatial structures (see each modality module's docstring); brightness,
-contrast, colour, pose and noise are drawn from one class-independent
-distribution, so global image statistics do not reveal the class.
+spatial structures (see each modality module's docstring): lesions, layers,
+tissue architecture, a few pixels to a third of the image across, placed so
+that a crop of half the image keeps them. Pose, brightness, contrast and the
+acquisition (``draw.acquire``: focus blur, tone curve, correlated grain, noise,
+magnification) are drawn from one class-independent distribution, so
+brightness and contrast alone do not reveal the class (a test checks this).
+Colour statistics partly do, as in the real data: a vascular lesion is red, a
+lymphocyte-dense tile purple (per-channel mean and std give 0.40-0.48 on
+fundus, dermoscopy and pathology, chance 0.25).
+
+The demo needs both halves of this design (docs/performance.md, "The demo's
+model"): cues that a small network trained with labels learns (mean accuracy
+above 0.85), and acquisition nuisance strong enough that the same network at
+random init cannot read the classes linearly (below 0.55), so that what
+pre-training adds shows.
 
 Every image is drawn from a random generator keyed by (seed, modality, item),
 so output is byte-identical for a seed regardless of ``workers``.

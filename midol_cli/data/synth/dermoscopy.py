@@ -22,8 +22,9 @@ Classes (4 of the 7 HAM10000 codes), each a structure over most of the lesion:
   by pale septa.
 
 Nuisance shared by all classes: skin tone, lesion size and position, rotation
-(any), mirror, hairs, a dark dermatoscope ring, illumination, auto-exposure and
-white balance, sensor noise, JPEG compression.
+(any), mirror, scale (0.7-1.3x), hairs, a dark dermatoscope ring, illumination,
+auto-exposure and white balance, and the acquisition (``draw.acquire``: focus
+blur, tone curve, correlated grain), sensor noise, JPEG compression.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from midol_cli.artifacts import write_text_atomic
 from midol_cli.data.synth import Item, group_sizes, unique_values
 from midol_cli.data.synth.draw import (
     View,
+    acquire,
     add_noise,
     blend,
     disc_mask,
@@ -57,6 +59,8 @@ NAME = "dermoscopy"
 DATASET = "ham10000"
 CLASSES: tuple[str, ...] = ("nv", "mel", "bkl", "vasc")
 CSV_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization"
+# Acquisition (draw.acquire): focus blur (fraction of the width), tone curve, sensor noise.
+FOCUS, GAMMA, GRAIN, NOISE = (0.001, 0.016), (0.7, 1.45), (0.0, 0.05), (0.004, 0.03)
 PART_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 # How each class was confirmed, roughly as skewed as in HAM10000 (the leak is part of the realism).
 _DX_TYPE = {
@@ -207,7 +211,7 @@ def render(item: Item, size: int, seed: int) -> bytes:
     """JPEG bytes of one dermoscopy image of ``item``'s lesion."""
     les = _Lesion(rng_for(seed, NAME, "lesion", item.group_index), item.label)
     rng = rng_for(seed, NAME, "image", item.index)
-    view = View.random(rng, 180.0, (0.85, 1.15), 0.15, mirror_p=0.5)
+    view = View.random(rng, 180.0, (0.7, 1.3), 0.15, mirror_p=0.5)
     v, u = view.world_grid(size)
 
     skin = np.array([0.87, 0.66, 0.55]) * rng.uniform(0.78, 1.1) * rng.uniform(0.94, 1.06, 3)
@@ -266,5 +270,6 @@ def render(item: Item, size: int, seed: int) -> bytes:
         ring = disc_mask(size, *rng.uniform(-0.05, 0.05, 2), radius=rng.uniform(0.98, 1.3), edge_px=3.0)
     target = np.array([0.70, 0.50, 0.43]) * rng.uniform(0.7, 1.25) * rng.uniform(0.9, 1.1, 3)
     img = expose(img, rng, target, (0.07, 0.17), mask=ring, channel_gain_jitter=0.12)
-    img = add_noise(img * ring[..., None], rng, rng.uniform(0.004, 0.02))
+    img = acquire(img, rng, FOCUS, GAMMA, GRAIN)
+    img = add_noise(img * ring[..., None], rng, rng.uniform(*NOISE))
     return encode(img, "JPEG", quality=92)

@@ -349,6 +349,36 @@ def expose(
     return np.clip(out, 0.0, 1.0)
 
 
+def acquire(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    focus: tuple[float, float],
+    gamma: tuple[float, float] = (1.0, 1.0),
+    grain: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """Device and site variation that says nothing about the class: focus, tone curve and grain.
+
+    ``focus`` is the range of the Gaussian blur's sigma as a fraction of the image width (so
+    ``--size`` stays a resolution knob); ``gamma`` the log-uniform range of the tone curve's
+    exponent (detector response, display LUT), applied after auto-exposure so it moves brightness
+    and contrast too; ``grain`` the range of the std of sensor noise correlated over ~2 px
+    (demosaicing, compression, speckle), which unlike white noise survives downsampling.
+    Collections vary this much between scanners and sites. A representation must learn to ignore
+    it, and random features do not: it is what lowers the random-init floor of the demo's probes
+    (docs/performance.md).
+    """
+    size = img.shape[0]
+    out = blur(np.ascontiguousarray(img, dtype=np.float32), rng.uniform(*focus) * size)
+    g = loguniform(rng, *gamma) if gamma[0] < gamma[1] else gamma[0]
+    out = np.power(np.clip(out, 0.0, 1.0), g, dtype=np.float32)
+    if grain[1] > 0:
+        field = blur(rng.standard_normal(out.shape[:2]).astype(np.float32), 0.8 * size / 128.0)
+        field /= float(field.std()) or 1.0
+        amp = rng.uniform(*grain)
+        out = out + amp * (field[..., None] if out.ndim == 3 else field)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def add_noise(img: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     """Additive Gaussian sensor noise, clipped to [0, 1]."""
     return np.clip(img + rng.normal(0.0, sigma, size=img.shape).astype(np.float32), 0.0, 1.0)

@@ -21,7 +21,9 @@ posterior pole, and high contrast, so they survive 64 px and partial crops:
 
 Nuisance shared by all classes: eye side, rotation (+-25 deg), scale, field of
 view radius and position, retina tint, vignetting, an illumination ramp,
-auto-exposure and white balance (random target), sensor noise.
+auto-exposure and white balance (random target), the acquisition
+(``draw.acquire``: a little focus blur, kept small because the lesions are dots;
+tone curve, correlated grain) and sensor noise.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from midol_cli.artifacts import write_text_atomic
 from midol_cli.data.synth import Item, unique_values
 from midol_cli.data.synth.draw import (
     View,
+    acquire,
     add_noise,
     blend,
     disc_mask,
@@ -55,6 +58,9 @@ DATASET = "aptos2019"
 CLASSES: tuple[str, ...] = ("0", "1", "2", "3")
 CLASS_NAMES = {"0": "normal", "1": "microaneurysms", "2": "haemorrhages", "3": "hard exudates"}
 CSV_HEADER = "id_code,diagnosis"
+# Acquisition (draw.acquire): focus blur (fraction of the width, kept small: the lesions are dots),
+# tone curve, sensor noise.
+FOCUS, GAMMA, GRAIN, NOISE = (0.0, 0.006), (0.7, 1.45), (0.0, 0.04), (0.004, 0.03)
 
 
 def plan(rng: np.random.Generator, per_class: int, corrupt: list[str]) -> list[Item]:
@@ -132,7 +138,7 @@ def _vessels(rng: np.random.Generator, view: View, disc: tuple[float, float], si
 def render(item: Item, size: int, seed: int) -> bytes:
     """PNG bytes of one fundus photograph of class ``item.label``."""
     rng = rng_for(seed, NAME, "image", item.index)
-    view = View.random(rng, 25.0, (0.92, 1.08), 0.05, mirror_p=0.5)
+    view = View.random(rng, 25.0, (0.85, 1.15), 0.05, mirror_p=0.5)
     v, u = view.world_grid(size)
 
     tint = np.array([0.82, 0.40, 0.17], dtype=np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
@@ -193,5 +199,6 @@ def render(item: Item, size: int, seed: int) -> bytes:
     img = img * (illumination(rng, size, 0.35) * vignette(size, rng.uniform(0.15, 0.55), fcy, fcx))[..., None]
     target = np.array([0.55, 0.27, 0.12]) * rng.uniform(0.6, 1.45) * rng.uniform(0.85, 1.15, 3)
     img = expose(img, rng, target, (0.06, 0.14), mask=mask, channel_gain_jitter=0.15)
-    img = add_noise(img * mask[..., None], rng, rng.uniform(0.004, 0.02))
+    img = acquire(img, rng, FOCUS, GAMMA, GRAIN)
+    img = add_noise(img * mask[..., None], rng, rng.uniform(*NOISE))
     return encode(img, "PNG")

@@ -24,7 +24,8 @@ and exposure. Classes change the geometry across a large part of the width:
   fluid above it.
 
 Nuisance shared by all classes: vertical position, curvature, tilt, scale,
-mirror, speckle strength, auto-levels to a random brightness and contrast, noise.
+mirror, speckle strength, auto-levels to a random brightness and contrast, the
+acquisition (``draw.acquire``: resolution blur, tone curve, correlated grain), noise.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from midol_cli.data.synth import Item, group_sizes, unique_values
 from midol_cli.data.synth.draw import (
     View,
+    acquire,
     add_noise,
     blur,
     encode,
@@ -50,6 +52,8 @@ NAME = "oct"
 DATASET = "oct2017"
 CLASSES: tuple[str, ...] = ("CNV", "DME", "DRUSEN", "NORMAL")
 TEST_FRACTION = 0.2
+# Acquisition (draw.acquire): axial/lateral resolution (blur, fraction of the width), tone curve, noise.
+FOCUS, GAMMA, GRAIN, NOISE = (0.0, 0.012), (0.7, 1.45), (0.0, 0.05), (0.01, 0.04)
 
 # Reflectivity along relative depth r in the neurosensory retina (0 = ILM, 1 = outer border):
 # nerve fibre layer bright, nuclear layers dark, ellipsoid zone bright near the outer border.
@@ -123,7 +127,7 @@ def render(item: Item, size: int, seed: int) -> bytes:
     rng = rng_for(seed, NAME, "image", item.index)
     view = View(
         angle=math.radians(rng.uniform(-4, 4)),
-        scale=float(rng.uniform(0.92, 1.08)),
+        scale=float(rng.uniform(0.85, 1.15)),
         ty=float(rng.uniform(-0.08, 0.08)),
         tx=float(rng.uniform(-0.1, 0.1)),
         mirror=bool(rng.random() < 0.5),
@@ -183,5 +187,6 @@ def render(item: Item, size: int, seed: int) -> bytes:
     speckle = rng.gamma(shape := float(rng.uniform(2.5, 6.0)), 1.0 / shape, size=img.shape).astype(np.float32)
     img = blur(img * speckle, rng.uniform(0.4, 0.8))
     img = expose(img, rng, float(rng.uniform(0.14, 0.34)), (0.14, 0.28))
-    img = add_noise(img, rng, rng.uniform(0.01, 0.03))
+    img = acquire(img, rng, FOCUS, GAMMA, GRAIN)
+    img = add_noise(img, rng, rng.uniform(*NOISE))
     return encode(img, "JPEG", quality=90)

@@ -19,7 +19,10 @@ repeated over the whole tile, so any crop shows it:
   irregular purple nuclei, with more such nuclei between glands.
 
 Nuisance shared by all classes: rotation (any), mirror, stain vectors and
-strengths, auto-exposure and white balance, blur (focus), noise.
+strengths, magnification (1-1.4x), a second tissue bordering the labelled one in
+60% of tiles (at most 40% of the area: the label is the dominant tissue, as in
+real tiles), auto-exposure and white balance, the acquisition (``draw.acquire``:
+focus blur, tone curve, correlated grain), noise.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import numpy as np
 
 from midol_cli.data.synth import Item, unique_values
 from midol_cli.data.synth.draw import (
+    acquire,
     add_noise,
-    blur,
     encode,
     expose,
     pixel_centres,
@@ -47,6 +50,10 @@ NAME = "pathology"
 DATASET = "nct-crc-he-100k"
 CLASSES: tuple[str, ...] = ("ADI", "LYM", "STR", "TUM")
 ROOT = "NCT-CRC-HE-100K"
+# Acquisition: magnification (canvas / tile), focus blur (fraction of the width), tone curve, noise.
+MAG = (1.0, 1.4)
+MIX_P, MIX_MAX = 0.6, 0.4
+FOCUS, GAMMA, GRAIN, NOISE = (0.002, 0.016), (0.7, 1.45), (0.0, 0.05), (0.005, 0.03)
 _LETTERS = np.array(list(string.ascii_uppercase))
 # Optical density per unit stain (R, G, B), from the classic colour-deconvolution values.
 _H_OD = np.array([0.65, 0.70, 0.29])
@@ -187,7 +194,22 @@ def _tissue(cls: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, 
 def render(item: Item, size: int, seed: int) -> bytes:
     """Uncompressed RGB TIFF bytes of one tile of class ``item.label``."""
     rng = rng_for(seed, NAME, "image", item.index)
-    hem, eos = _tissue(item.label, rng, size)
+    # Magnification varies between scanners and objectives: draw a wider canvas and cut a tile of
+    # ``size`` from it, so the tissue appears up to MAG[1] times larger.
+    canvas = int(round(size * rng.uniform(*MAG)))
+    hem, eos = _tissue(item.label, rng, canvas)
+    if rng.random() < MIX_P:
+        # Tiles are rarely pure: another tissue borders the labelled one over a blob-shaped region
+        # that covers at most MIX_MAX of the tile (the label is the tissue that dominates).
+        other = CLASSES[int(rng.choice([i for i, c in enumerate(CLASSES) if c != item.label]))]
+        h2, e2 = _tissue(other, rng, canvas)
+        field = smooth_noise(rng, canvas, 3)
+        frac = rng.uniform(0.15, MIX_MAX)
+        cut = float(np.quantile(field, 1.0 - frac))
+        w = np.clip((field - cut) * 6.0, 0.0, 1.0)
+        hem, eos = hem * (1 - w) + h2 * w, eos * (1 - w) + e2 * w
+    oy, ox = (int(v) for v in rng.integers(0, canvas - size + 1, 2))
+    hem, eos = hem[oy : oy + size, ox : ox + size], eos[oy : oy + size, ox : ox + size]
     h_vec = _H_OD * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.7, 1.3)
     e_vec = _E_OD * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.6, 1.3)
     od = hem[..., None] * h_vec + eos[..., None] * e_vec
@@ -196,8 +218,8 @@ def render(item: Item, size: int, seed: int) -> bytes:
     img = np.rot90(img, int(rng.integers(4)))
     if rng.random() < 0.5:
         img = img[:, ::-1]
-    img = blur(np.ascontiguousarray(img), rng.uniform(0.3, 0.9))
     target = np.array([0.78, 0.55, 0.72]) * rng.uniform(0.8, 1.12) * rng.uniform(0.92, 1.08, 3)
     img = expose(img, rng, target, (0.08, 0.17), channel_gain_jitter=0.1)
-    img = add_noise(img, rng, rng.uniform(0.005, 0.02))
+    img = acquire(img, rng, FOCUS, GAMMA, GRAIN)
+    img = add_noise(img, rng, rng.uniform(*NOISE))
     return encode(img, "TIFF")

@@ -30,8 +30,8 @@ carry a second finding (e.g. ``Effusion|Nodule``).
 
 Nuisance shared by all findings: pose (shift, +-5 deg, scale), anatomy of
 the patient, exposure (auto-levels to a random brightness and contrast),
-quantum noise, slight blur, photometric interpretation, bit depth, rescale
-and window.
+the acquisition (``draw.acquire``: detector blur, tone curve, correlated grain),
+quantum noise, photometric interpretation, bit depth, rescale and window.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from midol_cli.artifacts import write_text_atomic
 from midol_cli.data.synth import Item, group_sizes, unique_values
 from midol_cli.data.synth.draw import (
     View,
+    acquire,
     add_noise,
-    blur,
     expose,
     random_wobble,
     rng_for,
@@ -67,6 +67,8 @@ SECOND_FINDING_P = 0.15
 TEST_FRACTION = 0.2
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+# Acquisition (draw.acquire): detector blur (fraction of the width), tone curve, quantum noise.
+FOCUS, GAMMA, GRAIN, NOISE = (0.002, 0.016), (0.7, 1.45), (0.0, 0.05), (0.006, 0.03)
 _LABEL_ORDER = {name: i for i, name in enumerate(("Cardiomegaly", "Effusion", "Nodule"))}
 
 
@@ -189,7 +191,7 @@ def _film(item: Item, seed: int, size: int) -> np.ndarray:
     """Attenuation image ``[size, size]`` in [0, 1] (bright = dense), exposure already applied."""
     pat = _Patient(rng_for(seed, NAME, "patient", item.group_index))
     rng = rng_for(seed, NAME, "image", item.index)
-    view = View.random(rng, 5.0, (0.93, 1.05), 0.05, mirror_p=0.0)
+    view = View.random(rng, 5.0, (0.85, 1.1), 0.06, mirror_p=0.0)
     v, u = view.world_grid(size)
     labels = set(item.labels)
 
@@ -257,9 +259,9 @@ def _film(item: Item, seed: int, size: int) -> np.ndarray:
         img = img + 0.38 * np.clip(dome * 1.6, 0.0, 1.0)
 
     img = img + pat.age_haze * smooth_noise(rng, size, 5)
-    img = blur(img.astype(np.float32), rng.uniform(0.3, 0.8))
-    img = expose(img, rng, float(rng.uniform(0.33, 0.5)), (0.14, 0.26))
-    return add_noise(img, rng, rng.uniform(0.006, 0.02))
+    img = expose(img.astype(np.float32), rng, float(rng.uniform(0.33, 0.5)), (0.14, 0.26))
+    img = acquire(img, rng, FOCUS, GAMMA, GRAIN)
+    return add_noise(img, rng, rng.uniform(*NOISE))
 
 
 def render(item: Item, size: int, seed: int) -> bytes:
