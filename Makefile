@@ -12,11 +12,13 @@ DEMO   ?= demo
 # Tests run on 2 cores; more threads than cores only adds contention.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test lint bench clean-demo help
+.PHONY: demo study test test-fast lint bench clean-demo help
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on the embedded synthetic data"
+	@echo "make study  - the M-IDoL claim on the demo data: every variant x 3 seeds, paired CIs (about 2 h)"
 	@echo "make test   - set up .venv and run the full test suite"
+	@echo "make test-fast - the tests not marked slow (no subprocess pipelines)"
 	@echo "make lint   - ruff check"
 	@echo "make bench  - CPU benchmarks (ratios against same-run baselines)"
 
@@ -30,9 +32,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
 
+study: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/study.sh $(DEMO)
+
 test: $(STAMP)
 	$(BIN)/ruff check midol_cli tests benchmarks
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check midol_cli tests benchmarks

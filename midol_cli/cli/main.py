@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "probe",
     "finetune",
     "report",
+    "study",
     "tasks",
 )
 

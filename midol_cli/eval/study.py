@@ -1,0 +1,398 @@
+"""``midol study``: the paper's claim as one command, on the user's own data.
+
+For every variant x seed it pre-trains a normal run dir (``OUT/runs/<variant>-s<seed>``; a completed
+run is reused, a killed one resumed), probes every task with the frozen encoder (linear probe, k-NN)
+into ``OUT/results/<variant>-s<seed>/<task>/``, embeds the evaluation data for the representation
+metrics, optionally fine-tunes, and writes ``OUT/study.json``, ``OUT/study.md`` and ``OUT/study.png``:
+
+- per task and on average, each variant's primary metric as mean +- std over seeds;
+- the paired difference of each variant against ``midol`` (``eval/paired.py``: the same test
+  images, patients and seeds resampled together) with a 95% CI and a bootstrap p-value;
+- modality silhouette, router accuracy, per-modality effective rank and k-NN accuracy;
+- the probes flagged degenerate, and each task's chance level.
+
+Variants are recipe switches (METHOD.md, "Ablations"): ``midol`` is the recipe as given, ``no_moe``
+one shared expert, ``no_inter`` / ``no_intra`` one term off, ``distill`` / ``contrastive`` the other
+reading of the intra term, ``random`` no pre-training at all (the seed's own initialisation, see
+``train.pretrain.export_initial``). A custom variant is ``NAME:KEY=VALUE[,KEY=VALUE...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midol_cli.errors import UsageError
+
+BASELINE = "midol"
+RANDOM = "random"
+# name -> recipe overrides; None: no pre-training.
+BUILTIN_VARIANTS: dict[str, list[str] | None] = {
+    "midol": [],
+    "no_moe": ["projector.shared_expert=true"],
+    "no_inter": ["loss.w_inter=0"],
+    "no_intra": ["loss.w_intra=0"],
+    "distill": ["loss.intra=distill"],
+    "contrastive": ["loss.intra=contrastive"],
+    "random": None,
+}
+DEFAULT_VARIANTS = ("midol", "no_moe", "no_inter", "no_intra", "other_reading", "random")
+STUDY_SCHEMA = 1
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: list[str] | None  # None: the random-init baseline
+
+    @property
+    def pretrained(self) -> bool:
+        return self.overrides is not None
+
+
+@dataclass
+class StudyTask:
+    spec: Any  # tasks.TaskSpec
+    data: Path  # manifest or shard dir the task is probed on
+
+
+@dataclass
+class StudyConfig:
+    recipe_path: Path
+    overrides: list[str]
+    data: Path
+    tasks: list[StudyTask]
+    variants: list[Variant]
+    seeds: list[int]
+    out: Path
+    n_boot: int = 2000
+    probe_boot: int = 200
+    finetune_recipe: Path | None = None
+    finetune_variants: list[str] = field(default_factory=lambda: [RANDOM, BASELINE])
+    finetune_seeds: int = 1
+    workers: int = 1
+    device: str | None = None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_variants(names: Sequence[str], custom: Sequence[str], recipe_intra: str) -> list[Variant]:
+    """Built-in names (``other_reading`` = the intra reading the recipe does not use) plus custom
+    ``NAME:KEY=VALUE,...`` variants; ``midol`` is always first (it is the baseline of every comparison)."""
+    out: dict[str, Variant] = {}
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name == "other_reading":
+            name = "contrastive" if recipe_intra == "distill" else "distill"
+        if name not in BUILTIN_VARIANTS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(BUILTIN_VARIANTS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (built-in: {', '.join(BUILTIN_VARIANTS)})"
+            raise UsageError(f"unknown variant '{name}'{hint}; custom ones are --variant NAME:KEY=VALUE,...")
+        if name == recipe_intra:
+            raise UsageError(f"variant '{name}' is the recipe itself (its loss.intra is already {recipe_intra})")
+        ov = BUILTIN_VARIANTS[name]
+        out[name] = Variant(name, None if ov is None else list(ov))
+    for spec in custom:
+        if ":" not in spec:
+            raise UsageError(f"--variant '{spec}' must look like NAME:KEY=VALUE[,KEY=VALUE...]")
+        name, body = spec.split(":", 1)
+        name = name.strip()
+        if not name or not all(c.isalnum() or c in "_-." for c in name):
+            raise UsageError(f"--variant '{spec}': the name must be letters, digits, '_', '-' or '.'")
+        if name in out or name in BUILTIN_VARIANTS:
+            raise UsageError(f"--variant '{spec}': the name '{name}' is taken (a built-in or an earlier variant)")
+        ovs = [t.strip() for t in body.split(",") if t.strip()]
+        if not ovs or any("=" not in t for t in ovs):
+            raise UsageError(f"--variant '{spec}': list KEY=VALUE overrides after the colon")
+        out[name] = Variant(name, ovs)
+    if BASELINE not in out:
+        out = {BASELINE: Variant(BASELINE, []), **out}
+    ordered = [out[BASELINE]] + [v for k, v in out.items() if k != BASELINE]
+    if len(ordered) < 2:
+        raise UsageError("a study needs at least one variant besides midol (e.g. --variants midol,no_moe)")
+    return ordered
+
+
+def model_id(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _recipe_for(cfg: StudyConfig, variant: Variant, seed: int):
+    from midol_cli.recipes import PretrainRecipe, load_recipe
+
+    extra = [] if variant.overrides is None else list(variant.overrides)
+    return load_recipe(
+        PretrainRecipe,
+        cfg.recipe_path,
+        [*cfg.overrides, f"data.shards={cfg.data}", *extra, f"train.seed={seed}"],
+    )
+
+
+def _run_complete(run_dir: Path, steps: int) -> bool:
+    from midol_cli.models.export import ENCODER_FILE
+    from midol_cli.train.checkpoint import CKPT_RE, list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    if not found or not (run_dir / "export" / ENCODER_FILE).is_file():
+        return False
+    return int(CKPT_RE.match(found[-1].name)[1]) >= steps
+
+
+def _recorded_hash(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("recipe_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, log: Callable[[str], None]) -> tuple[Path, float]:
+    """The run dir of ``variant`` at ``seed``: pre-trained (or resumed) unless already complete.
+
+    Returns ``(run_dir, seconds spent here)``. A run dir made with another recipe is an error, never
+    silently reused: the study would compare something else than it says.
+    """
+    from midol_cli.recipes import recipe_hash
+    from midol_cli.train.outputs import export_initial
+    from midol_cli.train.pretrain import run_pretrain
+
+    recipe = _recipe_for(cfg, variant if variant.pretrained else Variant(BASELINE, []), seed)
+    run_dir = cfg.out / "runs" / model_id(variant.name, seed)
+    t0 = time.perf_counter()
+    if not variant.pretrained:
+        if (run_dir / "export").is_dir() and _recorded_hash(run_dir) == recipe_hash(recipe):
+            return run_dir, 0.0
+        log(f"{model_id(variant.name, seed)}: exporting the initial (random) encoder")
+        export_initial(recipe, run_dir)
+        return run_dir, time.perf_counter() - t0
+    recorded = _recorded_hash(run_dir)
+    if recorded is not None and recorded != recipe_hash(recipe):
+        raise UsageError(
+            f"run dir '{run_dir}' was pre-trained with another recipe (hash {recorded}, now {recipe_hash(recipe)}); "
+            "remove it, or give the study another --out"
+        )
+    if _run_complete(run_dir, recipe.train.steps):
+        log(f"{model_id(variant.name, seed)}: reusing the completed run in {run_dir}")
+        return run_dir, 0.0
+    log(f"{model_id(variant.name, seed)}: pre-training {recipe.train.steps} steps into {run_dir}")
+    run_pretrain(recipe, run_dir, resume="auto")
+    return run_dir, time.perf_counter() - t0
+
+
+def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[str, Any]:
+    """The task's summary for model ``mid``: reused when it was made from the same weights and data."""
+    from midol_cli.artifacts import sha256_file, write_json_atomic
+    from midol_cli.eval.probe import run_task
+    from midol_cli.eval.results import load_summary, summary_path
+    from midol_cli.models.export import ENCODER_FILE
+
+    path = summary_path(cfg.out / "results", mid, task.spec.name)
+    # What the summary was computed from: the same weights on the same data, or it is recomputed.
+    source = {"weights_hash": sha256_file(run_dir / "export" / ENCODER_FILE)[:16], "data": str(task.data.resolve())}
+    marker = path.parent / "study_source.json"
+    if path.is_file() and marker.is_file():
+        try:
+            old = load_summary(path)
+            if json.loads(marker.read_text(encoding="utf-8")) == source and "linear" in old["protocols"]:
+                return old
+        except ValueError:
+            pass
+    summary = run_task(task.spec, str(run_dir), task.data, cfg.out / "results", name=mid, fractions=(1.0,),
+                       seeds=(0,), n_boot=cfg.probe_boot, workers=cfg.workers, device=cfg.device, quiet=True)
+    write_json_atomic(marker, source)
+    return summary
+
+
+def _representation(cfg: StudyConfig, run_dir: Path, mid: str) -> dict[str, Any]:
+    """Representation metrics of model ``mid`` on the study data (its embeddings are cached)."""
+    from midol_cli.artifacts import write_json_atomic
+    from midol_cli.eval.embed import embed
+    from midol_cli.eval.models import load_eval_model
+    from midol_cli.eval.representation import representation_metrics
+
+    model = load_eval_model(str(run_dir), mid)
+    df = embed(model, cfg.data, workers=cfg.workers, device=cfg.device)
+    order = model.modalities if model.projector is not None and model.projector.n_experts > 1 else None
+    rep = representation_metrics(df, order)
+    write_json_atomic(cfg.out / "results" / mid / "representation.json", rep)
+    return rep
+
+
+def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[str, Any] | None:
+    from midol_cli.eval.results import load_summary, summary_path
+    from midol_cli.recipes import FinetuneRecipe, load_recipe
+    from midol_cli.train.finetune import run_finetune
+
+    if task.spec.label_type == "segmentation":
+        return None
+    path = summary_path(cfg.out / "results", mid, task.spec.name)
+    if path.is_file():
+        old = load_summary(path)
+        if "finetune" in old["protocols"]:
+            return old["protocols"]["finetune"]
+    recipe = load_recipe(FinetuneRecipe, cfg.finetune_recipe)
+    ft_dir = cfg.out / "finetune" / mid / task.spec.name
+    resume = "auto" if ft_dir.is_dir() else None
+    s = run_finetune(task.spec, str(run_dir), task.data, recipe, out_root=cfg.out / "results", name=mid,
+                     run_dir=ft_dir, resume=resume)
+    return s["protocols"]["finetune"] if s and "protocols" in s else None
+
+
+def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Everything of the module docstring; returns the study record (also ``OUT/study.json``)."""
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    runs: dict[tuple[str, int], Path] = {}
+    for v in cfg.variants:
+        for s in cfg.seeds:
+            runs[(v.name, s)], timings[model_id(v.name, s)] = ensure_run(cfg, v, s, say)
+
+    summaries: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    reps: dict[tuple[str, int], dict[str, Any]] = {}
+    finetunes: dict[tuple[str, int], dict[str, Any]] = {}
+    for (vname, s), run_dir in runs.items():
+        mid = model_id(vname, s)
+        say(f"{mid}: probing {len(cfg.tasks)} task(s)")
+        summaries[(vname, s)] = {t.spec.name: _probe(cfg, t, run_dir, mid) for t in cfg.tasks}
+        reps[(vname, s)] = _representation(cfg, run_dir, mid)
+        if cfg.finetune_recipe is not None and vname in cfg.finetune_variants and s in cfg.seeds[: cfg.finetune_seeds]:
+            for t in cfg.tasks:
+                say(f"{mid}: fine-tuning on {t.spec.name}")
+                block = _finetune(cfg, t, run_dir, mid)
+                if block is not None:
+                    finetunes.setdefault((vname, s), {})[t.spec.name] = block
+
+    record = aggregate(cfg, summaries, reps, finetunes)
+    record["seconds"] = {"total": round(time.perf_counter() - t_start, 1),
+                         "pretrain": {k: round(v, 1) for k, v in timings.items()}}
+    write_outputs(cfg.out, record)
+    say(f"study: wrote {cfg.out / 'study.md'}, study.json and study.png")
+    return record
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    clean = [float(v) if v is not None and math.isfinite(v) else None for v in values]
+    finite = [v for v in clean if v is not None]
+    mean = float(np.mean(finite)) if finite else None
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None)
+    return {"mean": mean, "std": std, "values": clean}
+
+
+def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
+    """The study record: per-variant numbers, paired differences, representation metrics, flags."""
+    from midol_cli.artifacts import provenance
+    from midol_cli.eval.paired import load_task_scores, paired_differences
+
+    variants = [v.name for v in cfg.variants]
+    models = [(v, s) for v in variants for s in cfg.seeds]
+    tasks = [t.spec.name for t in cfg.tasks]
+    metric_of = {t.spec.name: t.spec.metric for t in cfg.tasks}
+
+    per_task: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        m = metric_of[t]
+        first = summaries[models[0]][t]
+        per_task[t] = {
+            "metric": m,
+            "modality": first["task"]["modality"],
+            "chance": (first.get("chance") or {}).get(m),
+            "n_test": first["n"]["test"],
+            "variants": {
+                v: _mean_std([summaries[(v, s)][t]["protocols"]["linear"]["metrics"][m]["value"] for s in cfg.seeds])
+                for v in variants
+            },
+            "accuracy": {
+                v: _mean_std([summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"]
+                              for s in cfg.seeds])
+                for v in variants
+            },
+        }
+    mean_over_tasks = {
+        v: _mean_std([
+            sum(summaries[(v, s)][t]["protocols"]["linear"]["metrics"][metric_of[t]]["value"] for t in tasks) / len(tasks)
+            for s in cfg.seeds
+        ])
+        for v in variants
+    }
+    mean_accuracy = {
+        v: _mean_std([
+            sum(summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"] for t in tasks) / len(tasks)
+            for s in cfg.seeds
+        ])
+        for v in variants
+    }
+    ids = {v: {s: model_id(v, s) for s in cfg.seeds} for v in variants}
+    scores = [load_task_scores(cfg.out / "results", t.spec.name, ids) for t in cfg.tasks]
+    diffs = paired_differences(scores, BASELINE, [v for v in variants if v != BASELINE], n_boot=cfg.n_boot)
+    degenerate = [
+        {"model": model_id(v, s), "task": t, "top": blk["top"], "share": blk["share"]}
+        for (v, s) in models
+        for t in tasks
+        for blk in [summaries[(v, s)][t]["protocols"]["linear"].get("degenerate") or {}]
+        if blk.get("flag")
+    ]
+    rep_out: dict[str, Any] = {}
+    for v in variants:
+        rs = [reps[(v, s)] for s in cfg.seeds]
+        mods = sorted({m for r in rs for m in r.get("per_modality", {})})
+        rep_out[v] = {
+            "modality_silhouette": _mean_std([r.get("modality_silhouette") for r in rs]),
+            "router_accuracy": _mean_std([r.get("router_accuracy") for r in rs]),
+            "effective_rank": {m: _mean_std([r["per_modality"][m]["effective_rank"] for r in rs]) for m in mods},
+            "knn_accuracy": {m: _mean_std([r["per_modality"][m].get("knn_accuracy") for r in rs]) for m in mods},
+        }
+    ft_out: dict[str, Any] = {}
+    for (v, s), blocks in finetunes.items():
+        for t, blk in blocks.items():
+            val = blk.get("metrics", {}).get(metric_of[t], {}).get("value")
+            ft_out.setdefault(t, {}).setdefault(v, {})[str(s)] = val
+    return {
+        "schema": STUDY_SCHEMA,
+        "recipe": str(cfg.recipe_path),
+        "overrides": list(cfg.overrides),
+        "data": str(cfg.data.resolve()),
+        "baseline": BASELINE,
+        "variants": {v.name: v.overrides for v in cfg.variants},
+        "seeds": list(cfg.seeds),
+        "tasks": per_task,
+        "mean": mean_over_tasks,
+        "mean_accuracy": mean_accuracy,
+        "paired": {v: {k: d.to_dict() for k, d in per.items()} for v, per in diffs.items()},
+        "representation": rep_out,
+        "degenerate": degenerate,
+        "finetune": ft_out,
+        "n_boot": cfg.n_boot,
+        "provenance": provenance(stage="study"),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_outputs(out: Path, rec: dict[str, Any]) -> None:
+    from midol_cli.artifacts import write_json_atomic, write_text_atomic
+    from midol_cli.report.study import plot_study, render_markdown
+
+    write_json_atomic(out / "study.json", rec)
+    write_text_atomic(out / "study.md", render_markdown(rec))
+    plot_study(rec, out / "study.png")
