@@ -22,8 +22,7 @@ from tests.conftest import TINY_SWIN
 
 # Light augmentation for the learning check: a random-init tiny Swin memorises 56 synth images within a
 # few epochs without it, but needs far longer under the full pathology augmentations.
-NO_AUG = ["augment.crop_scale=[1.0,1.0]", "augment.jitter_p=0", "augment.blur_p=0", "augment.hflip=false",
-          "augment.vflip=false", "augment.rot90=false"]
+NO_AUG = ["augment={crop_scale: [1.0, 1.0], jitter_p: 0, blur_p: 0, hflip: false, vflip: false, rot90: false}"]
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "finetune_smoke.yaml"
 
 
@@ -238,7 +237,7 @@ def test_finetune_end_to_end_learns_and_writes_results(export, manifest, tmp_pat
     assert set(block["metrics"]) == set(metric_names("multiclass"))
     acc = block["metrics"]["accuracy"]
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
-    assert block["bootstrap_unit"] == "group" and block["n_boot"] == 100
+    assert block["bootstrap_unit"] == "group" and block["n_boot"] == recipe().n_boot
     best = max(rows, key=lambda r: r["val_accuracy"])
     assert block["best_val"] == pytest.approx(best["val_accuracy"])
     assert s["primary_metric"] == "accuracy" and s["n"]["test"] == summary["n"]["test"] > 0
