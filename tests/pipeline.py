@@ -8,14 +8,16 @@ MODALITIES = ("xray", "fundus", "oct", "dermoscopy", "pathology")
 
 
 def build_pipeline(root: Path, per_class: int = 6, size: int = 64, max_side: int = 64, seed: int = 0,
-                   modalities=MODALITIES, min_shards: int = 4) -> dict[str, Path]:
-    """synth -> ingest each modality -> shards. Returns paths: raw, manifests dir, shards."""
+                   modalities=MODALITIES, min_shards: int = 4, corrupt: int = 0) -> dict[str, Path]:
+    """synth -> ingest each modality -> shards. Returns paths: raw, manifests dir, shards.
+
+    ``corrupt`` damaged files per modality, as ``midol synth --corrupt`` writes (ingest rejects them)."""
     from midol_cli.data.ingest import ingest_folder
     from midol_cli.data.shards import ShardParams, write_shards
     from midol_cli.data.synth import generate
 
     raw, man, shards = root / "raw", root / "manifests", root / "shards"
-    generate(raw, seed=seed, per_class=per_class, size=size, modalities=list(modalities))
+    generate(raw, seed=seed, per_class=per_class, size=size, modalities=list(modalities), corrupt=corrupt)
     mans = []
     for m in modalities:
         out = man / f"{m}.parquet"

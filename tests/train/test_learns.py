@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from midol_cli.data.shards import DEFAULT_MIN_SHARDS
 from midol_cli.recipes import PretrainRecipe, load_recipe
 from midol_cli.tasks import SYNTH_TASKS, get_task
 from tests.pipeline import build_pipeline
@@ -34,7 +35,10 @@ def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
     from midol_cli.eval.probe import run_task
     from midol_cli.train.pretrain import run_pretrain
 
-    p = build_pipeline(tmp_path / "data", per_class=200, size=128, max_side=96, min_shards=16)
+    # The demo's data exactly (scripts/demo.sh: synth --seed 0 --per-class 200 --corrupt 5, shards at 96 px),
+    # so that this test guards the claim `make demo` prints.
+    p = build_pipeline(tmp_path / "data", per_class=200, size=128, max_side=96, min_shards=DEFAULT_MIN_SHARDS,
+                       corrupt=5)
     recipe = load_recipe(PretrainRecipe, ROOT / "recipes" / "smoke.yaml", [f"data.shards={p['shards']}"])
     run = tmp_path / "run"
     summary = run_pretrain(recipe, run)
