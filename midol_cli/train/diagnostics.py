@@ -15,7 +15,10 @@ the peak learning rate that the run recovers from is not an alarm.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # Spread of L2-normalised features x sqrt(D): about 1 spread uniformly on the sphere, 0.3-0.7 for the
 # demo's encoders at init and after training, 0 when collapsed.
@@ -66,3 +69,27 @@ class CollapseWatch:
             self.notes.append(what)
             out.append(f"note: {what}; the encoder's own spread is what the warning watches")
         return out
+
+
+def stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_experts: int) -> dict[str, Any]:
+    """Device stats -> a flat record. Scalars are averaged over ranks (the global-batch value);
+    per-expert ``[K]`` statistics are already global (computed with all-reduced sums)."""
+    import torch
+
+    from midol_cli.train.distributed import all_reduce_sum, world_size
+
+    rec: dict[str, Any] = {}
+    scalar_keys = [k for k, v in stats.items() if v.dim() == 0]
+    reduced = all_reduce_sum(torch.stack([stats[k].detach().float() for k in scalar_keys])) / world_size()
+    host = {k: v.detach().float().cpu() for k, v in stats.items()}
+    host.update({k: reduced[i].cpu() for i, k in enumerate(scalar_keys)})
+    experts = modalities if n_experts == len(modalities) else ["shared"] * n_experts
+    for k, v in host.items():
+        if v.dim() == 0:
+            rec[k] = float(v)
+        else:
+            # Encoder statistics (enc_*) are per modality; projector statistics per expert.
+            names = modalities if k.startswith("enc_") else experts
+            for i, x in enumerate(v.tolist()):
+                rec[f"{k}/{names[i]}"] = x
+    return rec

@@ -34,7 +34,7 @@ from midol_cli.models.encoder import EncoderSpec, build_encoder
 from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
-from midol_cli.train.diagnostics import CollapseWatch
+from midol_cli.train.diagnostics import CollapseWatch, stats_to_record
 from midol_cli.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from midol_cli.train.schedules import cosine, linear_ramp, warmup_cosine
 
@@ -219,28 +219,6 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     from midol_cli.artifacts import write_text_atomic
 
     write_text_atomic(path, "".join(k + "\n" for k in keep))
-
-
-def _stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_experts: int) -> dict[str, Any]:
-    """Device stats -> a flat record. Scalars are averaged over ranks (the global-batch value);
-    per-expert ``[K]`` statistics are already global (computed with all-reduced sums)."""
-    from midol_cli.train.distributed import all_reduce_sum, world_size
-
-    rec: dict[str, Any] = {}
-    scalar_keys = [k for k, v in stats.items() if v.dim() == 0]
-    reduced = all_reduce_sum(torch.stack([stats[k].detach().float() for k in scalar_keys])) / world_size()
-    host = {k: v.detach().float().cpu() for k, v in stats.items()}
-    host.update({k: reduced[i].cpu() for i, k in enumerate(scalar_keys)})
-    experts = modalities if n_experts == len(modalities) else ["shared"] * n_experts
-    for k, v in host.items():
-        if v.dim() == 0:
-            rec[k] = float(v)
-        else:
-            # Encoder statistics (enc_*) are per modality; projector statistics per expert.
-            names = modalities if k.startswith("enc_") else experts
-            for i, x in enumerate(v.tolist()):
-                rec[f"{k}/{names[i]}"] = x
-    return rec
 
 
 def run_pretrain(
@@ -520,7 +498,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 ips = (step - step_last) * opt_cfg.global_batch_size / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
                 rec = {"step": step, "total_steps": total, "lr": lr, "weight_decay": wd}
-                rec.update(_stats_to_record(stats, list(recipe.data.modalities), n_experts))
+                rec.update(stats_to_record(stats, list(recipe.data.modalities), n_experts))
                 rec.update(
                     grad_norm=float(grad_norm),
                     teacher_temp=sched.teacher_temp,
