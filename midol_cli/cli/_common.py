@@ -25,6 +25,43 @@ def show_progress() -> bool:
     return is_rank0() and sys.stderr.isatty()
 
 
+def progress_reporter():
+    """A ``train.engine.Reporter``: a rich progress bar on a terminal (rank 0), plain lines otherwise."""
+    from midol_cli.train.engine import Reporter
+
+    if not show_progress():
+        return Reporter()
+
+    class RichReporter(Reporter):
+        def __init__(self) -> None:
+            self.progress = None
+
+        def start(self, label: str, total: int, completed: int) -> None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console())
+            self.progress.start()
+            self.bar = self.progress.add_task(label, total=total, completed=completed, info="")
+
+        def advance(self, completed: int, info: str) -> None:
+            if self.progress is not None:
+                self.progress.update(self.bar, completed=completed, info=info)
+
+        def line(self, msg: str) -> None:
+            if self.progress is not None:
+                self.progress.console.print(msg, markup=False, highlight=False)
+            else:
+                super().line(msg)
+
+        def stop(self) -> None:
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    return RichReporter()
+
+
 def existing_dir(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.exists():

@@ -55,10 +55,11 @@ def register(app: typer.Typer) -> None:
 
             raise UsageError(f"data '{data}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
                              "shows the expected layout")
+        from midol_cli.cli._common import progress_reporter
         from midol_cli.train.finetune import run_finetune
 
         summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,
-                               resume=resume, linear=linear)
+                               resume=resume, linear=linear, reporter=progress_reporter())
         if not summary:  # ranks other than 0
             return
         from midol_cli.cli._common import console

@@ -1,1 +1,1 @@
-"""Training engine: distributed setup, schedules, EMA, checkpoints, the generic loop."""
+"""Training: the shared engine (engine.py), optimiser set-up (optim.py), distributed helpers, checkpoints, pre-training and the fine-tuning tasks."""

@@ -8,10 +8,14 @@ as a single process. NCCL on GPU, gloo on CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -89,6 +93,46 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 def rank_offset(batch: int) -> int:
     """Index of this rank's first sample in the all-gathered batch."""
     return (dist.get_rank() if is_dist() else 0) * batch
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0, its result sent to every rank.
+
+    An error there is raised on every rank, so the others never wait in a collective for a rank that
+    has given up: a ``MidolError`` keeps its message and exit code; anything else becomes ``RunFailed``
+    on the other ranks (and propagates unchanged on rank 0).
+    """
+    if not is_dist():
+        return fn()
+    from midol_cli.errors import MidolError, RunFailed
+
+    box: list[Any] = [None]
+    err: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except MidolError as e:
+            box[0], err = ("midol", (str(e), e.exit_code)), e
+        except Exception as e:
+            box[0], err = ("crash", f"{type(e).__name__}: {e}"), e
+    dist.broadcast_object_list(box, src=0)
+    if err is not None:
+        raise err
+    status, value = box[0]
+    if status == "midol":
+        raise MidolError(value[0], exit_code=value[1])
+    if status == "crash":
+        raise RunFailed(f"rank 0 failed ({value})")
+    return value
 
 
 def barrier() -> None:

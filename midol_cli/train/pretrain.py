@@ -36,7 +36,7 @@ from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_h
 from midol_cli.train import checkpoint as ckpt
 from midol_cli.train.diagnostics import CollapseWatch, stats_to_record
 from midol_cli.train.distributed import DistInfo, barrier, cleanup, init_distributed
-from midol_cli.train.schedules import cosine, linear_ramp, warmup_cosine
+from midol_cli.train.optim import cosine, linear_ramp, warmup_cosine
 
 TERMS = ("loss_intra", "loss_inter", "loss_route", "grad_norm")
 

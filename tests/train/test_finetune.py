@@ -299,8 +299,8 @@ def test_linear_mode_keeps_encoder_fixed_skips_corrupt_files_and_adds_a_protocol
     from midol_cli.eval.models import load_eval_model
 
     enc = load_eval_model(f"random:{export}").encoder  # the same seeded random init the run started from
-    assert all(torch.equal(v, best["encoder"][k]) for k, v in enc.state_dict().items())
-    assert float(best["head"]["fc.weight"].abs().max()) > 1e-3  # the head moved off its 2e-5 init
+    assert all(torch.equal(v, best["model"][f"encoder.{k}"]) for k, v in enc.state_dict().items())
+    assert float(best["model"]["head.fc.weight"].abs().max()) > 1e-3  # the head moved off its 2e-5 init
 
     out = tmp_path / "results" / "tiny" / "synth-pathology"
     s = load_summary(out / "summary.json")
@@ -343,7 +343,7 @@ def test_segmentation_task_is_dispatched(monkeypatch, tmp_path):
         pytest.skip("no segmentation task registered")
     calls = []
     fake = types.ModuleType("midol_cli.train.segment")
-    fake.run_segmentation = lambda *a: calls.append(a) or {"ok": True}
+    fake.run_segmentation = lambda *a, **kw: calls.append(a) or {"ok": True}
     monkeypatch.setitem(sys.modules, "midol_cli.train.segment", fake)
     r = recipe("epochs=1")
     assert run_finetune(get_task(seg[0].name), "random:x", tmp_path, r, out_root=tmp_path) == {"ok": True}
