@@ -254,6 +254,8 @@ class MIDoL(nn.Module):
                 continue
             spread[m] = zm.std(0).mean() * scale
             c = zm - zm.mean(0, keepdim=True)
+            if not bool(torch.isfinite(c).all()):  # a diverged step: the rank stays NaN (the SVD would raise)
+                continue
             s = torch.linalg.svdvals(c)
             total = s.sum()
             if total > 0:

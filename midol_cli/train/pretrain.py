@@ -35,7 +35,8 @@ from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
 from midol_cli.train.diagnostics import CollapseWatch, stats_to_record
-from midol_cli.train.distributed import DistInfo, barrier, cleanup, init_distributed
+from midol_cli.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from midol_cli.train.engine import json_row, truncate_metrics
 from midol_cli.train.optim import cosine, linear_ramp, warmup_cosine
 
 TERMS = ("loss_intra", "loss_inter", "loss_route", "grad_norm")
@@ -116,16 +117,10 @@ def shard_modalities(index: dict[str, Any], split: str | None) -> list[str]:
 
 
 def _param_groups(student: torch.nn.Module) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms, position tables and prototypes (1-d or explicitly exempt)."""
-    decay, no_decay = [], []
-    for name, p in student.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or "relative_position" in name or "prototypes" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+    """``train.optim``'s groups (its one no-weight-decay rule); the schedule sets ``weight_decay``."""
+    from midol_cli.train.optim import param_groups
+
+    return param_groups(student.named_parameters(), 0.0)
 
 
 class _Logger:
@@ -166,7 +161,7 @@ class _Logger:
     def log(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.write(json_row(rec) + "\n")
         self.fh.flush()
         if self.tb is not None:
             for k, v in rec.items():
@@ -205,20 +200,24 @@ def _check_local_size(model: MIDoL, recipe: PretrainRecipe, device: torch.device
         model.student.encoder.train()
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-    from midol_cli.artifacts import write_text_atomic
+@torch.no_grad()
+def _features_finite(encoder: torch.nn.Module, size: int, device: torch.device) -> bool:
+    """Whether the encoder maps a fixed noise image to finite features. Weights that overflowed stay
+    finite numbers (1e38) yet give NaN features; those must not be checkpointed or exported."""
+    # Each module's own mode is restored: the teacher mixes them (batch-mode norms, drop-path off).
+    modes = [(m, m.training) for m in encoder.modules()]
+    encoder.eval()
+    try:
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        return bool(torch.isfinite(encoder(x).float()).all())
+    finally:
+        for m, was in modes:
+            m.training = was
 
-    write_text_atomic(path, "".join(k + "\n" for k in keep))
+
+def _last_good(run_dir: Path) -> str:
+    last = ckpt.list_checkpoints(run_dir)
+    return f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
 
 
 def run_pretrain(
@@ -232,6 +231,8 @@ def run_pretrain(
     ``max_steps`` stops early (tests, smoke runs) without changing any schedule.
     """
     run_dir = Path(run_dir)
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1 (got {max_steps}); leave it out to run the whole schedule")
     dist_info: DistInfo = init_distributed()
     try:
         return _run(recipe, run_dir, resume, max_steps, dist_info)
@@ -314,7 +315,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         ckpt.set_rng_state(state["rng"])
         start_step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
         if di.is_main:
-            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+            truncate_metrics(run_dir / "metrics.jsonl", start_step, key="step")
         if di.is_main:
             import sys
 
@@ -389,7 +390,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     last_bad_terms = torch.zeros(len(TERMS), device=dev)
 
     logger = _Logger(run_dir, total, start_step, di.is_main)
-    stop = min(total, max_steps) if max_steps else total
+    stop = min(total, max_steps) if max_steps is not None else total
     step = start_step
     segment = None
     it = None
@@ -405,11 +406,22 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             bad_terms = [TERMS[i] for i, v in enumerate(last_bad_terms.tolist()) if v > 0]
             raise RunFailed(
                 f"{tr.max_bad_steps} non-finite steps in a row (last at step {int(last_bad_step)}, "
-                f"non-finite: {', '.join(bad_terms) or 'unknown'}); the last good checkpoint is kept in {run_dir}"
+                f"non-finite: {', '.join(bad_terms) or 'unknown'}); {_last_good(run_dir)}"
             )
+
+    def check_finite(at: int) -> None:
+        """Parameters that are not finite are never checkpointed (nor exported): the run fails instead."""
+        from midol_cli.train.engine import finite_parameters
+
+        ok = torch.tensor(float(finite_parameters(model.student) and finite_parameters(model.teacher)
+                                and _features_finite(model.teacher.encoder, recipe.model.img_size, dev)), device=dev)
+        if float(all_reduce_sum(ok)) < di.world_size:
+            raise RunFailed(f"parameters or features are not finite at step {at}; nothing written for it ({_last_good(run_dir)}); "
+                            "lower optim.lr or use precision=fp32")
 
     def save(at: int) -> None:
         check_bad()
+        check_finite(at)
         if di.is_main:
             ckpt.save_checkpoint(
                 run_dir,

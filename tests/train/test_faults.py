@@ -1,6 +1,7 @@
 """Non-finite steps are skipped and counted; a run of them stops with a message naming step and term."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +66,25 @@ def test_consecutive_bad_steps_stop_the_run_keeping_last_good_checkpoint(shards,
     assert "non-finite" in msg and "loss_inter" in msg and "step" in msg
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
     assert names == ["ckpt-00000004.pt"]  # written before the bad steps; nothing after them
+    named = msg.split("the last good checkpoint is ", 1)[1].split(";")[0].split(" ")[0]
+    assert Path(named).is_file()  # the message names a checkpoint that exists
+
+
+def test_diverged_parameters_are_never_checkpointed_or_exported(shards, tmp_path):
+    # A huge (finite) LR: the first step's update overflows the weights, while the loss of that step
+    # was finite and the weights stay finite numbers, so neither the step guard nor a parameter check
+    # alone sees it; the features they give are NaN.
+    r = _recipe(shards, "optim.lr=1e38", "optim.clip_grad=null", "train.steps=4", "train.ckpt_every=100",
+                "train.max_bad_steps=100")
+    with pytest.raises(RunFailed, match="parameters or features are not finite") as e:
+        pt.run_pretrain(r, tmp_path / "run")
+    assert "no checkpoint was written" in str(e.value)
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+    assert not list((tmp_path / "run").glob("export/*"))
+
+
+def test_a_non_finite_hyper_parameter_is_refused_before_training(shards):
+    from midol_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="optim.lr: Input should be a finite number"):
+        _recipe(shards, "optim.lr=.inf")
