@@ -26,7 +26,8 @@ T = TypeVar("T", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a non-finite hyper-parameter (optim.lr=.inf) is refused before a step is taken.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- pretraining
@@ -220,15 +221,26 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+MAX_INHERIT_DEPTH = 16
+# The recipe a missing-file message suggests, by schema.
+_EXAMPLES = {"FinetuneRecipe": "recipes/finetune_smoke.yaml"}
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), example: str = "recipes/smoke.yaml") -> dict[str, Any]:
     """Read a recipe file (following ``inherit:``) into a plain dict."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"recipe '{path}' does not exist; pass a YAML file such as recipes/smoke.yaml")
+        raise UsageError(f"recipe '{path}' does not exist; pass a YAML file such as {example}")
     if path.resolve() in _seen:
         raise UsageError(f"recipe '{path}' inherits from itself")
+    if len(_seen) >= MAX_INHERIT_DEPTH:
+        raise UsageError(f"recipe '{_seen[0]}' has an inherit: chain deeper than {MAX_INHERIT_DEPTH} files")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UsageError(f"recipe '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise UsageError(f"recipe '{path}' cannot be read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -237,7 +249,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise UsageError(f"recipe '{path}' must be a mapping of keys to values")
     parent = data.pop("inherit", None)
     if parent is not None:
-        base = read_yaml((path.parent / str(parent)), (*_seen, path.resolve()))
+        base = read_yaml((path.parent / str(parent)), (*_seen, path.resolve()), example)
         data = _merge(base, data)
     return data
 
@@ -295,7 +307,7 @@ def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
 
 def load_recipe(schema: type[T], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Load ``path`` (or the schema defaults when None), apply overrides, validate everything at once."""
-    data = read_yaml(path) if path is not None else {}
+    data = read_yaml(path, example=_EXAMPLES.get(schema.__name__, "recipes/smoke.yaml")) if path is not None else {}
     data = _merge(data, parse_overrides(list(overrides)))
     src = f"recipe '{path}'" if path is not None else "recipe"
     if overrides:
