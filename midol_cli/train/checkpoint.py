@@ -65,6 +65,7 @@ def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], kee
     """Write ``checkpoints/ckpt-<step>.pt`` atomically, then delete all but the newest ``keep_last``."""
     payload = {"format": FORMAT, "step": step, **payload}
     target = ckpt_dir(run_dir) / f"ckpt-{step:08d}.pt"
+    remove_stale_temps(run_dir)
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)
     for old in list_checkpoints(run_dir)[:-keep_last]:
@@ -105,7 +106,25 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
         if not p.is_file():
             raise UsageError(f"checkpoint '{p}' does not exist; use --resume auto or a ckpt-*.pt file")
         return p
+    import sys
+    import zipfile
+
+    remove_stale_temps(run_dir)
+    # A checkpoint cut short (a full disk, a copy that stopped) has lost the zip's central directory:
+    # fall back to the previous one rather than stopping on it.
     for p in reversed(list_checkpoints(run_dir)):
-        if os.path.getsize(p) > 0:
+        if os.path.getsize(p) > 0 and zipfile.is_zipfile(p):
             return p
+        print(f"warning: checkpoint '{p}' is truncated or damaged; resuming from an earlier one", file=sys.stderr)
     return None
+
+
+def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted (``.ckpt-*.pt.*.tmp``)."""
+    d = ckpt_dir(run_dir)
+    gone = []
+    if d.is_dir():
+        for p in d.glob(".ckpt-*.tmp"):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
