@@ -46,6 +46,10 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         c.print(f"[bold]{model.id}[/]: {len(df)} images -> {out} (cache {df.attrs.get('cache')})")
+        skipped = int(df.attrs.get("skipped", 0) or 0)
+        if skipped:
+            c.print(f"[yellow]warning[/]: {skipped} damaged or unreadable sample(s) skipped (not cached; see the "
+                    "warnings above)")
         sil, racc = rep["modality_silhouette"], rep.get("router_accuracy", float("nan"))
         c.print("modality silhouette (cosine): " + (f"{sil:.3f}" if sil == sil else "n/a (one modality)")
                 + "   router accuracy: " + (f"{racc:.3f}" if racc == racc else "n/a (no router)"))

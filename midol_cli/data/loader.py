@@ -156,12 +156,14 @@ class _ShardSource:
 class _Counter:
     """Counts a kind of problem and logs the first few, then every 1000th."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self, what: str, also: Callable[[str], None] | None = None) -> None:
+        self.what, self.also = what, also
         self.count = 0
 
     def __call__(self, where: str, why: str) -> None:
         self.count += 1
+        if self.also is not None:
+            self.also(f"{self.what} {where} ({why})")
         if self.count <= _WARN_FIRST or self.count % 1000 == 0:
             log.warning("%s %s (%s); %d so far", self.what, where, why, self.count)
 
@@ -437,19 +439,21 @@ def iter_samples(
     split: str | None = None,
     modalities: Sequence[str] | None = None,
     part: tuple[int, int] | None = None,
+    on_damage: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Every sample passing the filters exactly once, as (PIL image, meta), shards in index order.
 
     Single process and deterministic. ``part=(i, n)`` reads only shards i, i+n, i+2n, ...
     so n data-loading workers together read every sample exactly once. Refused tar
-    members and undecodable samples are logged and skipped; an unreadable shard raises
-    RunFailed (an evaluation must not silently miss a shard).
+    members and undecodable samples are logged, skipped and passed to ``on_damage`` (a short
+    reason), so a caller can total them; an unreadable shard raises RunFailed (an evaluation
+    must not silently miss a shard).
     """
     idx, urls, mods = _select_urls(shard_dir, modalities, split)
     if part is not None:
         urls = urls[part[0] :: part[1]]
     max_side = (idx.get("parameters") or {}).get("max_side")
-    refused, bad = _Counter("refused"), _Counter("skipped bad")
+    refused, bad = _Counter("refused", on_damage), _Counter("skipped bad", on_damage)
     for url in urls:
         name = Path(url).name
 

@@ -3,9 +3,11 @@
 Inputs are a manifest (images re-read from the raw folder) or a shard dir.
 Output columns: sample_id, modality, label, labels, group, split, embedding
 (float32 list, fixed size D), router_probs (float32 list over the model's
-modalities, or None). Results are cached by content: the key hashes the
-weights, the encoder spec, the data file's hash and the midol version, so a
-probe never re-runs the encoder on the same (model, data) pair.
+modalities, or None). Results are cached: the key hashes the weights, the
+encoder spec, the data's identity (``data_identity``: content hash plus each
+file's recorded sha256, size and mtime) and the midol version, so a probe never
+re-runs the encoder on the same (model, data) pair, and never gets another
+data set's embeddings. A result with damaged samples is not cached.
 """
 
 from __future__ import annotations
@@ -24,6 +26,31 @@ COLUMNS = ("sample_id", "modality", "label", "labels", "group", "split")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MIDOL_CACHE_DIR", Path.home() / ".cache" / "midol")) / "embeddings"
+
+
+def data_identity(data: str | Path) -> list[Any]:
+    """What the embedding cache is keyed on besides the model: the content hash (``data_source``)
+    plus the identity of every file read, so a shard set truncated, corrupted or replaced after the
+    index was written, or a manifest rewritten in place, is never served another set's embeddings.
+
+    Shards: for each shard in ``index.json``, its name, the sha256 the index records, and the file's
+    size and modification time now. A manifest: its sha256, size and modification time.
+    """
+    kind, dhash = data_source(data)
+    p = Path(data)
+    if kind == "manifest":
+        st = p.stat()
+        return [kind, dhash, st.st_size, st.st_mtime_ns]
+    idx = json.loads((p / "index.json").read_text(encoding="utf-8"))
+    files: list[Any] = []
+    for sh in idx.get("shards") or []:
+        f = p / str(sh.get("name", ""))
+        try:
+            st = f.stat()
+            files.append([f.name, sh.get("sha256", ""), st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([f.name, sh.get("sha256", ""), None, None])
+    return [kind, dhash, files]
 
 
 def data_source(data: str | Path) -> tuple[str, str]:
@@ -77,8 +104,21 @@ class _ShardImages:
 
         w = get_worker_info()
         part = (w.id, w.num_workers) if w is not None else None  # each worker its own shards
-        for img, meta in iter_samples(self.shard_dir, part=part):
+        damaged: list[str] = []
+        # A damaged sample comes through as an invalid row, so the main process totals it even when
+        # the reading happens in worker processes.
+        for img, meta in iter_samples(self.shard_dir, part=part, on_damage=damaged.append):
+            yield from self._damaged(damaged)
             yield self.transform(img), {k: meta.get(k) for k in COLUMNS}, True
+        yield from self._damaged(damaged)
+
+    def _damaged(self, reasons: list[str]):
+        import torch
+
+        size = self.transform.crop.size[0]
+        while reasons:
+            reasons.pop()
+            yield torch.zeros(3, size, size), dict.fromkeys(COLUMNS), False
 
 
 def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
@@ -129,13 +169,14 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     cal = getattr(model, "calibration", None)
     cal_key = [cal.temperature, cal.threshold] if cal is not None else None
     key = hashlib.sha256(
-        json.dumps([model.weights_hash, model.spec.to_dict(), dhash, __version__, cal_key], sort_keys=True).encode()
+        json.dumps([model.weights_hash, model.spec.to_dict(), data_identity(data), __version__, cal_key],
+                   sort_keys=True).encode()
     ).hexdigest()[:24]
     cached = cache_dir() / f"{key}.parquet"
     if use_cache and cached.is_file():
         try:
             df = pd.read_parquet(cached)
-            df.attrs["data_hash"], df.attrs["cache"] = dhash, "hit"
+            df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "hit", 0
             return df
         except Exception:  # a damaged cache entry is simply recomputed
             pass
@@ -197,7 +238,9 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         df["ood_score"] = routed["ood_score"].astype(np.float32)
         df["routed_modality"] = routed["routed"]
     df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", n_bad
-    if use_cache:
+    # A result with damaged samples is not cached: the next run reads the data again and reports the
+    # damage again, instead of quietly serving a table that lacks those images.
+    if use_cache and n_bad == 0:
         from midol_cli.artifacts import atomic_path
 
         with atomic_path(cached) as tmp:

@@ -1,0 +1,95 @@
+"""The embedding cache is keyed on the data actually read: a truncated, corrupted or replaced shard set
+is never served the healthy set's embeddings, and a result with damaged samples is not cached."""
+
+import shutil
+
+import pytest
+
+from midol_cli.errors import RunFailed
+from midol_cli.eval.embed import data_identity, embed
+from tests.pipeline import build_pipeline
+from tests.train.test_segment import tiny_swin_export
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MIDOL_CACHE_DIR", str(base / "cache"))
+    p = build_pipeline(base / "data", per_class=3, modalities=("oct", "pathology"))
+    from midol_cli.eval.models import load_eval_model
+
+    model = load_eval_model(f"random:{tiny_swin_export(base / 'tiny' / 'encoder.safetensors')}")
+    yield {"base": base, "shards": p["shards"], "model": model}
+    mp.undo()
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_second_embed_of_the_same_set_is_a_cache_hit(setup, tmp_path):
+    shards = _copy(setup["shards"], tmp_path / "s")
+    a = embed(setup["model"], shards, batch_size=8, workers=0)
+    b = embed(setup["model"], shards, batch_size=8, workers=0)
+    assert (a.attrs["cache"], b.attrs["cache"]) == ("miss", "hit") and len(a) == len(b) == 24
+
+
+def test_a_truncated_shard_is_not_served_the_healthy_sets_embeddings(setup, tmp_path):
+    shards = _copy(setup["shards"], tmp_path / "s")
+    healthy = embed(setup["model"], shards, batch_size=8, workers=0)
+    key = data_identity(shards)
+    tar = sorted(shards.glob("*.tar"))[0]
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 3])
+    assert data_identity(shards) != key
+    try:
+        df = embed(setup["model"], shards, batch_size=8, workers=0)
+    except RunFailed:
+        return  # an unreadable shard stops the evaluation: also not the healthy set
+    assert df.attrs["cache"] == "miss" and len(df) < len(healthy)
+
+
+def test_a_corrupted_sample_is_counted_and_not_cached(setup, tmp_path):
+    import io
+    import tarfile
+
+    shards = _copy(setup["shards"], tmp_path / "s")
+    embed(setup["model"], shards, batch_size=8, workers=0)
+    tar = sorted(shards.glob("*.tar"))[0]
+    # same size, same name: one image member's bytes replaced by garbage
+    with tarfile.open(tar) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        done = False
+        for m, blob in members:
+            if blob is not None and not done and not m.name.endswith(".json"):
+                blob, done = b"\x00" * len(blob), True
+            tf.addfile(m, io.BytesIO(blob) if blob is not None else None)
+    tar.write_bytes(out.getvalue())
+    df = embed(setup["model"], shards, batch_size=8, workers=0)
+    assert df.attrs["cache"] == "miss" and df.attrs["skipped"] == 1 and len(df) == 23
+    again = embed(setup["model"], shards, batch_size=8, workers=0)
+    assert again.attrs["cache"] == "miss" and again.attrs["skipped"] == 1  # not cached: damage reported again
+
+
+def test_damage_is_counted_with_worker_processes_too(setup, tmp_path):
+    import io
+    import tarfile
+
+    shards = _copy(setup["shards"], tmp_path / "s")
+    tar = sorted(shards.glob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        for i, (m, blob) in enumerate(members):
+            if blob is not None and i < 4 and not m.name.endswith(".json"):
+                blob = b"junk" * 10
+                m.size = len(blob)
+            tf.addfile(m, io.BytesIO(blob) if blob is not None else None)
+    tar.write_bytes(out.getvalue())
+    df = embed(setup["model"], shards, batch_size=8, workers=2, use_cache=False)
+    assert df.attrs["skipped"] == 2 and len(df) == 22
