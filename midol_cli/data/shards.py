@@ -715,6 +715,7 @@ def write_shards(
     order: list[str] = plan["order"]
     n = len(order)
     out.mkdir(parents=True, exist_ok=True)
+    _finish_swap(out)
 
     old = _read_json(out / PLAN_NAME)
     old_hash = plan_hash(old) if isinstance(old, dict) else None
@@ -723,13 +724,27 @@ def write_shards(
             raise UsageError(
                 f"'{out}' already holds shards that this tool did not plan; choose an empty folder for --out"
             )
-        # A different plan: nothing there can be reused, and a stale index must not outlive it.
+        if old is not None and (out / INDEX_NAME).is_file():
+            # A complete set of other inputs or parameters: the new set is written beside it (in
+            # OUT/.next) and replaces it only once complete, so an interruption loses nothing.
+            if log:
+                log(f"inputs or parameters changed since the last run in '{out}': writing the new set beside "
+                    f"the old one, which stays until the new one is complete")
+            index = write_shards(manifests, out / STAGING_NAME, params, workers=workers, on_progress=on_progress,
+                                 log=log)
+            _finish_swap(out)
+            return index
+        # A different plan over an incomplete set: nothing there can be reused.
         if old is not None and log:
-            log(f"inputs or parameters changed since the last run in '{out}': rewriting the shard set")
+            log(f"inputs or parameters changed since the last run in '{out}': rewriting the incomplete shard set")
         with contextlib.suppress(FileNotFoundError):
             (out / INDEX_NAME).unlink()
         _clear(out, keep=set())
         write_json_atomic(out / PLAN_NAME, plan)
+    elif (out / STAGING_NAME).is_dir():
+        import shutil
+
+        shutil.rmtree(out / STAGING_NAME)  # a replacement that was started, then abandoned for these inputs
 
     kept = _kept_prefix(out, phash, n)
     start = kept[-1]["end"] if kept else 0
@@ -792,14 +807,41 @@ def write_shards(
         raise
 
     index = build_index(records, inputs, params, phash)
-    write_json_atomic(out / INDEX_NAME, index)
     if index["totals"]["samples"] == 0:
-        first = index["skipped"]["items"][0]["reason"] if index["skipped"]["items"] else "unknown"
-        raise RunFailed(
-            f"none of the {n} selected samples could be read at shard time (first reason: {first}); "
-            f"see {out / INDEX_NAME}"
-        )
+        # No index and no shards: an empty set must neither verify nor block a repaired re-run.
+        _clear(out, keep=set())
+        with contextlib.suppress(FileNotFoundError):
+            (out / PLAN_NAME).unlink()
+        items = index["skipped"]["items"]
+        first = f"{items[0]['path']}: {items[0]['reason']}" if items else "unknown"
+        raise RunFailed(f"none of the {n} selected samples could be read at shard time (first: {first}); "
+                        "no shard set was written")
+    write_json_atomic(out / INDEX_NAME, index)
     return index
+
+
+STAGING_NAME = ".next"
+
+
+def _finish_swap(out: Path) -> None:
+    """Move a complete staged set (``OUT/.next`` with its index) over the set in ``OUT``.
+
+    Idempotent, so a swap that was interrupted is finished by the next run: the old index goes
+    first (the old set stops being complete), then the old shard files, then the new files with
+    the new index last. At every point either the old set or the new one is whole on disk.
+    """
+    staging = out / STAGING_NAME
+    if not (staging / INDEX_NAME).is_file():
+        return
+    with contextlib.suppress(FileNotFoundError):
+        (out / INDEX_NAME).unlink()
+    new_names = {p.name for p in staging.iterdir() if p.is_file()}
+    _clear(out, keep=new_names)
+    for p in sorted(staging.iterdir(), key=lambda q: q.name == INDEX_NAME):
+        if p.is_file():
+            os.replace(p, out / p.name)
+    with contextlib.suppress(OSError):
+        staging.rmdir()
 
 
 def _shard_line(rec: dict[str, Any]) -> str:

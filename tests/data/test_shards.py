@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -218,6 +219,61 @@ def test_every_sample_failing_is_a_run_failure(tmp_path: Path) -> None:
         p.unlink()
     with pytest.raises(RunFailed, match="none of the 3"):
         S.write_shards([m], tmp_path / "a", P())
+    # no index and no shards: nothing that verifies as an (empty) set, nothing that blocks a repair
+    assert not (tmp_path / "a" / S.INDEX_NAME).exists()
+    assert not list((tmp_path / "a").glob("*shard-*"))
+    with pytest.raises(UsageError):
+        S.load_index(tmp_path / "a")
+    m2 = make_manifest(tmp_path, "f", 3)  # the raw files restored
+    assert m2 == m
+    idx = S.write_shards([m], tmp_path / "a", P())
+    assert idx["totals"]["samples"] == 3 and all(c.ok for c in S.verify_shards(tmp_path / "a"))
+
+
+def test_changed_inputs_never_lose_the_complete_set_when_interrupted(tmp_path: Path, two: list[Path]) -> None:
+    out = tmp_path / "sh"
+    old_idx = S.write_shards(two, out, P(min_shards=8))
+    old_bytes = {p.name: p.read_bytes() for p in out.glob("shard-*.tar")}
+
+    def kill(done: int, total: int) -> None:
+        if done == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        S.write_shards(two, out, P(min_shards=3, seed=9), on_progress=kill)
+    # the old set is whole, with its index, and verifies
+    assert S.load_index(out)["plan_hash"] == old_idx["plan_hash"]
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*.tar")} == old_bytes
+    assert all(c.ok for c in S.verify_shards(out))
+    # the re-run completes the new set and swaps it in
+    new_idx = S.write_shards(two, out, P(min_shards=3, seed=9))
+    assert new_idx["plan_hash"] != old_idx["plan_hash"] and len(new_idx["shards"]) == 3
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == [r["name"] for r in new_idx["shards"]]
+    assert all(c.ok for c in S.verify_shards(out))
+    assert not (out / S.STAGING_NAME).exists()
+
+
+def test_an_interrupted_swap_is_finished_by_the_next_run(tmp_path: Path, two: list[Path], monkeypatch) -> None:
+    out = tmp_path / "sh"
+    S.write_shards(two, out, P(min_shards=8))
+    real = os.replace
+    calls = {"n": 0}
+
+    def flaky(a, b):
+        if Path(a).parent.name == S.STAGING_NAME and Path(b).parent == out:  # the swap's moves only
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt  # killed in the middle of moving the new files in
+        return real(a, b)
+
+    monkeypatch.setattr(S.os, "replace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        S.write_shards(two, out, P(min_shards=3, seed=9))
+    monkeypatch.setattr(S.os, "replace", real)
+    assert (out / S.STAGING_NAME / S.INDEX_NAME).is_file()  # the complete new set is still there
+    idx = S.write_shards(two, out, P(min_shards=3, seed=9))
+    assert len(idx["shards"]) == 3 and all(c.ok for c in S.verify_shards(out))
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == [r["name"] for r in idx["shards"]]
 
 
 def test_refuses_output_inside_raw_folder_and_foreign_folders(tmp_path: Path) -> None:
