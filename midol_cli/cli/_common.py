@@ -25,6 +25,36 @@ def show_progress() -> bool:
     return is_rank0() and sys.stderr.isatty()
 
 
+def writable_out(path: str | Path | None, what: str = "--out", folder: bool = True) -> None:
+    """Refuse, before any work, an output that cannot be written: ``path`` (a folder, or with
+    ``folder=False`` a file) or its nearest existing ancestor must be a writable folder."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise UsageError(f"{what} '{p}' is a file; it must be a folder")
+        if not folder and p.is_dir():
+            raise UsageError(f"{what} '{p}' is a folder; it must be a file path")
+        target = p if p.is_dir() else p.parent
+    else:
+        target = p.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise UsageError(f"{what} '{p}' is below '{target}', which is a file")
+    if not os.access(target, os.W_OK | os.X_OK):
+        why = "read-only" if _read_only(target) else "not writable"
+        raise UsageError(f"{what} '{p}': '{target}' is {why}; choose a writable location")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 def progress_reporter():
     """A ``train.engine.Reporter``: a rich progress bar on a terminal (rank 0), plain lines otherwise."""
     from midol_cli.train.engine import Reporter

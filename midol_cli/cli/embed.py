@@ -29,11 +29,13 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device"),
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
     ) -> None:
-        from midol_cli.cli._common import console, show_progress
+        from midol_cli.cli._common import console, show_progress, writable_out
         from midol_cli.eval.embed import embed, write_embeddings
         from midol_cli.eval.models import load_eval_model
         from midol_cli.eval.representation import representation_metrics
 
+        writable_out(out, "--out", folder=False)
+        writable_out(plot, "--plot")
         model = load_eval_model(weights, name)
         df = embed(model, data, batch_size=batch_size, workers=workers, device=device, use_cache=not no_cache,
                    progress=show_progress())

@@ -23,9 +23,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Target file (default RUN_DIR/export/encoder.safetensors)."),
         which: str = typer.Option("teacher", "--which", help="teacher (default, EMA) or student."),
     ) -> None:
-        from midol_cli.cli._common import console
+        from midol_cli.cli._common import console, writable_out
         from midol_cli.models.export import export_run
 
+        if out is not None:
+            writable_out(out, "--out", folder=False)
+        elif run_dir.is_dir():
+            writable_out(run_dir / "export", "the run's export folder")
         paths = export_run(run_dir, out, which)
         c = console()
         c.print(f"encoder   -> {paths['encoder']}")

@@ -55,7 +55,10 @@ def register(app: typer.Typer) -> None:
 
             raise UsageError(f"data '{data}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
                              "shows the expected layout")
-        from midol_cli.cli._common import progress_reporter
+        from midol_cli.cli._common import progress_reporter, writable_out
+
+        writable_out(out)
+        writable_out(run_dir, "--run-dir")
         from midol_cli.train.finetune import run_finetune
 
         summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,

@@ -121,6 +121,9 @@ def register(app: typer.Typer) -> None:
             split_col=split_col,
             label_sep=label_sep,
         )
+        from midol_cli.cli._common import writable_out
+
+        writable_out(out, "--out", folder=False)
         progress = show_progress()
         summary = ingest_folder(
             raw_dir,

@@ -61,13 +61,50 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"midol_cli.cli.{_name}").register(app)
 
 
+def one_line(msg: str) -> str:
+    """A user-facing message on one line. An error raised again by a DataLoader worker carries the
+    worker's traceback in its text; its cause is the last line (``midol_cli.errors.X: message``)."""
+    if "Traceback" in msg:
+        lines = [x.strip() for x in msg.strip().splitlines() if x.strip()]
+        last = lines[-1] if lines else msg
+        head, sep, rest = last.partition(": ")
+        msg = rest if sep and head.startswith("midol_cli.errors.") else last
+    return " ".join(msg.split())
+
+
+def os_error_message(e: OSError) -> tuple[str, int]:
+    """(one line, exit code) for an I/O error: a full disk is a failed run (1), a path the user gave
+    that cannot be written (read-only, permission, a file where a folder belongs) is bad input (2)."""
+    import errno
+
+    what = e.strerror or type(e).__name__
+    target = f" '{e.filename}'" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return f"cannot write{target}: the disk is full (no space left on device)", 1
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{target}: {what}; choose a writable --out (or cache dir, MIDOL_CACHE_DIR)", 2
+    if e.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        return f"path{target}: {what}; --out must name a folder or file as the command's help says", 2
+    return f"I/O error{target}: {what}", 1
+
+
 def run() -> None:
-    """Console-script entry: user errors become one line on stderr and an exit code."""
+    """Console-script entry: user errors become one line on stderr and an exit code.
+
+    ``MIDOL_DEBUG=1`` lets I/O errors through with their traceback (for developers)."""
+    import os
+
     try:
         app()
     except MidolError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if os.environ.get("MIDOL_DEBUG"):
+            raise
+        msg, code = os_error_message(e)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
 
         r = load_recipe(PretrainRecipe, recipe, overrides or [])
         run_dir = out or Path("runs") / r.name
+        from midol_cli.cli._common import writable_out
+
+        writable_out(run_dir, "--out" if out else "the run dir")
         from midol_cli.train.pretrain import run_pretrain
 
         summary = run_pretrain(r, run_dir, resume=resume, max_steps=max_steps)

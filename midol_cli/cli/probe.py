@@ -45,7 +45,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--fractions '{fractions}': every fraction must be in (0, 1]")
         if seeds < 1 or n_boot < 10:
             raise UsageError("--seeds must be >= 1 and --n-boot >= 10")
+        from midol_cli.cli._common import writable_out
         from midol_cli.eval.probe import run_task
+
+        writable_out(out)
 
         summary = run_task(spec, weights, data, out, name=name, fractions=fr, seeds=tuple(range(seeds)),
                            n_boot=n_boot, batch_size=batch_size, workers=workers, device=device,

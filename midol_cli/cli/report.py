@@ -48,6 +48,9 @@ def report(
     root = existing_dir(results_dir, "results folder")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot '{plot}' must be a .png file name")
+    from midol_cli.cli._common import writable_out
+
+    writable_out(plot, "--plot", folder=False)
 
     summaries, warnings = collect_summaries(root)
     for w in warnings:

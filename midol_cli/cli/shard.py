@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give at least one manifest (from `midol ingest`), or --verify SHARD_DIR")
         if out is None:
             raise UsageError("--out SHARD_DIR is required: where to write the shards")
+        from midol_cli.cli._common import writable_out
+
+        writable_out(out)
         for m in manifests:
             if not m.is_file():
                 raise UsageError(f"manifest '{m}' does not exist; create it with `midol ingest`")

@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
                     f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read the "
                     "shard dir: give each its manifest with --task-data TASK=manifest.parquet"
                 )
+        from midol_cli.cli._common import writable_out
+
+        writable_out(out)
         cfg = StudyConfig(recipe_path, overrides, data, study_tasks, chosen, list(range(seeds)), out,
                           n_boot=n_boot, finetune_recipe=finetune, finetune_seeds=finetune_seeds,
                           workers=workers, device=device)

@@ -99,6 +99,9 @@ def synth(
     from midol_cli.modalities import check_modality
 
     try:
+        from midol_cli.cli._common import writable_out
+
+        writable_out(out_dir, "OUT_DIR")
         chosen = [check_modality(m) for m in modality] if modality else None
         update, close = _progress_printer()
         try:

@@ -155,6 +155,25 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
         yield from loader
 
 
+def _device(device: str | None):
+    """``--device``: cpu, cuda, cuda:N or mps; by default CUDA when there is a GPU. One-line errors."""
+    import torch
+
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
+
+
 def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, device: str | None = None,
           use_cache: bool = True, progress: bool = False):
     """Embed every usable image of ``data`` with ``model`` (an eval.models.EvalModel) -> DataFrame."""
@@ -181,7 +200,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         except Exception:  # a damaged cache entry is simply recomputed
             pass
 
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _device(device)
     enc = model.encoder.to(dev).eval()
     # A one-expert projector (the no_moe ablation) has nothing to route between: no router output.
     proj = model.projector

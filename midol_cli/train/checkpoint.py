@@ -66,11 +66,35 @@ def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], kee
     payload = {"format": FORMAT, "step": step, **payload}
     target = ckpt_dir(run_dir) / f"ckpt-{step:08d}.pt"
     remove_stale_temps(run_dir)
-    with atomic_path(target) as tmp:
-        torch.save(payload, tmp)
+    save_tensors(payload, target)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return target
+
+
+def save_tensors(obj: Any, target: str | Path) -> None:
+    """``torch.save`` to ``target`` atomically. A full disk is a ``RunFailed`` that says so: torch
+    reports it as ``RuntimeError: ... unexpected pos ...`` from its zip writer."""
+    import errno
+    import shutil
+
+    from midol_cli.errors import RunFailed
+
+    target = Path(target)
+    try:
+        with atomic_path(target) as tmp:
+            torch.save(obj, tmp)
+    except (RuntimeError, OSError) as e:
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        if not full:
+            try:
+                full = shutil.disk_usage(target.parent).free < 64 * 2**20 or "unexpected pos" in str(e)
+            except OSError:
+                full = False
+        if full:
+            raise RunFailed(f"cannot write '{target}': the disk is full (no space left on device); free space "
+                            "and resume with --resume auto") from None
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from midol_cli import __version__
-from midol_cli.artifacts import atomic_path, provenance, write_json_atomic, write_text_atomic
+from midol_cli.artifacts import provenance, write_json_atomic, write_text_atomic
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.recipes import dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
@@ -286,9 +286,8 @@ def fit(task: SupervisedTask, net: torch.nn.Module, optimizer: torch.optim.Optim
     def save_best(value: float) -> None:
         if di.is_main:
             guard(BEST_NAME)
-            with atomic_path(run_dir / BEST_NAME) as tmp:
-                torch.save({**payload(), "format": task.best_format, "epoch": st.epoch, "metric_name": task.metric,
-                            "metric": value, "model": task.model.state_dict()}, tmp)
+            ckpt.save_tensors({**payload(), "format": task.best_format, "epoch": st.epoch, "metric_name": task.metric,
+                               "metric": value, "model": task.model.state_dict()}, run_dir / BEST_NAME)
         barrier()
 
     steps = max(1, len(train_loader))
