@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
                     f"inter {last.get('loss_inter', float('nan')):.4f}  route {last.get('loss_route', float('nan')):.4f}  "
                     + (f"router acc {last['router_acc']:.3f}" if 'router_acc' in last else "")
                 )
+            from midol_cli.train.diagnostics import damage_line
+
+            if damage_line(summary.get("damaged") or {}):
+                c.print(f"[yellow]warning[/]: {damage_line(summary['damaged'])}; totals in run.json and metrics.jsonl")
             if "export" in summary:
                 c.print(f"exported encoder: {summary['export']['encoder']}")
             if summary.get("routing"):

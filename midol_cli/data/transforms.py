@@ -431,14 +431,22 @@ def collate_views(batch: list) -> dict[str, Any]:
 
     The views stay uint8 (normalise them with ``Normalise`` after moving them to the device).
     """
+    from torch.utils.data import get_worker_info
+
     batch = [b for b in batch if b is not None]
     n_g, n_l = len(batch[0][0]), len(batch[0][1])
-    return {
+    out = {
         "global": [torch.stack([b[0][v] for b in batch]) for v in range(n_g)],
         "local": [torch.stack([b[1][v] for b in batch]) for v in range(n_l)],
         "modality": torch.tensor([b[2] for b in batch], dtype=torch.long),
         "sample_key": torch.tensor([b[3] for b in batch], dtype=torch.long),
     }
+    # This runs in the DataLoader worker: carry its damaged-data counts to the main process
+    # (train.diagnostics.DamageTally), which cannot see the worker's counters.
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "stats"):
+        out["damage"] = {"worker": info.id, **info.dataset.stats()}
+    return out
 
 
 class EvalTransform:

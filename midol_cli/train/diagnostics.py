@@ -93,3 +93,60 @@ def stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_exp
             for i, x in enumerate(v.tolist()):
                 rec[f"{k}/{names[i]}"] = x
     return rec
+
+
+class DamageTally:
+    """Damaged data met during pre-training, totalled over the run (and over resumes and ranks):
+    refused tar members, undecodable samples and unreadable shards.
+
+    The loader's counters live in whichever process reads the shards. With DataLoader workers,
+    ``transforms.collate_views`` (which runs in the worker) attaches its worker's running counts to
+    each batch; ``see`` keeps the latest per worker. Without workers the dataset's own counters are
+    read. ``new_loader`` folds a finished loader's counts into the prior total.
+    """
+
+    KEYS = ("refused_members", "bad_samples", "bad_shards")
+
+    def __init__(self, prior: dict[str, int] | None = None) -> None:
+        self.prior = {k: int((prior or {}).get(k, 0)) for k in self.KEYS}
+        self.workers: dict[int, dict[str, int]] = {}
+        self.dataset: Any = None
+
+    def _current(self) -> dict[str, int]:
+        if self.workers:
+            return {k: sum(int(w.get(k, 0)) for w in self.workers.values()) for k in self.KEYS}
+        stats = self.dataset.stats() if self.dataset is not None and hasattr(self.dataset, "stats") else {}
+        return {k: int(stats.get(k, 0)) for k in self.KEYS}
+
+    def new_loader(self, dataset: Any) -> None:
+        cur = self._current()
+        self.prior = {k: self.prior[k] + cur[k] for k in self.KEYS}
+        self.workers, self.dataset = {}, dataset
+
+    def see(self, batch: dict[str, Any]) -> None:
+        d = batch.get("damage")
+        if d:
+            self.workers[int(d["worker"])] = d
+
+    def local(self) -> dict[str, int]:
+        cur = self._current()
+        return {k: self.prior[k] + cur[k] for k in self.KEYS}
+
+    def total(self, device: Any) -> dict[str, int]:
+        """The run's totals over all ranks (a collective: every rank calls it at the same step)."""
+        import torch
+
+        from midol_cli.train.distributed import all_reduce_sum
+
+        loc = self.local()
+        t = all_reduce_sum(torch.tensor([float(loc[k]) for k in self.KEYS], device=device))
+        return {k: int(v) for k, v in zip(self.KEYS, t.tolist(), strict=True)}
+
+
+def damage_line(d: dict[str, int]) -> str:
+    """``"3 damaged samples skipped (refused members 1, bad samples 2, damaged shards 0)"`` or ``""``."""
+    n = sum(d.values())
+    if not n:
+        return ""
+    return (f"{n} damaged item(s) skipped (refused tar members {d.get('refused_members', 0)}, undecodable "
+            f"samples {d.get('bad_samples', 0)}, unreadable shards {d.get('bad_shards', 0)})")

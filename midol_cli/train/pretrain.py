@@ -34,7 +34,7 @@ from midol_cli.models.encoder import EncoderSpec, build_encoder
 from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train import checkpoint as ckpt
-from midol_cli.train.diagnostics import CollapseWatch, stats_to_record
+from midol_cli.train.diagnostics import CollapseWatch, DamageTally, stats_to_record
 from midol_cli.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from midol_cli.train.engine import json_row, truncate_metrics
 from midol_cli.train.optim import cosine, linear_ramp, warmup_cosine
@@ -303,6 +303,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         optimizer = torch.optim.AdamW(_param_groups(model.student), lr=peak_lr, betas=opt_cfg.betas)
 
     start_step, bad_total = 0, 0
+    damage = DamageTally()
     resume_path = ckpt.resolve_resume(run_dir, resume)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path)
@@ -314,6 +315,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         start_step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
+        if di.is_main:  # the run's total so far, counted once (rank 0) in the all-reduced sum
+            damage = DamageTally(state.get("damage"))
         if di.is_main:
             truncate_metrics(run_dir / "metrics.jsonl", start_step, key="step")
         if di.is_main:
@@ -371,6 +374,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             seed=tr.seed * 1_000_003 + segment,
             decode_mode="lazy",  # the views' crops decide which part of each JPEG is decoded
         )
+        damage.new_loader(loader.dataset)
         return iter(loader)
 
     warm = int(opt_cfg.warmup_frac * total)
@@ -433,6 +437,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     "optimizer": optimizer.state_dict(),
                     "rng": ckpt.rng_state(),
                     "bad_steps": bad_total + int(bad_count),
+                    "damage": damage.local() if di.is_main else {},
                     "recipe": recipe_dict(recipe),
                     "recipe_hash": recipe_hash(recipe),
                     "encoder_spec": encoder_spec(recipe).to_dict(),
@@ -464,6 +469,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
 
             for a in range(opt_cfg.accum_steps):
                 batch = next(it)
+                damage.see(batch)
                 # Views arrive as uint8 (a quarter of the bytes through workers and to the device).
                 gv = [normalise(v.to(dev, non_blocking=True)) for v in batch["global"]]
                 lv = [normalise(v.to(dev, non_blocking=True)) for v in batch["local"]]
@@ -519,6 +525,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     images_per_s=ips,
                     bad_steps=bad_total + int(bad_count),
                     log_p=log_p,
+                    damaged=damage.total(dev),
                 )
                 if di.is_main:
                     import sys
@@ -535,10 +542,12 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     finally:
         logger.close()
 
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": step, "last": last_rec}
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": step, "last": last_rec,
+                               "damaged": last_rec.get("damaged") or damage.local()}
     if di.is_main:
         rec = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        rec.update(wall_seconds=round(prior_seconds + time.perf_counter() - run_started, 1), steps_done=step)
+        rec.update(wall_seconds=round(prior_seconds + time.perf_counter() - run_started, 1), steps_done=step,
+                   damaged=summary["damaged"])
         write_json_atomic(run_dir / "run.json", rec)
         summary["wall_seconds"] = rec["wall_seconds"]
     if di.is_main and step >= total:

@@ -88,3 +88,34 @@ def test_a_non_finite_hyper_parameter_is_refused_before_training(shards):
 
     with pytest.raises(UsageError, match="optim.lr: Input should be a finite number"):
         _recipe(shards, "optim.lr=.inf")
+
+
+def _corrupt_one_image(shards, dst):
+    import io
+    import shutil
+    import tarfile
+
+    shutil.copytree(shards, dst)
+    for tar in sorted(dst.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tf:
+            done = False
+            for m, blob in members:
+                if blob is not None and not done and not m.name.endswith(".json"):
+                    blob, done = b"\x00" * len(blob), True  # same size, undecodable
+                tf.addfile(m, io.BytesIO(blob) if blob is not None else None)
+        tar.write_bytes(out.getvalue())
+    return dst
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damaged_samples_are_totalled_in_metrics_run_json_and_summary(shards, tmp_path, workers):
+    bad = _corrupt_one_image(shards, tmp_path / "bad")
+    r = _recipe(bad, "train.steps=6", "train.ckpt_every=100", f"data.num_workers={workers}")
+    summary = pt.run_pretrain(r, tmp_path / "run")
+    assert summary["damaged"]["bad_samples"] >= 1, summary["damaged"]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["damaged"] == summary["damaged"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["damaged"] == summary["damaged"]
