@@ -380,6 +380,8 @@ def ingest_folder(
         if e.path in entries:
             duplicate_listings += 1
             continue
+        if e.reason.endswith("but missing"):
+            e.reason = _present_but_unsupported(root, e.path) or e.reason
         entries[e.path] = e
     unlisted = 0
     for f in files:
@@ -449,6 +451,7 @@ def ingest_folder(
             "unlisted",
             "duplicates",
             "duplicates_across_splits",
+            "duplicate_label_conflicts",
         )
     }
     meta = provenance(
@@ -532,6 +535,22 @@ def _build_frame(
     return df
 
 
+def _present_but_unsupported(root: Path, rel: str) -> str:
+    """The true reason for a listed file that the walk did not find, when it is there in a format midol
+    does not read (a .gif, say): at the listed path, or beside it with the same stem."""
+    import glob
+
+    p = root / rel
+    found = p if p.is_file() else None
+    if found is None and p.parent.is_dir():
+        found = next((q for q in sorted(p.parent.glob(glob.escape(p.stem) + ".*")) if q.is_file()), None)
+    if found is None:
+        return ""
+    ext = found.suffix.lower() or "no extension"
+    return (f"unsupported format ({ext}: {found.name}); midol reads "
+            f"{', '.join(sorted(readers.SUPPORTED_EXTENSIONS))} or DICOM")
+
+
 def _summarize(df) -> dict[str, Any]:
     ok = df[df["status"] == "ok"] if len(df) else df
     rej = df[df["status"] == "rejected"] if len(df) else df
@@ -542,6 +561,11 @@ def _summarize(df) -> dict[str, Any]:
     split_of = dict(zip(ok["sample_id"], ok["split"], strict=True))
     dups = ok[ok["duplicate_of"] != ""]
     across = int(sum(split_of.get(d) != s for d, s in zip(dups["duplicate_of"], dups["split"], strict=True)))
+    # Identical files whose labels disagree: the copy is kept out of training as a duplicate, but the
+    # disagreement itself is a labelling problem the user should see.
+    label_of = {sid: sorted(v or []) for sid, v in zip(ok["sample_id"], ok["labels"], strict=True)}
+    conflicts = int(sum(label_of.get(d) != sorted(v or []) for d, v in zip(dups["duplicate_of"], dups["labels"],
+                                                                          strict=True)))
     groups_across = int((ok.groupby("group")["split"].nunique() > 1).sum()) if len(ok) else 0
     return {
         "rows": int(len(df)),
@@ -552,6 +576,7 @@ def _summarize(df) -> dict[str, Any]:
         "per_split": {s: int((ok["split"] == s).sum()) for s in SPLITS},
         "duplicates": int(len(dups)),
         "duplicates_across_splits": across,
+        "duplicate_label_conflicts": conflicts,
         "groups_across_splits": groups_across,
     }
 
@@ -570,6 +595,11 @@ def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[s
             f"leakage: {summary['duplicates_across_splits']} exact duplicate images sit in a different "
             "split than their first copy"
         )
+    if summary["duplicate_label_conflicts"]:
+        w.append(
+            f"label conflict: {summary['duplicate_label_conflicts']} exact duplicate images carry other labels "
+            "than their first copy (the copies are marked duplicate_of and left out; check the labels)"
+        )
     if summary["groups_across_splits"]:
         w.append(
             f"leakage: {summary['groups_across_splits']} groups have images in more than one split "
@@ -577,6 +607,6 @@ def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[s
         )
     if summary["walk_errors"]:
         w.append(
-            f"{len(summary['walk_errors'])} folders could not be listed (e.g. '{summary['walk_errors'][0]}')"
+            f"{len(summary['walk_errors'])} folders were not listed (e.g. '{summary['walk_errors'][0]}')"
         )
     return w

@@ -250,3 +250,37 @@ def test_dicom_extensionless_in_imagefolder(tmp_path):
     summary, df, _ = run(raw, tmp_path / "m.parquet", modality="xray")
     assert df.loc["ct/IM0001", "format"] == "DICOM" and df.loc["ct/IM0001", "status"] == "ok"
     assert summary["ok"] == 2
+
+
+def test_a_listed_file_in_an_unsupported_format_says_so(tmp_path):
+    raw = tmp_path / "aptos"
+    ids = make_aptos(raw, per_class=2)
+    png = raw / "train_images" / f"{ids[0]}.png"
+    png.rename(png.with_suffix(".gif"))  # present, but a format midol does not read
+    (raw / "train_images" / f"{ids[1]}.png").unlink()  # truly missing
+    _, df, _ = run(raw, tmp_path / "m.parquet")
+    assert df.loc[f"train_images/{ids[0]}.png", "reason"].startswith(f"unsupported format (.gif: {ids[0]}.gif)")
+    assert df.loc[f"train_images/{ids[1]}.png", "reason"] == "listed in train.csv but missing"
+
+
+def test_symlinked_folders_are_followed_once_and_loops_reported(tmp_path):
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, splits=("train",), per_class=2)
+    elsewhere = tmp_path / "elsewhere" / "bird"
+    make_imagefolder(tmp_path / "elsewhere_src", splits=("train",), per_class=2)
+    shutil.copytree(tmp_path / "elsewhere_src" / "train" / "cat", elsewhere)
+    (raw / "train" / "bird").symlink_to(elsewhere, target_is_directory=True)  # data linked in
+    (raw / "train" / "cat" / "loop").symlink_to(raw / "train", target_is_directory=True)  # a loop
+    summary, df, _ = run(raw, tmp_path / "m.parquet", layout="imagefolder")
+    assert (df["label"] == "bird").sum() == 2  # the linked folder is ingested
+    assert any("symlink to a folder already listed" in w for w in summary["walk_errors"])
+    assert any("folders were not listed" in w for w in summary["warnings"])
+
+
+def test_identical_files_with_conflicting_labels_are_flagged(tmp_path):
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, splits=("train",), per_class=2)
+    shutil.copy(raw / "train" / "cat" / "img_0.png", raw / "train" / "dog" / "same_as_cat.png")
+    summary, df, _ = run(raw, tmp_path / "m.parquet", layout="imagefolder")
+    assert summary["duplicate_label_conflicts"] == 1
+    assert any(w.startswith("label conflict: 1 exact duplicate") for w in summary["warnings"])

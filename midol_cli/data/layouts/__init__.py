@@ -151,9 +151,10 @@ def walk_candidates(root: str | os.PathLike[str], errors: list[str] | None = Non
 
     A file counts when its extension is supported, or when it has no (or a
     numeric) extension and starts with the DICOM preamble. Hidden files and
-    folders (".DS_Store", "._x.jpg", ".git") are skipped; symlinked folders are
-    not followed (loops), symlinked files are listed. Folders that cannot be
-    listed are appended to ``errors``.
+    folders (".DS_Store", "._x.jpg", ".git") are skipped. Symlinked folders are
+    followed (datasets are often linked in), each real folder once: a link back
+    to a folder already walked (a loop, or a second link to the same data) is
+    appended to ``errors`` with that reason, as are folders that cannot be listed.
     """
     root = os.fspath(root)
     found: list[str] = []
@@ -162,7 +163,18 @@ def walk_candidates(root: str | os.PathLike[str], errors: list[str] | None = Non
         if errors is not None:
             errors.append(os.path.relpath(e.filename, root) if e.filename else str(e))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink
+            dirnames[:] = []
+            if errors is not None:
+                errors.append(f"{os.path.relpath(dirpath, root)} (symlink to a folder already listed; not followed)")
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, root)
         for fn in filenames:
