@@ -43,11 +43,14 @@ def register(app: typer.Typer) -> None:
         resume: str = typer.Option(None, "--resume", help="'auto' (newest checkpoint in the run dir) or a ckpt file."),
         linear: bool = typer.Option(False, "--linear",
                                     help="Freeze the encoder and train only the head (protocol 'linear_ft')."),
+        task_option: list[str] = typer.Option(None, "--task-option", metavar="KEY=VALUE",
+                                              help="Task switch, e.g. uncertainty=u-zeros (see `midol tasks show`)."),
     ) -> None:
         from midol_cli.recipes import FinetuneRecipe, load_recipe
-        from midol_cli.tasks import resolve_task
+        from midol_cli.tasks import resolve_task, task_options
 
         spec = resolve_task(task, data)
+        opts = task_options(spec, task_option or [])
         recipe_path, overrides = split_recipe_args(args)
         recipe = load_recipe(FinetuneRecipe, recipe_path, overrides)
         if not data.exists():
@@ -62,7 +65,8 @@ def register(app: typer.Typer) -> None:
         from midol_cli.train.finetune import run_finetune
 
         summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,
-                               resume=resume, linear=linear, reporter=progress_reporter())
+                               resume=resume, linear=linear, reporter=progress_reporter(),
+                               options=opts)
         if not summary:  # ranks other than 0
             return
         from midol_cli.cli._common import console

@@ -71,7 +71,8 @@ class FinetuneData:
         return np.flatnonzero(self.split == split)
 
 
-def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, carve_seed: int = 0) -> FinetuneData:
+def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, carve_seed: int = 0,
+                 options: dict[str, str] | None = None) -> FinetuneData:
     """Resolve ``data`` for task ``spec`` (a manifest, or a raw folder ingested into the cache) and select
     its usable rows: the task's modality, status ok, not a duplicate, labelled. Splits come from the
     manifest; without val rows, 15% of the training groups are carved out (``eval.results.task_data``).
@@ -84,7 +85,7 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
         from midol_cli.eval.embed import cache_dir
 
         cache_root = cache_dir().parent
-    src = resolve_data(spec, data, cache_root)
+    src = resolve_data(spec, data, cache_root, options)
     if src.is_dir():
         raise UsageError(
             f"'{data}' is a shard dir; finetune reads images through a manifest: pass the manifest written by "
@@ -271,9 +272,11 @@ def run_finetune(
     resume: str | None = None,
     linear: bool = False,
     reporter: engine.Reporter | None = None,
+    options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on task ``spec`` (a ``tasks.TaskSpec``); returns the summary (rank 0; other
-    ranks return ``{}``). Segmentation tasks go to ``train.segment.run_segmentation``."""
+    ranks return ``{}``). ``options``: the task's layout options (``tasks.task_options``), used when
+    ``data`` is a raw folder. Segmentation tasks go to ``train.segment.run_segmentation``."""
     if spec.label_type == "segmentation":
         if linear:
             raise UsageError("--linear applies to classification tasks; segmentation fine-tunes encoder + decoder")
@@ -283,7 +286,8 @@ def run_finetune(
             if e.name and e.name.startswith("midol_cli.train.segment"):
                 raise UsageError("segmentation fine-tuning is not available in this build") from None
             raise
-        return run_segmentation(spec, weights, data, recipe, out_root, name, run_dir, resume, reporter=reporter)
+        return run_segmentation(spec, weights, data, recipe, out_root, name, run_dir, resume, reporter=reporter,
+                                options=options)
 
     import torch.distributed as dist
 
@@ -291,7 +295,7 @@ def run_finetune(
     di = init_distributed()
     try:
         return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, linear, di,
-                    reporter or engine.Reporter())
+                    reporter or engine.Reporter(), options)
     finally:
         if owns_pg:
             cleanup()
@@ -299,7 +303,7 @@ def run_finetune(
 
 def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, linear: bool, di: DistInfo,
-         reporter: engine.Reporter) -> dict[str, Any]:
+         reporter: engine.Reporter, options: dict[str, str] | None) -> dict[str, Any]:
     from midol_cli.data.transforms import EvalTransform, ViewAugment
     from midol_cli.eval.models import load_eval_model
     from midol_cli.eval.results import ci_block
@@ -320,8 +324,8 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     # Rank 0 ingests a raw folder first (its error reaches every rank); the others then find the
     # cached manifest up to date.
     first: list[FinetuneData] = []
-    on_main(lambda: first.append(prepare_data(spec, data)))
-    fd = first[0] if first else prepare_data(spec, data)
+    on_main(lambda: first.append(prepare_data(spec, data, options=options)))
+    fd = first[0] if first else prepare_data(spec, data, options=options)
     spec = fd.spec
     task = spec.eval_task(spec.split)
     tr_idx, va_idx, te_idx = fd.index("train"), fd.index("val"), fd.index("test")
@@ -382,7 +386,8 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     cfg = engine.FitConfig(run_dir=run_dir, epochs=recipe.epochs, peak_lr=peak_lr, min_lr=oc.min_lr,
                            warmup_frac=oc.warmup_frac, clip_grad=oc.clip_grad, early_stopping=recipe.early_stopping,
                            ckpt_every=recipe.ckpt_every, seed=recipe.seed, label=protocol)
-    run_info = {"stage": "finetune", "protocol": protocol, "task": spec.name, "model": model_info.info(),
+    run_info = {"stage": "finetune", "protocol": protocol, "task": spec.name, "task_options": dict(options or {}),
+                "model": model_info.info(),
                 "manifest": str(fd.manifest.resolve()), "data_hash": fd.data_hash, "encoder": enc_spec.to_dict()}
     st = engine.fit(ctask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
                     resume_path=resume_path, autocast=autocast, reporter=reporter)

@@ -73,7 +73,7 @@ def _check_mask(mask: str, size: tuple[int, int], max_pixels: int) -> tuple[str,
 
 def prepare_segmentation_data(
     spec: Any, data: str | Path, cache_root: Path | None = None, *, seed: int = 0, workers: int = 4,
-    max_pixels: int | None = None, log: Any = None,
+    max_pixels: int | None = None, log: Any = None, options: dict[str, str] | None = None,
 ) -> SegData:
     """Resolve ``data`` for ``spec`` and return the usable images with their masks and splits.
 
@@ -99,7 +99,7 @@ def prepare_segmentation_data(
         from midol_cli.eval.embed import cache_dir
 
         cache_root = cache_dir().parent
-    src = resolve_data(spec, data, cache_root)
+    src = resolve_data(spec, data, cache_root, options)
     df, meta = read_manifest(src)
     layout = get_layout(spec.layout)
     if str(meta.get("layout", "")) != layout.name:

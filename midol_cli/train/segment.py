@@ -250,6 +250,7 @@ def run_segmentation(
     run_dir: str | Path | None,
     resume: str | None,
     reporter: engine.Reporter | None = None,
+    options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on segmentation task ``spec`` (a ``tasks.TaskSpec``); write results.
 
@@ -265,14 +266,15 @@ def run_segmentation(
     di = init_distributed()
     try:
         return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, di,
-                    reporter or engine.Reporter())
+                    reporter or engine.Reporter(), options)
     finally:
         if owns_pg:
             cleanup()
 
 
 def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
-         run_dir: str | Path | None, resume: str | None, di: DistInfo, reporter: engine.Reporter) -> dict[str, Any]:
+         run_dir: str | Path | None, resume: str | None, di: DistInfo, reporter: engine.Reporter,
+         options: dict[str, str] | None = None) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from midol_cli.data import readers
@@ -297,7 +299,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
 
     # Rank 0 ingests and checks the masks once; the others receive the result (or its error).
     fd = on_main(lambda: prepare_segmentation_data(spec, data, seed=recipe.seed, workers=max(1, recipe.num_workers),
-                                                   max_pixels=max_pixels, log=say))
+                                                   max_pixels=max_pixels, log=say, options=options))
     tr_idx, va_idx, te_idx = fd.split("train"), fd.split("val"), fd.split("test")
     if recipe.max_train_samples is not None and len(tr_idx) > recipe.max_train_samples:
         rng = np.random.default_rng(recipe.seed)

@@ -387,3 +387,26 @@ def test_multilabel_task_from_a_raw_folder(export, tmp_path, monkeypatch):
 
     probs = pq.read_table(out / "predictions.parquet").column("probs").to_pylist()
     assert all(len(p) == 3 and all(0 < v < 1 for v in p) for p in probs)
+
+
+def test_task_options_reach_the_ingest_of_a_raw_folder(monkeypatch, tmp_path):
+    """`midol finetune --task-option uncertainty=u-zeros` must change how CheXpert is read (it was ignored)."""
+    import midol_cli.tasks as tasks_mod
+    from midol_cli.errors import UsageError
+    from midol_cli.tasks import get_task, task_options
+    from midol_cli.train.finetune import prepare_data
+
+    seen = {}
+
+    def fake_resolve(spec, data, cache_root, options=None):
+        seen["options"] = options
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(tasks_mod, "resolve_data", fake_resolve)
+    spec = get_task("chexpert")
+    opts = task_options(spec, ["uncertainty=u-zeros"])
+    with pytest.raises(UsageError, match="stop here"):
+        prepare_data(spec, tmp_path, tmp_path / "cache", options=opts)
+    assert seen["options"]["uncertainty"] == "u-zeros"
+    with pytest.raises(UsageError, match="has no option 'colour'"):
+        task_options(spec, ["colour=red"])
