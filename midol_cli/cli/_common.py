@@ -16,12 +16,10 @@ def console(stderr: bool = True):
     return Console(stderr=stderr)
 
 
-def is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def show_progress() -> bool:
     """Rich progress bars only on rank 0 and only on a terminal; plain lines otherwise."""
+    from midol_cli.distributed import is_rank0
+
     return is_rank0() and sys.stderr.isatty()
 
 
@@ -63,6 +61,8 @@ def progress_reporter():
         return Reporter()
 
     class RichReporter(Reporter):
+        bar = True
+
         def __init__(self) -> None:
             self.progress = None
 

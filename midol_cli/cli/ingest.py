@@ -92,9 +92,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Walk RAW_DIR, validate every image and write a Parquet manifest (one row per file, with rejects)."""
-        from midol_cli.data.ingest import ingest_folder
         from midol_cli.data.layouts import LayoutOptions
-        from midol_cli.data.readers import DEFAULT_MAX_PIXELS
 
         csv_flags = {
             "--labels": labels,
@@ -124,21 +122,45 @@ def register(app: typer.Typer) -> None:
         from midol_cli.cli._common import writable_out
 
         writable_out(out, "--out", folder=False)
-        progress = show_progress()
-        summary = ingest_folder(
-            raw_dir,
-            modality,
-            layout=layout,
-            out=out,
-            workers=workers,
-            seed=seed,
-            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-            new_modality=new_modality,
-            layout_options=opts,
-            dataset=dataset,
-            progress=progress,
-            log=None if progress else _plain,
-        )
+        bar = _reading_bar() if show_progress() else None
+        try:
+            summary = _ingest(bar, raw_dir, modality, layout, out, workers, seed, max_pixels, new_modality, opts,
+                              dataset)
+        finally:
+            if bar is not None:
+                bar.stop()
         print_summary(summary)
         # The manifest path is the command's data output: `M=$(midol ingest ...)` works.
         typer.echo(summary["manifest"])
+
+
+def _reading_bar():
+    """A transient rich bar for reading the files; ``bar.update_to(done, total)`` is ingest's callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console(), transient=True)
+    bar.start()
+    task = bar.add_task("read", total=None)
+    bar.update_to = lambda done, total: bar.update(task, completed=done, total=total)
+    return bar
+
+
+def _ingest(bar, raw_dir, modality, layout, out, workers, seed, max_pixels, new_modality, opts, dataset):
+    from midol_cli.data.ingest import ingest_folder
+    from midol_cli.data.readers import DEFAULT_MAX_PIXELS
+
+    return ingest_folder(
+        raw_dir,
+        modality,
+        layout=layout,
+        out=out,
+        workers=workers,
+        seed=seed,
+        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+        new_modality=new_modality,
+        layout_options=opts,
+        dataset=dataset,
+        progress=bar.update_to if bar is not None else None,
+        log=None if bar is not None else _plain,
+    )

@@ -32,10 +32,12 @@ def register(app: typer.Typer) -> None:
         from midol_cli.cli._common import writable_out
 
         writable_out(run_dir, "--out" if out else "the run dir")
+        from midol_cli.cli._common import progress_reporter
         from midol_cli.train.pretrain import run_pretrain
 
-        summary = run_pretrain(r, run_dir, resume=resume, max_steps=max_steps)
-        from midol_cli.cli._common import console, is_rank0
+        summary = run_pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=progress_reporter())
+        from midol_cli.cli._common import console
+        from midol_cli.distributed import is_rank0
 
         if is_rank0():
 

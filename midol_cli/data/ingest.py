@@ -167,7 +167,7 @@ def _decode_all(
     paths: list[str],
     max_pixels: int,
     workers: int,
-    progress: bool,
+    progress: Callable[[int, int], None] | None,
     log: Callable[[str], None],
     chunk_fn: Callable[[list[str], int], list[dict[str, Any]]] = _inspect_chunk,
 ) -> dict[str, dict[str, Any]]:
@@ -186,38 +186,17 @@ def _decode_all(
     queue: deque[list[str]] = deque(paths[i : i + size] for i in range(0, len(paths), size))
     log(f"ingest: reading {len(paths)} files with {workers} worker{'s' if workers > 1 else ''}")
 
-    bar = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from midol_cli.cli._common import console
-
-        bar = Progress(
-            TextColumn("reading"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console(),
-            transient=True,
-        )
-        bar.start()
-    task = bar.add_task("read", total=len(paths)) if bar else None
-
     def done(chunk: list[str], recs: list[dict[str, Any]]) -> None:
         out.update(zip(chunk, recs, strict=True))
-        if bar is not None:
-            bar.advance(task, len(chunk))
+        if progress is not None:
+            progress(len(out), len(paths))
 
-    try:
-        if workers == 1:
-            while queue:
-                chunk = queue.popleft()
-                done(chunk, chunk_fn(chunk, max_pixels))
-        else:
-            _run_pool(queue, max_pixels, workers, chunk_fn, done, log)
-    finally:
-        if bar is not None:
-            bar.stop()
+    if workers == 1:
+        while queue:
+            chunk = queue.popleft()
+            done(chunk, chunk_fn(chunk, max_pixels))
+    else:
+        _run_pool(queue, max_pixels, workers, chunk_fn, done, log)
     return out
 
 
@@ -329,7 +308,7 @@ def ingest_folder(
     layout_options: LayoutOptions | None = None,
     dataset: str | None = None,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    progress: bool = False,
+    progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Ingest ``raw_dir`` into a manifest; return a summary dict.

@@ -33,6 +33,7 @@ from typing import Any
 
 from midol_cli.data.jpeg_roi import ImageDecodeError
 from midol_cli.data.shards import decode_image, iter_tar_samples, load_index, open_encoded, sample_image
+from midol_cli.distributed import rank_world
 from midol_cli.errors import RunFailed, UsageError
 
 log = logging.getLogger(__name__)
@@ -87,25 +88,6 @@ def count_samples(
     """How many samples pass the filters (from index.json; no shard is read). For epoch sizing."""
     mods = set(modalities) if modalities is not None else None
     return _wanted_count(read_index(shard_dir)["totals"], mods, split)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size): torch.distributed if initialised, else RANK/WORLD_SIZE, else (0, 1)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise UsageError("RANK / WORLD_SIZE must be integers (as torchrun sets them)") from None
-    if world < 1 or not 0 <= rank < world:
-        raise UsageError(f"RANK={rank} is not within WORLD_SIZE={world}")
-    return rank, world
 
 
 def _worker_info() -> tuple[int, int]:
@@ -375,7 +357,7 @@ def make_dataset(
     if shuffle_buffer < 0:
         raise UsageError(f"shuffle_buffer must be >= 0 (got {shuffle_buffer})")
     idx, urls, mods = _select_urls(shard_dir, modalities, split)
-    rank, world = dist_info()
+    rank, world = rank_world()
     state = _State(seed, rank, world)
     counters = {
         "refused_members": _Counter("refused"),
@@ -418,7 +400,7 @@ def make_loader(
         raise UsageError(f"num_workers must be >= 0 (got {num_workers})")
     ds = make_dataset(shard_dir, transform, **dataset_kwargs)
     if not dataset_kwargs.get("resampled") and num_workers > 1:
-        _, world = dist_info()
+        _, world = rank_world()
         if ds.num_shards < world * num_workers:
             log.warning(
                 "%d shards for %d ranks x %d workers: some workers will idle; re-shard with --min-shards %d",

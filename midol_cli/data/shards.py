@@ -21,9 +21,9 @@ name and renamed when complete, after a hidden sidecar
 keeps the longest run of complete shards whose sha256 still matches their
 sidecar and writes only the rest.
 
-Format-level helpers shared with ``loader.py`` (member-name checks, streaming
-tar iteration, bounded image decoding) live here so that the reader, the
-verifier and the writer agree on one definition of a valid shard.
+The format (member names, tar iteration, image codec, reading the index) lives in
+``shard_format``, verification in ``shard_verify``; their public names are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -35,465 +35,108 @@ import io
 import json
 import math
 import os
-import random
-import re
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from midol_cli import __version__
 from midol_cli.artifacts import (
     SHARD_META_KEYS,
-    SPLITS,
     is_within,
     provenance,
     sha256_file,
     write_json_atomic,
 )
+from midol_cli.data.shard_format import (
+    _TAR_BLOCK,
+    _TAR_RECORD,
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MAX_COUNT,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MIN_SHARDS,
+    IMAGE_EXTS,
+    INDEX_FORMAT,
+    INDEX_NAME,
+    KEY_RE,
+    MAX_DECODE_PIXELS,
+    MAX_MEMBER_BYTES,
+    MEMBER_EXTS,
+    PLAN_NAME,
+    SHARD_NAME_RE,
+    _final_shards,
+    _read_json,
+    _sidecar,
+    decode_image,
+    encode_image,
+    iter_tar_samples,
+    load_index,
+    member_problem,
+    open_encoded,
+    open_image,
+    parse_size,
+    sample_image,
+    shard_name,
+    split_member_name,
+)
+from midol_cli.data.shard_plan import (
+    InputSet,
+    ShardParams,
+    chunk_bounds,
+    load_inputs,
+    make_plan,
+    plan_hash,
+)
+from midol_cli.data.shard_verify import (
+    ShardCheck,
+    verify_shards,
+)
 from midol_cli.errors import RunFailed, UsageError
 
-INDEX_NAME = "index.json"
-PLAN_NAME = ".plan.json"
-INDEX_FORMAT = "midol-shards/1"
-SHARD_NAME_RE = re.compile(r"^shard-(\d{6})\.tar$")
-# Keys become tar member names: no dots (WebDataset splits key/extension on the first
-# dot), no separators, nothing that a naive extractor could turn into a path.
-KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-IMAGE_EXTS = ("jpg", "jpeg", "png")
-MEMBER_EXTS = frozenset({*IMAGE_EXTS, "json"})
-_EXT_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
-# Shard members are small re-encoded images; anything bigger is not ours and is
-# never read into memory.
-MAX_MEMBER_BYTES = 64 << 20
-# Upper bound on decoded pixels for any shard image, whatever max_side says.
-MAX_DECODE_PIXELS = 8192 * 8192
-_TAR_BLOCK = 512
-_TAR_RECORD = 20 * _TAR_BLOCK  # tarfile pads the archive to a whole record
-
-DEFAULT_MAX_SIDE = 512
-DEFAULT_MAX_COUNT = 1000
-DEFAULT_MAX_SIZE = 256 << 20
-DEFAULT_MIN_SHARDS = 16
-DEFAULT_JPEG_QUALITY = 90
-
-
-def shard_name(i: int) -> str:
-    return f"shard-{i:06d}.tar"
-
-
-def _sidecar(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.json"
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte count: ``268435456``, ``256MB``, ``1.5GiB``, ``500k`` (k/M/G are powers of 1024)."""
-    if isinstance(text, int):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-        if not m:
-            raise UsageError(f"--max-size '{text}' is not a size; use bytes or a suffix, e.g. 256MB")
-        mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-        value = int(float(m.group(1)) * mult)
-    if value < 1:
-        raise UsageError(f"--max-size must be at least 1 byte (got {text})")
-    return value
-
-
-# ------------------------------------------------------------------ format helpers
-
-
-def split_member_name(name: str) -> tuple[str, str] | None:
-    """``"abc123.png"`` -> ``("abc123", "png")``; None for any name a shard must not contain.
-
-    Refused: absolute names, names with a path separator or '..', keys outside
-    ``KEY_RE``, extensions other than jpg/jpeg/png/json.
-    """
-    if not name or name.startswith(("/", "\\")) or "/" in name or "\\" in name or ".." in name:
-        return None
-    key, dot, ext = name.partition(".")
-    ext = ext.lower()
-    if not dot or ext not in MEMBER_EXTS or not KEY_RE.match(key):
-        return None
-    return key, ext
-
-
-def member_problem(info: tarfile.TarInfo) -> str | None:
-    """Why a tar member must be refused (never read), or None if it is acceptable."""
-    return _member_problem(info.name, info.isreg(), info.size)
-
-
-def _member_problem(name: str, regular: bool, size: int) -> str | None:
-    if not regular:
-        return "not a regular file"
-    if split_member_name(name) is None:
-        ext = name.rpartition(".")[2].lower() if "." in name else ""
-        unsafe = name.startswith(("/", "\\")) or "/" in name or "\\" in name or ".." in name
-        if not unsafe and ext not in MEMBER_EXTS:
-            return "unexpected extension"
-        return "unsafe name"
-    if size > MAX_MEMBER_BYTES:
-        return f"member larger than {MAX_MEMBER_BYTES >> 20} MiB"
-    return None
-
-
-# Tar member types: regular files (tarfile's REGULAR_TYPES less GNU sparse, which we refuse),
-# then the link/device/directory/FIFO types, which carry no data blocks.
-_TAR_REGULAR = frozenset(b"07\0")
-_TAR_NO_DATA = frozenset(b"123456")
-
-
-def _tar_number(field: bytes) -> int:
-    """A numeric header field: octal ASCII (NUL/space padded), or GNU base-256 when the high bit is set."""
-    if field[0] & 0x80:
-        if field[0] != 0x80:
-            raise tarfile.ReadError("negative number in tar header")
-        return int.from_bytes(field[1:], "big")
-    digits = field.replace(b"\0", b" ").strip()
-    try:
-        return int(digits, 8) if digits else 0
-    except ValueError:
-        raise tarfile.ReadError("invalid number in tar header") from None
-
-
-def _iter_tar_members(fh) -> Iterator[tuple[str, bool, int, int]]:
-    """``(name, regular, size, data_blocks)`` for each member header of a tar stream, positioned at
-    the member's data; the caller reads or skips ``data_blocks`` bytes before the next step.
-
-    A lean USTAR reader (our shards are USTAR; ``tarfile``'s per-member Python costs ~0.07 ms, a
-    tenth of a small JPEG decode): checksums are verified, a truncated header or an invalid field
-    raises ``tarfile.ReadError``, and the archive ends at a zero block or a clean end of file. PAX
-    and GNU extension headers are reported as members that are not regular files (so refused) and
-    their data skipped; names are USTAR's ``prefix/name``.
-    """
-    while True:
-        header = fh.read(_TAR_BLOCK)
-        if not header or header == bytes(_TAR_BLOCK):
-            return
-        if len(header) < _TAR_BLOCK:
-            raise tarfile.ReadError("truncated tar header")
-        stored = _tar_number(header[148:156])
-        unsigned = sum(header[:148]) + 256 + sum(header[156:])  # the checksum field counts as 8 spaces
-        # Some old tars summed signed chars; tarfile accepts either, and so do we.
-        if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in header[:148] + header[156:]):
-            raise tarfile.ReadError("bad tar header checksum")
-        name = header[:100].split(b"\0", 1)[0]
-        if header[257:263] == b"ustar\0":  # POSIX: a prefix may precede the name
-            prefix = header[345:500].split(b"\0", 1)[0]
-            if prefix:
-                name = prefix + b"/" + name
-        kind = header[156]
-        size = _tar_number(header[124:136])
-        data = 0 if kind in _TAR_NO_DATA else size + (-size) % _TAR_BLOCK
-        yield name.decode("utf-8", "surrogateescape"), kind in _TAR_REGULAR, size, data
-
-
-def iter_tar_samples(
-    path: str | os.PathLike[str],
-    on_refused: Callable[[str, str], None] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Stream a shard and group consecutive members by key.
-
-    Yields dicts ``{"__key__": key, "__url__": path, "<ext>": bytes, ...}``;
-    a key whose members repeat an extension gets ``"__dup__": True``. Refused
-    members (``member_problem``) are never read; ``on_refused(name, reason)`` is
-    called for each. Nothing is ever written to disk. Raises ``tarfile.TarError``
-    / ``OSError`` for an unreadable archive (``_iter_tar_members``).
-    """
-    current: dict[str, Any] | None = None
-    with open(path, "rb") as fh:
-        end = os.fstat(fh.fileno()).st_size
-        for name, regular, size, blocks in _iter_tar_members(fh):
-            problem = _member_problem(name, regular, size)
-            if problem is not None:
-                if on_refused is not None:
-                    on_refused(name, problem)
-                if fh.seek(blocks, os.SEEK_CUR) > end:
-                    raise tarfile.ReadError("unexpected end of data")
-                continue
-            key, ext = split_member_name(name)  # type: ignore[misc]
-            data = fh.read(size)
-            if len(data) < size or len(fh.read(blocks - size)) < blocks - size:
-                raise tarfile.ReadError("unexpected end of data")
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key, "__url__": str(path)}
-            if ext in current:
-                current["__dup__"] = True
-            current[ext] = data
-    if current is not None:
-        yield current
-
-
-def sample_image(sample: dict[str, Any]) -> tuple[str, bytes] | None:
-    """The one image member of a grouped sample as (ext, bytes); None if absent or ambiguous."""
-    found = [(ext, sample[ext]) for ext in IMAGE_EXTS if ext in sample]
-    return found[0] if len(found) == 1 else None
-
-
-def open_image(data: bytes, ext: str, *, max_side: int | None = None, max_pixels: int = MAX_DECODE_PIXELS):
-    """A stored shard image opened as far as its header (PIL is lazy): no pixel is decoded yet.
-
-    Only the decoder named by ``ext`` is allowed; larger than ``max_pixels`` or, when given, a side
-    longer than ``max_side`` raises ``ValueError``.
-    """
-    from PIL import Image
-
-    fmt = _EXT_FORMAT.get(ext)
-    if fmt is None:
-        raise ValueError(f"'{ext}' is not an image extension")
-    img = Image.open(io.BytesIO(data), formats=[fmt])
-    _check_size(*img.size, max_side, max_pixels)
-    return img
-
-
-def _check_size(w: int, h: int, max_side: int | None, max_pixels: int) -> None:
-    if w * h > max_pixels:
-        raise ValueError(f"image of {w}x{h} pixels exceeds the {max_pixels}-pixel cap")
-    if max_side is not None and max(w, h) > max_side:
-        raise ValueError(f"image of {w}x{h} exceeds the shard set's max side {max_side}")
-
-
-def open_encoded(data: bytes, ext: str, *, max_side: int | None = None, max_pixels: int = MAX_DECODE_PIXELS):
-    """``jpeg_roi.EncodedImage`` of a stored shard image: size checked as ``open_image`` does,
-    pixels decoded when (and where) the transform asks. A restart-marked JPEG (as ``encode_image``
-    writes) is read by ``jpeg_roi.parse``, any other image by PIL's lazy open."""
-    from midol_cli.data import jpeg_roi
-
-    if ext in ("jpg", "jpeg"):
-        layout = jpeg_roi.parse(data)
-        if layout is not None:
-            _check_size(layout.width, layout.height, max_side, max_pixels)
-            return jpeg_roi.EncodedImage(data, ext, layout=layout)
-    return jpeg_roi.EncodedImage(data, ext, opened=open_image(data, ext, max_side=max_side, max_pixels=max_pixels))
-
-
-def decode_image(
-    data: bytes,
-    ext: str,
-    *,
-    max_side: int | None = None,
-    max_pixels: int = MAX_DECODE_PIXELS,
-    strict_mode: bool = False,
-):
-    """Decode a stored shard image to a PIL image ("L" or "RGB").
-
-    Only the decoder named by ``ext`` is allowed, and the declared size is
-    checked before any pixel is decoded: larger than ``max_pixels`` or, when
-    given, a side longer than ``max_side`` raises ``ValueError``. Other modes
-    are converted to RGB unless ``strict_mode`` (the verifier) asks to refuse them.
-    """
-    img = open_image(data, ext, max_side=max_side, max_pixels=max_pixels)
-    img.load()
-    if img.mode not in ("L", "RGB"):
-        if strict_mode:
-            raise ValueError(f"image mode {img.mode} (expected L or RGB)")
-        img = img.convert("RGB")
-    return img
-
-
-def encode_image(img, max_side: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> tuple[str, bytes]:
-    """Resize (longer side <= max_side, never upscaled, Lanczos) and encode.
-
-    "L" images become PNG (lossless: grayscale X-ray/OCT contrast matters), RGB
-    photos JPEG at ``jpeg_quality``, 4:2:0, baseline, optimised Huffman tables, with a restart marker every few
-    MCUs (``jpeg_roi.restart_interval``; ~1% of the bytes) so that a reader can
-    decode just the part a crop needs (``jpeg_roi``). Returns (extension, encoded bytes).
-    """
-    from PIL import Image
-
-    from midol_cli.data.jpeg_roi import restart_interval
-
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("L" if img.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
-    w, h = img.size
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if w >= h:
-            size = (max_side, size[1])
-        else:
-            size = (size[0], max_side)
-        # reducing_gap lets PIL box-reduce first for big factors: same look, several times faster.
-        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buf = io.BytesIO()
-    if img.mode == "L":
-        img.save(buf, format="PNG", compress_level=6)
-        return "png", buf.getvalue()
-    # optimize: Huffman tables fitted to the image (a second pass at shard time): ~3% fewer bytes,
-    # and as much less to entropy-decode on every epoch.
-    img.save(buf, format="JPEG", quality=jpeg_quality, subsampling="4:2:0", optimize=True,
-             restart_marker_blocks=restart_interval(img.width))
-    return "jpg", buf.getvalue()
-
-
-# ------------------------------------------------------------------ inputs and plan
-
-
-@dataclass(frozen=True)
-class ShardParams:
-    """Everything that changes the bytes written (``workers`` does not, so it is not here)."""
-
-    split: str | None = None
-    modalities: tuple[str, ...] = ()
-    max_side: int = DEFAULT_MAX_SIDE
-    max_count: int = DEFAULT_MAX_COUNT
-    max_size: int = DEFAULT_MAX_SIZE
-    seed: int = 0
-    min_shards: int = DEFAULT_MIN_SHARDS
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY
-
-    def check(self) -> None:
-        if self.split is not None and self.split not in SPLITS:
-            raise UsageError(f"--split '{self.split}' is not one of {', '.join(SPLITS)}")
-        if self.max_side < 16:
-            raise UsageError(f"--max-side must be at least 16 pixels (got {self.max_side})")
-        if self.max_count < 1:
-            raise UsageError(f"--max-count must be at least 1 (got {self.max_count})")
-        if self.max_size < 1:
-            raise UsageError(f"--max-size must be at least 1 byte (got {self.max_size})")
-        if self.min_shards < 1:
-            raise UsageError(f"--min-shards must be at least 1 (got {self.min_shards})")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UsageError(f"--jpeg-quality must be between 1 and 100 (got {self.jpeg_quality})")
-
-
-@dataclass
-class InputSet:
-    """Samples selected from the manifests, keyed by sample_id, plus what was read."""
-
-    samples: dict[str, dict[str, Any]]
-    inputs: list[dict[str, Any]]
-    excluded: list[dict[str, str]] = field(default_factory=list)
-
-
-def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams) -> InputSet:
-    """Merge manifests: status "ok", first of exact duplicates, --split/--modality filters.
-
-    Raises UsageError for a sample_id present in two manifests (naming both), a
-    --modality that is misspelt, or an empty selection.
-    """
-    from midol_cli.data.manifest import manifest_hash, read_manifest
-    from midol_cli.modalities import check_modality
-
-    if not manifests:
-        raise UsageError("give at least one manifest (written by `midol ingest`)")
-    seen_paths: set[Path] = set()
-    owner: dict[str, str] = {}
-    samples: dict[str, dict[str, Any]] = {}
-    inputs: list[dict[str, Any]] = []
-    excluded: list[dict[str, str]] = []
-    frames = []
-    for m in manifests:
-        path = Path(m).resolve()
-        if path in seen_paths:
-            continue
-        seen_paths.add(path)
-        df, meta = read_manifest(path, only_ok=True)
-        root = meta.get("root")
-        if not root:
-            raise UsageError(f"manifest '{m}' records no raw root folder; re-create it with `midol ingest`")
-        # The pixel cap ingest accepted the folder with, so that shard time agrees with it.
-        cap = int(meta.get("max_pixels") or 0)
-        frames.append((path, df, Path(root), cap))
-    present = sorted({str(v) for _, df, _, _ in frames for v in df["modality"].tolist()})
-    wanted = {check_modality(x, declared=present) for x in params.modalities}
-
-    for path, df, root, cap in frames:
-        used = 0
-        has_dup_col = "duplicate_of" in df.columns
-        for row in df.to_dict("records"):
-            sid = str(row["sample_id"])
-            if sid in owner:
-                other = owner[sid]
-                where = f"twice in manifest '{path}'" if other == str(path) else f"in '{other}' and '{path}'"
-                raise UsageError(
-                    f"sample_id {sid} appears {where}; shard each folder once (re-run `midol ingest` "
-                    "if two folders overlap)"
-                )
-            owner[sid] = str(path)
-            if has_dup_col and row.get("duplicate_of"):
-                continue
-            if params.split is not None and row.get("split") != params.split:
-                continue
-            if wanted and row["modality"] not in wanted:
-                continue
-            rel = str(row["path"])
-            abs_path = root / rel
-            if not KEY_RE.match(sid):
-                excluded.append({"sample_id": sid, "path": rel, "reason": "sample_id is not a safe shard key"})
-                continue
-            if Path(rel).is_absolute() or not is_within(abs_path, root):
-                excluded.append({"sample_id": sid, "path": rel, "reason": "path escapes the manifest's raw root"})
-                continue
-            labels = row.get("labels")
-            samples[sid] = {
-                "sample_id": sid,
-                "abs_path": str(abs_path),
-                "path": rel,
-                "sha256": str(row.get("sha256") or ""),
-                "modality": str(row["modality"]),
-                "label": str(row.get("label") or ""),
-                "labels": [str(x) for x in (labels if labels is not None else [])],
-                "group": str(row.get("group") or ""),
-                "split": str(row.get("split") or ""),
-                "dataset": str(row.get("dataset") or ""),
-                "max_pixels": cap,
-            }
-            used += 1
-        inputs.append(
-            {"path": str(path), "manifest_hash": manifest_hash(path), "root": str(root), "samples": used}
-        )
-    if not samples:
-        what = []
-        if params.split:
-            what.append(f"split '{params.split}'")
-        if wanted:
-            what.append(f"modality {', '.join(sorted(wanted))}")
-        sel = f" matching {' and '.join(what)}" if what else ""
-        raise UsageError(f"no usable samples{sel} in the given manifest(s); check the filters or run `midol ingest`")
-    return InputSet(samples=samples, inputs=inputs, excluded=excluded)
-
-
-def chunk_bounds(n: int, params: ShardParams) -> list[tuple[int, int]]:
-    """Split n plan positions into contiguous count-bounded chunks, as even as possible.
-
-    At least ``min_shards`` chunks (fewer only when n is smaller), each at most
-    ``max_count``. A chunk may still be split further by ``max_size`` when written.
-    """
-    k = max(min(params.min_shards, n), math.ceil(n / params.max_count), 1)
-    base, extra = divmod(n, k)
-    bounds, start = [], 0
-    for i in range(k):
-        end = start + base + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
-
-
-def make_plan(inputs: InputSet, params: ShardParams) -> dict[str, Any]:
-    """The deterministic plan: shuffled sample order and chunk bounds, tied to inputs and params."""
-    order = sorted(inputs.samples)
-    random.Random(params.seed).shuffle(order)
-    return {
-        "format": INDEX_FORMAT,
-        "midol_version": __version__,
-        "inputs": sorted(i["manifest_hash"] for i in inputs.inputs),
-        "params": asdict(params),
-        "order": order,
-        "chunks": [list(b) for b in chunk_bounds(len(order), params)],
-    }
-
-
-def plan_hash(plan: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-
+# The format's, the plan's and the verifier's public names are part of this module's API.
+__all__ = [
+    "DEFAULT_JPEG_QUALITY",
+    "DEFAULT_MAX_COUNT",
+    "DEFAULT_MAX_SIDE",
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_MIN_SHARDS",
+    "IMAGE_EXTS",
+    "INDEX_FORMAT",
+    "INDEX_NAME",
+    "InputSet",
+    "KEY_RE",
+    "LogFn",
+    "MAX_DECODE_PIXELS",
+    "MAX_MEMBER_BYTES",
+    "MEMBER_EXTS",
+    "PLAN_NAME",
+    "ProgressFn",
+    "SHARD_NAME_RE",
+    "STAGING_NAME",
+    "ShardCheck",
+    "ShardParams",
+    "build_index",
+    "chunk_bounds",
+    "decode_image",
+    "encode_image",
+    "iter_tar_samples",
+    "load_index",
+    "load_inputs",
+    "make_plan",
+    "member_problem",
+    "open_encoded",
+    "open_image",
+    "parse_size",
+    "plan_hash",
+    "sample_image",
+    "shard_name",
+    "split_member_name",
+    "verify_shards",
+    "write_shards",
+]
 
 # ------------------------------------------------------------------ encoding (worker side)
 
@@ -504,7 +147,6 @@ def _encode_task(task: tuple[str, str, str, dict[str, Any], int, int]) -> tuple[
     Returns (sample_id, ext, image bytes, json bytes, "") or
     (sample_id, "", b"", b"", reason) when the file cannot be used now.
     """
-    import hashlib
 
     from midol_cli.data import readers
     from midol_cli.data.readers import ImageRejected
@@ -610,15 +252,6 @@ class _ShardWriter:
 # ------------------------------------------------------------------ resume bookkeeping
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _final_shards(out_dir: Path) -> list[Path]:
-    return sorted(p for p in out_dir.iterdir() if SHARD_NAME_RE.match(p.name))
 
 
 def _kept_prefix(out_dir: Path, phash: str, n: int) -> list[dict[str, Any]]:
@@ -887,129 +520,3 @@ def build_index(
         "parameters": asdict(params),
         "provenance": provenance(stage="shard", plan_hash=phash),
     }
-
-
-# ------------------------------------------------------------------ verification
-
-
-@dataclass
-class ShardCheck:
-    """Verification outcome for one shard (or one unexpected file in the folder)."""
-
-    name: str
-    expected: int | None
-    found: int
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def load_index(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and sanity-check ``SHARD_DIR/index.json``; UsageError if absent or malformed."""
-    d = Path(shard_dir)
-    if not d.is_dir():
-        raise UsageError(f"shard folder '{d}' does not exist; create it with `midol shard`")
-    path = d / INDEX_NAME
-    if not path.is_file():
-        raise UsageError(f"'{path}' is missing (an unfinished or foreign shard folder); re-run `midol shard`")
-    idx = _read_json(path)
-    ok = (
-        isinstance(idx, dict)
-        and isinstance(idx.get("shards"), list)
-        and isinstance(idx.get("totals"), dict)
-        and all(
-            isinstance(s, dict) and isinstance(s.get("name"), str) and SHARD_NAME_RE.match(s["name"])
-            and isinstance(s.get("samples"), int)
-            for s in idx["shards"]
-        )
-    )
-    if not ok:
-        raise UsageError(f"'{path}' is not a valid midol shard index; re-run `midol shard`")
-    return idx
-
-
-def _check_shard(path: Path, entry: dict[str, Any], max_side: int | None) -> ShardCheck:
-    chk = ShardCheck(entry["name"], entry["samples"], 0)
-    if not path.is_file():
-        chk.problems.append("file is missing")
-        return chk
-    if path.stat().st_size != entry.get("bytes"):
-        chk.problems.append(f"size {path.stat().st_size} bytes, index says {entry.get('bytes')}")
-    if sha256_file(path) != entry.get("sha256"):
-        chk.problems.append("sha256 does not match index.json")
-    refused: list[str] = []
-    per_mod: Counter[str] = Counter()
-    keys: set[str] = set()
-    bad = 0
-    try:
-        for s in iter_tar_samples(path, on_refused=lambda name, why: refused.append(f"{name!r} ({why})")):
-            key = s["__key__"]
-            problem = None
-            if key in keys or s.get("__dup__"):
-                problem = "repeated members"
-            img = sample_image(s)
-            if problem is None and img is None:
-                problem = "no single image member"
-            if problem is None and "json" not in s:
-                problem = "no .json member"
-            if problem is None:
-                try:
-                    meta = json.loads(s["json"])
-                    if not isinstance(meta, dict):
-                        raise ValueError("not an object")
-                    missing = [k for k in SHARD_META_KEYS if k not in meta]
-                    if missing:
-                        problem = f"json lacks {', '.join(missing)}"
-                    elif meta["sample_id"] != key:
-                        problem = "json sample_id differs from the member key"
-                except ValueError:
-                    problem = "json does not parse"
-            if problem is None:
-                try:
-                    decode_image(img[1], img[0], max_side=max_side, strict_mode=True)
-                except Exception as e:
-                    problem = f"image does not decode ({type(e).__name__})"
-            keys.add(key)
-            if problem is None:
-                chk.found += 1
-                per_mod[meta["modality"]] += 1
-            else:
-                bad += 1
-                if bad <= 3:
-                    chk.problems.append(f"sample {key}: {problem}")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        chk.problems.append(f"not a readable tar ({type(e).__name__})")
-        return chk
-    if bad > 3:
-        chk.problems.append(f"{bad} bad samples in all")
-    if refused:
-        chk.problems.append(f"unexpected members: {', '.join(refused[:3])}" + (" ..." if len(refused) > 3 else ""))
-    if chk.found != entry["samples"]:
-        chk.problems.append(f"{chk.found} good samples, index says {entry['samples']}")
-    elif dict(per_mod) != {k: v for k, v in entry.get("per_modality", {}).items() if v}:
-        chk.problems.append("per-modality counts differ from index.json")
-    return chk
-
-
-def verify_shards(shard_dir: str | os.PathLike[str]) -> list[ShardCheck]:
-    """Re-read every shard listed in index.json: sha256, sizes, counts, members, decodability.
-
-    Returns one ShardCheck per shard plus one per shard-like file the index does
-    not list. UsageError when the folder or its index is missing.
-    """
-    d = Path(shard_dir)
-    idx = load_index(d)
-    max_side = (idx.get("parameters") or {}).get("max_side")
-    checks = [_check_shard(d / e["name"], e, max_side) for e in idx["shards"]]
-    listed = {e["name"] for e in idx["shards"]}
-    for p in _final_shards(d):
-        if p.name not in listed:
-            checks.append(ShardCheck(p.name, None, 0, ["not listed in index.json"]))
-    total = sum(c.found for c in checks)
-    if total != idx["totals"].get("samples"):
-        checks.append(
-            ShardCheck(INDEX_NAME, idx["totals"].get("samples"), total, ["total samples differ from index.json"])
-        )
-    return checks

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from midol_cli.models.encoder import IMAGENET_MEAN, IMAGENET_STD
+from midol_cli.data import IMAGENET_MEAN, IMAGENET_STD
 
 # ITU-R BT.601 luma, the weights of PIL's "L" conversion (and torchvision's grayscale).
 _LUMA = (0.299, 0.587, 0.114)

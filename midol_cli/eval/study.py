@@ -143,8 +143,8 @@ def _recipe_for(cfg: StudyConfig, variant: Variant, seed: int):
 
 
 def _run_complete(run_dir: Path, steps: int) -> bool:
+    from midol_cli.checkpoint import CKPT_RE, list_checkpoints
     from midol_cli.models.export import ENCODER_FILE
-    from midol_cli.train.checkpoint import CKPT_RE, list_checkpoints
 
     found = list_checkpoints(run_dir)
     if not found or not (run_dir / "export" / ENCODER_FILE).is_file():

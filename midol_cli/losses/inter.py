@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from midol_cli.train.distributed import all_reduce_sum, all_reduce_sum_grad
+from midol_cli.distributed import all_reduce_sum, all_reduce_sum_grad
 
 
 def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:

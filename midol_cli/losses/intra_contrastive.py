@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from midol_cli.train.distributed import all_gather_cat, rank_offset
+from midol_cli.distributed import all_gather_cat, rank_offset
 
 
 class IntraContrastiveLoss(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from midol_cli.train.distributed import all_reduce_sum
+from midol_cli.distributed import all_reduce_sum
 
 
 class IntraDistillLoss(nn.Module):

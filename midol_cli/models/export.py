@@ -45,7 +45,7 @@ def _save(tensors: dict[str, Any], meta: dict[str, str], target: Path) -> None:
 
 def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = "teacher") -> dict[str, Path]:
     """Write encoder (``out_file``) and projector (beside it) from a pre-training checkpoint."""
-    from midol_cli.train.checkpoint import load_checkpoint
+    from midol_cli.checkpoint import load_checkpoint
 
     if which not in ("teacher", "student"):
         raise UsageError("--which must be teacher or student")
@@ -86,7 +86,7 @@ def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = 
 
 def export_run(run_dir: str | Path, out_file: str | Path | None = None, which: str = "teacher") -> dict[str, Path]:
     """Export the newest checkpoint of ``run_dir`` (default target: RUN_DIR/export/encoder.safetensors)."""
-    from midol_cli.train.checkpoint import list_checkpoints
+    from midol_cli.checkpoint import list_checkpoints
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

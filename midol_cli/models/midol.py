@@ -197,7 +197,7 @@ class MIDoL(nn.Module):
         Returned as ``[K]`` tensors plus the sample count per expert; NaN where an
         expert had no sample in this batch.
         """
-        from midol_cli.train.distributed import all_reduce_sum
+        from midol_cli.distributed import all_reduce_sum
 
         k = self.n_experts
         ent = entropy(t_probs).mean(0)  # [B]
@@ -240,7 +240,7 @@ class MIDoL(nn.Module):
 
         Computed on the global batch (all ranks gathered).
         """
-        from midol_cli.train.distributed import all_gather_cat
+        from midol_cli.distributed import all_gather_cat
 
         z = torch.nn.functional.normalize(all_gather_cat(feats.float()), dim=-1)
         mods = all_gather_cat(modality)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from midol_cli.train.distributed import DistInfo
+from midol_cli.distributed import DistInfo
 
 
 class Bad:

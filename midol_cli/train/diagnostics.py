@@ -76,7 +76,7 @@ def stats_to_record(stats: dict[str, torch.Tensor], modalities: list[str], n_exp
     per-expert ``[K]`` statistics are already global (computed with all-reduced sums)."""
     import torch
 
-    from midol_cli.train.distributed import all_reduce_sum, world_size
+    from midol_cli.distributed import all_reduce_sum, world_size
 
     rec: dict[str, Any] = {}
     scalar_keys = [k for k, v in stats.items() if v.dim() == 0]
@@ -136,7 +136,7 @@ class DamageTally:
         """The run's totals over all ranks (a collective: every rank calls it at the same step)."""
         import torch
 
-        from midol_cli.train.distributed import all_reduce_sum
+        from midol_cli.distributed import all_reduce_sum
 
         loc = self.local()
         t = all_reduce_sum(torch.tensor([float(loc[k]) for k in self.KEYS], device=device))

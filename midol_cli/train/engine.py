@@ -32,16 +32,30 @@ import numpy as np
 import torch
 
 from midol_cli import __version__
+from midol_cli import checkpoint as ckpt
 from midol_cli.artifacts import provenance, write_json_atomic, write_text_atomic
+from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, gather_objects, is_dist, on_main
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.recipes import dump_recipe, recipe_dict, recipe_hash
-from midol_cli.train import checkpoint as ckpt
-from midol_cli.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects, is_dist, on_main
 from midol_cli.train.optim import warmup_cosine
 
 BEST_NAME = "best.pt"
 METRICS_NAME = "metrics.jsonl"
 MAX_CONSECUTIVE_BAD_STEPS = 5
+
+
+# --------------------------------------------------------------------------- run dirs
+
+
+def protocol_name(linear: bool) -> str:
+    """Results protocol: ``finetune`` (encoder trains) or ``linear_ft`` (frozen encoder, trained head)."""
+    return "linear_ft" if linear else "finetune"
+
+
+def default_run_dir(out_root: str | Path, model_id: str, task_name: str, linear: bool = False) -> Path:
+    """``<results root>/<model>/<task>/run_<protocol>``: checkpoints go where the user sent the results,
+    never into whatever folder the command happened to start in."""
+    return Path(out_root) / model_id / task_name / f"run_{protocol_name(linear)}"
 
 
 # --------------------------------------------------------------------------- reporting
@@ -50,6 +64,8 @@ MAX_CONSECUTIVE_BAD_STEPS = 5
 class Reporter:
     """Where a run's progress and messages go. This one prints plain lines to stderr; the CLI passes
     a rich progress bar (``cli._common.progress_reporter``) on a terminal. Used on rank 0 only."""
+
+    bar = False  # True when advance() draws a bar (otherwise progress is worth a plain line)
 
     def start(self, label: str, total: int, completed: int) -> None:
         pass
@@ -62,6 +78,50 @@ class Reporter:
 
     def stop(self) -> None:
         pass
+
+
+class RunLogger:
+    """``metrics.jsonl`` (NaN as null) and TensorBoard scalars on rank 0, progress to a ``Reporter``:
+    one bar update per row on a terminal, a plain ``step N/T ...`` line otherwise. TensorBoard is
+    optional at run time: ``metrics.jsonl`` is the record."""
+
+    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool, reporter: Reporter | None = None,
+                 label: str = "pretrain", key: str = "step") -> None:
+        self.enabled, self.key, self.total = enabled, key, total
+        self.reporter = reporter or Reporter()
+        self.fh = self.tb = None
+        if not enabled:
+            return
+        self.fh = open(run_dir / METRICS_NAME, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception as e:
+            self.reporter.line(f"note: TensorBoard logging disabled ({type(e).__name__}); metrics.jsonl has every row")
+        self.reporter.start(label, total, start)
+
+    def log(self, rec: dict[str, Any], info: str) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json_row(rec) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, int | float) and k != self.key and math.isfinite(v):
+                    self.tb.add_scalar(k, v, rec[self.key])  # "teacher_entropy/xray" groups per expert
+        if self.reporter.bar:
+            self.reporter.advance(int(rec[self.key]), info)
+        else:
+            self.reporter.line(f"{self.key} {rec[self.key]}/{self.total}  {info}")
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.reporter.stop()
+        if self.tb is not None:
+            self.tb.close()
+        self.fh.close()
 
 
 def report_bad(bad: Iterable[tuple[str, str]], where: str, say: Callable[[str], None]) -> int:
@@ -122,6 +182,27 @@ def better(value: float, best: float | None) -> bool:
 
 def finite_parameters(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@torch.no_grad()
+def features_finite(encoder: torch.nn.Module, size: int, device: torch.device) -> bool:
+    """Whether the encoder maps a fixed noise image to finite features. Weights that overflowed stay
+    finite numbers (1e38) yet give NaN features; those must not be checkpointed or exported."""
+    # Each module's own mode is restored: the teacher mixes them (batch-mode norms, drop-path off).
+    modes = [(m, m.training) for m in encoder.modules()]
+    encoder.eval()
+    try:
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        return bool(torch.isfinite(encoder(x).float()).all())
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def last_good(run_dir: Path) -> str:
+    """Names the newest checkpoint that exists, for messages of a run that stops."""
+    last = ckpt.list_checkpoints(run_dir)
+    return f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
@@ -267,9 +348,7 @@ def fit(task: SupervisedTask, net: torch.nn.Module, optimizer: torch.optim.Optim
 
     def guard(what: str) -> None:
         if not finite_parameters(task.model):
-            last = ckpt.list_checkpoints(run_dir)
-            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-            raise RunFailed(f"parameters are not finite after epoch {st.epoch}; {what} not written ({kept}); "
+            raise RunFailed(f"parameters are not finite after epoch {st.epoch}; {what} not written ({last_good(run_dir)}); "
                             "lower optim.lr or use precision=fp32")
 
     def save_ckpt() -> None:

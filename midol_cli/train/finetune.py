@@ -28,24 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from midol_cli.distributed import DistInfo, cleanup, gather_objects, init_distributed, on_main
 from midol_cli.errors import UsageError
 from midol_cli.recipes import FinetuneRecipe, augment_for, recipe_hash
 from midol_cli.train import engine
-from midol_cli.train.distributed import DistInfo, cleanup, gather_objects, init_distributed, on_main
+from midol_cli.train.engine import default_run_dir, protocol_name  # noqa: F401  (public here too)
 
 BEST_FORMAT = "midol-finetune-best-2"
 CKPT_KIND = "finetune"
-
-
-def protocol_name(linear: bool) -> str:
-    """Results protocol: ``finetune`` (encoder trains) or ``linear_ft`` (frozen encoder, trained head)."""
-    return "linear_ft" if linear else "finetune"
-
-
-def default_run_dir(out_root: str | Path, model_id: str, task_name: str, linear: bool = False) -> Path:
-    """``<results root>/<model>/<task>/run_<protocol>``: checkpoints go where the user sent the results,
-    never into whatever folder the command happened to start in."""
-    return Path(out_root) / model_id / task_name / f"run_{protocol_name(linear)}"
 
 
 # --------------------------------------------------------------------------- data

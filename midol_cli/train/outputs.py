@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from midol_cli import __version__
+from midol_cli import checkpoint as ckpt
 from midol_cli.artifacts import provenance, write_json_atomic
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
-from midol_cli.train import checkpoint as ckpt
 from midol_cli.train.pretrain import build_model, encoder_spec
 
 

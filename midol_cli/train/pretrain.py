@@ -28,15 +28,15 @@ from typing import Any
 import torch
 
 from midol_cli import __version__
+from midol_cli import checkpoint as ckpt
 from midol_cli.artifacts import provenance, write_json_atomic
+from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.models.encoder import EncoderSpec, build_encoder
 from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
-from midol_cli.train import checkpoint as ckpt
 from midol_cli.train.diagnostics import CollapseWatch, DamageTally, stats_to_record
-from midol_cli.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from midol_cli.train.engine import json_row, truncate_metrics
+from midol_cli.train.engine import Reporter, RunLogger, features_finite, last_good, truncate_metrics
 from midol_cli.train.optim import cosine, linear_ramp, warmup_cosine
 
 TERMS = ("loss_intra", "loss_inter", "loss_route", "grad_norm")
@@ -123,67 +123,6 @@ def _param_groups(student: torch.nn.Module) -> list[dict[str, Any]]:
     return param_groups(student.named_parameters(), 0.0)
 
 
-class _Logger:
-    """metrics.jsonl + TensorBoard on rank 0; progress as a rich bar on a TTY, plain lines otherwise."""
-
-    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.fh = None
-        self.tb = None
-        self.progress = None
-        if not enabled:
-            return
-        self.fh = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception as e:  # tensorboard is optional at run time: metrics.jsonl is the record
-            warnings.warn(f"TensorBoard logging disabled ({type(e).__name__})", stacklevel=2)
-        from midol_cli.cli._common import show_progress
-
-        if show_progress():
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("pretrain"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                transient=False,
-                console=Console(stderr=True),  # stdout stays for data
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("pretrain", total=total, completed=start, info="")
-
-    def log(self, rec: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.fh.write(json_row(rec) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
-                    self.tb.add_scalar(k, v, rec["step"])  # "teacher_entropy/xray" groups per expert
-        info = f"loss {rec['loss']:.3f}  {rec['images_per_s']:.1f} img/s"
-        if self.progress is not None:
-            self.progress.update(self.task, completed=rec["step"], info=info)
-        else:
-            import sys
-
-            print(f"step {rec['step']}/{rec['total_steps']}  {info}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        if self.tb is not None:
-            self.tb.close()
-        if self.fh is not None:
-            self.fh.close()
-
-
 def _check_local_size(model: MIDoL, recipe: PretrainRecipe, device: torch.device) -> None:
     """Local crops need an encoder that accepts their size; say so before training, not mid-run."""
     s = recipe.data.local_size
@@ -200,47 +139,30 @@ def _check_local_size(model: MIDoL, recipe: PretrainRecipe, device: torch.device
         model.student.encoder.train()
 
 
-@torch.no_grad()
-def _features_finite(encoder: torch.nn.Module, size: int, device: torch.device) -> bool:
-    """Whether the encoder maps a fixed noise image to finite features. Weights that overflowed stay
-    finite numbers (1e38) yet give NaN features; those must not be checkpointed or exported."""
-    # Each module's own mode is restored: the teacher mixes them (batch-mode norms, drop-path off).
-    modes = [(m, m.training) for m in encoder.modules()]
-    encoder.eval()
-    try:
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-        return bool(torch.isfinite(encoder(x).float()).all())
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
-def _last_good(run_dir: Path) -> str:
-    last = ckpt.list_checkpoints(run_dir)
-    return f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-
-
 def run_pretrain(
     recipe: PretrainRecipe,
     run_dir: str | Path,
     resume: str | None = None,
     max_steps: int | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Pre-train according to ``recipe`` into ``run_dir``; returns a summary dict (rank 0).
 
-    ``max_steps`` stops early (tests, smoke runs) without changing any schedule.
+    ``max_steps`` stops early (tests, smoke runs) without changing any schedule; ``reporter``
+    (``train.engine.Reporter``) receives progress: plain lines by default.
     """
     run_dir = Path(run_dir)
     if max_steps is not None and max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1 (got {max_steps}); leave it out to run the whole schedule")
     dist_info: DistInfo = init_distributed()
     try:
-        return _run(recipe, run_dir, resume, max_steps, dist_info)
+        return _run(recipe, run_dir, resume, max_steps, dist_info, reporter or Reporter())
     finally:
         cleanup()
 
 
-def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: int | None, di: DistInfo):
+def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: int | None, di: DistInfo,
+         reporter: Reporter):
     from midol_cli.data.loader import make_loader
     from midol_cli.data.transforms import MultiViewTransform, Normalise, collate_views
 
@@ -319,10 +241,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             damage = DamageTally(state.get("damage"))
         if di.is_main:
             truncate_metrics(run_dir / "metrics.jsonl", start_step, key="step")
-        if di.is_main:
-            import sys
-
-            print(f"resumed from {resume_path} at step {start_step}", file=sys.stderr)
+            reporter.line(f"resumed from {resume_path} at step {start_step}")
     run_started = time.perf_counter()
     prior_seconds = 0.0
     if di.is_main:
@@ -393,7 +312,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     last_bad_step = torch.full((), -1.0, device=dev)
     last_bad_terms = torch.zeros(len(TERMS), device=dev)
 
-    logger = _Logger(run_dir, total, start_step, di.is_main)
+    logger = RunLogger(run_dir, total, start_step, di.is_main, reporter)
     stop = min(total, max_steps) if max_steps is not None else total
     step = start_step
     segment = None
@@ -410,7 +329,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             bad_terms = [TERMS[i] for i, v in enumerate(last_bad_terms.tolist()) if v > 0]
             raise RunFailed(
                 f"{tr.max_bad_steps} non-finite steps in a row (last at step {int(last_bad_step)}, "
-                f"non-finite: {', '.join(bad_terms) or 'unknown'}); {_last_good(run_dir)}"
+                f"non-finite: {', '.join(bad_terms) or 'unknown'}); {last_good(run_dir)}"
             )
 
     def check_finite(at: int) -> None:
@@ -418,9 +337,9 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         from midol_cli.train.engine import finite_parameters
 
         ok = torch.tensor(float(finite_parameters(model.student) and finite_parameters(model.teacher)
-                                and _features_finite(model.teacher.encoder, recipe.model.img_size, dev)), device=dev)
+                                and features_finite(model.teacher.encoder, recipe.model.img_size, dev)), device=dev)
         if float(all_reduce_sum(ok)) < di.world_size:
-            raise RunFailed(f"parameters or features are not finite at step {at}; nothing written for it ({_last_good(run_dir)}); "
+            raise RunFailed(f"parameters or features are not finite at step {at}; nothing written for it ({last_good(run_dir)}); "
                             "lower optim.lr or use precision=fp32")
 
     def save(at: int) -> None:
@@ -528,13 +447,11 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     damaged=damage.total(dev),
                 )
                 if di.is_main:
-                    import sys
-
                     for line in watch.update(step, rec):
-                        print(line, file=sys.stderr)
+                        reporter.line(line)
                 collapse_warned = watch.warned
                 rec["collapse_warning"] = collapse_warned
-                logger.log(rec)
+                logger.log(rec, f"loss {rec['loss']:.3f}  {rec['images_per_s']:.1f} img/s")
                 last_rec = rec
             if step % tr.ckpt_every == 0 and step < stop:
                 save(step)

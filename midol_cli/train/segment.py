@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from midol_cli.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, on_main
 from midol_cli.errors import UsageError
 from midol_cli.recipes import FinetuneRecipe, augment_for, recipe_hash
 from midol_cli.train import engine
-from midol_cli.train.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, on_main
 from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data: this module's public entry)
     EvalPairTransform,
     JointTrainTransform,
@@ -219,7 +219,7 @@ class SegmentationTask:
 
     def validate(self, autocast: Any) -> tuple[float, dict[str, Any], list]:
         """Mean Dice / Jaccard at the input size; each rank scores its share, the sums are all-reduced."""
-        from midol_cli.train.distributed import gather_objects
+        from midol_cli.distributed import gather_objects
 
         scores, bad = evaluate_resized(self.model, self.val_loader, self.di.device, autocast)
         vals = np.asarray(list(scores.values()), dtype=np.float64).reshape(-1, 2)
@@ -280,7 +280,6 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     from midol_cli.data import readers
     from midol_cli.eval.models import load_eval_model
     from midol_cli.train.data import RowDataset, collate_skip, make_loader
-    from midol_cli.train.finetune import default_run_dir  # the classification runs' convention: side by side
     from midol_cli.train.optim import adamw
 
     if spec.label_type != "segmentation":
@@ -316,7 +315,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     model.to(di.device)
     mean, std = enc_spec.mean, enc_spec.std
 
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out_root, model_info["id"], spec.name)
+    run_dir = Path(run_dir) if run_dir is not None else engine.default_run_dir(out_root, model_info["id"], spec.name)
     resume_path = engine.check_run_dir(run_dir, resume)
     autocast = engine.autocast_for(recipe.precision, di.device)
     if recipe.precision == "bf16" and di.device.type != "cuda":

@@ -116,8 +116,8 @@ def test_a_cuda_device_without_a_gpu_is_one_line(inputs, tmp_path, capsys, monke
 def test_a_full_disk_while_writing_a_checkpoint_says_so(tmp_path, monkeypatch):
     import torch
 
+    from midol_cli import checkpoint as ckpt
     from midol_cli.errors import RunFailed
-    from midol_cli.train import checkpoint as ckpt
 
     def full(obj, f, *a, **k):
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")

@@ -202,7 +202,7 @@ def test_worker_crash_rejects_only_the_culprit(tmp_path):
     files = make_imagefolder(raw, per_class=6)
     paths = [str(raw / f) for f in files] + [str(write_image(raw / "cat" / "crash.png"))]
     out = ingest_mod._decode_all(
-        paths, readers.DEFAULT_MAX_PIXELS, 2, False, lambda _m: None, chunk_fn=crash_on_marker
+        paths, readers.DEFAULT_MAX_PIXELS, 2, None, lambda _m: None, chunk_fn=crash_on_marker
     )
     assert set(out) == set(paths)
     assert out[paths[-1]]["reason"] == "decoder crashed"
@@ -239,7 +239,9 @@ def test_progress_bar_path_gives_the_same_rows(tmp_path):
     raw = tmp_path / "raw"
     make_imagefolder(raw, per_class=3)
     _, plain, _ = run(raw, tmp_path / "a.parquet")
-    _, barred, _ = run(raw, tmp_path / "b.parquet", progress=True)
+    calls = []
+    _, barred, _ = run(raw, tmp_path / "b.parquet", progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1]
     assert barred.drop(columns="labels").equals(plain.drop(columns="labels"))
 
 

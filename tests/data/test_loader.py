@@ -17,6 +17,7 @@ from midol_cli.artifacts import sha256_file, stable_id
 from midol_cli.data import loader as L
 from midol_cli.data.manifest import empty_row, write_manifest
 from midol_cli.data.shards import ShardParams, write_shards
+from midol_cli.distributed import rank_world
 from midol_cli.errors import RunFailed, UsageError
 
 
@@ -214,16 +215,16 @@ def test_read_index_errors(tmp_path: Path) -> None:
         L.shard_urls(tmp_path)
 
 
-def test_dist_info_reads_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rank_world_reads_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert L.dist_info() == (0, 1)
+    assert rank_world() == (0, 1)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert L.dist_info() == (3, 4)
+    assert rank_world() == (3, 4)
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(UsageError):
-        L.dist_info()
+        rank_world()
 
 
 def test_resampled_stream_over_unreadable_shards_stops(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from midol_cli.artifacts import SHARD_META_KEYS, sha256_file, stable_id
+from midol_cli.data import shard_format as F
 from midol_cli.data import shards as S
 from midol_cli.data.manifest import empty_row, write_manifest
 from midol_cli.errors import RunFailed, UsageError
@@ -438,7 +439,7 @@ def test_tar_reader_refuses_extension_headers_and_big_members(tmp_path: Path, mo
     samples, refused = _read_all(path)
     assert [s["__key__"] for s in samples] == ["ok1"] and samples[0]["json"] == b"{}"
     assert refused[0][1] == "not a regular file" and all(name != long for name, _ in refused)
-    monkeypatch.setattr(S, "MAX_MEMBER_BYTES", 2)  # never read, skipped by its size
+    monkeypatch.setattr(F, "MAX_MEMBER_BYTES", 2)  # never read, skipped by its size
     samples, refused = _read_all(_tar(tmp_path / "b.tar", [("big1.png", b"abcdef"), ("ok1.json", b"{}")]))
     assert refused == [("big1.png", "member larger than 0 MiB")] and [s["__key__"] for s in samples] == ["ok1"]
 
@@ -458,7 +459,7 @@ def test_tar_reader_rejects_damaged_archives(tmp_path: Path) -> None:
     assert len(_read_all(tmp_path / "g.tar")[0]) == 1
     (tmp_path / "empty.tar").write_bytes(b"")
     assert _read_all(tmp_path / "empty.tar") == ([], [])
-    assert S._tar_number(b"0000644\0") == 0o644 and S._tar_number(b"\0" * 8) == 0
-    assert S._tar_number(b"\x80" + (70_000).to_bytes(11, "big")) == 70_000
+    assert F._tar_number(b"0000644\0") == 0o644 and F._tar_number(b"\0" * 8) == 0
+    assert F._tar_number(b"\x80" + (70_000).to_bytes(11, "big")) == 70_000
     with pytest.raises(tarfile.ReadError):
-        S._tar_number(b"\xff" * 12)
+        F._tar_number(b"\xff" * 12)

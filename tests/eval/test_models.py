@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from midol_cli.checkpoint import save_checkpoint
 from midol_cli.errors import UsageError
 from midol_cli.eval.models import load_eval_model
 from midol_cli.models.encoder import EncoderSpec, build_encoder
 from midol_cli.models.export import export_run
 from midol_cli.models.midol import MIDoL
-from midol_cli.train.checkpoint import save_checkpoint
 from tests.conftest import TINY_SWIN
 
 

@@ -2,6 +2,7 @@ import pytest
 import timm
 import torch
 
+from midol_cli.checkpoint import load_checkpoint, save_checkpoint
 from midol_cli.errors import UsageError
 from midol_cli.models.encoder import EncoderSpec, build_encoder
 from midol_cli.models.export import (
@@ -11,7 +12,6 @@ from midol_cli.models.export import (
     read_export_meta,
 )
 from midol_cli.models.midol import MIDoL
-from midol_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SWIN
 
 

@@ -5,9 +5,9 @@ import stat
 import pytest
 import torch
 
+from midol_cli import checkpoint as ckpt
 from midol_cli.artifacts import atomic_path
 from midol_cli.errors import UsageError
-from midol_cli.train import checkpoint as ckpt
 
 
 def _two(run_dir):

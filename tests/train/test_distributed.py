@@ -81,7 +81,7 @@ def test_cleanup_releases_ddp_before_destroying_the_group(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from midol_cli.train.distributed import cleanup
+    from midol_cli.distributed import cleanup
 
     def train_briefly():
         net = DDP(torch.nn.Linear(4, 4))

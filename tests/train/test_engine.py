@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from midol_cli.distributed import DistInfo
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.recipes import FinetuneRecipe
 from midol_cli.train import engine
 from midol_cli.train.data import RowDataset, make_loader
-from midol_cli.train.distributed import DistInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,7 +191,7 @@ def test_an_empty_batch_in_one_process_is_skipped(tmp_path):
 RELAY = r"""
 import sys, torch.distributed as dist
 from midol_cli.errors import MidolError, UsageError
-from midol_cli.train.distributed import init_distributed, on_main, cleanup
+from midol_cli.distributed import init_distributed, on_main, cleanup
 di = init_distributed(prefer_cuda=False)
 def bad():
     raise UsageError("no labels in 'x.parquet'")

@@ -28,10 +28,10 @@ SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "finetune_smoke.yaml"
 
 def tiny_export(root: Path) -> Path:
     """A midol export of a random tiny Swin at 64 px (checkpoint -> export_run), as `midol export` writes."""
+    from midol_cli.checkpoint import save_checkpoint
     from midol_cli.models.encoder import EncoderSpec, build_encoder
     from midol_cli.models.export import export_run
     from midol_cli.models.midol import MIDoL
-    from midol_cli.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     spec = EncoderSpec(img_size=64, arch_kwargs=TINY_SWIN)
@@ -274,7 +274,7 @@ def test_resume_continues_after_the_last_epoch(export, manifest, tmp_path):
 
 
 def test_resume_refuses_a_pretraining_checkpoint(export, manifest, tmp_path):
-    from midol_cli.train.checkpoint import list_checkpoints
+    from midol_cli.checkpoint import list_checkpoints
 
     pre = list_checkpoints(export.parent.parent)[-1]
     with pytest.raises(UsageError, match="not a fine-tuning checkpoint"):

@@ -1,8 +1,10 @@
-"""torchrun/DDP helpers. torchrun is the distributed engine; this module only reads its environment.
+"""torchrun/DDP helpers, the package's bottom layer (everything may import it; it imports only
+``errors``). torchrun is the distributed engine; this module only reads its environment.
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...]`` the variables RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT are set; without them we run
-as a single process. NCCL on GPU, gloo on CPU.
+as a single process. NCCL on GPU, gloo on CPU. torch is imported inside the functions, so that
+``rank_world`` and ``is_rank0`` stay cheap for the CLI.
 """
 
 from __future__ import annotations
@@ -10,12 +12,36 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as dist
+from midol_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world_size): torch.distributed if initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # initialised only if torch is already loaded
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise UsageError("RANK / WORLD_SIZE must be integers (as torchrun sets them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
+def is_rank0() -> bool:
+    """Whether this process prints (rank 0 of torchrun, or a single process)."""
+    return rank_world()[0] == 0
 
 
 @dataclass
@@ -23,7 +49,13 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: Any = None  # torch.device; cpu unless init_distributed picked a GPU
+
+    def __post_init__(self) -> None:
+        if self.device is None:
+            import torch
+
+            self.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -36,6 +68,9 @@ class DistInfo:
 
 def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     """Initialise the process group when launched by torchrun; pick the device."""
+    import torch
+    import torch.distributed as dist
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,15 +86,21 @@ def init_distributed(prefer_cuda: bool = True) -> DistInfo:
 
 
 def is_dist() -> bool:
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
+    import torch.distributed as dist
+
     return dist.get_world_size() if is_dist() else 1
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, no gradient (statistics such as centres and counts)."""
+    import torch.distributed as dist
+
     if is_dist():
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -74,6 +115,8 @@ def all_reduce_sum_grad(t: torch.Tensor) -> torch.Tensor:
     times the true partial derivative; DDP's gradient averaging divides by W
     again, which gives exactly the single-process gradient of the global batch.
     """
+    import torch.distributed as dist
+
     if is_dist():
         import torch.distributed.nn.functional as dnnf
 
@@ -83,6 +126,9 @@ def all_reduce_sum_grad(t: torch.Tensor) -> torch.Tensor:
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate ``t`` (same shape on every rank) over ranks along dim 0, no gradient."""
+    import torch
+    import torch.distributed as dist
+
     if not is_dist():
         return t
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
@@ -92,11 +138,15 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 def rank_offset(batch: int) -> int:
     """Index of this rank's first sample in the all-gathered batch."""
+    import torch.distributed as dist
+
     return (dist.get_rank() if is_dist() else 0) * batch
 
 
 def gather_objects(obj: Any) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process)."""
+    import torch.distributed as dist
+
     if not is_dist():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
@@ -111,6 +161,8 @@ def on_main(fn: Callable[[], T]) -> T:
     has given up: a ``MidolError`` keeps its message and exit code; anything else becomes ``RunFailed``
     on the other ranks (and propagates unchanged on rank 0).
     """
+    import torch.distributed as dist
+
     if not is_dist():
         return fn()
     from midol_cli.errors import MidolError, RunFailed
@@ -136,6 +188,8 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def barrier() -> None:
+    import torch.distributed as dist
+
     if is_dist():
         dist.barrier()
 
@@ -149,6 +203,8 @@ def cleanup() -> None:
     without an active exception", exit -6) even though the run succeeded; collecting first
     releases the wrapper while the group is still whole.
     """
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         import gc
 
