@@ -87,6 +87,32 @@ SHARD_META_KEYS = (
 SPLITS = ("train", "val", "test")
 
 
+def index_count(entry: dict[str, Any], modalities: Any = None, split: str | None = None) -> int:
+    """Samples of a shard set's index entry (one shard, or the totals) that pass the filters, from its
+    joint ``counts`` ({modality: {split: n}}); an entry without them gives the marginal upper bound."""
+    counts = entry.get("counts")
+    if counts is None:
+        n = int(entry.get("samples", 0))
+        if modalities is not None:
+            n = min(n, sum(int(v) for m, v in (entry.get("per_modality") or {}).items() if m in modalities))
+        if split is not None:
+            n = min(n, int((entry.get("per_split") or {}).get(split, 0)))
+        return n
+    return sum(int(v) for m, by_split in counts.items() if modalities is None or m in modalities
+               for s, v in by_split.items() if split is None or s == split)
+
+
+def index_modalities(index: dict[str, Any], split: str | None = None) -> list[str]:
+    """Modalities with at least one sample (in ``split`` when given) in a shard set's ``index.json``."""
+    totals = index.get("totals") or {}
+    if totals.get("counts") is not None:
+        return sorted(m for m in totals["counts"] if index_count(totals, {m}, split) > 0)
+    found: set[str] = set()
+    for shard in index.get("shards", []):
+        found |= {m for m in (shard.get("per_modality") or {}) if index_count(shard, {m}, split) > 0}
+    return sorted(found)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

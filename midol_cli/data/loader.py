@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from midol_cli.artifacts import index_count
 from midol_cli.data.jpeg_roi import ImageDecodeError
 from midol_cli.data.shards import decode_image, iter_tar_samples, load_index, open_encoded, sample_image
 from midol_cli.distributed import rank_world
@@ -63,31 +64,12 @@ def shard_urls(shard_dir: str | os.PathLike[str]) -> list[str]:
     return [str(d / s["name"]) for s in read_index(shard_dir)["shards"]]
 
 
-def _wanted_count(entry: dict[str, Any], modalities: set[str] | None, split: str | None) -> int:
-    """Samples of a shard (or of the totals) that pass the filters, from the index counts."""
-    counts = entry.get("counts")
-    if counts is None:  # no joint counts: fall back to the marginal ones (an upper bound)
-        n = entry.get("samples", 0)
-        if modalities is not None:
-            n = min(n, sum(v for m, v in entry.get("per_modality", {}).items() if m in modalities))
-        if split is not None:
-            n = min(n, entry.get("per_split", {}).get(split, 0))
-        return n
-    return sum(
-        v
-        for m, by_split in counts.items()
-        if modalities is None or m in modalities
-        for s, v in by_split.items()
-        if split is None or s == split
-    )
-
-
 def count_samples(
     shard_dir: str | os.PathLike[str], *, modalities: Iterable[str] | None = None, split: str | None = None
 ) -> int:
     """How many samples pass the filters (from index.json; no shard is read). For epoch sizing."""
     mods = set(modalities) if modalities is not None else None
-    return _wanted_count(read_index(shard_dir)["totals"], mods, split)
+    return index_count(read_index(shard_dir)["totals"], mods, split)
 
 
 def _worker_info() -> tuple[int, int]:
@@ -277,7 +259,7 @@ def _select_urls(
     mods = set(modalities) if modalities is not None else None
     if mods is not None and not mods:
         raise UsageError("modalities is empty; list at least one modality or pass None for all")
-    if _wanted_count(idx["totals"], mods, split) == 0:
+    if index_count(idx["totals"], mods, split) == 0:
         have = ", ".join(f"{m}: {n}" for m, n in idx["totals"].get("per_modality", {}).items())
         raise UsageError(
             f"shard set '{shard_dir}' has no samples for modalities={sorted(mods) if mods else 'all'} "
@@ -285,7 +267,7 @@ def _select_urls(
         )
     d = Path(shard_dir).resolve()
     # Shards without a wanted sample are not even opened.
-    urls = [str(d / s["name"]) for s in idx["shards"] if _wanted_count(s, mods, split) > 0]
+    urls = [str(d / s["name"]) for s in idx["shards"] if index_count(s, mods, split) > 0]
     return idx, urls, mods
 
 
@@ -374,7 +356,7 @@ def make_dataset(
     ds.state = state
     ds.counters = counters
     ds.num_shards = len(urls)
-    ds.num_samples = _wanted_count(idx["totals"], mods, split)
+    ds.num_samples = index_count(idx["totals"], mods, split)
     return ds
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from midol_cli.artifacts import SPLITS
 
@@ -138,3 +138,26 @@ def assign_splits(
                 result[g] = targets[k]
 
     return pd.Series([result[g] for g in groups], index=df.index, dtype=object)
+
+
+VAL_CARVE_FRACTION = 0.15
+
+
+def carve_val(split: Any, groups: Any, seed: int) -> tuple[Any, str]:
+    """When an evaluation has no val rows: ``VAL_CARVE_FRACTION`` of the training groups (at least
+    one, seeded) become val, whole groups only. ``split`` and ``groups`` are aligned arrays; returns
+    ``(new split array, val_source)``. Raises ``ValueError`` with fewer than two training groups.
+    The one rule for the probe, classification and segmentation fine-tuning."""
+    import numpy as np
+
+    split = np.asarray(split, dtype=object).copy()
+    groups = np.asarray(groups, dtype=object)
+    train_groups = np.unique(groups[split == "train"].astype(str))
+    if len(train_groups) < 2:
+        raise ValueError("no val rows and too few training groups to carve them")
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(VAL_CARVE_FRACTION * len(train_groups))))
+    chosen = set(rng.choice(train_groups, n_val, replace=False).tolist())
+    carve = (split == "train") & np.isin(groups.astype(str), list(chosen))
+    split[carve] = "val"
+    return split, f"carved: {n_val} of {len(train_groups)} training groups (seed {seed})"

@@ -63,7 +63,6 @@ PREDICTIONS_NAME = "predictions.parquet"
 CONFUSION_NAME = "confusion_matrix.png"
 EMBEDDING_COLUMNS = ("sample_id", "modality", "label", "group", "split", "embedding")
 MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
-VAL_CARVE_FRACTION = 0.15
 # The linear probe's feature standardisation (recorded in every summary): the non-affine BatchNorm
 # in front of the linear layer in MAE and RETFound linear probing, with statistics of train only.
 FEATURE_NORM = {"l2_normalize": True, "standardize": "per-feature mean and std of the training split"}
@@ -204,7 +203,7 @@ def task_data(emb_df: pd.DataFrame, task: Task, carve_seed: int = 0) -> TaskData
     Keeps rows of ``task.modality`` (when the table has several modalities) with a non-empty label.
     Single-label rows whose label is not a task class raise ``ValueError`` naming it; multi-label
     names outside the classes (e.g. "No Finding") are ignored. Needs train and test rows; without val
-    rows, ``VAL_CARVE_FRACTION`` of the training groups become validation (seeded).
+    rows, ``data.splits.carve_val`` turns some training groups into validation (seeded).
     """
     import numpy as np
 
@@ -258,15 +257,13 @@ def task_data(emb_df: pd.DataFrame, task: Task, carve_seed: int = 0) -> TaskData
             raise ValueError(f"task '{task.name}' has no '{need}' rows in the embeddings table")
     val_source = "split"
     if not (split == "val").any():
-        train_groups = np.unique(groups[split == "train"])
-        if len(train_groups) < 2:
-            raise ValueError(f"task '{task.name}' has no val rows and too few training groups to carve them")
-        rng = np.random.default_rng(carve_seed)
-        n_val = max(1, int(round(VAL_CARVE_FRACTION * len(train_groups))))
-        val_groups = set(rng.choice(train_groups, n_val, replace=False).tolist())
-        carve = (split == "train") & np.isin(groups, list(val_groups))
-        split[carve] = "val"
-        val_source = f"carved: {n_val} of {len(train_groups)} training groups (seed {carve_seed})"
+        from midol_cli.data.splits import carve_val
+
+        try:
+            carved, val_source = carve_val(split, groups, carve_seed)
+        except ValueError as e:
+            raise ValueError(f"task '{task.name}' has {e}") from None
+        split = np.asarray(carved, dtype=split.dtype)
         notes.append(f"no val rows: {val_source}")
     return TaskData(df, X, y, groups, split, val_source, notes)
 

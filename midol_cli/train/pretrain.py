@@ -29,7 +29,7 @@ import torch
 
 from midol_cli import __version__
 from midol_cli import checkpoint as ckpt
-from midol_cli.artifacts import provenance, write_json_atomic
+from midol_cli.artifacts import index_modalities, provenance, write_json_atomic
 from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.models.encoder import EncoderSpec, build_encoder
@@ -78,7 +78,7 @@ def check_data(recipe: PretrainRecipe) -> dict[str, Any]:
     from midol_cli.data.loader import read_index
 
     index = read_index(recipe.data.shards)
-    present = shard_modalities(index, recipe.data.split)
+    present = index_modalities(index, recipe.data.split)
     if not present:
         split = f" in split '{recipe.data.split}'" if recipe.data.split else ""
         raise UsageError(f"shards in '{recipe.data.shards}' have no samples{split}; re-run midol shard")
@@ -96,24 +96,6 @@ def check_data(recipe: PretrainRecipe) -> dict[str, Any]:
             f"set data.modalities=[{','.join(present)}] or re-shard"
         )
     return index
-
-
-def shard_modalities(index: dict[str, Any], split: str | None) -> list[str]:
-    """Modalities with at least one sample (in ``split`` when given), from index.json."""
-    counts: dict[str, int] = {}
-    for shard in index.get("shards", []):
-        if split is None:
-            for m, n in (shard.get("per_modality") or {}).items():
-                counts[m] = counts.get(m, 0) + int(n)
-        else:
-            per = shard.get("per_modality_split") or {}
-            if per:
-                for m, by_split in per.items():
-                    counts[m] = counts.get(m, 0) + int(by_split.get(split, 0))
-            elif (shard.get("per_split") or {}).get(split):
-                for m, n in (shard.get("per_modality") or {}).items():
-                    counts[m] = counts.get(m, 0) + int(n)
-    return [m for m, n in counts.items() if n > 0]
 
 
 def _param_groups(student: torch.nn.Module) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ image/mask transforms.
 
 ``prepare_segmentation_data`` resolves the task's data (the raw ISIC folder, ingested on the fly, or
 its manifest) and decodes every ground-truth mask once: an unreadable or mis-sized mask is reported
-and its image skipped. Without val rows, ``VAL_CARVE_FRACTION`` of the training groups become val.
+and its image skipped. Without val rows, ``data.splits.carve_val`` makes val of some training groups.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import torch
 from midol_cli.errors import UsageError
 from midol_cli.recipes import AugCfg
 
-VAL_CARVE_FRACTION = 0.15
 # Training images are decoded at no more than this multiple of the input size (shorter side): a
 # random crop of >= 40% of the area then still has at least ``img_size`` source pixels per side.
 SOURCE_SIDE_FACTOR = 2
@@ -80,7 +79,7 @@ def prepare_segmentation_data(
     ``data``: the raw download (ingested with the task's layout into the cache) or a manifest
     written with that layout. Keeps rows of the task's modality that are ok, not duplicates and
     labelled (i.e. have a mask); each mask is decoded once and must match its image's size.
-    Without val rows, ``VAL_CARVE_FRACTION`` of the training groups become val (seeded).
+    Without val rows, ``data.splits.carve_val`` turns some training groups into val (seeded).
     """
     from midol_cli.data import readers
     from midol_cli.data.layouts import get_layout
@@ -155,16 +154,14 @@ def prepare_segmentation_data(
             raise UsageError(f"data '{data}' has no usable '{need}' images with masks for task {spec.name}")
     val_source = "split"
     if not any(it.split == "val" for it in items):
-        groups = sorted({it.group for it in items if it.split == "train"})
-        if len(groups) < 2:
-            raise UsageError(f"task {spec.name} has no val images and too few training images to carve them")
-        rng = np.random.default_rng(seed)
-        n_val = max(1, int(round(VAL_CARVE_FRACTION * len(groups))))
-        chosen = set(rng.choice(groups, n_val, replace=False).tolist())
-        for it in items:
-            if it.split == "train" and it.group in chosen:
-                it.split = "val"
-        val_source = f"carved: {n_val} of {len(groups)} training groups (seed {seed})"
+        from midol_cli.data.splits import carve_val
+
+        try:
+            carved, val_source = carve_val([it.split for it in items], [it.group for it in items], seed)
+        except ValueError as e:
+            raise UsageError(f"task {spec.name} has {e}") from None
+        for it, s in zip(items, carved, strict=True):
+            it.split = str(s)
         notes.append(f"no val rows: {val_source}")
     # Content hash of what was evaluated (images, masks, splits): the same data gives the same hash
     # whatever command or cache produced the manifest.
