@@ -88,12 +88,32 @@ def os_error_message(e: OSError) -> tuple[str, int]:
     return f"I/O error{target}: {what}", 1
 
 
+def _one_line_warnings() -> None:
+    """Python warnings (torch, sklearn, PIL) as one ``warning: ...`` line each, each text once, without
+    the file/line and source echo of the default format."""
+    import warnings
+
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = " ".join(str(message).split())
+        if text in seen:
+            return
+        seen.add(text)
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        print(f"warning: {text}{kind}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def run() -> None:
     """Console-script entry: user errors become one line on stderr and an exit code.
 
     ``MIDOL_DEBUG=1`` lets I/O errors through with their traceback (for developers)."""
     import os
 
+    if not os.environ.get("MIDOL_DEBUG"):
+        _one_line_warnings()
     try:
         app()
     except MidolError as e:

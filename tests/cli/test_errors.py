@@ -151,3 +151,18 @@ def test_embed_with_workers_on_a_damaged_shard_is_one_line(inputs, tmp_path, cap
     errors = [x for x in lines if x.startswith("error: ")]
     assert code == 1 and len(errors) == 1 and "cannot be read" in errors[0], lines
     assert not any("Traceback" in x or x.startswith("  File ") for x in lines), lines
+
+
+def test_python_warnings_are_one_line_each_and_said_once(capsys, monkeypatch):
+    import warnings
+
+    from midol_cli.cli import main
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    main._one_line_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for _ in range(3):
+            warnings.warn("Detected pickle protocol 4\nin the checkpoint", RuntimeWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err == "warning: Detected pickle protocol 4 in the checkpoint (RuntimeWarning)\n"
