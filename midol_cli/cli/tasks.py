@@ -37,11 +37,14 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(tasks_markdown())
             return
         if action is None:
-            t = Table(title="midol tasks")
-            for col in ("task", "modality", "classes", "label type", "metric", "split"):
-                t.add_column(col)
+            # The names are what a user types: never wrapped or cut. The split rule is long prose;
+            # `midol tasks show NAME` gives it with the layout.
+            t = Table(title="midol tasks", caption="`midol tasks show NAME`: split rule, layout and options")
+            t.add_column("task", no_wrap=True, min_width=max(len(s.name) for s in TASKS.values()))
+            for col in ("modality", "classes", "label type", "metric"):
+                t.add_column(col, no_wrap=True)
             for s in TASKS.values():
-                t.add_row(s.name, s.modality, str(len(s.classes)), s.label_type, s.metric, s.split)
+                t.add_row(s.name, s.modality, str(len(s.classes)), s.label_type, s.metric)
             out.print(t)
             return
         if action != "show" or not name:

@@ -42,3 +42,21 @@ def test_docs_tasks_md_is_up_to_date():
     assert (ROOT / "docs" / "tasks.md").read_text() == tasks_markdown(), (
         "docs/tasks.md is stale: run `midol tasks --format md > docs/tasks.md`"
     )
+
+
+def test_the_task_list_at_80_columns_shows_every_name_whole():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from midol_cli.tasks import TASKS
+
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-m", "midol_cli", "tasks"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(root)}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    cells = {c.strip() for line in res.stdout.splitlines() for c in line.split("│")}
+    missing = [n for n in TASKS if n not in cells]
+    assert not missing, missing
+    assert max(len(x) for x in res.stdout.splitlines()) <= 80
