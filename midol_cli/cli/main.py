@@ -106,6 +106,41 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def _metavar(param) -> str | None:  # noqa: ANN001
+    """The type column of ``--help``: a real metavar (PATH, INT, TEXT..., NAME=VALUE) instead of typer's
+    ``<list[pathlib.Path]>``; nothing for flags (they read ``--x/--no-x``)."""
+    if getattr(param, "is_flag", False):
+        return None
+    if param.metavar:
+        return None if isinstance(param, typer.core.TyperArgument) else param.metavar
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "|".join(str(c) for c in desc.choices or ())
+    base = {"int": "INT", "float": "FLOAT", "str": "TEXT", "bool": "BOOL"}
+    inner = desc.annotation
+    if desc.is_list:
+        from typing import get_args
+
+        inner = (get_args(inner) or (str,))[0]
+    name = "PATH" if desc.is_path or getattr(inner, "__name__", "") in ("Path", "PosixPath") else \
+        base.get(getattr(inner, "__name__", ""), "TEXT")
+    return f"{name}..." if desc.is_list else name
+
+
+def _polish(cmd) -> None:  # noqa: ANN001
+    """Help that reads like the field's tools: ``--flag/--no-flag`` for booleans and real metavars."""
+    from typer.core import TyperArgument, TyperOption
+
+    TyperOption.display_type_rich = TyperArgument.display_type_rich = lambda self, ctx: _metavar(self)
+    for sub in getattr(cmd, "commands", {}).values():
+        _polish(sub)
+    for p in cmd.params:
+        if isinstance(p, TyperOption) and p.is_flag and getattr(p, "is_bool_flag", False) and not p.secondary_opts \
+                and p.name not in ("help", "version") and p.opts and p.opts[-1].startswith("--") \
+                and not p.opts[-1].startswith("--no-"):
+            p.secondary_opts = ["--no-" + p.opts[-1][2:]]
+
+
 def run() -> None:
     """Console-script entry: user errors become one line on stderr and an exit code.
 
@@ -115,7 +150,9 @@ def run() -> None:
     if not os.environ.get("MIDOL_DEBUG"):
         _one_line_warnings()
     try:
-        app()
+        cmd = typer.main.get_command(app)
+        _polish(cmd)
+        cmd(prog_name="midol")
     except MidolError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
