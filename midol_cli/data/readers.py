@@ -36,12 +36,13 @@ import io
 import os
 import stat
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from midol_cli.data.decoded import ImageRejected, ReadResult, _minmax_to_uint8  # noqa: F401  (public here)
+from midol_cli.data.dicom import _decode_dicom
+
 if TYPE_CHECKING:
-    import numpy as np
     from PIL import Image
 
 # PIL's own bomb threshold (89,478,485) times two: a 13k x 13k slide tile still passes.
@@ -62,52 +63,6 @@ _MIN_BYTE_CAP = 256 << 20
 
 # PIL formats under the names the manifest uses (cameras write JPEG as MPO).
 _FORMAT_NAMES = {"MPO": "JPEG", "JPEG2000": "JPEG2000"}
-
-# Which package decodes which compressed transfer syntax, for the reject reason
-# a user can act on ("pip install <this>").
-_DICOM_PLUGINS = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg or pillow",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg or pillow",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.5": "numpy",
-}
-
-
-class ImageRejected(Exception):
-    """A file that cannot become a training image. ``reason`` is short and stable
-    (e.g. "truncated image", "over pixel cap (20000 x 20000)") and never contains pixel data."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class ReadResult:
-    """One decoded image.
-
-    ``image`` is 8-bit, mode "L" (1 channel) or "RGB" (3 channels), ``width`` x ``height``
-    pixels; ``channels`` describes ``image``; ``bit_depth`` is the SOURCE's bits per
-    sample (16 for a 16-bit PNG, BitsStored for DICOM); ``format`` is JPEG, PNG, TIFF,
-    BMP, WEBP or DICOM; ``intensity`` says how the pixels became 8-bit ("" if they were).
-    """
-
-    image: Image.Image
-    width: int
-    height: int
-    channels: int
-    bit_depth: int
-    format: str
-    intensity: str
-
 
 def byte_cap(max_pixels: int) -> int:
     """Largest file (bytes) ``read_file_bytes`` will load for a given pixel cap."""
@@ -354,20 +309,6 @@ def _pil_source_bits(img: Image.Image, data: bytes) -> int:
     return 8
 
 
-def _minmax_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Linear map of [min, max] to [0, 255]; a constant image becomes all zeros."""
-    import numpy as np
-
-    a = arr.astype(np.float64, copy=False)
-    finite = np.isfinite(a)
-    if not finite.all():
-        a = np.where(finite, a, 0.0)
-    lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
-        return np.zeros(a.shape, dtype=np.uint8)
-    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
 def _to_8bit(img: Image.Image, bits: int) -> tuple[Image.Image, str]:
     """Return (8-bit "L"/"RGB" image, intensity note)."""
     mode = img.mode
@@ -441,216 +382,3 @@ def _bomb_pixels(message: str) -> str:
     start = message.find("(")
     end = message.find(")", start)
     return message[start + 1 : end] if 0 <= start < end else "too many pixels"
-
-
-# ---------------------------------------------------------------- DICOM
-
-
-def _num(v: Any) -> float:
-    """First value of a DICOM number that may be multi-valued (WindowCenter "40\\400")."""
-    try:
-        from pydicom.multival import MultiValue
-
-        if isinstance(v, (MultiValue, list, tuple)):
-            v = v[0]
-    except ImportError:  # pragma: no cover - pydicom always ships multival
-        pass
-    return float(v)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
-    import numpy as np
-    import pydicom
-    from PIL import Image
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=force)
-    except Exception:
-        raise ImageRejected("unreadable DICOM") from None
-    try:
-        if "PixelData" not in ds:
-            # force=True parses any bytes into an empty dataset: only call it DICOM if it says so.
-            known = any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID"))
-            raise ImageRejected("DICOM without pixel data" if known else "unreadable DICOM")
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    except ImageRejected:
-        raise
-    except Exception:
-        raise ImageRejected("unreadable DICOM") from None
-    if rows <= 0 or cols <= 0:
-        raise ImageRejected("unreadable DICOM")
-    if rows * cols * max(frames, 1) > max_pixels:
-        raise ImageRejected(f"over pixel cap ({cols} x {rows})")
-
-    tsyntax = _transfer_syntax(ds)
-    _check_decoder(tsyntax)
-    if not tsyntax.is_compressed:
-        bits_alloc = int(ds.get("BitsAllocated", 8) or 8)
-        expected = rows * cols * spp * max(frames, 1) * bits_alloc // 8
-        if len(ds.PixelData) < expected:
-            raise ImageRejected("truncated image")
-    try:
-        if frames > 1:
-            # Only the first frame is used; decoding all of a cine loop wastes memory.
-            ds.pixel_array_options(index=0)
-        arr = ds.pixel_array
-    except MemoryError:
-        raise ImageRejected("out of memory while decoding") from None
-    except Exception:
-        raise ImageRejected("unreadable DICOM pixel data") from None
-    if arr.ndim == 4:  # frames x rows x cols x samples, if the frame index was ignored
-        arr = arr[0]
-    elif arr.ndim == 3 and spp == 1:
-        arr = arr[0]
-
-    steps: list[str] = []
-    try:
-        if spp == 1 and photometric != "PALETTE COLOR":
-            out8 = _dicom_gray_to_8bit(arr, ds, bits_stored, photometric, steps)
-            img = Image.fromarray(out8, mode="L")
-        else:
-            if photometric == "PALETTE COLOR":
-                from pydicom.pixels import apply_color_lut
-
-                arr = apply_color_lut(arr, ds)
-                steps.append("palette_color")
-            if arr.dtype != np.uint8:
-                arr = _minmax_to_uint8(arr)
-                steps.append("minmax")
-            if arr.ndim == 2:
-                img = Image.fromarray(arr, mode="L")
-            else:
-                img = Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
-    except ImageRejected:
-        raise
-    except MemoryError:
-        raise ImageRejected("out of memory while decoding") from None
-    except Exception:
-        raise ImageRejected("unreadable DICOM pixel data") from None
-    if frames > 1:
-        steps.append(f"frame1of{frames}")
-    return ReadResult(
-        image=img,
-        width=img.width,
-        height=img.height,
-        channels=1 if img.mode == "L" else 3,
-        bit_depth=bits_stored,
-        format="DICOM",
-        intensity="dicom:" + "+".join(steps) if steps else "",
-    )
-
-
-def _transfer_syntax(ds: Any) -> Any:
-    """The dataset's transfer syntax; for a headerless file (read with force), the encoding it was read in."""
-    from pydicom import uid
-    from pydicom.dataset import FileMetaDataset
-
-    meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    if ts:
-        return uid.UID(str(ts))
-    implicit, little = getattr(ds, "original_encoding", (True, True))
-    if little is False:
-        ts = uid.ExplicitVRBigEndian
-    else:
-        ts = uid.ExplicitVRLittleEndian if implicit is False else uid.ImplicitVRLittleEndian
-    if meta is None:
-        ds.file_meta = meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ts
-    return ts
-
-
-def _check_decoder(tsyntax: Any) -> None:
-    """Reject before decoding when no installed plugin can decode this transfer syntax."""
-    from pydicom.pixels import get_decoder
-
-    name = getattr(tsyntax, "name", str(tsyntax))
-    try:
-        decoder = get_decoder(tsyntax)
-    except NotImplementedError:
-        raise ImageRejected(f"unsupported DICOM transfer syntax: {name}") from None
-    except Exception:
-        raise ImageRejected("unreadable DICOM") from None
-    if not decoder.is_available:
-        plugin = _DICOM_PLUGINS.get(str(tsyntax)) or "; ".join(decoder.missing_dependencies) or "a decoder"
-        raise ImageRejected(f"missing DICOM plugin: {plugin} for {name}")
-
-
-def _dicom_gray_to_8bit(
-    arr: np.ndarray, ds: Any, bits_stored: int, photometric: str, steps: list[str]
-) -> np.ndarray:
-    """Modality LUT -> VOI (LUT, window, or min-max) -> MONOCHROME1 inversion; returns uint8 [H, W]."""
-    import numpy as np
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    x: np.ndarray = arr
-    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
-    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
-        x = apply_modality_lut(arr, ds)
-        steps.append("modality_lut(lut)")
-    elif has_rescale:
-        slope = _num(ds.get("RescaleSlope", 1) or 1)
-        intercept = _num(ds.get("RescaleIntercept", 0) or 0)
-        x = arr.astype(np.float64) * slope + intercept
-        steps.append(f"modality_lut(slope={_fmt(slope)},intercept={_fmt(intercept)})")
-    x = x.astype(np.float64, copy=False)
-
-    y: np.ndarray | None = None  # in [0, 1]
-    voi_seq = ds.get("VOILUTSequence")
-    if voi_seq is not None and len(voi_seq) and "LUTDescriptor" in voi_seq[0]:
-        lut_bits = int(voi_seq[0].LUTDescriptor[2]) or 16
-        # LUT inputs are integer indices (modality-LUT output is integral for LUT data).
-        lut_in = np.rint(x).astype(np.int64)
-        y = apply_voi_lut(lut_in, ds, index=0, prefer_lut=True).astype(np.float64) / float(
-            (1 << lut_bits) - 1
-        )
-        steps.append("voi_lut")
-    elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
-        try:
-            c, w = _num(ds.WindowCenter), _num(ds.WindowWidth)
-        except (TypeError, ValueError, IndexError):
-            c, w = 0.0, 0.0  # an unparseable window is ignored: min-max below
-        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-        y = _window(x, c, w, func)
-        if y is not None:
-            extra = "" if func == "LINEAR" else f",{func.lower()}"
-            steps.append(f"voi_window(c={_fmt(c)},w={_fmt(w)}{extra})")
-    if y is None:
-        if bits_stored <= 8 and not steps and x.min() >= 0 and x.max() <= 255:
-            y = x / 255.0
-        else:
-            lo, hi = float(x.min()), float(x.max())
-            y = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-            steps.append(f"minmax(lo={_fmt(lo)},hi={_fmt(hi)})")
-    if photometric == "MONOCHROME1":
-        # MONOCHROME1 stores high values as dark; flip so bone is bright like MONOCHROME2.
-        y = 1.0 - y
-        steps.append("invert_monochrome1")
-    return np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _window(x: np.ndarray, c: float, w: float, func: str) -> np.ndarray | None:
-    """VOI window per DICOM PS3.3 C.11.2.1.2 mapped to [0, 1]; None for an invalid width."""
-    import numpy as np
-
-    if func == "SIGMOID":
-        if w <= 0:
-            return None
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-    if func == "LINEAR_EXACT":
-        if w <= 0:
-            return None
-        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
-    if w < 1:
-        return None
-    if w == 1:
-        return (x > c - 0.5).astype(np.float64)
-    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
