@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
             "Embed every image of a manifest or shard dir with a model; print modality silhouette, router "
             "accuracy, per-modality effective rank and k-NN accuracy; --plot draws t-SNE maps.\n\n"
             "Examples:\n\n"
-            "  midol embed --weights runs/smoke --data demo/shards --out demo/emb.parquet --plot demo/plots\n\n"
-            "  midol embed --weights random:runs/smoke --data demo/shards --out demo/emb-random.parquet"
+            "  midol embed --weights demo/runs/smoke --data demo/shards --out demo/emb/smoke.parquet --plot demo/plots\n\n"
+            "  midol embed --weights random:demo/runs/smoke --data demo/shards --out demo/emb/random.parquet"
         ),
     )
     def embed_cmd(
@@ -24,9 +24,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Embeddings Parquet to write."),
         name: str = typer.Option(None, "--name", help="Model id (default: derived from --weights)."),
         plot: Path = typer.Option(None, "--plot", help="Folder for t-SNE PNGs (by modality, and per modality by label)."),
-        batch_size: int = typer.Option(64, "--batch-size"),
-        workers: int = typer.Option(2, "--workers"),
-        device: str = typer.Option(None, "--device"),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+        workers: int = typer.Option(2, "--workers", help="Data-loading processes (0: read in this process)."),
+        device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
     ) -> None:
         from midol_cli.cli._common import console, show_progress, writable_out

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
             "Export a run's encoder as a plain timm state dict (safetensors) with metadata, "
             "and its MoE projector + router beside it.\n\n"
             "Examples:\n\n"
-            "  midol export runs/smoke\n\n"
+            "  midol export demo/runs/smoke\n\n"
             "  midol export runs/base --out models/midol-swinb.safetensors"
         ),
     )

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
             "warm-up + cosine, best epoch on val, early stopping; test metrics with 95% bootstrap CIs are added "
             "to results/<model>/<task>/summary.json as protocol 'finetune' ('linear_ft' with --linear).\n\n"
             "Examples:\n\n"
-            "  midol finetune --task synth-pathology --weights runs/smoke --data demo/manifests/pathology.parquet "
+            "  midol finetune --task synth-pathology --weights demo/runs/smoke --data demo/manifests/pathology.parquet "
             "recipes/finetune_smoke.yaml\n\n"
             "  torchrun --nproc_per_node 4 -m midol_cli finetune --task ham10000 --weights runs/base "
             "--data ~/HAM10000 recipes/finetune.yaml optim.batch_size=128 --resume auto"

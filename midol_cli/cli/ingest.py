@@ -53,6 +53,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from midol_cli.data.layouts import LAYOUTS
+
+    layouts = ", ".join(["auto", *sorted(LAYOUTS)])
+
     @app.command("ingest")
     def ingest(
         raw_dir: Path = typer.Argument(
@@ -64,7 +68,7 @@ def register(app: typer.Typer) -> None:
         layout: str = typer.Option(
             "auto",
             "--layout",
-            help="auto, imagefolder, csv, aptos2019, ham10000, oct2017, chestxray14, nct-crc.",
+            help=f"One of: {layouts}.",
         ),
         out: Path | None = typer.Option(
             None, "--out", "-o", help="Manifest path (default: ./manifests/<RAW_DIR name>.parquet)."
@@ -91,7 +95,16 @@ def register(app: typer.Typer) -> None:
             None, "--dataset", help="Dataset name (default: the layout's, else the folder name)."
         ),
     ) -> None:
-        """Walk RAW_DIR, validate every image and write a Parquet manifest (one row per file, with rejects)."""
+        """Walk RAW_DIR, validate every image and write a Parquet manifest (one row per file, with rejects).
+
+        Examples:
+
+          midol ingest demo/raw/fundus --modality fundus --out demo/manifests/fundus.parquet
+
+          midol ingest ~/HAM10000 -m dermoscopy --layout ham10000
+
+          midol ingest ~/clinic -m xray --labels labels.csv --path-col file --label-col finding
+        """
         from midol_cli.data.layouts import LayoutOptions
 
         csv_flags = {

@@ -127,11 +127,43 @@ def _metavar(param) -> str | None:  # noqa: ANN001
     return f"{name}..." if desc.is_list else name
 
 
+EXAMPLE_WIDTH = 74
+
+
+def _wrap_example(cmd: str) -> str:
+    """One example command as lines of at most ``EXAMPLE_WIDTH`` joined by shell continuations."""
+    lines, cur = [], "  "
+    for word in cmd.split():
+        if cur.strip() and len(cur) + 1 + len(word) > EXAMPLE_WIDTH:
+            lines.append(cur + " \\")
+            cur = "      " + word
+        else:
+            cur = f"{cur} {word}" if cur.strip() else f"  {word}"
+    lines.append(cur)
+    return "\n".join(lines)
+
+
+def _examples(text: str) -> str:
+    """Each example paragraph (a line starting with ``midol`` or ``torchrun``) kept from re-flowing
+    (click's ``\\b``) and broken with shell continuations, so no example wraps mid-command at 80 columns."""
+    out = []
+    for para in text.split("\n\n"):
+        st = para.strip()
+        if st.startswith(("midol ", "torchrun ")) and "\n" not in st:
+            out.append("\b\n" + _wrap_example(st))
+        else:
+            out.append(para)
+    return "\n\n".join(out)
+
+
 def _polish(cmd) -> None:  # noqa: ANN001
-    """Help that reads like the field's tools: ``--flag/--no-flag`` for booleans and real metavars."""
+    """Help that reads like the field's tools: ``--flag/--no-flag`` for booleans, real metavars, and
+    examples that do not wrap."""
     from typer.core import TyperArgument, TyperOption
 
     TyperOption.display_type_rich = TyperArgument.display_type_rich = lambda self, ctx: _metavar(self)
+    if cmd.help:
+        cmd.help = _examples(cmd.help)
     for sub in getattr(cmd, "commands", {}).values():
         _polish(sub)
     for p in cmd.params:

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
         help=(
             "Pre-train an M-IDoL encoder (student + EMA teacher + MoE projector) on shards.\n\n"
             "Examples:\n\n"
-            "  midol pretrain recipes/smoke.yaml data.shards=demo/shards --out runs/smoke\n\n"
+            "  midol pretrain recipes/smoke.yaml data.shards=demo/shards --out demo/runs/smoke\n\n"
             "  torchrun --nproc_per_node 8 -m midol_cli pretrain recipes/base.yaml --out runs/base --resume auto"
         ),
         context_settings={"allow_extra_args": False},

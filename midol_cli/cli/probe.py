@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
             "Evaluate a frozen encoder on a task: linear probe (L2 chosen on val), k-NN (k=10,20), "
             "label-fraction probes; 95% bootstrap CIs on test. Writes results/<model>/<task>/.\n\n"
             "Examples:\n\n"
-            "  midol probe --task synth-fundus --weights runs/smoke --data demo/manifests/fundus.parquet\n\n"
+            "  midol probe --task synth-fundus --weights demo/runs/smoke --data demo/manifests/fundus.parquet\n\n"
             "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data ~/HAM10000"
         ),
     )
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         fractions: str = typer.Option("0.01,0.1,1.0", "--fractions", help="Label fractions for the fraction probes."),
         seeds: int = typer.Option(3, "--seeds", help="Seeds per label fraction."),
         n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass when embedding."),
         workers: int = typer.Option(2, "--workers", help="Data-loading processes for embedding."),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
         task_option: list[str] = typer.Option(None, "--task-option", help="KEY=VALUE task switch (see `midol tasks show`)."),

@@ -31,6 +31,12 @@ def report(
     protocols; the best model per task is in bold (Markdown), followed by per-modality averages and
     the average rank. Malformed summary files and tasks whose data hash differs across models are
     reported on stderr.
+
+    Examples:
+
+      midol report demo/results > table.md
+
+      midol report demo/results -p finetune -f csv --plot demo/bars.png
     """
     from midol_cli.report.reference import SOURCES
     from midol_cli.report.table import (

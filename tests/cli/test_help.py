@@ -31,3 +31,34 @@ def test_boolean_options_read_flag_no_flag(capsys, monkeypatch):
     assert "--linear" in out and "--no-linear" in out
     out = _help(capsys, monkeypatch, "embed")
     assert "--no-cache" in out and "--no-no-" not in out  # already a negative name: left alone
+
+
+def _example_lines(text):
+    return [x.strip() for x in text.splitlines() if x.strip().startswith(("midol ", "torchrun "))
+            or x.rstrip().endswith("\\") or x.startswith("       ")]
+
+
+@pytest.mark.parametrize("command", COMMAND_MODULES)
+def test_examples_do_not_wrap_mid_command_at_80_columns(command, capsys, monkeypatch):
+    narrow = _help(capsys, monkeypatch, command)
+    monkeypatch.setenv("COLUMNS", "200")
+    from midol_cli.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["midol", command, "--help"])
+    with pytest.raises(SystemExit):
+        run()
+    wide = capsys.readouterr().out
+    starts = [x for x in _example_lines(wide) if x.startswith(("midol ", "torchrun "))]
+    assert starts, f"{command} --help shows no example"
+    assert [x for x in _example_lines(narrow) if x.startswith(("midol ", "torchrun "))] == starts
+
+
+@pytest.mark.parametrize("command", COMMAND_MODULES)
+def test_every_option_has_help(command):
+    import typer.main
+
+    from midol_cli.cli.main import app
+
+    cmd = typer.main.get_command(app).commands[command]
+    missing = [p.name for p in cmd.params if not getattr(p, "help", None)]
+    assert not missing, f"{command}: options without help: {missing}"
