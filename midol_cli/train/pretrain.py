@@ -275,7 +275,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             seed=tr.seed * 1_000_003 + segment,
             decode_mode="lazy",  # the views' crops decide which part of each JPEG is decoded
         )
-        damage.new_loader(loader.dataset)
+        damage.new_loader(getattr(loader, "dataset", None))
         return iter(loader)
 
     warm = int(opt_cfg.warmup_frac * total)
