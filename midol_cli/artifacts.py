@@ -62,6 +62,32 @@ MANIFEST_COLUMNS: dict[str, str] = {
 PREDICTION_COLUMNS = ("sample_id", "group", "split", "label", "protocol", "seed", "probs")
 
 
+SUMMARY_SCHEMA = 1
+SUMMARY_NAME = "summary.json"
+PREDICTIONS_NAME = "predictions.parquet"
+MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
+
+
+def prediction_table(classes, task_name: str, model_id: str, parts: list[tuple]):
+    """``predictions.parquet``'s table from ``[(protocol, seed, sample_ids, groups, labels, probs [N, C]), ...]``:
+    the one writer of the schema (probe suites and trained protocols alike)."""
+    import numpy as np
+    import pyarrow as pa
+
+    cols: dict[str, list[Any]] = {k: [] for k in PREDICTION_COLUMNS}
+    for protocol, seed, sids, groups, labels, probs in parts:
+        n = len(sids)
+        cols["sample_id"] += [str(x) for x in sids]
+        cols["group"] += [str(x) for x in groups]
+        cols["split"] += ["test"] * n
+        cols["label"] += [str(x) for x in labels]
+        cols["protocol"] += [protocol] * n
+        cols["seed"] += [None if seed is None else int(seed)] * n
+        cols["probs"] += list(np.asarray(probs, dtype=np.float32))
+    schema = prediction_schema(classes, task_name, model_id)
+    return pa.table({k: cols[k] for k in schema.names}, schema=schema)
+
+
 def prediction_schema(classes, task_name: str, model_id: str):
     """The one Arrow schema of ``predictions.parquet`` (``PREDICTION_COLUMNS`` plus class metadata)."""
     import pyarrow as pa
@@ -85,6 +111,13 @@ SHARD_META_KEYS = (
 )
 
 SPLITS = ("train", "val", "test")
+
+
+def cache_root() -> Path:
+    """Where midol caches what it can recompute: ``$MIDOL_CACHE_DIR``, else ``~/.cache/midol``.
+    ``embeddings/`` holds embedding tables, ``manifests/`` the manifests of raw folders ingested for
+    a task."""
+    return Path(os.environ.get("MIDOL_CACHE_DIR", Path.home() / ".cache" / "midol"))
 
 
 def index_count(entry: dict[str, Any], modalities: Any = None, split: str | None = None) -> int:
@@ -209,3 +242,66 @@ def is_within(child: str | os.PathLike[str], parent: str | os.PathLike[str]) -> 
         return True
     except ValueError:
         return False
+
+
+# --------------------------------------------------------------------------- summary.json
+
+
+def _require(obj: Any, dotted: str, path: Any) -> Any:
+    cur = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
+            raise ValueError(f"{path}: missing field '{dotted}'")
+        cur = cur[part]
+    return cur
+
+
+def validate_summary(summary: Any, path: Any = "summary") -> dict[str, Any]:
+    """Check the fields ``report`` relies on; raises ``ValueError`` naming the first missing one."""
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    schema = _require(summary, "schema", path)
+    if schema != SUMMARY_SCHEMA:
+        raise ValueError(f"{path}: schema {schema!r} is not the supported {SUMMARY_SCHEMA}")
+    for key in ("model.id", "task.name", "task.modality", "task.label_type", "task.classes", "task.metric",
+                "task.data_hash", "primary_metric", "n.train", "n.val", "n.test"):
+        _require(summary, key, path)
+    if not isinstance(summary["task"]["classes"], list):
+        raise ValueError(f"{path}: field 'task.classes' is not a list")
+    protocols = _require(summary, "protocols", path)
+    if not isinstance(protocols, dict) or not protocols:
+        raise ValueError(f"{path}: field 'protocols' holds no protocol")
+    for pname, block in protocols.items():
+        # Protocol names contain dots ("fraction_0.01"): look the block up directly.
+        metrics = block.get("metrics") if isinstance(block, dict) else None
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{path}: missing field 'protocols.{pname}.metrics'")
+        for mname, entry in metrics.items():
+            if not isinstance(entry, dict) or not ({"value", "mean"} & set(entry)):
+                raise ValueError(f"{path}: missing field 'protocols.{pname}.metrics.{mname}.value'")
+    return summary
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """Read and validate a ``summary.json``; ``ValueError`` (naming the file and field) if malformed."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return validate_summary(summary, path)
+
+
+def add_protocol(path: str | Path, name: str, block: dict[str, Any]) -> dict[str, Any]:
+    """Add or replace protocol ``name`` (e.g. "finetune") in an existing summary, atomically.
+
+    ``block`` must hold ``{"metrics": {metric: {"value", "ci_low", "ci_high"}}}`` (``ci_block``
+    builds one). Returns the updated summary.
+    """
+    summary = load_summary(path)
+    summary["protocols"][name] = block
+    validate_summary(summary, path)
+    write_json_atomic(path, summary)
+    return summary

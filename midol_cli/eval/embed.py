@@ -25,7 +25,10 @@ COLUMNS = ("sample_id", "modality", "label", "labels", "group", "split")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MIDOL_CACHE_DIR", Path.home() / ".cache" / "midol")) / "embeddings"
+    """The embedding cache (``artifacts.cache_root() / "embeddings"``)."""
+    from midol_cli.artifacts import cache_root
+
+    return cache_root() / "embeddings"
 
 
 def data_identity(data: str | Path) -> list[Any]:

@@ -15,8 +15,9 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     ``quiet`` keeps the progress lines off stderr except warnings (a degenerate probe)."""
     import sys
 
+    from midol_cli.artifacts import cache_root
     from midol_cli.errors import UsageError
-    from midol_cli.eval.embed import cache_dir, embed
+    from midol_cli.eval.embed import embed
     from midol_cli.eval.models import load_eval_model
     from midol_cli.eval.results import run_probe_suite
     from midol_cli.tasks import resolve_data
@@ -26,7 +27,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
             f"task {spec.name} is a segmentation task: frozen-encoder probes do not apply; "
             f"use `midol finetune --task {spec.name}`"
         )
-    src = resolve_data(spec, data, cache_dir().parent, options)
+    src = resolve_data(spec, data, cache_root(), options)
     model = load_eval_model(weights, name)
     emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from midol_cli.artifacts import atomic_path, prediction_schema, provenance, write_json_atomic
+from midol_cli.artifacts import (
+    atomic_path,
+    prediction_schema,
+    prediction_table,
+    provenance,
+    write_json_atomic,
+)
 
 
 def write_protocol(out_dir: Path, protocol: str, block: dict[str, Any], task: Any, model_info: dict[str, Any], *,
@@ -74,14 +80,11 @@ def merge_predictions(out_dir: Path, protocol: str, task: Any, model_id: str, *,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from midol_cli.eval.results import PREDICTIONS_NAME
+    from midol_cli.artifacts import PREDICTIONS_NAME
 
     path = out_dir / PREDICTIONS_NAME
     schema = prediction_schema(task.classes, task.name, model_id)
-    k = len(sample_ids)
-    ours = pa.table({"sample_id": [str(s) for s in sample_ids], "group": [str(g) for g in groups],
-                     "split": ["test"] * k, "label": [str(v) for v in labels], "protocol": [protocol] * k,
-                     "seed": [int(seed)] * k, "probs": list(np.asarray(probs, dtype=np.float32))}, schema=schema)
+    ours = prediction_table(task.classes, task.name, model_id, [(protocol, seed, sample_ids, groups, labels, probs)])
     table = ours
     if path.is_file():
         try:

@@ -38,18 +38,22 @@ When the table has no validation rows, 15% of the training groups (seeded) becom
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from midol_cli.artifacts import (
-    PREDICTION_COLUMNS,
+from midol_cli.artifacts import (  # noqa: F401  (the summary schema's names, re-exported for callers here)
+    MODEL_KEYS,
+    PREDICTIONS_NAME,
+    SUMMARY_NAME,
+    SUMMARY_SCHEMA,
+    add_protocol,
     atomic_path,
-    prediction_schema,
+    load_summary,
     provenance,
+    validate_summary,
     write_json_atomic,
 )
 
@@ -57,12 +61,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-SUMMARY_SCHEMA = 1
-SUMMARY_NAME = "summary.json"
-PREDICTIONS_NAME = "predictions.parquet"
 CONFUSION_NAME = "confusion_matrix.png"
 EMBEDDING_COLUMNS = ("sample_id", "modality", "label", "group", "split", "embedding")
-MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
 # The linear probe's feature standardisation (recorded in every summary): the non-affine BatchNorm
 # in front of the linear layer in MAE and RETFound linear probing, with statistics of train only.
 FEATURE_NORM = {"l2_normalize": True, "standardize": "per-feature mean and std of the training split"}
@@ -426,87 +426,17 @@ def _write_predictions(
     pred_rows: list[tuple[str, Any, np.ndarray]],
     model_info: dict[str, Any],
 ) -> None:
-    import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from midol_cli.artifacts import prediction_table
 
     sid = td.df["sample_id"].astype(str).to_numpy()[te].tolist()
     label = td.df["label"].astype(str).to_numpy()[te].tolist()
     group = [str(g) for g in td.groups[te]]
-    n = len(sid)
-    cols: dict[str, list[Any]] = {k: [] for k in PREDICTION_COLUMNS}
-    for protocol, seed, probs in pred_rows:
-        cols["sample_id"] += sid
-        cols["group"] += group
-        cols["split"] += ["test"] * n
-        cols["label"] += label
-        cols["protocol"] += [protocol] * n
-        cols["seed"] += [seed] * n
-        cols["probs"] += list(np.asarray(probs, dtype=np.float32))
-    schema = prediction_schema(task.classes, task.name, model_info["id"])
-    table = pa.table({k: cols[k] for k in schema.names}, schema=schema)
+    table = prediction_table(task.classes, task.name, model_info["id"],
+                             [(protocol, seed, sid, group, label, probs) for protocol, seed, probs in pred_rows])
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def _require(obj: Any, dotted: str, path: Any) -> Any:
-    cur = obj
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
-            raise ValueError(f"{path}: missing field '{dotted}'")
-        cur = cur[part]
-    return cur
-
-
-def validate_summary(summary: Any, path: Any = "summary") -> dict[str, Any]:
-    """Check the fields ``report`` relies on; raises ``ValueError`` naming the first missing one."""
-    if not isinstance(summary, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    schema = _require(summary, "schema", path)
-    if schema != SUMMARY_SCHEMA:
-        raise ValueError(f"{path}: schema {schema!r} is not the supported {SUMMARY_SCHEMA}")
-    for key in ("model.id", "task.name", "task.modality", "task.label_type", "task.classes", "task.metric",
-                "task.data_hash", "primary_metric", "n.train", "n.val", "n.test"):
-        _require(summary, key, path)
-    if not isinstance(summary["task"]["classes"], list):
-        raise ValueError(f"{path}: field 'task.classes' is not a list")
-    protocols = _require(summary, "protocols", path)
-    if not isinstance(protocols, dict) or not protocols:
-        raise ValueError(f"{path}: field 'protocols' holds no protocol")
-    for pname, block in protocols.items():
-        # Protocol names contain dots ("fraction_0.01"): look the block up directly.
-        metrics = block.get("metrics") if isinstance(block, dict) else None
-        if not isinstance(metrics, dict):
-            raise ValueError(f"{path}: missing field 'protocols.{pname}.metrics'")
-        for mname, entry in metrics.items():
-            if not isinstance(entry, dict) or not ({"value", "mean"} & set(entry)):
-                raise ValueError(f"{path}: missing field 'protocols.{pname}.metrics.{mname}.value'")
-    return summary
-
-
-def load_summary(path: str | Path) -> dict[str, Any]:
-    """Read and validate a ``summary.json``; ``ValueError`` (naming the file and field) if malformed."""
-    path = Path(path)
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    return validate_summary(summary, path)
-
-
-def add_protocol(path: str | Path, name: str, block: dict[str, Any]) -> dict[str, Any]:
-    """Add or replace protocol ``name`` (e.g. "finetune") in an existing summary, atomically.
-
-    ``block`` must hold ``{"metrics": {metric: {"value", "ci_low", "ci_high"}}}`` (``ci_block``
-    builds one). Returns the updated summary.
-    """
-    summary = load_summary(path)
-    summary["protocols"][name] = block
-    validate_summary(summary, path)
-    write_json_atomic(path, summary)
-    return summary

@@ -72,9 +72,9 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
     from midol_cli.tasks import resolve_data
 
     if cache_root is None:
-        from midol_cli.eval.embed import cache_dir
+        from midol_cli.artifacts import cache_root as _cache_root
 
-        cache_root = cache_dir().parent
+        cache_root = _cache_root()
     src = resolve_data(spec, data, cache_root, options)
     if src.is_dir():
         raise UsageError(

@@ -95,9 +95,9 @@ def prepare_segmentation_data(
             f"from `midol ingest --layout {spec.layout}`) as --data"
         )
     if cache_root is None:
-        from midol_cli.eval.embed import cache_dir
+        from midol_cli.artifacts import cache_root as _cache_root
 
-        cache_root = cache_dir().parent
+        cache_root = _cache_root()
     src = resolve_data(spec, data, cache_root, options)
     df, meta = read_manifest(src)
     layout = get_layout(spec.layout)
