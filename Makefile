@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 2
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on the embedded synthetic data"
-	@echo "make study  - the M-IDoL claim on the demo data: every variant x 3 seeds, paired CIs (about 2 h)"
+	@echo "make study  - the M-IDoL claim on the demo data: every variant x 3 seeds, paired CIs (about 1.5 h)"
 	@echo "make test   - set up .venv and run the full test suite"
 	@echo "make test-fast - the tests not marked slow (no subprocess pipelines)"
 	@echo "make lint   - ruff check"
