@@ -354,15 +354,13 @@ def augment_for(augment: AugCfg | dict[str, AugCfg] | None, modality: str) -> Au
     return default_augs().get(modality, AugCfg())
 
 
-class FinetuneRecipe(Strict):
-    """Full fine-tuning of encoder + head (classification) or encoder + decoder (segmentation)."""
+class _FinetuneBase(Strict):
+    """What every fine-tuning recipe has: the engine's settings (``train.engine``)."""
 
     name: str = "finetune"
     epochs: int = Field(50, ge=1)
     optim: FinetuneOptimCfg = Field(default_factory=FinetuneOptimCfg)
     img_size: int | None = Field(None, ge=16, description="input size; default: the encoder's own")
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    class_balanced: bool = Field(False, description="weight the loss by inverse class frequency")
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     augment: AugCfg | dict[str, AugCfg] | None = Field(
         None, description="one AugCfg, or one per modality; default: the modality's pre-training augmentations"
@@ -374,6 +372,23 @@ class FinetuneRecipe(Strict):
     ckpt_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
     n_boot: int = Field(1000, ge=10)
     max_train_samples: int | None = Field(None, ge=1, description="cap the training set (quick runs)")
-    # segmentation only
+
+
+class FinetuneRecipe(_FinetuneBase):
+    """Fine-tuning encoder + linear head on a classification task (or the head alone, ``--linear``)."""
+
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_balanced: bool = Field(False, description="weight the loss by inverse class frequency")
+
+
+class SegmentationRecipe(_FinetuneBase):
+    """Fine-tuning encoder + FPN decoder on a segmentation task (CE + dice_weight x soft Dice)."""
+
+    name: str = "segment"
     decoder_dim: int = Field(128, ge=8, description="channels of the segmentation decoder (FPN)")
     dice_weight: float = Field(1.0, ge=0)
+
+
+def finetune_schema(label_type: str) -> type[_FinetuneBase]:
+    """The recipe schema of a task: ``SegmentationRecipe`` for segmentation, else ``FinetuneRecipe``."""
+    return SegmentationRecipe if label_type == "segmentation" else FinetuneRecipe

@@ -64,5 +64,20 @@ def test_a_missing_finetune_recipe_suggests_a_finetune_recipe(tmp_path):
 def test_every_shipped_recipe_loads(path):
     from midol_cli.recipes import FinetuneRecipe
 
-    schema = FinetuneRecipe if path.name.startswith("finetune") else PretrainRecipe
+    from midol_cli.recipes import SegmentationRecipe
+
+    schema = (FinetuneRecipe if path.name.startswith("finetune") else SegmentationRecipe if path.name.startswith("segment")
+              else PretrainRecipe)
     load_recipe(schema, path)
+
+
+def test_classification_and_segmentation_recipes_each_forbid_the_others_keys():
+    from midol_cli.errors import UsageError
+    from midol_cli.recipes import FinetuneRecipe, SegmentationRecipe, finetune_schema
+
+    with pytest.raises(UsageError, match="decoder_dim"):
+        load_recipe(FinetuneRecipe, None, ["decoder_dim=64"])
+    with pytest.raises(UsageError, match="label_smoothing"):
+        load_recipe(SegmentationRecipe, None, ["label_smoothing=0.2"])
+    assert load_recipe(SegmentationRecipe, None, ["decoder_dim=64"]).decoder_dim == 64
+    assert finetune_schema("segmentation") is SegmentationRecipe and finetune_schema("multiclass") is FinetuneRecipe

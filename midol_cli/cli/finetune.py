@@ -46,13 +46,13 @@ def register(app: typer.Typer) -> None:
         task_option: list[str] = typer.Option(None, "--task-option", metavar="KEY=VALUE",
                                               help="Task switch, e.g. uncertainty=u-zeros (see `midol tasks show`)."),
     ) -> None:
-        from midol_cli.recipes import FinetuneRecipe, load_recipe
+        from midol_cli.recipes import finetune_schema, load_recipe
         from midol_cli.tasks import resolve_task, task_options
 
         spec = resolve_task(task, data)
         opts = task_options(spec, task_option or [])
         recipe_path, overrides = split_recipe_args(args)
-        recipe = load_recipe(FinetuneRecipe, recipe_path, overrides)
+        recipe = load_recipe(finetune_schema(spec.label_type), recipe_path, overrides)
         if not data.exists():
             from midol_cli.errors import UsageError
 

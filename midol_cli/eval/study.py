@@ -233,7 +233,7 @@ def _representation(cfg: StudyConfig, run_dir: Path, mid: str) -> dict[str, Any]
 
 def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[str, Any] | None:
     from midol_cli.eval.results import load_summary, summary_path
-    from midol_cli.recipes import FinetuneRecipe, load_recipe
+    from midol_cli.recipes import finetune_schema, load_recipe
     from midol_cli.train.finetune import run_finetune
 
     if task.spec.label_type == "segmentation":
@@ -243,7 +243,7 @@ def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dic
         old = load_summary(path)
         if "finetune" in old["protocols"]:
             return old["protocols"]["finetune"]
-    recipe = load_recipe(FinetuneRecipe, cfg.finetune_recipe)
+    recipe = load_recipe(finetune_schema(task.spec.label_type), cfg.finetune_recipe)
     ft_dir = cfg.out / "finetune" / mid / task.spec.name
     resume = "auto" if ft_dir.is_dir() else None
     s = run_finetune(task.spec, str(run_dir), task.data, recipe, out_root=cfg.out / "results", name=mid,

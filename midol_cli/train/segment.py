@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from midol_cli.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, on_main
 from midol_cli.errors import UsageError
-from midol_cli.recipes import FinetuneRecipe, augment_for, recipe_hash
+from midol_cli.recipes import SegmentationRecipe, augment_for, recipe_hash
 from midol_cli.train import engine
 from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data: this module's public entry)
     EvalPairTransform,
@@ -244,7 +244,7 @@ def run_segmentation(
     spec: Any,
     weights: str,
     data: str | Path,
-    recipe: FinetuneRecipe,
+    recipe: SegmentationRecipe,
     out_root: str | Path,
     name: str | None,
     run_dir: str | Path | None,
@@ -272,7 +272,7 @@ def run_segmentation(
             cleanup()
 
 
-def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
+def _run(spec: Any, weights: str, data: str | Path, recipe: SegmentationRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, di: DistInfo, reporter: engine.Reporter,
          options: dict[str, str] | None = None) -> dict[str, Any]:
     from torch.utils.data import DataLoader
@@ -365,7 +365,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
                           say)
 
 
-def _write_results(model: Any, fd: SegData, spec: Any, task: Any, recipe: FinetuneRecipe, st: engine.FitState,
+def _write_results(model: Any, fd: SegData, spec: Any, task: Any, recipe: SegmentationRecipe, st: engine.FitState,
                    kept: list[int], dice: np.ndarray, jac: np.ndarray, bad_test: list, model_info: dict[str, Any],
                    out_root: Path, run_dir: Path, view: tuple[int, Any, Any, int], di: DistInfo, peak_lr: float,
                    n_train: int, n_val: int, load_report: Any, say: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from midol_cli.errors import UsageError
 from midol_cli.eval.segmentation import mean_ci, overlap_scores, pick_cases, scores_from_counts
 from midol_cli.losses.segmentation import segmentation_loss, soft_dice_loss
 from midol_cli.models.segmentation import SegmentationModel, load_encoder_weights, map_encoder_keys
-from midol_cli.recipes import FinetuneRecipe
+from midol_cli.recipes import SegmentationRecipe
 from tests.conftest import TINY_SWIN
 
 SWIN = "swin_tiny_patch4_window7_224"
@@ -89,7 +89,7 @@ def tiny_swin_export(path: Path, img_size: int = 64, seed: int = 0) -> Path:
     return path
 
 
-def recipe(**kw) -> FinetuneRecipe:
+def recipe(**kw) -> SegmentationRecipe:
     base = dict(
         epochs=8,
         optim={"batch_size": 8, "lr": 0.064, "layer_decay": 0.9, "warmup_frac": 0.1, "weight_decay": 0.01},
@@ -103,7 +103,7 @@ def recipe(**kw) -> FinetuneRecipe:
         seed=0,
     )
     base.update(kw)
-    return FinetuneRecipe.model_validate(base)
+    return SegmentationRecipe.model_validate(base)
 
 
 # --------------------------------------------------------------------------- losses
@@ -361,11 +361,11 @@ def test_bad_data_is_a_usage_error(trained, tmp_path):
 WORKER = """
 import json, sys
 from pathlib import Path
-from midol_cli.recipes import FinetuneRecipe
+from midol_cli.recipes import SegmentationRecipe
 from midol_cli.tasks import get_task
 from midol_cli.train.segment import run_segmentation
 
-rec = FinetuneRecipe.model_validate(json.loads(sys.argv[1]))
+rec = SegmentationRecipe.model_validate(json.loads(sys.argv[1]))
 out = Path(sys.argv[2])
 run_segmentation(get_task("isic2018-seg"), sys.argv[3], sys.argv[4], rec, out / "results", "m", out / "run", None)
 """
