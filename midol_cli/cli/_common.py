@@ -23,6 +23,17 @@ def show_progress() -> bool:
     return is_rank0() and sys.stderr.isatty()
 
 
+def split_recipe_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    """``[RECIPE.yaml] [key=value ...]`` -> (recipe path or None, overrides): the one parser of a
+    command's recipe arguments (finetune, study). A later token without ``=`` is a one-line error."""
+    args = list(args or [])
+    recipe, rest = (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        raise UsageError(f"'{bad[0]}' is not KEY=VALUE: give the recipe first, then key.sub=value overrides")
+    return recipe, rest
+
+
 def writable_out(path: str | Path | None, what: str = "--out", folder: bool = True) -> None:
     """Refuse, before any work, an output that cannot be written: ``path`` (a folder, or with
     ``folder=False`` a file) or its nearest existing ancestor must be a writable folder."""

@@ -7,14 +7,6 @@ from pathlib import Path
 import typer
 
 
-def split_recipe_args(args: list[str] | None) -> tuple[str | None, list[str]]:
-    """``[RECIPE.yaml] [key=value ...]`` -> (recipe path or None, overrides)."""
-    args = list(args or [])
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
-
-
 def register(app: typer.Typer) -> None:
     @app.command(
         "finetune",
@@ -51,6 +43,8 @@ def register(app: typer.Typer) -> None:
 
         spec = resolve_task(task, data)
         opts = task_options(spec, task_option or [])
+        from midol_cli.cli._common import split_recipe_args
+
         recipe_path, overrides = split_recipe_args(args)
         recipe = load_recipe(finetune_schema(spec.label_type), recipe_path, overrides)
         if not data.exists():

@@ -41,14 +41,15 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, "--workers", help="Data-loading processes for embedding."),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
     ) -> None:
-        from midol_cli.cli._common import console
+        from midol_cli.cli._common import console, split_recipe_args
         from midol_cli.errors import UsageError
         from midol_cli.eval.study import StudyConfig, parse_variants, run_study
         from midol_cli.recipes import PretrainRecipe, load_recipe
 
-        recipe_path, overrides = Path(args[0]), list(args[1:])
-        if any("=" not in o for o in overrides):
-            raise UsageError("after the recipe, give KEY=VALUE overrides (e.g. train.steps=200)")
+        recipe, overrides = split_recipe_args(args)
+        if recipe is None:
+            raise UsageError("give the pre-training recipe first (e.g. recipes/smoke.yaml), then KEY=VALUE overrides")
+        recipe_path = Path(recipe)
         if seeds < 1 or n_boot < 100 or finetune_seeds < 0:
             raise UsageError("--seeds must be >= 1, --n-boot >= 100 and --finetune-seeds >= 0")
         if not (data / "index.json").is_file():

@@ -74,5 +74,19 @@ def read_manifest(path: str | Path, only_ok: bool = False) -> tuple[pd.DataFrame
     return df, meta
 
 
+def usable_rows(df: pd.DataFrame, modality: str | None = None, labelled: bool = False) -> pd.DataFrame:
+    """The rows an evaluation or fine-tuning may use: status ok, not an exact duplicate of an earlier
+    row (``duplicate_of``), of ``modality`` when given, with a label when ``labelled``. The one rule
+    for embed, classification and segmentation; the index is reset."""
+    keep = df["status"].astype(str) == "ok"
+    if "duplicate_of" in df.columns:
+        keep &= df["duplicate_of"].fillna("").astype(str) == ""
+    if modality is not None:
+        keep &= df["modality"].astype(str) == modality
+    if labelled:
+        keep &= df["label"].fillna("").astype(str) != ""
+    return df[keep].reset_index(drop=True)
+
+
 def manifest_hash(path: str | Path) -> str:
     return sha256_file(path)[:16]

@@ -130,11 +130,10 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
     from torch.utils.data import DataLoader, IterableDataset
 
     if kind == "manifest":
-        from midol_cli.data.manifest import read_manifest
+        from midol_cli.data.manifest import read_manifest, usable_rows
 
         df, meta = read_manifest(data, only_ok=True)
-        if "duplicate_of" in df.columns:
-            df = df[df["duplicate_of"].fillna("") == ""].reset_index(drop=True)
+        df = usable_rows(df)
         if df.empty:
             raise UsageError(f"manifest '{data}' has no usable images")
         root = meta.get("root")

@@ -85,7 +85,9 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
     root = meta.get("root")
     if not root or not Path(root).is_dir():
         raise UsageError(f"raw folder '{root}' recorded in manifest '{src}' is not reachable from here")
-    df = df[(df["modality"].astype(str) == spec.modality) & (df["duplicate_of"].fillna("").astype(str) == "")]
+    from midol_cli.data.manifest import usable_rows
+
+    df = usable_rows(df, spec.modality)
     if df.empty:
         raise UsageError(f"no usable {spec.modality} images in '{data}' for task {spec.name}")
     df = df.reset_index(drop=True).copy()

@@ -116,12 +116,9 @@ def prepare_segmentation_data(
 
         reasons = Counter(str(r).split(" (", 1)[0] for r in rejected["reason"])
         notes.append("ingest rejected " + ", ".join(f"{n} ({r})" for r, n in sorted(reasons.items())))
-    ok = df[
-        (df["status"] == "ok")
-        & (df["modality"].astype(str) == spec.modality)
-        & (df["duplicate_of"].fillna("").astype(str) == "")
-        & (df["label"].fillna("").astype(str) != "")
-    ].sort_values("sample_id", kind="stable")
+    from midol_cli.data.manifest import usable_rows
+
+    ok = usable_rows(df, spec.modality, labelled=True).sort_values("sample_id", kind="stable")
     if ok.empty:
         raise UsageError(f"no usable {spec.modality} images with masks in '{data}' for task {spec.name}")
 

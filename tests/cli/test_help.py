@@ -62,3 +62,14 @@ def test_every_option_has_help(command):
     cmd = typer.main.get_command(app).commands[command]
     missing = [p.name for p in cmd.params if not getattr(p, "help", None)]
     assert not missing, f"{command}: options without help: {missing}"
+
+
+def test_recipe_arguments_are_parsed_one_way():
+    from midol_cli.cli._common import split_recipe_args
+    from midol_cli.errors import UsageError
+
+    assert split_recipe_args(["r.yaml", "epochs=3"]) == ("r.yaml", ["epochs=3"])
+    assert split_recipe_args(["epochs=3"]) == (None, ["epochs=3"])
+    assert split_recipe_args(None) == (None, [])
+    with pytest.raises(UsageError, match="'oops' is not KEY=VALUE"):
+        split_recipe_args(["r.yaml", "oops"])
