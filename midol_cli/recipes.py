@@ -223,7 +223,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 MAX_INHERIT_DEPTH = 16
 # The recipe a missing-file message suggests, by schema.
-_EXAMPLES = {"FinetuneRecipe": "recipes/finetune_smoke.yaml"}
+_EXAMPLES = {"FinetuneRecipe": "recipes/finetune_smoke.yaml", "SegmentationRecipe": "recipes/segment.yaml"}
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), example: str = "recipes/smoke.yaml") -> dict[str, Any]:

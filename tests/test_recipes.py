@@ -62,9 +62,7 @@ def test_a_missing_finetune_recipe_suggests_a_finetune_recipe(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((SMOKE.parent).rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(path):
-    from midol_cli.recipes import FinetuneRecipe
-
-    from midol_cli.recipes import SegmentationRecipe
+    from midol_cli.recipes import FinetuneRecipe, SegmentationRecipe
 
     schema = (FinetuneRecipe if path.name.startswith("finetune") else SegmentationRecipe if path.name.startswith("segment")
               else PretrainRecipe)
