@@ -166,3 +166,35 @@ def test_python_warnings_are_one_line_each_and_said_once(capsys, monkeypatch):
             warnings.warn("Detected pickle protocol 4\nin the checkpoint", RuntimeWarning, stacklevel=1)
     err = capsys.readouterr().err
     assert err == "warning: Detected pickle protocol 4 in the checkpoint (RuntimeWarning)\n"
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str = "64k"):
+    """A writable file system that is nearly full (a small tmpfs, as root); skipped elsewhere."""
+    path.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is simulated with a small tmpfs, which needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode()[:100]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_a_read_only_cache_dir_is_one_line(inputs, tmp_path, capsys, monkeypatch):
+    with readonly_dir(tmp_path / "ro") as ro:
+        monkeypatch.setenv("MIDOL_CACHE_DIR", str(ro / "cache"))
+        code, lines = _midol(capsys, monkeypatch, "embed", "--weights", f"random:{inputs['export']}", "--data",
+                             inputs["shards"], "--out", tmp_path / "e.parquet", "--workers", "0")
+    assert code == 2 and len(lines) == 1 and "cannot write" in lines[0] and "MIDOL_CACHE_DIR" in lines[0], lines
+
+
+def test_a_full_disk_during_shard_is_one_line_that_says_so(inputs, tmp_path, capsys, monkeypatch):
+    with tiny_disk(tmp_path / "disk") as disk:
+        code, lines = _midol(capsys, monkeypatch, "shard", inputs["manifests"] / "oct.parquet", "--out",
+                             disk / "shards", "--max-side", "32", "--workers", "1")
+        errors = [x for x in lines if x.startswith("error: ")]
+        assert code == 1 and len(errors) == 1 and "the disk is full" in errors[0], lines
+        assert not (disk / "shards" / "index.json").exists()
