@@ -25,3 +25,21 @@ def build_pipeline(root: Path, per_class: int = 6, size: int = 64, max_side: int
         mans.append(out)
     write_shards(mans, shards, ShardParams(max_side=max_side, seed=seed, min_shards=min_shards), workers=1)
     return {"raw": raw, "manifests": man, "shards": shards}
+
+
+def zero_first_image(tar: Path) -> None:
+    """Replace the bytes of the first image member of a shard with zeros: same name, same size,
+    undecodable (damage that index.json's sizes cannot see)."""
+    import io
+    import tarfile
+
+    with tarfile.open(tar) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        done = False
+        for m, blob in members:
+            if blob is not None and not done and not m.name.endswith(".json"):
+                blob, done = b"\x00" * len(blob), True
+            tf.addfile(m, io.BytesIO(blob) if blob is not None else None)
+    tar.write_bytes(out.getvalue())

@@ -159,9 +159,8 @@ def _examples(text: str) -> str:
 def _polish(cmd) -> None:  # noqa: ANN001
     """Help that reads like the field's tools: ``--flag/--no-flag`` for booleans, real metavars, and
     examples that do not wrap."""
-    from typer.core import TyperArgument, TyperOption
+    from typer.core import TyperOption
 
-    TyperOption.display_type_rich = TyperArgument.display_type_rich = lambda self, ctx: _metavar(self)
     if cmd.help:
         cmd.help = _examples(cmd.help)
     for sub in getattr(cmd, "commands", {}).values():
@@ -182,6 +181,9 @@ def run() -> None:
     if not os.environ.get("MIDOL_DEBUG"):
         _one_line_warnings()
     try:
+        from typer.core import TyperArgument, TyperOption
+
+        TyperOption.display_type_rich = TyperArgument.display_type_rich = lambda self, ctx: _metavar(self)
         cmd = typer.main.get_command(app)
         _polish(cmd)
         cmd(prog_name="midol")

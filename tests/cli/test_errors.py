@@ -29,9 +29,16 @@ def readonly_dir(path: Path):
         finally:
             path.chmod(0o755)
         return
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True)
+    with _tmpfs(path, "ro,size=1m"):
+        yield path
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    """A tmpfs mounted on ``path`` with ``options`` (root only); the test is skipped if mounting fails."""
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
     if res.returncode != 0:
-        pytest.skip(f"running as root and cannot mount a read-only tmpfs here: {res.stderr.decode()[:100]}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {res.stderr.decode()[:100]}")
     try:
         yield path
     finally:
@@ -174,13 +181,8 @@ def tiny_disk(path: Path, size: str = "64k"):
     path.mkdir(parents=True)
     if os.geteuid() != 0:
         pytest.skip("a full disk is simulated with a small tmpfs, which needs root")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode()[:100]}")
-    try:
+    with _tmpfs(path, f"size={size}"):
         yield path
-    finally:
-        subprocess.run(["umount", str(path)], capture_output=True)
 
 
 def test_a_read_only_cache_dir_is_one_line(inputs, tmp_path, capsys, monkeypatch):

@@ -52,23 +52,11 @@ def test_a_truncated_shard_is_not_served_the_healthy_sets_embeddings(setup, tmp_
 
 
 def test_a_corrupted_sample_is_counted_and_not_cached(setup, tmp_path):
-    import io
-    import tarfile
+    from tests.pipeline import zero_first_image
 
     shards = _copy(setup["shards"], tmp_path / "s")
     embed(setup["model"], shards, batch_size=8, workers=0)
-    tar = sorted(shards.glob("*.tar"))[0]
-    # same size, same name: one image member's bytes replaced by garbage
-    with tarfile.open(tar) as tf:
-        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tf:
-        done = False
-        for m, blob in members:
-            if blob is not None and not done and not m.name.endswith(".json"):
-                blob, done = b"\x00" * len(blob), True
-            tf.addfile(m, io.BytesIO(blob) if blob is not None else None)
-    tar.write_bytes(out.getvalue())
+    zero_first_image(sorted(shards.glob("*.tar"))[0])  # same size, same name, undecodable
     df = embed(setup["model"], shards, batch_size=8, workers=0)
     assert df.attrs["cache"] == "miss" and df.attrs["skipped"] == 1 and len(df) == 23
     again = embed(setup["model"], shards, batch_size=8, workers=0)

@@ -91,22 +91,13 @@ def test_a_non_finite_hyper_parameter_is_refused_before_training(shards):
 
 
 def _corrupt_one_image(shards, dst):
-    import io
     import shutil
-    import tarfile
+
+    from tests.pipeline import zero_first_image
 
     shutil.copytree(shards, dst)
     for tar in sorted(dst.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf.getmembers()]
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w") as tf:
-            done = False
-            for m, blob in members:
-                if blob is not None and not done and not m.name.endswith(".json"):
-                    blob, done = b"\x00" * len(blob), True  # same size, undecodable
-                tf.addfile(m, io.BytesIO(blob) if blob is not None else None)
-        tar.write_bytes(out.getvalue())
+        zero_first_image(tar)
     return dst
 
 
