@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         if seeds < 1 or n_boot < 10:
             raise UsageError("--seeds must be >= 1 and --n-boot >= 10")
         from midol_cli.cli._common import writable_out
-        from midol_cli.eval.probe import run_task
+        from midol_cli.workflows.probe import run_task
 
         writable_out(out)
 

@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from midol_cli.cli._common import console, split_recipe_args
         from midol_cli.errors import UsageError
-        from midol_cli.eval.study import StudyConfig, parse_variants, run_study
         from midol_cli.recipes import PretrainRecipe, load_recipe
+        from midol_cli.workflows.study import StudyConfig, parse_variants, run_study
 
         recipe, overrides = split_recipe_args(args)
         if recipe is None:
@@ -73,23 +73,26 @@ def register(app: typer.Typer) -> None:
                           n_boot=n_boot, finetune_recipe=finetune, finetune_seeds=finetune_seeds,
                           workers=workers, device=device)
         rec = run_study(cfg)
+        from midol_cli.report.study import render_markdown, write_outputs
+
+        written = write_outputs(out, rec)
+        console().print(f"study: wrote {written[1]}, study.json and study.png", markup=False, highlight=False)
         c = console(stderr=False)
-        from midol_cli.report.study import render_markdown
 
         c.print(render_markdown(rec), markup=False, highlight=False)
 
 
 def _default() -> tuple[str, ...]:
-    from midol_cli.eval.study import DEFAULT_VARIANTS
+    from midol_cli.workflows.study import DEFAULT_VARIANTS
 
     return DEFAULT_VARIANTS
 
 
 def _tasks(arg: str, data: Path, task_data: list[str]):
     from midol_cli.errors import UsageError
-    from midol_cli.eval.study import StudyTask
     from midol_cli.tasks import resolve_task
     from midol_cli.tasks.custom import auto_tasks, read_labels_table
+    from midol_cli.workflows.study import StudyTask
 
     extra: dict[str, Path] = {}
     for item in task_data:

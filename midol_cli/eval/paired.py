@@ -1,6 +1,6 @@
 """Paired comparisons of models on the same test images: grouped bootstrap over patients and seeds.
 
-A study (``eval/study.py``) scores several variants of a recipe, each pre-trained with several
+A study (``workflows/study.py``) scores several variants of a recipe, each pre-trained with several
 seeds, on the same tasks. "Is variant A better than B?" is then a question about the *difference*
 of their scores on the same images, which is far less noisy than comparing two independent
 intervals (the images' difficulty cancels out).

@@ -409,7 +409,7 @@ def run_probe_suite(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / PREDICTIONS_NAME, td, te, task, pred_rows, model_info)
     if lt != "multilabel":
-        from midol_cli.report.plots import plot_confusion_matrix
+        from midol_cli.plotting import plot_confusion_matrix
 
         cm = confusion_matrix(y_te, p_lin, task.classes)
         plot_confusion_matrix(cm, task.classes, out_dir / CONFUSION_NAME, title=f"{task.name}: linear probe (test)")

@@ -1,56 +1,13 @@
-"""PNG figures from numbers already computed (no metric computation here): a confusion matrix and a
-bar chart of models x tasks. matplotlib runs on the non-interactive Agg backend, written atomically."""
+"""PNG figures across runs from numbers already computed (no metric computation here): a bar chart of
+models x tasks and t-SNE maps. The Agg backend, the atomic PNG write and the per-run confusion matrix
+live one layer down, in midol_cli.plotting, so that eval/ need not import report/."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from midol_cli.artifacts import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> None:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-
-
-def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, title: str = "") -> None:
-    """Counts ``cm [C, C]`` (rows true, columns predicted) as a heatmap with class names on both axes."""
-    import numpy as np
-
-    plt = _pyplot()
-    cm = np.asarray(cm)
-    n = len(classes)
-    size = max(4.0, 0.6 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    try:
-        ax.imshow(cm, cmap="Blues")
-        ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-        ax.set_yticks(range(n), labels=list(classes))
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        if title:
-            ax.set_title(title)
-        top = cm.max() if cm.size else 0
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                        color="white" if top and cm[i, j] > top / 2 else "black", fontsize=8)
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+from midol_cli.plotting import pyplot, save_png
 
 
 def plot_bars(
@@ -66,7 +23,7 @@ def plot_bars(
     asymmetric error bars ``errors[(task, model)] = (below, above)``. Missing cells leave a gap."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     n_t, n_m = len(tasks), max(len(models), 1)
     width = 0.8 / n_m
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * n_t * max(1, n_m / 2) + 2), 4))
@@ -81,7 +38,7 @@ def plot_bars(
         if title:
             ax.set_title(title)
         ax.legend(fontsize=8)
-        _save(fig, path)
+        save_png(fig, path)
     finally:
         plt.close(fig)
 
@@ -89,7 +46,7 @@ def plot_bars(
 def _scatter(xy, labels, path: str | Path, title: str) -> None:
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     cats = sorted(set(labels))
     cmap = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
@@ -101,7 +58,7 @@ def _scatter(xy, labels, path: str | Path, title: str) -> None:
     ax.set_yticks([])
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def embedding_maps(emb_df, out_dir: str | Path, title: str = "", seed: int = 0) -> list[Path]:

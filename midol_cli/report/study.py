@@ -1,4 +1,4 @@
-"""The study's report: Markdown tables and a PNG from ``study.json`` (``eval/study.py`` computes it)."""
+"""The study's report: Markdown tables and a PNG from ``study.json`` (``workflows/study.py`` computes it)."""
 
 from __future__ import annotations
 
@@ -106,9 +106,9 @@ def render_markdown(rec: dict[str, Any]) -> str:
 
 def plot_study(rec: dict[str, Any], path: Path) -> None:
     """Two panels: per-task means ± std of each variant, and the paired differences with their CIs."""
-    from midol_cli.report.plots import _pyplot, _save
+    from midol_cli.plotting import pyplot, save_png
 
-    plt = _pyplot()
+    plt = pyplot()
     variants = list(rec["variants"])
     tasks = list(rec["tasks"])
     others = [v for v in variants if v != rec["baseline"]]
@@ -142,4 +142,15 @@ def plot_study(rec: dict[str, Any], path: Path) -> None:
     a2.legend(fontsize=7)
     a2.set_title(f"variant - {rec['baseline']}")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
+
+
+def write_outputs(out: Path, rec: dict[str, Any]) -> list[Path]:
+    """study.json (the record), study.md (its tables) and study.png (its figure) under ``out``, each atomic."""
+    from midol_cli.artifacts import write_json_atomic, write_text_atomic
+
+    paths = [out / "study.json", out / "study.md", out / "study.png"]
+    write_json_atomic(paths[0], rec)
+    write_text_atomic(paths[1], render_markdown(rec))
+    plot_study(rec, paths[2])
+    return paths

@@ -296,11 +296,12 @@ def run_finetune(
 def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, linear: bool, di: DistInfo,
          reporter: engine.Reporter, options: dict[str, str] | None) -> dict[str, Any]:
+    from midol_cli.data.rows import RowDataset
     from midol_cli.data.transforms import EvalTransform, ViewAugment
     from midol_cli.eval.models import load_eval_model
     from midol_cli.eval.results import ci_block
     from midol_cli.models.heads import balanced_class_weights, predict_proba
-    from midol_cli.train.data import RowDataset, make_loader
+    from midol_cli.train.data import make_loader
     from midol_cli.train.optim import adamw
 
     def say(msg: str) -> None:
@@ -424,7 +425,7 @@ def write_results(out_dir: Path, protocol: str, block: dict[str, Any], task: Any
                       labels=fd.df["label"].astype(str).to_numpy()[test_rows].tolist(), probs=probs, seed=recipe.seed)
     if task.label_type != "multilabel":
         from midol_cli.eval.metrics import confusion_matrix
-        from midol_cli.report.plots import plot_confusion_matrix
+        from midol_cli.plotting import plot_confusion_matrix
 
         cm = confusion_matrix(fd.y[test_rows], probs, task.classes)
         plot_confusion_matrix(cm, task.classes, out_dir / f"confusion_matrix_{protocol}.png",

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from midol_cli.report.plots import plot_bars, plot_confusion_matrix
+from midol_cli.plotting import plot_confusion_matrix
+from midol_cli.report.plots import plot_bars
 
 
 def test_confusion_matrix_and_bars_are_png(tmp_path):

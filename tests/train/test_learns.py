@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
     from midol_cli.eval.paired import compare_models
-    from midol_cli.eval.probe import run_task
     from midol_cli.train.pretrain import run_pretrain
+    from midol_cli.workflows.probe import run_task
 
     # The demo's data exactly (scripts/demo.sh: synth --seed 0 --per-class 200 --corrupt 5, shards at 96 px),
     # so that this test guards the claim `make demo` prints.

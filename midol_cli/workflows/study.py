@@ -3,7 +3,8 @@
 For every variant x seed it pre-trains a normal run dir (``OUT/runs/<variant>-s<seed>``; a completed
 run is reused, a killed one resumed), probes every task with the frozen encoder (linear probe, k-NN)
 into ``OUT/results/<variant>-s<seed>/<task>/``, embeds the evaluation data for the representation
-metrics, optionally fine-tunes, and writes ``OUT/study.json``, ``OUT/study.md`` and ``OUT/study.png``:
+metrics, optionally fine-tunes, and returns the study record (``report.study`` renders it as
+``OUT/study.json``, ``OUT/study.md`` and ``OUT/study.png``):
 
 - per task and on average, each variant's primary metric as mean +- std over seeds;
 - the paired difference of each variant against ``midol`` (``eval/paired.py``: the same test
@@ -195,9 +196,9 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, log: Callable[[str
 def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[str, Any]:
     """The task's summary for model ``mid``: reused when it was made from the same weights and data."""
     from midol_cli.artifacts import sha256_file, write_json_atomic
-    from midol_cli.eval.probe import run_task
     from midol_cli.eval.results import load_summary, summary_path
     from midol_cli.models.export import ENCODER_FILE
+    from midol_cli.workflows.probe import run_task
 
     path = summary_path(cfg.out / "results", mid, task.spec.name)
     # What the summary was computed from: the same weights on the same data, or it is recomputed.
@@ -252,7 +253,8 @@ def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dic
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Everything of the module docstring; returns the study record (also ``OUT/study.json``)."""
+    """Everything of the module docstring; returns the study record, which the caller writes (the CLI
+    through ``report.study.write_outputs``: study.json, study.md, study.png)."""
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +282,6 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None) -> dic
     record = aggregate(cfg, summaries, reps, finetunes)
     record["seconds"] = {"total": round(time.perf_counter() - t_start, 1),
                          "pretrain": {k: round(v, 1) for k, v in timings.items()}}
-    write_outputs(cfg.out, record)
-    say(f"study: wrote {cfg.out / 'study.md'}, study.json and study.png")
     return record
 
 
@@ -384,15 +384,3 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
         "n_boot": cfg.n_boot,
         "provenance": provenance(stage="study"),
     }
-
-
-# --------------------------------------------------------------------------- output
-
-
-def write_outputs(out: Path, rec: dict[str, Any]) -> None:
-    from midol_cli.artifacts import write_json_atomic, write_text_atomic
-    from midol_cli.report.study import plot_study, render_markdown
-
-    write_json_atomic(out / "study.json", rec)
-    write_text_atomic(out / "study.md", render_markdown(rec))
-    plot_study(rec, out / "study.png")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from midol_cli.errors import UsageError
-from midol_cli.eval.study import parse_variants
+from midol_cli.workflows.study import parse_variants
 from tests.pipeline import build_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]

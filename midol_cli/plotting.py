@@ -1,0 +1,54 @@
+"""matplotlib helpers below both eval/ (a run's own figures, such as its confusion matrix) and report/
+(figures across runs): the non-interactive Agg backend, atomic PNG writes, and the confusion matrix.
+No metric is computed here; the figures draw numbers already computed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from midol_cli.artifacts import atomic_path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: str | Path) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, title: str = "") -> None:
+    """Counts ``cm [C, C]`` (rows true, columns predicted) as a heatmap with class names on both axes."""
+    import numpy as np
+
+    plt = pyplot()
+    cm = np.asarray(cm)
+    n = len(classes)
+    size = max(4.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    try:
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
+        ax.set_yticks(range(n), labels=list(classes))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if title:
+            ax.set_title(title)
+        top = cm.max() if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                        color="white" if top and cm[i, j] > top / 2 else "black", fontsize=8)
+        save_png(fig, path)
+    finally:
+        plt.close(fig)
