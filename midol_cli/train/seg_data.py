@@ -9,11 +9,8 @@ and its image skipped. Without val rows, ``data.splits.carve_val`` makes val of 
 from __future__ import annotations
 
 import hashlib
-import io
-import math
 import os
 import random
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,34 +173,14 @@ def _layout_module(layout: Any):
     return mod
 
 
-def _open_rgb(path: str, max_pixels: int, min_side: int | None):
-    """Decode an image as RGB; JPEGs are decoded at a reduced scale (DCT draft) when the shorter side
-    stays >= ``min_side``. EXIF orientation is applied, as ingest does. Raises ``ImageRejected``."""
-    from PIL import Image, ImageOps
-
+def open_rgb(path: str, max_pixels: int, min_side: int | None):
+    """An image as RGB through the readers' decoder (ingest's caps, EXIF orientation, 16-bit handling and
+    reject reasons); a JPEG is decoded at a reduced DCT scale when its shorter side stays
+    >= ``SOURCE_SIDE_FACTOR * min_side``. Raises ``ImageRejected``."""
     from midol_cli.data import readers
 
-    data, _ = readers.read_file_bytes(path, readers.byte_cap(max_pixels))
-    try:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise readers.ImageRejected(f"over pixel cap ({w} x {h})")
-            if min_side and img.format == "JPEG" and min(w, h) > 2 * SOURCE_SIDE_FACTOR * min_side:
-                f = SOURCE_SIDE_FACTOR * min_side / min(w, h)
-                img.draft("RGB", (max(1, math.ceil(w * f)), max(1, math.ceil(h * f))))
-            img.load()
-            if img.getexif().get(0x0112, 1) not in (0, 1):
-                img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
-    except readers.ImageRejected:
-        raise
-    except Exception:
-        # A file that decoded at ingest but not now (changed, truncated): one skipped sample.
-        raise readers.ImageRejected("corrupt image data") from None
+    draft = SOURCE_SIDE_FACTOR * min_side if min_side else None
+    return readers.read_image(path, max_pixels, draft_side=draft).image.convert("RGB")
 
 
 def load_pair(root: Path | str, item: SegItem, max_pixels: int, min_side: int | None = None):
@@ -215,7 +192,7 @@ def load_pair(root: Path | str, item: SegItem, max_pixels: int, min_side: int | 
 
     from midol_cli.data import readers
 
-    img = _open_rgb(os.path.join(str(root), item.path), max_pixels, min_side)
+    img = open_rgb(os.path.join(str(root), item.path), max_pixels, min_side)
     res = readers.read_image(item.mask, max_pixels)
     # Thresholded at 128 only after resizing (nearest keeps values): one pass fewer over a full-size mask.
     mask = res.image.convert("L")

@@ -44,8 +44,8 @@ from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data
     LoadPair,
     SegData,
     SegItem,
-    _open_rgb,
     load_pair,
+    open_rgb,
     prepare_segmentation_data,
 )
 
@@ -148,7 +148,7 @@ def evaluate_full_resolution(
         for k in indices[start : start + batch_size]:
             it = data.items[k]
             try:
-                img = _open_rgb(os.path.join(str(data.root), it.path), max_pixels, size)
+                img = open_rgb(os.path.join(str(data.root), it.path), max_pixels, size)
                 mask = readers.read_image(it.mask, max_pixels).image.convert("L")
             except readers.ImageRejected as e:
                 bad.append((it.path, e.reason))
@@ -278,8 +278,9 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: SegmentationRecipe, 
     from torch.utils.data import DataLoader
 
     from midol_cli.data import readers
+    from midol_cli.data.rows import RowDataset, collate_skip
     from midol_cli.eval.models import load_eval_model
-    from midol_cli.train.data import RowDataset, collate_skip, make_loader
+    from midol_cli.train.data import make_loader
     from midol_cli.train.optim import adamw
 
     if spec.label_type != "segmentation":

@@ -349,3 +349,30 @@ def test_candidate_names():
     assert readers.is_candidate_name("A.JPG") and readers.is_candidate_name("IMG0001")
     assert readers.is_candidate_name("1.2.840.113619.2.55")
     assert not readers.is_candidate_name("labels.csv") and not readers.is_candidate_name("notes.txt")
+
+
+def test_draft_side_decodes_a_large_jpeg_at_reduced_scale(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (800, 1200, 3), dtype=np.uint8)
+    jpg, png = tmp_path / "big.jpg", tmp_path / "big.png"
+    Image.fromarray(arr).save(jpg, quality=90)
+    Image.fromarray(arr).save(png)
+    full = read_image(jpg)
+    assert (full.width, full.height) == (1200, 800)
+    small = read_image(jpg, draft_side=150)  # DCT scale 1/4: shorter side 200 >= 150
+    assert (small.width, small.height) == (300, 200) and small.image.mode == "RGB"
+    assert read_image(jpg, draft_side=500).width == 1200  # no scale keeps the shorter side >= 500
+    assert read_image(png, draft_side=150).width == 1200  # only JPEG has a DCT scale
+
+
+def test_segmentation_reads_through_the_readers_decoder(tmp_path):
+    """A 16-bit PNG is min-max scaled as at ingest (not clipped), and a damaged file is one reject."""
+    from midol_cli.train.seg_data import open_rgb
+
+    arr = np.linspace(0, 4000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x16.png")
+    img = open_rgb(str(tmp_path / "x16.png"), 10**6, None)
+    assert img.mode == "RGB" and np.asarray(img)[..., 0].max() == 255
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(ImageRejected):
+        open_rgb(str(tmp_path / "bad.png"), 10**6, None)
