@@ -37,13 +37,15 @@ def data_identity(data: str | Path) -> list[Any]:
     index was written, or a manifest rewritten in place, is never served another set's embeddings.
 
     Shards: for each shard in ``index.json``, its name, the sha256 the index records, and the file's
-    size and modification time now. A manifest: its sha256, size and modification time.
+    size and modification time now. A manifest: its sha256, size and modification time, and a digest
+    of the size and modification time of every raw file it lists (one ``stat`` each), since embedding
+    re-reads the raw folder: a file edited, truncated or removed after ingest changes the key.
     """
     kind, dhash = data_source(data)
     p = Path(data)
     if kind == "manifest":
         st = p.stat()
-        return [kind, dhash, st.st_size, st.st_mtime_ns]
+        return [kind, dhash, st.st_size, st.st_mtime_ns, _raw_files_digest(p)]
     idx = json.loads((p / "index.json").read_text(encoding="utf-8"))
     files: list[Any] = []
     for sh in idx.get("shards") or []:
@@ -54,6 +56,21 @@ def data_identity(data: str | Path) -> list[Any]:
         except OSError:
             files.append([f.name, sh.get("sha256", ""), None, None])
     return [kind, dhash, files]
+
+
+def _raw_files_digest(manifest: Path) -> str:
+    from midol_cli.data.manifest import read_manifest, usable_rows
+
+    df, meta = read_manifest(manifest, only_ok=True)
+    root = str(meta.get("root") or "")
+    h = hashlib.sha256()
+    for rel in usable_rows(df)["path"].astype(str):
+        try:
+            st = os.stat(os.path.join(root, rel))
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{rel}\0-\n".encode())
+    return h.hexdigest()[:24]
 
 
 def data_source(data: str | Path) -> tuple[str, str]:
@@ -70,26 +87,17 @@ def data_source(data: str | Path) -> tuple[str, str]:
     raise UsageError(f"data '{p}' does not exist; pass a manifest (.parquet) or a shard dir")
 
 
-class _ManifestImages:
-    """Map-style dataset over a manifest's usable rows: (tensor [3,S,S], row index)."""
+class _LoadImage:
+    """``load(row) -> (tensor [3,S,S], 0)`` for ``data.rows.RowDataset``: one manifest row through the
+    readers' decoder and the eval transform (a class, not a closure, so worker processes can take it)."""
 
     def __init__(self, root: str, paths: list[str], transform) -> None:
         self.root, self.paths, self.transform = root, paths, transform
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __call__(self, i: int):
+        from midol_cli.data.readers import read_image
 
-    def __getitem__(self, i: int):
-        import torch
-
-        from midol_cli.data.readers import ImageRejected, read_image
-
-        try:
-            img = read_image(os.path.join(self.root, self.paths[i])).image
-        except (ImageRejected, OSError):
-            # changed since ingest: keep the batch shape, mark the row invalid
-            return torch.zeros(3, self.transform.crop.size[0], self.transform.crop.size[0]), i, False
-        return self.transform(img), i, True
+        return self.transform(read_image(os.path.join(self.root, self.paths[i])).image), 0
 
 
 class _ShardImages:
@@ -125,7 +133,7 @@ class _ShardImages:
 
 
 def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
-    """Yield (images [B,3,S,S], metadata rows, valid mask) batches."""
+    """Yield (images [B,3,S,S] or None, their metadata rows, samples skipped as unreadable) per batch."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -139,11 +147,15 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
         root = meta.get("root")
         if not root or not Path(root).is_dir():
             raise UsageError(f"raw folder '{root}' recorded in manifest '{data}' is not reachable from here")
-        ds = _ManifestImages(root, df["path"].tolist(), transform)
+        from midol_cli.data.rows import RowDataset, collate_skip
+
+        paths = df["path"].tolist()
+        # Changed since ingest: the row is skipped and counted (collate_skip's "bad"), never a zero image.
+        ds = RowDataset(range(len(paths)), _LoadImage(root, paths, transform), paths.__getitem__)
         recs = df[list(COLUMNS)].to_dict("records")
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
-        for x, idx, ok in loader:
-            yield x, [recs[int(i)] for i in idx], ok
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate_skip)
+        for b in loader:
+            yield b["x"], [recs[int(i)] for i in b["idx"]], len(b["bad"])
     else:
         class _It(IterableDataset):
             def __iter__(self_inner):
@@ -154,7 +166,9 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
                     torch.tensor([c for _, _, c in items]))
 
         loader = DataLoader(_It(), batch_size=batch_size, num_workers=workers, collate_fn=collate)
-        yield from loader
+        for x, rows, ok in loader:
+            keep = [i for i, v in enumerate(ok.tolist()) if v]
+            yield (x[keep] if keep else None), [rows[i] for i in keep], len(rows) - len(keep)
 
 
 def _device(device: str | None):
@@ -220,7 +234,10 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         task = bar.add_task("embed", total=None)
     try:
         with torch.inference_mode():
-            for x, rows, ok in _rows(data, kind, transform, batch_size, workers):
+            for x, rows, bad in _rows(data, kind, transform, batch_size, workers):
+                n_bad += bad
+                if x is None:
+                    continue
                 x = x.to(dev, non_blocking=True)
                 if amp is not None:
                     with amp:
@@ -230,16 +247,13 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
                 h = h.float()
                 lg = proj(h).router_logits.float() if proj is not None else None
                 r = torch.softmax(lg, -1) if lg is not None else None
-                okl = ok.tolist()
-                n_bad += okl.count(False)
-                keep = [i for i, v in enumerate(okl) if v]
-                metas.extend(rows[i] for i in keep)
-                embs.append(h[keep].cpu().numpy().astype(np.float32))
+                metas.extend(rows)
+                embs.append(h.cpu().numpy().astype(np.float32))
                 if r is not None:
-                    routes.append(r[keep].cpu().numpy().astype(np.float32))
-                    logits_all.append(lg[keep].cpu().numpy())
+                    routes.append(r.cpu().numpy().astype(np.float32))
+                    logits_all.append(lg.cpu().numpy())
                 if bar is not None:
-                    bar.advance(task, len(keep))
+                    bar.advance(task, len(rows))
     finally:
         if bar is not None:
             bar.stop()

@@ -81,3 +81,20 @@ def test_damage_is_counted_with_worker_processes_too(setup, tmp_path):
     tar.write_bytes(out.getvalue())
     df = embed(setup["model"], shards, batch_size=8, workers=2, use_cache=False)
     assert df.attrs["skipped"] == 2 and len(df) == 22
+
+
+def test_a_manifest_file_damaged_after_ingest_is_skipped_and_counted(setup, tmp_path):
+    """Manifest rows go through the one manifest dataset (data.rows): an unreadable file is left out and
+    counted, never embedded as a blank image. The cache key covers the raw files (embedding re-reads
+    them), so the healthy result is not served, and the damaged one is not cached."""
+    from midol_cli.data.ingest import ingest_folder
+
+    raw = _copy(setup["base"] / "data" / "raw" / "oct", tmp_path / "oct")
+    man = tmp_path / "oct.parquet"
+    ingest_folder(raw, "oct", out=man, workers=1, seed=0)
+    n = len(embed(setup["model"], man, batch_size=4, workers=0))
+    victim = sorted(p for p in raw.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg", ".jpeg"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    df = embed(setup["model"], man, batch_size=4, workers=0)
+    assert df.attrs["skipped"] == 1 and len(df) == n - 1 and df.attrs["cache"] == "miss"
+    assert embed(setup["model"], man, batch_size=4, workers=0).attrs["skipped"] == 1  # reported again

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from midol_cli.data.rows import RowDataset
 from midol_cli.distributed import DistInfo
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.recipes import FinetuneRecipe
 from midol_cli.train import engine
-from midol_cli.train.data import RowDataset, make_loader
+from midol_cli.train.data import make_loader
 
 ROOT = Path(__file__).resolve().parents[2]
 
