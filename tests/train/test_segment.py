@@ -419,7 +419,10 @@ def test_two_ranks_match_one_process(trained, tmp_path):
     w1 = torch.load(tmp_path / "one" / "run" / "best.pt", weights_only=True)["model"]
     w2 = torch.load(tmp_path / "two" / "run" / "best.pt", weights_only=True)["model"]
     for k, v in w1.items():
-        torch.testing.assert_close(w2[k], v, rtol=1e-3, atol=1e-4, msg=k)
+        # AdamW normalises each update, so a gradient near zero whose float sum differs in the last bits
+        # (the CPU's kernels choose the reduction order) moves a weight by up to ~lr: 4e-4 of 0.1 was seen on
+        # one CPU model. A rank left out of the gradient average shows in the losses above (rel 1e-4).
+        torch.testing.assert_close(w2[k], v, rtol=1e-3, atol=1e-3, msg=k)
     s1, s2 = (json.loads((tmp_path / n / "results" / "m" / "isic2018-seg" / "summary.json").read_text())
               for n in ("one", "two"))
     assert s1["protocols"]["finetune"]["metrics"]["dice"]["value"] == pytest.approx(
