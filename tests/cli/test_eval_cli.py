@@ -2,36 +2,28 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 
+from tests.conftest import run_midol
 from tests.pipeline import build_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _midol(*args, env):
-    res = subprocess.run([sys.executable, "-m", "midol_cli", *map(str, args)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"midol {args[0]} failed:\n{res.stderr[-3000:]}"
-    return res
 
 
 def test_pretrain_embed_probe_report(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
     p = build_pipeline(tmp_path / "data", per_class=8, modalities=("oct", "pathology"))
     run = tmp_path / "runs" / "tiny"
-    _midol("pretrain", "recipes/smoke.yaml", f"data.shards={p['shards']}", "data.modalities=[oct,pathology]",
+    run_midol("pretrain", "recipes/smoke.yaml", f"data.shards={p['shards']}", "data.modalities=[oct,pathology]",
            "train.steps=4", "optim.global_batch_size=8", "data.num_workers=0", "projector.hidden_dim=32",
-           "projector.n_prototypes=16", "loss.queue_size=8", "--out", run, env=env)
+           "projector.n_prototypes=16", "loss.queue_size=8", "--out", run, env=env, check=True)
     assert (run / "export" / "encoder.safetensors").is_file()
 
     emb = tmp_path / "emb.parquet"
-    res = _midol("embed", "--weights", run, "--data", p["shards"], "--out", emb, "--plot", tmp_path / "plots",
-                 "--workers", "1", env=env)
+    res = run_midol("embed", "--weights", run, "--data", p["shards"], "--out", emb, "--plot", tmp_path / "plots",
+                 "--workers", "1", env=env, check=True)
     df = pd.read_parquet(emb)
     assert len(df) == 64 and set(df["modality"]) == {"oct", "pathology"}
     assert len(df["embedding"].iloc[0]) == 128 and len(df["router_probs"].iloc[0]) == 2
@@ -42,9 +34,9 @@ def test_pretrain_embed_probe_report(tmp_path):
 
     results = tmp_path / "results"
     for weights in (run, f"random:{run}"):
-        _midol("probe", "--task", "synth-oct", "--weights", weights, "--data", p["manifests"] / "oct.parquet",
+        run_midol("probe", "--task", "synth-oct", "--weights", weights, "--data", p["manifests"] / "oct.parquet",
                "--out", results, "--fractions", "0.5,1.0", "--seeds", "2", "--n-boot", "50", "--workers", "1",
-               env=env)
+               env=env, check=True)
     s = json.loads((results / "tiny" / "synth-oct" / "summary.json").read_text())
     assert s["task"]["name"] == "synth-oct" and s["model"]["id"] == "tiny"
     for proto in ("linear", "knn_k10", "knn_k20", "fraction_0.5"):
@@ -55,9 +47,9 @@ def test_pretrain_embed_probe_report(tmp_path):
     assert (results / "tiny" / "synth-oct" / "confusion_matrix.png").is_file()
     assert (results / "random-tiny" / "synth-oct" / "summary.json").is_file()
 
-    table = _midol("report", results, env=env).stdout
+    table = run_midol("report", results, env=env, check=True).stdout
     assert "synth-oct" in table and "tiny" in table and "random-tiny" in table
-    csv = _midol("report", results, "--format", "csv", env=env).stdout
+    csv = run_midol("report", results, "--format", "csv", env=env, check=True).stdout
     assert csv.count("\n") >= 2
     # Provenance: the run records its shard set and its wall time; the probe records its sanity checks.
     rec = json.loads((run / "run.json").read_text())
@@ -71,13 +63,13 @@ def test_embed_a_no_moe_model(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
     p = build_pipeline(tmp_path / "data", per_class=4, modalities=("oct", "pathology"))
     run = tmp_path / "runs" / "nomoe"
-    _midol("pretrain", "recipes/smoke.yaml", f"data.shards={p['shards']}", "data.modalities=[oct,pathology]",
+    run_midol("pretrain", "recipes/smoke.yaml", f"data.shards={p['shards']}", "data.modalities=[oct,pathology]",
            "projector.shared_expert=true", "train.steps=2", "optim.global_batch_size=8", "data.num_workers=0",
-           "projector.hidden_dim=32", "projector.n_prototypes=16", "loss.queue_size=8", "--out", run, env=env)
+           "projector.hidden_dim=32", "projector.n_prototypes=16", "loss.queue_size=8", "--out", run, env=env, check=True)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert not any(k.startswith("router_acc") or k.startswith("expert_router_acc") for k in metrics[-1])
     emb = tmp_path / "emb.parquet"
-    res = _midol("embed", "--weights", run, "--data", p["shards"], "--out", emb, "--workers", "1", env=env)
+    res = run_midol("embed", "--weights", run, "--data", p["shards"], "--out", emb, "--workers", "1", env=env, check=True)
     assert "router accuracy: n/a (no router)" in res.stderr
     df = pd.read_parquet(emb)
     assert df["router_probs"].isna().all() and len(df) == 32

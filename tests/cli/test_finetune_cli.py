@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import one_line_error, run_midol
 from tests.train.test_finetune import synth_manifest, tiny_export
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,28 +30,19 @@ def _env() -> dict[str, str]:
 
 
 def _midol(*args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "midol_cli", *map(str, args)], cwd=cwd or ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=_env())
-
-
-def _one_line_error(res, code=2) -> str:
-    assert res.returncode == code, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr
-    return lines[0]
+    return run_midol(*args, cwd=cwd, timeout=timeout, env=_env())
 
 
 def test_unknown_task_suggests_the_closest(setup, tmp_path):
     export, data = setup
-    line = _one_line_error(_midol("finetune", "--task", "synth-patholgy", "--weights", f"random:{export}",
+    line = one_line_error(_midol("finetune", "--task", "synth-patholgy", "--weights", f"random:{export}",
                                   "--data", data, "--out", tmp_path))
     assert "unknown task 'synth-patholgy'" in line and "did you mean 'synth-pathology'" in line
 
 
 def test_missing_data(setup, tmp_path):
     export, _ = setup
-    line = _one_line_error(_midol("finetune", "--task", "synth-pathology", "--weights", f"random:{export}",
+    line = one_line_error(_midol("finetune", "--task", "synth-pathology", "--weights", f"random:{export}",
                                   "--data", tmp_path / "nope.parquet", "--out", tmp_path))
     assert "nope.parquet" in line and "does not exist" in line
     assert not (tmp_path / "random-tiny").exists()
@@ -60,16 +52,16 @@ def test_bad_override_and_bad_recipe_value(setup, tmp_path):
     export, data = setup
     base = ["finetune", "--task", "synth-pathology", "--weights", f"random:{export}", "--data", data,
             "--out", tmp_path, "--run-dir", tmp_path / "run"]
-    line = _one_line_error(_midol(*base, SMOKE, "optim.lrr=1"))
+    line = one_line_error(_midol(*base, SMOKE, "optim.lrr=1"))
     assert "optim.lrr: unknown key" in line
-    line = _one_line_error(_midol(*base, "epochs=0", "optim.layer_decay=2"))
+    line = one_line_error(_midol(*base, "epochs=0", "optim.layer_decay=2"))
     assert "2 problems" in line and "epochs" in line and "optim.layer_decay" in line
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_weights(setup, tmp_path):
     _, data = setup
-    line = _one_line_error(_midol("finetune", "--task", "synth-pathology", "--weights", tmp_path / "none",
+    line = one_line_error(_midol("finetune", "--task", "synth-pathology", "--weights", tmp_path / "none",
                                   "--data", data, "--out", tmp_path, "--run-dir", tmp_path / "run"))
     assert "none" in line and "do not exist" in line
 

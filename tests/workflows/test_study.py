@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from midol_cli.errors import UsageError
 from midol_cli.workflows.study import parse_variants
+from tests.conftest import run_midol
 from tests.pipeline import build_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["train.steps=4", "optim.global_batch_size=8", "data.num_workers=0", "projector.hidden_dim=32",
         "projector.n_prototypes=16", "loss.queue_size=8", "train.log_every=2", "train.ckpt_every=2"]
-
-
-def _midol(*args, env):
-    return subprocess.run([sys.executable, "-m", "midol_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -32,7 +26,7 @@ def test_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     args = ["study", "recipes/smoke.yaml", *TINY, "data.modalities=[oct,pathology]", "--data", p["shards"],
             "--tasks", "synth-oct,synth-pathology", "--variants", "midol,no_moe,random", "--seeds", "1",
             "--n-boot", "200", "--out", out]
-    res = _midol(*args, env=env)
+    res = run_midol(*args, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "pre-training 4 steps" in res.stderr
     rec = json.loads((out / "study.json").read_text())
@@ -56,11 +50,11 @@ def test_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     assert "modality silhouette" in md
     assert (out / "study.png").stat().st_size > 5000
     # A second run reuses every pre-training run and every probe.
-    again = _midol(*args, env=env)
+    again = run_midol(*args, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pre-training" not in again.stderr and "reusing the completed run" in again.stderr
     # A changed recipe for the same study folder is refused, not silently mixed in.
-    changed = _midol(*[a if a != "train.steps=4" else "train.steps=6" for a in args], env=env)
+    changed = run_midol(*[a if a != "train.steps=4" else "train.steps=6" for a in args], env=env, timeout=600)
     assert changed.returncode == 2 and "another recipe" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
 
@@ -85,7 +79,7 @@ def test_finetune_on_shards_is_refused_before_any_training(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
     p = build_pipeline(tmp_path / "data", per_class=2, modalities=("oct",))
     out = tmp_path / "study"
-    res = _midol("study", "recipes/smoke.yaml", "data.modalities=[oct]", "--data", p["shards"], "--tasks", "synth-oct",
+    res = run_midol("study", "recipes/smoke.yaml", "data.modalities=[oct]", "--data", p["shards"], "--tasks", "synth-oct",
                  "--variants", "midol,random", "--seeds", "1", "--finetune", "recipes/finetune_smoke.yaml",
                  "--out", out, env=env)
     assert res.returncode == 2 and "--task-data" in res.stderr and "synth-oct" in res.stderr
