@@ -6,7 +6,7 @@ cosine LR over layer-scaled groups, DDP's empty-batch step, the non-finite-loss 
 clipping, validation every epoch, best-epoch selection, early stopping (decided once, after each
 epoch's validation), the damaged-sample totals, and loading the best epoch back for testing.
 
-A task (``train.classify.ClassificationTask``, ``train.segment.SegmentationTask``) says only what
+A task (``train.finetune.ClassificationTask``, ``train.segment.SegmentationTask``) says only what
 differs: ``train_loss(net, batch)``, ``blank_batch()``, ``validate(autocast)`` and the fields its
 checkpoints carry. Pre-training keeps its own step body (student/teacher, EMA, queues) and shares
 ``truncate_metrics``, ``json_row``, the checkpoint module and the optimiser set-up.
