@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", help="Data-loading processes (0: read in this process)."),
         device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
+        lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
+                                     help="Load what fits of a partial checkpoint and leave the rest at random init "
+                                          "(recorded in the load report); the default refuses any mismatch."),
     ) -> None:
         from midol_cli.cli._common import console, show_progress, writable_out
         from midol_cli.eval.embed import embed, write_embeddings
@@ -36,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         writable_out(out, "--out", folder=False)
         writable_out(plot, "--plot")
-        model = load_eval_model(weights, name)
+        model = load_eval_model(weights, name, lenient=lenient)
         df = embed(model, data, batch_size=batch_size, workers=workers, device=device, use_cache=not no_cache,
                    progress=show_progress())
         write_embeddings(df, out, model.info(), model.modalities)
@@ -48,6 +51,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         c.print(f"[bold]{model.id}[/]: {len(df)} images -> {out} (cache {df.attrs.get('cache')})")
+        _say_load(c, model)
         skipped = int(df.attrs.get("skipped", 0) or 0)
         if skipped:
             c.print(f"[yellow]warning[/]: {skipped} damaged or unreadable sample(s) skipped (not cached; see the "
@@ -69,3 +73,14 @@ def register(app: typer.Typer) -> None:
 
             for p in embedding_maps(df, plot, title=model.id):
                 c.print(f"plot -> {p}")
+
+
+def _say_load(c, model) -> None:
+    """The weights load report, one line; a lenient load that left tensors at random init is a warning."""
+    rep = getattr(model.encoder, "load_report", None)
+    if rep is None:
+        return
+    if rep.lenient and not rep.complete:
+        c.print(f"[yellow]warning[/]: lenient weights load: {rep.summary()}", markup=True, highlight=False)
+    else:
+        c.print(f"weights: {rep.summary()}", markup=False, highlight=False)

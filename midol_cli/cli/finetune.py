@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
                                     help="Freeze the encoder and train only the head (protocol 'linear_ft')."),
         task_option: list[str] = typer.Option(None, "--task-option", metavar="KEY=VALUE",
                                               help="Task switch, e.g. uncertainty=u-zeros (see `midol tasks show`)."),
+        lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
+                                     help="Load what fits of a partial checkpoint and leave the rest at random init "
+                                          "(recorded in the load report); the default refuses any mismatch."),
     ) -> None:
         from midol_cli.recipes import finetune_schema, load_recipe
         from midol_cli.tasks import resolve_task, task_options
@@ -60,7 +63,7 @@ def register(app: typer.Typer) -> None:
 
         summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,
                                resume=resume, linear=linear, reporter=progress_reporter(),
-                               options=opts)
+                               options=opts, lenient=lenient)
         if not summary:  # ranks other than 0
             return
         from midol_cli.cli._common import console

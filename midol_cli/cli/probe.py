@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", help="Data-loading processes for embedding."),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
         task_option: list[str] = typer.Option(None, "--task-option", help="KEY=VALUE task switch (see `midol tasks show`)."),
+        lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
+                                     help="Load what fits of a partial checkpoint and leave the rest at random init "
+                                          "(recorded in the load report); the default refuses any mismatch."),
     ) -> None:
         from midol_cli.errors import UsageError
         from midol_cli.tasks import resolve_task, task_options
@@ -52,7 +55,7 @@ def register(app: typer.Typer) -> None:
 
         summary = run_task(spec, weights, data, out, name=name, fractions=fr, seeds=tuple(range(seeds)),
                            n_boot=n_boot, batch_size=batch_size, workers=workers, device=device,
-                           options=opts)
+                           options=opts, lenient=lenient)
         from midol_cli.cli._common import console
 
         c = console()

@@ -32,9 +32,15 @@ class EvalModel:
     modalities: list[str] = field(default_factory=list)
     calibration: Any = None  # eval.routing.RouterCalibration beside the export, or None
 
+    @property
+    def load_report(self) -> dict[str, Any] | None:
+        """What the weights load did (``models.weights.LoadReport.to_dict``); None for random init."""
+        rep = getattr(self.encoder, "load_report", None)
+        return rep.to_dict() if rep is not None else None
+
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "weights": self.weights, "weights_hash": self.weights_hash,
-                "arch": self.spec.arch, "img_size": self.spec.img_size}
+                "arch": self.spec.arch, "img_size": self.spec.img_size, "load_report": self.load_report}
 
 
 def _slug(text: str) -> str:
@@ -73,8 +79,11 @@ def _timm_spec(name: str):
     return spec
 
 
-def load_eval_model(weights: str, name: str | None = None) -> EvalModel:
-    """Parse ``--weights`` and build the encoder (eval mode)."""
+def load_eval_model(weights: str, name: str | None = None, lenient: bool = False) -> EvalModel:
+    """Parse ``--weights`` and build the encoder (eval mode).
+
+    Loads are strict (``models.weights.load_into``); ``lenient`` (``--weights-lenient``) loads what
+    fits and records what stayed at random init in the model's ``load_report``."""
     import torch
 
     from midol_cli.artifacts import sha256_file
@@ -108,7 +117,7 @@ def load_eval_model(weights: str, name: str | None = None) -> EvalModel:
         if not Path(file).is_file():
             raise UsageError(f"weights file '{file}' does not exist (midol never downloads weights)")
         spec = _timm_spec(arch)
-        enc = build_encoder(spec, weights=file).eval()
+        enc = build_encoder(spec, weights=file, lenient=lenient).eval()
         return EvalModel(name or f"{_slug(arch)}-{_slug(Path(file).stem)}", "timm", weights,
                          sha256_file(file)[:16], spec, enc)
 
@@ -117,7 +126,7 @@ def load_eval_model(weights: str, name: str | None = None) -> EvalModel:
         raise UsageError(
             f"'{path}' is not a midol export; for another checkpoint use timm:<model_name>={path}"
         )
-    enc, spec, meta = load_exported_encoder(path)
+    enc, spec, meta = load_exported_encoder(path, lenient=lenient)
     proj = load_exported_projector(path, enc.num_features)
     p = Path(weights)
     default_id = _slug(p.name) if p.is_dir() else _slug(path.parent.parent.name if path.parent.name == "export" else path.stem)

@@ -59,7 +59,7 @@ def write_protocol(out_dir: Path, protocol: str, block: dict[str, Any], task: An
             return add_protocol(path, protocol, block)
     summary = {
         "schema": SUMMARY_SCHEMA,
-        "model": {k: model_info[k] for k in MODEL_KEYS},
+        "model": {**{k: model_info[k] for k in MODEL_KEYS}, "load_report": model_info.get("load_report")},
         "task": {**task.to_dict(), "data_hash": data_hash, **(task_extra or {})},
         "protocols": {protocol: block},
         "primary_metric": task.metric,

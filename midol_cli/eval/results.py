@@ -391,7 +391,7 @@ def run_probe_suite(
 
     summary = {
         "schema": SUMMARY_SCHEMA,
-        "model": {k: model_info[k] for k in MODEL_KEYS},
+        "model": {**{k: model_info[k] for k in MODEL_KEYS}, "load_report": model_info.get("load_report")},
         "task": {
             **task.to_dict(),
             "data_hash": data_hash,

@@ -62,10 +62,14 @@ def _create(arch: str, **kw: Any):
         return _create(arch, **kw)
 
 
-def build_encoder(spec: EncoderSpec, weights: str | None = None):
+def build_encoder(spec: EncoderSpec, weights: str | None = None, *, lenient: bool = False,
+                  weights_format: str | None = None):
     """Create a headless timm encoder (random init), optionally loading local ``weights``.
 
-    Returns the module; its ``num_features`` attribute is D.
+    The load is strict (``models.weights.load_file_into``): any tensor missing, unexpected or of another
+    shape, after the model's timm filter has resized what it can, is an error unless ``lenient``.
+    Returns the module; its ``num_features`` attribute is D and, with weights, its ``load_report``
+    says what was loaded.
     """
     import timm
 
@@ -78,10 +82,10 @@ def build_encoder(spec: EncoderSpec, weights: str | None = None):
     except TypeError as e:
         raise UsageError(f"model '{spec.arch}' rejected its arguments: {e}") from None
     if weights:
-        from midol_cli.models.weights import load_into, read_state_dict, unwrap_state_dict
+        from midol_cli.models.weights import load_file_into
 
-        sd = unwrap_state_dict(read_state_dict(weights), prefer=("encoder", "teacher"))
-        model.load_report = load_into(model, sd, f"'{weights}'")  # type: ignore[attr-defined]
+        model.load_report = load_file_into(model, weights, lenient=lenient,  # type: ignore[attr-defined]
+                                           fmt=weights_format)
     return model
 
 

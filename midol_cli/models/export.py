@@ -120,7 +120,7 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def load_exported_encoder(path: str | Path):
+def load_exported_encoder(path: str | Path, lenient: bool = False):
     """Rebuild the encoder of an export: (module in eval mode, EncoderSpec, metadata)."""
     from midol_cli.models.encoder import EncoderSpec, build_encoder
 
@@ -132,7 +132,7 @@ def load_exported_encoder(path: str | Path):
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
     )
-    model = build_encoder(spec, weights=str(path))
+    model = build_encoder(spec, weights=str(path), lenient=lenient, weights_format="midol-export")
     return model.eval(), spec, meta
 
 

@@ -73,48 +73,191 @@ def unwrap_state_dict(obj: dict[str, Any], prefer: tuple[str, ...] = ()) -> dict
     return sd
 
 
+# Roots of classifier heads: an encoder is headless, so these are dropped, never "unexpected".
+_HEAD_ROOTS = ("head", "fc", "classifier", "heads", "last_linear")
+# Buffers timm rebuilds from the config (and its filters drop): never "missing" when absent.
+_REBUILT = ("relative_position_index", "attn_mask")
+
+
+def _shape(v: Any) -> str:
+    return "[" + ", ".join(str(int(d)) for d in v.shape) + "]"
+
+
 @dataclass
 class LoadReport:
+    """What a weights load did. ``missing``: tensors of the model left at their initial (random) values;
+    ``unexpected``: tensors of the file not used; ``mismatched``: same name, other shape (left at init);
+    ``resized``: tensors the model's timm checkpoint filter resampled (position embeddings, relative
+    position tables, patch embeddings); ``skipped_head``: classifier-head tensors dropped; ``dropped``:
+    parts of a known format that are not the encoder (an MAE decoder, a mask token, a text tower)."""
+
     loaded: int
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     skipped_head: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    source: str = ""
+    format: str = ""
+    lenient: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "format": self.format, "strict": not self.lenient,
+                "complete": self.complete, "loaded": self.loaded, "missing": self.missing,
+                "unexpected": self.unexpected, "mismatched": self.mismatched, "resized": self.resized,
+                "skipped_head": len(self.skipped_head), "dropped": len(self.dropped)}
 
     def summary(self) -> str:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
 
-        parts = [f"{self.loaded} tensors loaded"]
+        parts = [f"{self.loaded} tensors loaded" + (f" ({self.format})" if self.format else "")]
+        if self.resized:
+            parts.append(f"resized: {show(self.resized)}")
         if self.missing:
-            parts.append(f"{len(self.missing)} missing: {show(self.missing)}")
+            parts.append(f"{len(self.missing)} missing (random init): {show(self.missing)}")
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} of another shape (random init): {show(self.mismatched)}")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected: {show(self.unexpected)}")
         if self.skipped_head:
             parts.append(f"classifier head skipped ({len(self.skipped_head)} tensors)")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} non-encoder tensors of the format dropped")
+        if self.lenient and not self.complete:
+            parts.append("LENIENT load")
         return "; ".join(parts)
 
 
-def load_into(model, sd: dict[str, Any], source: str, strict_fraction: float = 0.5) -> LoadReport:
-    """Load ``sd`` into ``model`` non-strictly and report; refuse when most keys do not fit.
+def recognise(obj: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
+    """``(format, encoder state dict, dropped keys)`` of a checkpoint, recognised by its structure.
 
-    A classifier head (``head.*``, ``fc.*``, ``classifier.*``) is ignored: the
-    encoder is headless. Shape mismatches count as unexpected.
+    - ``mae`` (RETFound-MAE, MAE): ``{"model": ...}`` with ``decoder_*`` and ``mask_token``: both dropped;
+    - ``dino-teacher`` (DINO, DINOv2 / RETFound-DINOv2 training checkpoints): ``teacher`` (and
+      ``student``): the teacher's backbone, its projection heads dropped;
+    - ``moco-v3``: ``state_dict`` with ``module.base_encoder.``: the base encoder; momentum encoder
+      and predictor dropped;
+    - ``timm-train-ema``: timm's train script (``state_dict`` + ``state_dict_ema``): the EMA weights,
+      which are the ones timm evaluates;
+    - ``open_clip``: ``visual.trunk.`` keys (a timm vision tower, e.g. BiomedCLIP, CONCH): the trunk;
+      the text tower, ``logit_scale`` and the projection head dropped;
+    - ``openai-clip``: ``visual.class_embedding``: passed to timm's own converter unchanged;
+    - ``dinov2-hub``: ``mask_token`` with ``blocks.*``; timm's filter drops the mask token, renames
+      ``register_tokens`` and resamples the 518-px position embedding;
+    - ``state-dict`` otherwise, after the Lightning / DDP / EMA wrappers (``state_dict``, ``model``,
+      ``model_ema``, ``module.``, ``student.``/``teacher.`` prefixes) are removed.
+    """
+    import torch
+
+    def tensors(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if isinstance(v, torch.Tensor)}
+
+    if isinstance(obj.get("model"), dict) and any(k.startswith("decoder_") for k in obj["model"]):
+        sd = tensors(obj["model"])
+        drop = [k for k in sd if k.startswith("decoder_") or k == "mask_token"]
+        return "mae", {k: v for k, v in sd.items() if k not in drop}, drop
+    if isinstance(obj.get("teacher"), dict):
+        sd = unwrap_state_dict(obj["teacher"])
+        body = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        if body:
+            return "dino-teacher", body, [k for k in sd if not k.startswith("backbone.")]
+        return "dino-teacher", sd, []
+    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else None
+    if inner is not None and any(k.startswith("module.base_encoder.") for k in inner):
+        keep = "module.base_encoder."
+        return ("moco-v3", {k[len(keep):]: v for k, v in tensors(inner).items() if k.startswith(keep)},
+                [k for k in inner if not k.startswith(keep)])
+    if isinstance(obj.get("state_dict_ema"), dict):
+        return "timm-train-ema", unwrap_state_dict(obj["state_dict_ema"]), []
+    flat = unwrap_state_dict(obj)
+    if any(k.startswith("visual.trunk.") for k in flat):
+        keep = "visual.trunk."
+        return ("open_clip", {k[len(keep):]: v for k, v in flat.items() if k.startswith(keep)},
+                [k for k in flat if not k.startswith(keep)])
+    if "visual.class_embedding" in flat:
+        return "openai-clip", flat, []
+    if "mask_token" in flat and any(k.startswith("blocks.") for k in flat):
+        return "dinov2-hub", flat, []
+    return "state-dict", flat, []
+
+
+def _timm_filter(model: Any, sd: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The model family's own ``checkpoint_filter_fn`` (timm): position embeddings, relative-position
+    tables and patch embeddings resampled to this model, known renames applied. Returns the filtered
+    dict and the resized keys (as ``key [old] -> [new]``)."""
+    import contextlib
+    import io
+    import sys
+
+    fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if fn is None:
+        return sd, []
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # timm prints "Resized position embedding ..."
+            out = dict(fn(dict(sd), model))
+    except Exception:  # a filter that cannot read this dict: the strict check below names the keys
+        return sd, []
+    resized = [f"{k} {_shape(sd[k])} -> {_shape(v)}" for k, v in out.items()
+               if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    return out, resized
+
+
+def load_into(model, sd: dict[str, Any], source: str, *, lenient: bool = False, fmt: str = "",
+              dropped: list[str] | None = None, timm_filter: bool = True) -> LoadReport:
+    """Load ``sd`` into ``model`` strictly and return the report.
+
+    The dict first goes through the model's timm checkpoint filter (resizing, renames). A classifier
+    head absent from the (headless) model is dropped. Every other difference (a missing tensor, an
+    unexpected one, one of another shape) is a ``UsageError`` naming the first keys and shapes, unless
+    ``lenient``: then what fits is loaded, the rest stays at its initial values, and the report says so.
     """
     own = model.state_dict()
-    head = [k for k in sd if k.split(".")[0] in ("head", "fc", "classifier") and k not in own]
-    usable, unexpected = {}, []
+    if timm_filter:
+        sd, resized = _timm_filter(model, sd)
+    else:
+        resized = []
+    head = [k for k in sd if k.split(".")[0] in _HEAD_ROOTS and k not in own]
+    usable: dict[str, Any] = {}
+    unexpected, mismatched = [], []
     for k, v in sd.items():
-        if k in head:
+        if k in head or any(b in k for b in _REBUILT):
             continue
-        if k in own and tuple(own[k].shape) == tuple(v.shape):
-            usable[k] = v
+        if k not in own:
+            unexpected.append(f"{k} {_shape(v)}")
+        elif tuple(own[k].shape) != tuple(v.shape):
+            mismatched.append(f"{k}: file {_shape(v)}, model {_shape(own[k])}")
         else:
-            unexpected.append(k)
-    missing = [k for k in own if k not in usable and not k.endswith("relative_position_index") and "attn_mask" not in k]
-    if not usable or len(usable) < strict_fraction * len(own):
-        raise UsageError(
-            f"weights in {source} do not match this architecture: {len(usable)} of {len(own)} tensors fit "
-            f"(e.g. unexpected {unexpected[:2]}, missing {missing[:2]}); check the model name"
-        )
+            usable[k] = v
+    missing = [f"{k} {_shape(own[k])}" for k in own if k not in usable and not any(b in k for b in _REBUILT)
+               and not any(m.startswith(k + ":") for m in mismatched)]
+    report = LoadReport(loaded=len(usable), missing=missing, unexpected=unexpected, skipped_head=head,
+                        mismatched=mismatched, resized=resized, dropped=list(dropped or []), source=source,
+                        format=fmt, lenient=lenient)
+    if not usable:
+        raise UsageError(f"weights in {source} do not match this architecture: no tensor fits "
+                         f"(e.g. {(unexpected or mismatched)[:2]}); check the model name")
+    if not report.complete and not lenient:
+        parts = []
+        for what, keys in (("missing", missing), ("of another shape", mismatched), ("unexpected", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {what} ({'; '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})")
+        raise UsageError(f"weights in {source} do not fit the model: {', '.join(parts)}; "
+                         "pass --weights-lenient to load what fits and leave the rest at random init")
     model.load_state_dict(usable, strict=False)
-    return LoadReport(loaded=len(usable), missing=missing, unexpected=unexpected, skipped_head=head)
+    return report
+
+
+def load_file_into(model, path: str | Path, *, lenient: bool = False, fmt: str | None = None) -> LoadReport:
+    """Read ``path`` (safetensors, or ``torch.load(weights_only=True)``), recognise its format
+    (``recognise``) unless ``fmt`` names it (``midol-export``: our own keys, no conversion), and load
+    it strictly (``load_into``)."""
+    raw = read_state_dict(path)
+    if fmt == "midol-export":
+        return load_into(model, raw, f"'{path}'", lenient=lenient, fmt=fmt, timm_filter=False)
+    found, sd, dropped = recognise(raw)
+    return load_into(model, sd, f"'{path}'", lenient=lenient, fmt=fmt or found, dropped=dropped)

@@ -28,6 +28,7 @@ from midol_cli.report.reference import SOURCES, reference_for
 
 MISMATCH = "†"
 DEGENERATE = "‡"
+LENIENT = "§"  # the model's weights were loaded leniently and left tensors at random init
 DASH = "–"
 
 
@@ -39,6 +40,7 @@ class Cell:
     std: float | None = None
     n_seeds: int = 0  # > 0 for mean ± std cells
     degenerate: bool = False  # the probe predicts one class for >= 95% of test images (summary's flag)
+    lenient: int = 0  # tensors the model's lenient weights load left at random init (0: a complete load)
 
     def text(self) -> str:
         v = _pct(self.value)
@@ -121,14 +123,25 @@ def _cell(summary: dict[str, Any], protocol: str, metric: str) -> Cell | None:
     flags = block.get("degenerate")
     flags = flags if isinstance(flags, list) else [flags]
     degenerate = any(isinstance(f, dict) and f.get("flag") for f in flags)
+    lenient = _left_at_init(summary)
     if "mean" in entry:
         if entry["mean"] is None:
             return None
         values = entry.get("values") or []
-        return Cell(float(entry["mean"]), std=entry.get("std"), n_seeds=max(1, len(values)), degenerate=degenerate)
+        return Cell(float(entry["mean"]), std=entry.get("std"), n_seeds=max(1, len(values)), degenerate=degenerate,
+                    lenient=lenient)
     if entry.get("value") is None:
         return None
-    return Cell(float(entry["value"]), entry.get("ci_low"), entry.get("ci_high"), degenerate=degenerate)
+    return Cell(float(entry["value"]), entry.get("ci_low"), entry.get("ci_high"), degenerate=degenerate,
+                lenient=lenient)
+
+
+def _left_at_init(summary: dict[str, Any]) -> int:
+    """How many tensors a lenient weights load left at random init (0 for a strict or complete load)."""
+    rep = (summary.get("model") or {}).get("load_report")
+    if not isinstance(rep, dict) or rep.get("strict", True) or rep.get("complete", True):
+        return 0
+    return max(1, len(rep.get("missing") or []) + len(rep.get("mismatched") or []))
 
 
 def _chance(per: dict[str, tuple[Path, dict[str, Any]]], metric: str) -> float | None:
@@ -283,6 +296,8 @@ def render_markdown(t: Table) -> str:
                     text += f" {MISMATCH}"
                 if c is not None and c.degenerate:
                     text += f" {DEGENERATE}"
+                if c is not None and c.lenient:
+                    text += f" {LENIENT}"
                 cells.append(text)
             row = [r.modality, r.task, r.metric, *([_pct(r.chance) if r.chance is not None else DASH] if chance else []),
                    *cells]
@@ -319,6 +334,10 @@ def render_markdown(t: Table) -> str:
             f"{DEGENERATE} degenerate probe: one class predicted for >= 95% of test images "
             f"({'; '.join(degenerate)}); the score measures the class balance, not the encoder."
         )
+    lenient = sorted({f"{m} ({c.lenient} tensors)" for r in t.rows for m, c in r.cells.items() if c is not None and c.lenient})
+    if lenient:
+        notes.append(f"{LENIENT} lenient weights load (--weights-lenient) left tensors at random init: {'; '.join(lenient)}; "
+                     "the score is not that of the released model.")
     flagged = [r.task for r in t.rows if r.mismatch]
     if flagged:
         notes.append(

@@ -144,8 +144,9 @@ def build_classifier(model: Any, n_classes: int, recipe: FinetuneRecipe, linear:
         if size == model.spec.img_size:
             enc.load_state_dict(state)
         else:
-            report = load_into(enc, state, f"'{model.weights}' at {size} px")
-            if report.unexpected or report.missing:
+            # Strict through timm's filter: position embeddings / relative-position tables resampled.
+            report = load_into(enc, state, f"'{model.weights}' at {size} px", fmt="resized")
+            if report.resized:
                 print(f"note: encoder rebuilt at {size} px: {report.summary()}", file=sys.stderr)
     head = ClassifierHead(int(enc.num_features), n_classes)
     return Classifier(enc, head, freeze_encoder=linear), spec
@@ -265,10 +266,12 @@ def run_finetune(
     linear: bool = False,
     reporter: engine.Reporter | None = None,
     options: dict[str, str] | None = None,
+    lenient: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on task ``spec`` (a ``tasks.TaskSpec``); returns the summary (rank 0; other
     ranks return ``{}``). ``options``: the task's layout options (``tasks.task_options``), used when
-    ``data`` is a raw folder. Segmentation tasks go to ``train.segment.run_segmentation``."""
+    ``data`` is a raw folder; ``lenient``: ``--weights-lenient``. Segmentation tasks go to
+    ``train.segment.run_segmentation``."""
     if spec.label_type == "segmentation":
         if linear:
             raise UsageError("--linear applies to classification tasks; segmentation fine-tunes encoder + decoder")
@@ -279,7 +282,7 @@ def run_finetune(
                 raise UsageError("segmentation fine-tuning is not available in this build") from None
             raise
         return run_segmentation(spec, weights, data, recipe, out_root, name, run_dir, resume, reporter=reporter,
-                                options=options)
+                                options=options, lenient=lenient)
 
     import torch.distributed as dist
 
@@ -287,7 +290,7 @@ def run_finetune(
     di = init_distributed()
     try:
         return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, linear, di,
-                    reporter or engine.Reporter(), options)
+                    reporter or engine.Reporter(), options, lenient)
     finally:
         if owns_pg:
             cleanup()
@@ -295,7 +298,7 @@ def run_finetune(
 
 def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, linear: bool, di: DistInfo,
-         reporter: engine.Reporter, options: dict[str, str] | None) -> dict[str, Any]:
+         reporter: engine.Reporter, options: dict[str, str] | None, lenient: bool = False) -> dict[str, Any]:
     from midol_cli.data.rows import RowDataset
     from midol_cli.data.transforms import EvalTransform, ViewAugment
     from midol_cli.eval.models import load_eval_model
@@ -329,7 +332,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
         tr_idx = np.sort(rng.choice(tr_idx, recipe.max_train_samples, replace=False))
         fd.notes.append(f"training set capped at {recipe.max_train_samples} rows (max_train_samples)")
 
-    model_info = load_eval_model(weights, name)
+    model_info = load_eval_model(weights, name, lenient=lenient)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out_root, model_info.id, spec.name, linear)
     resume_path = engine.check_run_dir(run_dir, resume)
 

@@ -251,6 +251,7 @@ def run_segmentation(
     resume: str | None,
     reporter: engine.Reporter | None = None,
     options: dict[str, str] | None = None,
+    lenient: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on segmentation task ``spec`` (a ``tasks.TaskSpec``); write results.
 
@@ -266,7 +267,7 @@ def run_segmentation(
     di = init_distributed()
     try:
         return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, di,
-                    reporter or engine.Reporter(), options)
+                    reporter or engine.Reporter(), options, lenient)
     finally:
         if owns_pg:
             cleanup()
@@ -274,7 +275,7 @@ def run_segmentation(
 
 def _run(spec: Any, weights: str, data: str | Path, recipe: SegmentationRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, di: DistInfo, reporter: engine.Reporter,
-         options: dict[str, str] | None = None) -> dict[str, Any]:
+         options: dict[str, str] | None = None, lenient: bool = False) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from midol_cli.data import readers
@@ -305,7 +306,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: SegmentationRecipe, 
         rng = np.random.default_rng(recipe.seed)
         tr_idx = sorted(rng.choice(tr_idx, recipe.max_train_samples, replace=False).tolist())
 
-    eval_model = load_eval_model(weights, name)
+    eval_model = load_eval_model(weights, name, lenient=lenient)
     model_info = eval_model.info()
     size = int(recipe.img_size or eval_model.spec.img_size)
     model, enc_spec, load_report = build_segmentation_model(eval_model, size, recipe.decoder_dim,

@@ -9,7 +9,8 @@ from typing import Any
 def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name: str | None = None,
              fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), n_boot: int = 1000, batch_size: int = 64,
              workers: int = 2, device: str | None = None,
-             options: dict[str, str] | None = None, quiet: bool = False) -> dict[str, Any]:
+             options: dict[str, str] | None = None, quiet: bool = False,
+             lenient: bool = False) -> dict[str, Any]:
     """Probe ``weights`` on task ``spec``; return the summary (also in results/<model>/<task>/summary.json).
 
     ``quiet`` keeps the progress lines off stderr except warnings (a degenerate probe)."""
@@ -28,7 +29,10 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
             f"use `midol finetune --task {spec.name}`"
         )
     src = resolve_data(spec, data, cache_root(), options)
-    model = load_eval_model(weights, name)
+    model = load_eval_model(weights, name, lenient=lenient)
+    rep = model.load_report
+    if rep is not None and rep["strict"] is False and not rep["complete"]:
+        print(f"  warning: lenient weights load: {model.encoder.load_report.summary()}", file=sys.stderr)
     emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
     if emb.empty:

@@ -200,3 +200,24 @@ def test_a_full_disk_during_shard_is_one_line_that_says_so(inputs, tmp_path, cap
         errors = [x for x in lines if x.startswith("error: ")]
         assert code == 1 and len(errors) == 1 and "the disk is full" in errors[0], lines
         assert not (disk / "shards" / "index.json").exists()
+
+
+def test_embed_refuses_a_partial_export_in_one_line_and_lenient_warns(inputs, capsys, monkeypatch, tmp_path):
+    """The measured defect: an export with 45% of its tensors deleted embedded with exit 0 and no word."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(inputs["export"]), framework="pt") as f:
+        meta, keys = f.metadata(), sorted(f.keys())
+        kept = {k: f.get_tensor(k) for i, k in enumerate(keys) if i % 20 >= 9}
+    part = tmp_path / "encoder.safetensors"
+    save_file(kept, str(part), metadata=meta)
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "emb.parquet"
+    code, err = _midol(capsys, monkeypatch, "embed", "--weights", part, "--data", inputs["shards"], "--out", out,
+                       "--workers", "0")
+    assert code == 2 and len(err) == 1 and "missing" in err[0] and "--weights-lenient" in err[0], err
+    assert not out.exists()
+    code, err = _midol(capsys, monkeypatch, "embed", "--weights", part, "--data", inputs["shards"], "--out", out,
+                       "--workers", "0", "--weights-lenient")
+    assert code in (0, None) and any("lenient weights load" in x for x in err), err
