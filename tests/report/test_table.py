@@ -70,3 +70,14 @@ def test_chance_column_and_degenerate_marks():
     assert "| modality | task | metric | chance | a | b |" in md
     assert "| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] ‡ | **70.00 [69.00, 71.00]** |" in md
     assert "‡ degenerate probe" in md and "a on t1" in md
+
+
+def test_a_lenient_weights_load_is_marked_and_a_strict_one_is_not():
+    entries = _entries(("a", "t1", "dermoscopy", 0.6), ("b", "t1", "dermoscopy", 0.7))
+    entries[0][1]["model"]["load_report"] = {"strict": False, "complete": False, "missing": ["x [3]", "y [3]"],
+                                             "mismatched": ["z: file [2], model [3]"]}
+    entries[1][1]["model"]["load_report"] = {"strict": True, "complete": True, "missing": [], "mismatched": []}
+    md = render_markdown(build_table(entries))
+    row = next(line for line in md.splitlines() if line.startswith("| dermoscopy | t1 |"))
+    assert row.count("§") == 1 and row.index("§") < row.index("**70.00")
+    assert "§ lenient weights load" in md and "a (3 tensors)" in md
