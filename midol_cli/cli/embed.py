@@ -80,7 +80,7 @@ def _say_load(c, model) -> None:
     rep = getattr(model.encoder, "load_report", None)
     if rep is None:
         return
-    if rep.lenient and not rep.complete:
+    if rep.partial:
         c.print(f"[yellow]warning[/]: lenient weights load: {rep.summary()}", markup=True, highlight=False)
     else:
         c.print(f"weights: {rep.summary()}", markup=False, highlight=False)

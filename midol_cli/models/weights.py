@@ -48,7 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def unwrap_state_dict(obj: dict[str, Any], prefer: tuple[str, ...] = ()) -> dict[str, Any]:
+def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, Any]:
     """Find the tensor dict inside common checkpoint containers and strip wrapper prefixes."""
     import torch
 
@@ -56,7 +56,7 @@ def unwrap_state_dict(obj: dict[str, Any], prefer: tuple[str, ...] = ()) -> dict
     for _ in range(3):
         if all(isinstance(v, torch.Tensor) for v in sd.values()):
             break
-        for key in (*prefer, *_CONTAINER_KEYS):
+        for key in _CONTAINER_KEYS:
             if isinstance(sd.get(key), dict):
                 sd = sd[key]
                 break
@@ -106,6 +106,11 @@ class LoadReport:
     def complete(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    @property
+    def partial(self) -> bool:
+        """A lenient load that left tensors at their initial values (worth a warning)."""
+        return self.lenient and not self.complete
+
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "strict": not self.lenient,
                 "complete": self.complete, "loaded": self.loaded, "missing": self.missing,
@@ -129,7 +134,7 @@ class LoadReport:
             parts.append(f"classifier head skipped ({len(self.skipped_head)} tensors)")
         if self.dropped:
             parts.append(f"{len(self.dropped)} non-encoder tensors of the format dropped")
-        if self.lenient and not self.complete:
+        if self.partial:
             parts.append("LENIENT load")
         return "; ".join(parts)
 
@@ -223,7 +228,7 @@ def load_into(model, sd: dict[str, Any], source: str, *, lenient: bool = False, 
         resized = []
     head = [k for k in sd if k.split(".")[0] in _HEAD_ROOTS and k not in own]
     usable: dict[str, Any] = {}
-    unexpected, mismatched = [], []
+    unexpected, mismatched, other_shape = [], [], set()
     for k, v in sd.items():
         if k in head or any(b in k for b in _REBUILT):
             continue
@@ -231,10 +236,11 @@ def load_into(model, sd: dict[str, Any], source: str, *, lenient: bool = False, 
             unexpected.append(f"{k} {_shape(v)}")
         elif tuple(own[k].shape) != tuple(v.shape):
             mismatched.append(f"{k}: file {_shape(v)}, model {_shape(own[k])}")
+            other_shape.add(k)
         else:
             usable[k] = v
-    missing = [f"{k} {_shape(own[k])}" for k in own if k not in usable and not any(b in k for b in _REBUILT)
-               and not any(m.startswith(k + ":") for m in mismatched)]
+    missing = [f"{k} {_shape(own[k])}" for k in own
+               if k not in usable and k not in other_shape and not any(b in k for b in _REBUILT)]
     report = LoadReport(loaded=len(usable), missing=missing, unexpected=unexpected, skipped_head=head,
                         mismatched=mismatched, resized=resized, dropped=list(dropped or []), source=source,
                         format=fmt, lenient=lenient)

@@ -30,9 +30,9 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
         )
     src = resolve_data(spec, data, cache_root(), options)
     model = load_eval_model(weights, name, lenient=lenient)
-    rep = model.load_report
-    if rep is not None and rep["strict"] is False and not rep["complete"]:
-        print(f"  warning: lenient weights load: {model.encoder.load_report.summary()}", file=sys.stderr)
+    rep = getattr(model.encoder, "load_report", None)
+    if rep is not None and rep.partial:
+        print(f"  warning: lenient weights load: {rep.summary()}", file=sys.stderr)
     emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
     if emb.empty:
