@@ -58,3 +58,21 @@ def collate_skip(batch: list) -> dict[str, Any]:
     y = torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.as_tensor(np.stack([np.asarray(v) for v in ys]))
     return {"x": torch.stack([g[0] for g in good]), "y": y,
             "idx": torch.as_tensor([g[2] for g in good], dtype=torch.long), "bad": bad}
+
+
+class LoadImage:
+    """``load(row) -> (transform(image), target)`` for ``RowDataset``: one manifest row read through the
+    readers' decoder (ingest's caps and reject reasons). ``targets`` None gives target 0 (embedding).
+    A class, not a closure, so DataLoader worker processes can take it."""
+
+    def __init__(self, root: str | Any, paths: Sequence[str], transform: Callable[[Any], Any],
+                 targets: Any = None) -> None:
+        self.root, self.paths, self.transform, self.targets = str(root), paths, transform, targets
+
+    def __call__(self, row: int) -> tuple[Any, Any]:
+        import os
+
+        from midol_cli.data.readers import read_image
+
+        img = read_image(os.path.join(self.root, self.paths[row])).image
+        return self.transform(img), (0 if self.targets is None else self.targets[row])

@@ -87,19 +87,6 @@ def data_source(data: str | Path) -> tuple[str, str]:
     raise UsageError(f"data '{p}' does not exist; pass a manifest (.parquet) or a shard dir")
 
 
-class _LoadImage:
-    """``load(row) -> (tensor [3,S,S], 0)`` for ``data.rows.RowDataset``: one manifest row through the
-    readers' decoder and the eval transform (a class, not a closure, so worker processes can take it)."""
-
-    def __init__(self, root: str, paths: list[str], transform) -> None:
-        self.root, self.paths, self.transform = root, paths, transform
-
-    def __call__(self, i: int):
-        from midol_cli.data.readers import read_image
-
-        return self.transform(read_image(os.path.join(self.root, self.paths[i])).image), 0
-
-
 class _ShardImages:
     """Iterable dataset over a shard dir; with several workers each reads its own shards.
 
@@ -147,11 +134,11 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
         root = meta.get("root")
         if not root or not Path(root).is_dir():
             raise UsageError(f"raw folder '{root}' recorded in manifest '{data}' is not reachable from here")
-        from midol_cli.data.rows import RowDataset, collate_skip
+        from midol_cli.data.rows import LoadImage, RowDataset, collate_skip
 
         paths = df["path"].tolist()
         # Changed since ingest: the row is skipped and counted (collate_skip's "bad"), never a zero image.
-        ds = RowDataset(range(len(paths)), _LoadImage(root, paths, transform), paths.__getitem__)
+        ds = RowDataset(range(len(paths)), LoadImage(root, paths, transform), paths.__getitem__)
         recs = df[list(COLUMNS)].to_dict("records")
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate_skip)
         for b in loader:

@@ -106,20 +106,6 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
                         list(td.notes), spec)
 
 
-class _LoadImage:
-    """Row -> (transformed image, target): the ``load`` of ``train.data.RowDataset``."""
-
-    def __init__(self, root: Path, paths: list[str], targets: np.ndarray, transform: Any) -> None:
-        self.root, self.paths, self.targets, self.transform = str(root), paths, targets, transform
-
-    def __call__(self, row: int) -> tuple[torch.Tensor, Any]:
-        import os
-
-        from midol_cli.data.readers import read_image
-
-        return self.transform(read_image(os.path.join(self.root, self.paths[row])).image), self.targets[row]
-
-
 # --------------------------------------------------------------------------- model and optimiser
 
 
@@ -299,7 +285,7 @@ def run_finetune(
 def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, linear: bool, di: DistInfo,
          reporter: engine.Reporter, options: dict[str, str] | None, lenient: bool = False) -> dict[str, Any]:
-    from midol_cli.data.rows import RowDataset
+    from midol_cli.data.rows import LoadImage, RowDataset
     from midol_cli.data.transforms import EvalTransform, ViewAugment
     from midol_cli.eval.models import load_eval_model
     from midol_cli.eval.results import ci_block
@@ -358,7 +344,7 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     paths = fd.df["path"].astype(str).tolist()
 
     def rows(idx: np.ndarray, tf: Any) -> RowDataset:
-        return RowDataset(idx, _LoadImage(fd.root, paths, fd.y, tf), lambda r: paths[r])
+        return RowDataset(idx, LoadImage(fd.root, paths, tf, fd.y), lambda r: paths[r])
 
     eval_tf = EvalTransform(size, mean, std)
     train_ds = rows(tr_idx, ViewAugment(aug, size, aug.crop_scale, mean, std))
