@@ -36,13 +36,19 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in str(e).lower():
+        text = str(e)
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        # torch's safe unpickler names a class it refused ("Unsupported global: GLOBAL ..."); a bare pickle
+        # stream (protocol marker 0x80, not torch's zip) is refused by opcode instead. Anything else is a
+        # damaged file or not a PyTorch checkpoint at all.
+        if "Unsupported global" in text or "allowed global" in text or head[:1] == b"\x80":
             raise UsageError(
                 f"weights file '{path}' contains pickled code, which midol refuses to run; "
                 "re-save it as a plain state dict or safetensors"
             ) from None
-        raise UsageError(f"weights file '{path}' could not be read ({msg[:120]})") from None
+        raise UsageError(f"weights file '{path}' could not be read: damaged, or not a PyTorch checkpoint "
+                         f"({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise UsageError(f"weights file '{path}' does not hold a state dict")
     return obj

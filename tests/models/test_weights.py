@@ -152,3 +152,10 @@ def test_dinov2_hub_checkpoint_at_518_px_is_resized_as_timm_does(tmp_path, arch,
     assert torch.allclose(ref.eval()(x), dst.eval()(x), atol=1e-5)
     rep = dst.load_report
     assert rep.complete and rep.format == "dinov2-hub" and any(r.startswith("pos_embed [1, 13") for r in rep.resized)
+
+
+def test_damaged_bytes_are_not_called_pickled_code(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(bytes(range(256)) * 2)
+    with pytest.raises(UsageError, match="damaged, or not a PyTorch checkpoint"):
+        load_eval_model(f"timm:vit_small_patch16_224={junk}")
