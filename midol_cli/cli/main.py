@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shard",
     "pretrain",
     "export",
+    "models",
     "embed",
     "probe",
     "finetune",

@@ -3,7 +3,9 @@
 - a midol run dir, or an exported ``encoder.safetensors`` (with its projector + router if present);
 - ``timm:<model_name>=<local file>``: any timm backbone a user has on disk (DINOv2, RETFound,
   ImageNet Swin-B ...), with timm's own input size and normalisation for that model;
-- ``random:<model_name>`` or ``random:<run dir | export>``: random init (seed 0), the floor.
+- ``NAME=<local file>`` for a model of the registry (``midol models``): the entry's architecture,
+  input size, normalisation, pooling and checkpoint format (``models.registry``);
+- ``random:<model_name | registry name>`` or ``random:<run dir | export>``: random init (seed 0), the floor.
   The second form uses the exact architecture of that midol model, which is the fair
   baseline for it.
 
@@ -23,7 +25,7 @@ from midol_cli.errors import UsageError
 @dataclass
 class EvalModel:
     id: str
-    kind: str  # midol | timm | random
+    kind: str  # midol | timm | registry | random
     weights: str
     weights_hash: str
     spec: Any  # EncoderSpec
@@ -40,7 +42,8 @@ class EvalModel:
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "weights": self.weights, "weights_hash": self.weights_hash,
-                "arch": self.spec.arch, "img_size": self.spec.img_size, "load_report": self.load_report}
+                "arch": self.spec.arch, "img_size": self.spec.img_size, "pooling": self.spec.pooling,
+                "mean": list(self.spec.mean), "std": list(self.spec.std), "load_report": self.load_report}
 
 
 def _slug(text: str) -> str:
@@ -100,10 +103,13 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
 
             meta = read_export_meta(_midol_export_path(p))
             spec = EncoderSpec(arch=meta["arch"], img_size=meta["img_size"], arch_kwargs=meta["arch_kwargs"],
-                               mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+                               mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+                               pooling=meta.get("pooling", "default"))
             default_id = f"random-{_slug(p.name if p.is_dir() else p.parent.parent.name or p.stem)}"
         else:
-            spec = _timm_spec(target)
+            from midol_cli.models.registry import get_entry, is_entry
+
+            spec = get_entry(target).spec() if is_entry(target) else _timm_spec(target)
             default_id = f"random-{_slug(target)}"
         torch.manual_seed(0)
         enc = build_encoder(spec).eval()
@@ -121,6 +127,11 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
         return EvalModel(name or f"{_slug(arch)}-{_slug(Path(file).stem)}", "timm", weights,
                          sha256_file(file)[:16], spec, enc)
 
+    if "=" in weights and not Path(weights).exists():
+        entry_name, file = weights.split("=", 1)
+        if entry_name != "midol":
+            return _load_registry_model(entry_name, file, name, lenient)
+        weights = file
     path = _midol_export_path(Path(weights))
     if path.suffix != ".safetensors":
         raise UsageError(
@@ -134,3 +145,26 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
 
     return EvalModel(name or default_id, "midol", weights, sha256_file(path)[:16], spec, enc, proj,
                      list(meta["modalities"]), calibration_beside(path) if proj is not None else None)
+
+
+def _load_registry_model(entry_name: str, file: str, name: str | None, lenient: bool) -> EvalModel:
+    """``NAME=FILE``: build the registry entry's encoder and load FILE strictly, in the entry's format."""
+    from midol_cli.artifacts import sha256_file
+    from midol_cli.models.encoder import build_encoder
+    from midol_cli.models.registry import get_entry
+    from midol_cli.models.weights import load_into, read_state_dict, recognise
+
+    entry = get_entry(entry_name)
+    if not Path(file).is_file():
+        raise UsageError(entry.missing_file_message(file))
+    spec = entry.spec()
+    enc = build_encoder(spec)
+    found, sd, dropped = recognise(read_state_dict(file))
+    # A plain state dict of the same tensors (timm's own re-upload, a user's conversion) is as good.
+    if found not in (entry.format, "state-dict") and not lenient:
+        raise UsageError(f"'{file}' is a {found} checkpoint, but {entry.name} ships as {entry.format} "
+                         f"({entry.source}); pass --weights-lenient to load it anyway")
+    enc.load_report = load_into(enc, sd, f"'{file}'", lenient=lenient, fmt=found, dropped=dropped)
+    enc.eval()
+    return EvalModel(name or f"{_slug(entry.name)}-{_slug(Path(file).stem)}", "registry",
+                     f"{entry.name}={file}", sha256_file(file)[:16], spec, enc)

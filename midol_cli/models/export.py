@@ -64,6 +64,7 @@ def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = 
         "arch_kwargs": json.dumps(spec.get("arch_kwargs", {})),
         "mean": json.dumps(spec["mean"]),
         "std": json.dumps(spec["std"]),
+        "pooling": str(spec.get("pooling", "default")),
         "modalities": json.dumps(modalities),
         "expert_map": json.dumps(
             {m: (0 if state["n_experts"] == 1 else i) for i, m in enumerate(modalities)}
@@ -131,6 +132,7 @@ def load_exported_encoder(path: str | Path, lenient: bool = False):
         arch_kwargs=meta["arch_kwargs"],
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
+        pooling=meta.get("pooling", "default"),
     )
     model = build_encoder(spec, weights=str(path), lenient=lenient, weights_format="midol-export")
     return model.eval(), spec, meta

@@ -145,6 +145,88 @@ class LoadReport:
         return "; ".join(parts)
 
 
+# Hugging Face transformers ViT / DINOv2 layouts (ViTModel, Dinov2Model, Dinov2WithRegistersModel), in
+# the names of the released files (transformers 4) and of transformers 5 re-saves.
+_HF_PATCH = "embeddings.patch_embeddings.projection.weight"
+_HF_ROOTS = ("vit.", "dinov2.", "model.")
+_HF_BLOCK = (
+    # (transformers 4 name, transformers 5 name, timm name) inside a block
+    ("attention.output.dense.", "attention.o_proj.", "attn.proj."),
+    ("layernorm_before.", "layernorm_before.", "norm1."),
+    ("layernorm_after.", "layernorm_after.", "norm2."),
+    ("intermediate.dense.", "intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "output.dense.", "mlp.fc2."),
+    ("layer_scale1.lambda1", "layer_scale1.lambda1", "ls1.gamma"),
+    ("layer_scale2.lambda1", "layer_scale2.lambda1", "ls2.gamma"),
+    ("norm1.", "norm1.", "norm1."),
+    ("norm2.", "norm2.", "norm2."),
+    ("mlp.fc1.", "mlp.fc1.", "mlp.fc1."),
+    ("mlp.fc2.", "mlp.fc2.", "mlp.fc2."),
+    ("mlp.weights_in.", "mlp.weights_in.", "mlp.fc1."),  # SwiGLU, packed [x1; x2] as timm's SwiGLUPacked
+    ("mlp.weights_out.", "mlp.weights_out.", "mlp.fc2."),
+)
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.register_tokens": "reg_token",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+
+
+def convert_hf_vit(sd: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A transformers ViT / DINOv2 state dict in timm's VisionTransformer names.
+
+    Separate query/key/value projections become timm's fused ``qkv`` (concatenated in that order);
+    ``layer_scale*.lambda1`` becomes ``ls*.gamma``; the pooler and the mask token are dropped (returned
+    as the second value). A key the map does not know is passed through unchanged, so the strict load
+    names it."""
+    import re
+
+    import torch
+
+    for root in _HF_ROOTS:
+        if all(k.startswith(root) for k in sd):
+            sd = {k[len(root):]: v for k, v in sd.items()}
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+    qkv: dict[tuple[int, str], dict[str, Any]] = {}
+    block = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
+    for k, v in sd.items():
+        if k in _HF_TOP:
+            out[_HF_TOP[k]] = v
+            continue
+        if k.startswith("pooler.") or k == "embeddings.mask_token":
+            dropped.append(k)
+            continue
+        m = block.match(k)
+        if not m:
+            out[k] = v
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        q = re.match(r"^attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$", rest)
+        if q:
+            part = (q.group(1) or {"q": "query", "k": "key", "v": "value"}[q.group(2)])
+            qkv.setdefault((i, q.group(3)), {})[part] = v
+            continue
+        for old, new, timm_name in _HF_BLOCK:
+            if rest.startswith(old) or rest.startswith(new):
+                tail = rest[len(old if rest.startswith(old) else new):]
+                out[f"blocks.{i}.{timm_name}{tail}"] = v
+                break
+        else:
+            out[f"blocks.{i}.{rest}"] = v
+    for (i, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            for part, v in parts.items():  # incomplete: left under its own name for the strict load
+                out[f"blocks.{i}.attn.{part}.{kind}"] = v
+            continue
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out, dropped
+
+
 def recognise(obj: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
     """``(format, encoder state dict, dropped keys)`` of a checkpoint, recognised by its structure.
 
@@ -160,6 +242,8 @@ def recognise(obj: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
     - ``openai-clip``: ``visual.class_embedding``: passed to timm's own converter unchanged;
     - ``dinov2-hub``: ``mask_token`` with ``blocks.*``; timm's filter drops the mask token, renames
       ``register_tokens`` and resamples the 518-px position embedding;
+    - ``hf-vit`` / ``hf-dinov2``: a Hugging Face transformers ``ViTModel`` / ``Dinov2Model`` (Phikon,
+      Phikon-v2, RAD-DINO): converted to timm names (``convert_hf_vit``);
     - ``state-dict`` otherwise, after the Lightning / DDP / EMA wrappers (``state_dict``, ``model``,
       ``model_ema``, ``module.``, ``student.``/``teacher.`` prefixes) are removed.
     """
@@ -190,6 +274,11 @@ def recognise(obj: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
         keep = "visual.trunk."
         return ("open_clip", {k[len(keep):]: v for k, v in flat.items() if k.startswith(keep)},
                 [k for k in flat if not k.startswith(keep)])
+    hf = [k for k in flat if k.endswith(_HF_PATCH)]
+    if hf:
+        sd, drop = convert_hf_vit(flat)
+        dinov2 = any(".layer_scale1." in k or k.endswith("mask_token") for k in flat)
+        return ("hf-dinov2" if dinov2 else "hf-vit"), sd, drop
     if "visual.class_embedding" in flat:
         return "openai-clip", flat, []
     if "mask_token" in flat and any(k.startswith("blocks.") for k in flat):
