@@ -66,6 +66,14 @@ SUMMARY_SCHEMA = 1
 SUMMARY_NAME = "summary.json"
 PREDICTIONS_NAME = "predictions.parquet"
 MODEL_KEYS = ("id", "weights", "weights_hash", "arch")
+# Recorded when the model gives them: preprocessing, the weights load report, the released weights a
+# midol run started from.
+MODEL_EXTRA_KEYS = ("img_size", "pooling", "mean", "std", "load_report", "init")
+
+
+def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` block of a summary.json."""
+    return {**{k: model_info[k] for k in MODEL_KEYS}, **{k: model_info.get(k) for k in MODEL_EXTRA_KEYS}}
 
 
 def prediction_table(classes, task_name: str, model_id: str, parts: list[tuple]):

@@ -39,7 +39,10 @@ class ModelCfg(Strict):
     arch_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra timm constructor args (tiny test models: embed_dim, depths, ...)"
     )
-    weights: str | None = Field(None, description="local .pth/.safetensors to initialise the encoder from")
+    weights: str | None = Field(
+        None, description="start student and teacher from released weights: a local .pth/.safetensors in timm "
+        "names (or any format `midol models` documents), or NAME=FILE for a registry model; loaded strictly")
+    weights_lenient: bool = Field(False, description="load what fits of model.weights; the rest stays at random init")
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     grad_checkpointing: bool = False
 
@@ -164,11 +167,15 @@ class OptimCfg(Strict):
     weight_decay_end: float = Field(0.4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = Field(3.0, gt=0)
+    encoder_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="encoder LR = this x the schedule's (a lower rate for released weights)")
     fused: bool = Field(True, description="fused AdamW where the device supports it")
 
 
 class TrainCfg(Strict):
     steps: int = Field(100_000, ge=1)
+    freeze_encoder_steps: int = Field(
+        0, ge=0, description="first steps in which only the projector and router train (the encoder is kept)")
     momentum_teacher: float = Field(0.996, ge=0, le=1)
     momentum_teacher_end: float = Field(1.0, ge=0, le=1)
     routing: Literal["label", "learned"] = "label"
@@ -191,6 +198,13 @@ class PretrainRecipe(Strict):
     data: DataCfg = Field(default_factory=DataCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
+
+    @model_validator(mode="after")
+    def _freeze_below_steps(self) -> PretrainRecipe:
+        if self.train.freeze_encoder_steps and self.train.freeze_encoder_steps >= self.train.steps:
+            raise ValueError(f"train.freeze_encoder_steps ({self.train.freeze_encoder_steps}) must be below "
+                             f"train.steps ({self.train.steps}), or the encoder never trains")
+        return self
 
     @model_validator(mode="after")
     def _augs_cover(self) -> PretrainRecipe:

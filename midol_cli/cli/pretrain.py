@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
             "Pre-train an M-IDoL encoder (student + EMA teacher + MoE projector) on shards.\n\n"
             "Examples:\n\n"
             "  midol pretrain recipes/smoke.yaml data.shards=demo/shards --out demo/runs/smoke\n\n"
-            "  torchrun --nproc_per_node 8 -m midol_cli pretrain recipes/base.yaml --out runs/base --resume auto"
+            "  torchrun --nproc_per_node 8 -m midol_cli pretrain recipes/base.yaml --out runs/base --resume auto\n\n"
+            "  midol pretrain recipes/continue_imagenet_swinb.yaml --init imagenet-swinb=weights/swinb.safetensors"
         ),
         context_settings={"allow_extra_args": False},
     )
@@ -24,10 +25,16 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Run dir (default: runs/<recipe name>)."),
         resume: str = typer.Option(None, "--resume", help="'auto' (newest checkpoint in the run dir) or a ckpt file."),
         max_steps: int = typer.Option(None, "--max-steps", help="Stop after this step without changing schedules."),
+        init: str = typer.Option(
+            None, "--init", metavar="NAME=FILE",
+            help="Start student and teacher from released weights (a registry NAME=FILE, see `midol models`, "
+                 "or a file); loaded strictly. Same as model.weights=..."),
     ) -> None:
         from midol_cli.recipes import PretrainRecipe, load_recipe
 
         r = load_recipe(PretrainRecipe, recipe, overrides or [])
+        if init:
+            r.model.weights = init
         run_dir = out or Path("runs") / r.name
         from midol_cli.cli._common import writable_out
 

@@ -33,6 +33,7 @@ class EvalModel:
     projector: Any = None  # MoEProjector or None
     modalities: list[str] = field(default_factory=list)
     calibration: Any = None  # eval.routing.RouterCalibration beside the export, or None
+    init: dict[str, Any] | None = None  # the released weights a midol run started from (export metadata)
 
     @property
     def load_report(self) -> dict[str, Any] | None:
@@ -43,7 +44,8 @@ class EvalModel:
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "weights": self.weights, "weights_hash": self.weights_hash,
                 "arch": self.spec.arch, "img_size": self.spec.img_size, "pooling": self.spec.pooling,
-                "mean": list(self.spec.mean), "std": list(self.spec.std), "load_report": self.load_report}
+                "mean": list(self.spec.mean), "std": list(self.spec.std), "load_report": self.load_report,
+                "init": self.init}
 
 
 def _slug(text: str) -> str:
@@ -144,27 +146,22 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
     from midol_cli.eval.routing import calibration_beside
 
     return EvalModel(name or default_id, "midol", weights, sha256_file(path)[:16], spec, enc, proj,
-                     list(meta["modalities"]), calibration_beside(path) if proj is not None else None)
+                     list(meta["modalities"]), calibration_beside(path) if proj is not None else None,
+                     meta.get("init"))
 
 
 def _load_registry_model(entry_name: str, file: str, name: str | None, lenient: bool) -> EvalModel:
     """``NAME=FILE``: build the registry entry's encoder and load FILE strictly, in the entry's format."""
     from midol_cli.artifacts import sha256_file
     from midol_cli.models.encoder import build_encoder
-    from midol_cli.models.registry import get_entry
-    from midol_cli.models.weights import load_into, read_state_dict, recognise
+    from midol_cli.models.registry import get_entry, load_named
 
     entry = get_entry(entry_name)
     if not Path(file).is_file():
         raise UsageError(entry.missing_file_message(file))
     spec = entry.spec()
     enc = build_encoder(spec)
-    found, sd, dropped = recognise(read_state_dict(file))
-    # A plain state dict of the same tensors (timm's own re-upload, a user's conversion) is as good.
-    if found not in (entry.format, "state-dict") and not lenient:
-        raise UsageError(f"'{file}' is a {found} checkpoint, but {entry.name} ships as {entry.format} "
-                         f"({entry.source}); pass --weights-lenient to load it anyway")
-    enc.load_report = load_into(enc, sd, f"'{file}'", lenient=lenient, fmt=found, dropped=dropped)
+    enc.load_report = load_named(enc, entry, file, lenient=lenient)
     enc.eval()
     return EvalModel(name or f"{_slug(entry.name)}-{_slug(Path(file).stem)}", "registry",
                      f"{entry.name}={file}", sha256_file(file)[:16], spec, enc)

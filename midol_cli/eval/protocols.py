@@ -34,8 +34,8 @@ def write_protocol(out_dir: Path, protocol: str, block: dict[str, Any], task: An
     probe hashes the embedded data, fine-tuning the manifest). An invalid one is moved to
     ``summary.json.invalid`` and a new summary started.
     """
+    from midol_cli.artifacts import model_block
     from midol_cli.eval.results import (
-        MODEL_KEYS,
         SUMMARY_NAME,
         SUMMARY_SCHEMA,
         add_protocol,
@@ -59,7 +59,7 @@ def write_protocol(out_dir: Path, protocol: str, block: dict[str, Any], task: An
             return add_protocol(path, protocol, block)
     summary = {
         "schema": SUMMARY_SCHEMA,
-        "model": {**{k: model_info[k] for k in MODEL_KEYS}, "load_report": model_info.get("load_report")},
+        "model": model_block(model_info),
         "task": {**task.to_dict(), "data_hash": data_hash, **(task_extra or {})},
         "protocols": {protocol: block},
         "primary_metric": task.metric,

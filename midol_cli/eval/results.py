@@ -52,6 +52,7 @@ from midol_cli.artifacts import (  # noqa: F401  (the summary schema's names, re
     add_protocol,
     atomic_path,
     load_summary,
+    model_block,
     provenance,
     validate_summary,
     write_json_atomic,
@@ -391,7 +392,7 @@ def run_probe_suite(
 
     summary = {
         "schema": SUMMARY_SCHEMA,
-        "model": {**{k: model_info[k] for k in MODEL_KEYS}, "load_report": model_info.get("load_report")},
+        "model": model_block(model_info),
         "task": {
             **task.to_dict(),
             "data_hash": data_hash,

@@ -281,11 +281,14 @@ class MIDoL(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- m * teacher + (1 - m) * student, for every parameter (encoder and projector)."""
+        """teacher <- m * teacher + (1 - m) * student, for every parameter (encoder and projector).
+
+        Written as ``teacher + (1 - m) * (student - teacher)`` (lerp): where the two are equal (an encoder
+        held by ``train.freeze_encoder_steps``) the teacher stays bit-identical, which ``m*t + (1-m)*s``
+        does not guarantee in floating point."""
         t_params = list(self.teacher.parameters())
         s_params = [p.detach() for p in self.student.parameters()]
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+        torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
 
 
 def cosine_momentum(step: int, total: int, m0: float, m1: float = 1.0) -> float:

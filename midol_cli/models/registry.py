@@ -81,3 +81,30 @@ def get_entry(name: str) -> ModelEntry:
 
 def is_entry(name: str) -> bool:
     return name in registry()
+
+
+def parse_named(weights: str) -> tuple[ModelEntry, str] | None:
+    """``NAME=FILE`` with NAME in the registry -> (entry, file); anything else -> None."""
+    if "=" not in weights or Path(weights).exists():
+        return None
+    name, file = weights.split("=", 1)
+    if "/" in name or not name:
+        return None
+    return get_entry(name), file
+
+
+def load_named(model, entry: ModelEntry, file: str, *, lenient: bool = False):
+    """Load ``file`` into ``model`` (built from ``entry``) strictly; a checkpoint of another format
+    than the entry's (a plain state dict of the same tensors is as good) is refused unless ``lenient``.
+    Returns the ``LoadReport``."""
+    from midol_cli.models.weights import load_file_into, load_into, read_state_dict, recognise
+
+    if not Path(file).is_file():
+        raise UsageError(entry.missing_file_message(file))
+    if entry.format == "midol-export":
+        return load_file_into(model, file, lenient=lenient, fmt="midol-export")
+    found, sd, dropped = recognise(read_state_dict(file))
+    if found not in (entry.format, "state-dict") and not lenient:
+        raise UsageError(f"'{file}' is a {found} checkpoint, but {entry.name} ships as {entry.format} "
+                         f"({entry.source}); pass --weights-lenient to load it anyway")
+    return load_into(model, sd, f"'{file}'", lenient=lenient, fmt=found, dropped=dropped)

@@ -82,6 +82,8 @@ class Table:
     average_rank: dict[str, tuple[float, int]]  # model -> (mean rank, tasks ranked)
     reference_label: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # model -> the released weights its pre-training started from (name or file, sha256 prefix)
+    inits: dict[str, str] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -243,7 +245,12 @@ def build_table(
         for m, rk in _average_ranks(vals).items():
             rank_lists[m].append(rk)
     average_rank = {m: (sum(v) / len(v), len(v)) for m, v in rank_lists.items()}
-    return Table(protocol, metric, models, rows, modality_average, average_rank, ref_label, warnings)
+    inits = {}
+    for _, s in summaries:
+        init = (s.get("model") or {}).get("init")
+        if isinstance(init, dict) and init.get("sha256"):
+            inits[str(s["model"]["id"])] = f"{init.get('weights')} (sha256 {str(init['sha256'])[:12]})"
+    return Table(protocol, metric, models, rows, modality_average, average_rank, ref_label, warnings, inits)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -344,6 +351,9 @@ def render_markdown(t: Table) -> str:
             f"{MISMATCH} data hash differs across models for {', '.join(flagged)}: "
             "not comparable, left out of averages and ranks."
         )
+    if t.inits:
+        notes.append("Pre-trained from released weights: "
+                     + "; ".join(f"{m} from {w}" for m, w in sorted(t.inits.items())) + ".")
     if t.reference_label:
         notes.append(
             f"{t.reference_label}: published percentages, shown only where the paper reports this metric; "

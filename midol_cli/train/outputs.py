@@ -42,6 +42,7 @@ def export_initial(recipe: PretrainRecipe, run_dir: str | Path) -> dict[str, Any
             "n_experts": model.n_experts,
             "midol_version": __version__,
             "initial": True,
+            "init": model.init,
         },
         keep_last=1,
     )

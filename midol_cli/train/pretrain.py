@@ -43,19 +43,65 @@ TERMS = ("loss_intra", "loss_inter", "loss_route", "grad_norm")
 
 
 def encoder_spec(recipe: PretrainRecipe) -> EncoderSpec:
-    return EncoderSpec(
+    """The encoder a recipe trains. With ``model.weights: NAME=FILE`` (a registry model) the entry's
+    architecture arguments are the base the recipe's own extend, and its normalisation is used, so
+    released weights see the inputs they were trained on."""
+    spec = EncoderSpec(
         arch=recipe.model.arch,
         img_size=recipe.model.img_size,
         arch_kwargs=dict(recipe.model.arch_kwargs),
         drop_path_rate=recipe.model.drop_path_rate,
     )
+    named = _named_init(recipe)
+    if named is not None:
+        entry = named[0]
+        if entry.arch is not None and entry.arch != recipe.model.arch:
+            raise UsageError(f"model.weights names {entry.name} ({entry.arch}) but model.arch is {recipe.model.arch}; "
+                             f"set model.arch={entry.arch}")
+        spec.arch_kwargs = {**entry.arch_kwargs, **spec.arch_kwargs}
+        spec.mean, spec.std = entry.mean, entry.std
+    return spec
 
 
-def build_model(recipe: PretrainRecipe, weights: str | None = None) -> MIDoL:
-    """Student/teacher pair from a recipe (random init, or the recipe's local weights)."""
-    encoder = build_encoder(encoder_spec(recipe), weights=weights or recipe.model.weights)
+def _named_init(recipe: PretrainRecipe):
+    if not recipe.model.weights:
+        return None
+    from midol_cli.models.registry import parse_named
+
+    return parse_named(recipe.model.weights)
+
+
+def load_init(encoder: torch.nn.Module, recipe: PretrainRecipe) -> dict[str, Any] | None:
+    """Load ``model.weights`` into ``encoder`` through the strict loader; what run.json records of it
+    (the file, its sha256, the format and the load report). None without initial weights."""
+    from midol_cli.artifacts import sha256_file
+    from midol_cli.models.weights import load_file_into
+
+    w = recipe.model.weights
+    if not w:
+        return None
+    named = _named_init(recipe)
+    lenient = recipe.model.weights_lenient
+    if named is not None:
+        from midol_cli.models.registry import load_named
+
+        entry, file = named
+        report = load_named(encoder, entry, file, lenient=lenient)
+    else:
+        entry, file = None, w
+        report = load_file_into(encoder, file, lenient=lenient)
+    return {"weights": w, "model": entry.name if entry else None, "file": str(Path(file).resolve()),
+            "sha256": sha256_file(file), "load_report": report.to_dict(), "summary": report.summary()}
+
+
+def build_model(recipe: PretrainRecipe, init: bool = True) -> MIDoL:
+    """Student/teacher pair from a recipe: random init, or (``init``) both started from the recipe's
+    ``model.weights`` (``model.init`` then records what was loaded). The projector and router always
+    start fresh."""
+    encoder = build_encoder(encoder_spec(recipe))
+    init_info = load_init(encoder, recipe) if init else None
     n_experts = 1 if recipe.projector.shared_expert else len(recipe.data.modalities)
-    return MIDoL(
+    model = MIDoL(
         encoder,
         n_experts,
         hidden_dim=recipe.projector.hidden_dim,
@@ -71,6 +117,8 @@ def build_model(recipe: PretrainRecipe, weights: str | None = None) -> MIDoL:
         n_modalities=len(recipe.data.modalities),
         route_detached=recipe.loss.route_detach,
     )
+    model.init = init_info
+    return model
 
 
 def check_data(recipe: PretrainRecipe) -> dict[str, Any]:
@@ -98,11 +146,14 @@ def check_data(recipe: PretrainRecipe) -> dict[str, Any]:
     return index
 
 
-def _param_groups(student: torch.nn.Module) -> list[dict[str, Any]]:
-    """``train.optim``'s groups (its one no-weight-decay rule); the schedule sets ``weight_decay``."""
+def _param_groups(student: torch.nn.Module, encoder_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """``train.optim``'s groups (its one no-weight-decay rule); the schedule sets ``weight_decay``, and
+    each group's LR is the schedule's times its ``lr_scale`` (``optim.encoder_lr_scale`` for the encoder)."""
     from midol_cli.train.optim import param_groups
 
-    return param_groups(student.named_parameters(), 0.0)
+    named = list(student.named_parameters())
+    scales = {n: encoder_lr_scale for n, _ in named if n.startswith("encoder.")}
+    return param_groups(named, 0.0, scales=scales)
 
 
 def _check_local_size(model: MIDoL, recipe: PretrainRecipe, device: torch.device) -> None:
@@ -175,7 +226,15 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    model = build_model(recipe).to(di.device)
+    resume_path = ckpt.resolve_resume(run_dir, resume)
+    # A resumed run takes every tensor from its checkpoint: the initial weights are not read again.
+    model = build_model(recipe, init=resume_path is None).to(di.device)
+    init_info = model.init
+    if init_info is not None and di.is_main:
+        reporter.line(f"initial weights {init_info['weights']}: {init_info['summary']}")
+        if init_info["load_report"]["strict"] is False and not init_info["load_report"]["complete"]:
+            warnings.warn("model.weights_lenient left encoder tensors at random init (see run.json init)",
+                          stacklevel=2)
     if di.distributed and di.device.type == "cuda":
         # Batch norms see the global batch, as in DINO's ResNet runs (SyncBatchNorm is CUDA-only: on
         # CPU each rank normalises its own slice).
@@ -201,14 +260,15 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     peak_lr = opt_cfg.lr * opt_cfg.global_batch_size / 256
     fused = opt_cfg.fused
     try:
-        optimizer = torch.optim.AdamW(_param_groups(model.student), lr=peak_lr, betas=opt_cfg.betas, fused=fused)
+        optimizer = torch.optim.AdamW(_param_groups(model.student, opt_cfg.encoder_lr_scale), lr=peak_lr,
+                                      betas=opt_cfg.betas, fused=fused)
     except (RuntimeError, TypeError):
         fused = False
-        optimizer = torch.optim.AdamW(_param_groups(model.student), lr=peak_lr, betas=opt_cfg.betas)
+        optimizer = torch.optim.AdamW(_param_groups(model.student, opt_cfg.encoder_lr_scale), lr=peak_lr,
+                                      betas=opt_cfg.betas)
 
     start_step, bad_total = 0, 0
     damage = DamageTally()
-    resume_path = ckpt.resolve_resume(run_dir, resume)
     if resume_path is not None:
         state = ckpt.load_checkpoint(resume_path)
         if state.get("recipe_hash") != recipe_hash(recipe):
@@ -231,8 +291,10 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
 
         if resume_path is not None:  # wall time accumulates over the segments of a resumed run
             try:
-                prior_seconds = float(json.loads((run_dir / "run.json").read_text()).get("wall_seconds", 0.0))
-            except (OSError, ValueError, TypeError):
+                prior = json.loads((run_dir / "run.json").read_text())
+                prior_seconds = float(prior.get("wall_seconds", 0.0))
+                init_info = prior.get("init", init_info)
+            except (OSError, ValueError, TypeError, AttributeError):
                 prior_seconds = 0.0
         write_json_atomic(
             run_dir / "run.json",
@@ -245,6 +307,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 device=str(di.device),
                 modalities=list(recipe.data.modalities),
                 encoder=encoder_spec(recipe).to_dict(),
+                init=init_info,
             ),
         )
 
@@ -258,7 +321,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         recipe.data.local_crop_scale,
     )
 
-    normalise = Normalise()
+    spec = encoder_spec(recipe)
+    normalise = Normalise(spec.mean, spec.std)
 
     def data_iter(segment: int):
         loader = make_loader(
@@ -285,6 +349,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     after_warmup = max(warm, t_warm)
     log_p = math.log(recipe.projector.n_prototypes)
     proto_params = model.student.projector.prototype_parameters()
+    frozen_encoder = int(tr.freeze_encoder_steps)
+    encoder_params = list(model.student.encoder.parameters())
     params = [p for p in model.student.parameters() if p.requires_grad]
 
     dev = di.device
@@ -342,6 +408,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     "recipe": recipe_dict(recipe),
                     "recipe_hash": recipe_hash(recipe),
                     "encoder_spec": encoder_spec(recipe).to_dict(),
+                    "init": init_info,
                     "modalities": list(recipe.data.modalities),
                     "n_experts": n_experts,
                     "midol_version": __version__,
@@ -365,7 +432,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             lr = warmup_cosine(step, total, peak_lr, opt_cfg.min_lr, warm)
             wd = cosine(step, total, opt_cfg.weight_decay, opt_cfg.weight_decay_end)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
                 g["weight_decay"] = wd if g.get("apply_wd") else 0.0
 
             for a in range(opt_cfg.accum_steps):
@@ -388,6 +455,11 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             if step < freeze:
                 for p in proto_params:
                     p.grad = None if p.grad is None else torch.zeros_like(p.grad)
+            if step < frozen_encoder:
+                # Only the projector and router train: AdamW skips a parameter without a gradient, so
+                # the encoder gets neither an update nor weight decay, and the EMA teacher keeps it too.
+                for p in encoder_params:
+                    p.grad = None
             clip = opt_cfg.clip_grad if opt_cfg.clip_grad is not None else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False)
             term_bad = torch.stack(
@@ -417,6 +489,9 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 ips = (step - step_last) * opt_cfg.global_batch_size / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
                 rec = {"step": step, "total_steps": total, "lr": lr, "weight_decay": wd}
+                if frozen_encoder:
+                    rec["encoder_frozen"] = step <= frozen_encoder
+                    rec["encoder_lr"] = lr * opt_cfg.encoder_lr_scale
                 rec.update(stats_to_record(stats, list(recipe.data.modalities), n_experts))
                 rec.update(
                     grad_norm=float(grad_norm),

@@ -99,3 +99,76 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         load_checkpoint(p)
     with pytest.raises(UsageError, match="pickled code"):
         export_run(tmp_path)
+
+
+def test_folder_export_loads_in_timm_from_its_config_and_has_a_model_card(run_dir, tmp_path_factory):
+    from midol_cli.models.export import export_folder
+
+    path, m = run_dir
+    study = tmp_path_factory.mktemp("study") / "study.md"
+    study.write_text("| variant | mean |\n|---|---|\n| midol | 61.0 [58.0, 64.0] |\n")
+    out = export_folder(path, path / "folder", study=study)
+    assert sorted(p.name for p in out["folder"].iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                               "projector.safetensors"]
+    # timm alone (no midol): the architecture, its arguments and the preprocessing come from config.json
+    model = timm.create_model(f"local-dir:{out['folder']}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), m.teacher.encoder.eval()(x), atol=1e-6)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    assert cfg["input_size"] == (3, 64, 64) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 1.0
+    assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406)
+    # and by name with pretrained_cfg_overlay, as for the plain safetensors export
+    import json
+
+    c = json.loads(out["config"].read_text())
+    again = timm.create_model(c["architecture"], pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(out["weights"])), **c["model_args"]).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(x), model(x), atol=1e-6)
+    card = out["card"].read_text()
+    for part in ("## Intended use", "not a medical device", "recipe hash | `abc`", "xray, oct", "61.0 [58.0, 64.0]",
+                 "local-dir:", "random initialisation"):
+        assert part in card, part
+    again_out = export_folder(path, path / "folder")  # re-export replaces the folder whole
+    assert "No study was found" in again_out["card"].read_text()
+    assert not list(path.glob(".folder.*"))
+
+
+def test_the_card_summarises_the_pretraining_shards(tmp_path):
+    import json
+
+    from midol_cli.models.card import data_summary, find_study
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "index.json").write_text(json.dumps({"totals": {
+        "samples": 30, "shards": 2, "per_split": {"train": 24, "test": 6},
+        "counts": {"fundus": {"train": 12, "test": 3}, "oct": {"train": 12, "test": 3}}},
+        "inputs": [{"path": "/m/fundus.parquet", "sha256": "f" * 64}]}))
+    run = tmp_path / "study" / "runs" / "midol-s0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"shards": str(shards), "shard_index_sha": "0123"}))
+    text = "\n".join(data_summary(run))
+    assert "30 images in 2 shards" in text and "| fundus | 3 | 12 | 15 |" in text and "`fundus.parquet`" in text
+    assert find_study(run, None) is None
+    (tmp_path / "study" / "study.md").write_text("table")
+    assert find_study(run, None) == (tmp_path / "study" / "study.md").resolve()
+
+
+def test_onnx_export_matches_pytorch_in_onnxruntime(run_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from midol_cli.models.export import export_onnx
+
+    path, m = run_dir
+    info = export_onnx(path)
+    assert info["file"].is_file() and info["max_abs_diff"] <= 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(info["file"]), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 64, 64)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert got.shape == (4, m.teacher.encoder.num_features)
+        assert torch.allclose(torch.from_numpy(got), m.teacher.encoder.eval()(x), atol=1e-4)

@@ -81,3 +81,11 @@ def test_a_lenient_weights_load_is_marked_and_a_strict_one_is_not():
     row = next(line for line in md.splitlines() if line.startswith("| dermoscopy | t1 |"))
     assert row.count("§") == 1 and row.index("§") < row.index("**70.00")
     assert "§ lenient weights load" in md and "a (3 tensors)" in md
+
+
+def test_models_pre_trained_from_released_weights_are_named_with_their_hash():
+    entries = _entries(("a", "t1", "dermoscopy", 0.6), ("b", "t1", "dermoscopy", 0.7))
+    entries[0][1]["model"]["init"] = {"weights": "imagenet-swinb=w/swinb.safetensors", "sha256": "ab12" * 16}
+    md = render_markdown(build_table(entries))
+    assert "Pre-trained from released weights: a from imagenet-swinb=w/swinb.safetensors (sha256 ab12ab12ab12)." in md
+    assert "b from" not in md
