@@ -108,7 +108,7 @@ def model_card(run_dir: Path, meta: dict[str, Any], num_params: int, num_feature
         f"| weights | the {meta.get('which', 'teacher')} at step {meta.get('step', '?')} |",
         f"| recipe hash | `{meta.get('recipe_hash', '')}` |",
         f"| started from | {_init_text(init)} |",
-        f"| command | `{recipe.get('command', '?')}` |",
+        *([f"| command | `{recipe['command']}` |"] if recipe.get("command") else []),
         "",
         "## Loading",
         "",

@@ -116,7 +116,7 @@ def test_folder_export_loads_in_timm_from_its_config_and_has_a_model_card(run_di
     with torch.no_grad():
         assert torch.allclose(model(x), m.teacher.encoder.eval()(x), atol=1e-6)
     cfg = timm.data.resolve_data_config({}, model=model)
-    assert cfg["input_size"] == (3, 64, 64) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 1.0
+    assert tuple(cfg["input_size"]) == (3, 64, 64) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 1.0
     assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406)
     # and by name with pretrained_cfg_overlay, as for the plain safetensors export
     import json
@@ -172,3 +172,14 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(run_dir):
     with torch.no_grad():
         assert got.shape == (4, m.teacher.encoder.num_features)
         assert torch.allclose(torch.from_numpy(got), m.teacher.encoder.eval()(x), atol=1e-4)
+
+
+def test_onnx_without_its_extra_names_the_extra(run_dir, monkeypatch):
+    import importlib.util
+
+    from midol_cli.models.export import export_onnx
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(UsageError, match=r"needs onnxruntime: pip install 'midol\[onnx\]'"):
+        export_onnx(run_dir[0])
