@@ -52,3 +52,30 @@ def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, tit
         save_png(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_reliability(bins: Sequence[dict[str, Any]], path: str | Path, title: str = "",
+                     ece: float | None = None) -> None:
+    """A reliability diagram: accuracy against mean confidence per bin (``eval.calibration`` rows),
+    the diagonal of perfect calibration, and the count of each bin as bars below."""
+    plt = pyplot()
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    try:
+        used = [b for b in bins if b["n"]]
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+        ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["accuracy"] for b in used],
+               width=[b["high"] - b["low"] for b in used], edgecolor="black", alpha=0.6, label="accuracy")
+        ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", color="C1", ms=3,
+                label="mean confidence")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize=7)
+        ax.set_title(title + (f"  (ECE {100 * ece:.1f})" if ece is not None else ""), fontsize=9)
+        axn.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["n"] for b in bins],
+                width=[b["high"] - b["low"] for b in bins], color="grey")
+        axn.set_xlim(0, 1)
+        axn.set_xlabel("confidence")
+        axn.set_ylabel("images")
+        save_png(fig, path)
+    finally:
+        plt.close(fig)

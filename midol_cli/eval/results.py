@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CONFUSION_NAME = "confusion_matrix.png"
+RELIABILITY_NAME = "reliability.png"
 EMBEDDING_COLUMNS = ("sample_id", "modality", "label", "group", "split", "embedding")
 # The linear probe's feature standardisation (recorded in every summary): the non-affine BatchNorm
 # in front of the linear layer in MAE and RETFound linear probing, with statistics of train only.
@@ -345,6 +346,14 @@ def run_probe_suite(
             "degenerate": degenerate_prediction(p_lin, lt, task.classes),
         }
     )
+    from midol_cli.eval.calibration import calibration_block, operating_points
+
+    # Calibration of the probe's probabilities, and operating points whose thresholds are chosen on
+    # the validation predictions and applied to test (docs: eval/calibration.py).
+    block["calibration"] = calibration_block(y_te, p_lin, lt, groups=g_te, n_boot=n_boot, seed=boot_seed)
+    if va.any():
+        block["operating_points"] = operating_points(td.y[va], probe.predict_proba(td.X[va]), y_te, p_lin, lt,
+                                                     task.classes, groups=g_te, n_boot=n_boot, seed=boot_seed)
     protocols["linear"] = block
     pred_rows.append(("linear", None, p_lin))
     if block["degenerate"]["flag"]:
@@ -414,6 +423,11 @@ def run_probe_suite(
 
         cm = confusion_matrix(y_te, p_lin, task.classes)
         plot_confusion_matrix(cm, task.classes, out_dir / CONFUSION_NAME, title=f"{task.name}: linear probe (test)")
+    from midol_cli.plotting import plot_reliability
+
+    cal = protocols["linear"]["calibration"]
+    plot_reliability(cal["reliability"], out_dir / RELIABILITY_NAME, title=f"{task.name}: linear probe (test)",
+                     ece=cal["ece"]["value"])
     write_json_atomic(out_dir / SUMMARY_NAME, summary)
     say(f"{task.name}: wrote {out_dir / SUMMARY_NAME}")
     return summary

@@ -378,12 +378,23 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     engine.load_best(ctask, run_dir, di)
     t_idx, t_logits, bad_test = predict(classifier, test_loader, di, autocast)
     engine.report_bad(bad_test, "test", say)
+    # the best epoch's validation predictions: operating-point thresholds are chosen on them
+    v_idx, v_logits, _ = predict(classifier, val_loader, di, autocast)
     if not di.is_main:
         return {}
     if len(t_idx) == 0:
         raise UsageError(f"no test image of task {spec.name} could be read")
     probs = predict_proba(torch.as_tensor(t_logits), task.label_type).numpy()
     block = ci_block(fd.y[t_idx], probs, task, groups=fd.groups[t_idx], n_boot=recipe.n_boot, seed=recipe.seed)
+    from midol_cli.eval.calibration import calibration_block, operating_points
+
+    block["calibration"] = calibration_block(fd.y[t_idx], probs, task.label_type, groups=fd.groups[t_idx],
+                                             n_boot=recipe.n_boot, seed=recipe.seed)
+    if len(v_idx):
+        v_probs = predict_proba(torch.as_tensor(v_logits), task.label_type).numpy()
+        block["operating_points"] = operating_points(fd.y[v_idx], v_probs, fd.y[t_idx], probs, task.label_type,
+                                                     task.classes, groups=fd.groups[t_idx], n_boot=recipe.n_boot,
+                                                     seed=recipe.seed)
     block.update({
         "seeds": [recipe.seed], "train_mode": "linear" if linear else "full", "epochs": recipe.epochs,
         "epochs_run": st.epoch, "best_epoch": st.best_epoch, "best_val": st.best_finite(),
@@ -419,4 +430,10 @@ def write_results(out_dir: Path, protocol: str, block: dict[str, Any], task: Any
         cm = confusion_matrix(fd.y[test_rows], probs, task.classes)
         plot_confusion_matrix(cm, task.classes, out_dir / f"confusion_matrix_{protocol}.png",
                               title=f"{task.name}: {protocol} (test)")
+    cal = block.get("calibration")
+    if cal:
+        from midol_cli.plotting import plot_reliability
+
+        plot_reliability(cal["reliability"], out_dir / f"reliability_{protocol}.png",
+                         title=f"{task.name}: {protocol} (test)", ece=cal["ece"]["value"])
     return summary

@@ -77,6 +77,16 @@ def test_suite_writes_consistent_files(tmp_path):
     assert meta["classes"] == ["akiec", "bcc", "mel"]
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert lin["metrics"]["accuracy"]["value"] > 0.8  # separable clusters are learned
+    # calibration and operating points of the same predictions, beside a reliability diagram
+    from midol_cli.eval.calibration import calibration_block
+
+    want = calibration_block(lin_rows["label"].map({c: i for i, c in enumerate(task.classes)}).to_numpy(),
+                             probs, "multiclass", n_boot=10)
+    assert lin["calibration"]["ece"]["value"] == pytest.approx(want["ece"]["value"], abs=1e-6)
+    assert lin["calibration"]["brier"]["ci_low"] <= lin["calibration"]["brier"]["value"]
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ops = lin["operating_points"]
+    assert ops["threshold_from"] == "val" and set(ops["columns"]) == set(task.classes)
 
 
 def test_multilabel_suite_and_carved_validation(tmp_path):
@@ -87,6 +97,8 @@ def test_multilabel_suite_and_carved_validation(tmp_path):
     assert summary["n"]["val"] > 0 and summary["val_source"].startswith("carved")
     assert set(summary["protocols"]["linear"]["metrics"]) == {"accuracy", "auroc", "auprc", "macro_f1"}
     assert not (tmp_path / "confusion_matrix.png").exists()
+    assert (tmp_path / "reliability.png").is_file()
+    assert set(summary["protocols"]["linear"]["operating_points"]["columns"]) == {"akiec", "bcc", "mel"}
     pred = pq.read_table(tmp_path / "predictions.parquet").to_pandas()
     assert len(pred.iloc[0]["probs"]) == 3
 

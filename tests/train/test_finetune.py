@@ -162,6 +162,13 @@ def test_finetune_end_to_end_learns_and_writes_results(export, manifest, tmp_pat
     assert set(pred["protocol"]) == {"finetune"} and len(pred) == s["n"]["test"]
     assert np.allclose([sum(p) for p in pred["probs"]], 1.0, atol=1e-5)
     assert (out / "confusion_matrix_finetune.png").stat().st_size > 0
+    assert (out / "reliability_finetune.png").stat().st_size > 0  # calibration of the same test predictions
+    from midol_cli.eval.calibration import calibration_block
+
+    labels = pred["label"].map({c: i for i, c in enumerate(s["task"]["classes"])}).to_numpy()
+    want = calibration_block(labels, np.stack(pred["probs"].to_numpy()), "multiclass", n_boot=10)
+    assert block["calibration"]["brier"]["value"] == pytest.approx(want["brier"]["value"], abs=1e-6)
+    assert block["operating_points"]["threshold_from"] == "val"
     best_pt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best_pt["epoch"] == block["best_epoch"] and best_pt["metric_name"] == "accuracy"
     assert (tmp_path / "run" / "recipe.yaml").is_file()
