@@ -32,66 +32,15 @@ from midol_cli import checkpoint as ckpt
 from midol_cli.artifacts import index_modalities, provenance, write_json_atomic
 from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from midol_cli.errors import RunFailed, UsageError
-from midol_cli.models.encoder import EncoderSpec, build_encoder
+from midol_cli.models.encoder import build_encoder
 from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
 from midol_cli.recipes import PretrainRecipe, dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train.diagnostics import CollapseWatch, DamageTally, stats_to_record
 from midol_cli.train.engine import Reporter, RunLogger, features_finite, last_good, truncate_metrics
+from midol_cli.train.init_weights import encoder_spec, load_init  # noqa: F401  (encoder_spec: re-exported)
 from midol_cli.train.optim import cosine, linear_ramp, warmup_cosine
 
 TERMS = ("loss_intra", "loss_inter", "loss_route", "grad_norm")
-
-
-def encoder_spec(recipe: PretrainRecipe) -> EncoderSpec:
-    """The encoder a recipe trains. With ``model.weights: NAME=FILE`` (a registry model) the entry's
-    architecture arguments are the base the recipe's own extend, and its normalisation is used, so
-    released weights see the inputs they were trained on."""
-    spec = EncoderSpec(
-        arch=recipe.model.arch,
-        img_size=recipe.model.img_size,
-        arch_kwargs=dict(recipe.model.arch_kwargs),
-        drop_path_rate=recipe.model.drop_path_rate,
-    )
-    named = _named_init(recipe)
-    if named is not None:
-        entry = named[0]
-        if entry.arch is not None and entry.arch != recipe.model.arch:
-            raise UsageError(f"model.weights names {entry.name} ({entry.arch}) but model.arch is {recipe.model.arch}; "
-                             f"set model.arch={entry.arch}")
-        spec.arch_kwargs = {**entry.arch_kwargs, **spec.arch_kwargs}
-        spec.mean, spec.std = entry.mean, entry.std
-    return spec
-
-
-def _named_init(recipe: PretrainRecipe):
-    if not recipe.model.weights:
-        return None
-    from midol_cli.models.registry import parse_named
-
-    return parse_named(recipe.model.weights)
-
-
-def load_init(encoder: torch.nn.Module, recipe: PretrainRecipe) -> dict[str, Any] | None:
-    """Load ``model.weights`` into ``encoder`` through the strict loader; what run.json records of it
-    (the file, its sha256, the format and the load report). None without initial weights."""
-    from midol_cli.artifacts import sha256_file
-    from midol_cli.models.weights import load_file_into
-
-    w = recipe.model.weights
-    if not w:
-        return None
-    named = _named_init(recipe)
-    lenient = recipe.model.weights_lenient
-    if named is not None:
-        from midol_cli.models.registry import load_named
-
-        entry, file = named
-        report = load_named(encoder, entry, file, lenient=lenient)
-    else:
-        entry, file = None, w
-        report = load_file_into(encoder, file, lenient=lenient)
-    return {"weights": w, "model": entry.name if entry else None, "file": str(Path(file).resolve()),
-            "sha256": sha256_file(file), "load_report": report.to_dict(), "summary": report.summary()}
 
 
 def build_model(recipe: PretrainRecipe, init: bool = True) -> MIDoL:
