@@ -66,7 +66,7 @@ def plot_reliability(bins: Sequence[dict[str, Any]], path: str | Path, title: st
         ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["accuracy"] for b in used],
                width=[b["high"] - b["low"] for b in used], edgecolor="black", alpha=0.6, label="accuracy")
         ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", color="C1", ms=3,
-                label="mean confidence")
+                label="accuracy at the bin's mean confidence")
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
         ax.legend(loc="upper left", fontsize=7)
