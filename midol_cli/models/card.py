@@ -64,16 +64,33 @@ def data_summary(run_dir: Path) -> list[str]:
     inputs = index.get("inputs") or []
     if inputs:
         lines += ["", "From the manifests:"]
-        for item in inputs[:20]:
+        for item in inputs[:20]:  # shard index `inputs`: path, manifest_hash, samples, root
             if isinstance(item, dict):
-                name = Path(str(item.get("path") or item.get("manifest") or item.get("name") or "?")).name
-                sha = str(item.get("sha256") or "")[:16]
-                lines.append(f"- `{name}`" + (f" (sha256 `{sha}`)" if sha else ""))
+                name = Path(str(item.get("path", "?"))).name
+                extra = [f"{item['samples']} images" if "samples" in item else "",
+                         f"manifest hash `{item['manifest_hash']}`" if item.get("manifest_hash") else ""]
+                extra = [e for e in extra if e]
+                lines.append(f"- `{name}`" + (f" ({', '.join(extra)})" if extra else ""))
         if len(inputs) > 20:
             lines.append(f"- ... and {len(inputs) - 20} more")
-    lines += ["", "The pre-training split is `train` (recipe `data.split`); the manifests' `val`/`test` images "
-              "are held out of pre-training."]
+    split = _recipe_split(run_dir)
+    if split:
+        lines += ["", f"Pre-training read only the `{split}` split (recipe `data.split`); the other splits' images "
+                  "were held out of pre-training."]
+    elif split is None:
+        lines += ["", "Pre-training read every split (recipe `data.split: null`): evaluate only on other images."]
     return lines
+
+
+def _recipe_split(run_dir: Path) -> str | None | bool:
+    """The run's ``data.split`` (None: all splits); False when its recipe.yaml cannot be read."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        return (data.get("data") or {}).get("split", "train")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
 
 
 def find_study(run_dir: Path, study: Path | None) -> Path | None:

@@ -173,7 +173,7 @@ def export_folder(run_dir: str | Path, out_dir: str | Path | None = None, which:
                   study: str | Path | None = None) -> dict[str, Path]:
     """A self-describing model folder (default ``RUN_DIR/export/timm``): ``model.safetensors`` (timm
     names), ``config.json`` (timm's Hugging Face layout, so ``timm.create_model("local-dir:DIR",
-    pretrained=True)`` rebuilds and loads it), ``projector.safetensors`` and a model card ``README.md``.
+    pretrained=True)`` rebuilds it and loads the folder's own weights file, with no download), ``projector.safetensors`` and a model card ``README.md``.
     Written into a temporary folder and renamed into place, so a folder that exists is complete."""
     import shutil
     import tempfile

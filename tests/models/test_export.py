@@ -145,12 +145,13 @@ def test_the_card_summarises_the_pretraining_shards(tmp_path):
     (shards / "index.json").write_text(json.dumps({"totals": {
         "samples": 30, "shards": 2, "per_split": {"train": 24, "test": 6},
         "counts": {"fundus": {"train": 12, "test": 3}, "oct": {"train": 12, "test": 3}}},
-        "inputs": [{"path": "/m/fundus.parquet", "sha256": "f" * 64}]}))
+        "inputs": [{"manifest_hash": "db37aa3a204c2916", "path": "/m/fundus.parquet", "root": "/raw/fundus",
+                    "samples": 15}]}))
     run = tmp_path / "study" / "runs" / "midol-s0"
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"shards": str(shards), "shard_index_sha": "0123"}))
     text = "\n".join(data_summary(run))
-    assert "30 images in 2 shards" in text and "| fundus | 3 | 12 | 15 |" in text and "`fundus.parquet`" in text
+    assert "30 images in 2 shards" in text and "| fundus | 3 | 12 | 15 |" in text and "`fundus.parquet` (15 images, manifest hash `db37aa3a204c2916`)" in text
     assert find_study(run, None) is None
     (tmp_path / "study" / "study.md").write_text("table")
     assert find_study(run, None) == (tmp_path / "study" / "study.md").resolve()
