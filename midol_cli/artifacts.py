@@ -54,7 +54,17 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "status": "string",  # ok | rejected
     "reason": "string",  # why rejected; "" for ok rows
     "duplicate_of": "string",  # sample_id of the first file with the same sha256, or ""
+    # 64-bit DCT perceptual hash of the decoded image (16 hex digits; "" when it could not be
+    # computed): finds re-encoded or resized copies that sha256 misses (`midol contamination`).
+    "phash": "string",
+    # Per-image metadata the layout read (sex, age, view, site, ...), a JSON object of strings
+    # ("{}" when none): the columns `probe --subgroups` reports on. Keys in MANIFEST_META_KEYS.
+    "meta": "string",
 }
+
+# The metadata keys layouts fill in ``meta`` (a layout may add others; these are the common names).
+MANIFEST_META_KEYS = ("sex", "age", "view", "site", "source", "localization", "fitzpatrick", "region",
+                      "eye", "device")
 
 # predictions.parquet (probe and finetune): one row per test image and protocol (and seed); ``probs``
 # in the task's class order, which the file metadata records; ``group`` is the patient, so that

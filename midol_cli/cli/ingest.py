@@ -91,6 +91,9 @@ def register(app: typer.Typer) -> None:
         label_sep: str | None = typer.Option(
             None, "--label-sep", help="csv layout: multi-label separator, e.g. '|'."
         ),
+        meta_cols: str | None = typer.Option(
+            None, "--meta-cols", help="csv layout: metadata columns for subgroup results, e.g. sex,age,site."
+        ),
         dataset: str | None = typer.Option(
             None, "--dataset", help="Dataset name (default: the layout's, else the folder name)."
         ),
@@ -114,6 +117,7 @@ def register(app: typer.Typer) -> None:
             "--group-col": group_col,
             "--split-col": split_col,
             "--label-sep": label_sep,
+            "--meta-cols": meta_cols,
         }
         given = [k for k, v in csv_flags.items() if v is not None]
         if given and layout.strip().lower() == "auto":
@@ -131,6 +135,7 @@ def register(app: typer.Typer) -> None:
             group_col=group_col,
             split_col=split_col,
             label_sep=label_sep,
+            meta_cols=tuple(c.strip() for c in (meta_cols or "").split(",") if c.strip()),
         )
         from midol_cli.cli._common import writable_out
 

@@ -16,6 +16,7 @@ reuses rows whose (path, bytes, mtime_ns) did not change.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections import Counter, defaultdict
@@ -303,6 +304,7 @@ def _build_frame(
             label=e.label,
             labels=list(e.labels),
             group=e.group or strip_ext(path),
+            meta=json.dumps({k: v for k, v in e.meta.items() if v != ""}, sort_keys=True),
         )
         if e.reason:
             row.update(status="rejected", reason=e.reason)

@@ -33,6 +33,7 @@ def empty_row() -> dict[str, Any]:
     row: dict[str, Any] = {}
     for name, t in MANIFEST_COLUMNS.items():
         row[name] = [] if t == "list<string>" else ("" if t == "string" else 0)
+    row["meta"] = "{}"
     return row
 
 
@@ -69,6 +70,11 @@ def read_manifest(path: str | Path, only_ok: bool = False) -> tuple[pd.DataFrame
     df = table.to_pandas()
     if "labels" in df.columns:
         df["labels"] = df["labels"].apply(lambda v: [] if v is None else list(v))
+    # Manifests written before a column existed read as if it were empty.
+    if "phash" not in df.columns:
+        df["phash"] = ""
+    if "meta" not in df.columns:
+        df["meta"] = "{}"
     if only_ok:
         df = df[df["status"] == "ok"].reset_index(drop=True)
     return df, meta
@@ -86,6 +92,19 @@ def usable_rows(df: pd.DataFrame, modality: str | None = None, labelled: bool = 
     if labelled:
         keep &= df["label"].fillna("").astype(str) != ""
     return df[keep].reset_index(drop=True)
+
+
+def row_meta(value: Any) -> dict[str, str]:
+    """The ``meta`` cell of a manifest row as a dict (``{}`` for empty or malformed cells)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if not isinstance(value, str) or not value.strip():
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}
 
 
 def manifest_hash(path: str | Path) -> str:

@@ -140,6 +140,7 @@ def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams
                 "group": str(row.get("group") or ""),
                 "split": str(row.get("split") or ""),
                 "dataset": str(row.get("dataset") or ""),
+                "meta": str(row.get("meta") or "{}"),
                 "max_pixels": cap,
             }
             used += 1

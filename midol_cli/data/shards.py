@@ -5,7 +5,8 @@ members that share a key (the manifest's ``sample_id``):
 
 * ``<key>.jpg`` (8-bit RGB, JPEG) or ``<key>.png`` (8-bit grayscale "L", PNG),
   resized so that the longer side is at most ``max_side`` pixels;
-* ``<key>.json``: a dict with ``artifacts.SHARD_META_KEYS``.
+* ``<key>.json``: a dict with ``artifacts.SHARD_META_KEYS``, plus ``meta`` (the manifest's per-image
+  metadata JSON) when the image has any.
 
 ``index.json`` beside the shards lists every shard (name, samples, bytes,
 sha256, per_modality, per_split, counts = {modality: {split: n}}), totals, the
@@ -137,6 +138,8 @@ def _encode_task(task: tuple[str, str, str, dict[str, Any], int, int]) -> tuple[
     except Exception as e:  # a damaged file must never stop the run
         return sid, "", b"", b"", f"cannot read ({type(e).__name__}: {e})"
     rec = {k: meta.get(k) for k in SHARD_META_KEYS if k in meta}
+    if meta.get("meta") not in (None, "", "{}"):
+        rec["meta"] = meta["meta"]  # per-image metadata (subgroups); optional, absent in older shards
     rec.update(orig_width=int(res.width), orig_height=int(res.height))
     return sid, ext, data, json.dumps(rec, sort_keys=True).encode(), ""
 

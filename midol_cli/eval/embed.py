@@ -21,7 +21,9 @@ from typing import Any
 from midol_cli import __version__
 from midol_cli.errors import UsageError
 
-COLUMNS = ("sample_id", "modality", "label", "labels", "group", "split")
+# Carried from the manifest or shard into every embeddings row; ``meta`` (per-image metadata JSON) and
+# ``dataset`` are what `probe --subgroups` splits the test set by.
+COLUMNS = ("sample_id", "modality", "label", "labels", "group", "split", "dataset", "meta")
 
 
 def cache_dir() -> Path:
@@ -191,7 +193,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     cal = getattr(model, "calibration", None)
     cal_key = [cal.temperature, cal.threshold] if cal is not None else None
     key = hashlib.sha256(
-        json.dumps([model.weights_hash, model.spec.to_dict(), data_identity(data), __version__, cal_key],
+        json.dumps([model.weights_hash, model.spec.to_dict(), data_identity(data), __version__, cal_key, COLUMNS],
                    sort_keys=True).encode()
     ).hexdigest()[:24]
     cached = cache_dir() / f"{key}.parquet"
@@ -248,6 +250,8 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         raise UsageError(f"no image of '{data}' could be embedded")
     df = pd.DataFrame(metas)
     df["labels"] = df["labels"].apply(lambda v: [] if v is None else list(v))
+    df["dataset"] = df["dataset"].fillna("").astype(str)
+    df["meta"] = df["meta"].fillna("{}").astype(str)
     e = np.concatenate(embs)
     df["embedding"] = list(e)
     df["router_probs"] = list(np.concatenate(routes)) if routes else None

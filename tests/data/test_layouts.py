@@ -246,3 +246,31 @@ def test_walk_candidates_skips_hidden_and_finds_extensionless_dicom(tmp_path):
     (tmp_path / "a" / "README").write_text("not dicom")
     write_dicom(tmp_path / "b" / "IM000001", np.zeros((4, 4), np.uint16))
     assert walk_candidates(tmp_path) == ["a/x.png", "b/IM000001"]
+
+
+def test_chestxray14_and_ham10000_record_subgroup_metadata(tmp_path):
+    make_cxr14(tmp_path / "cxr", patients=4)
+    es = scan("chestxray14", tmp_path / "cxr")
+    first = es["images/00000013_000.dcm"]  # patient 0: age "040Y", sex M, view PA
+    assert first.meta == {"sex": "male", "age": "040Y", "view": "PA"}
+    assert es["images/00000014_000.dcm"].meta["sex"] == "female"
+    make_ham(tmp_path / "ham", lesions_per_class=2)
+    ham = scan("ham10000", tmp_path / "ham")
+    metas = [e.meta for e in ham.values()]
+    assert all(m["localization"] == "back" for m in metas)
+    # "unknown" sex and empty ages are left out, never recorded as a value
+    assert {m.get("sex") for m in metas} == {"male", "female", None}
+    assert any("age" not in m for m in metas) and all(m.get("age", "40").endswith(".0") or "age" not in m
+                                                    for m in metas)
+
+
+def test_csv_layout_meta_cols(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "img" / f"x{i}.png")
+    labels = tmp_path / "meta.csv"
+    labels.write_text("file,y,site,Sex\nimg/x0.png,a,A,F\nimg/x1.png,b,B,m\nimg/x2.png,a,,unknown\n")
+    es = scan("csv", tmp_path, labels=labels, path_col="file", label_col="y", meta_cols=("site", "Sex"))
+    assert es["img/x0.png"].meta == {"site": "A", "Sex": "F"}
+    assert es["img/x2.png"].meta == {}
+    with pytest.raises(UsageError, match="no column 'scanner'"):
+        scan("csv", tmp_path, labels=labels, path_col="file", label_col="y", meta_cols=("scanner",))

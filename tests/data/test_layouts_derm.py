@@ -240,3 +240,10 @@ def test_isic2018_task_classes_follow_the_csv_columns():
 
     assert get_task("isic2018").classes == ISIC == ISIC_CLASSES
     assert get_task("pad-ufes-20").classes == PAD
+
+
+def test_pad_ufes20_records_fitzpatrick_and_region(tmp_path):
+    make_pad(tmp_path, patients=3)
+    es = scan("pad-ufes-20", tmp_path)
+    assert {tuple(sorted(e.meta.items())) for e in es.values()} == {
+        (("age", "55"), ("fitzpatrick", "3"), ("region", "FACE"))}

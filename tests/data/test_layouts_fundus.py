@@ -345,3 +345,19 @@ def test_retina_task(tmp_path, monkeypatch):
     assert get_task("retina").metric == "accuracy"
     with pytest.raises(UsageError, match="retina-cataract layout has no option 'x'"):
         scan("retina-cataract", tmp_path / "raw", x="1")
+
+
+def test_messidor2_and_eyepacs_record_the_eye_and_ingest_keeps_it(tmp_path):
+    rows = make_messidor2(tmp_path / "m", exams=4)
+    es = scan("messidor2", tmp_path / "m")
+    # messidor-2.csv lists each exam as "left;right"
+    assert [es[f"IMAGES/{r['file']}"].meta.get("eye") for r in rows] == ["left", "right"] * 4
+    make_eyepacs(tmp_path / "e", patients=3)
+    ep = scan("eyepacs", tmp_path / "e")
+    assert {p.rsplit("_", 1)[-1].split(".")[0]: e.meta["eye"] for p, e in ep.items()} == {
+        "left": "left", "right": "right"}
+    from midol_cli.data.manifest import row_meta
+
+    _, df = ingest(tmp_path / "e", tmp_path / "e.parquet", "eyepacs")
+    ok = df[df["status"] == "ok"]
+    assert sorted({row_meta(m)["eye"] for m in ok["meta"]}) == ["left", "right"]

@@ -367,3 +367,14 @@ def test_chestxray14_task_v2020_header(tmp_path, monkeypatch):
     test = {r["name"] for r in rows if r["split"] == "test"}
     assert set(df.loc[df["split"] == "test", "path"].str.removeprefix("images/")) == test
     assert_no_group_leak(df)
+
+
+def test_chexpert_records_sex_age_and_view(tmp_path):
+    rows = make_chexpert(tmp_path, train_patients=4, valid_patients=1)
+    es = scan("chexpert", tmp_path, frontal_only="no")
+    front = es["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"]
+    assert front.meta == {"sex": "male", "age": "40", "view": "AP"}
+    lateral = es["CheXpert-v1.0-small/train/patient00001/study1/view2_lateral.jpg"]
+    assert lateral.meta["view"] == "lateral"
+    assert es["CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg"].meta["sex"] == "female"
+    assert len(es) == len(rows)

@@ -48,6 +48,8 @@ class Entry:
     ``split``: the dataset's official split (train/val/test) or None.
     ``reason``: non-empty when the layout already knows the file is unusable
     (e.g. "listed in train.csv but missing").
+    ``meta``: per-image metadata the dataset ships (sex, age, view, site, ...; keys as in
+    ``artifacts.MANIFEST_META_KEYS``), strings only; written to the manifest's ``meta`` column.
     """
 
     path: str
@@ -56,6 +58,7 @@ class Entry:
     group: str = ""
     split: str | None = None
     reason: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 def listed_entries(
@@ -86,6 +89,9 @@ class LayoutOptions:
     group_col: str | None = None
     split_col: str | None = None
     label_sep: str | None = None
+    # csv layout: columns of per-image metadata (sex, age, site, ...) copied into the manifest's
+    # ``meta`` column, for subgroup results (`probe --subgroups`); never used as model inputs.
+    meta_cols: tuple[str, ...] = ()
     files: tuple[str, ...] | None = None
     # Dataset-specific switches a layout documents itself (e.g. CheXpert's uncertainty policy,
     # BreakHis's magnification); a layout rejects keys it does not know.
@@ -102,6 +108,7 @@ class LayoutOptions:
             "group_col": self.group_col,
             "split_col": self.split_col,
             "label_sep": self.label_sep,
+            "meta_cols": ",".join(self.meta_cols) or None,
         }
 
 
@@ -248,6 +255,37 @@ def find_column(header: list[str], names: tuple[str, ...], csv_path: Path, layou
         f"{csv_path.name} has no column '{names[0]}'{alias}; the {layout} layout needs it "
         f"(columns found: {shown})"
     )
+
+
+def optional_columns(header: list[str], wanted: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """``{meta key: column index}`` for the metadata columns ``header`` has (first alias found);
+    absent ones are left out, never an error (older releases and mirrors drop them)."""
+    found: dict[str, int] = {}
+    for key, names in wanted.items():
+        for n in names:
+            if n in header:
+                found[key] = header.index(n)
+                break
+    return found
+
+
+_SEX = {"m": "male", "male": "male", "f": "female", "female": "female"}
+
+
+def read_meta(row: list[str], columns: dict[str, int]) -> dict[str, str]:
+    """The metadata of one CSV row (``optional_columns``' indices): empty and unknown values left
+    out; ``sex`` spelled ``male``/``female`` whatever the dataset writes (M/F, Male, ...)."""
+    out: dict[str, str] = {}
+    for key, idx in columns.items():
+        v = cell(row, idx)
+        if not v or v.lower() in ("unknown", "nan", "na", "n/a", "none", "?"):
+            continue
+        if key == "sex":
+            v = _SEX.get(v.lower(), v.lower())
+        elif key == "fitzpatrick" and v.replace(".", "", 1).isdigit():
+            v = str(int(float(v)))  # PAD-UFES-20 writes skin type 3 as "3.0"
+        out[key] = v
+    return out
 
 
 def cell(row: list[str], idx: int | None) -> str:

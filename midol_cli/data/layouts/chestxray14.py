@@ -12,7 +12,9 @@ from midol_cli.data.layouts import (
     LayoutOptions,
     cell,
     find_column,
+    optional_columns,
     read_csv,
+    read_meta,
     split_labels,
     strip_ext,
 )
@@ -37,7 +39,8 @@ class ChestXray14Layout(Layout):
         "    (trailing comma; v2020 says 'Patient Sex'; columns are read by name)\n"
         "  images/<Image Index> or images_NNN/images/<Image Index>  (PNG, or DICOM with the same stem)\n"
         "  train_val_list.txt, test_list.txt   official split (val carved from train_val by patient)\n"
-        "Labels = Finding Labels split on '|'; group = Patient ID."
+        "Labels = Finding Labels split on '|'; group = Patient ID. Metadata: sex (Patient Gender/Sex),\n"
+        "age (Patient Age), view (View Position: PA/AP)."
     )
 
     def _csv(self, root: Path) -> Path | None:
@@ -73,6 +76,8 @@ class ChestXray14Layout(Layout):
         i_img = find_column(header, ("Image Index",), csv_path, self.name)
         i_lab = find_column(header, ("Finding Labels",), csv_path, self.name)
         i_pid = find_column(header, ("Patient ID",), csv_path, self.name)
+        i_meta = optional_columns(header, {"sex": ("Patient Gender", "Patient Sex"), "age": ("Patient Age",),
+                                           "view": ("View Position",)})
         official = self._official(root)
         files = self.candidates(root, opts)
         index = FileIndex(files)
@@ -87,16 +92,17 @@ class ChestXray14Layout(Layout):
             group = cell(row, i_pid) or stem.split("_", 1)[0]
             split = official.get(stem)
             label = "|".join(labels)
+            meta = read_meta(row, i_meta)
             # Exact name first, else the same stem with another extension (.png listed, .dcm on
             # disk); copies under images*/ win over stray ones elsewhere.
             hits = index.by_name.get(image, []) or index.stem_matches(stem)
             hits = [h for h in hits if _IMAGE_DIR.match(h)] or hits
             if not hits:
                 reason = f"listed in {csv_path.name} but missing"
-                entries.append(Entry(f"images/{image}", label, labels, group, split, reason))
+                entries.append(Entry(f"images/{image}", label, labels, group, split, reason, meta))
                 continue
             for path in hits:
-                entries.append(Entry(path, label, labels, group, split))
+                entries.append(Entry(path, label, labels, group, split, meta=meta))
         return entries
 
 

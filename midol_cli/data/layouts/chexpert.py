@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from midol_cli.data.layouts import Entry, FileIndex, Layout, LayoutOptions, cell, find_column, read_csv
+from midol_cli.data.layouts import (
+    Entry,
+    FileIndex,
+    Layout,
+    LayoutOptions,
+    cell,
+    find_column,
+    optional_columns,
+    read_csv,
+    read_meta,
+)
 from midol_cli.data.layouts._switches import BOOL, switches
 from midol_cli.errors import UsageError
 
@@ -100,6 +110,7 @@ class ChexpertLayout(Layout):
         i_find = {f: find_column(header, (f,), csv_path, self.name) for f in COMPETITION}
         # Optional: older copies lack it, and the file name says the view as well.
         i_view = header.index("Frontal/Lateral") if "Frontal/Lateral" in header else None
+        i_meta = optional_columns(header, {"sex": ("Sex",), "age": ("Age",), "view": ("AP/PA",)})
         out: list[Entry] = []
         for row in rows:
             raw_path = cell(row, i_path).replace("\\", "/")
@@ -131,7 +142,10 @@ class ChexpertLayout(Layout):
                     reason = "lateral view (frontal_only=true)"
             if not reason and path not in index.paths:
                 reason = f"listed in {csv_path.name} but missing"
-            out.append(Entry(path, "|".join(labels), labels, group, split, reason))
+            meta = read_meta(row, i_meta)
+            if cell(row, i_view).lower() == "lateral":
+                meta["view"] = "lateral"  # AP/PA is empty for lateral films
+            out.append(Entry(path, "|".join(labels), labels, group, split, reason, meta))
         return out
 
 

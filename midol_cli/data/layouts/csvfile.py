@@ -15,6 +15,7 @@ from midol_cli.data.layouts import (
     find_column,
     normalize_split,
     read_csv,
+    read_meta,
     split_labels,
     strip_ext,
 )
@@ -89,9 +90,10 @@ class CsvLayout(Layout):
         i_split = (
             find_column(header, (opts.split_col.strip(),), csv_path, self.name) if opts.split_col else None
         )
+        i_meta = {c.strip(): find_column(header, (c.strip(),), csv_path, self.name) for c in opts.meta_cols}
         index = FileIndex(self.candidates(root, opts))
 
-        resolved: list[tuple[list[str], str, list[str], str, str | None, str]] = []
+        resolved: list[tuple[list[str], str, list[str], str, str | None, str, dict[str, str]]] = []
         for n, row in enumerate(rows, start=2):
             value = cell(row, i_path)
             if not value:
@@ -103,14 +105,15 @@ class CsvLayout(Layout):
             where = f"{csv_path.name} line {n}"
             split = normalize_split(cell(row, i_split), where) if i_split is not None else None
             resolved.append(
-                (self._resolve(value, root, index), value, labels, cell(row, i_group), split, where)
+                (self._resolve(value, root, index), value, labels, cell(row, i_group), split, where,
+                 read_meta(row, i_meta))
             )
 
         # A bare name found in several folders (IDRiD's training and testing sets both hold
         # IDRiD_001.jpg) is resolved to the folder most of this CSV's images live in.
         votes = Counter(_parent(h[0]) for h, *_ in resolved if len(h) == 1)
         entries: list[Entry] = []
-        for hits, value, labels, group, split, _where in resolved:
+        for hits, value, labels, group, split, _where, meta in resolved:
             label = "|".join(labels)
             if len({_parent(h) for h in hits}) > 1:
                 ranked = sorted({_parent(h) for h in hits}, key=lambda p: (-votes[p], p))
@@ -118,7 +121,7 @@ class CsvLayout(Layout):
                     hits = [h for h in hits if _parent(h) == ranked[0]]
                 else:
                     reason = f"ambiguous: {len(hits)} files match '{value}' in {csv_path.name}"
-                    entries.append(Entry(hits[0], label, labels, group or strip_ext(hits[0]), split, reason))
+                    entries.append(Entry(hits[0], label, labels, group or strip_ext(hits[0]), split, reason, meta))
                     continue
             if not hits:
                 path = value.replace("\\", "/")
@@ -130,11 +133,12 @@ class CsvLayout(Layout):
                         group or strip_ext(path),
                         split,
                         f"listed in {csv_path.name} but missing",
+                        meta,
                     )
                 )
                 continue
             for path in hits:
-                entries.append(Entry(path, label, labels, group or strip_ext(path), split))
+                entries.append(Entry(path, label, labels, group or strip_ext(path), split, meta=meta))
         return entries
 
 

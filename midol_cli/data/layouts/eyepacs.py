@@ -38,7 +38,7 @@ class EyepacsLayout(Layout):
         "  test/<id>_{left,right}.jpeg + retinopathy_solution.csv (image,level,Usage)   optional\n"
         "Group = the numeric id (both eyes of a patient stay together). Without the solution file the\n"
         "split is derived and test/ images are kept unlabelled; with it, train -> train (val carved by\n"
-        "patient) and test -> test (official)."
+        "patient) and test -> test (official). Metadata: eye (left/right, from the name)."
     )
 
     def _train_csv(self, root: Path) -> Path | None:
@@ -64,7 +64,8 @@ class EyepacsLayout(Layout):
             # The competition's test images without their labels: known files, kept unlabelled.
             for path in sorted(p for p in index.paths if p.startswith("test/")):
                 m = _EYE.match(strip_ext(path.rsplit("/", 1)[-1]))
-                entries.append(Entry(path, "", [], m.group(1) if m else strip_ext(path), None))
+                entries.append(Entry(path, "", [], m.group(1) if m else strip_ext(path), None,
+                                     meta={"eye": m.group(2).lower()} if m else {}))
         return entries
 
     def _scan_csv(self, csv_path: Path, folder: str, index: FileIndex, split: str | None) -> list[Entry]:
@@ -82,7 +83,11 @@ class EyepacsLayout(Layout):
             group = m.group(1) if m else image
             reason = "" if level in _GRADES else f"invalid level '{level}' in {csv_path.name}"
             hits = index.stem_matches(image, under=(folder,)) or index.stem_matches(image)
-            out += listed_entries(hits, f"{folder}/{image}.jpeg", level, labels, group, split, reason, csv_path.name)
+            found = listed_entries(hits, f"{folder}/{image}.jpeg", level, labels, group, split, reason, csv_path.name)
+            if m:  # <id>_left / <id>_right: the eye is a subgroup
+                for e in found:
+                    e.meta["eye"] = m.group(2).lower()
+            out += found
         return out
 
 

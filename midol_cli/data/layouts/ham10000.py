@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from midol_cli.data.layouts import Entry, FileIndex, Layout, LayoutOptions, cell, find_column, read_csv
+from midol_cli.data.layouts import (
+    Entry,
+    FileIndex,
+    Layout,
+    LayoutOptions,
+    cell,
+    find_column,
+    optional_columns,
+    read_csv,
+    read_meta,
+)
 
 _CSV = "HAM10000_metadata.csv"
 
@@ -19,7 +29,8 @@ class Ham10000Layout(Layout):
         "  HAM10000_images_part_1/ISIC_XXXXXXX.jpg\n"
         "  HAM10000_images_part_2/ISIC_XXXXXXX.jpg\n"
         "Label = dx (akiec, bcc, bkl, df, mel, nv, vasc); group = lesion_id; dx_type is never used\n"
-        "(it leaks the label). No official split (derived)."
+        "(it leaks the label). No official split (derived). Metadata: age, sex, localization, and\n"
+        "source = the 'dataset' column of newer releases (vidir_modern, rosendahl, ...)."
     )
 
     def detect(self, root: Path) -> bool:
@@ -31,6 +42,8 @@ class Ham10000Layout(Layout):
         i_lesion = find_column(header, ("lesion_id",), csv_path, self.name)
         i_image = find_column(header, ("image_id",), csv_path, self.name)
         i_dx = find_column(header, ("dx",), csv_path, self.name)
+        i_meta = optional_columns(header, {"age": ("age",), "sex": ("sex",), "localization": ("localization",),
+                                           "source": ("dataset",)})
         index = FileIndex(self.candidates(root, opts))
         entries: list[Entry] = []
         for row in rows:
@@ -39,6 +52,7 @@ class Ham10000Layout(Layout):
                 continue
             group = cell(row, i_lesion) or image_id
             reason = "" if dx else f"empty dx in {_CSV}"
+            meta = read_meta(row, i_meta)
             # The Kaggle copy ships both HAM10000_images_part_* and lower-case duplicates of
             # them: every copy is the same lesion, so all get the label and the group.
             hits = index.stem_matches(image_id)
@@ -51,11 +65,12 @@ class Ham10000Layout(Layout):
                         group,
                         None,
                         f"listed in {_CSV} but missing",
+                        meta,
                     )
                 )
                 continue
             for path in hits:
-                entries.append(Entry(path, dx, [dx] if dx else [], group, None, reason))
+                entries.append(Entry(path, dx, [dx] if dx else [], group, None, reason, meta))
         return entries
 
 

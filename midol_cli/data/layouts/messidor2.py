@@ -46,7 +46,7 @@ class Messidor2Layout(Layout):
         "Label = adjudicated_dr_grade 0-4; ungradable images (adjudicated_gradable = 0) are rejected.\n"
         "Group = the exam (both eyes): from messidor-2.csv when present, else the shared\n"
         "<date>_<exam> prefix of Messidor-Original names (20051020_43808_0100_PP), else the image id.\n"
-        "No official split (derived)."
+        "No official split (derived). Metadata: eye (left/right, from messidor-2.csv)."
     )
 
     def _images(self, root: Path) -> str | None:
@@ -71,23 +71,27 @@ class Messidor2Layout(Layout):
             return False
         return (root / _PAIRS_CSV).is_file() or (root / _GRADES_CSV).is_file()
 
-    def _pairs(self, root: Path) -> dict[str, str]:
-        """Image stem -> exam id (the first stem of its line), from messidor-2.csv when present."""
+    def _pairs(self, root: Path) -> tuple[dict[str, str], dict[str, str]]:
+        """(image stem -> exam id (the first stem of its line), image stem -> eye), from messidor-2.csv
+        when present; its lines list the left eye's image, then the right eye's."""
         path = root / _PAIRS_CSV
         if not path.is_file():
-            return {}
+            return {}, {}
         try:
             lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError):
             raise UsageError(f"exam list '{path}' is not readable UTF-8 text") from None
         exam: dict[str, str] = {}
+        eye: dict[str, str] = {}
         for line in lines:
             names = [strip_ext(t.strip()) for t in re.split(r"[;,\t]", line) if t.strip()]
             if len(names) < 2 or [n.lower() for n in names[:2]] == ["left", "right"]:
                 continue
             for n in names:
                 exam[n.lower()] = names[0]
-        return exam
+            if len(names) == 2:
+                eye[names[0].lower()], eye[names[1].lower()] = "left", "right"
+        return exam, eye
 
     def scan(self, root: Path, opts: LayoutOptions) -> list[Entry]:
         switches(opts.extra, {}, self.name)
@@ -106,7 +110,7 @@ class Messidor2Layout(Layout):
         i_id = find_column(header, ("image_id", "id_code", "image"), csv_path, self.name)
         i_grade = find_column(header, ("adjudicated_dr_grade", "diagnosis"), csv_path, self.name)
         i_gradable = header.index("adjudicated_gradable") if "adjudicated_gradable" in header else None
-        exam = self._pairs(root)
+        exam, eye = self._pairs(root)
         index = FileIndex(self.candidates(root, opts))
         entries: list[Entry] = []
         for row in rows:
@@ -126,7 +130,11 @@ class Messidor2Layout(Layout):
                 reason = ""
             # The CSV says ".jpg" where the release has ".JPG" (and ".png" for ".tif" re-encodings).
             hits = index.stem_matches(stem, under=(images,))
-            entries += listed_entries(hits, f"{images}/{image_id}", grade, labels, group, None, reason, csv_path.name)
+            found = listed_entries(hits, f"{images}/{image_id}", grade, labels, group, None, reason, csv_path.name)
+            if stem.lower() in eye:
+                for e in found:
+                    e.meta["eye"] = eye[stem.lower()]
+            entries += found
         return entries
 
 

@@ -12,7 +12,9 @@ from midol_cli.data.layouts import (
     LayoutOptions,
     cell,
     find_column,
+    optional_columns,
     read_csv,
+    read_meta,
     strip_ext,
 )
 from midol_cli.data.layouts._switches import switches
@@ -60,6 +62,9 @@ class PadUfes20Layout(Layout):
         i_img = find_column(header, ("img_id",), csv_path, self.name)
         i_dx = find_column(header, ("diagnostic",), csv_path, self.name)
         i_pid = find_column(header, ("patient_id",), csv_path, self.name)
+        # Reported on as subgroups, never used as features. The release spells it "fitspatrick".
+        i_meta = optional_columns(header, {"fitzpatrick": ("fitspatrick", "fitzpatrick"), "region": ("region",),
+                                           "age": ("age",), "sex": ("gender",)})
         index = FileIndex(self.candidates(root, opts))
         entries: list[Entry] = []
         for row in rows:
@@ -75,14 +80,16 @@ class PadUfes20Layout(Layout):
             m = _PATIENT.match(image)
             group = cell(row, i_pid) or (m.group(1) if m else image)
             labels = [dx] if dx else []
+            meta = read_meta(row, i_meta)
             # Exact name first (under images/ before stray copies), else a re-encoded copy with the same stem.
             hits = index.by_name.get(image, []) or index.stem_matches(strip_ext(image))
             hits = [h for h in hits if h.startswith(f"{_IMAGES}/")] or hits
             if not hits:
-                entries.append(Entry(f"{_IMAGES}/{image}", dx, labels, group, None, f"listed in {_CSV} but missing"))
+                entries.append(Entry(f"{_IMAGES}/{image}", dx, labels, group, None, f"listed in {_CSV} but missing",
+                                     meta))
                 continue
             for path in hits:
-                entries.append(Entry(path, dx, labels, group, None, reason))
+                entries.append(Entry(path, dx, labels, group, None, reason, meta))
         return entries
 
 
