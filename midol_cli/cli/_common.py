@@ -119,3 +119,37 @@ def existing_file(path: str | Path, what: str) -> Path:
     if not p.is_file():
         raise UsageError(f"{what} '{p}' is not a file")
     return p
+
+
+def parse_subgroups(value: str | None) -> tuple[str, ...] | None:
+    """``--subgroups``: None (the task's own), ``none`` (no subgroups) or comma-separated columns."""
+    if value is None:
+        return None
+    cols = tuple(c.strip() for c in value.split(",") if c.strip())
+    if cols in ((), ("none",)):
+        return ()
+    return cols
+
+
+def subgroup_lines(block: dict, metric: str) -> list[str]:
+    """One console line per subgroup column (worst-group gap) and one for the group-level result."""
+    out = []
+    for col, rec in block.get("subgroups", {}).get("columns", {}).items():
+        g = rec["worst_gap"]
+        small = sum(1 for x in rec["groups"] if x["too_small"])
+        tail = f" ({small} too small to report)" if small else ""
+        if g["gap"] is None:
+            out.append(f"  subgroups by {col}: fewer than two reportable subgroups{tail}")
+        else:
+            out.append(f"  subgroups by {col}: worst-group gap {g['metric']} {_fmt(g['gap'])} "
+                       f"[{_fmt(g['ci_low'])}, {_fmt(g['ci_high'])}] ({g['worst']} vs {g['best']}){tail}")
+    pl = block.get("patient_level")
+    if pl and pl["metrics"][metric]["value"] is not None:
+        v = pl["metrics"][metric]
+        out.append(f"  per {pl['unit']} ({pl['aggregation']} over images, {pl['n_groups']} {pl['unit']}s): "
+                   f"{metric} {_fmt(v['value'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -37,6 +37,11 @@ def register(app: typer.Typer) -> None:
                                     help="Freeze the encoder and train only the head (protocol 'linear_ft')."),
         task_option: list[str] = typer.Option(None, "--task-option", metavar="KEY=VALUE",
                                               help="Task switch, e.g. uncertainty=u-zeros (see `midol tasks show`)."),
+        subgroups: str = typer.Option(None, "--subgroups",
+                                      help="Metadata columns to report per subgroup, e.g. sex,age,site (default: the "
+                                           "task's own; 'none' for no subgroups). Age is binned."),
+        min_subgroup: int = typer.Option(10, "--min-subgroup",
+                                         help="Fewest positives (and negatives) a subgroup needs to be reported."),
         lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
                                      help="Load what fits of a partial checkpoint and leave the rest at random init "
                                           "(recorded in the load report); the default refuses any mismatch."),
@@ -55,7 +60,11 @@ def register(app: typer.Typer) -> None:
 
             raise UsageError(f"data '{data}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
                              "shows the expected layout")
-        from midol_cli.cli._common import progress_reporter, writable_out
+        from midol_cli.cli._common import parse_subgroups, progress_reporter, writable_out
+        from midol_cli.errors import UsageError
+
+        if min_subgroup < 1:
+            raise UsageError("--min-subgroup must be >= 1")
 
         writable_out(out)
         writable_out(run_dir, "--run-dir")
@@ -63,7 +72,8 @@ def register(app: typer.Typer) -> None:
 
         summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,
                                resume=resume, linear=linear, reporter=progress_reporter(),
-                               options=opts, lenient=lenient)
+                               options=opts, lenient=lenient, subgroups=parse_subgroups(subgroups),
+                               min_positives=min_subgroup)
         if not summary:  # ranks other than 0
             return
         from midol_cli.cli._common import console
@@ -81,3 +91,7 @@ def register(app: typer.Typer) -> None:
             f"{summary['protocols'][proto]['best_epoch']}) -> {summary['out_dir']}",
             soft_wrap=True,
         )
+        from midol_cli.cli._common import subgroup_lines
+
+        for line in subgroup_lines(summary["protocols"][proto], m):
+            console().print(line, soft_wrap=True)

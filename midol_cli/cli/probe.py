@@ -31,6 +31,11 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", help="Data-loading processes for embedding."),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
         task_option: list[str] = typer.Option(None, "--task-option", help="KEY=VALUE task switch (see `midol tasks show`)."),
+        subgroups: str = typer.Option(None, "--subgroups",
+                                      help="Metadata columns to report per subgroup, e.g. sex,age,site (default: the "
+                                           "task's own; 'none' for no subgroups). Age is binned."),
+        min_subgroup: int = typer.Option(10, "--min-subgroup",
+                                         help="Fewest positives (and negatives) a subgroup needs to be reported."),
         lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
                                      help="Load what fits of a partial checkpoint and leave the rest at random init "
                                           "(recorded in the load report); the default refuses any mismatch."),
@@ -48,14 +53,17 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--fractions '{fractions}': every fraction must be in (0, 1]")
         if seeds < 1 or n_boot < 10:
             raise UsageError("--seeds must be >= 1 and --n-boot >= 10")
-        from midol_cli.cli._common import writable_out
+        from midol_cli.cli._common import parse_subgroups, writable_out
         from midol_cli.workflows.probe import run_task
 
         writable_out(out)
+        if min_subgroup < 1:
+            raise UsageError("--min-subgroup must be >= 1")
 
         summary = run_task(spec, weights, data, out, name=name, fractions=fr, seeds=tuple(range(seeds)),
                            n_boot=n_boot, batch_size=batch_size, workers=workers, device=device,
-                           options=opts, lenient=lenient)
+                           options=opts, lenient=lenient, subgroups=parse_subgroups(subgroups),
+                           min_positives=min_subgroup)
         from midol_cli.cli._common import console
 
         c = console()
@@ -68,4 +76,8 @@ def register(app: typer.Typer) -> None:
             if k in summary["protocols"]:
                 kv = summary["protocols"][k]["metrics"][m]
                 c.print(f"  {k}: {m} {kv['value']:.4f}")
+        from midol_cli.cli._common import subgroup_lines
+
+        for line in subgroup_lines(summary["protocols"]["linear"], m):
+            c.print(line)
         c.print(f"-> {summary['out_dir']}")

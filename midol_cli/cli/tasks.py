@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         out.print(f"split:   {s.split}")
         if s.notes:
             out.print(f"notes:   {s.notes}")
+        if s.subgroups or s.group_unit:
+            per = f"; also per {s.group_unit} ({s.aggregation} of its images)" if s.group_unit else ""
+            out.print(f"reports: subgroups by {', '.join(s.subgroups) or 'none'}{per}")
         out.print(f"layout ({s.layout}), pass its root folder as --data:")
         out.print(layout_description(s), markup=False, highlight=False)
         if s.user_options:

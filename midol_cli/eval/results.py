@@ -290,8 +290,16 @@ def run_probe_suite(
     knn_ks: Sequence[int] = (10, 20),
     split_source: str | None = None,
     log: Callable[[str], None] | None = None,
+    subgroups: Sequence[str] = (),
+    group_unit: str = "",
+    aggregation: str = "mean",
+    min_positives: int | None = None,
 ) -> dict[str, Any]:
     """Linear probe, k-NN (each k) and label-fraction probes on ``emb_df``; writes the three files.
+
+    ``subgroups``: metadata columns (``meta`` of the table) to report the linear probe on per
+    subgroup; ``group_unit`` (patient, lesion, exam, slide): also report the linear probe after
+    aggregating predictions per group (``aggregation``: mean or max); see eval/subgroups.py.
 
     ``emb_df``: the embeddings table (``EMBEDDING_COLUMNS``); ``model_info``: ``MODEL_KEYS``;
     ``data_hash``: hash of the data the embeddings came from (``report`` flags tasks whose hashes
@@ -354,6 +362,9 @@ def run_probe_suite(
     if va.any():
         block["operating_points"] = operating_points(td.y[va], probe.predict_proba(td.X[va]), y_te, p_lin, lt,
                                                      task.classes, groups=g_te, n_boot=n_boot, seed=boot_seed)
+    block.update(analysis_blocks(td.df, td.y, td.groups, te, p_lin, task, subgroups=subgroups, group_unit=group_unit,
+                                 aggregation=aggregation, min_positives=min_positives, n_boot=n_boot,
+                                 seed=boot_seed))
     protocols["linear"] = block
     pred_rows.append(("linear", None, p_lin))
     if block["degenerate"]["flag"]:
@@ -431,6 +442,34 @@ def run_probe_suite(
     write_json_atomic(out_dir / SUMMARY_NAME, summary)
     say(f"{task.name}: wrote {out_dir / SUMMARY_NAME}")
     return summary
+
+
+def analysis_blocks(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, probs: np.ndarray,
+                    task: Task, *, subgroups: Sequence[str] = (), group_unit: str = "", aggregation: str = "mean",
+                    min_positives: int | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The ``subgroups`` and ``patient_level`` entries of a protocol block (either may be absent).
+
+    ``df``/``y``/``groups`` are aligned rows of the task (a ``TaskData`` or the fine-tuning data),
+    ``rows`` (a boolean mask or indices) selects the test images ``probs`` was predicted for."""
+    from midol_cli.eval.subgroups import MIN_POSITIVES, parse_meta, patient_level_block, subgroup_block
+
+    out: dict[str, Any] = {}
+    y_te, g_te = y[rows], groups[rows]
+    if subgroups:
+        cells = df["meta"].to_numpy()[rows] if "meta" in df.columns else [""] * len(y_te)
+        meta = parse_meta(cells)
+        if "dataset" in df.columns:  # the source dataset of a merged manifest is a subgroup too
+            for m, d in zip(meta, df["dataset"].fillna("").astype(str).to_numpy()[rows], strict=True):
+                m.setdefault("dataset", d)
+        out["subgroups"] = subgroup_block(y_te, probs, g_te, meta, list(subgroups), task,
+                                          n_boot=n_boot, seed=seed,
+                                          min_positives=MIN_POSITIVES if min_positives is None else min_positives)
+    if group_unit:
+        pl = patient_level_block(y_te, probs, g_te, task, group_unit, aggregation=aggregation, n_boot=n_boot,
+                                 seed=seed)
+        if pl is not None:
+            out["patient_level"] = pl
+    return out
 
 
 def _write_predictions(

@@ -40,6 +40,13 @@ class TaskSpec:
     # task came from ("" for built-ins, the task file's path, or "auto").
     ingest_options: tuple[tuple[str, str], ...] = ()
     origin: str = ""
+    # Evaluation breakdowns (eval/subgroups.py): the metadata columns reported per subgroup unless
+    # `--subgroups` says otherwise, what a group of images is (patient, lesion, exam, slide; "" when
+    # each image stands alone) and how image predictions aggregate per group (mean; max for "any
+    # finding" tasks).
+    subgroups: tuple[str, ...] = ()
+    group_unit: str = ""
+    aggregation: str = "mean"
 
     def eval_task(self, split_source: str = ""):
         from midol_cli.eval.results import Task
@@ -163,6 +170,7 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
         group_col=fields.get("group_col"),
         split_col=fields.get("split_col"),
         label_sep=fields.get("label_sep"),
+        meta_cols=tuple(c for c in fields.get("meta_cols", "").split(",") if c),
         extra=opts,
     )
     # A user task without a labels CSV reads a folder in any layout ingest detects.

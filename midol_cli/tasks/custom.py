@@ -14,6 +14,9 @@ A task file says what a built-in ``TaskSpec`` says, for a user's own labelled da
     label_sep: "|"
     group_column: patient_id     # patients / lesions / slides: splits and CIs keep them together
     split_column: split          # train / val / test; without it a grouped stratified 70/15/15 split
+    subgroup_columns: [sex, age, site]   # optional: metadata columns reported per subgroup
+    group_unit: patient          # optional: also report metrics per patient (lesion, exam, slide)
+    aggregation: mean            # how image predictions combine per group: mean, or max ("any finding")
 
 ``classes`` may be left out for multiclass and multilabel tasks: they are then the sorted labels
 found in the data. ``--data`` may also be a manifest that already carries the labels (``midol ingest
@@ -53,6 +56,10 @@ class TaskFile(Strict):
     group_column: str | None = None
     split_column: str | None = None
     split: str | None = Field(None, description="how the split was made (shown in reports)")
+    subgroup_columns: list[str] = Field(default_factory=list,
+                                        description="metadata columns reported per subgroup (read from the labels CSV)")
+    group_unit: str = Field("", description="what a group is (patient, lesion, exam, slide): adds group-level metrics")
+    aggregation: Literal["mean", "max"] = "mean"
     source: str = ""
     license: str = ""
     notes: str = ""
@@ -123,6 +130,8 @@ def load_task_file(path: str | Path):
         for key, val in (("group_col", tf.group_column), ("split_col", tf.split_column), ("label_sep", tf.label_sep)):
             if val is not None:
                 ingest[key] = val
+        if tf.subgroup_columns:
+            ingest["meta_cols"] = ",".join(tf.subgroup_columns)
     split = tf.split or (
         f"column '{tf.split_column}' of the labels" if tf.split_column else "the manifest's split (ingest)"
     )
@@ -139,6 +148,9 @@ def load_task_file(path: str | Path):
         notes=tf.notes,
         ingest_options=tuple(sorted(ingest.items())),
         origin=str(path.resolve()),
+        subgroups=tuple(tf.subgroup_columns),
+        group_unit=tf.group_unit,
+        aggregation=tf.aggregation,
     )
 
 

@@ -69,6 +69,10 @@ def tasks_markdown() -> str:
             ]
             if s.notes:
                 lines.append(f"- **Notes:** {s.notes}")
+            if s.subgroups or s.group_unit:
+                per = f"; per {s.group_unit} ({s.aggregation} of its images)" if s.group_unit else ""
+                subs = ", ".join(f"`{c}`" for c in s.subgroups) or "none"
+                lines.append(f"- **Breakdowns:** subgroups by {subs}{per}")
             if s.user_options:
                 defaults = dict(s.layout_options)
                 opts = ", ".join(f"`{k}` (default `{defaults.get(k, '')}`)" for k in s.user_options)

@@ -29,6 +29,7 @@ TASKS = [
         "derived: grouped by exam (both eyes), label-stratified 70/15/15",
         license="ADCIS Messidor-2 terms (research and teaching); grades: see the Kaggle google-brain listing",
         notes=_DR_NOTES + "; ungradable images (adjudicated_gradable = 0) are left out",
+        subgroups=("eye",),
     ),
     TaskSpec(
         "eyepacs", "fundus", "eyepacs", "ordinal", DR_GRADES, "qwk",
@@ -37,6 +38,7 @@ TASKS = [
         "retinopathy_solution.csv is present",
         license="Kaggle competition rules (non-commercial research)",
         notes=_DR_NOTES,
+        subgroups=("eye",),
     ),
     TaskSpec(
         "retina", "fundus", "retina-cataract", "multiclass",

@@ -32,16 +32,18 @@ _BREAKHIS_NOTES = (
 TASKS = [
     TaskSpec("breakhis-binary", "pathology", "breakhis", "binary", _BINARY, "accuracy", _BREAKHIS_SRC,
              _BREAKHIS_SPLIT, license=_BREAKHIS_LICENSE, notes=_BREAKHIS_NOTES,
-             layout_options=(("label", "binary"), ("magnification", "all")), user_options=("magnification",)),
+             layout_options=(("label", "binary"), ("magnification", "all")), user_options=("magnification",),
+             group_unit="patient"),
     TaskSpec("breakhis-8class", "pathology", "breakhis", "multiclass", _SUBTYPES, "accuracy", _BREAKHIS_SRC,
              _BREAKHIS_SPLIT, license=_BREAKHIS_LICENSE, notes=_BREAKHIS_NOTES,
-             layout_options=(("label", "subtype"), ("magnification", "all")), user_options=("magnification",)),
+             layout_options=(("label", "subtype"), ("magnification", "all")), user_options=("magnification",),
+             group_unit="patient"),
     TaskSpec("pcam", "pathology", "pcam", "binary", ("normal", "tumor"), "auroc",
              "Veeling et al., Rotation Equivariant CNNs for Digital Pathology, MICCAI 2018; "
              "patches from Camelyon16 (Ehteshami Bejnordi et al., JAMA 318(22), 2017)",
              "official train/valid/test HDF5 files (262,144 / 32,768 / 32,768 patches)", license="CC0",
              notes="label = tumour in the centre 32x32 region (y.h5); needs h5py; group = wsi from the "
-                   "meta CSVs when present"),
+                   "meta CSVs when present", group_unit="slide"),
     TaskSpec("nct-crc", "pathology", "nct-crc", "multiclass",
              ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"), "accuracy",
              "Kather et al., PLoS Med 16(1):e1002730 (2019); data: Zenodo doi:10.5281/zenodo.1214456",

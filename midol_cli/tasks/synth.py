@@ -9,13 +9,15 @@ _SRC = "midol synth (procedural demo data, generated locally; no licence restric
 TASKS = [
     TaskSpec("synth-xray", "xray", "chestxray14", "multilabel", ("Cardiomegaly", "Effusion", "Nodule"), "auroc",
              _SRC, "official lists train_val_list.txt/test_list.txt; val carved by patient",
-             notes="'No Finding' is the all-negative label set; accuracy is exact-match"),
+             notes="'No Finding' is the all-negative label set; accuracy is exact-match",
+             subgroups=("sex", "age", "view"), group_unit="patient", aggregation="max"),
     TaskSpec("synth-fundus", "fundus", "aptos2019", "ordinal", ("0", "1", "2", "3"), "accuracy", _SRC,
              "derived: seeded, label-stratified 70/15/15"),
     TaskSpec("synth-oct", "oct", "oct2017", "multiclass", ("CNV", "DME", "DRUSEN", "NORMAL"), "accuracy", _SRC,
              "official train/test folders; val carved from train by patient"),
     TaskSpec("synth-dermoscopy", "dermoscopy", "ham10000", "multiclass", ("bkl", "mel", "nv", "vasc"), "accuracy",
-             _SRC, "derived: grouped by lesion_id, label-stratified 70/15/15"),
+             _SRC, "derived: grouped by lesion_id, label-stratified 70/15/15",
+             subgroups=("sex", "age", "localization"), group_unit="lesion"),
     TaskSpec("synth-pathology", "pathology", "nct-crc", "multiclass", ("ADI", "LYM", "STR", "TUM"), "accuracy",
              _SRC, "derived: seeded, label-stratified 70/15/15"),
 ]

@@ -37,6 +37,7 @@ TASKS = [
         license="NIH Clinical Center: unrestricted use, cite the paper and acknowledge the NIH CC",
         notes="mean AUROC over the 14 findings; 'No Finding' is the all-negative label set, not a class; "
               "Data_Entry_2017_v2020.csv ('Patient Sex') is accepted",
+        subgroups=("sex", "age", "view"), group_unit="patient", aggregation="max",
     ),
     TaskSpec(
         "chexpert", "xray", "chexpert", "multilabel", CHEXPERT_FINDINGS, "auroc",
@@ -48,6 +49,7 @@ TASKS = [
               "'No Finding' marks images with none of the five positive",
         layout_options=(("uncertainty", "u-ones"), ("frontal_only", "true")),
         user_options=("uncertainty", "frontal_only"),
+        subgroups=("sex", "age", "view"), group_unit="patient", aggregation="max",
     ),
     TaskSpec(
         "rsna-pneumonia", "xray", "rsna-pneumonia", "binary", ("0", "1"), "accuracy",
@@ -56,6 +58,7 @@ TASKS = [
         license="RSNA challenge data terms (research, non-commercial); images from NIH ChestX-ray14",
         notes="Target 1 = lung opacity suggestive of pneumonia; box rows deduplicated per patientId; "
               "accuracy is the published M-IDoL figure, AUROC is reported as well",
+        group_unit="patient",
     ),
     TaskSpec(
         "covidx", "xray", "covidx", "multiclass", ("negative", "positive", "normal", "pneumonia", "COVID-19"),

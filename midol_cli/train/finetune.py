@@ -253,10 +253,13 @@ def run_finetune(
     reporter: engine.Reporter | None = None,
     options: dict[str, str] | None = None,
     lenient: bool = False,
+    subgroups: tuple[str, ...] | None = None,
+    min_positives: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on task ``spec`` (a ``tasks.TaskSpec``); returns the summary (rank 0; other
     ranks return ``{}``). ``options``: the task's layout options (``tasks.task_options``), used when
-    ``data`` is a raw folder; ``lenient``: ``--weights-lenient``. Segmentation tasks go to
+    ``data`` is a raw folder; ``lenient``: ``--weights-lenient``; ``subgroups``: metadata columns to
+    report per subgroup (None: the task's own; () none), ``min_positives`` their too-small rule. Segmentation tasks go to
     ``train.segment.run_segmentation``."""
     if spec.label_type == "segmentation":
         if linear:
@@ -276,7 +279,7 @@ def run_finetune(
     di = init_distributed()
     try:
         return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, linear, di,
-                    reporter or engine.Reporter(), options, lenient)
+                    reporter or engine.Reporter(), options, lenient, subgroups, min_positives)
     finally:
         if owns_pg:
             cleanup()
@@ -284,7 +287,8 @@ def run_finetune(
 
 def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
          run_dir: str | Path | None, resume: str | None, linear: bool, di: DistInfo,
-         reporter: engine.Reporter, options: dict[str, str] | None, lenient: bool = False) -> dict[str, Any]:
+         reporter: engine.Reporter, options: dict[str, str] | None, lenient: bool = False,
+         subgroups: tuple[str, ...] | None = None, min_positives: int | None = None) -> dict[str, Any]:
     from midol_cli.data.rows import LoadImage, RowDataset
     from midol_cli.data.transforms import EvalTransform, ViewAugment
     from midol_cli.eval.models import load_eval_model
@@ -310,6 +314,10 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
     fd = first[0] if first else prepare_data(spec, data, options=options)
     spec = fd.spec
     task = spec.eval_task(spec.split)
+    from midol_cli.eval.subgroups import resolve_columns
+
+    # checked before training: a misspelt --subgroups column must not cost a fine-tuning run
+    sub_cols = resolve_columns(fd.df, spec.subgroups, subgroups)
     tr_idx, va_idx, te_idx = fd.index("train"), fd.index("val"), fd.index("test")
     if len(va_idx) == 0:  # task_data carves val from train; this guards a future change there
         raise UsageError(f"task {spec.name} has no validation rows to select the best epoch on")
@@ -395,6 +403,11 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
         block["operating_points"] = operating_points(fd.y[v_idx], v_probs, fd.y[t_idx], probs, task.label_type,
                                                      task.classes, groups=fd.groups[t_idx], n_boot=recipe.n_boot,
                                                      seed=recipe.seed)
+    from midol_cli.eval.results import analysis_blocks
+
+    block.update(analysis_blocks(fd.df, fd.y, fd.groups, t_idx, probs, task, subgroups=sub_cols,
+                                 group_unit=spec.group_unit, aggregation=spec.aggregation,
+                                 min_positives=min_positives, n_boot=recipe.n_boot, seed=recipe.seed))
     block.update({
         "seeds": [recipe.seed], "train_mode": "linear" if linear else "full", "epochs": recipe.epochs,
         "epochs_run": st.epoch, "best_epoch": st.best_epoch, "best_val": st.best_finite(),

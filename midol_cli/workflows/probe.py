@@ -10,10 +10,12 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
              fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), n_boot: int = 1000, batch_size: int = 64,
              workers: int = 2, device: str | None = None,
              options: dict[str, str] | None = None, quiet: bool = False,
-             lenient: bool = False) -> dict[str, Any]:
+             lenient: bool = False, subgroups: tuple[str, ...] | None = None,
+             min_positives: int | None = None) -> dict[str, Any]:
     """Probe ``weights`` on task ``spec``; return the summary (also in results/<model>/<task>/summary.json).
 
-    ``quiet`` keeps the progress lines off stderr except warnings (a degenerate probe)."""
+    ``quiet`` keeps the progress lines off stderr except warnings (a degenerate probe).
+    ``subgroups``: metadata columns to report per subgroup (None: the task's own; () none)."""
     import sys
 
     from midol_cli.artifacts import cache_root
@@ -21,6 +23,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     from midol_cli.eval.embed import embed
     from midol_cli.eval.models import load_eval_model
     from midol_cli.eval.results import run_probe_suite
+    from midol_cli.eval.subgroups import resolve_columns
     from midol_cli.tasks import resolve_data
 
     if spec.label_type == "segmentation":
@@ -33,6 +36,10 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     rep = getattr(model.encoder, "load_report", None)
     if rep is not None and rep.partial:
         print(f"  warning: lenient weights load: {rep.summary()}", file=sys.stderr)
+    if subgroups and Path(src).is_file():  # a misspelt --subgroups column fails before embedding, not after
+        from midol_cli.data.manifest import read_manifest
+
+        resolve_columns(read_manifest(src, only_ok=True)[0], spec.subgroups, subgroups)
     emb = embed(model, src, batch_size=batch_size, workers=workers, device=device)
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
     if emb.empty:
@@ -42,6 +49,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     spec = complete_classes(spec, emb, f"'{data}'")
     split_source = spec.split
     out_dir = Path(out_root) / model.id / spec.name
+    columns = resolve_columns(emb, spec.subgroups, subgroups)
 
     def log(msg: str) -> None:
         if not quiet or "warning" in msg:
@@ -58,6 +66,10 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
         n_boot=n_boot,
         split_source=split_source,
         log=log,
+        subgroups=columns,
+        group_unit=spec.group_unit,
+        aggregation=spec.aggregation,
+        min_positives=min_positives,
     )
     summary["out_dir"] = str(out_dir)
     return summary

@@ -37,6 +37,11 @@ def test_pretrain_embed_probe_report(tmp_path):
         run_midol("probe", "--task", "synth-oct", "--weights", weights, "--data", p["manifests"] / "oct.parquet",
                "--out", results, "--fractions", "0.5,1.0", "--seeds", "2", "--n-boot", "50", "--workers", "1",
                env=env, check=True)
+    # A subgroup column the data lacks is refused before embedding, naming what the data has.
+    bad = run_midol("probe", "--task", "synth-oct", "--weights", run, "--data", p["manifests"] / "oct.parquet",
+                    "--out", results, "--subgroups", "scanner", env=env)
+    assert bad.returncode == 2 and "no metadata column 'scanner' (available: dataset)" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
     s = json.loads((results / "tiny" / "synth-oct" / "summary.json").read_text())
     assert s["task"]["name"] == "synth-oct" and s["model"]["id"] == "tiny"
     for proto in ("linear", "knn_k10", "knn_k20", "fraction_0.5"):

@@ -154,7 +154,7 @@ def test_task_file_and_auto_run_end_to_end(tmp_path):
     raw = tmp_path / "clinic"
     raw.mkdir()
     rng = np.random.default_rng(0)
-    lines = ["file,finding,patient"]
+    lines = ["file,finding,patient,site"]
     for i in range(60):
         cls = ["clear", "spots"][i % 2]
         img = rng.integers(90, 110, (48, 48, 3), dtype=np.uint8)
@@ -163,11 +163,12 @@ def test_task_file_and_auto_run_end_to_end(tmp_path):
                 y, x = rng.integers(4, 44, 2)
                 img[y - 2:y + 2, x - 2:x + 2] = 250
         Image.fromarray(img).save(raw / f"im{i:03d}.png")
-        lines.append(f"im{i:03d}.png,{cls},p{i // 2}")
+        lines.append(f"im{i:03d}.png,{cls},p{i // 2},{'AB'[i // 2 % 2]}")
     _write(tmp_path / "labels.csv", "\n".join(lines) + "\n")
     task = _write(tmp_path / "spots.yaml", (
         "name: clinic-spots\nmodality: dermoscopy\nlabel_type: binary\nclasses: [clear, spots]\n"
         "labels: labels.csv\npath_column: file\nlabel_column: finding\ngroup_column: patient\n"
+        "subgroup_columns: [site]\ngroup_unit: patient\n"
     ))
     recipe = load_recipe(PretrainRecipe, root / "recipes" / "smoke.yaml", ["data.modalities=[dermoscopy]"])
     export_initial(recipe, tmp_path / "model")
@@ -184,6 +185,10 @@ def test_task_file_and_auto_run_end_to_end(tmp_path):
     s = json.loads((out / "model" / "clinic-spots" / "summary.json").read_text())
     assert s["task"]["classes"] == ["clear", "spots"] and s["primary_metric"] == "auroc"
     assert s["n"]["test"] > 0 and s["chance"]["auroc"] == 0.5
+    # The task file's subgroup column reaches the manifest and the results; its patients have two images.
+    site = s["protocols"]["linear"]["subgroups"]["columns"]["site"]
+    assert {g["value"] for g in site["groups"]} <= {"A", "B"} and site["missing"] == 0
+    assert s["protocols"]["linear"]["patient_level"]["n_groups"] == s["n"]["test"] // 2
 
     man = next((tmp_path / "cache" / "manifests").glob("clinic-spots-*.parquet"))
     midol("probe", "--task", "auto", "--weights", tmp_path / "model", "--data", man, "--out", out,
@@ -193,6 +198,6 @@ def test_task_file_and_auto_run_end_to_end(tmp_path):
     midol("finetune", "--task", "auto", "--weights", tmp_path / "model", "--data", man, "--out", out,
           "recipes/finetune_smoke.yaml", "epochs=1")
     ft = json.loads((out / "model" / "auto-clinic" / "summary.json").read_text())
-    assert "finetune" in ft["protocols"]
+    assert "finetune" in ft["protocols"] and "subgroups" not in ft["protocols"]["finetune"]  # auto: no columns
     assert (out / "model" / "auto-clinic" / "run_finetune" / "best.pt").is_file()
     midol("report", out)

@@ -303,6 +303,12 @@ def test_multilabel_task_from_a_raw_folder(export, tmp_path, monkeypatch):
     assert set(s["protocols"]["finetune"]["metrics"]) == set(metric_names("multilabel"))
     assert s["primary_metric"] == "auroc" and s["task"]["label_type"] == "multilabel"
     assert not (out / "confusion_matrix_finetune.png").exists()  # single-label tasks only
+    # The task's subgroup columns (the synthetic Data_Entry carries sex, age and view) are reported on
+    # fine-tuning too; on a few test images every subgroup is too small, and then carries no number.
+    subs = s["protocols"]["finetune"]["subgroups"]["columns"]
+    assert set(subs) == {"sex", "age", "view"}
+    assert all(g["too_small"] == (g["metrics"] == {}) for c in subs.values() for g in c["groups"])
+    assert sum(g["n"] for g in subs["sex"]["groups"]) + subs["sex"]["missing"] == s["n"]["test"]
     import pyarrow.parquet as pq
 
     probs = pq.read_table(out / "predictions.parquet").column("probs").to_pylist()
