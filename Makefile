@@ -35,8 +35,13 @@ demo: $(STAMP)
 study: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/study.sh $(DEMO)
 
+# tests/report/test_html_browser.py renders the HTML report in headless Chromium; without one it skips.
+HAVE_BROWSER = command -v chromium || command -v chromium-browser || command -v google-chrome \
+	|| command -v google-chrome-stable
+
 test: $(STAMP)
 	$(BIN)/ruff check midol_cli tests benchmarks
+	@($(HAVE_BROWSER)) >/dev/null 2>&1 || echo "browser tests skipped: install Debian's chromium package (apt-get install chromium)"
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

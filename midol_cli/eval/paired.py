@@ -165,7 +165,10 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
     """``TaskScores`` of one task from ``results/<model id>/<task>/predictions.parquet`` files.
 
     ``models`` maps an arm name to ``{seed: model id}``; rows are aligned by sample id, and every
-    model must have scored the same test images (else ``UsageError``: they are not comparable).
+    model must have scored the same test images with the same labels (else ``UsageError``: they are
+    not comparable). A label-fraction protocol holds one prediction per image and probe seed; its
+    probe seeds (the same training subsets for every model) then become the seeds of an arm that
+    names a single model, and are paired and resampled like pre-training seeds.
     """
     import pandas as pd
 
@@ -174,7 +177,7 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
     from midol_cli.eval.results import PREDICTIONS_NAME, SUMMARY_NAME, load_summary
 
     root = Path(results_root)
-    ref: np.ndarray | None = None
+    ref: tuple[np.ndarray, np.ndarray] | None = None
     out: TaskScores | None = None
     for arm, seeds in models.items():
         for seed, mid in seeds.items():
@@ -182,27 +185,40 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
             if not (folder / PREDICTIONS_NAME).is_file():
                 raise UsageError(f"no predictions of model '{mid}' on task {task} under '{root}'")
             df = pd.read_parquet(folder / PREDICTIONS_NAME)
-            df = df[df["protocol"] == protocol].sort_values("sample_id").reset_index(drop=True)
+            df = df[df["protocol"] == protocol]
             if df.empty:
                 raise UsageError(f"model '{mid}' has no '{protocol}' predictions on task {task}")
-            if out is None:
-                t = load_summary(folder / SUMMARY_NAME)["task"]
-                classes = [str(c) for c in t["classes"]]
-                labels = df["label"].astype(str).tolist()
-                if t["label_type"] == "multilabel":
-                    known = set(classes)  # names outside the classes ("No Finding") are all-negative
-                    y = encode_targets([[n for n in lab.split("|") if n in known] for lab in labels],
-                                       "multilabel", classes)
-                else:
-                    y = encode_targets(np.asarray(labels), t["label_type"], classes)
-                has_groups = "group" in df.columns and (df["group"].astype(str) != "").all()
-                groups = df["group" if has_groups else "sample_id"].astype(str).to_numpy()
-                out = TaskScores(task, t["label_type"], classes, t["metric"], y, groups)
-                ref = df["sample_id"].to_numpy()
-            elif not np.array_equal(ref, df["sample_id"].to_numpy()):
-                raise UsageError(f"task {task}: '{mid}' was scored on other test images than the first model; "
-                                 "paired comparisons need the same ones")
-            out.scores.setdefault(arm, {})[int(seed)] = np.stack(df["probs"].to_numpy()).astype(np.float64)
+            probe_seeds = sorted({int(x) for x in df["seed"].dropna()}) if "seed" in df.columns else []
+            if len(probe_seeds) > 1 and len(seeds) > 1:
+                raise UsageError(f"task {task}: protocol '{protocol}' has {len(probe_seeds)} probe seeds per image; "
+                                 "compare it with one model per arm")
+            parts = ({s: df[df["seed"] == s] for s in probe_seeds} if len(probe_seeds) > 1
+                     else {int(seed): df})
+            for key, part in parts.items():
+                part = part.sort_values("sample_id", kind="stable").reset_index(drop=True)
+                if part["sample_id"].duplicated().any():
+                    raise UsageError(f"model '{mid}' has several '{protocol}' predictions per image on task {task}")
+                labels = part["label"].astype(str).to_numpy()
+                if out is None:
+                    t = load_summary(folder / SUMMARY_NAME)["task"]
+                    classes = [str(c) for c in t["classes"]]
+                    if t["label_type"] == "multilabel":
+                        known = set(classes)  # names outside the classes ("No Finding") are all-negative
+                        y = encode_targets([[n for n in lab.split("|") if n in known] for lab in labels],
+                                           "multilabel", classes)
+                    else:
+                        y = encode_targets(labels, t["label_type"], classes)
+                    has_groups = "group" in part.columns and (part["group"].astype(str) != "").all()
+                    groups = part["group" if has_groups else "sample_id"].astype(str).to_numpy()
+                    out = TaskScores(task, t["label_type"], classes, t["metric"], y, groups)
+                    ref = (part["sample_id"].to_numpy(), labels)
+                elif not np.array_equal(ref[0], part["sample_id"].to_numpy()):  # type: ignore[index]
+                    raise UsageError(f"task {task}: '{mid}' was scored on other test images than the first model; "
+                                     "paired comparisons need the same ones")
+                elif not np.array_equal(ref[1], labels):  # type: ignore[index]
+                    raise UsageError(f"task {task}: '{mid}' has other labels for the same test images than the "
+                                     "first model; paired comparisons need the same ones")
+                out.scores.setdefault(arm, {})[key] = np.stack(part["probs"].to_numpy()).astype(np.float64)
     if out is None:
         raise UsageError("no model to compare")
     return out
@@ -213,3 +229,48 @@ def compare_models(results_root: str | Path, a: str, b: str, tasks: Sequence[str
     """``a - b`` on each task's primary metric and on their mean: paired, patients resampled."""
     scores = [load_task_scores(results_root, t, {a: {0: a}, b: {0: b}}) for t in tasks]
     return paired_differences(scores, b, [a], n_boot=n_boot, seed=seed)[a]
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's (1979) step-down adjusted p-values over one family, in the input order.
+
+    With the ``m`` defined p-values sorted ascending, the ``i``-th smallest (1-based) becomes
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``: rejecting where the adjusted p is below ``alpha``
+    controls the family-wise error rate at ``alpha`` under any dependence between the tests, and
+    is never less powerful than Bonferroni. ``None`` / NaN entries are not part of the family and
+    stay ``None``.
+    """
+    idx = [i for i, p in enumerate(p_values) if p is not None and np.isfinite(p)]
+    if any(not 0.0 <= float(p_values[i]) <= 1.0 for i in idx):  # type: ignore[arg-type]
+        raise ValueError("p-values must lie in [0, 1]")
+    out: list[float | None] = [None] * len(p_values)
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda k: float(p_values[k]))):  # type: ignore[arg-type]
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
+def delong_by_seed(ts: TaskScores, variant: str, baseline: str, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """DeLong's test of ``variant`` vs ``baseline`` on a binary AUROC task, one per shared seed.
+
+    ``{str(seed): {"diff", "z", "p_value"}}``; empty unless the task's metric is a binary AUROC.
+    DeLong compares two fixed models, so it is run per pre-training seed (each seed is one model
+    pair) rather than on seed-averaged scores, whose AUROC would be an ensemble's, not the mean the
+    study reports. Patients with several images get Obuchowski's clustered variance.
+    """
+    from midol_cli.eval.delong import delong_test
+
+    if ts.label_type != "binary" or ts.metric != "auroc":
+        return {}
+    y = np.asarray(ts.y_true) == 1
+    groups = ts.groups if len(np.unique(ts.groups)) < len(ts.groups) else None
+    out: dict[str, dict[str, Any]] = {}
+    for s in seeds:
+        if s not in ts.scores.get(variant, {}) or s not in ts.scores.get(baseline, {}):
+            continue
+        t = delong_test(y, ts.scores[variant][s][:, 1], ts.scores[baseline][s][:, 1], groups=groups)
+        d = t.to_dict()
+        out[str(s)] = {"diff": d["diff"], "z": d["z"], "p_value": d["p_value"]}
+    return out

@@ -84,3 +84,56 @@ def embedding_maps(emb_df, out_dir: str | Path, title: str = "", seed: int = 0) 
                  f"{title} — {mod} by label".strip(" —"))
         paths.append(p)
     return paths
+
+
+def roc_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float], float]], title: str = ""):
+    """ROC curves ``[(class name, false-positive rates, true-positive rates, AUROC), ...]`` on one axes
+    with the chance diagonal; returns the figure (the caller saves or embeds it, and closes it).
+    The rates come computed (``report.html.roc_points``): nothing is computed here."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, fpr, tpr, auc) in enumerate(curves):
+        ax.plot(fpr, tpr, lw=1.4, color=cmap(i % 10), label=f"{name} (AUROC {100 * auc:.1f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def subgroup_figure(
+    labels: Sequence[str],
+    values: Sequence[float | None],
+    errors: Sequence[tuple[float, float]],
+    too_small: Sequence[bool],
+    ylabel: str,
+    title: str = "",
+):
+    """One bar per subgroup with asymmetric CI error bars ``(below, above)``; a too-small subgroup (or
+    one without a value) gets no bar but a 'too small' label at its place, so a missing number never
+    reads as zero. Returns the figure (the caller saves or embeds it, and closes it)."""
+    import numpy as np
+
+    plt = pyplot()
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.8 * n + 1.5), 3.4))
+    x = np.arange(n)
+    vals = [np.nan if v is None else float(v) for v in values]
+    err = np.array([e if v is not None else (0.0, 0.0) for v, e in zip(values, errors, strict=True)]).T
+    ax.bar(x, vals, 0.6, yerr=err.reshape(2, n), capsize=3, color="C0")
+    top = np.nanmax(vals) if any(v is not None for v in values) else 100.0
+    for i, (v, small) in enumerate(zip(values, too_small, strict=True)):
+        if v is None:
+            ax.text(i, 2.0, "too small" if small else "no value", rotation=90, ha="center",
+                    va="bottom", fontsize=8, color="#8a5a00")
+    ax.set_xticks(x, labels=list(labels), rotation=30 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(100.0, float(top) + 5.0))  # values are x100
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -25,8 +25,19 @@ def _diff(d: dict[str, Any]) -> str:
     if d.get("value") is None:
         return "–"
     mark = " *" if d["excludes_zero"] else ""
+    holm = f" (Holm {d['p_holm']:.3f})" if d.get("p_holm") is not None else ""
+    if d["ci_low"] is None:
+        return f"{100 * d['value']:+.1f} [–]"
     return (f"{100 * d['value']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}] "
-            f"p={d['p_value']:.3f}{mark}")
+            f"p={d['p_value']:.3f}{holm}{mark}")
+
+
+def _delong(d: dict[str, Any]) -> str:
+    """DeLong's p per seed (``s0 0.012, s1 0.030``), or a dash where the task has none."""
+    per = d.get("delong") or {}
+    if not per:
+        return "–"
+    return ", ".join(f"s{s} " + ("–" if r["p_value"] is None else f"{r['p_value']:.3f}") for s, r in per.items())
 
 
 def render_markdown(rec: dict[str, Any]) -> str:
@@ -56,7 +67,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         f"## Paired difference against `{rec['baseline']}` (variant - {rec['baseline']}, x100)",
         "",
         f"Same test images; patients and seeds resampled together ({rec['n_boot']} replicates); 95% CI and "
-        "two-sided bootstrap p. `*`: the CI excludes 0. Negative: the variant scores below "
+        "two-sided bootstrap p; Holm: that p adjusted by Holm's step-down method over the tasks (one family per "
+        "variant). `*`: the CI excludes 0. Negative: the variant scores below "
         f"{rec['baseline']}.",
         "",
         "| task | " + " | ".join(others) + " |",
@@ -65,6 +77,19 @@ def render_markdown(rec: dict[str, Any]) -> str:
     for t in [*tasks, "mean"]:
         name = "**mean**" if t == "mean" else t
         lines.append(f"| {name} | " + " | ".join(_diff(rec["paired"][v].get(t, {})) for v in others) + " |")
+    auroc_tasks = [t for t in tasks if any((rec["paired"][v].get(t) or {}).get("delong") for v in others)]
+    if auroc_tasks:
+        lines += [
+            "",
+            f"DeLong's test of the AUROCs (variant vs {rec['baseline']}), binary AUROC tasks: p per pre-training "
+            "seed (each seed is one pair of fixed models; DeLong treats images as independent unless patients "
+            "are known, then Obuchowski's clustered variance is used).",
+            "",
+            "| task | " + " | ".join(others) + " |",
+            "|---|" + "---|" * len(others),
+        ]
+        for t in auroc_tasks:
+            lines.append(f"| {t} | " + " | ".join(_delong(rec["paired"][v].get(t, {})) for v in others) + " |")
     mods = sorted({m for v in variants for m in rec["representation"][v]["effective_rank"]})
     lines += [
         "",

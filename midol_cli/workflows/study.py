@@ -8,7 +8,9 @@ metrics, optionally fine-tunes, and returns the study record (``report.study`` r
 
 - per task and on average, each variant's primary metric as mean +- std over seeds;
 - the paired difference of each variant against ``midol`` (``eval/paired.py``: the same test
-  images, patients and seeds resampled together) with a 95% CI and a bootstrap p-value;
+  images, patients and seeds resampled together) with a 95% CI, a bootstrap p-value and its Holm
+  adjustment over the tasks (``p_holm``), plus DeLong's test per seed on binary AUROC tasks
+  (``delong``: one test per pre-training seed, each seed being one pair of fixed models);
 - modality silhouette, router accuracy, per-modality effective rank and k-NN accuracy;
 - the probes flagged degenerate, and each task's chance level.
 
@@ -301,7 +303,7 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
     """The study record: per-variant numbers, paired differences, representation metrics, flags."""
     from midol_cli.artifacts import provenance
-    from midol_cli.eval.paired import load_task_scores, paired_differences
+    from midol_cli.eval.paired import delong_by_seed, holm, load_task_scores, paired_differences
 
     variants = [v.name for v in cfg.variants]
     models = [(v, s) for v in variants for s in cfg.seeds]
@@ -344,6 +346,17 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
     ids = {v: {s: model_id(v, s) for s in cfg.seeds} for v in variants}
     scores = [load_task_scores(cfg.out / "results", t.spec.name, ids) for t in cfg.tasks]
     diffs = paired_differences(scores, BASELINE, [v for v in variants if v != BASELINE], n_boot=cfg.n_boot)
+    # Per variant: Holm's adjustment of the bootstrap p over the tasks (the family of one variant's
+    # comparisons with the baseline), and DeLong's test per seed where the metric is a binary AUROC.
+    paired = {v: {k: d.to_dict() for k, d in per.items()} for v, per in diffs.items()}
+    by_task = {ts.task: ts for ts in scores}
+    for v, per in paired.items():
+        names = [t for t in tasks if t in per]
+        for t, adj in zip(names, holm([per[t]["p_value"] for t in names]), strict=True):
+            per[t]["p_holm"] = adj
+            dl = delong_by_seed(by_task[t], v, BASELINE, per[t]["seeds"])
+            if dl:
+                per[t]["delong"] = dl
     degenerate = [
         {"model": model_id(v, s), "task": t, "top": blk["top"], "share": blk["share"]}
         for (v, s) in models
@@ -377,7 +390,7 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
         "tasks": per_task,
         "mean": mean_over_tasks,
         "mean_accuracy": mean_accuracy,
-        "paired": {v: {k: d.to_dict() for k, d in per.items()} for v, per in diffs.items()},
+        "paired": paired,
         "representation": rep_out,
         "degenerate": degenerate,
         "finetune": ft_out,

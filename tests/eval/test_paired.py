@@ -127,3 +127,47 @@ def test_bad_input():
         paired_differences([ts], "midol", n_boot=100)
     with pytest.raises(ValueError, match="n_boot"):
         paired_differences([ts], "v", n_boot=5)
+
+
+def test_holm_known_answer():
+    from midol_cli.eval.paired import holm
+
+    # Sorted 0.005, 0.01, 0.03, 0.04 with m = 4: 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06,
+    # max(0.06, 1 x 0.04) = 0.06; back in the input order.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # Undefined p-values are not part of the family (m = 2 here) and stay None; adjusted p caps at 1.
+    assert holm([0.2, None, 0.5, float("nan")]) == [pytest.approx(0.4), None, pytest.approx(0.5), None]
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
+    assert holm([0.03]) == [0.03] and holm([]) == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.5, 1.5])
+
+
+def test_load_task_scores_pairs_fraction_probe_seeds_and_refuses_other_labels(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from midol_cli.artifacts import prediction_table
+    from midol_cli.errors import UsageError
+    from midol_cli.eval.paired import load_task_scores
+    from tests.report._tree import summary
+
+    rng = np.random.default_rng(0)
+    labels = [["a", "b", "c"][k] for k in rng.integers(0, 3, 20)]
+    sids = [f"s{i:02d}" for i in range(20)]
+    for model, flip in (("m1", False), ("m2", True)):
+        folder = tmp_path / model / "t"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(summary(model, "t", "oct", "accuracy", 0.5, 0.4, 0.6)))
+        rev = slice(None, None, -1)  # seed 1 written in reverse order: aligned by sample id anyway
+        parts = [("fraction_0.1", s, sids[rev] if s else sids, sids[rev] if s else sids,
+                  labels[rev] if s else labels, rng.dirichlet([1, 1, 1], 20)) for s in (0, 1)]
+        parts.append(("linear", None, sids, sids, labels[::-1] if flip else labels, rng.dirichlet([1, 1, 1], 20)))
+        pq.write_table(prediction_table(["a", "b", "c"], "t", model, parts), folder / "predictions.parquet")
+    ts = load_task_scores(tmp_path, "t", {"A": {0: "m1"}, "B": {0: "m2"}}, protocol="fraction_0.1")
+    assert set(ts.scores["A"]) == {0, 1} and ts.scores["A"][0].shape == (20, 3)
+    with pytest.raises(UsageError, match="other labels"):
+        load_task_scores(tmp_path, "t", {"A": {0: "m1"}, "B": {0: "m2"}}, protocol="linear")
+    with pytest.raises(UsageError, match="probe seeds"):
+        load_task_scores(tmp_path, "t", {"A": {0: "m1", 1: "m2"}}, protocol="fraction_0.1")

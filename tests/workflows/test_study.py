@@ -84,3 +84,73 @@ def test_finetune_on_shards_is_refused_before_any_training(tmp_path):
                  "--out", out, env=env)
     assert res.returncode == 2 and "--task-data" in res.stderr and "synth-oct" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (out / "runs").exists()
+
+
+def test_aggregate_adds_holm_and_delong_per_seed(tmp_path):
+    """The study record from hand-made prediction files (no training): Holm over the tasks of each
+    variant, DeLong per seed on the binary AUROC task only, and both in study.md."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from midol_cli.artifacts import prediction_table
+    from midol_cli.eval.delong import delong_test
+    from midol_cli.eval.paired import holm
+    from midol_cli.report.study import render_markdown
+    from midol_cli.workflows.study import StudyConfig, StudyTask, Variant, aggregate, model_id
+    from tests.report._tree import summary
+
+    rng = np.random.default_rng(0)
+    n = 120
+    y_bin = (rng.random(n) < 0.4).astype(int)
+    y_bin[1::2] = y_bin[::2]  # two images per patient, same label
+    y_mc = rng.integers(0, 3, n)
+    groups = [f"p{i // 2}" for i in range(n)]
+    specs = {"bin": ("binary", ["neg", "pos"], "auroc"), "mc": ("multiclass", ["a", "b", "c"], "accuracy")}
+    variants, seeds = ["midol", "no_moe"], [0, 1]
+    summaries, reps, raw = {}, {}, {}
+    for v in variants:
+        for s in seeds:
+            mid = model_id(v, s)
+            summaries[(v, s)] = {}
+            reps[(v, s)] = {"modality_silhouette": 0.1, "router_accuracy": None, "per_modality": {}}
+            for t, (lt, classes, metric) in specs.items():
+                if t == "bin":
+                    sc = 1 / (1 + np.exp(-(rng.normal(size=n) + (1.5 if v == "midol" else 0.7) * y_bin)))
+                    probs, labels = np.stack([1 - sc, sc], 1), [classes[k] for k in y_bin]
+                    raw[(v, s)] = probs[:, 1].astype(np.float32).astype(np.float64)
+                else:
+                    pred = np.where(rng.random(n) < (0.8 if v == "midol" else 0.6), y_mc, (y_mc + 1) % 3)
+                    probs = np.full((n, 3), 0.1)
+                    probs[np.arange(n), pred] = 0.8
+                    labels = [classes[k] for k in y_mc]
+                folder = tmp_path / "results" / mid / t
+                folder.mkdir(parents=True)
+                summ = summary(mid, t, "fundus", metric, 0.7, 0.6, 0.8)
+                summ["task"].update({"label_type": lt, "classes": classes})
+                summ["protocols"]["linear"]["metrics"]["accuracy"] = {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}
+                (folder / "summary.json").write_text(json.dumps(summ))
+                sids = [f"s{i:03d}" for i in range(n)]
+                pq.write_table(prediction_table(classes, t, mid, [("linear", None, sids, groups, labels, probs)]),
+                               folder / "predictions.parquet")
+                summaries[(v, s)][t] = summ
+    cfg = StudyConfig(recipe_path=Path("r.yaml"), overrides=[], data=tmp_path, out=tmp_path, seeds=seeds,
+                      variants=[Variant("midol", []), Variant("no_moe", ["projector.shared_expert=true"])],
+                      tasks=[StudyTask(SimpleNamespace(name=t, metric=m, label_type=lt), tmp_path)
+                             for t, (lt, _, m) in specs.items()], n_boot=200)
+    rec = aggregate(cfg, summaries, reps, {})
+    per = rec["paired"]["no_moe"]
+    assert per["bin"]["p_holm"] == pytest.approx(holm([per["bin"]["p_value"], per["mc"]["p_value"]])[0])
+    assert per["mc"]["p_holm"] == pytest.approx(holm([per["bin"]["p_value"], per["mc"]["p_value"]])[1])
+    assert "p_holm" not in per["mean"] and "delong" not in per["mc"]
+    assert set(per["bin"]["delong"]) == {"0", "1"}
+    for s in seeds:  # clustered (two images per patient), no_moe - midol
+        want = delong_test(y_bin, raw[("no_moe", s)], raw[("midol", s)], groups=np.array(groups))
+        assert per["bin"]["delong"][str(s)]["p_value"] == pytest.approx(want.p_value)
+        assert per["bin"]["delong"][str(s)]["diff"] == pytest.approx(want.diff)
+    json.dumps(rec)  # the record stays JSON
+    md = render_markdown(rec)
+    assert "(Holm " in md.split("## Paired difference")[1]
+    delong_table = md.split("DeLong's test of the AUROCs")[1]
+    assert "| bin | s0 " in delong_table and "| mc |" not in delong_table
