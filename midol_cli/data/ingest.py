@@ -40,7 +40,8 @@ from midol_cli.errors import UsageError
 from midol_cli.modalities import check_modality
 
 # Bumped when the reader's output for the same bytes changes, so old manifests are not reused.
-READER_VERSION = 1
+# 2: rows carry a perceptual hash (phash).
+READER_VERSION = 2
 
 # Fields a decode produces; reused verbatim from an earlier manifest when the file is unchanged.
 _DECODED = (
@@ -51,6 +52,7 @@ _DECODED = (
     "format",
     "intensity",
     "sha256",
+    "phash",
     "bytes",
     "mtime_ns",
     "status",

@@ -25,6 +25,7 @@ def inspect_stat(path: str) -> dict[str, Any]:
         "format": "",
         "intensity": "",
         "sha256": "",
+        "phash": "",
         "bytes": 0,
         "mtime_ns": 0,
         "status": "rejected",
@@ -56,9 +57,21 @@ def inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
         bit_depth=res.bit_depth,
         format=res.format,
         intensity=res.intensity,
+        phash=_phash_or_empty(res.image),
         status="ok",
     )
     return rec
+
+
+def _phash_or_empty(img: Any) -> str:
+    """The image's perceptual hash; "" if it cannot be computed (the hash is optional: a file is
+    never rejected because of it)."""
+    from midol_cli.data.phash import phash
+
+    try:
+        return phash(img)
+    except Exception:  # any PIL/numpy failure on an odd decoded image
+        return ""
 
 
 def _inspect_chunk(paths: list[str], max_pixels: int) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ from midol_cli.artifacts import (  # noqa: F401  (the summary schema's names, re
     validate_summary,
     write_json_atomic,
 )
+from midol_cli.eval.cis import ci_block  # noqa: F401  (public here: finetune and tests use it)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -127,42 +128,6 @@ def summary_path(results_root: str | Path, model_id: str, task_name: str) -> Pat
 
 
 # --------------------------------------------------------------------------- protocol blocks
-
-
-def ci_block(
-    y_true: Any,
-    y_score: Any,
-    task: Task,
-    *,
-    groups: Any = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """``{"metrics": {name: {"value", "ci_low", "ci_high"}}, "n_boot", ...}`` for one protocol on test.
-
-    ``y_true`` ``[N]`` / ``[N, C]``, ``y_score`` ``[N, C]``; ``groups`` (patient ids) make the
-    bootstrap resample patients. Also records how many resamples were degenerate and how many
-    classes AUROC averaged over (classes absent from the test set are left out).
-    """
-    from midol_cli.eval.bootstrap import bootstrap_cis
-    from midol_cli.eval.metrics import classification_metrics, metric_names
-
-    point = classification_metrics(y_true, y_score, task.label_type, task.classes)
-    names = metric_names(task.label_type)
-    cis = bootstrap_cis(
-        y_true, y_score, task.label_type, task.classes, names, n_boot=n_boot, seed=seed, groups=groups
-    )
-    return {
-        "metrics": {
-            k: {"value": _num(point[k]), "ci_low": _num(cis[k].low), "ci_high": _num(cis[k].high)} for k in names
-        },
-        "n_boot": int(n_boot),
-        "bootstrap_seed": int(seed),
-        "bootstrap_unit": "group" if groups is not None else "sample",
-        "n_degenerate": {k: cis[k].n_degenerate for k in names},
-        "auroc_classes_used": int(point["auroc_n_classes"]),
-        "auroc_classes_skipped": int(point["auroc_n_skipped"]),
-    }
 
 
 def seeds_block(per_seed: Sequence[dict[str, float]], seeds: Sequence[int]) -> dict[str, Any]:

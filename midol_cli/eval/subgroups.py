@@ -35,18 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from midol_cli.eval.cis import _num
+
 # Age bands (lower edges, years): children, young adults, then 20-year bands; 80+ last.
 AGE_EDGES: tuple[int, ...] = (0, 18, 40, 60, 80)
 MIN_POSITIVES = 10
 AGGREGATIONS = ("mean", "max")
 MISSING = ""
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def resolve_columns(df: Any, task_columns: Sequence[str], requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -175,7 +170,7 @@ def subgroup_block(
     ``n_pos`` is the positive count (binary), the images with any positive label (multi-label), or
     None (single-label multi-class, where ``class_counts`` says more).
     """
-    from midol_cli.eval.results import ci_block
+    from midol_cli.eval.cis import ci_block
 
     C = len(task.classes)
     out_cols: dict[str, Any] = {}
@@ -277,7 +272,7 @@ def patient_level_block(y: np.ndarray, p: np.ndarray, groups: np.ndarray, task: 
                         *, aggregation: str = "mean", n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
     """Metrics with CIs after aggregating each ``unit`` (patient, lesion, exam, slide); None when
     every group has one image (the image-level numbers already are the group-level ones)."""
-    from midol_cli.eval.results import ci_block
+    from midol_cli.eval.cis import ci_block
 
     g = np.asarray(groups).astype(str)
     if len(set(g.tolist())) == len(g):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from midol_cli.report.html_figures import (  # noqa: F401  (MAX_IMAGE_PX, roc_po
     _fmt,
     _Images,
     _int,
+    _Run,
     _run_card,
     _subgroup_section,
     _td,
@@ -113,23 +113,6 @@ nav ul{columns:2;font-size:.9rem}details{font-size:.85rem}
 
 
 # --------------------------------------------------------------------------- the document
-
-
-@dataclass
-class _Run:
-    """One (model, task) result: its folder and its summary."""
-
-    model: str
-    task: str
-    folder: Path
-    summary: dict[str, Any]
-
-    def protocol(self, wanted: str) -> str | None:
-        """The protocol shown for this run: ``wanted``, else ``finetune`` (dense tasks, as the table does)."""
-        protocols = self.summary.get("protocols") or {}
-        if wanted in protocols:
-            return wanted
-        return "finetune" if "finetune" in protocols else None
 
 
 def _runs(summaries: Iterable[tuple[Path, dict[str, Any]]]) -> dict[tuple[str, str], _Run]:

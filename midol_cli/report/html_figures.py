@@ -15,15 +15,29 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from midol_cli.report.table import DASH, _pct
 
-if TYPE_CHECKING:
-    from midol_cli.report.html import _Run
-
 MAX_IMAGE_PX = 900  # longest side of an embedded image; larger PNGs are downscaled
 MAX_ROC_CLASSES = 10  # one-vs-rest curves per ROC figure
+
+
+@dataclass
+class _Run:
+    """One (model, task) result: its folder and its summary."""
+
+    model: str
+    task: str
+    folder: Path
+    summary: dict[str, Any]
+
+    def protocol(self, wanted: str) -> str | None:
+        """The protocol shown for this run: ``wanted``, else ``finetune`` (dense tasks, as the table does)."""
+        protocols = self.summary.get("protocols") or {}
+        if wanted in protocols:
+            return wanted
+        return "finetune" if "finetune" in protocols else None
 
 
 def esc(value: Any) -> str:

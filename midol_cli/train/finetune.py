@@ -291,8 +291,8 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
          subgroups: tuple[str, ...] | None = None, min_positives: int | None = None) -> dict[str, Any]:
     from midol_cli.data.rows import LoadImage, RowDataset
     from midol_cli.data.transforms import EvalTransform, ViewAugment
+    from midol_cli.eval.cis import ci_block
     from midol_cli.eval.models import load_eval_model
-    from midol_cli.eval.results import ci_block
     from midol_cli.models.heads import balanced_class_weights, predict_proba
     from midol_cli.train.data import make_loader
     from midol_cli.train.optim import adamw

@@ -20,6 +20,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
 
     from midol_cli.artifacts import cache_root
     from midol_cli.errors import UsageError
+    from midol_cli.eval.contamination import warn_if_contaminated
     from midol_cli.eval.embed import embed
     from midol_cli.eval.models import load_eval_model
     from midol_cli.eval.results import run_probe_suite
@@ -55,6 +56,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
         if not quiet or "warning" in msg:
             print(f"  {msg}", file=sys.stderr)
 
+    warn_if_contaminated(weights, src, spec.name, lambda m: print(f"  {m}", file=sys.stderr), spec.modality)
     summary = run_probe_suite(
         emb,
         spec.eval_task(split_source),
