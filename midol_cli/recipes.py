@@ -137,6 +137,21 @@ class DataCfg(Strict):
     augment: dict[str, AugCfg] = Field(default_factory=default_augs)
     num_workers: int = Field(4, ge=0)
     shuffle_buffer: int = Field(2000, ge=1)
+    mix: Literal["proportional", "balanced"] | dict[str, float] = Field(
+        "proportional",
+        description="how pre-training samples modalities: proportional (to their images), balanced (equal), "
+                    "or weights per modality, e.g. {xray: 0.3, fundus: 0.7} (normalised)")
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("give a weight per modality, or 'proportional' / 'balanced'")
+            bad = {k: w for k, w in v.items() if not (w > 0 and w < float("inf"))}
+            if bad:
+                raise ValueError(f"weights must be positive and finite (got {bad})")
+        return v
 
     @field_validator("modalities")
     @classmethod
@@ -204,6 +219,19 @@ class PretrainRecipe(Strict):
         if self.train.freeze_encoder_steps and self.train.freeze_encoder_steps >= self.train.steps:
             raise ValueError(f"train.freeze_encoder_steps ({self.train.freeze_encoder_steps}) must be below "
                              f"train.steps ({self.train.steps}), or the encoder never trains")
+        return self
+
+    @model_validator(mode="after")
+    def _mix_covers(self) -> PretrainRecipe:
+        mix = self.data.mix
+        if isinstance(mix, dict):
+            mods = set(self.data.modalities)
+            extra, missing = sorted(set(mix) - mods), sorted(mods - set(mix))
+            if extra or missing:
+                raise ValueError(
+                    "data.mix must give a weight to each of data.modalities"
+                    + (f"; not in data.modalities: {', '.join(extra)}" if extra else "")
+                    + (f"; no weight for: {', '.join(missing)}" if missing else ""))
         return self
 
     @model_validator(mode="after")

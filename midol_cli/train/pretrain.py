@@ -145,7 +145,7 @@ def run_pretrain(
 
 def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: int | None, di: DistInfo,
          reporter: Reporter):
-    from midol_cli.data.loader import make_loader
+    from midol_cli.data.mix import make_mixed_dataset
     from midol_cli.data.transforms import MultiViewTransform, Normalise, collate_views
 
     check_data(recipe)  # before any compute
@@ -274,21 +274,15 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     normalise = Normalise(spec.mean, spec.std)
 
     def data_iter(segment: int):
-        loader = make_loader(
-            recipe.data.shards,
-            transform,
-            micro,
-            num_workers=recipe.data.num_workers,
-            collate_fn=collate_views,
-            drop_last=True,
-            modalities=list(recipe.data.modalities),
-            split=recipe.data.split,
-            resampled=True,
-            shuffle_buffer=recipe.data.shuffle_buffer,
-            seed=tr.seed * 1_000_003 + segment,
-            decode_mode="lazy",  # the views' crops decide which part of each JPEG is decoded
-        )
-        damage.new_loader(getattr(loader, "dataset", None))
+        # data.mix: the resampled stream of the whole set (proportional), or one per modality drawn by
+        # weight (data/mix.py); the views' crops decide which part of each JPEG is decoded ("lazy").
+        ds = make_mixed_dataset(recipe.data.shards, transform, modalities=list(recipe.data.modalities),
+                                mix=recipe.data.mix, split=recipe.data.split,
+                                shuffle_buffer=recipe.data.shuffle_buffer, seed=tr.seed * 1_000_003 + segment,
+                                decode_mode="lazy")
+        loader = torch.utils.data.DataLoader(ds, batch_size=micro, num_workers=recipe.data.num_workers,
+                                             collate_fn=collate_views, drop_last=True, persistent_workers=False)
+        damage.new_loader(ds)
         return iter(loader)
 
     warm = int(opt_cfg.warmup_frac * total)
@@ -310,6 +304,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     last_bad_terms = torch.zeros(len(TERMS), device=dev)
 
     logger = RunLogger(run_dir, total, start_step, di.is_main, reporter)
+    seen = torch.zeros(len(recipe.data.modalities), dtype=torch.long, device=dev)  # images per modality since the last log
     stop = min(total, max_steps) if max_steps is not None else total
     step = start_step
     segment = None
@@ -391,6 +386,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 gv = [normalise(v.to(dev, non_blocking=True)) for v in batch["global"]]
                 lv = [normalise(v.to(dev, non_blocking=True)) for v in batch["local"]]
                 mod = batch["modality"].to(dev, non_blocking=True)
+                seen += torch.bincount(mod, minlength=len(recipe.data.modalities))
                 skey = batch["sample_key"].to(dev, non_blocking=True) if "sample_key" in batch else None
                 sync_ctx = student.no_sync if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext
                 log_now = (step + 1) % tr.log_every == 0 or step + 1 == stop
@@ -442,6 +438,10 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     rec["encoder_frozen"] = step <= frozen_encoder
                     rec["encoder_lr"] = lr * opt_cfg.encoder_lr_scale
                 rec.update(stats_to_record(stats, list(recipe.data.modalities), n_experts))
+                # images each modality gave since the previous record, over all ranks (data.mix)
+                rec.update({f"images/{m}": int(n) for m, n in zip(recipe.data.modalities, all_reduce_sum(seen).tolist(),
+                                                                  strict=True)})
+                seen.zero_()
                 rec.update(
                     grad_norm=float(grad_norm),
                     teacher_temp=sched.teacher_temp,
