@@ -127,7 +127,8 @@ def default_augs() -> dict[str, AugCfg]:
 
 
 class DataCfg(Strict):
-    shards: str = Field("shards", description="folder written by `midol shard`")
+    shards: str = Field("shards", description="folder written by `midol shard`, or shard URLs: a brace list "
+                                                "of paths, file: or pipe:CMD URLs (docs/distributed.md)")
     modalities: list[str] = Field(default_factory=lambda: ["xray", "fundus", "oct", "dermoscopy", "pathology"])
     split: Literal["train", "val", "test"] | None = Field("train", description="use only this split; null for all")
     global_views: int = Field(2, ge=2)

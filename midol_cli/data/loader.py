@@ -15,6 +15,11 @@
 ``iter_samples`` reads shards one after another in index order in this process
 (deterministic, every sample exactly once): used to embed a whole set.
 
+Every ``shards`` argument is a spec (``urls``): a folder written by ``midol shard``, or a
+WebDataset-style URL list (``::``-separated, brace-expanded; local paths, ``file:`` or ``pipe:CMD``).
+A URL list without a known index.json has no sample count (``num_samples`` is None: size epochs in
+steps, as resampled pre-training does) and its modality/split filters act per sample.
+
 Rank and world size come from torch.distributed when it is initialised, else
 the RANK / WORLD_SIZE environment variables (torchrun), else 0 / 1; they are
 taken when the dataset is built, in the training process.
@@ -33,7 +38,8 @@ from typing import Any
 
 from midol_cli.artifacts import index_count
 from midol_cli.data.jpeg_roi import ImageDecodeError
-from midol_cli.data.shards import decode_image, iter_tar_samples, load_index, open_encoded, sample_image
+from midol_cli.data.shards import decode_image, load_index, open_encoded, sample_image
+from midol_cli.data.urls import ShardSet, display_name, iter_url_samples, resolve
 from midol_cli.distributed import rank_world
 from midol_cli.errors import RunFailed, UsageError
 
@@ -46,30 +52,60 @@ _WARN_FIRST = 5
 _MAX_FAILED_IN_A_ROW = 50
 
 
+Spec = str | os.PathLike[str] | Sequence[str]
+
+
 def read_index(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``SHARD_DIR/index.json`` as a dict; UsageError if missing/invalid, a shard is missing, or it has no samples."""
     idx = load_index(shard_dir)
-    d = Path(shard_dir)
+    _check_folder(Path(shard_dir), idx)
+    return idx
+
+
+def _check_folder(d: Path, idx: dict[str, Any]) -> None:
     if not idx["totals"].get("samples"):
         raise UsageError(f"shard set '{d}' has no samples; re-run `midol shard`")
     for s in idx["shards"]:
         if not (d / s["name"]).is_file():
             raise UsageError(f"shard '{d / s['name']}' listed in index.json is missing; re-run `midol shard`")
-    return idx
 
 
-def shard_urls(shard_dir: str | os.PathLike[str]) -> list[str]:
-    """Absolute paths of the shards, in index order."""
-    d = Path(shard_dir).resolve()
-    return [str(d / s["name"]) for s in read_index(shard_dir)["shards"]]
+def _resolve(spec: Spec) -> ShardSet:
+    ss = resolve(spec)
+    if ss.folder is not None:
+        _check_folder(ss.folder, ss.index)  # type: ignore[arg-type]
+    return ss
 
 
-def count_samples(
-    shard_dir: str | os.PathLike[str], *, modalities: Iterable[str] | None = None, split: str | None = None
-) -> int:
+def shard_index(spec: Spec) -> dict[str, Any] | None:
+    """The spec's index.json (a shard folder's, or a URL list's known one); None for a URL list without one."""
+    return _resolve(spec).index
+
+
+def shard_index_path(spec: Spec) -> Path | None:
+    """The index.json file the spec's counts come from (for provenance hashes); None without one."""
+    return _resolve(spec).index_path
+
+
+def shard_provenance(spec: Spec) -> str:
+    """What a run records as its shards: a folder's absolute path, else the spec as given (URLs)."""
+    ss = _resolve(spec)
+    return str(ss.folder.resolve()) if ss.folder is not None else (spec if isinstance(spec, str) else repr(spec))
+
+
+def shard_urls(spec: Spec) -> list[str]:
+    """The shards' URLs in order: absolute paths for a folder (index order), else the spec's expanded list."""
+    return _resolve(spec).urls
+
+
+def count_samples(spec: Spec, *, modalities: Iterable[str] | None = None, split: str | None = None) -> int:
     """How many samples pass the filters (from index.json; no shard is read). For epoch sizing."""
     mods = set(modalities) if modalities is not None else None
-    return index_count(read_index(shard_dir)["totals"], mods, split)
+    idx = shard_index(spec)
+    if idx is None:
+        raise UsageError(f"'{spec}' has no index.json, so its sample count is unknown; count epochs in steps "
+                         "or name a local copy of the index in the spec ('set/index.json::URLS')")
+    return index_count(idx["totals"], mods, split)
 
 
 def _worker_info() -> tuple[int, int]:
@@ -142,13 +178,13 @@ class _TarStage:
         failed_in_a_row = 0
         for item in src:
             url = item["url"]
-            name = Path(url).name
+            name = display_name(url)
 
             def refuse(member: str, why: str, _name: str = name) -> None:
                 self.refused(f"tar member {member!r} in {_name}", why)
 
             try:
-                yield from iter_tar_samples(url, on_refused=refuse)
+                yield from iter_url_samples(url, on_refused=refuse)
                 failed_in_a_row = 0
             except Exception as e:  # truncated/corrupt tar: keep training on the others
                 self.bad_shards(f"shard {name}", f"{type(e).__name__}: {e}")
@@ -211,7 +247,7 @@ class _DecodeStage:
             try:
                 result = self.transform(img, meta)
             except ImageDecodeError as e:  # lazy mode: the pixels turned out bad when the transform asked
-                self.bad(f"sample {sample['__key__']} in {Path(sample['__url__']).name}", f"image not decoded: {e}")
+                self.bad(f"sample {sample['__key__']} in {display_name(sample['__url__'])}", f"image not decoded: {e}")
                 continue
             yield result
 
@@ -225,7 +261,7 @@ def _prepare(
     bad: _Counter,
 ) -> tuple[Any, dict[str, Any]] | None:
     """(image, meta) for a grouped sample that passes the filters; None (counted if bad) otherwise."""
-    key, shard = sample["__key__"], Path(sample["__url__"]).name
+    key, shard = sample["__key__"], display_name(sample["__url__"])
     img = sample_image(sample)
     if sample.get("__dup__") or img is None or "json" not in sample:
         bad(f"sample {key} in {shard}", "needs exactly one image and one .json member")
@@ -253,22 +289,26 @@ def _prepare(
 
 
 def _select_urls(
-    shard_dir: str | os.PathLike[str], modalities: Sequence[str] | None, split: str | None
-) -> tuple[dict[str, Any], list[str], set[str] | None]:
-    idx = read_index(shard_dir)
+    spec: Spec, modalities: Sequence[str] | None, split: str | None
+) -> tuple[dict[str, Any] | None, list[str], set[str] | None, int | None]:
+    """(index or None, URLs to read, modality filter, samples passing the filters or None if unknown)."""
+    ss = _resolve(spec)
     mods = set(modalities) if modalities is not None else None
     if mods is not None and not mods:
         raise UsageError("modalities is empty; list at least one modality or pass None for all")
-    if index_count(idx["totals"], mods, split) == 0:
-        have = ", ".join(f"{m}: {n}" for m, n in idx["totals"].get("per_modality", {}).items())
+    if ss.index is None:
+        return None, ss.urls, mods, None
+    recs: list[dict[str, Any]] = ss.records  # type: ignore[assignment]
+    n = sum(index_count(r, mods, split) for r in recs)
+    if n == 0:
+        have = ", ".join(f"{m}: {n}" for m, n in ss.index["totals"].get("per_modality", {}).items())
         raise UsageError(
-            f"shard set '{shard_dir}' has no samples for modalities={sorted(mods) if mods else 'all'} "
+            f"shard set '{spec}' has no samples for modalities={sorted(mods) if mods else 'all'} "
             f"split={split or 'all'} (it holds {have}); check the filters or re-run `midol shard`"
         )
-    d = Path(shard_dir).resolve()
     # Shards without a wanted sample are not even opened.
-    urls = [str(d / s["name"]) for s in idx["shards"] if index_count(s, mods, split) > 0]
-    return idx, urls, mods
+    urls = [u for u, r in zip(ss.urls, recs, strict=True) if index_count(r, mods, split) > 0]
+    return ss.index, urls, mods, n
 
 
 def _pipeline_class() -> type:
@@ -287,7 +327,7 @@ def _pipeline_class() -> type:
             state: _State
             counters: dict[str, _Counter]
             num_shards: int
-            num_samples: int
+            num_samples: int | None
 
             def set_epoch(self, epoch: int) -> None:
                 self.state.epoch = int(epoch)
@@ -311,7 +351,7 @@ def __getattr__(name: str) -> Any:
 
 
 def make_dataset(
-    shard_dir: str | os.PathLike[str],
+    shard_dir: Spec,
     transform: Transform | None,
     *,
     modalities: Sequence[str] | None = None,
@@ -333,12 +373,13 @@ def make_dataset(
     infinite stream (bound it with ``.with_epoch(n)``). Call ``ds.set_epoch(e)`` each
     epoch to reshuffle; without it every epoch repeats the same order.
     ``ds.stats()`` returns the refused-member / bad-sample counts of this process.
+    ``shard_dir`` is any spec (module docstring); ``ds.num_samples`` is None when its count is unknown.
     """
     if decode_mode not in DECODE_MODES:
         raise UsageError(f"decode_mode '{decode_mode}' is not one of {', '.join(DECODE_MODES)}")
     if shuffle_buffer < 0:
         raise UsageError(f"shuffle_buffer must be >= 0 (got {shuffle_buffer})")
-    idx, urls, mods = _select_urls(shard_dir, modalities, split)
+    idx, urls, mods, n_samples = _select_urls(shard_dir, modalities, split)
     rank, world = rank_world()
     state = _State(seed, rank, world)
     counters = {
@@ -346,7 +387,7 @@ def make_dataset(
         "bad_samples": _Counter("skipped bad"),
         "bad_shards": _Counter("skipped damaged"),
     }
-    max_side = (idx.get("parameters") or {}).get("max_side")
+    max_side = ((idx or {}).get("parameters") or {}).get("max_side")
     ds = _pipeline_class()(
         _ShardSource(urls, state, resampled),
         _TarStage(counters["refused_members"], counters["bad_shards"]),
@@ -356,12 +397,12 @@ def make_dataset(
     ds.state = state
     ds.counters = counters
     ds.num_shards = len(urls)
-    ds.num_samples = index_count(idx["totals"], mods, split)
+    ds.num_samples = n_samples
     return ds
 
 
 def make_loader(
-    shard_dir: str | os.PathLike[str],
+    shard_dir: Spec,
     transform: Transform | None,
     batch_size: int,
     *,
@@ -399,7 +440,7 @@ def make_loader(
 
 
 def iter_samples(
-    shard_dir: str | os.PathLike[str],
+    shard_dir: Spec,
     split: str | None = None,
     modalities: Sequence[str] | None = None,
     part: tuple[int, int] | None = None,
@@ -413,36 +454,36 @@ def iter_samples(
     reason), so a caller can total them; an unreadable shard raises RunFailed (an evaluation
     must not silently miss a shard).
     """
-    idx, urls, mods = _select_urls(shard_dir, modalities, split)
+    idx, urls, mods, _ = _select_urls(shard_dir, modalities, split)
     if part is not None:
         urls = urls[part[0] :: part[1]]
-    max_side = (idx.get("parameters") or {}).get("max_side")
+    max_side = ((idx or {}).get("parameters") or {}).get("max_side")
     refused, bad = _Counter("refused", on_damage), _Counter("skipped bad", on_damage)
     for url in urls:
-        name = Path(url).name
+        name = display_name(url)
 
         def refuse(member: str, why: str, _name: str = name) -> None:
             refused(f"tar member {member!r} in {_name}", why)
 
         try:
-            for sample in iter_tar_samples(url, on_refused=refuse):
+            for sample in iter_url_samples(url, on_refused=refuse):
                 out = _prepare(sample, mods, split, "pil", max_side, bad)
                 if out is not None:
                     yield out
         except (tarfile.TarError, OSError, EOFError) as e:
             raise RunFailed(
-                f"shard '{url}' cannot be read ({type(e).__name__}); check it with `midol shard --verify`"
+                f"shard '{url}' cannot be read ({type(e).__name__}: {e}); check it with `midol shard --verify`"
             ) from None
 
 
-def iter_metadata(shard_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+def iter_metadata(shard_dir: Spec) -> Iterator[dict[str, Any]]:
     """Every sample's metadata (its ``.json`` member) in index order, without decoding any image.
 
     For what needs the labels only (``--task auto``). Refused members are skipped; an unreadable shard
     raises ``RunFailed``, as in ``iter_samples``."""
     for url in shard_urls(shard_dir):
         try:
-            for sample in iter_tar_samples(url):
+            for sample in iter_url_samples(url):
                 raw = sample.get("json")
                 if raw is None or sample.get("__dup__"):
                     continue
@@ -454,5 +495,5 @@ def iter_metadata(shard_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]
                     yield meta
         except (tarfile.TarError, OSError, EOFError) as e:
             raise RunFailed(
-                f"shard '{url}' cannot be read ({type(e).__name__}); check it with `midol shard --verify`"
+                f"shard '{url}' cannot be read ({type(e).__name__}: {e}); check it with `midol shard --verify`"
             ) from None

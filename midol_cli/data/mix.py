@@ -60,10 +60,43 @@ def mix_weights(mix: str | Mapping[str, float], counts: Mapping[str, int]) -> di
 def modality_counts(shard_dir: str | os.PathLike[str], modalities: Sequence[str], split: str | None) -> dict[str, int]:
     """Images per modality of ``modalities`` in the shard set (from its index; no shard is read)."""
     from midol_cli.artifacts import index_count
-    from midol_cli.data.loader import read_index
+    from midol_cli.data.loader import shard_index
 
-    totals = read_index(shard_dir)["totals"]
-    return {m: index_count(totals, {m}, split) for m in modalities}
+    index = shard_index(shard_dir)
+    if index is None:
+        raise UsageError(
+            "data.mix other than proportional needs the shard set's index.json (images per modality); with "
+            "shard URLs, name a local copy of it in data.shards, e.g. 'set/index.json::pipe:...' (docs/distributed.md)")
+    return {m: index_count(index["totals"], {m}, split) for m in modalities}
+
+
+def check_shards(shards: Any, modalities: Sequence[str], split: str | None) -> dict[str, Any]:
+    """The shard set's index, after checking it against the recipe's modalities: a set without samples
+    (in ``split``), or whose modalities differ from ``modalities``, is a one-line error before any
+    compute. ``{}`` for a URL list without a known index.json (modalities are then filtered per sample)."""
+    from midol_cli.artifacts import index_modalities
+    from midol_cli.data.loader import shard_index
+
+    index = shard_index(shards)
+    if index is None:
+        return {}
+    present = index_modalities(index, split)
+    if not present:
+        where = f" in split '{split}'" if split else ""
+        raise UsageError(f"shards in '{shards}' have no samples{where}; re-run midol shard")
+    missing = [m for m in modalities if m not in present]
+    extra = [m for m in present if m not in modalities]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"recipe lists {missing} which the shards lack")
+        if extra:
+            parts.append(f"shards hold {extra} which the recipe lacks")
+        raise UsageError(
+            f"modality mismatch between recipe and '{shards}': {'; '.join(parts)}; "
+            f"set data.modalities=[{','.join(present)}] or re-shard"
+        )
+    return index
 
 
 class _MixedStream:
@@ -144,11 +177,7 @@ def make_mixed_dataset(shard_dir: str | os.PathLike[str], transform: Any, *, mod
                           shuffle_buffer=shuffle_buffer, seed=seed, decode_mode=decode_mode)
         ds.weights = {}
         return ds
-    try:
-        counts = modality_counts(shard_dir, mods, split)
-    except UsageError:  # a URL list without an index: the images per modality are not known up front
-        counts = dict.fromkeys(mods, 1)
-    weights = mix_weights(mix, counts)
+    weights = mix_weights(mix, modality_counts(shard_dir, mods, split))
     buf = max(1, shuffle_buffer // len(mods))
     streams = {m: make_dataset(shard_dir, transform, modalities=[m], split=split, resampled=True,
                                shuffle_buffer=buf, seed=seed * 7919 + i + 1, decode_mode=decode_mode)

@@ -29,7 +29,7 @@ import torch
 
 from midol_cli import __version__
 from midol_cli import checkpoint as ckpt
-from midol_cli.artifacts import index_modalities, provenance, write_json_atomic
+from midol_cli.artifacts import provenance, write_json_atomic
 from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.models.encoder import build_encoder
@@ -72,27 +72,9 @@ def build_model(recipe: PretrainRecipe, init: bool = True) -> MIDoL:
 
 def check_data(recipe: PretrainRecipe) -> dict[str, Any]:
     """Fail before any compute when shards are missing, empty, or hold other modalities."""
-    from midol_cli.data.loader import read_index
+    from midol_cli.data.mix import check_shards
 
-    index = read_index(recipe.data.shards)
-    present = index_modalities(index, recipe.data.split)
-    if not present:
-        split = f" in split '{recipe.data.split}'" if recipe.data.split else ""
-        raise UsageError(f"shards in '{recipe.data.shards}' have no samples{split}; re-run midol shard")
-    wanted = list(recipe.data.modalities)
-    missing = [m for m in wanted if m not in present]
-    extra = [m for m in present if m not in wanted]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"recipe lists {missing} which the shards lack")
-        if extra:
-            parts.append(f"shards hold {extra} which the recipe lacks")
-        raise UsageError(
-            f"modality mismatch between recipe and '{recipe.data.shards}': {'; '.join(parts)}; "
-            f"set data.modalities=[{','.join(present)}] or re-shard"
-        )
-    return index
+    return check_shards(recipe.data.shards, list(recipe.data.modalities), recipe.data.split)
 
 
 def _param_groups(student: torch.nn.Module, encoder_lr_scale: float = 1.0) -> list[dict[str, Any]]:
@@ -145,6 +127,7 @@ def run_pretrain(
 
 def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: int | None, di: DistInfo,
          reporter: Reporter):
+    from midol_cli.data.loader import shard_index_path, shard_provenance
     from midol_cli.data.mix import make_mixed_dataset
     from midol_cli.data.transforms import MultiViewTransform, Normalise, collate_views
 
@@ -249,8 +232,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
             run_dir / "run.json",
             provenance(
                 recipe_hash=recipe_hash(recipe),
-                shards=str(Path(recipe.data.shards).resolve()),
-                shard_index_sha=sha256_file(Path(recipe.data.shards) / "index.json")[:16],
+                shards=shard_provenance(recipe.data.shards),
+                shard_index_sha=sha256_file(ip)[:16] if (ip := shard_index_path(recipe.data.shards)) else None,
                 wall_seconds=round(prior_seconds, 1),
                 world_size=world,
                 device=str(di.device),

@@ -105,3 +105,26 @@ def test_pretraining_logs_the_images_each_modality_gave(lopsided, tmp_path):
         assert r["images/fundus"] + r["images/oct"] == 2 * 16  # two steps of 16 images per record
         seen.update({m: r[f"images/{m}"] for m in ("fundus", "oct")})
     assert _within(seen, 96, 0.75), seen
+
+
+def test_pretraining_reads_pipe_urls_and_a_mix_needs_an_index(lopsided, tmp_path):
+    import json
+
+    from midol_cli.train.pretrain import run_pretrain
+    from tests.conftest import TINY_SWIN
+
+    names = sorted(s["name"] for s in json.loads((lopsided / "index.json").read_text())["shards"])
+    stem, last = names[0].rsplit("-", 1)[0], names[-1].rsplit("-", 1)[1].split(".")[0]
+    first = names[0].rsplit("-", 1)[1].split(".")[0]
+    spec = f"pipe:cat {lopsided}/{stem}-{{{first}..{last}}}.tar"
+    base = [f"data.shards={spec}", "data.modalities=[fundus,oct]", "model.arch=swin_tiny_patch4_window7_224",
+            "model.img_size=64", "model.arch_kwargs=" + json.dumps(TINY_SWIN), "train.steps=2", "train.log_every=1",
+            "optim.global_batch_size=8", "data.num_workers=0", "data.shuffle_buffer=8", "projector.hidden_dim=32",
+            "projector.n_prototypes=16", "loss.queue_size=8"]
+    run_pretrain(load_recipe(PretrainRecipe, "recipes/smoke.yaml", base), tmp_path / "run")
+    rec = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert rec["shards"] == spec and rec["shard_index_sha"] is None
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["images/fundus"] + r["images/oct"] for r in rows) == 16
+    with pytest.raises(UsageError, match="needs the shard set's index.json"):
+        run_pretrain(load_recipe(PretrainRecipe, "recipes/smoke.yaml", [*base, "data.mix=balanced"]), tmp_path / "r2")
