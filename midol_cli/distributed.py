@@ -85,6 +85,16 @@ def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
+def init_single_group(device: torch.device) -> None:
+    """A process group of one (an in-memory store, no network), for code that needs a group even
+    alone: FSDP's device mesh and DCP. ``is_dist`` stays False, so the collectives here stay no-ops."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1, device_id=device if device.type == "cuda" else None)
+
+
 def is_dist() -> bool:
     import torch.distributed as dist
 

@@ -197,6 +197,10 @@ class TrainCfg(Strict):
     routing: Literal["label", "learned"] = "label"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every rank holds the whole model; fsdp: parameters, gradients and optimiser "
+        "state of student and teacher sharded over the ranks (FSDP2), checkpoints as DCP directories "
+        "(docs/distributed.md)")
     seed: int = 0
     deterministic: bool = False
     log_every: int = Field(20, ge=1)

@@ -1,7 +1,7 @@
 """The pre-training run: recipe + shards -> run dir (checkpoints, metrics.jsonl, TensorBoard, export).
 
-Runs as one process (CPU or one GPU) or under torchrun (DDP). The loop knows
-nothing of the objective: ``MIDoL.forward_train`` computes it.
+Runs as one process (CPU or one GPU) or under torchrun (DDP, or FSDP2 with ``train.strategy=fsdp``:
+``train/fsdp.py``). The loop knows nothing of the objective: ``MIDoL.forward_train`` computes it.
 
 Host syncs: loss values and diagnostics are read at log steps only. A
 non-finite step is skipped on the device: the fused AdamW kernel takes a
@@ -176,7 +176,12 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     if recipe.model.grad_checkpointing and hasattr(model.student.encoder, "set_grad_checkpointing"):
         model.student.encoder.set_grad_checkpointing(True)
     student: torch.nn.Module = model.student
-    if di.distributed:
+    sharded = tr.strategy == "fsdp"
+    if sharded:
+        from midol_cli.train import fsdp
+
+        fsdp.shard_model(model, di)  # in place: ``student`` is model.student, now sharded
+    elif di.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         student = DDP(model.student, device_ids=[di.device.index] if di.device.type == "cuda" else None)
@@ -202,13 +207,17 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     start_step, bad_total = 0, 0
     damage = DamageTally()
     if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path)
+        if sharded != ckpt.is_sharded(resume_path):
+            raise UsageError(f"checkpoint '{resume_path}' was written with train.strategy="
+                             f"{'ddp' if sharded else 'fsdp'}; resume it with that strategy")
+        state = fsdp.load(resume_path, model, optimizer) if sharded else ckpt.load_checkpoint(resume_path)
         if state.get("recipe_hash") != recipe_hash(recipe):
             warnings.warn(f"resuming from {resume_path.name} with a different recipe", stacklevel=2)
-        model.student.load_state_dict(state["student"])
-        model.teacher.load_state_dict(state["teacher"])
-        model.intra.load_state_dict(state["intra"])
-        optimizer.load_state_dict(state["optimizer"])
+        if not sharded:
+            model.student.load_state_dict(state["student"])
+            model.teacher.load_state_dict(state["teacher"])
+            model.intra.load_state_dict(state["intra"])
+            optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         start_step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
         if di.is_main:  # the run's total so far, counted once (rank 0) in the all-reduced sum
@@ -311,37 +320,31 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
         """Parameters that are not finite are never checkpointed (nor exported): the run fails instead."""
         from midol_cli.train.engine import finite_parameters
 
-        ok = torch.tensor(float(finite_parameters(model.student) and finite_parameters(model.teacher)
-                                and features_finite(model.teacher.encoder, recipe.model.img_size, dev)), device=dev)
-        if float(all_reduce_sum(ok)) < di.world_size:
+        if sharded:
+            good = fsdp.all_finite(model, recipe.model.img_size, dev)
+        else:
+            ok = torch.tensor(float(finite_parameters(model.student) and finite_parameters(model.teacher)
+                                    and features_finite(model.teacher.encoder, recipe.model.img_size, dev)), device=dev)
+            good = float(all_reduce_sum(ok)) >= di.world_size
+        if not good:
             raise RunFailed(f"parameters or features are not finite at step {at}; nothing written for it ({last_good(run_dir)}); "
                             "lower optim.lr or use precision=fp32")
 
     def save(at: int) -> None:
         check_bad()
         check_finite(at)
-        if di.is_main:
-            ckpt.save_checkpoint(
-                run_dir,
-                at,
-                {
-                    "student": model.student.state_dict(),
-                    "teacher": model.teacher.state_dict(),
-                    "intra": model.intra.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": ckpt.rng_state(),
-                    "bad_steps": bad_total + int(bad_count),
-                    "damage": damage.local() if di.is_main else {},
-                    "recipe": recipe_dict(recipe),
-                    "recipe_hash": recipe_hash(recipe),
-                    "encoder_spec": encoder_spec(recipe).to_dict(),
-                    "init": init_info,
-                    "modalities": list(recipe.data.modalities),
-                    "n_experts": n_experts,
-                    "midol_version": __version__,
-                },
-                tr.keep_last,
-            )
+        meta = lambda: {  # noqa: E731  (the plain values; rank 0's RNG, as in the DDP checkpoint)
+            "rng": ckpt.rng_state(), "bad_steps": bad_total + int(bad_count),
+            "damage": damage.local() if di.is_main else {}, "recipe": recipe_dict(recipe),
+            "recipe_hash": recipe_hash(recipe), "encoder_spec": encoder_spec(recipe).to_dict(), "init": init_info,
+            "modalities": list(recipe.data.modalities), "n_experts": n_experts, "midol_version": __version__,
+        }
+        if sharded:
+            fsdp.save(run_dir, at, model, optimizer, meta() if di.is_main else {}, tr.keep_last, di.is_main)
+        elif di.is_main:
+            ckpt.save_checkpoint(run_dir, at, {"student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
+                                               "intra": model.intra.state_dict(), "optimizer": optimizer.state_dict(),
+                                               **meta()}, tr.keep_last)
         barrier()
 
     model.train()
@@ -371,7 +374,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 mod = batch["modality"].to(dev, non_blocking=True)
                 seen += torch.bincount(mod, minlength=len(recipe.data.modalities))
                 skey = batch["sample_key"].to(dev, non_blocking=True) if "sample_key" in batch else None
-                sync_ctx = student.no_sync if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext
+                sync_ctx = ((lambda: fsdp.no_sync(student)) if sharded else student.no_sync) \
+                    if (di.distributed and a < opt_cfg.accum_steps - 1) else nullcontext
                 log_now = (step + 1) % tr.log_every == 0 or step + 1 == stop
                 with sync_ctx(), autocast():
                     loss, stats = model.forward_train(
@@ -390,6 +394,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                     p.grad = None
             clip = opt_cfg.clip_grad if opt_cfg.clip_grad is not None else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, error_if_nonfinite=False)
+            grad_norm = fsdp.plain(grad_norm) if sharded else grad_norm
             term_bad = torch.stack(
                 [~torch.isfinite(stats[t]) if t != "grad_norm" else ~torch.isfinite(grad_norm) for t in TERMS]
             ).float()
@@ -402,7 +407,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             model.after_step()
-            model.update_teacher(cosine_momentum(step, total, tr.momentum_teacher, tr.momentum_teacher_end))
+            m_t = cosine_momentum(step, total, tr.momentum_teacher, tr.momentum_teacher_end)
+            fsdp.update_teacher(model, m_t) if sharded else model.update_teacher(m_t)
 
             consec = (consec + 1) * found_inf
             max_consec = torch.maximum(max_consec, consec)
