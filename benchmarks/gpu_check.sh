@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU session: GPU tests + pre-training throughput, a short table at the end.
+# One prepared GPU session: GPU tests, loader throughput (data.decode=cpu vs gpu, one-core rates) and
+# pre-training throughput, a short table at the end.
 # Installs nothing from the network. Missing pure-Python packages (pydantic, webdataset, pydicom)
 # may be carried as wheels in .whl/ (see docs/performance.md); they are installed into /tmp/site.
 #
@@ -26,7 +27,29 @@ else
 fi
 
 echo "== GPU tests"
-"$PY" -m pytest -q -m gpu tests 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+"$PY" -m pytest -q -m gpu tests --ignore=tests/data/test_gpu_views.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+
+echo "== data.decode=gpu: tests (device path vs CPU views, pre-training steps)"
+"$PY" -m pytest -q -rs -m gpu tests/data/test_gpu_views.py 2>&1 | tail -5 | tee "$OUT/gpu_views_tests.txt"
+
+# Loader: views delivered to the GPU, data.decode=cpu vs gpu (same workers), and the one-core rates of
+# this machine's (server) cores, for docs/performance.md "Feeding one H100".
+if [ "${DRY_RUN:-0}" = "1" ]; then
+  LOADER="--n 64 --epochs 1 --workers 1"; PERCORE="--n 64 --repeats 1 --workers 1"
+else
+  LOADER="--n 2000 --epochs 2 --workers 4"; PERCORE="--n 500 --repeats 3 --workers 8"
+fi
+loader_step() {  # name, args...
+  local name=$1; shift
+  echo "== loader: $name"
+  if OMP_NUM_THREADS=1 timeout 300 "$PY" benchmarks/loader.py "$@" > "$OUT/$name.log" 2>&1; then
+    grep -E "img/s|ratio|cores" "$OUT/$name.log" | tail -8
+  else
+    echo "$name: failed (see $OUT/$name.log)"; tail -3 "$OUT/$name.log"
+  fi
+}
+loader_step loader_decode --decode both --device cuda $LOADER
+loader_step loader_per_core --per-core $PERCORE
 
 echo "== throughput: $RECIPE"
 results=()

@@ -16,6 +16,21 @@ colour matrix, uint8 out and normalised later on the device) and torchvision's
 (PIL operations, ToTensor to float). Both loaders always get the same transform.
 
     python benchmarks/loader.py [--n 2000] [--workers 2] [--batch-size 32] [--transform both]
+
+Two more modes over the same generated shards (the ratio above is then not measured):
+
+``--per-core``: images/s on ONE core (num_workers=0, one torch thread; run it with
+OMP_NUM_THREADS=1) of (a) decode only, (a') decode under the views' crops only, (b) decode +
+the base recipe's pre-training MultiViewTransform (recipes/base.yaml, lazy ROI decode, as
+pre-training runs it), (c) the worker's share under ``data.decode=gpu`` (header, parameter
+draws, bytes); and the data-loader cores one GPU at ``--goal`` images/s needs: goal / rate,
+rounded up, and with 1.3x headroom.
+
+``--decode gpu|both --device cuda``: images/s of pre-training views delivered to the device,
+the CPU path (workers decode and augment; batches copied to the device) against the GPU path
+(workers draw parameters; ``data.gpu_views.GpuViews`` decodes and renders on the device), with
+``--workers`` DataLoader workers each. ``--device cpu`` runs the device path on the CPU (a check
+that it runs, not a speed figure).
 """
 
 from __future__ import annotations
@@ -228,6 +243,132 @@ def _pin_allocator() -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})
 
 
+def base_views(recipe_path: str = "recipes/base.yaml"):
+    """The pre-training MultiViewTransform of a recipe (the base recipe: Swin-B, 2 x 224 px views)."""
+    from midol_cli.data.transforms import MultiViewTransform
+    from midol_cli.recipes import PretrainRecipe, load_recipe
+
+    r = load_recipe(PretrainRecipe, recipe_path)
+    d = r.data
+    return MultiViewTransform(d.modalities, d.augment, r.model.img_size, d.global_views, d.local_views, d.local_size,
+                              d.local_crop_scale), r
+
+
+class _DecodeOnly:
+    """(image, meta) -> 0: the loader's decode and nothing else."""
+
+    def __call__(self, img, meta):
+        return 0
+
+
+class _CropDecodeOnly:
+    """Draw the views' boxes as MultiViewTransform does and decode only under them (no augmentation)."""
+
+    def __init__(self, views) -> None:
+        self.views = views
+
+    def __call__(self, img, meta):
+        from midol_cli.data.transforms import decode_for
+
+        v, m = self.views, meta["modality"]
+        augs = [v.global_aug[m]] * v.n_global + [v.local_aug[m]] * v.n_local
+        decode_for(img, [a.draw_box(img.width, img.height) for a in augs])
+        return 0
+
+
+def per_core(shards: Path, n: int, batch_size: int, repeats: int, goal: float) -> None:
+    """One-core images/s of each stage (num_workers=0, one torch thread) and the cores ``goal`` needs."""
+    import os
+    import statistics
+
+    import torch
+
+    from midol_cli.data.gpu_views import ViewParamTransform, collate_encoded
+    from midol_cli.data.loader import make_loader
+    from midol_cli.data.transforms import collate_views
+
+    torch.set_num_threads(1)
+    views, recipe = base_views()
+    d = recipe.data
+    print(f"per-core: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch threads "
+          f"{torch.get_num_threads()}, num_workers=0, batch {batch_size}, {repeats} passes of {n} images each")
+    print(f"  base recipe views: {d.global_views} global x {recipe.model.img_size} px + {d.local_views} local x "
+          f"{d.local_size} px, augment of the shards' modality (fundus)")
+    stages = {
+        "(a)  decode only (PIL, whole image)": ("pil", _DecodeOnly(), None),
+        "(a') decode under the views' crops only": ("lazy", _CropDecodeOnly(views), None),
+        "(b)  decode + MultiViewTransform (pre-training, data.decode=cpu)": ("lazy", views, collate_views),
+        "(c)  worker share of data.decode=gpu (header + draws + bytes)": ("lazy", ViewParamTransform(views),
+                                                                         collate_encoded),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in stages}
+    for _ in range(repeats):  # interleaved: a slow spell of a shared machine hits every stage alike
+        for key, (mode, tf, collate) in stages.items():
+            loader = make_loader(shards, tf, batch_size, num_workers=0, collate_fn=collate, drop_last=False,
+                                 shuffle_buffer=256, decode_mode=mode)
+            t0 = time.perf_counter()
+            count = sum(len(b["modality"]) if isinstance(b, dict) else len(b) for b in loader)
+            if count != n:
+                raise SystemExit(f"{key}: {count} images, expected {n}")
+            rates[key].append(count / (time.perf_counter() - t0))
+    for key, r in rates.items():
+        med = statistics.median(r)
+        print(f"  {key:66s} {max(r):8.1f} img/s best, {med:8.1f} median ({min(r):.1f}-{max(r):.1f}); "
+              f"{1e3 / max(r):.2f} ms/img best")
+    # The best pass is the least disturbed one (other jobs only ever add time); the median shows what
+    # a loaded machine gives.
+    for key in list(stages)[2:]:
+        best, med = max(rates[key]), statistics.median(rates[key])
+        print(f"cores for {goal:.0f} img/s, {key[:4].strip()}: {goal:.0f} / {best:.1f} = {goal / best:.2f} -> "
+              f"{math.ceil(goal / best)} cores; with 1.3x headroom {math.ceil(1.3 * goal / best)} cores "
+              f"(from the median pass: {math.ceil(goal / med)}, with headroom {math.ceil(1.3 * goal / med)})")
+
+
+def decode_paths(shards: Path, n: int, batch_size: int, workers: int, epochs: int, which: str, device: str) -> None:
+    """Images/s of views on ``device``: CPU path (decode + augment in workers, then copy) vs GPU path."""
+    import torch
+
+    from midol_cli.data.gpu_views import GpuViews, ViewParamTransform, collate_encoded
+    from midol_cli.data.loader import make_loader
+    from midol_cli.data.transforms import collate_views
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--decode: no CUDA device on this machine (the GPU path needs one; --device cpu only "
+                         "checks that it runs)")
+    dev = torch.device(device)
+    views, recipe = base_views()
+    on_dev = GpuViews(views, dev)
+    paths = {"cpu": (views, collate_views), "gpu": (ViewParamTransform(views), collate_encoded)}
+    paths = {k: v for k, v in paths.items() if which in (k, "both")}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rates: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(epochs):
+        for key, (tf, collate) in paths.items():
+            loader = make_loader(shards, tf, batch_size, num_workers=workers, collate_fn=collate, drop_last=False,
+                                 shuffle_buffer=256, decode_mode="lazy")
+            count = 0
+            sync()
+            t0 = time.perf_counter()
+            for b in loader:
+                out = on_dev(b) if key == "gpu" else {k: [v.to(dev, non_blocking=True) for v in b[k]]
+                                                       for k in ("global", "local")}
+                count += out["global"][0].shape[0]
+            sync()
+            rates[key].append(count / (time.perf_counter() - t0))
+    d = recipe.data
+    print(f"views to {dev} ({d.global_views} x {recipe.model.img_size} px + {d.local_views} x {d.local_size} px, "
+          f"base recipe), {workers} workers, batch {batch_size}, best of {epochs} passes (worker start-up included):")
+    for key, r in rates.items():
+        where = "workers decode + augment, copy" if key == "cpu" else "workers draw, device decodes + renders"
+        print(f"  data.decode={key} ({where}): {max(r):8.1f} img/s (passes {', '.join(f'{x:.1f}' for x in r)})")
+    if len(rates) == 2:
+        print(f"  ratio gpu/cpu: {max(rates['gpu']) / max(rates['cpu']):.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="synthetic images (default 2000)")
@@ -245,6 +386,13 @@ def main() -> None:
         "--transform", choices=("midol", "torchvision", "both"), default="both",
         help="whose implementation of the transform both loaders apply (default: both, one after the other)",
     )
+    ap.add_argument("--per-core", action="store_true",
+                    help="one-core rates of decode / decode + base-recipe views and the cores per GPU (see above)")
+    ap.add_argument("--goal", type=float, default=1600.0, help="--per-core: images/s one GPU takes (default 1600)")
+    ap.add_argument("--repeats", type=int, default=5, help="--per-core: interleaved passes per stage (default 5)")
+    ap.add_argument("--decode", choices=("gpu", "both"), default=None,
+                    help="measure views delivered to --device: the data.decode=gpu path, or both paths")
+    ap.add_argument("--device", default="cuda", help="--decode: the device (default cuda)")
     args = ap.parse_args()
     if args.allocator == "pinned":
         _pin_allocator()
@@ -275,6 +423,12 @@ def main() -> None:
             f"written in {t_shard:.1f}s with {args.workers} workers; allocator {args.allocator}"
         )
 
+        if args.per_core:
+            per_core(shards, args.n, args.batch_size, args.repeats, args.goal)
+            return
+        if args.decode is not None:
+            decode_paths(shards, args.n, args.batch_size, args.workers, args.epochs, args.decode, args.device)
+            return
         kinds = ["midol", "torchvision"] if args.transform == "both" else [args.transform]
         ceiling = decode_ceiling(shards)
         for kind in kinds:

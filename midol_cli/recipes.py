@@ -138,6 +138,10 @@ class DataCfg(Strict):
     augment: dict[str, AugCfg] = Field(default_factory=default_augs)
     num_workers: int = Field(4, ge=0)
     shuffle_buffer: int = Field(2000, ge=1)
+    decode: Literal["cpu", "gpu"] = Field(
+        "cpu", description="pre-training views: cpu (loader workers decode and augment) or gpu (workers draw "
+        "the augmentation parameters only; the training process decodes the JPEGs and renders the views on its "
+        "CUDA device, data/gpu_views.py; docs/performance.md)")
     mix: Literal["proportional", "balanced"] | dict[str, float] = Field(
         "proportional",
         description="how pre-training samples modalities: proportional (to their images), balanced (equal), "

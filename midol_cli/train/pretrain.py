@@ -264,16 +264,19 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
 
     spec = encoder_spec(recipe)
     normalise = Normalise(spec.mean, spec.std)
+    from midol_cli.data.gpu_views import loader_parts  # data.decode=gpu: workers draw, the device decodes
+
+    views_tf, views_collate, on_device = loader_parts(recipe.data.decode, transform, collate_views, di.device)
 
     def data_iter(segment: int):
         # data.mix: the resampled stream of the whole set (proportional), or one per modality drawn by
         # weight (data/mix.py); the views' crops decide which part of each JPEG is decoded ("lazy").
-        ds = make_mixed_dataset(recipe.data.shards, transform, modalities=list(recipe.data.modalities),
+        ds = make_mixed_dataset(recipe.data.shards, views_tf, modalities=list(recipe.data.modalities),
                                 mix=recipe.data.mix, split=recipe.data.split,
                                 shuffle_buffer=recipe.data.shuffle_buffer, seed=tr.seed * 1_000_003 + segment,
                                 decode_mode="lazy")
         loader = torch.utils.data.DataLoader(ds, batch_size=micro, num_workers=recipe.data.num_workers,
-                                             collate_fn=collate_views, drop_last=True, persistent_workers=False)
+                                             collate_fn=views_collate, drop_last=True, persistent_workers=False)
         damage.new_loader(ds)
         return iter(loader)
 
@@ -366,7 +369,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
                 g["weight_decay"] = wd if g.get("apply_wd") else 0.0
 
             for a in range(opt_cfg.accum_steps):
-                batch = next(it)
+                batch = on_device(next(it))  # data.decode=gpu: decoded and augmented here; else as it came
                 damage.see(batch)
                 # Views arrive as uint8 (a quarter of the bytes through workers and to the device).
                 gv = [normalise(v.to(dev, non_blocking=True)) for v in batch["global"]]
