@@ -47,17 +47,18 @@ def knn_neighbors(
     step = max(1, max_cells // max(M, 1))
     sims = np.empty((Q, kk), dtype=np.float32)
     idx = np.empty((Q, kk), dtype=np.int64)
+    import torch
+
     for start in range(0, Q, step):
         S = Qn[start : start + step] @ B.T  # [chunk, M]
         rows = np.arange(S.shape[0])
         if exclude_self:
             S[rows, rows + start] = -np.inf
-        # argpartition finds the k best in O(M); only those k are then sorted.
-        part = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < M else np.broadcast_to(np.arange(M), S.shape)
-        vals = np.take_along_axis(S, part, axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        sims[start : start + step] = np.take_along_axis(vals, order, axis=1)
-        idx[start : start + step] = np.take_along_axis(part, order, axis=1)
+        # torch.topk selects and sorts the k best of each row in O(M) (the matrix is shared, not
+        # copied), an order of magnitude faster than numpy's argpartition on one core.
+        vals, part = torch.topk(torch.from_numpy(S), kk, dim=1, largest=True, sorted=True)
+        sims[start : start + step] = vals.numpy()
+        idx[start : start + step] = part.numpy()
     return sims, idx
 
 
@@ -72,15 +73,21 @@ def knn_predict(
     temperature: float = DEFAULT_TEMPERATURE,
     exclude_self: bool = False,
     max_cells: int = 16_000_000,
+    neighbors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Class probabilities ``[Q, C]`` from temperature-weighted votes of the ``k`` nearest neighbours.
 
     ``bank_y``: ``[M]`` class indices, or ``[M, C]`` 0/1 indicators for multi-label. Rows of the
     result sum to 1 for single-label tasks; multi-label entries are per-label vote shares in [0, 1].
+    ``neighbors``: ``knn_neighbors``' result for a ``k`` at least as large (its first ``k`` columns are
+    used), so that several ``k`` share one search.
     """
     if temperature <= 0:
         raise ValueError("temperature must be positive")
-    sims, idx = knn_neighbors(bank, queries, k, exclude_self=exclude_self, max_cells=max_cells)
+    if neighbors is None:
+        sims, idx = knn_neighbors(bank, queries, k, exclude_self=exclude_self, max_cells=max_cells)
+    else:
+        sims, idx = neighbors[0][:, :k], neighbors[1][:, :k]
     # Shift by the row max before exp: only weight ratios matter, and this cannot overflow.
     w = np.exp((sims - sims[:, :1]) / temperature).astype(np.float64)  # [Q, k]
     w /= w.sum(1, keepdims=True)

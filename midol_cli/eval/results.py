@@ -273,7 +273,7 @@ def run_probe_suite(
     import numpy as np
 
     from midol_cli.eval.fractions import sample_fraction
-    from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_predict
+    from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_neighbors, knn_predict
     from midol_cli.eval.linear import fit_linear_probe
     from midol_cli.eval.metrics import (
         chance_metrics,
@@ -336,9 +336,11 @@ def run_probe_suite(
         say(f"{task.name}: warning: the linear probe predicts '{block['degenerate']['top']}' for "
             f"{block['degenerate']['share']:.0%} of test images (degenerate)")
 
+    # one neighbour search at the largest k serves every k (the neighbours come sorted by similarity)
+    nbrs = knn_neighbors(td.X[tr], td.X[te], max(int(k) for k in knn_ks)) if knn_ks else None
     for k in knn_ks:
         say(f"{task.name}: k-NN k={k}")
-        p_knn = knn_predict(td.X[tr], td.y[tr], td.X[te], int(k), lt, C)
+        p_knn = knn_predict(td.X[tr], td.y[tr], td.X[te], int(k), lt, C, neighbors=nbrs)
         block = ci_block(y_te, p_knn, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
         block.update({"k": int(k), "temperature": DEFAULT_TEMPERATURE, "bank": "train",
                       "degenerate": degenerate_prediction(p_knn, lt, task.classes)})

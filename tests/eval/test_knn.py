@@ -42,3 +42,18 @@ def test_leave_one_out_excludes_self_and_multilabel_votes_per_label():
     assert p.tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]
     with pytest.raises(ValueError, match="exclude_self"):
         knn_neighbors(X, X[:2], 1, exclude_self=True)
+
+
+def test_neighbours_match_brute_force_and_one_search_serves_every_k():
+    rng = np.random.default_rng(3)
+    bank, q = rng.normal(size=(500, 16)), rng.normal(size=(60, 16))
+    y = rng.integers(0, 4, 500)
+    sims, idx = knn_neighbors(bank, q, 20, max_cells=5_000)  # several chunks
+    S = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+    want = np.argsort(-S, axis=1, kind="stable")[:, :20]
+    assert np.array_equal(idx, want)  # continuous similarities: no ties
+    assert np.allclose(sims, np.take_along_axis(S, want, axis=1), atol=1e-6)
+    assert (np.diff(sims, axis=1) <= 0).all()
+    for k in (10, 20):
+        shared = knn_predict(bank, y, q, k, "multiclass", 4, neighbors=(sims, idx))
+        assert np.allclose(shared, knn_predict(bank, y, q, k, "multiclass", 4))

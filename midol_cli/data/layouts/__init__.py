@@ -20,7 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from midol_cli.data.readers import SUPPORTED_EXTENSIONS, is_candidate_name, sniff_dicom
 from midol_cli.errors import UsageError
@@ -198,9 +198,12 @@ def walk_candidates(root: str | os.PathLike[str], errors: list[str] | None = Non
 
 
 def strip_ext(path: str) -> str:
-    """``a/b/c.png`` -> ``a/b/c`` (only a supported image extension is removed)."""
-    p = PurePosixPath(path)
-    return str(p.with_suffix("")) if p.suffix.lower() in SUPPORTED_EXTENSIONS else path
+    """``a/b/c.png`` -> ``a/b/c`` (only a supported image extension is removed; a name that is only
+    an extension, ``a/.png``, keeps it). String operations: it runs once per file of a folder."""
+    dot = path.rfind(".")
+    if dot <= path.rfind("/") + 1:
+        return path
+    return path[:dot] if path[dot:].lower() in SUPPORTED_EXTENSIONS else path
 
 
 class FileIndex:
