@@ -36,6 +36,10 @@ def register(app: typer.Typer) -> None:
         ),
         radius: int = typer.Option(4, "--radius", help="Most differing pHash bits (of 64) for a near copy."),
         splits: str = typer.Option("test", "--splits", help="Comma-separated splits of --against to check."),
+        source_splits: str = typer.Option(
+            None, "--source-splits",
+            help="Only these splits of SOURCES count (e.g. train: what a run with data.split=train read); "
+                 "default: every row."),
         fmt: str = typer.Option("md", "--format", "-f", help="md (tables) or json (stdout)."),
         out: Path = typer.Option(None, "--out", help="Write every pair to this CSV file."),
         fail_on_overlap: bool = typer.Option(
@@ -57,7 +61,8 @@ def register(app: typer.Typer) -> None:
         from midol_cli.eval import contamination as con
 
         res = con.check_contamination(
-            sources, against, radius=radius, splits=splits.split(","), log=lambda m: print(m, file=sys.stderr)
+            sources, against, radius=radius, splits=splits.split(","), log=lambda m: print(m, file=sys.stderr),
+            source_splits=source_splits.split(",") if source_splits else None,
         )
         if fmt == "json":
             import json

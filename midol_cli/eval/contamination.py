@@ -291,9 +291,11 @@ def check_contamination(
     modality: str | None = None,
     decode_missing: bool = True,
     log: Callable[[str], None] | None = None,
+    source_splits: Sequence[str] | None = None,
 ) -> ContaminationResult:
     """Match the ``splits`` rows (of ``modality`` when given) of each test manifest or shard dir
-    against all ``sources``."""
+    against all ``sources`` (only their ``source_splits`` rows when given: a pre-training run that
+    read ``data.split: train`` of a shard set never saw its test rows)."""
     if not sources:
         raise UsageError("give at least one pre-training source (a shard dir or a manifest)")
     if not tests:
@@ -309,6 +311,13 @@ def check_contamination(
     pre = _Rows()
     for s in sources:
         pre.extend(load_source(s, decode_missing=decode_missing, log=log))
+    if source_splits is not None:
+        seen = {x.strip() for x in source_splits if x.strip()}
+        if not seen <= set(SPLITS):
+            raise UsageError(f"--source-splits '{','.join(source_splits)}' must name splits among {', '.join(SPLITS)}")
+        unchecked = pre.unchecked
+        pre = pre.subset([j for j, sp in enumerate(pre.split) if sp in seen])
+        pre.unchecked = unchecked
     index = _Index.build(pre)
     reports = []
     for name, rows in test_rows:
@@ -365,6 +374,18 @@ def run_json_of(weights: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def _run_split(run_dir: Path) -> str | None:
+    """The split pre-training read (the run's ``recipe.yaml`` ``data.split``); None: every split, or unknown."""
+    import yaml
+
+    try:
+        rec = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+        split = (rec.get("data") or {}).get("split")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return str(split) if split else None
+
+
 def warn_if_contaminated(
     weights: str | os.PathLike[str],
     test_data: str | os.PathLike[str],
@@ -382,7 +403,9 @@ def warn_if_contaminated(
         shards = json.loads(run_json.read_text(encoding="utf-8")).get("shards")
         if not shards or not (Path(shards) / "index.json").is_file():
             return None
-        res = check_contamination([shards], [test_data], modality=modality, decode_missing=False)
+        split = _run_split(run_json.parent)
+        res = check_contamination([shards], [test_data], modality=modality, decode_missing=False,
+                                  source_splits=None if split is None else [split])
     except Exception as e:  # the check is advisory: a probe never fails because of it
         from midol_cli.errors import MidolError
 

@@ -199,3 +199,32 @@ def test_probe_warning_from_run_json(planted, shard_dir, tmp_path):
     (run / "run.json").write_text(json.dumps({"shards": str(tmp_path / "gone")}))
     assert warn_if_contaminated(str(run), planted["test"], "planted", lines.append) is None
     assert lines == []
+
+
+def test_only_the_split_pre_training_read_counts(planted, shard_dir, tmp_path):
+    """A run that read data.split: train of a shard set never saw the set's other rows: the probe's
+    check (and --source-splits) looks at those rows only."""
+    from midol_cli.errors import UsageError
+    from midol_cli.eval.contamination import check_contamination
+
+    pre = read_manifest(planted["pre"])[0]
+    split_of = dict(zip(pre["path"].map(lambda p: Path(p).name), pre["split"], strict=True))
+    want = {sp: sum(split_of[src] == sp for _, src in planted["planted"].values()) for sp in ("train", "val", "test")}
+    assert sum(want.values()) == 6
+    for sp, n in want.items():
+        assert check_contamination([shard_dir], [planted["test"]], source_splits=[sp]).reports[0].overlaps == n
+    both = check_contamination([shard_dir], [planted["test"]], source_splits=["val", "test"])
+    assert both.reports[0].overlaps == want["val"] + want["test"]
+    assert both.pretrain_images == int(pre["split"].isin(["val", "test"]).sum())
+    with pytest.raises(UsageError, match="--source-splits"):
+        check_contamination([shard_dir], [planted["test"]], source_splits=["holdout"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"shards": str(shard_dir)}))
+    for sp, n in want.items():
+        (run / "recipe.yaml").write_text(f"data:\n  split: {sp}\n")
+        lines: list[str] = []
+        assert warn_if_contaminated(str(run), planted["test"], "planted", lines.append).overlaps == n
+        assert len(lines) == (1 if n else 0)
+    (run / "recipe.yaml").write_text("data:\n  split: null\n")  # a run over every split saw all six
+    assert warn_if_contaminated(str(run), planted["test"], "planted", lambda _m: None).overlaps == 6
