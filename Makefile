@@ -12,12 +12,13 @@ DEMO   ?= demo
 # Tests run on 2 cores; more threads than cores only adds contention.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo study test test-fast lint bench clean-demo help
+.PHONY: demo study test test-install test-fast lint bench clean-demo help
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on the embedded synthetic data"
 	@echo "make study  - the M-IDoL claim on the demo data: every variant x 3 seeds, paired CIs (about 1.5 h)"
-	@echo "make test   - set up .venv and run the full test suite"
+	@echo "make test   - set up .venv and run the full test suite (all but the install test)"
+	@echo "make test-install - install the base package alone into a fresh venv and check it is lean and works"
 	@echo "make test-fast - the tests not marked slow (no subprocess pipelines)"
 	@echo "make lint   - ruff check"
 	@echo "make bench  - CPU benchmarks (ratios against same-run baselines)"
@@ -42,7 +43,11 @@ HAVE_BROWSER = command -v chromium || command -v chromium-browser || command -v 
 test: $(STAMP)
 	$(BIN)/ruff check midol_cli tests benchmarks
 	@($(HAVE_BROWSER)) >/dev/null 2>&1 || echo "browser tests skipped: install Debian's chromium package (apt-get install chromium)"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not install"
+
+# The base install alone (no extras) in a fresh venv: tests/test_base_install.py (about a minute).
+test-install: $(STAMP)
+	$(BIN)/python -m pytest -q -m install
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -1,17 +1,52 @@
 """matplotlib helpers below both eval/ (a run's own figures, such as its confusion matrix) and report/
 (figures across runs): the non-interactive Agg backend, atomic PNG writes, and the confusion matrix.
-No metric is computed here; the figures draw numbers already computed."""
+No metric is computed here; the figures draw numbers already computed.
+
+matplotlib comes with the ``plots`` extra. A figure a command draws on the side (a probe's confusion
+matrix, a study's PNG) is skipped without it, with one warning per run (``side_plot``); a figure the
+user asked for (``--plot``) is a one-line error, best raised before the work (``require_plots``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from midol_cli.artifacts import atomic_path
+from midol_cli.extras import has, install_hint, require
+
+F = TypeVar("F", bound=Callable[..., Any])
+_warned_skip = False  # the side-plot warning is printed once per process (one run)
 
 
-def pyplot():
+def require_plots(feature: str = "plotting") -> None:
+    """UsageError ``<feature> needs matplotlib: pip install 'midol[plots]'`` when it is missing; call it
+    where a plot the user asked for is known, before the work starts (e.g. ``require_plots("--plot")``)."""
+    require("matplotlib", "plots", feature)
+
+
+def side_plot(fn: F) -> F:
+    """For a figure that is a side output of a command: without matplotlib the call returns None and the
+    run goes on; the first such call prints one ``warning:`` line naming the extra."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _warned_skip
+        if not has("matplotlib"):
+            if not _warned_skip:
+                _warned_skip = True
+                print(f"warning: matplotlib is not installed, so PNG figures are skipped: {install_hint('plots')}",
+                      file=sys.stderr)
+            return None
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def pyplot(feature: str = "PNG figures"):
+    require_plots(feature)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -27,6 +62,7 @@ def save_png(fig: Any, path: str | Path) -> None:
     pyplot().close(fig)
 
 
+@side_plot
 def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, title: str = "") -> None:
     """Counts ``cm [C, C]`` (rows true, columns predicted) as a heatmap with class names on both axes."""
     import numpy as np
@@ -54,6 +90,7 @@ def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | Path, tit
         plt.close(fig)
 
 
+@side_plot
 def plot_reliability(bins: Sequence[dict[str, Any]], path: str | Path, title: str = "",
                      ece: float | None = None) -> None:
     """A reliability diagram: accuracy against mean confidence per bin (``eval.calibration`` rows),

@@ -214,6 +214,22 @@ class TrainCfg(Strict):
     collapse_ratio: float = Field(0.95, gt=0, le=1, description="warn when teacher entropy stays above this x log P")
 
 
+class LoggingCfg(Strict):
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="trackers beside metrics.jsonl (docs/tracking.md)")
+    project: str | None = Field(None, description="wandb project / MLflow experiment; default: the recipe's name")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="offline: wandb sync later")
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite store in the run dir (mlflow.db)")
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each backend at most once")
+        return v
+
+
 class PretrainRecipe(Strict):
     name: str = "midol"
     model: ModelCfg = Field(default_factory=ModelCfg)
@@ -222,6 +238,7 @@ class PretrainRecipe(Strict):
     data: DataCfg = Field(default_factory=DataCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
+    logging: LoggingCfg = Field(default_factory=LoggingCfg)
 
     @model_validator(mode="after")
     def _freeze_below_steps(self) -> PretrainRecipe:
@@ -371,7 +388,11 @@ def recipe_dict(recipe: BaseModel) -> dict[str, Any]:
 
 
 def recipe_hash(recipe: BaseModel) -> str:
-    blob = json.dumps(recipe_dict(recipe), sort_keys=True).encode()
+    """What the run learns from: every key but ``logging`` (where metrics go changes nothing learned, so
+    a run resumed or reused with other trackers is the same run)."""
+    d = recipe_dict(recipe)
+    d.pop("logging", None)
+    blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -423,6 +444,7 @@ class _FinetuneBase(Strict):
     ckpt_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
     n_boot: int = Field(1000, ge=10)
     max_train_samples: int | None = Field(None, ge=1, description="cap the training set (quick runs)")
+    logging: LoggingCfg = Field(default_factory=LoggingCfg)
 
 
 class FinetuneRecipe(_FinetuneBase):

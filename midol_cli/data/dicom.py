@@ -11,22 +11,36 @@ from midol_cli.data.decoded import ImageRejected, ReadResult, _minmax_to_uint8
 if TYPE_CHECKING:
     import numpy as np
 
-# Which package decodes which compressed transfer syntax, for the reject reason
-# a user can act on ("pip install <this>").
+# The compressed transfer syntaxes whose decoder plugins come with the ``dicom`` extra: the family a user
+# recognises and the package that decodes it, for a reject reason a user can act on. The base install
+# still decodes some of them through Pillow (JPEG baseline; JPEG 2000 up to 16-bit grey or 8-bit colour)
+# and RLE through pydicom's own decoder.
 _DICOM_PLUGINS = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg or pillow",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg or pillow",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.5": "numpy",
+    "1.2.840.10008.1.2.4.50": ("JPEG baseline", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.51": ("JPEG extended", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.57": ("JPEG lossless", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.70": ("JPEG lossless", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.202": ("HTJ2K", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.5": ("RLE", "pylibjpeg-rle"),
 }
+# The plugins tried, in this order (pydicom's own order puts gdcm first): pylibjpeg, then the built-in
+# and Pillow decoders, with python-gdcm as the fallback for what they cannot decode.
+_PLUGIN_ORDER = ("pylibjpeg", "pydicom", "pillow", "gdcm", "pyjpegls")
+
+
+def _missing_plugin(tsyntax: Any, detail: str) -> ImageRejected:
+    """``JPEG 2000 DICOM needs pylibjpeg-openjpeg: pip install 'midol[dicom]' (<detail>)``; the part
+    before `` (`` is the reject class of the ingest summary, so the hint survives there too."""
+    from midol_cli.extras import missing_message
+
+    family, package = _DICOM_PLUGINS.get(str(tsyntax), (getattr(tsyntax, "name", str(tsyntax)), "a decoder"))
+    return ImageRejected(f"{missing_message(family + ' DICOM', package, 'dicom')} ({detail})")
 
 
 def _num(v: Any) -> float:
@@ -81,10 +95,9 @@ def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
         if len(ds.PixelData) < expected:
             raise ImageRejected("truncated image")
     try:
-        if frames > 1:
-            # Only the first frame is used; decoding all of a cine loop wastes memory.
-            ds.pixel_array_options(index=0)
-        arr = ds.pixel_array
+        arr = _pixels(ds, tsyntax, frames)
+    except ImageRejected:
+        raise
     except MemoryError:
         raise ImageRejected("out of memory while decoding") from None
     except Exception:
@@ -163,8 +176,32 @@ def _check_decoder(tsyntax: Any) -> None:
     except Exception:
         raise ImageRejected("unreadable DICOM") from None
     if not decoder.is_available:
-        plugin = _DICOM_PLUGINS.get(str(tsyntax)) or "; ".join(decoder.missing_dependencies) or "a decoder"
-        raise ImageRejected(f"missing DICOM plugin: {plugin} for {name}")
+        raise _missing_plugin(tsyntax, name)
+
+
+def _pixels(ds: Any, tsyntax: Any, frames: int) -> np.ndarray:
+    """The first frame's pixels, trying the available plugins in ``_PLUGIN_ORDER``. When every plugin
+    fails and none of the dicom extra's is installed, the reject names the extra: Pillow, the base
+    install's fallback, cannot decode all of a syntax (JPEG 2000 over 8 bits in colour, 12-bit JPEG)."""
+    opts: dict[str, Any] = {"index": 0} if frames > 1 else {}  # one frame: decoding a cine loop wastes memory
+    plugins: list[str] = [""]
+    if tsyntax.is_compressed:
+        from pydicom.pixels import get_decoder
+
+        available = set(get_decoder(tsyntax).available_plugins)
+        plugins = [p for p in _PLUGIN_ORDER if p in available] + sorted(available - set(_PLUGIN_ORDER))
+    failed: Exception | None = None
+    for plugin in plugins:
+        try:
+            ds.pixel_array_options(**opts, **({"decoding_plugin": plugin} if plugin else {}))
+            return ds.pixel_array
+        except MemoryError:
+            raise
+        except Exception as e:
+            failed = e
+    if tsyntax.is_compressed and str(tsyntax) in _DICOM_PLUGINS and plugins == ["pillow"]:
+        raise _missing_plugin(tsyntax, "Pillow could not decode it")
+    raise failed or ImageRejected("unreadable DICOM pixel data")
 
 
 def _dicom_gray_to_8bit(

@@ -25,8 +25,8 @@ a member path ``<file>.h5#<index>`` (``member_path``); ``read_file_bytes``
 returns that patch serialized as ``.npy`` bytes (dtype/shape header + the
 C-order pixels, so equal patches hash equally) with the container's stat, and
 ``decode_bytes`` turns them into an image (format "HDF5"). h5py is imported
-only when such a path is read; without it the member is rejected with
-"missing HDF5 reader: pip install h5py".
+only when such a path is read; without it (it comes with the ``hdf5`` extra) the member is rejected
+with "HDF5 image needs h5py: pip install 'midol[hdf5]'".
 """
 
 from __future__ import annotations
@@ -224,10 +224,9 @@ def _read_hdf5_member(container: str, index: int, max_bytes: int | None) -> tupl
     # h5py reports an unreadable file as a generic OSError: check first to keep the reason precise.
     if not os.access(container, os.R_OK):
         raise ImageRejected("permission denied")
-    try:
-        import h5py
-    except ImportError:
-        raise ImageRejected("missing HDF5 reader: pip install h5py") from None
+    from midol_cli.extras import require
+
+    h5py = require("h5py", "hdf5", "HDF5 image", error=ImageRejected)
     try:
         with h5py.File(container, "r") as fh:
             ds = _image_dataset(fh)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from midol_cli.artifacts import atomic_path
+from midol_cli.plotting import pyplot, side_plot
 
 PANEL_NAME = "panel.png"
 
@@ -139,12 +140,11 @@ def pick_cases(dice: Any, k: int = 6) -> list[int]:
     return [int(order[i]) for i in picks]
 
 
+@side_plot
 def plot_panel(cases: Sequence[PanelCase], path: str | Path, title: str = "") -> None:
-    """A grid, one row per case: the image, the ground-truth outline (green), the prediction's (magenta)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    """A grid, one row per case: the image, the ground-truth outline (green), the prediction's (magenta).
+    A side output: skipped with one warning when matplotlib (the ``plots`` extra) is missing."""
+    plt = pyplot()
 
     n = max(len(cases), 1)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False, layout="constrained")

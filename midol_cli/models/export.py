@@ -217,15 +217,15 @@ def export_onnx(run_dir: str | Path, out_file: str | Path | None = None, which: 
     """The encoder as ONNX (``RUN_DIR/export/encoder.onnx`` by default) with a dynamic batch axis,
     checked with onnxruntime on CPU: the ONNX outputs must equal PyTorch's (max abs difference 1e-4
     on a batch of 2). Needs the ``onnx`` extra; returns the file and the measured difference."""
-    import importlib.util
+    from midol_cli.extras import has, missing_message
+
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if not has(m)]
+    if missing:  # checked before torch is imported or anything is exported
+        raise UsageError(missing_message("ONNX export", ", ".join(missing), "onnx"))
 
     import torch
 
     from midol_cli.artifacts import atomic_path
-
-    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UsageError(f"ONNX export needs {', '.join(missing)}: pip install 'midol[onnx]'")
     run_dir = Path(run_dir)
     enc_file = run_dir / "export" / ENCODER_FILE
     if not enc_file.is_file():

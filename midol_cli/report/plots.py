@@ -1,13 +1,15 @@
 """PNG figures across runs from numbers already computed (no metric computation here): a bar chart of
 models x tasks and t-SNE maps. The Agg backend, the atomic PNG write and the per-run confusion matrix
-live one layer down, in midol_cli.plotting, so that eval/ need not import report/."""
+live one layer down, in midol_cli.plotting, so that eval/ need not import report/. The bar chart and the
+t-SNE maps are figures the user asks for (``--plot``): without matplotlib they are a one-line error
+naming the ``plots`` extra (``require_plots``, which the command can also call before its work)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from midol_cli.plotting import pyplot, save_png
+from midol_cli.plotting import pyplot, require_plots, save_png
 
 
 def plot_bars(
@@ -23,7 +25,7 @@ def plot_bars(
     asymmetric error bars ``errors[(task, model)] = (below, above)``. Missing cells leave a gap."""
     import numpy as np
 
-    plt = pyplot()
+    plt = pyplot("--plot (a bar chart)")
     n_t, n_m = len(tasks), max(len(models), 1)
     width = 0.8 / n_m
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * n_t * max(1, n_m / 2) + 2), 4))
@@ -65,6 +67,7 @@ def embedding_maps(emb_df, out_dir: str | Path, title: str = "", seed: int = 0) 
     """t-SNE maps of an embeddings table: all images coloured by modality, then each modality by label."""
     import numpy as np
 
+    require_plots("--plot (t-SNE maps)")  # before the t-SNE, which takes a while
     from midol_cli.eval.representation import project_2d
 
     out_dir = Path(out_dir)

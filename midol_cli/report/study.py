@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from midol_cli.plotting import side_plot
+
 
 def _fmt(x: float | None, pct: bool = True) -> str:
     if x is None or not math.isfinite(x):
@@ -129,8 +131,10 @@ def render_markdown(rec: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_study(rec: dict[str, Any], path: Path) -> None:
-    """Two panels: per-task means ± std of each variant, and the paired differences with their CIs."""
+@side_plot
+def plot_study(rec: dict[str, Any], path: Path) -> Path:
+    """Two panels: per-task means ± std of each variant, and the paired differences with their CIs.
+    Returns ``path``; None (after one warning) when matplotlib, the ``plots`` extra, is missing."""
     from midol_cli.plotting import pyplot, save_png
 
     plt = pyplot()
@@ -168,14 +172,17 @@ def plot_study(rec: dict[str, Any], path: Path) -> None:
     a2.set_title(f"variant - {rec['baseline']}")
     fig.tight_layout()
     save_png(fig, path)
+    return path
 
 
 def write_outputs(out: Path, rec: dict[str, Any]) -> list[Path]:
-    """study.json (the record), study.md (its tables) and study.png (its figure) under ``out``, each atomic."""
+    """study.json (the record), study.md (its tables) and study.png (its figure, unless matplotlib is
+    missing) under ``out``, each atomic; returns the paths written."""
     from midol_cli.artifacts import write_json_atomic, write_text_atomic
 
     paths = [out / "study.json", out / "study.md", out / "study.png"]
     write_json_atomic(paths[0], rec)
     write_text_atomic(paths[1], render_markdown(rec))
-    plot_study(rec, paths[2])
+    if plot_study(rec, paths[2]) is None:
+        paths.pop()
     return paths

@@ -38,6 +38,7 @@ from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, gather_obje
 from midol_cli.errors import RunFailed, UsageError
 from midol_cli.recipes import dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train.optim import warmup_cosine
+from midol_cli.train.trackers import check_backends, make_trackers, tracker_params
 
 BEST_NAME = "best.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -81,24 +82,22 @@ class Reporter:
 
 
 class RunLogger:
-    """``metrics.jsonl`` (NaN as null) and TensorBoard scalars on rank 0, progress to a ``Reporter``:
-    one bar update per row on a terminal, a plain ``step N/T ...`` line otherwise. TensorBoard is
-    optional at run time: ``metrics.jsonl`` is the record."""
+    """``metrics.jsonl`` (NaN as null) and the recipe's trackers (``train.trackers``: TensorBoard by
+    default) on rank 0, progress to a ``Reporter``: one bar update per row on a terminal, a plain
+    ``step N/T ...`` line otherwise. ``metrics.jsonl`` is the record; trackers are optional extras.
+    ``recipe`` (its ``logging`` and, with ``run.json``, the parameters trackers receive) may be None."""
 
     def __init__(self, run_dir: Path, total: int, start: int, enabled: bool, reporter: Reporter | None = None,
-                 label: str = "pretrain", key: str = "step") -> None:
+                 label: str = "pretrain", key: str = "step", recipe: Any = None) -> None:
         self.enabled, self.key, self.total = enabled, key, total
         self.reporter = reporter or Reporter()
-        self.fh = self.tb = None
+        self.fh = self.trackers = None
+        cfg = getattr(recipe, "logging", None)
+        check_backends(cfg)  # on every rank: a missing tracker package stops them all before training
         if not enabled:
             return
         self.fh = open(run_dir / METRICS_NAME, "a", encoding="utf-8")  # noqa: SIM115
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception as e:
-            self.reporter.line(f"note: TensorBoard logging disabled ({type(e).__name__}); metrics.jsonl has every row")
+        self.trackers = make_trackers(cfg, run_dir, tracker_params(recipe, run_dir), self.reporter.line, key)
         self.reporter.start(label, total, start)
 
     def log(self, rec: dict[str, Any], info: str) -> None:
@@ -106,10 +105,7 @@ class RunLogger:
             return
         self.fh.write(json_row(rec) + "\n")
         self.fh.flush()
-        if self.tb is not None:
-            for k, v in rec.items():
-                if isinstance(v, int | float) and k != self.key and math.isfinite(v):
-                    self.tb.add_scalar(k, v, rec[self.key])  # "teacher_entropy/xray" groups per expert
+        self.trackers.log(rec)
         if self.reporter.bar:
             self.reporter.advance(int(rec[self.key]), info)
         else:
@@ -119,8 +115,7 @@ class RunLogger:
         if not self.enabled:
             return
         self.reporter.stop()
-        if self.tb is not None:
-            self.tb.close()
+        self.trackers.close()
         self.fh.close()
 
 
@@ -330,6 +325,7 @@ def fit(task: SupervisedTask, net: torch.nn.Module, optimizer: torch.optim.Optim
             reporter.line(msg)
 
     run_dir = cfg.run_dir
+    check_backends(getattr(recipe, "logging", None))  # every rank, before anything trains
     st = _resume(task, optimizer, resume_path, recipe, say) if resume_path is not None else FitState()
     metrics_path = run_dir / METRICS_NAME
     if di.is_main:
@@ -374,7 +370,10 @@ def fit(task: SupervisedTask, net: torch.nn.Module, optimizer: torch.optim.Optim
     warm = int(cfg.warmup_frac * total)
     trainable = [p for p in task.model.parameters() if p.requires_grad]
     running = not st.stopped and st.epoch < cfg.epochs
+    trackers = None
     if di.is_main and running:
+        trackers = make_trackers(getattr(recipe, "logging", None), run_dir, tracker_params(recipe, run_dir),
+                                 reporter.line, "epoch")
         reporter.start(cfg.label, total, st.epoch * steps)
     consecutive_bad = 0
     try:
@@ -448,6 +447,7 @@ def fit(task: SupervisedTask, net: torch.nn.Module, optimizer: torch.optim.Optim
             if di.is_main:
                 with open(metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json_row(rec) + "\n")
+                trackers.log(rec)
                 shown = f"{value:.4f}" if math.isfinite(value) else "nan"
                 reporter.line(f"epoch {st.epoch}/{cfg.epochs}  train loss {rec.get('train_loss', float('nan')):.4f}  "
                               f"val {task.metric} {shown}  (best epoch {st.best_epoch})  {rec['time_s']:.1f} s")
@@ -458,6 +458,7 @@ def fit(task: SupervisedTask, net: torch.nn.Module, optimizer: torch.optim.Optim
     finally:
         if di.is_main and running:
             reporter.stop()
+            trackers.close()
     return st
 
 

@@ -298,7 +298,7 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     last_bad_step = torch.full((), -1.0, device=dev)
     last_bad_terms = torch.zeros(len(TERMS), device=dev)
 
-    logger = RunLogger(run_dir, total, start_step, di.is_main, reporter)
+    logger = RunLogger(run_dir, total, start_step, di.is_main, reporter, recipe=recipe)
     seen = torch.zeros(len(recipe.data.modalities), dtype=torch.long, device=dev)  # images per modality since the last log
     stop = min(total, max_steps) if max_steps is not None else total
     step = start_step

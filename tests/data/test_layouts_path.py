@@ -217,11 +217,11 @@ def test_hdf5_member_grayscale_16bit_and_missing_h5py(tmp_path, monkeypatch):
     assert (res.width, res.height, res.channels, res.bit_depth, res.intensity) == (5, 6, 1, 16, "minmax16to8")
     assert np.asarray(res.image).min() == 0 and np.asarray(res.image).max() == 255
     monkeypatch.setitem(sys.modules, "h5py", None)  # as if h5py were not installed
-    with pytest.raises(readers.ImageRejected, match="missing HDF5 reader: pip install h5py"):
+    with pytest.raises(readers.ImageRejected, match=r"HDF5 image needs h5py: pip install 'midol\[hdf5\]'"):
         readers.read_image(f"{tmp_path / 'stack.h5'}#0")
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / f"{PCAM.format('test', 'y')}.h5").write_bytes(b"x")
-    with pytest.raises(UsageError, match="needs h5py: pip install h5py"):
+    with pytest.raises(UsageError, match=r"needs h5py: pip install 'midol\[hdf5\]'"):
         scan("pcam", tmp_path / "p")
 
 

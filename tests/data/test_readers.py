@@ -197,14 +197,14 @@ def test_missing_dicom_plugin_is_named(tmp_path):
     # A fresh interpreter where pylibjpeg cannot be imported: what a user without the plugin sees.
     code = (
         "import sys\n"
-        "for m in ('pylibjpeg', 'libjpeg', 'openjpeg'): sys.modules[m] = None\n"
+        "for m in ('pylibjpeg', 'libjpeg', 'openjpeg', 'gdcm'): sys.modules[m] = None\n"
         "from midol_cli.data.readers import read_image, ImageRejected\n"
         f"try:\n    read_image({str(p)!r})\nexcept ImageRejected as e:\n    print(e.reason)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=HERE)
-    assert (
-        out.stdout.strip()
-        == "missing DICOM plugin: pylibjpeg-libjpeg for JPEG Lossless, Non-Hierarchical (Process 14)"
+    assert out.stdout.strip() == (
+        "JPEG lossless DICOM needs pylibjpeg-libjpeg: pip install 'midol[dicom]' "
+        "(JPEG Lossless, Non-Hierarchical (Process 14))"
     )
 
 

@@ -82,10 +82,9 @@ class PcamLayout(Layout):
                 f"'{root}' has no camelyonpatch_level_2_split_{{train,valid,test}}_{{x,y}}.h5 files; "
                 "the pcam layout reads patches and labels from them"
             )
-        try:
-            import h5py  # noqa: F401  (imported here only to give a clear message when missing)
-        except ImportError:
-            raise UsageError("the pcam layout reads HDF5 files and needs h5py: pip install h5py") from None
+        from midol_cli.extras import require
+
+        require("h5py", "hdf5", "the pcam layout (HDF5 patch files)")  # one clear line before any file is read
         entries: list[Entry] = []
         for split, official in _SPLITS:
             x_path, y_path = root / base / _name(split, "x"), root / base / _name(split, "y")
