@@ -350,13 +350,21 @@ def parse_overrides(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, flags: dict[str, str] | None = None) -> str:
+    """Every problem on one line, ``key: message (got value)``. ``flags`` names the command-line flag of a
+    key (``workers (--workers): ...``); a missing key then says how to give it."""
     problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        flag = (flags or {}).get(key)
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        if e["type"] == "missing" and flags is not None:
+            problems.append(f"{key}: required (give {flag + ' or ' if flag else ''}{key}=...)")
+            continue
+        if flag:
+            key = f"{key} ({flag})"
         bad = e.get("input")
         shown = json.dumps(bad, default=str) if not isinstance(bad, dict) else "{...}"
         if len(shown) > 60:

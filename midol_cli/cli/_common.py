@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 from midol_cli.errors import UsageError
+from midol_cli.paths import existing_dir, existing_file, writable_out  # noqa: F401  (the commands import them here)
 
 
 def console(stderr: bool = True):
@@ -32,36 +31,6 @@ def split_recipe_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     if bad:
         raise UsageError(f"'{bad[0]}' is not KEY=VALUE: give the recipe first, then key.sub=value overrides")
     return recipe, rest
-
-
-def writable_out(path: str | Path | None, what: str = "--out", folder: bool = True) -> None:
-    """Refuse, before any work, an output that cannot be written: ``path`` (a folder, or with
-    ``folder=False`` a file) or its nearest existing ancestor must be a writable folder."""
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    if p.exists():
-        if folder and not p.is_dir():
-            raise UsageError(f"{what} '{p}' is a file; it must be a folder")
-        if not folder and p.is_dir():
-            raise UsageError(f"{what} '{p}' is a folder; it must be a file path")
-        target = p if p.is_dir() else p.parent
-    else:
-        target = p.parent
-        while not target.exists() and target != target.parent:
-            target = target.parent
-        if not target.is_dir():
-            raise UsageError(f"{what} '{p}' is below '{target}', which is a file")
-    if not os.access(target, os.W_OK | os.X_OK):
-        why = "read-only" if _read_only(target) else "not writable"
-        raise UsageError(f"{what} '{p}': '{target}' is {why}; choose a writable location")
-
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
 
 
 def progress_reporter():
@@ -101,24 +70,6 @@ def progress_reporter():
                 self.progress = None
 
     return RichReporter()
-
-
-def existing_dir(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{what} '{p}' does not exist")
-    if not p.is_dir():
-        raise UsageError(f"{what} '{p}' is not a folder")
-    return p
-
-
-def existing_file(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{what} '{p}' does not exist")
-    if not p.is_file():
-        raise UsageError(f"{what} '{p}' is not a file")
-    return p
 
 
 def parse_subgroups(value: str | None) -> tuple[str, ...] | None:

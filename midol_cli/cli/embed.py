@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import ARGS_HELP, print_config_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -15,13 +17,16 @@ def register(app: typer.Typer) -> None:
             "accuracy, per-modality effective rank and k-NN accuracy; --plot draws t-SNE maps.\n\n"
             "Examples:\n\n"
             "  midol embed --weights demo/runs/smoke --data demo/shards --out demo/emb/smoke.parquet --plot demo/plots\n\n"
-            "  midol embed --weights random:demo/runs/smoke --data demo/shards --out demo/emb/random.parquet"
+            "  midol embed --weights random:demo/runs/smoke --data demo/shards --out demo/emb/random.parquet\n\n"
+            "  midol embed demo/emb/smoke.embed.yaml batch_size=16 --print-config"
         ),
     )
     def embed_cmd(
-        weights: str = typer.Option(..., "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
-        data: Path = typer.Option(..., "--data", help="Manifest (.parquet) or shard dir."),
-        out: Path = typer.Option(..., "--out", help="Embeddings Parquet to write."),
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(None, metavar="[CONFIG.yaml] [KEY=VALUE]...", help=ARGS_HELP),
+        weights: str = typer.Option(None, "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
+        data: Path = typer.Option(None, "--data", help="Manifest (.parquet) or shard dir."),
+        out: Path = typer.Option(None, "--out", help="Embeddings Parquet to write."),
         name: str = typer.Option(None, "--name", help="Model id (default: derived from --weights)."),
         plot: Path = typer.Option(None, "--plot", help="Folder for t-SNE PNGs (by modality, and per modality by label)."),
         batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
@@ -31,22 +36,16 @@ def register(app: typer.Typer) -> None:
         lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
                                      help="Load what fits of a partial checkpoint and leave the rest at random init "
                                           "(recorded in the load report); the default refuses any mismatch."),
+        print_config: bool = print_config_option(),
     ) -> None:
-        from midol_cli.cli._common import console, show_progress, writable_out
-        from midol_cli.eval.embed import embed, write_embeddings
-        from midol_cli.eval.models import load_eval_model
-        from midol_cli.eval.representation import representation_metrics
+        from midol_cli import api
+        from midol_cli.api.settings import EmbedSettings
+        from midol_cli.cli._common import console, show_progress
+        from midol_cli.cli._config import command_settings
 
-        writable_out(out, "--out", folder=False)
-        writable_out(plot, "--plot")
-        model = load_eval_model(weights, name, lenient=lenient)
-        df = embed(model, data, batch_size=batch_size, workers=workers, device=device, use_cache=not no_cache,
-                   progress=show_progress())
-        write_embeddings(df, out, model.info(), model.modalities)
-        rep = representation_metrics(df, model.modalities or None)
-        from midol_cli.artifacts import write_json_atomic
-
-        write_json_atomic(out.with_suffix(".metrics.json"), rep)
+        s = command_settings(ctx, EmbedSettings, args, FLAGS, "embed", print_config=print_config)
+        res = api.embed(s, progress=show_progress())
+        df, rep, model, out = res["embeddings"], res["metrics"], res["model"], res["out"]
         c = console()
         from rich.table import Table
 
@@ -68,11 +67,14 @@ def register(app: typer.Typer) -> None:
         for m, r in rep["per_modality"].items():
             t.add_row(m, str(r["n"]), f"{r['effective_rank']:.1f}", f"{r['knn_accuracy']:.3f}")
         c.print(t)
-        if plot is not None:
-            from midol_cli.report.plots import embedding_maps
+        for p in res["plots"]:
+            c.print(f"plot -> {p}")
 
-            for p in embedding_maps(df, plot, title=model.id):
-                c.print(f"plot -> {p}")
+
+# Flags -> settings keys (midol_cli.api.settings.EmbedSettings).
+FLAGS = {"weights": "weights", "data": "data", "out": "out", "name": "model_id", "plot": "plot",
+         "batch_size": "batch_size", "workers": "workers", "device": "device",
+         "no_cache": ("cache", lambda v: not v), "lenient": "weights_lenient"}
 
 
 def _say_load(c, model) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import print_config_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -24,48 +26,40 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def export(
-        run_dir: Path = typer.Argument(..., help="Run dir written by `midol pretrain`."),
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(None, metavar="[CONFIG.yaml] RUN_DIR [KEY=VALUE]...",
+                                         help="Run dir written by `midol pretrain`, optionally after a config YAML; "
+                                              "key=value settings after it."),
         out: Path = typer.Option(None, "--out", help="Target file or folder (default under RUN_DIR/export/)."),
         which: str = typer.Option("teacher", "--which", help="teacher (default, EMA) or student."),
         fmt: str = typer.Option("safetensors", "--format", help="safetensors, folder or onnx."),
         study: Path = typer.Option(None, "--study", help="study.md (or its folder) for the model card "
                                    "(default: the study this run belongs to)."),
+        print_config: bool = print_config_option(),
     ) -> None:
-        from midol_cli.cli._common import console, writable_out
-        from midol_cli.errors import UsageError
-        from midol_cli.models.export import export_folder, export_onnx, export_run
+        from midol_cli import api
+        from midol_cli.api.settings import ExportSettings
+        from midol_cli.cli._common import console
+        from midol_cli.cli._config import command_settings
 
-        if fmt not in ("safetensors", "folder", "onnx"):
-            raise UsageError(f"--format '{fmt}' is not one of safetensors, folder, onnx")
-        if fmt != "safetensors":
-            if not run_dir.is_dir():
-                raise UsageError(f"run dir '{run_dir}' does not exist")
-            if out is not None:
-                writable_out(out, "--out", folder=fmt == "folder")
-            else:
-                writable_out(run_dir / "export", "the run's export folder")
-            c = console()
-            if fmt == "folder":
-                paths = export_folder(run_dir, out, which, study)
-                c.print(f"model folder -> {paths['folder']} (model.safetensors, config.json, README.md, "
-                        "projector.safetensors)")
-            else:
-                info = export_onnx(run_dir, out, which)
-                c.print(f"onnx -> {info['file']} (opset {info['opset']}; onnxruntime matches PyTorch, "
-                        f"max abs difference {info['max_abs_diff']:.1e})")
-            return
-        if out is not None:
-            writable_out(out, "--out", folder=False)
-        elif run_dir.is_dir():
-            writable_out(run_dir / "export", "the run's export folder")
-        paths = export_run(run_dir, out, which)
+        s = command_settings(ctx, ExportSettings, args, FLAGS, "export", fields=("run_dir",),
+                             print_config=print_config)
+        res = api.export(s)
         c = console()
-        c.print(f"encoder   -> {paths['encoder']}")
-        c.print(f"projector -> {paths['projector']}")
-        if out is None:  # the calibration lives beside RUN_DIR/export/encoder.safetensors
-            from midol_cli.eval.calibrate import calibrate_routing
-
-            info = calibrate_routing(run_dir)
+        if s.format == "folder":
+            c.print(f"model folder -> {res['folder']} (model.safetensors, config.json, README.md, "
+                    "projector.safetensors)")
+        elif s.format == "onnx":
+            c.print(f"onnx -> {res['file']} (opset {res['opset']}; onnxruntime matches PyTorch, "
+                    f"max abs difference {res['max_abs_diff']:.1e})")
+        else:
+            c.print(f"encoder   -> {res['encoder']}")
+            c.print(f"projector -> {res['projector']}")
+            info = res.get("routing")
             if info:
                 c.print(f"routing   -> {info['file']} (held-out router accuracy {info['heldout_router_accuracy']:.3f}, "
                         f"{100 * info['tpr']:.0f}% of known images accepted)")
+
+
+# Flags -> settings keys (midol_cli.api.settings.ExportSettings).
+FLAGS = {"out": "out", "which": "which", "fmt": "format", "study": "study"}

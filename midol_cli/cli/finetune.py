@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import print_config_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -18,16 +20,19 @@ def register(app: typer.Typer) -> None:
             "  midol finetune --task synth-pathology --weights demo/runs/smoke --data demo/manifests/pathology.parquet "
             "recipes/finetune_smoke.yaml\n\n"
             "  torchrun --nproc_per_node 4 -m midol_cli finetune --task ham10000 --weights runs/base "
-            "--data ~/HAM10000 recipes/finetune.yaml optim.batch_size=128 --resume auto"
+            "--data ~/HAM10000 recipes/finetune.yaml optim.batch_size=128 --resume auto\n\n"
+            "  midol finetune results/smoke/synth-pathology/finetune.yaml epochs=5 --print-config"
         ),
     )
     def finetune(
-        args: list[str] = typer.Argument(None, metavar="RECIPE.yaml KEY=VALUE",
-                                         help="Optional recipe YAML, then key.sub=value overrides (e.g. epochs=10)."),
-        task: str = typer.Option(..., "--task", help="Task: a name (see `midol tasks`), a task file (.yaml), or auto."),
-        weights: str = typer.Option(..., "--weights",
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(None, metavar="[RECIPE.yaml] [KEY=VALUE]...",
+                                         help="Optional recipe YAML (it may hold the command's keys too: task, "
+                                              "weights, data, ...), then key.sub=value overrides (e.g. epochs=10)."),
+        task: str = typer.Option(None, "--task", help="Task: a name (see `midol tasks`), a task file (.yaml), or auto."),
+        weights: str = typer.Option(None, "--weights",
                                     help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
-        data: Path = typer.Option(..., "--data", help="Manifest (from `midol ingest`) or the raw download folder."),
+        data: Path = typer.Option(None, "--data", help="Manifest (from `midol ingest`) or the raw download folder."),
         out: Path = typer.Option(Path("results"), "--out", help="Results root."),
         name: str = typer.Option(None, "--name", help="Model id in results (default: derived from --weights)."),
         run_dir: Path = typer.Option(None, "--run-dir",
@@ -45,35 +50,17 @@ def register(app: typer.Typer) -> None:
         lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
                                      help="Load what fits of a partial checkpoint and leave the rest at random init "
                                           "(recorded in the load report); the default refuses any mismatch."),
+        print_config: bool = print_config_option(),
     ) -> None:
-        from midol_cli.recipes import finetune_schema, load_recipe
-        from midol_cli.tasks import resolve_task, task_options
+        from midol_cli import api
+        from midol_cli.cli._common import progress_reporter
 
-        spec = resolve_task(task, data)
-        opts = task_options(spec, task_option or [])
-        from midol_cli.cli._common import split_recipe_args
+        s, recipe = resolve_finetune(ctx, args)
+        if print_config:
+            from midol_cli.cli._config import emit_config
 
-        recipe_path, overrides = split_recipe_args(args)
-        recipe = load_recipe(finetune_schema(spec.label_type), recipe_path, overrides)
-        if not data.exists():
-            from midol_cli.errors import UsageError
-
-            raise UsageError(f"data '{data}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
-                             "shows the expected layout")
-        from midol_cli.cli._common import parse_subgroups, progress_reporter, writable_out
-        from midol_cli.errors import UsageError
-
-        if min_subgroup < 1:
-            raise UsageError("--min-subgroup must be >= 1")
-
-        writable_out(out)
-        writable_out(run_dir, "--run-dir")
-        from midol_cli.train.finetune import run_finetune
-
-        summary = run_finetune(spec, weights, data, recipe, out_root=out, name=name, run_dir=run_dir,
-                               resume=resume, linear=linear, reporter=progress_reporter(),
-                               options=opts, lenient=lenient, subgroups=parse_subgroups(subgroups),
-                               min_positives=min_subgroup)
+            emit_config({**s.model_dump(mode="json"), **recipe.model_dump(mode="json")}, "finetune")
+        summary = api.finetune(s, recipe, reporter=progress_reporter())
         if not summary:  # ranks other than 0
             return
         from midol_cli.cli._common import console
@@ -95,3 +82,58 @@ def register(app: typer.Typer) -> None:
 
         for line in subgroup_lines(summary["protocols"][proto], m):
             console().print(line, soft_wrap=True)
+
+
+# Flags -> settings keys (midol_cli.api.settings.FinetuneSettings; the recipe's keys sit beside them).
+FLAGS = {"task": "task", "weights": "weights", "data": "data", "out": "out", "name": "model_id",
+         "run_dir": "run_dir", "resume": "resume", "linear": "linear", "task_option": "task_options",
+         "subgroups": "subgroups", "min_subgroup": "min_subgroup", "lenient": "weights_lenient"}
+
+
+def resolve_finetune(ctx: typer.Context, args: list[str] | None):
+    """(``FinetuneSettings``, recipe): one file and one override list hold both models' keys; every
+    problem of either is reported at once."""
+    from midol_cli.api.settings import (
+        FinetuneSettings,
+        settings_data,
+        split_args,
+        split_keys,
+        validate_settings,
+    )
+    from midol_cli.cli._config import flag_names, given_flags
+    from midol_cli.errors import UsageError
+    from midol_cli.recipes import (
+        FinetuneRecipe,
+        _merge,
+        finetune_schema,
+        parse_overrides,
+        read_yaml,
+        validate,
+    )
+
+    config, pos, over = split_args(args)
+    if pos:
+        raise UsageError(f"'{pos[0]}' is not KEY=VALUE: give the recipe first, then key.sub=value overrides")
+    raw = read_yaml(config, example="recipes/finetune_smoke.yaml") if config is not None else {}
+    mine, my_over, rest, rest_over = split_keys(raw, over, set(FinetuneSettings.model_fields))
+    names = flag_names(ctx, FLAGS)
+    src = f"finetune recipe '{config}'" if config else "finetune settings"
+    problems, s = [], None
+    try:
+        data = settings_data(FinetuneSettings, mine, flags=given_flags(ctx, FLAGS), overrides=my_over,
+                             flag_names=names)
+        s = validate_settings(FinetuneSettings, data, src, names)
+    except UsageError as e:
+        problems.append(str(e))
+    schema = FinetuneRecipe
+    if s is not None:
+        from midol_cli.tasks import resolve_task
+
+        schema = finetune_schema(resolve_task(s.task, s.data).label_type)
+    try:
+        recipe = validate(schema, _merge(rest, parse_overrides(rest_over)), src + (" with overrides" if over else ""))
+    except UsageError as e:
+        problems.append(str(e))
+    if problems:
+        raise UsageError("; ".join(problems))
+    return s, recipe

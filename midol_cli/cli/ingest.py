@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from midol_cli.cli._common import console, show_progress
-from midol_cli.errors import UsageError
+from midol_cli.cli._config import print_config_option
 
 _SPLITS = ("train", "val", "test")
 
@@ -20,6 +20,7 @@ def _plain(msg: str) -> None:
 
 def print_summary(summary: dict[str, Any]) -> None:
     """Rich tables on stderr: images per label and split, rejects by reason, then warnings."""
+    from rich.markup import escape
     from rich.table import Table
 
     con = console()
@@ -39,7 +40,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         r.add_column("reason")
         r.add_column("files", justify="right")
         for reason, n in summary["rejects_by_reason"].items():
-            r.add_row(reason, str(n))
+            r.add_row(escape(reason), str(n))
         con.print(r)
     con.print(
         f"{summary['rows']} rows: {summary['ok']} ok, {summary['rejected']} rejected; "
@@ -48,7 +49,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         highlight=False,
     )
     for w in summary["warnings"]:
-        con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        con.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
     con.print(f"manifest: {summary['manifest']}", highlight=False)
 
 
@@ -59,11 +60,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ingest")
     def ingest(
-        raw_dir: Path = typer.Argument(
-            ..., help="Raw folder of images (read only; nothing is written inside it)."
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(
+            None, metavar="[CONFIG.yaml] RAW_DIR [KEY=VALUE]...",
+            help="Raw folder of images (read only; nothing is written inside it), optionally after a config "
+                 "YAML; key=value settings (e.g. seed=1, meta_cols=[sex,age]) after it.",
         ),
         modality: str = typer.Option(
-            ..., "--modality", "-m", help="xray, fundus, oct, dermoscopy, pathology, ..."
+            None, "--modality", "-m", help="xray, fundus, oct, dermoscopy, pathology, ..."
         ),
         layout: str = typer.Option(
             "auto",
@@ -97,8 +101,12 @@ def register(app: typer.Typer) -> None:
         dataset: str | None = typer.Option(
             None, "--dataset", help="Dataset name (default: the layout's, else the folder name)."
         ),
+        print_config: bool = print_config_option(),
     ) -> None:
         """Walk RAW_DIR, validate every image and write a Parquet manifest (one row per file, with rejects).
+
+        The resolved settings are written beside the manifest (NAME.ingest.yaml); give that file back
+        to repeat the run.
 
         Examples:
 
@@ -107,49 +115,30 @@ def register(app: typer.Typer) -> None:
           midol ingest ~/HAM10000 -m dermoscopy --layout ham10000
 
           midol ingest ~/clinic -m xray --labels labels.csv --path-col file --label-col finding
+
+          midol ingest demo/manifests/fundus.ingest.yaml seed=1 --print-config
         """
-        from midol_cli.data.layouts import LayoutOptions
+        from midol_cli.api.settings import IngestSettings
+        from midol_cli.cli._config import command_settings
 
-        csv_flags = {
-            "--labels": labels,
-            "--path-col": path_col,
-            "--label-col": label_col,
-            "--group-col": group_col,
-            "--split-col": split_col,
-            "--label-sep": label_sep,
-            "--meta-cols": meta_cols,
-        }
-        given = [k for k, v in csv_flags.items() if v is not None]
-        if given and layout.strip().lower() == "auto":
-            layout = "csv"  # a labels CSV given means the csv layout
-        if given and layout.strip().lower() != "csv":
-            raise UsageError(f"{', '.join(given)} only apply to --layout csv (got --layout {layout})")
-        if labels is not None and not labels.is_file() and (raw_dir / labels).is_file():
-            labels = raw_dir / labels  # a CSV named relative to the raw folder
-        if labels is not None and not labels.is_file():
-            raise UsageError(f"labels file '{labels}' does not exist")
-        opts = LayoutOptions(
-            labels=labels,
-            path_col=path_col,
-            label_col=label_col,
-            group_col=group_col,
-            split_col=split_col,
-            label_sep=label_sep,
-            meta_cols=tuple(c.strip() for c in (meta_cols or "").split(",") if c.strip()),
-        )
-        from midol_cli.cli._common import writable_out
+        s = command_settings(ctx, IngestSettings, args, FLAGS, "ingest", fields=("raw_dir",),
+                             print_config=print_config)
+        from midol_cli import api
 
-        writable_out(out, "--out", folder=False)
         bar = _reading_bar() if show_progress() else None
         try:
-            summary = _ingest(bar, raw_dir, modality, layout, out, workers, seed, max_pixels, new_modality, opts,
-                              dataset)
+            summary = api.ingest(s, progress=bar.update_to if bar is not None else None, log=_plain)
         finally:
             if bar is not None:
                 bar.stop()
         print_summary(summary)
         # The manifest path is the command's data output: `M=$(midol ingest ...)` works.
         typer.echo(summary["manifest"])
+
+
+# Flags -> settings keys (midol_cli.api.settings.IngestSettings).
+FLAGS = {k: k for k in ("modality", "layout", "out", "workers", "seed", "max_pixels", "new_modality", "labels",
+                        "path_col", "label_col", "group_col", "split_col", "label_sep", "meta_cols", "dataset")}
 
 
 def _reading_bar():
@@ -162,23 +151,3 @@ def _reading_bar():
     task = bar.add_task("read", total=None)
     bar.update_to = lambda done, total: bar.update(task, completed=done, total=total)
     return bar
-
-
-def _ingest(bar, raw_dir, modality, layout, out, workers, seed, max_pixels, new_modality, opts, dataset):
-    from midol_cli.data.ingest import ingest_folder
-    from midol_cli.data.readers import DEFAULT_MAX_PIXELS
-
-    return ingest_folder(
-        raw_dir,
-        modality,
-        layout=layout,
-        out=out,
-        workers=workers,
-        seed=seed,
-        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-        new_modality=new_modality,
-        layout_options=opts,
-        dataset=dataset,
-        progress=bar.update_to if bar is not None else None,
-        log=None if bar is not None else _plain,
-    )

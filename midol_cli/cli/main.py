@@ -17,6 +17,7 @@ from midol_cli.errors import MidolError
 # Order is the order `midol --help` lists them: the pipeline, then helpers.
 COMMAND_MODULES: tuple[str, ...] = (
     "synth",
+    "quickstart",
     "ingest",
     "shard",
     "pretrain",
@@ -31,13 +32,29 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tasks",
 )
 
+# The conventions a script or scheduler needs, at the end of `midol --help` (tests/cli/test_help.py).
+EPILOG = (
+    "[bold]Exit codes:[/] 0 ok; 1 the run failed (a shard set that fails verification, a full disk, a "
+    "diverged run); 2 usage or data error (a bad option, setting or path: one line on stderr); "
+    "130 interrupted (Ctrl-C).\n\n"
+    "[bold]Environment:[/] MIDOL_CACHE_DIR (embedding and dataset cache; default ~/.cache/midol); "
+    "HF_HUB_OFFLINE (midol sets it to 1 unless it is given, so timm and huggingface_hub never reach the "
+    "network: weights are local files); "
+    "MIDOL_DEBUG=1 (full tracebacks for I/O errors); torchrun's RANK, LOCAL_RANK, WORLD_SIZE, "
+    "MASTER_ADDR, MASTER_PORT (distributed runs: docs/distributed.md); OMP_NUM_THREADS (CPU threads per "
+    "process)."
+)
+
 app = typer.Typer(
     name="midol",
     help=(
         "M-IDoL medical foundation models: raw folders -> manifest -> shards -> pre-training -> "
         "embeddings, probes, fine-tuning -> report tables.\n\n"
-        "Quick start:  midol synth demo/raw && midol ingest demo/raw/fundus --modality fundus"
+        "Quick start:  midol synth demo/raw && midol quickstart demo/raw --out demo/qs --recipe recipes/smoke.yaml\n\n"
+        "Every command takes [CONFIG.yaml] and key=value settings; --print-config shows what it will run with, "
+        "and the resolved settings are written beside each output."
     ),
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
     # Patient data is sensitive: tracebacks must never print local variables.
@@ -180,6 +197,8 @@ def run() -> None:
     ``MIDOL_DEBUG=1`` lets I/O errors through with their traceback (for developers)."""
     import os
 
+    # midol never downloads (weights are local files): libraries that could reach a hub are told so.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not os.environ.get("MIDOL_DEBUG"):
         _one_line_warnings()
     try:

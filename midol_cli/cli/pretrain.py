@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import print_config_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -29,20 +31,22 @@ def register(app: typer.Typer) -> None:
             None, "--init", metavar="NAME=FILE",
             help="Start student and teacher from released weights (a registry NAME=FILE, see `midol models`, "
                  "or a file); loaded strictly. Same as model.weights=..."),
+        print_config: bool = print_config_option(),
     ) -> None:
+        from midol_cli import api
         from midol_cli.recipes import PretrainRecipe, load_recipe
 
         r = load_recipe(PretrainRecipe, recipe, overrides or [])
         if init:
             r.model.weights = init
+        if print_config:
+            from midol_cli.cli._config import emit_config
+
+            emit_config(r, "pretrain")
         run_dir = out or Path("runs") / r.name
-        from midol_cli.cli._common import writable_out
-
-        writable_out(run_dir, "--out" if out else "the run dir")
         from midol_cli.cli._common import progress_reporter
-        from midol_cli.train.pretrain import run_pretrain
 
-        summary = run_pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=progress_reporter())
+        summary = api.pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=progress_reporter())
         from midol_cli.cli._common import console
         from midol_cli.distributed import is_rank0
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import ARGS_HELP, print_config_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -15,13 +17,16 @@ def register(app: typer.Typer) -> None:
             "label-fraction probes; 95% bootstrap CIs on test. Writes results/<model>/<task>/.\n\n"
             "Examples:\n\n"
             "  midol probe --task synth-fundus --weights demo/runs/smoke --data demo/manifests/fundus.parquet\n\n"
-            "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data ~/HAM10000"
+            "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data ~/HAM10000\n\n"
+            "  midol probe results/smoke/synth-fundus/probe.yaml seeds=5 n_boot=2000"
         ),
     )
     def probe(
-        task: str = typer.Option(..., "--task", help="Task: a name (see `midol tasks`), a task file (.yaml), or auto."),
-        weights: str = typer.Option(..., "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
-        data: Path = typer.Option(..., "--data", help="Manifest, shard dir, or the raw download folder."),
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(None, metavar="[CONFIG.yaml] [KEY=VALUE]...", help=ARGS_HELP),
+        task: str = typer.Option(None, "--task", help="Task: a name (see `midol tasks`), a task file (.yaml), or auto."),
+        weights: str = typer.Option(None, "--weights", help="Run dir, export .safetensors, timm:NAME=FILE or random:NAME."),
+        data: Path = typer.Option(None, "--data", help="Manifest, shard dir, or the raw download folder."),
         out: Path = typer.Option(Path("results"), "--out", help="Results root."),
         name: str = typer.Option(None, "--name", help="Model id in results (default: derived from --weights)."),
         fractions: str = typer.Option("0.01,0.1,1.0", "--fractions", help="Label fractions for the fraction probes."),
@@ -39,31 +44,14 @@ def register(app: typer.Typer) -> None:
         lenient: bool = typer.Option(False, "--weights-lenient/--weights-strict",
                                      help="Load what fits of a partial checkpoint and leave the rest at random init "
                                           "(recorded in the load report); the default refuses any mismatch."),
+        print_config: bool = print_config_option(),
     ) -> None:
-        from midol_cli.errors import UsageError
-        from midol_cli.tasks import resolve_task, task_options
+        from midol_cli import api
+        from midol_cli.api.settings import ProbeSettings
+        from midol_cli.cli._config import command_settings
 
-        spec = resolve_task(task, data)
-        opts = task_options(spec, task_option or [])
-        try:
-            fr = tuple(float(x) for x in fractions.split(",") if x.strip())
-        except ValueError:
-            raise UsageError(f"--fractions '{fractions}' must be comma-separated numbers such as 0.01,0.1,1.0") from None
-        if any(not 0 < f <= 1 for f in fr):
-            raise UsageError(f"--fractions '{fractions}': every fraction must be in (0, 1]")
-        if seeds < 1 or n_boot < 10:
-            raise UsageError("--seeds must be >= 1 and --n-boot >= 10")
-        from midol_cli.cli._common import parse_subgroups, writable_out
-        from midol_cli.workflows.probe import run_task
-
-        writable_out(out)
-        if min_subgroup < 1:
-            raise UsageError("--min-subgroup must be >= 1")
-
-        summary = run_task(spec, weights, data, out, name=name, fractions=fr, seeds=tuple(range(seeds)),
-                           n_boot=n_boot, batch_size=batch_size, workers=workers, device=device,
-                           options=opts, lenient=lenient, subgroups=parse_subgroups(subgroups),
-                           min_positives=min_subgroup)
+        s = command_settings(ctx, ProbeSettings, args, FLAGS, "probe", print_config=print_config)
+        summary = api.probe(s)
         from midol_cli.cli._common import console
 
         c = console()
@@ -81,3 +69,10 @@ def register(app: typer.Typer) -> None:
         for line in subgroup_lines(summary["protocols"]["linear"], m):
             c.print(line)
         c.print(f"-> {summary['out_dir']}")
+
+
+# Flags -> settings keys (midol_cli.api.settings.ProbeSettings).
+FLAGS = {"task": "task", "weights": "weights", "data": "data", "out": "out", "name": "model_id",
+         "fractions": "fractions", "seeds": "seeds", "n_boot": "n_boot", "batch_size": "batch_size",
+         "workers": "workers", "device": "device", "task_option": "task_options", "subgroups": "subgroups",
+         "min_subgroup": "min_subgroup", "lenient": "weights_lenient"}

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import typer
 
-from midol_cli.cli._common import existing_dir
-from midol_cli.errors import UsageError
-
-FORMATS = ("md", "csv", "json", "html")
+from midol_cli.cli._config import print_config_option
 
 
 def report(
-    results_dir: Path = typer.Argument(..., help="Folder holding results/<model>/<task>/summary.json files."),
+    ctx: typer.Context,
+    args: list[str] = typer.Argument(None, metavar="[CONFIG.yaml] RESULTS [KEY=VALUE]...",
+                                     help="Folder holding results/<model>/<task>/summary.json files, optionally after "
+                                          "a config YAML; key=value settings after it."),
     fmt: str = typer.Option("md", "--format", "-f", help="md, csv, json (stdout or --out) or html (needs --out)."),
     reference: str = typer.Option(
         None, "--reference", help="Add published numbers as a labelled column: 'paper' (M-IDoL, arXiv 2604.08936)."
@@ -32,6 +32,7 @@ def report(
         None, "--compare", help="A,B: paired difference A - B per task (bootstrap CI and p, DeLong, Holm) instead."
     ),
     n_boot: int = typer.Option(2000, "--n-boot", help="--compare: paired bootstrap replicates."),
+    print_config: bool = print_config_option(),
 ) -> None:
     """Print a table of models (columns) x tasks (rows, grouped by modality) to stdout (or --out).
 
@@ -50,83 +51,28 @@ def report(
       midol report demo/results --format html --out demo/report.html
 
       midol report demo/results --compare midol-s0,random-s0
+
+      midol report demo/report.report.yaml protocol=finetune --print-config
     """
-    from midol_cli.report.reference import SOURCES
-    from midol_cli.report.table import (
-        build_table,
-        collect_summaries,
-        render_csv,
-        render_json,
-        render_markdown,
-    )
+    from midol_cli import api
+    from midol_cli.api.settings import ReportSettings
+    from midol_cli.cli._config import command_settings
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format '{fmt}' is not supported; use one of {', '.join(FORMATS)}")
-    if reference is not None and reference not in SOURCES:
-        raise UsageError(f"--reference '{reference}' is unknown; use one of {', '.join(SOURCES)}")
-    root = existing_dir(results_dir, "results folder")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise UsageError(f"--plot '{plot}' must be a .png file name")
-    from midol_cli.cli._common import writable_out
-
-    writable_out(plot, "--plot", folder=False)
-    if fmt == "html" and out is None:
-        raise UsageError("--format html writes a file: add --out FILE (e.g. --out report.html)")
-    writable_out(out, "--out", folder=False)
-    if out is not None and plot is not None and out.resolve() == plot.resolve():
-        raise UsageError(f"--out '{out}' and --plot name the same file")
-    for folder in tsne or []:
-        existing_dir(folder, "--tsne folder")
-
-    summaries, warnings = collect_summaries(root)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if not summaries:
-        raise UsageError(f"no valid summary.json under '{root}'; write results with `midol probe` first")
-    available = sorted({p for _, s in summaries for p in s["protocols"]})
-    if protocol not in available:
-        raise UsageError(f"no summary has protocol '{protocol}' (available: {', '.join(available)})")
-    if metric is not None:
-        known = {m for _, s in summaries for b in s["protocols"].values() for m in b.get("metrics", {})}
-        if metric not in known:
-            raise UsageError(f"no summary has metric '{metric}' (available: {', '.join(sorted(known))})")
-
-    table = build_table(summaries, protocol=protocol, metric=metric, reference=reference)
-    for w in table.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    comparison, compare_models = None, None
-    if compare is not None:  # the paired comparison: report/compare.py (html shows it beside the table)
-        from midol_cli.report.compare import comparison_rows, parse_compare, render_comparison
-
-        if metric is not None:
-            raise UsageError("--compare compares each task's primary metric; leave out --metric")
-        compare_models = parse_compare(compare)
-        comparison = comparison_rows(root, *compare_models, protocol=protocol, n_boot=n_boot, seed=0)
-    if fmt == "html":
-        from midol_cli.report.html import render_html
-
-        text = render_html(table, summaries, root, comparison=comparison, compare_models=compare_models,
-                           tsne=tsne or [], warnings=warnings, command=" ".join(["midol", *sys.argv[1:]]))
-    elif comparison is not None:
-        text = render_comparison(comparison, compare_models, fmt, protocol=protocol, n_boot=n_boot)
-    else:
-        text = {"md": render_markdown, "csv": render_csv, "json": render_json}[fmt](table)
-    if out is None:
+    s = command_settings(ctx, ReportSettings, args, FLAGS, "report", fields=("results_dir",),
+                         print_config=print_config)
+    text = api.report(s, warn=lambda w: print(f"warning: {w}", file=sys.stderr),
+                      command=" ".join(["midol", *sys.argv[1:]]))
+    if s.out is None:
         typer.echo(text, nl=False)
     else:
-        from midol_cli.artifacts import write_text_atomic
+        print(f"wrote {s.out} ({len(text.encode('utf-8')) / 1024:.0f} KiB)", file=sys.stderr)
+    if s.plot is not None:
+        print(f"wrote {s.plot}", file=sys.stderr)
 
-        write_text_atomic(out, text)
-        print(f"wrote {out} ({len(text.encode('utf-8')) / 1024:.0f} KiB)", file=sys.stderr)
 
-    if plot is not None:
-        from midol_cli.report.plots import plot_bars
-        from midol_cli.report.table import bar_chart_data
-
-        tasks, values, errors = bar_chart_data(table)
-        ylabel = f"{metric or 'primary metric'} (x100)"
-        plot_bars(tasks, table.models, values, errors, plot, ylabel, title=f"protocol: {protocol}")
-        print(f"wrote {plot}", file=sys.stderr)
+# Flags -> settings keys (midol_cli.api.settings.ReportSettings).
+FLAGS = {"fmt": "format", "reference": "reference", "protocol": "protocol", "metric": "metric", "plot": "plot",
+         "out": "out", "tsne": "tsne", "compare": "compare", "n_boot": "n_boot"}
 
 
 def register(app: typer.Typer) -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import print_config_option
 from midol_cli.errors import RunFailed, UsageError
-
-
-def _default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def register(app: typer.Typer) -> None:
@@ -24,12 +20,16 @@ def register(app: typer.Typer) -> None:
             "Re-running with the same inputs and options completes an interrupted run.\n\n"
             "Examples:\n\n"
             "  midol shard data/*/manifest.parquet --out shards/train --split train\n\n"
-            "  midol shard --verify shards/train"
+            "  midol shard --verify shards/train\n\n"
+            "  midol shard shards/train/shard.yaml max_side=256 --out shards/train256"
         ),
     )
     def shard(
-        manifests: list[Path] = typer.Argument(
-            None, help="Manifest(s) written by `midol ingest` (e.g. one per modality).", show_default=False
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(
+            None, metavar="[CONFIG.yaml] MANIFEST... [KEY=VALUE]...",
+            help="Manifest(s) written by `midol ingest` (e.g. one per modality), optionally after a config YAML; "
+                 "key=value settings (e.g. max_side=256) after them.", show_default=False
         ),
         out: Path = typer.Option(None, "--out", "-o", help="Folder for the shards (not inside any raw folder)."),
         verify: Path = typer.Option(None, "--verify", help="Verify SHARD_DIR against its index.json; write nothing."),
@@ -44,34 +44,31 @@ def register(app: typer.Typer) -> None:
         ),
         workers: int = typer.Option(None, "--workers", help="Encoding processes (default: CPUs, up to 8)."),
         jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality for RGB images (1-100)."),
+        print_config: bool = print_config_option(),
     ) -> None:
         if verify is not None:
-            if manifests or out is not None:
-                raise UsageError("--verify SHARD_DIR takes no manifests and no --out; run it on its own")
+            if args or out is not None:
+                raise UsageError("--verify SHARD_DIR takes no manifests, settings or --out; run it on its own")
             _verify(verify)
             return
-        if not manifests:
-            raise UsageError("give at least one manifest (from `midol ingest`), or --verify SHARD_DIR")
-        if out is None:
-            raise UsageError("--out SHARD_DIR is required: where to write the shards")
-        from midol_cli.cli._common import writable_out
+        from midol_cli.api.settings import ShardSettings
+        from midol_cli.cli._config import command_settings
 
-        writable_out(out)
-        for m in manifests:
-            if not m.is_file():
-                raise UsageError(f"manifest '{m}' does not exist; create it with `midol ingest`")
-        _write(
-            manifests, out, split=split, modalities=tuple(modality or ()), max_side=max_side,
-            max_count=max_count, max_size=max_size, seed=seed, min_shards=min_shards,
-            workers=workers if workers is not None else _default_workers(), jpeg_quality=jpeg_quality,
-        )
+        s = command_settings(ctx, ShardSettings, args, FLAGS, "shard", fields=("manifests",), many=True,
+                             print_config=print_config)
+        _write(s)
 
 
-def _write(manifests: list[Path], out: Path, *, workers: int, max_size: str, **kw) -> None:
+# Flags -> settings keys (midol_cli.api.settings.ShardSettings).
+FLAGS = {"out": "out", "split": "split", "modality": "modalities", "max_side": "max_side", "max_count": "max_count",
+         "max_size": "max_size", "seed": "seed", "min_shards": "min_shards", "workers": "workers",
+         "jpeg_quality": "jpeg_quality"}
+
+
+def _write(s) -> None:
+    from midol_cli import api
     from midol_cli.cli._common import console, show_progress
-    from midol_cli.data.shards import ShardParams, parse_size, write_shards
 
-    params = ShardParams(max_size=parse_size(max_size), **kw)
     c = console()
     if show_progress():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -84,12 +81,10 @@ def _write(manifests: list[Path], out: Path, *, workers: int, max_size: str, **k
             def on_progress(done: int, total: int) -> None:
                 prog.update(task, completed=done, total=total)
 
-            index = write_shards(manifests, out, params, workers=workers, on_progress=on_progress, log=prog.console.print)
+            index = api.shard(s, on_progress=on_progress, log=prog.console.print)
     else:
-        index = write_shards(
-            manifests, out, params, workers=workers, log=lambda line: print(line, file=sys.stderr, flush=True)
-        )
-    _summary(c, index, out)
+        index = api.shard(s, log=lambda line: print(line, file=sys.stderr, flush=True))
+    _summary(c, index, s.out)
 
 
 def _summary(c, index: dict, out: Path) -> None:

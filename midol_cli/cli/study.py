@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from midol_cli.cli._config import print_config_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -19,14 +21,19 @@ def register(app: typer.Typer) -> None:
             "Examples:\n\n"
             "  midol study recipes/smoke.yaml --data demo/shards --tasks synth-fundus,synth-oct --seeds 3\n\n"
             "  midol study recipes/base.yaml --data shards/ --tasks auto --variants midol,no_moe,random "
-            "--out studies/base"
+            "--out studies/base\n\n"
+            "  midol study study/study.yaml study.seeds=5 --print-config"
         ),
     )
     def study(
-        args: list[str] = typer.Argument(..., metavar="RECIPE.yaml [KEY=VALUE]...",
-                                         help="Pre-training recipe, then overrides applied to every variant."),
-        data: Path = typer.Option(..., "--data", help="Shard dir: pre-training (train split) and, by default, probing."),
-        tasks: str = typer.Option(..., "--tasks", help="Comma-separated task names, task files (.yaml), or auto."),
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(None, metavar="RECIPE.yaml [KEY=VALUE]...",
+                                         help="Pre-training recipe (it may hold a study: section), then overrides: "
+                                              "study.KEY=VALUE for the study's settings, the rest applied to every "
+                                              "variant."),
+        data: Path = typer.Option(None, "--data", help="Shard dir: pre-training (train split) and, by default, "
+                                  "probing. Same as data.shards=..."),
+        tasks: str = typer.Option(None, "--tasks", help="Comma-separated task names, task files (.yaml), or auto."),
         task_data: list[str] = typer.Option(None, "--task-data", metavar="TASK=PATH",
                                             help="Probe TASK on another manifest or shard dir (repeatable)."),
         variants: str = typer.Option(",".join(_default()), "--variants", help="Comma-separated built-in variants."),
@@ -40,46 +47,43 @@ def register(app: typer.Typer) -> None:
         finetune_seeds: int = typer.Option(1, "--finetune-seeds", help="Seeds to fine-tune (the first N)."),
         workers: int = typer.Option(1, "--workers", help="Data-loading processes for embedding."),
         device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
+        print_config: bool = print_config_option(),
     ) -> None:
-        from midol_cli.cli._common import console, split_recipe_args
+        from midol_cli import api
+        from midol_cli.api.settings import StudySettings, resolve, split_args
+        from midol_cli.cli._common import console
+        from midol_cli.cli._config import flag_names, given_flags
         from midol_cli.errors import UsageError
-        from midol_cli.recipes import PretrainRecipe, load_recipe
-        from midol_cli.workflows.study import StudyConfig, parse_variants, run_study
+        from midol_cli.recipes import read_yaml
+        from midol_cli.workflows.study_setup import prepare_study, split_study_overrides
 
-        recipe, overrides = split_recipe_args(args)
-        if recipe is None:
+        recipe, pos, over = split_args(args)
+        if recipe is None or pos:
             raise UsageError("give the pre-training recipe first (e.g. recipes/smoke.yaml), then KEY=VALUE overrides")
+        section = read_yaml(recipe).get("study") or {}
+        own, rest = split_study_overrides(over)
+        s = resolve(StudySettings, section, own, flags=given_flags(ctx, FLAGS), flag_names=flag_names(ctx, FLAGS),
+                    command="`midol study`")
         recipe_path = Path(recipe)
-        if seeds < 1 or n_boot < 100 or finetune_seeds < 0:
-            raise UsageError("--seeds must be >= 1, --n-boot >= 100 and --finetune-seeds >= 0")
-        if not (data / "index.json").is_file():
-            raise UsageError(f"--data '{data}' is not a shard dir (no index.json); make one with `midol shard`")
-        base = load_recipe(PretrainRecipe, recipe_path, [*overrides, f"data.shards={data}"])
-        chosen = parse_variants(variants.split(","), variant or [], base.loss.intra)
-        study_tasks = _tasks(tasks, data, task_data or [])
-        if finetune is not None:  # checked now, not after hours of pre-training
-            if not finetune.is_file():
-                raise UsageError(f"--finetune '{finetune}' is not a file")
-            on_shards = [t.spec.name for t in study_tasks if (Path(t.data) / "index.json").is_file()]
-            if on_shards:
-                raise UsageError(
-                    f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read the "
-                    "shard dir: give each its manifest with --task-data TASK=manifest.parquet"
-                )
-        from midol_cli.cli._common import writable_out
+        if section:  # a config written by an earlier study: its recipe part is what every variant starts from
+            recipe_path = _recipe_without_study(recipe_path, s.out)
+        if print_config:
+            from midol_cli.cli._config import emit_config
 
-        writable_out(out)
-        cfg = StudyConfig(recipe_path, overrides, data, study_tasks, chosen, list(range(seeds)), out,
-                          n_boot=n_boot, finetune_recipe=finetune, finetune_seeds=finetune_seeds,
-                          workers=workers, device=device)
-        rec = run_study(cfg)
-        from midol_cli.report.study import render_markdown, write_outputs
+            _, resolved = prepare_study(recipe_path, rest, s, data)
+            emit_config({**resolved, "study": s.model_dump(mode="json")}, "study")
+        rec = api.study(recipe_path, s, overrides=rest, data=data)
+        console().print(f"study: wrote {rec['written'][1]}, study.json and study.png", markup=False,
+                        highlight=False)
+        from midol_cli.report.study import render_markdown
 
-        written = write_outputs(out, rec)
-        console().print(f"study: wrote {written[1]}, study.json and study.png", markup=False, highlight=False)
-        c = console(stderr=False)
+        console(stderr=False).print(render_markdown(rec), markup=False, highlight=False)
 
-        c.print(render_markdown(rec), markup=False, highlight=False)
+
+# Flags -> settings keys (midol_cli.api.settings.StudySettings).
+FLAGS = {"tasks": "tasks", "task_data": "task_data", "variants": "variants", "variant": "custom_variants",
+         "seeds": "seeds", "out": "out", "n_boot": "n_boot", "finetune": "finetune",
+         "finetune_seeds": "finetune_seeds", "workers": "workers", "device": "device"}
 
 
 def _default() -> tuple[str, ...]:
@@ -88,39 +92,16 @@ def _default() -> tuple[str, ...]:
     return DEFAULT_VARIANTS
 
 
-def _tasks(arg: str, data: Path, task_data: list[str]):
-    from midol_cli.errors import UsageError
-    from midol_cli.tasks import resolve_task
-    from midol_cli.tasks.custom import auto_tasks, read_labels_table
-    from midol_cli.workflows.study import StudyTask
+def _recipe_without_study(path: Path, out: Path) -> Path:
+    """The recipe part of a config that also holds a ``study:`` section, as OUT/recipe.yaml."""
+    import yaml
 
-    extra: dict[str, Path] = {}
-    for item in task_data:
-        if "=" not in item:
-            raise UsageError(f"--task-data '{item}' must look like TASK=PATH")
-        k, v = item.split("=", 1)
-        if not Path(v).exists():
-            raise UsageError(f"--task-data {k}: '{v}' does not exist")
-        extra[k.strip()] = Path(v)
-    out: list[StudyTask] = []
-    for name in (t.strip() for t in arg.split(",")):
-        if not name:
-            continue
-        if name == "auto":
-            src = extra.get("auto", data)
-            out += [StudyTask(s, src) for s in auto_tasks(read_labels_table(src), str(src))]
-            continue
-        src = extra.get(name, data)
-        spec = resolve_task(name, src)
-        if spec.label_type == "segmentation":
-            raise UsageError(f"task {spec.name} is a segmentation task; a study probes frozen encoders")
-        out.append(StudyTask(spec, src))
-    if not out:
-        raise UsageError("--tasks names no task")
-    names = [t.spec.name for t in out]
-    if len(set(names)) != len(names):
-        raise UsageError(f"--tasks lists a task twice ({', '.join(names)})")
-    unused = set(extra) - set(names) - {"auto"}
-    if unused:
-        raise UsageError(f"--task-data names task(s) not in --tasks: {', '.join(sorted(unused))}")
-    return out
+    from midol_cli.artifacts import write_text_atomic
+    from midol_cli.recipes import read_yaml
+
+    data = read_yaml(path)
+    data.pop("study", None)
+    target = out / "recipe.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, yaml.safe_dump(data, sort_keys=False))
+    return target

@@ -278,9 +278,12 @@ def ingest_folder(
     )
     from midol_cli.data.manifest import write_manifest
 
-    write_manifest(df, meta, target)
+    # Counts of files read again and the command line vary between runs over the same data.
+    wrote = write_manifest(df, meta, target, volatile=("command", "counts"))
+    summary["unchanged"] = not wrote
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    log(f"ingest: wrote {target} ({summary['ok']} ok, {summary['rejected']} rejected)")
+    log(f"ingest: {'wrote' if wrote else 'kept (unchanged)'} {target} ({summary['ok']} ok, {summary['rejected']} "
+        "rejected)")
     return summary
 
 

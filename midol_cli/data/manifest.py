@@ -37,8 +37,12 @@ def empty_row() -> dict[str, Any]:
     return row
 
 
-def write_manifest(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) -> None:
-    """Write ``df`` (all MANIFEST_COLUMNS) with provenance ``meta`` atomically."""
+def write_manifest(df: pd.DataFrame, meta: dict[str, Any], path: str | Path, volatile: tuple[str, ...] = ()) -> bool:
+    """Write ``df`` (all MANIFEST_COLUMNS) with provenance ``meta`` atomically; return whether it wrote.
+
+    A manifest already at ``path`` with the same rows and the same provenance but for the ``volatile``
+    keys (the command line, how many files were read again) is left as it is: its hash, which shard
+    plans and caches key on, stays the same when nothing in the data changed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -47,8 +51,30 @@ def write_manifest(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) -> 
         raise ValueError(f"manifest is missing columns {missing}")
     schema = _arrow_schema().with_metadata({META_KEY: json.dumps(meta, default=str).encode()})
     table = pa.Table.from_pandas(df[list(MANIFEST_COLUMNS)], schema=schema, preserve_index=False)
+    if volatile and _same(Path(path), table, meta, volatile):
+        return False
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+    return True
+
+
+def _same(path: Path, table: Any, meta: dict[str, Any], volatile: tuple[str, ...]) -> bool:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return False
+    try:
+        old = pq.read_table(path)
+        old_meta = json.loads((old.schema.metadata or {}).get(META_KEY, b"{}").decode())
+    except Exception:  # unreadable or not a manifest: written anew
+        return False
+    new_meta = json.loads(json.dumps(meta, default=str))
+
+    def stable(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if k not in volatile}
+
+    return stable(old_meta) == stable(new_meta) and old.replace_schema_metadata(None).equals(
+        table.replace_schema_metadata(None))
 
 
 def read_manifest(path: str | Path, only_ok: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:

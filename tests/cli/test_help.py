@@ -73,3 +73,35 @@ def test_recipe_arguments_are_parsed_one_way():
     assert split_recipe_args(None) == (None, [])
     with pytest.raises(UsageError, match="'oops' is not KEY=VALUE"):
         split_recipe_args(["r.yaml", "oops"])
+
+
+def test_root_help_ends_with_exit_codes_and_environment(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys, "argv", ["midol", "--help"])
+    from midol_cli.cli.main import run
+
+    with pytest.raises(SystemExit):
+        run()
+    out = capsys.readouterr().out
+    tail = " ".join(out[out.index("Exit codes:"):].split())
+    for needle in ("0 ok", "1 the run failed", "2 usage or data error", "130 interrupted", "MIDOL_CACHE_DIR",
+                   "HF_HUB_OFFLINE", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        assert needle in tail, needle
+    assert out.index("Exit codes:") > out.index("quickstart")  # after the command list: the help's end
+
+
+def test_midol_tells_hubs_it_is_offline(monkeypatch, capsys):
+    """midol never downloads: the console entry sets HF_HUB_OFFLINE=1 unless the user set it."""
+    import os
+
+    from midol_cli.cli.main import run
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["midol", "--version"])
+    with pytest.raises(SystemExit):
+        run()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(SystemExit):
+        run()
+    assert os.environ["HF_HUB_OFFLINE"] == "0"

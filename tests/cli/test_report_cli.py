@@ -96,7 +96,7 @@ def test_plot_is_written(tmp_path, monkeypatch, capsys):
     [
         (["report", "{missing}"], "does not exist"),
         (["report", "{empty}"], "no valid summary.json"),
-        (["report", "{results}", "--format", "xlsx"], "--format 'xlsx'"),
+        (["report", "{results}", "--format", "xlsx"], "format (--format): Input should be 'md', 'csv', 'json' or 'html' (got \"xlsx\")"),
         (["report", "{results}", "--protocol", "finetune"], "no summary has protocol 'finetune'"),
         (["report", "{results}", "--reference", "blog"], "--reference 'blog'"),
         (["report", "{results}", "--metric", "dice"], "no summary has metric 'dice'"),

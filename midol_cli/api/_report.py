@@ -1,0 +1,96 @@
+"""`midol report`'s work: collect summaries, build the table (or the paired comparison), render it,
+write the file and the bar chart. The CLI and ``api.report`` call ``build_report``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from midol_cli.errors import UsageError
+from midol_cli.paths import existing_dir, writable_out
+
+
+def check_report(s: Any) -> Path:
+    """Every one-line refusal that needs no summary read: the results folder, --reference, the plot and
+    output paths, --tsne folders."""
+    from midol_cli.report.reference import SOURCES
+
+    if s.reference is not None and s.reference not in SOURCES:
+        raise UsageError(f"--reference '{s.reference}' is unknown; use one of {', '.join(SOURCES)}")
+    root = existing_dir(s.results_dir, "results folder")
+    if s.plot is not None and s.plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot '{s.plot}' must be a .png file name")
+    writable_out(s.plot, "--plot", folder=False)
+    if s.format == "html" and s.out is None:
+        raise UsageError("--format html writes a file: add --out FILE (e.g. --out report.html)")
+    writable_out(s.out, "--out", folder=False)
+    if s.out is not None and s.plot is not None and s.out.resolve() == s.plot.resolve():
+        raise UsageError(f"--out '{s.out}' and --plot name the same file")
+    for folder in s.tsne:
+        existing_dir(folder, "--tsne folder")
+    if s.plot is not None:
+        from midol_cli.extras import require
+
+        require("matplotlib", "plots", "report --plot")
+    return root
+
+
+def build_report(s: Any, warn: Callable[[str], None], command: str | None = None) -> str:
+    """The report text for ``ReportSettings`` ``s``; written to ``s.out`` (atomically) when set."""
+    from midol_cli.report.table import (
+        build_table,
+        collect_summaries,
+        render_csv,
+        render_json,
+        render_markdown,
+    )
+
+    root = check_report(s)
+    summaries, warnings = collect_summaries(root)
+    for w in warnings:
+        warn(w)
+    if not summaries:
+        raise UsageError(f"no valid summary.json under '{root}'; write results with `midol probe` first")
+    available = sorted({p for _, x in summaries for p in x["protocols"]})
+    if s.protocol not in available:
+        raise UsageError(f"no summary has protocol '{s.protocol}' (available: {', '.join(available)})")
+    if s.metric is not None:
+        known = {m for _, x in summaries for b in x["protocols"].values() for m in b.get("metrics", {})}
+        if s.metric not in known:
+            raise UsageError(f"no summary has metric '{s.metric}' (available: {', '.join(sorted(known))})")
+
+    table = build_table(summaries, protocol=s.protocol, metric=s.metric, reference=s.reference)
+    for w in table.warnings:
+        warn(w)
+    comparison, compare_models = None, None
+    if s.compare is not None:  # the paired comparison: report/compare.py (html shows it beside the table)
+        from midol_cli.report.compare import comparison_rows, parse_compare, render_comparison
+
+        if s.metric is not None:
+            raise UsageError("--compare compares each task's primary metric; leave out --metric")
+        compare_models = parse_compare(s.compare)
+        comparison = comparison_rows(root, *compare_models, protocol=s.protocol, n_boot=s.n_boot, seed=0)
+    if s.format == "html":
+        from midol_cli.report.html import render_html
+
+        text = render_html(table, summaries, root, comparison=comparison, compare_models=compare_models,
+                           tsne=list(s.tsne), warnings=warnings,
+                           command=command or " ".join(["midol", *sys.argv[1:]]))
+    elif comparison is not None:
+        text = render_comparison(comparison, compare_models, s.format, protocol=s.protocol, n_boot=s.n_boot)
+    else:
+        text = {"md": render_markdown, "csv": render_csv, "json": render_json}[s.format](table)
+    if s.out is not None:
+        from midol_cli.artifacts import write_text_atomic
+
+        write_text_atomic(s.out, text)
+    if s.plot is not None:
+        from midol_cli.report.plots import plot_bars
+        from midol_cli.report.table import bar_chart_data
+
+        tasks, values, errors = bar_chart_data(table)
+        ylabel = f"{s.metric or 'primary metric'} (x100)"
+        plot_bars(tasks, table.models, values, errors, s.plot, ylabel, title=f"protocol: {s.protocol}")
+    return text

@@ -1,0 +1,83 @@
+"""A study's settings checked and turned into a ``StudyConfig`` before hours of pre-training start:
+the recipe with every override, the shard dir, the tasks and their data, the variants, the
+fine-tuning recipe. ``api.study`` and the CLI call ``prepare_study``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from midol_cli.errors import UsageError
+
+
+def prepare_study(recipe_path: Path, overrides: list[str], s: Any, data: str | Path | None):
+    """(``StudyConfig``, the resolved base recipe as a dict) for ``StudySettings`` ``s``."""
+    from midol_cli.recipes import PretrainRecipe, load_recipe, recipe_dict
+    from midol_cli.workflows.study import DEFAULT_VARIANTS, StudyConfig, parse_variants
+
+    if data is not None:
+        overrides = [*overrides, f"data.shards={data}"]
+    base = load_recipe(PretrainRecipe, recipe_path, overrides)
+    shards = Path(base.data.shards)
+    if not (shards / "index.json").is_file():
+        raise UsageError(f"--data '{shards}' is not a shard dir (no index.json); make one with `midol shard`")
+    if data is None:
+        overrides = [*overrides, f"data.shards={shards}"]
+    chosen = parse_variants(list(s.variants or DEFAULT_VARIANTS), list(s.custom_variants), base.loss.intra)
+    tasks = study_tasks(s.tasks, shards, dict(s.task_data))
+    if s.finetune is not None:  # checked now, not after hours of pre-training
+        if not s.finetune.is_file():
+            raise UsageError(f"--finetune '{s.finetune}' is not a file")
+        on_shards = [t.spec.name for t in tasks if (Path(t.data) / "index.json").is_file()]
+        if on_shards:
+            raise UsageError(
+                f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read the "
+                "shard dir: give each its manifest with --task-data TASK=manifest.parquet"
+            )
+    cfg = StudyConfig(recipe_path, overrides, shards, tasks, chosen, list(range(s.seeds)), s.out,
+                      n_boot=s.n_boot, finetune_recipe=s.finetune, finetune_seeds=s.finetune_seeds,
+                      workers=s.workers, device=s.device)
+    return cfg, recipe_dict(base)
+
+
+def study_tasks(names: list[str], data: Path, task_data: dict[str, str]):
+    """The study's tasks: built-in names, task files or ``auto`` (every labelled modality of the data),
+    each on its own data where ``task_data`` names some."""
+    from midol_cli.tasks import resolve_task
+    from midol_cli.tasks.custom import auto_tasks, read_labels_table
+    from midol_cli.workflows.study import StudyTask
+
+    extra: dict[str, Path] = {}
+    for k, v in task_data.items():
+        if not Path(v).exists():
+            raise UsageError(f"--task-data {k}: '{v}' does not exist")
+        extra[k.strip()] = Path(v)
+    out: list[StudyTask] = []
+    for name in (t.strip() for t in names):
+        if not name:
+            continue
+        if name == "auto":
+            src = extra.get("auto", data)
+            out += [StudyTask(sp, src) for sp in auto_tasks(read_labels_table(src), str(src))]
+            continue
+        src = extra.get(name, data)
+        spec = resolve_task(name, src)
+        if spec.label_type == "segmentation":
+            raise UsageError(f"task {spec.name} is a segmentation task; a study probes frozen encoders")
+        out.append(StudyTask(spec, src))
+    if not out:
+        raise UsageError("--tasks names no task")
+    listed = [t.spec.name for t in out]
+    if len(set(listed)) != len(listed):
+        raise UsageError(f"--tasks lists a task twice ({', '.join(listed)})")
+    unused = set(extra) - set(listed) - {"auto"}
+    if unused:
+        raise UsageError(f"--task-data names task(s) not in --tasks: {', '.join(sorted(unused))}")
+    return out
+
+
+def split_study_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """A study's ``key=value`` tokens split: ``study.*`` ones (its own settings, prefix dropped) and the
+    recipe's (applied to every variant)."""
+    own = [t.split(".", 1)[1] for t in overrides if t.startswith("study.")]
+    return own, [t for t in overrides if not t.startswith("study.")]

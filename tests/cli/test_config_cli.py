@@ -1,0 +1,171 @@
+"""One configuration habit on every command: [CONFIG.yaml] + key=value (validated, all problems at
+once, dotted keys) + --print-config, flags as shortcuts, resolved settings written beside outputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from midol_cli.cli import main
+
+
+def midol(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["midol", *map(str, args)])
+    with pytest.raises(SystemExit) as ex:
+        main.run()
+    out = capsys.readouterr()
+    code = ex.value.code
+    return (0 if code is None else int(code)), out.out, out.err
+
+
+def printed(monkeypatch, capsys, *args: str) -> dict:
+    code, out, err = midol(monkeypatch, capsys, *args, "--print-config")
+    assert code == 0, err
+    assert out.startswith("# midol "), out
+    return yaml.safe_load(out)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.pipeline import build_pipeline
+
+    return build_pipeline(tmp_path_factory.mktemp("cfg"), per_class=4, modalities=("oct", "pathology"))
+
+
+def test_every_command_with_settings_takes_key_value_and_prints_its_config(data, tmp_path, monkeypatch, capsys):
+    raw, man, shards = data["raw"], data["manifests"], data["shards"]
+    cfg = printed(monkeypatch, capsys, "ingest", raw / "oct", "--modality", "oct", "seed=3", "meta_cols=[sex,age]")
+    assert cfg["raw_dir"] == str(raw / "oct") and cfg["modality"] == "oct" and cfg["seed"] == 3
+    assert cfg["meta_cols"] == ["sex", "age"] and cfg["layout"] == "auto"
+    cfg = printed(monkeypatch, capsys, "shard", man / "oct.parquet", "--out", tmp_path / "s", "max_side=96",
+                  "--modality", "oct")
+    assert cfg["max_side"] == 96 and cfg["modalities"] == ["oct"] and cfg["manifests"] == [str(man / "oct.parquet")]
+    cfg = printed(monkeypatch, capsys, "embed", "weights=random:resnet10t", f"data={shards}",
+                  f"out={tmp_path}/e.parquet", "--no-cache", "--name", "r")
+    assert cfg["cache"] is False and cfg["model_id"] == "r" and cfg["batch_size"] == 64
+    cfg = printed(monkeypatch, capsys, "probe", "--task", "synth-oct", "weights=random:resnet10t",
+                  f"data={man}/oct.parquet", "fractions=[0.5,1.0]", "--subgroups", "none", "--task-option", "a=b")
+    assert cfg["fractions"] == [0.5, 1.0] and cfg["subgroups"] == [] and cfg["task_options"] == {"a": "b"}
+    cfg = printed(monkeypatch, capsys, "finetune", "recipes/finetune_smoke.yaml", "--task", "synth-oct",
+                  "--weights", "random:resnet10t", "--data", man / "oct.parquet", "epochs=2", "optim.lr=0.01",
+                  "linear=true")
+    assert cfg["task"] == "synth-oct" and cfg["epochs"] == 2 and cfg["optim"]["lr"] == 0.01 and cfg["linear"] is True
+    cfg = printed(monkeypatch, capsys, "export", tmp_path / "run", "format=folder", "--which", "student")
+    assert cfg["format"] == "folder" and cfg["which"] == "student" and cfg["run_dir"] == str(tmp_path / "run")
+    cfg = printed(monkeypatch, capsys, "report", tmp_path, "protocol=finetune", "-f", "csv")
+    assert cfg["protocol"] == "finetune" and cfg["format"] == "csv"
+    cfg = printed(monkeypatch, capsys, "study", "recipes/smoke.yaml", "--data", shards, "study.tasks=[synth-oct]",
+                  "study.seeds=2", "train.steps=7")
+    assert cfg["study"]["tasks"] == ["synth-oct"] and cfg["study"]["seeds"] == 2
+    assert cfg["train"]["steps"] == 7 and cfg["data"]["shards"] == str(shards)
+    cfg = printed(monkeypatch, capsys, "pretrain", "recipes/smoke.yaml", "train.steps=9")
+    assert cfg["train"]["steps"] == 9 and cfg["name"] == "smoke"
+    cfg = printed(monkeypatch, capsys, "quickstart", raw, "--no-baseline", "pretrain.train.steps=5", "shard.max_side=64")
+    assert cfg["baseline"] is False and cfg["pretrain"] == {"train": {"steps": 5}} and cfg["shard"]["max_side"] == 64
+
+
+def test_every_problem_at_once_with_dotted_keys_and_the_flag_that_gives_it(tmp_path, monkeypatch, capsys):
+    code, out, err = midol(monkeypatch, capsys, "probe", "seeds=0", "fractions=[2]", "bogus.key=1")
+    assert code == 2 and out == ""
+    line = err.strip()
+    assert line.count("\n") == 0 and line.startswith("error: ") and "6 problems" in line, line
+    for part in ("task: required (give --task or task=...)", "weights: required", "seeds (--seeds)",
+                 "fractions (--fractions)", "bogus: unknown key"):
+        assert part in line, line
+    code, _, err = midol(monkeypatch, capsys, "finetune", "--task", "synth-oct", "--weights", "random:resnet10t",
+                         "--data", tmp_path, "epochs=0", "min_subgroup=0")
+    assert code == 2 and "epochs" in err and "min_subgroup (--min-subgroup)" in err, err
+
+
+def test_a_key_given_as_flag_and_as_key_value_is_refused(tmp_path, monkeypatch, capsys):
+    code, _, err = midol(monkeypatch, capsys, "ingest", tmp_path, "--seed", "1", "seed=2", "--modality", "oct")
+    assert code == 2 and "'seed' is given twice: as --seed and as seed=..." in err, err
+    code, _, err = midol(monkeypatch, capsys, "report", tmp_path, "extra_folder")
+    assert code == 2 and "unexpected argument 'extra_folder'" in err, err
+
+
+def test_flag_defaults_are_the_settings_defaults():
+    """A flag's shown default and its settings key's default cannot drift apart."""
+    import typer
+
+    from midol_cli.api import settings as st
+
+    schemas = {"ingest": st.IngestSettings, "shard": st.ShardSettings, "embed": st.EmbedSettings,
+               "probe": st.ProbeSettings, "finetune": st.FinetuneSettings, "export": st.ExportSettings,
+               "report": st.ReportSettings, "study": st.StudySettings, "quickstart": st.QuickstartSettings}
+    cmd = typer.main.get_command(main.app)
+    import importlib
+
+    checked = 0
+    for name, schema in schemas.items():
+        flags = importlib.import_module(f"midol_cli.cli.{name}").FLAGS
+        for p in cmd.commands[name].params:
+            target = flags.get(p.name)
+            if target is None or isinstance(target, tuple) or p.default is None:
+                continue
+            want = schema.model_fields[target].get_default(call_default_factory=True)
+            got = p.default
+            if name == "probe" and target == "fractions":
+                got = [float(x) for x in got.split(",")]
+            if name == "study" and target == "variants":
+                continue  # None in the settings: the study's own default set, which the flag shows
+            assert str(got) == str(want), f"{name} --{p.name}: flag default {got!r}, settings default {want!r}"
+            checked += 1
+    assert checked >= 25
+
+
+def test_settings_are_written_beside_outputs_and_taken_back(data, tmp_path, monkeypatch, capsys):
+    raw = data["raw"]
+    man = tmp_path / "m" / "oct.parquet"
+    code, _, err = midol(monkeypatch, capsys, "ingest", raw / "oct", "-m", "oct", "--out", man, "workers=1", "seed=5")
+    assert code == 0, err
+    written = man.with_name("oct.ingest.yaml")
+    cfg = yaml.safe_load(written.read_text())
+    assert cfg["seed"] == 5 and cfg["workers"] == 1 and cfg["out"] == str(man)
+    assert written.read_text().startswith("# midol ") and "midol ingest THIS_FILE.yaml" in written.read_text()
+    # Handing the file back gives the same settings; an override changes one key.
+    again = printed(monkeypatch, capsys, "ingest", written, "seed=6")
+    assert again == {**cfg, "seed": 6}
+
+    out = tmp_path / "shards"
+    code, _, err = midol(monkeypatch, capsys, "shard", man, "--out", out, "max_side=64", "min_shards=2", "workers=1")
+    assert code == 0, err
+    assert yaml.safe_load((out / "shard.yaml").read_text())["max_side"] == 64
+    code, _, err = midol(monkeypatch, capsys, "shard", "--verify", out)
+    assert code == 0, err  # the settings file beside the shards is not a shard
+
+    emb = tmp_path / "e" / "r.parquet"
+    code, _, err = midol(monkeypatch, capsys, "embed", "--weights", "random:resnet10t", "--data", out, "--out", emb,
+                         "workers=0", "batch_size=16")
+    assert code == 0, err
+    assert yaml.safe_load(emb.with_name("r.embed.yaml").read_text())["batch_size"] == 16
+
+    res = tmp_path / "results"
+    code, _, err = midol(monkeypatch, capsys, "probe", "--task", "synth-oct", "--weights", "random:resnet10t",
+                         "--data", man, "--out", res, "seeds=1", "fractions=[1.0]", "n_boot=20", "workers=0")
+    assert code == 0, err
+    probe_cfg = next(res.rglob("probe.yaml"))
+    assert yaml.safe_load(probe_cfg.read_text())["n_boot"] == 20
+    assert (probe_cfg.parent / "summary.json").is_file()
+
+    table = tmp_path / "table.md"
+    code, _, err = midol(monkeypatch, capsys, "report", res, "--out", table)
+    assert code == 0, err
+    assert yaml.safe_load(table.with_name("table.report.yaml").read_text())["results_dir"] == str(res)
+
+
+def test_the_python_api_takes_the_same_settings(data, tmp_path):
+    from midol_cli import api
+    from midol_cli.api.settings import IngestSettings
+    from midol_cli.errors import UsageError
+
+    s = IngestSettings(raw_dir=data["raw"] / "pathology", modality="pathology", out=tmp_path / "p.parquet",
+                       workers=1)
+    summary = api.ingest(s, log=None)
+    assert summary["ok"] > 0 and Path(summary["settings"]).is_file()
+    assert api.ingest(s, log=None, seed=1)["reused"] == summary["ok"]  # keyword over a settings object
+    with pytest.raises(UsageError, match="2 problems: modality: required.*seed: Input should be a valid integer"):
+        api.ingest(raw_dir=tmp_path, seed="x")
