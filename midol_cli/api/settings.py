@@ -106,10 +106,13 @@ class ShardSettings(Strict):
 # --------------------------------------------------------------------------- evaluation plane
 
 
-class _Weights(Strict):
+class _Model(Strict):
     weights: str = Field(..., description="run dir, export .safetensors, NAME=FILE, timm:NAME=FILE or random:NAME")
     model_id: str | None = Field(None, description="model id in results (default: derived from weights)")
     weights_lenient: bool = Field(False, description="load what fits of a partial checkpoint (recorded)")
+
+
+class _Weights(_Model):
     batch_size: int = Field(64, ge=1, description="images per forward pass when embedding")
     workers: int = Field(2, ge=0, description="data-loading processes (0: read in this process)")
     device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda if available)")
@@ -162,12 +165,9 @@ class ProbeSettings(_Weights, _TaskSettings):
         return v
 
 
-class FinetuneSettings(_TaskSettings):
+class FinetuneSettings(_Model, _TaskSettings):
     """The command's keys; the training hyper-parameters are the fine-tuning recipe's, in the same file."""
 
-    weights: str = Field(..., description="run dir, export .safetensors, NAME=FILE, timm:NAME=FILE or random:NAME")
-    model_id: str | None = Field(None, description="model id in results (default: derived from weights)")
-    weights_lenient: bool = False
     run_dir: Path | None = Field(None, description="checkpoints and metrics (default: OUT/<model>/<task>/run_finetune)")
     resume: str | None = Field(None, description="'auto' (newest checkpoint in the run dir) or a checkpoint file")
     linear: bool = Field(False, description="freeze the encoder, train the head alone (protocol linear_ft)")
