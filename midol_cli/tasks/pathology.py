@@ -42,7 +42,7 @@ TASKS = [
              "Veeling et al., Rotation Equivariant CNNs for Digital Pathology, MICCAI 2018; "
              "patches from Camelyon16 (Ehteshami Bejnordi et al., JAMA 318(22), 2017)",
              "official train/valid/test HDF5 files (262,144 / 32,768 / 32,768 patches)", license="CC0",
-             notes="label = tumour in the centre 32x32 region (y.h5); needs h5py; group = wsi from the "
+             notes="label = tumour in the centre 32x32 region (y.h5); needs h5py (pip install 'midol[hdf5]'); group = wsi from the "
                    "meta CSVs when present", group_unit="slide"),
     TaskSpec("nct-crc", "pathology", "nct-crc", "multiclass",
              ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"), "accuracy",
