@@ -294,30 +294,31 @@ MAX_INHERIT_DEPTH = 16
 _EXAMPLES = {"FinetuneRecipe": "recipes/finetune_smoke.yaml", "SegmentationRecipe": "recipes/segment.yaml"}
 
 
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), example: str = "recipes/smoke.yaml") -> dict[str, Any]:
-    """Read a recipe file (following ``inherit:``) into a plain dict."""
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), example: str = "recipes/smoke.yaml",
+              what: str = "recipe") -> dict[str, Any]:
+    """Read a recipe (or a command's config, ``what="config"``) file, following ``inherit:``, into a dict."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"recipe '{path}' does not exist; pass a YAML file such as {example}")
+        raise UsageError(f"{what} '{path}' does not exist; pass a YAML file such as {example}")
     if path.resolve() in _seen:
-        raise UsageError(f"recipe '{path}' inherits from itself")
+        raise UsageError(f"{what} '{path}' inherits from itself")
     if len(_seen) >= MAX_INHERIT_DEPTH:
-        raise UsageError(f"recipe '{_seen[0]}' has an inherit: chain deeper than {MAX_INHERIT_DEPTH} files")
+        raise UsageError(f"{what} '{_seen[0]}' has an inherit: chain deeper than {MAX_INHERIT_DEPTH} files")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
-        raise UsageError(f"recipe '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raise UsageError(f"{what} '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
-        raise UsageError(f"recipe '{path}' cannot be read ({e.strerror or type(e).__name__})") from None
+        raise UsageError(f"{what} '{path}' cannot be read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UsageError(f"recipe '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise UsageError(f"{what} '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"recipe '{path}' must be a mapping of keys to values")
+        raise UsageError(f"{what} '{path}' must be a mapping of keys to values")
     parent = data.pop("inherit", None)
     if parent is not None:
-        base = read_yaml((path.parent / str(parent)), (*_seen, path.resolve()), example)
+        base = read_yaml((path.parent / str(parent)), (*_seen, path.resolve()), example, what)
         data = _merge(base, data)
     return data
 

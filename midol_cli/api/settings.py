@@ -277,7 +277,8 @@ def settings_data(
     if isinstance(config, dict):
         data = config
     else:
-        data = read_yaml(config, example="a config written beside an earlier output") if config is not None else {}
+        data = read_yaml(config, example="one written beside an earlier output", what="config") \
+            if config is not None else {}
     given = _merge(_nest(positional or {}), _nest(flags or {}))
     over = parse_overrides(list(overrides))
     names = flag_names or {}

@@ -74,8 +74,10 @@ def command_settings(ctx: typer.Context, schema: type[S], args: list[str] | None
     from midol_cli.api.settings import resolve, split_args
 
     config, pos, over = split_args(args)
+    # A missing positional argument is named as --help shows it (RAW_DIR, MANIFEST, ...).
+    names = {**{f: f.upper() for f in fields}, **flag_names(ctx, mapping)}
     s = resolve(schema, config, over, positional=positional(pos, fields, command, many),
-                flags=given_flags(ctx, mapping), flag_names=flag_names(ctx, mapping), command=f"`midol {command}`")
+                flags=given_flags(ctx, mapping), flag_names=names, command=f"`midol {command}`")
     if print_config:
         emit_config(s, command)
     return s
