@@ -35,7 +35,7 @@ def split_recipe_args(args: list[str] | None) -> tuple[str | None, list[str]]:
 
 def progress_reporter():
     """A ``train.engine.Reporter``: a rich progress bar on a terminal (rank 0), plain lines otherwise."""
-    from midol_cli.train.engine import Reporter
+    from midol_cli.progress import Reporter
 
     if not show_progress():
         return Reporter()
@@ -44,7 +44,8 @@ def progress_reporter():
         bar = True
 
         def __init__(self) -> None:
-            self.progress = None
+            super().__init__()
+            self.progress = self.task = None
 
         def start(self, label: str, total: int, completed: int) -> None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -52,11 +53,11 @@ def progress_reporter():
             self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console())
             self.progress.start()
-            self.bar = self.progress.add_task(label, total=total, completed=completed, info="")
+            self.task = self.progress.add_task(label, total=total, completed=completed, info="")
 
         def advance(self, completed: int, info: str) -> None:
             if self.progress is not None:
-                self.progress.update(self.bar, completed=completed, info=info)
+                self.progress.update(self.task, completed=completed, info=info)
 
         def line(self, msg: str) -> None:
             if self.progress is not None:

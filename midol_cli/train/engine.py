@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from midol_cli import checkpoint as ckpt
 from midol_cli.artifacts import provenance, write_json_atomic, write_text_atomic
 from midol_cli.distributed import DistInfo, all_reduce_sum, barrier, gather_objects, is_dist, on_main
 from midol_cli.errors import RunFailed, UsageError
+from midol_cli.progress import Reporter
 from midol_cli.recipes import dump_recipe, recipe_dict, recipe_hash
 from midol_cli.train.optim import warmup_cosine
 from midol_cli.train.trackers import check_backends, make_trackers, tracker_params
@@ -60,25 +60,6 @@ def default_run_dir(out_root: str | Path, model_id: str, task_name: str, linear:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-class Reporter:
-    """Where a run's progress and messages go. This one prints plain lines to stderr; the CLI passes
-    a rich progress bar (``cli._common.progress_reporter``) on a terminal. Used on rank 0 only."""
-
-    bar = False  # True when advance() draws a bar (otherwise progress is worth a plain line)
-
-    def start(self, label: str, total: int, completed: int) -> None:
-        pass
-
-    def advance(self, completed: int, info: str) -> None:
-        pass
-
-    def line(self, msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    def stop(self) -> None:
-        pass
 
 
 class RunLogger:
