@@ -1,7 +1,8 @@
 """Optional parts of midol and the pip extra that installs each (pyproject's optional-dependencies).
 
-The base install is lean: DICOM decoder plugins, h5py, matplotlib, the trackers and ONNX come with an
-extra (``pip install 'midol[dicom]'``, ``[hdf5]``, ``[plots]``, ``[tracking]``, ``[onnx]``, ``[all]``).
+The base install is lean: DICOM decoder plugins, h5py, matplotlib, the trackers, ONNX, the slide reader
+(openslide) and the OCT vendor reader (eyepy) come with an extra (``pip install 'midol[dicom]'``,
+``[hdf5]``, ``[plots]``, ``[tracking]``, ``[onnx]``, ``[wsi]``, ``[oct]``, ``[all]``).
 A feature whose package is missing ends in one line naming the extra, never an ImportError traceback.
 """
 
