@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def tasks_markdown() -> str:
-    from midol_cli.tasks import TASKS, layout_description
+    from midol_cli.tasks import TASKS
 
     lines = [
         "# Built-in downstream tasks",
@@ -21,7 +21,15 @@ def tasks_markdown() -> str:
         "| task | modality | classes | label type | metric | split |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [
+    # The rows follow the header directly: a Markdown table ends at its first non-row line.
+    lines += [f"| `{s.name}` | {s.modality} | {len(s.classes)} | {s.label_type} | {s.metric} | {s.split} |"
+              for s in TASKS.values()]
+    return "\n".join(lines + _own_data_section() + _task_sections()) + "\n"
+
+
+def _own_data_section() -> list[str]:
+    """How to bring a task file or ``--task auto`` (the same for every registry)."""
+    return [
         "",
         "## Your own labelled data",
         "",
@@ -51,10 +59,16 @@ def tasks_markdown() -> str:
         "`--tasks auto` makes one such task per labelled modality of `--data`. A manifest without labels, or",
         "with a single class, is a one-line error.",
     ]
+
+
+def _task_sections() -> list[str]:
+    """One section per modality, one subsection per task: source, licence, classes, layout."""
+    from midol_cli.tasks import TASKS, layout_description
+
     by_mod: dict[str, list] = {}
     for s in TASKS.values():
         by_mod.setdefault(s.modality, []).append(s)
-        lines.append(f"| `{s.name}` | {s.modality} | {len(s.classes)} | {s.label_type} | {s.metric} | {s.split} |")
+    lines: list[str] = []
     for mod, specs in by_mod.items():
         lines += ["", f"## {mod}"]
         for s in specs:
@@ -87,4 +101,4 @@ def tasks_markdown() -> str:
                 layout_description(s).rstrip(),
                 "```",
             ]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -60,3 +60,16 @@ def test_the_task_list_at_80_columns_shows_every_name_whole():
     missing = [n for n in TASKS if n not in cells]
     assert not missing, missing
     assert max(len(x) for x in res.stdout.splitlines()) <= 80
+
+
+def test_docs_tasks_md_table_rows_follow_its_header():
+    """A Markdown table ends at its first non-row line: every task's row must come right after the
+    header's separator, or the page renders an empty table (issue 25.24)."""
+    from midol_cli.tasks.doc import tasks_markdown
+
+    lines = tasks_markdown().splitlines()
+    head = lines.index("| task | modality | classes | label type | metric | split |")
+    assert lines[head + 1] == "|---|---|---|---|---|---|"
+    rows = lines[head + 2 : head + 2 + len(TASKS)]
+    assert [r.split("|")[1].strip().strip("`") for r in rows] == list(TASKS), rows[:3]
+    assert not lines[head + 2 + len(TASKS)].startswith("|")
