@@ -19,8 +19,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,13 +183,24 @@ def stable_id(*parts: str, n: int = 16) -> str:
     return hashlib.sha1("/".join(parts).encode("utf-8")).hexdigest()[:n]
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def new_temp_file(target: str | os.PathLike[str]) -> Path:
+    """Create an empty, uniquely named temporary file beside ``target`` and return its path.
 
-
-_UMASK = _read_umask()
+    Made with ``O_CREAT | O_EXCL`` and mode 0666, so the process umask applies as to any other file
+    (0644 under umask 022): ``tempfile.mkstemp`` would make it 0600, and a file renamed into place keeps
+    that mode. Every temp file midol renames over an output comes from here (``atomic_path``, shards).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside '{target}'")
 
 
 @contextlib.contextmanager
@@ -200,16 +211,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     On error the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp_file(target)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        # mkstemp creates 0600; a finished file gets the mode any other file here would (0644 under umask 022).
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

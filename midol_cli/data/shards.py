@@ -37,7 +37,6 @@ import json
 import math
 import os
 import tarfile
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -47,6 +46,7 @@ from typing import Any
 from midol_cli.artifacts import (
     SHARD_META_KEYS,
     is_within,
+    new_temp_file,
     provenance,
     sha256_file,
     write_json_atomic,
@@ -165,9 +165,7 @@ class _ShardWriter:
     def __init__(self, out_dir: Path, index: int, start: int, chunk_end: int, phash: str) -> None:
         self.out_dir, self.index, self.start, self.chunk_end, self.phash = out_dir, index, start, chunk_end, phash
         self.name = shard_name(index)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = new_temp_file(out_dir / self.name)  # umask-respecting mode, as every file midol writes
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
         self.bytes = 0
@@ -251,7 +249,7 @@ def _clear(out_dir: Path, keep: set[str]) -> None:
     """Remove shard-set files (final shards, sidecars, temp files) not in ``keep``; nothing else."""
     for p in out_dir.iterdir():
         name = p.name
-        # Temp names come from mkstemp/atomic_path: "." + target name + "." + random + ".tmp".
+        # Temp names come from artifacts.new_temp_file: "." + target name + "." + random + ".tmp".
         temp = name.endswith(".tmp") and name.startswith((".shard-", "..shard-", f".{INDEX_NAME}.", f".{PLAN_NAME}."))
         ours = SHARD_NAME_RE.match(name) or temp or (name.startswith(".shard-") and name.endswith(".tar.json"))
         if ours and name not in keep and p.is_file():

@@ -463,3 +463,16 @@ def test_tar_reader_rejects_damaged_archives(tmp_path: Path) -> None:
     assert F._tar_number(b"\x80" + (70_000).to_bytes(11, "big")) == 70_000
     with pytest.raises(tarfile.ReadError):
         F._tar_number(b"\xff" * 12)
+
+
+def test_every_file_of_a_shard_set_gets_the_umask_mode(tmp_path: Path, two: list[Path]) -> None:
+    """Shard tars were 0600 (mkstemp, renamed into place) while index.json was 0644 (issue 25.9)."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "sh"
+        S.write_shards(two, out, P())
+    finally:
+        os.umask(old)
+    files = [p for p in out.iterdir() if p.is_file()]
+    assert any(p.suffix == ".tar" for p in files) and (out / "index.json") in files
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o644" for p in files}
