@@ -48,6 +48,7 @@ from midol_cli.report.html_figures import (  # noqa: F401  (MAX_IMAGE_PX, roc_po
     _td,
     esc,
     find_tsne,
+    pretraining_section,
     roc_points,
 )
 from midol_cli.report.table import (
@@ -58,8 +59,10 @@ from midol_cli.report.table import (
     Table,
     _avg_best,
     _caption,
+    _floor_models,
     _pct,
     _rank_best,
+    benchmark_notes,
 )
 
 MAX_TSNE = 24  # t-SNE maps embedded at most
@@ -77,7 +80,7 @@ th,td{border:1px solid #c8c8c8;padding:.25rem .5rem;text-align:left;vertical-ali
 th{background:#f0f0f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.avg td{background:#fafafa;font-style:italic}tr.mean td{background:#f5f5f5;font-weight:600}
 .best{font-weight:700}.sig{color:#b00020;font-weight:700}.small{color:#8a5a00;font-style:italic}
-.note{color:#555;font-size:.85rem}.warn{color:#8a5a00}
+.note{color:#555;font-size:.85rem}.warn{color:#8a5a00}.n{color:#666;font-size:.75rem}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:1rem}
 .card{border:1px solid #ddd;border-radius:6px;padding:.6rem}
 figure{margin:.4rem 0}figure img{max-width:100%;height:auto;display:block}
@@ -163,6 +166,8 @@ def _benchmark_table(t: Table, comparison: Sequence[dict[str, Any]] | None,
                 text = esc(c.text())
                 if m in best:
                     text = f'<span class="best">{text}</span>'
+                if c.n_test is not None:
+                    text += f' <span class="n">{esc(c.n_text())}</span>'
                 marks = [MISMATCH if r.mismatch else "", DEGENERATE if c.degenerate else "",
                          LENIENT if c.lenient else ""]
                 text += "".join(f" {k}" for k in marks if k)
@@ -175,7 +180,7 @@ def _benchmark_table(t: Table, comparison: Sequence[dict[str, Any]] | None,
                 cells.append(_fmt(r.reference))
             out.append("<tr>" + "".join(_td(c) for c in cells) + "</tr>")
         avg = t.modality_average.get(mod, {})
-        best = _avg_best(avg)
+        best = _avg_best(avg, _floor_models(t))
         cells = [esc(mod), "average", "", *([""] if chance else [])]
         for m in t.models:
             if m not in avg:
@@ -187,7 +192,7 @@ def _benchmark_table(t: Table, comparison: Sequence[dict[str, Any]] | None,
         if t.reference_label:
             cells.append("")
         out.append('<tr class="avg">' + "".join(_td(c) for c in cells) + "</tr>")
-    best = _rank_best(t.average_rank)
+    best = _rank_best(t.average_rank, _floor_models(t))
     cells = ["all", "average rank", "", *([""] if chance else [])]
     for m in t.models:
         if m not in t.average_rank:
@@ -198,7 +203,7 @@ def _benchmark_table(t: Table, comparison: Sequence[dict[str, Any]] | None,
     if t.reference_label:
         cells.append("")
     out.append('<tr class="avg">' + "".join(_td(c) for c in cells) + "</tr></tbody></table>")
-    notes = _benchmark_notes(t)
+    notes = benchmark_notes(t)
     if used_sig:
         notes.append(f"{SIGNIFICANT} better than the other model of the paired comparison on this task: the "
                      "95% bootstrap CI of the difference excludes 0 (see the comparison table for p-values).")
@@ -206,34 +211,6 @@ def _benchmark_table(t: Table, comparison: Sequence[dict[str, Any]] | None,
     return "\n".join(out)
 
 
-
-
-def _benchmark_notes(t: Table) -> list[str]:
-    """The Markdown report's footnotes, as plain text (escaped by the caller)."""
-    notes = []
-    if any(r.chance is not None for r in t.rows):
-        notes.append("chance: the metric of a predictor that learned nothing (the training class prior for "
-                     "every test image: majority-class accuracy, AUROC 50).")
-    degenerate = sorted({f"{m} on {r.task}" for r in t.rows for m, c in r.cells.items() if c is not None and c.degenerate})
-    if degenerate:
-        notes.append(f"{DEGENERATE} degenerate probe: one class predicted for >= 95% of test images "
-                     f"({'; '.join(degenerate)}); the score measures the class balance, not the encoder.")
-    lenient = sorted({f"{m} ({c.lenient} tensors)" for r in t.rows for m, c in r.cells.items()
-                      if c is not None and c.lenient})
-    if lenient:
-        notes.append(f"{LENIENT} lenient weights load left tensors at random init: {'; '.join(lenient)}; "
-                     "the score is not that of the released model.")
-    flagged = [r.task for r in t.rows if r.mismatch]
-    if flagged:
-        notes.append(f"{MISMATCH} data hash differs across models for {', '.join(flagged)}: not comparable, "
-                     "left out of averages and ranks.")
-    if t.inits:
-        notes.append("Pre-trained from released weights: "
-                     + "; ".join(f"{m} from {w}" for m, w in sorted(t.inits.items())) + ".")
-    if t.reference_label:
-        notes.append(f"{t.reference_label}: published percentages, shown only where the paper reports this "
-                     "metric; not part of the ranks.")
-    return notes
 
 
 def _comparison_table(rows: Sequence[dict[str, Any]], models: tuple[str, str] | None) -> str:
@@ -382,6 +359,39 @@ def _plain(v: Any) -> str:
 
 
 
+def _task_section(images: _Images, runs: dict[tuple[str, str], _Run], table: Table, row: Any) -> str:
+    """One task's figures and analysis tables for every model that has it ("" when none has)."""
+    present = [runs[(row.task, m)] for m in table.models if (row.task, m) in runs]
+    shown = [(run, p) for run in present if (p := run.protocol(table.protocol)) is not None]
+    if not shown:
+        return ""
+    task = shown[0][0].summary["task"]
+    parts = [f'<p class="note">{esc(task.get("label_type", ""))} · classes: '
+             f'{esc(", ".join(str(c) for c in task.get("classes", [])))} · metric: {esc(row.metric)}</p>']
+    parts.append('<div class="cards">' + "\n".join(_run_card(images, run, p) for run, p in shown) + "</div>")
+    parts.append(_calibration_table(shown))
+    parts.extend(_operating_table(run, p) for run, p in shown)
+    parts.extend(_subgroup_section(images, run, p, row.metric) for run, p in shown)
+    parts.append(_patient_table(shown))
+    return "\n".join(x for x in parts if x)
+
+
+def _tsne_section(images: _Images, root: Path, tsne: Sequence[str | Path]) -> str:
+    """The t-SNE maps found under ``root`` and the ``tsne`` folders ("" when none)."""
+    maps = find_tsne([root, *map(Path, tsne)])
+    if not maps:
+        return ""
+    figs = []
+    for p in maps[:MAX_TSNE]:
+        try:
+            label = str(p.relative_to(root.resolve()))
+        except ValueError:
+            label = p.name
+        figs.append(_file_figure(images, p, f"t-SNE: {label}", "t-SNE"))
+    more = f'<p class="note">{len(maps) - MAX_TSNE} more maps not embedded.</p>' if len(maps) > MAX_TSNE else ""
+    return '<div class="cards">' + "\n".join(figs) + "</div>" + more
+
+
 def render_html(
     table: Table,
     summaries: Sequence[tuple[Path, dict[str, Any]]],
@@ -421,32 +431,15 @@ def render_html(
         heading = "Paired comparison" + (f": {compare_models[0]} vs {compare_models[1]}" if compare_models else "")
         section("comparison", heading, _comparison_table(comparison, compare_models))
 
+    if table.pretraining:
+        section("pretraining", "Pre-training", pretraining_section(images, table.pretraining))
     for i, row in enumerate(table.rows):
-        present = [runs[(row.task, m)] for m in table.models if (row.task, m) in runs]
-        shown = [(run, p) for run in present if (p := run.protocol(protocol)) is not None]
-        if not shown:
-            continue
-        task = shown[0][0].summary["task"]
-        parts = [f'<p class="note">{esc(task.get("label_type", ""))} · classes: '
-                 f'{esc(", ".join(str(c) for c in task.get("classes", [])))} · metric: {esc(row.metric)}</p>']
-        parts.append('<div class="cards">' + "\n".join(_run_card(images, run, p) for run, p in shown) + "</div>")
-        parts.append(_calibration_table(shown))
-        parts.extend(_operating_table(run, p) for run, p in shown)
-        parts.extend(_subgroup_section(images, run, p, row.metric) for run, p in shown)
-        parts.append(_patient_table(shown))
-        section(f"task-{i}", f"Task: {row.task} ({row.modality})", "\n".join(x for x in parts if x))
-
-    maps = find_tsne([root, *map(Path, tsne)])
-    if maps:
-        figs = []
-        for p in maps[:MAX_TSNE]:
-            try:
-                label = str(p.relative_to(root.resolve()))
-            except ValueError:
-                label = p.name
-            figs.append(_file_figure(images, p, f"t-SNE: {label}", "t-SNE"))
-        more = f'<p class="note">{len(maps) - MAX_TSNE} more maps not embedded.</p>' if len(maps) > MAX_TSNE else ""
-        section("tsne", "t-SNE maps", '<div class="cards">' + "\n".join(figs) + "</div>" + more)
+        content = _task_section(images, runs, table, row)
+        if content:
+            section(f"task-{i}", f"Task: {row.task} ({row.modality})", content)
+    tsne_maps = _tsne_section(images, root, tsne)
+    if tsne_maps:
+        section("tsne", "t-SNE maps", tsne_maps)
 
     ordered = [runs[(r.task, m)] for r in table.rows for m in table.models if (r.task, m) in runs]
     section("provenance", "Provenance", _provenance_table(ordered))

@@ -319,3 +319,28 @@ def find_tsne(paths: Iterable[Path]) -> list[Path]:
             for f in sorted(p.rglob("tsne_*.png")):
                 found[f.resolve()] = None
     return list(found)
+
+
+def pretraining_section(images: _Images, runs: dict[str, Any]) -> str:
+    """The models' pre-training (``report.pretraining.Pretraining`` by model id): the table of steps, wall
+    time and final losses, and one PNG of the loss curves per run (a note instead without matplotlib)."""
+    from midol_cli.report import pretraining
+
+    header, rows = pretraining.table_rows(runs)
+    out = ["<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(_td(esc(c)) if i >= 2 else f"<td>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+            for r in rows]
+    out.append("</tbody></table>")
+    out += [f'<p class="note">{esc(n)}</p>' for n in pretraining.notes(runs, html=True)]
+    if pretraining.plots_available():
+        from midol_cli.report.plots import loss_curve_figure
+
+        figs = []
+        for mid, p in sorted(runs.items()):
+            if not any(steps for steps, _ in p.curves.values()):
+                continue
+            fig = loss_curve_figure(p.curves, title=f"pre-training of {mid}")
+            figs.append(_figure(images.uri(_fig_png(fig)),
+                                f"pre-training losses of {mid}: total and each term against step"))
+        out.append('<div class="cards">' + "\n".join(figs) + "</div>")
+    return "\n".join(out)

@@ -140,3 +140,26 @@ def subgroup_figure(
     if title:
         ax.set_title(title, fontsize=9)
     return fig
+
+
+def loss_curve_figure(curves: dict[str, tuple[Sequence[int], Sequence[float]]], title: str = ""):
+    """A pre-training run's losses against step: the total (``loss``, thick) on top, each term below it on
+    its own axes (terms differ in scale and sign: the inter-modality term is negative). ``curves[name] =
+    (steps, values)`` as logged in ``metrics.jsonl``; returns the figure (the caller embeds and closes it)."""
+    plt = pyplot("the pre-training loss curves")
+    terms = [k for k in curves if k != "loss"]
+    fig, (ax, axt) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True, gridspec_kw={"height_ratios": [1, 1]})
+    if "loss" in curves:
+        ax.plot(*curves["loss"], lw=1.8, color="black", label="loss (total)")
+    ax.set_ylabel("total loss")
+    ax.legend(fontsize=7)
+    for i, k in enumerate(sorted(terms)):
+        axt.plot(*curves[k], lw=1.2, color=f"C{i % 10}", label=k)
+    axt.axhline(0.0, color="grey", lw=0.6, ls=":")
+    axt.set_xlabel("step")
+    axt.set_ylabel("loss terms")
+    if terms:
+        axt.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -7,8 +7,13 @@ rounded numbers as the Markdown. Each modality ends with an average row (mean ov
 the model has; ``(n/m)`` when it has fewer than all), and the table ends with the average rank
 (rank 1 = best, per task among models with a value, ties averaged; tasks with a single model are
 not ranked). Higher is better for every midol metric. A ``chance`` column gives each task's chance level
-(the summary's ``chance``: what a predictor that learned nothing scores), and a ``‡`` marks a cell whose
-probe was degenerate (one class predicted for >= 95% of test images).
+(the summary's ``chance``: what a predictor that learned nothing scores; balanced accuracy's is 1/K for K
+classes), and a ``‡`` marks a cell whose probe was degenerate (one class predicted for >= 95% of test
+images; never on multi-label AUROC/AUPRC tasks, whose scores do not depend on the 0.5 threshold that
+defines a multi-label "prediction"). Every cell says how many test images it was scored on (``n=``).
+
+Bold marks the best model of a task, and is left off where it would say nothing: when every model ties,
+or when the top value ties the floor (a random-init baseline's value, or the chance level).
 
 Tasks whose ``data_hash`` differs across models are flagged: a warning, a ``†`` after each cell and
 a footnote; they are left out of averages and ranks, and get no bold.
@@ -24,52 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midol_cli.report.cells import (  # noqa: F401  (the marks and Cell are public here too)
+    DASH,
+    DEGENERATE,
+    LENIENT,
+    MISMATCH,
+    RANKING_METRICS,
+    Cell,
+    Row,
+    _cell,
+    _chance,
+    _pct,
+    top_models,
+)
+from midol_cli.report.pretraining import Pretraining, collect_pretraining, is_random_init
 from midol_cli.report.reference import SOURCES, reference_for
-
-MISMATCH = "†"
-DEGENERATE = "‡"
-LENIENT = "§"  # the model's weights were loaded leniently and left tensors at random init
-DASH = "–"
-
-
-@dataclass
-class Cell:
-    value: float  # fraction
-    low: float | None = None
-    high: float | None = None
-    std: float | None = None
-    n_seeds: int = 0  # > 0 for mean ± std cells
-    degenerate: bool = False  # the probe predicts one class for >= 95% of test images (summary's flag)
-    lenient: int = 0  # tensors the model's lenient weights load left at random init (0: a complete load)
-
-    def text(self) -> str:
-        v = _pct(self.value)
-        if self.n_seeds:
-            return f"{v} ± {_pct(self.std or 0.0)}"
-        if self.low is not None and self.high is not None:
-            return f"{v} [{_pct(self.low)}, {_pct(self.high)}]"
-        return v
-
-
-@dataclass
-class Row:
-    modality: str
-    task: str
-    metric: str
-    cells: dict[str, Cell | None]
-    mismatch: bool = False
-    reference: float | None = None  # fraction
-    chance: float | None = None  # fraction: the metric of a predictor that learned nothing
-
-    def best(self) -> set[str]:
-        """Models holding the highest (displayed) value; none in a flagged row."""
-        if self.mismatch:
-            return set()
-        vals = {m: round(c.value, 4) for m, c in self.cells.items() if c is not None}
-        if not vals:
-            return set()
-        top = max(vals.values())
-        return {m for m, v in vals.items() if v == top}
 
 
 @dataclass
@@ -84,14 +58,12 @@ class Table:
     warnings: list[str] = field(default_factory=list)
     # model -> the released weights its pre-training started from (name or file, sha256 prefix)
     inits: dict[str, str] = field(default_factory=dict)
+    # model -> its midol pre-training run (steps, final losses, loss curves): report/pretraining.py
+    pretraining: dict[str, Pretraining] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
         return list(dict.fromkeys(r.modality for r in self.rows))
-
-
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.2f}"
 
 
 def _r(x: float | None) -> float | None:
@@ -113,46 +85,6 @@ def collect_summaries(results_dir: str | Path) -> tuple[list[tuple[Path, dict[st
         except ValueError as e:
             warnings.append(f"skipped {e}")
     return found, warnings
-
-
-def _cell(summary: dict[str, Any], protocol: str, metric: str) -> Cell | None:
-    block = summary["protocols"].get(protocol)
-    if not isinstance(block, dict):
-        return None
-    entry = block.get("metrics", {}).get(metric)
-    if not isinstance(entry, dict):
-        return None
-    flags = block.get("degenerate")
-    flags = flags if isinstance(flags, list) else [flags]
-    degenerate = any(isinstance(f, dict) and f.get("flag") for f in flags)
-    lenient = _left_at_init(summary)
-    if "mean" in entry:
-        if entry["mean"] is None:
-            return None
-        values = entry.get("values") or []
-        return Cell(float(entry["mean"]), std=entry.get("std"), n_seeds=max(1, len(values)), degenerate=degenerate,
-                    lenient=lenient)
-    if entry.get("value") is None:
-        return None
-    return Cell(float(entry["value"]), entry.get("ci_low"), entry.get("ci_high"), degenerate=degenerate,
-                lenient=lenient)
-
-
-def _left_at_init(summary: dict[str, Any]) -> int:
-    """How many tensors a lenient weights load left at random init (0 for a strict or complete load)."""
-    rep = (summary.get("model") or {}).get("load_report")
-    if not isinstance(rep, dict) or rep.get("strict", True) or rep.get("complete", True):
-        return 0
-    return max(1, len(rep.get("missing") or []) + len(rep.get("mismatched") or []))
-
-
-def _chance(per: dict[str, tuple[Path, dict[str, Any]]], metric: str) -> float | None:
-    """The task's chance level for ``metric`` (summaries written before it was recorded have none)."""
-    for m in sorted(per):
-        value = (per[m][1].get("chance") or {}).get(metric)
-        if value is not None:
-            return float(value)
-    return None
 
 
 def _average_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -190,43 +122,61 @@ def build_table(
         by_task[task][model] = (path, s)
     models = sorted({m for per in by_task.values() for m in per})
     ref_label = SOURCES[reference][0] if reference else None
-
-    rows: list[Row] = []
-    for task, per in by_task.items():
-        first = per[sorted(per)[0]][1]
-        modality = str(first["task"]["modality"])
-        if metric is None:
-            primaries = Counter(str(s["primary_metric"]) for _, s in per.values())
-            row_metric = str(first["primary_metric"])
-            if len(primaries) > 1:
-                warnings.append(
-                    f"task '{task}': models disagree on the primary metric ({', '.join(sorted(primaries))}); "
-                    f"showing '{row_metric}'"
-                )
-        else:
-            row_metric = metric
-        hashes = {m: str(s["task"]["data_hash"]) for m, (_, s) in per.items()}
-        mismatch = len(set(hashes.values())) > 1
-        if mismatch:
-            listing = ", ".join(f"{m}: {h[:12]}" for m, h in sorted(hashes.items()))
-            warnings.append(
-                f"task '{task}': data hash differs across models ({listing}); "
-                f"its cells are marked {MISMATCH} and left out of averages and ranks"
-            )
-        row_protocol = protocol
-        if not any(protocol in s["protocols"] for _, s in per.values()) and any(
-            "finetune" in s["protocols"] for _, s in per.values()
-        ):
-            # Dense tasks (segmentation) have no frozen-encoder protocol: show their fine-tune
-            # result in the same table rather than dropping the row, and say so.
-            row_protocol = "finetune"
-            warnings.append(f"task '{task}': no '{protocol}' results (e.g. segmentation); showing 'finetune'")
-        cells = {m: (_cell(per[m][1], row_protocol, row_metric) if m in per else None) for m in models}
-        ref = reference_for(reference, task, row_metric) if reference else None
-        rows.append(Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None,
-                        _chance(per, row_metric)))
+    floors = frozenset(str(s["model"]["id"]) for _, s in summaries if is_random_init(s["model"]))
+    rows = [_task_row(task, per, models, protocol, metric, reference, warnings) for task, per in by_task.items()]
+    for r in rows:
+        r.floor_models = floors
     rows.sort(key=lambda r: (r.modality, r.task))
+    modality_average, average_rank = _aggregates(rows, models)
+    inits = {}
+    for _, s in summaries:
+        init = (s.get("model") or {}).get("init")
+        if isinstance(init, dict) and init.get("sha256"):
+            inits[str(s["model"]["id"])] = f"{init.get('weights')} (sha256 {str(init['sha256'])[:12]})"
+    return Table(protocol, metric, models, rows, modality_average, average_rank, ref_label, warnings, inits,
+                 collect_pretraining(summaries))
 
+
+def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: list[str], protocol: str,
+              metric: str | None, reference: str | None, warnings: list[str]) -> Row:
+    """One task's row (its warnings appended to ``warnings``)."""
+    first = per[sorted(per)[0]][1]
+    modality = str(first["task"]["modality"])
+    if metric is None:
+        primaries = Counter(str(s["primary_metric"]) for _, s in per.values())
+        row_metric = str(first["primary_metric"])
+        if len(primaries) > 1:
+            warnings.append(
+                f"task '{task}': models disagree on the primary metric ({', '.join(sorted(primaries))}); "
+                f"showing '{row_metric}'"
+            )
+    else:
+        row_metric = metric
+    hashes = {m: str(s["task"]["data_hash"]) for m, (_, s) in per.items()}
+    mismatch = len(set(hashes.values())) > 1
+    if mismatch:
+        listing = ", ".join(f"{m}: {h[:12]}" for m, h in sorted(hashes.items()))
+        warnings.append(
+            f"task '{task}': data hash differs across models ({listing}); "
+            f"its cells are marked {MISMATCH} and left out of averages and ranks"
+        )
+    row_protocol = protocol
+    if not any(protocol in s["protocols"] for _, s in per.values()) and any(
+        "finetune" in s["protocols"] for _, s in per.values()
+    ):
+        # Dense tasks (segmentation) have no frozen-encoder protocol: show their fine-tune
+        # result in the same table rather than dropping the row, and say so.
+        row_protocol = "finetune"
+        warnings.append(f"task '{task}': no '{protocol}' results (e.g. segmentation); showing 'finetune'")
+    cells = {m: (_cell(per[m][1], row_protocol, row_metric) if m in per else None) for m in models}
+    ref = reference_for(reference, task, row_metric) if reference else None
+    return Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None,
+               _chance(per, row_metric))
+
+
+def _aggregates(rows: list[Row], models: list[str]
+                ) -> tuple[dict[str, dict[str, tuple[float, int, int]]], dict[str, tuple[float, int]]]:
+    """Per-modality means (mean, tasks used, tasks eligible) and the average rank (rank, tasks ranked)."""
     modality_average: dict[str, dict[str, tuple[float, int, int]]] = {}
     for mod in dict.fromkeys(r.modality for r in rows):
         eligible = [r for r in rows if r.modality == mod and not r.mismatch]
@@ -245,31 +195,29 @@ def build_table(
         for m, rk in _average_ranks(vals).items():
             rank_lists[m].append(rk)
     average_rank = {m: (sum(v) / len(v), len(v)) for m, v in rank_lists.items()}
-    inits = {}
-    for _, s in summaries:
-        init = (s.get("model") or {}).get("init")
-        if isinstance(init, dict) and init.get("sha256"):
-            inits[str(s["model"]["id"])] = f"{init.get('weights')} (sha256 {str(init['sha256'])[:12]})"
-    return Table(protocol, metric, models, rows, modality_average, average_rank, ref_label, warnings, inits)
+    return modality_average, average_rank
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def _avg_best(avg: dict[str, tuple[float, int, int]]) -> set[str]:
-    """Best average among models that cover every eligible task of the modality."""
+def _avg_best(avg: dict[str, tuple[float, int, int]], floor_models: frozenset[str] = frozenset()) -> set[str]:
+    """Best average among models that cover every eligible task of the modality (none when all tie, or
+    when the top ties a random-init model's average)."""
     full = {m: round(v, 4) for m, (v, used, of) in avg.items() if used == of}
-    if not full:
-        return set()
-    top = max(full.values())
-    return {m for m, v in full.items() if v == top}
+    floors = [v for m, v in full.items() if m in floor_models]
+    return top_models(full, max(floors) if floors else None)
 
 
-def _rank_best(ranks: dict[str, tuple[float, int]]) -> set[str]:
-    if not ranks:
-        return set()
-    low = min(round(v, 4) for v, _ in ranks.values())
-    return {m for m, (v, _) in ranks.items() if round(v, 4) == low}
+def _rank_best(ranks: dict[str, tuple[float, int]], floor_models: frozenset[str] = frozenset()) -> set[str]:
+    """Lowest average rank (none when all tie, or when the best ties a random-init model's rank)."""
+    neg = {m: -round(v, 4) for m, (v, _) in ranks.items()}
+    floors = [v for m, v in neg.items() if m in floor_models]
+    return top_models(neg, max(floors) if floors else None)
+
+
+def _floor_models(t: Table) -> frozenset[str]:
+    return t.rows[0].floor_models if t.rows else frozenset()
 
 
 def _caption(t: Table) -> str:
@@ -278,79 +226,76 @@ def _caption(t: Table) -> str:
     return f"Protocol: {t.protocol} · {metric} · values ×100, {kind}"
 
 
-def render_markdown(t: Table) -> str:
-    """The table as GitHub Markdown: caption, table, footnotes."""
-    # The chance column appears once a task records its chance level; summaries written before
-    # probes recorded it render as they did.
-    chance = any(r.chance is not None for r in t.rows)
-    lead = ["chance"] if chance else []
-    header = ["modality", "task", "metric", *lead, *t.models]
-    if t.reference_label:
-        header.append(t.reference_label)
-    lines = [_caption(t), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def _md_cell(r: Row, m: str, best: set[str]) -> str:
+    c = r.cells[m]
+    if c is None:
+        return DASH
+    text = f"**{c.text()}**" if m in best else c.text()
+    marks = [c.n_text(), MISMATCH if r.mismatch else "", DEGENERATE if c.degenerate else "",
+             LENIENT if c.lenient else ""]
+    return " ".join([text, *(k for k in marks if k)])
 
-    def bold(text: str, on: bool) -> str:
-        return f"**{text}**" if on else text
 
+def _md_rows(t: Table, chance: bool) -> list[str]:
+    """Task rows, each modality's average row, then the average rank row."""
+    floors = _floor_models(t)
+    lead, tail = ([""] if chance else []), ([""] if t.reference_label else [])
+    lines = []
     for mod in t.modalities:
         for r in (r for r in t.rows if r.modality == mod):
             best = r.best()
-            cells = []
-            for m in t.models:
-                c = r.cells[m]
-                text = DASH if c is None else bold(c.text(), m in best)
-                if r.mismatch and c is not None:
-                    text += f" {MISMATCH}"
-                if c is not None and c.degenerate:
-                    text += f" {DEGENERATE}"
-                if c is not None and c.lenient:
-                    text += f" {LENIENT}"
-                cells.append(text)
             row = [r.modality, r.task, r.metric, *([_pct(r.chance) if r.chance is not None else DASH] if chance else []),
-                   *cells]
+                   *(_md_cell(r, m, best) for m in t.models)]
             if t.reference_label:
                 row.append(_pct(r.reference) if r.reference is not None else "")
             lines.append("| " + " | ".join(row) + " |")
         avg = t.modality_average.get(mod, {})
-        best = _avg_best(avg)
+        best = _avg_best(avg, floors)
         cells = []
         for m in t.models:
             if m not in avg:
                 cells.append(DASH)
                 continue
             v, used, of = avg[m]
-            text = bold(_pct(v), m in best)
+            text = f"**{_pct(v)}**" if m in best else _pct(v)
             cells.append(text if used == of else f"{text} ({used}/{of})")
-        row = [mod, "*average*", "", *([""] if chance else []), *cells]
-        if t.reference_label:
-            row.append("")
-        lines.append("| " + " | ".join(row) + " |")
-    best = _rank_best(t.average_rank)
-    cells = [bold(f"{t.average_rank[m][0]:.2f}", m in best) if m in t.average_rank else DASH for m in t.models]
-    row = ["all", "*average rank*", "", *([""] if chance else []), *cells]
-    if t.reference_label:
-        row.append("")
-    lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join([mod, "*average*", "", *lead, *cells, *tail]) + " |")
+    best = _rank_best(t.average_rank, floors)
+    cells = [(f"**{t.average_rank[m][0]:.2f}**" if m in best else f"{t.average_rank[m][0]:.2f}")
+             if m in t.average_rank else DASH for m in t.models]
+    lines.append("| " + " | ".join(["all", "*average rank*", "", *lead, *cells, *tail]) + " |")
+    return lines
+
+
+def benchmark_notes(t: Table) -> list[str]:
+    """The table's footnotes as plain text (the Markdown's, and the HTML's once escaped)."""
     notes = []
-    if chance:
+    if any(c is not None and c.n_test is not None for r in t.rows for c in r.cells.values()):
+        notes.append("n=: the number of test images each value was computed on.")
+    if any(r.chance is not None for r in t.rows):
         notes.append("chance: the metric of a predictor that learned nothing (the training class prior for every "
-                     "test image: majority-class accuracy, AUROC 50).")
-    degenerate = sorted({f"{m} on {r.task}" for r in t.rows for m, c in r.cells.items() if c is not None and c.degenerate})
+                     "test image: majority-class accuracy, AUROC 50; balanced accuracy 100/K for K classes).")
+    degenerate = sorted({f"{m} on {r.task} predicts {c.predicts}" for r in t.rows for m, c in r.cells.items()
+                         if c is not None and c.degenerate})
     if degenerate:
         notes.append(
             f"{DEGENERATE} degenerate probe: one class predicted for >= 95% of test images "
             f"({'; '.join(degenerate)}); the score measures the class balance, not the encoder."
         )
-    lenient = sorted({f"{m} ({c.lenient} tensors)" for r in t.rows for m, c in r.cells.items() if c is not None and c.lenient})
+    lenient = sorted({f"{m} ({c.lenient} tensors)" for r in t.rows for m, c in r.cells.items()
+                      if c is not None and c.lenient})
     if lenient:
-        notes.append(f"{LENIENT} lenient weights load (--weights-lenient) left tensors at random init: {'; '.join(lenient)}; "
-                     "the score is not that of the released model.")
+        notes.append(f"{LENIENT} lenient weights load (--weights-lenient) left tensors at random init: "
+                     f"{'; '.join(lenient)}; the score is not that of the released model.")
     flagged = [r.task for r in t.rows if r.mismatch]
     if flagged:
         notes.append(
             f"{MISMATCH} data hash differs across models for {', '.join(flagged)}: "
             "not comparable, left out of averages and ranks."
         )
+    floors = sorted(_floor_models(t))
+    if floors:
+        notes.append(f"Random-init baseline ({', '.join(floors)}): the floor; no value that ties it is in bold.")
     if t.inits:
         notes.append("Pre-trained from released weights: "
                      + "; ".join(f"{m} from {w}" for m, w in sorted(t.inits.items())) + ".")
@@ -359,9 +304,25 @@ def render_markdown(t: Table) -> str:
             f"{t.reference_label}: published percentages, shown only where the paper reports this metric; "
             "not part of the ranks."
         )
+    return notes
+
+
+def render_markdown(t: Table) -> str:
+    """The table as GitHub Markdown: caption, table, footnotes, then the models' pre-training."""
+    from midol_cli.report.pretraining import render_markdown as pretraining_markdown
+
+    # The chance column appears once a task records its chance level; summaries written before
+    # probes recorded it render as they did.
+    chance = any(r.chance is not None for r in t.rows)
+    header = ["modality", "task", "metric", *(["chance"] if chance else []), *t.models]
+    if t.reference_label:
+        header.append(t.reference_label)
+    lines = [_caption(t), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *_md_rows(t, chance)]
+    notes = benchmark_notes(t)
     if notes:
         lines.append("")
         lines.extend(notes)
+    lines.extend(pretraining_markdown(t.pretraining))
     return "\n".join(lines) + "\n"
 
 
@@ -379,32 +340,32 @@ def _records(t: Table) -> list[dict[str, Any]]:
                 "std": _r(c.std) if c.n_seeds else None, "n": c.n_seeds or None,
                 "flag": ";".join(f for f, on in (("data_hash_mismatch", r.mismatch),
                                                  ("degenerate", c.degenerate)) if on),
-                "chance": _r(r.chance),
+                "chance": _r(r.chance), "n_test": c.n_test,
             })
         if r.reference is not None and t.reference_label:
             recs.append({
                 "row": "task", "modality": r.modality, "task": r.task, "metric": r.metric,
                 "model": t.reference_label, "value": _r(r.reference), "ci_low": None, "ci_high": None,
-                "std": None, "n": None, "flag": "reference", "chance": _r(r.chance),
+                "std": None, "n": None, "flag": "reference", "chance": _r(r.chance), "n_test": None,
             })
     for mod, avg in t.modality_average.items():
         for m, (v, used, of) in sorted(avg.items()):
             recs.append({
                 "row": "modality_average", "modality": mod, "task": "", "metric": "", "model": m,
                 "value": _r(v), "ci_low": None, "ci_high": None, "std": None, "n": used,
-                "flag": "" if used == of else f"partial {used}/{of}", "chance": None,
+                "flag": "" if used == of else f"partial {used}/{of}", "chance": None, "n_test": None,
             })
     for m, (v, n) in sorted(t.average_rank.items()):
         recs.append({
             "row": "average_rank", "modality": "", "task": "", "metric": "", "model": m,
             "value": round(v, 2), "ci_low": None, "ci_high": None, "std": None, "n": n, "flag": "",
-            "chance": None,
+            "chance": None, "n_test": None,
         })
     return recs
 
 
 CSV_COLUMNS = ("row", "modality", "task", "metric", "model", "value", "ci_low", "ci_high", "std", "n", "flag",
-               "chance")
+               "chance", "n_test")
 
 
 def render_csv(t: Table) -> str:
@@ -419,6 +380,8 @@ def render_csv(t: Table) -> str:
 
 def render_json(t: Table) -> str:
     """The table as one JSON object (same rounded x100 numbers as the Markdown)."""
+    from midol_cli.report.pretraining import to_json as pretraining_json
+
     rows = []
     for r in t.rows:
         best = r.best()
@@ -428,7 +391,7 @@ def render_json(t: Table) -> str:
             cells[m] = None if c is None else {
                 "value": _r(c.value), "ci_low": _r(c.low), "ci_high": _r(c.high),
                 "std": _r(c.std) if c.n_seeds else None, "n_seeds": c.n_seeds or None, "best": m in best,
-                "degenerate": c.degenerate,
+                "degenerate": c.degenerate, "n_test": c.n_test,
             }
         rows.append({
             "modality": r.modality, "task": r.task, "metric": r.metric, "data_hash_mismatch": r.mismatch,
@@ -447,6 +410,8 @@ def render_json(t: Table) -> str:
         },
         "average_rank": {m: {"value": round(v, 2), "tasks": n} for m, (v, n) in sorted(t.average_rank.items())},
         "warnings": t.warnings,
+        "random_init": sorted(_floor_models(t)),
+        "pretraining": pretraining_json(t.pretraining),
     }
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 

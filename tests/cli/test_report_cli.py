@@ -17,13 +17,14 @@ Protocol: linear · metric: each task's primary metric · values ×100, 95% boot
 
 | modality | task | metric | m-a | m-b | M-IDoL (paper, arXiv 2604.08936) |
 |---|---|---|---|---|---|
-| dermoscopy | ham10000 | accuracy | 80.00 [78.00, 82.00] | **85.00 [83.00, 87.00]** | 97.10 |
+| dermoscopy | ham10000 | accuracy | 80.00 [78.00, 82.00] n=30 | **85.00 [83.00, 87.00]** n=30 | 97.10 |
 | dermoscopy | *average* |  | 80.00 | **85.00** |  |
-| fundus | aptos | qwk | 70.00 [65.00, 75.00] † | 72.00 [66.00, 78.00] † |  |
-| fundus | retina | accuracy | **90.00 [88.00, 92.00]** | **90.00 [87.00, 93.00]** | 88.40 |
-| fundus | *average* |  | **90.00** | **90.00** |  |
+| fundus | aptos | qwk | 70.00 [65.00, 75.00] n=30 † | 72.00 [66.00, 78.00] n=30 † |  |
+| fundus | retina | accuracy | 90.00 [88.00, 92.00] n=30 | 90.00 [87.00, 93.00] n=30 | 88.40 |
+| fundus | *average* |  | 90.00 | 90.00 |  |
 | all | *average rank* |  | 1.75 | **1.25** |  |
 
+n=: the number of test images each value was computed on.
 † data hash differs across models for aptos: not comparable, left out of averages and ranks.
 M-IDoL (paper, arXiv 2604.08936): published percentages, shown only where the paper reports this metric; \
 not part of the ranks.
@@ -58,6 +59,7 @@ def test_csv_and_json_carry_the_same_numbers(tmp_path, monkeypatch, capsys):
     cell = {(r["row"], r["task"] or r["modality"], r["model"]): r for r in rows}
     assert cell[("task", "ham10000", "m-b")]["value"] == "85.0"
     assert cell[("task", "ham10000", "m-b")]["ci_low"] == "83.0"
+    assert cell[("task", "ham10000", "m-b")]["n_test"] == "30"
     assert cell[("task", "aptos", "m-a")]["flag"] == "data_hash_mismatch"
     assert cell[("modality_average", "fundus", "m-a")]["value"] == "90.0"
     assert cell[("average_rank", "", "m-a")]["value"] == "1.75"
@@ -66,7 +68,7 @@ def test_csv_and_json_carry_the_same_numbers(tmp_path, monkeypatch, capsys):
     obj = json.loads(out_json)
     ham = next(r for r in obj["rows"] if r["task"] == "ham10000")
     assert ham["cells"]["m-b"] == {"value": 85.0, "ci_low": 83.0, "ci_high": 87.0, "std": None,
-                                   "n_seeds": None, "best": True, "degenerate": False}
+                                   "n_seeds": None, "best": True, "degenerate": False, "n_test": 30}
     assert obj["average_rank"]["m-b"] == {"value": 1.25, "tasks": 2}
     assert obj["modality_average"]["dermoscopy"]["m-a"]["value"] == 80.0
     assert any("aptos" in w for w in obj["warnings"])
@@ -78,10 +80,10 @@ def test_fraction_protocol_and_metric_override(tmp_path, monkeypatch, capsys):
     assert code == 0
     assert "mean ± std over seeds" in out
     # ham10000: m-a mean 60.00 ± 10.00; m-b 70.00 ± 17.32 (best)
-    assert "| dermoscopy | ham10000 | accuracy | 60.00 ± 10.00 | **70.00 ± 17.32** |" in out
+    assert "| dermoscopy | ham10000 | accuracy | 60.00 ± 10.00 n=30 | **70.00 ± 17.32** n=30 |" in out
     code, out, _ = midol(monkeypatch, capsys, "report", str(results), "--metric", "auroc", "--reference", "paper")
     assert code == 0
-    assert "| dermoscopy | ham10000 | auroc | 85.00 [78.00, 87.00] | **90.00 [83.00, 92.00]** |  |" in out
+    assert "| dermoscopy | ham10000 | auroc | 85.00 [78.00, 87.00] n=30 | **90.00 [83.00, 92.00]** n=30 |  |" in out
 
 
 def test_plot_is_written(tmp_path, monkeypatch, capsys):

@@ -248,8 +248,8 @@ def test_benchmark_table_matches_the_markdown_numbers(report):
     rows = page.table_with("modality")
     assert [c for c, _ in rows[0]] == ["modality", "task", "metric", HOSTILE_MODEL, "m-a", "m-b"]
     ham = _row(rows, "dermoscopy", "ham10000")
-    assert ham[4] == ("80.00 [78.00, 82.00]", set())
-    assert ham[5][0] == "85.00 [83.00, 87.00]" and "best" in ham[5][1]
+    assert ham[4] == ("80.00 [78.00, 82.00] n=30", {"n"})
+    assert ham[5][0] == "85.00 [83.00, 87.00] n=30" and "best" in ham[5][1]
     aptos = _row(rows, "fundus", "aptos")
     assert aptos[4][0].endswith("†") and aptos[5][0].endswith("†")
     rank = _row(rows, "all", "average rank")
@@ -338,8 +338,8 @@ def test_comparison_table_and_significance_marks(tmp_path):
     assert mean[0][0] == "mean"
     bench = page.table_with("modality")
     cells = _row(bench, "dermoscopy", "ham10000")
-    assert cells[4][0] == "85.00 [83.00, 87.00] *" and {"best", "sig"} <= cells[4][1]  # m-b is the better one
-    assert cells[3][0] == "80.00 [78.00, 82.00]"
+    assert cells[4][0] == "85.00 [83.00, 87.00] n=30 *" and {"best", "sig"} <= cells[4][1]  # m-b is the better one
+    assert cells[3][0] == "80.00 [78.00, 82.00] n=30"
     assert not any("sig" in c for c, cls in _row(bench, "fundus", "retina") for c in cls)
     assert "the 95% bootstrap CI of the difference excludes 0" in text
     assert "Paired comparison: m-a vs m-b" in text

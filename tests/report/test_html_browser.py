@@ -120,7 +120,7 @@ def test_dom_holds_the_tables(page):
     assert dom.tags["table"] == parse(source).tags["table"] == 7
     bench = dom.table_with("modality")
     assert [c for c, _ in bench[0]][-2:] == ["m-a", "m-b"]
-    assert any(r[1][0] == "ham10000" and r[5][0] == "85.00 [83.00, 87.00]" for r in bench[1:])
+    assert any(r[1][0] == "ham10000" and r[5][0] == "85.00 [83.00, 87.00] n=30" for r in bench[1:])
     assert not dom.tables_with("p (bootstrap)")  # no comparison was given: no comparison table
     for header in ("ECE [95% CI]", "threshold", "sex", "weights hash"):
         assert dom.tables_with(header), header

@@ -39,7 +39,7 @@ def test_partial_coverage_average_and_single_model_rows_not_ranked():
     md = render_markdown(t)
     # a covers both tasks, so only its average can be bold; b's partial average says so
     assert "| xray | *average* |  | **70.00** | 70.00 (1/2) |" in md
-    assert "| xray | t2 | accuracy | **60.00 [59.00, 61.00]** | – |" in md
+    assert "| xray | t2 | accuracy | **60.00 [59.00, 61.00]** n=30 | – |" in md
 
 
 def test_duplicate_and_disagreeing_primary_metric_are_warned():
@@ -68,7 +68,7 @@ def test_chance_column_and_degenerate_marks():
     entries[0][1]["protocols"]["linear"]["degenerate"] = {"flag": True, "top": "nv", "share": 1.0}
     md = render_markdown(build_table(entries))
     assert "| modality | task | metric | chance | a | b |" in md
-    assert "| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] ‡ | **70.00 [69.00, 71.00]** |" in md
+    assert "| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] n=30 ‡ | **70.00 [69.00, 71.00]** n=30 |" in md
     assert "‡ degenerate probe" in md and "a on t1" in md
 
 
@@ -89,3 +89,82 @@ def test_models_pre_trained_from_released_weights_are_named_with_their_hash():
     md = render_markdown(build_table(entries))
     assert "Pre-trained from released weights: a from imagenet-swinb=w/swinb.safetensors (sha256 ab12ab12ab12)." in md
     assert "b from" not in md
+
+
+# --------------------------------------------------------------------------- issue 25.23
+
+
+def _row_line(md: str, lead: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(lead))
+
+
+def test_each_cell_shows_its_test_images_in_every_format():
+    import csv
+    import io
+    import json
+
+    from midol_cli.report.table import render_csv, render_json
+
+    entries = _entries(("a", "t1", "xray", 0.8), ("b", "t1", "xray", 0.7))
+    entries[1][1]["n"]["test"] = 28  # b was scored on fewer test images
+    t = build_table(entries)
+    assert _row_line(render_markdown(t), "| xray | t1 |") == (
+        "| xray | t1 | accuracy | **80.00 [79.00, 81.00]** n=30 | 70.00 [69.00, 71.00] n=28 |")
+    rows = {r["model"]: r for r in csv.DictReader(io.StringIO(render_csv(t))) if r["row"] == "task"}
+    assert (rows["a"]["n_test"], rows["b"]["n_test"]) == ("30", "28")
+    cells = json.loads(render_json(t))["rows"][0]["cells"]
+    assert (cells["a"]["n_test"], cells["b"]["n_test"]) == (30, 28)
+
+
+def test_no_bold_for_a_tie_at_the_random_init_floor_or_when_all_tie():
+    entries = _entries(("midol", "t1", "xray", 0.8), ("random-x", "t1", "xray", 0.8), ("other", "t1", "xray", 0.6),
+                       ("midol", "t2", "xray", 0.9), ("random-x", "t2", "xray", 0.8), ("other", "t2", "xray", 0.6),
+                       ("midol", "t3", "xray", 0.7), ("random-x", "t3", "xray", 0.7), ("other", "t3", "xray", 0.7))
+    for _, s in entries:
+        if s["model"]["id"] == "random-x":
+            s["model"].update(weights="random:runs/base", weights_hash="random-seed0")
+    md = render_markdown(build_table(entries))
+    assert "**" not in _row_line(md, "| xray | t1 |")  # the best ties the random-init floor
+    assert "**90.00 [89.00, 91.00]**" in _row_line(md, "| xray | t2 |")  # above the floor: bold
+    assert "**" not in _row_line(md, "| xray | t3 |")  # all tied
+    assert "Random-init baseline (random-x): the floor" in md
+
+
+def test_no_bold_when_every_model_ties_or_the_top_ties_chance():
+    tied = build_table(_entries(("a", "t1", "xray", 0.8), ("b", "t1", "xray", 0.8)))
+    assert "**" not in render_markdown(tied)
+    entries = _entries(("a", "t1", "xray", 0.5), ("b", "t1", "xray", 0.4))
+    for _, s in entries:
+        s["chance"] = {"accuracy": 0.5}
+    assert "**" not in _row_line(render_markdown(build_table(entries)), "| xray | t1 |")
+
+
+@pytest.mark.parametrize("classes,chance", [(["neg", "pos"], "50.00"), (["a", "b", "c", "d"], "25.00")])
+def test_balanced_accuracy_chance_is_one_over_k(classes, chance):
+    entries = [(Path(f"{m}/t1/summary.json"), summary(m, "t1", "xray", "balanced_accuracy", v, v - 0.01, v + 0.01))
+               for m, v in (("a", 0.8), ("b", 0.7))]
+    for _, s in entries:
+        s["task"]["classes"] = classes
+        # what the probe records when the training majority class is absent from the test split
+        s["chance"] = {"balanced_accuracy": 0.0, "accuracy": 0.0}
+    t = build_table(entries)
+    assert _row_line(render_markdown(t), "| xray | t1 |").startswith(f"| xray | t1 | balanced_accuracy | {chance} |")
+    assert "balanced accuracy 100/K for K classes" in render_markdown(t)
+
+
+def test_degenerate_note_names_model_task_and_prediction_but_not_on_multilabel_auroc():
+    entries = _entries(("a", "t1", "dermoscopy", 0.6), ("b", "t1", "dermoscopy", 0.7))
+    entries[0][1]["protocols"]["linear"]["degenerate"] = {"flag": True, "top": "nv", "share": 0.97}
+    md = render_markdown(build_table(entries))
+    assert "a on t1 predicts 'nv' for 97%" in md
+    multi = [(Path(f"{m}/cxr/summary.json"), summary(m, "cxr", "xray", "auroc", v, v - 0.01, v + 0.01))
+             for m, v in (("a", 0.6), ("b", 0.7))]
+    for _, s in multi:
+        s["task"]["label_type"] = "multilabel"
+        s["protocols"]["linear"]["degenerate"] = {"flag": True, "top": "", "share": 1.0}
+        s["protocols"]["linear"]["metrics"]["accuracy"] = {"value": 0.1, "ci_low": 0.05, "ci_high": 0.15}
+    md = render_markdown(build_table(multi))
+    assert "‡" not in md and "predicts" not in md
+    # the same flag still counts for a threshold metric of that multi-label task
+    md = render_markdown(build_table(multi, metric="accuracy"))
+    assert "‡" in _row_line(md, "| xray | cxr |") and "predicts no label (the empty set) for 100%" in md
