@@ -176,6 +176,7 @@ def ingest_folder(
     else:
         lay = get_layout(layout)
     opts = dataclasses.replace(layout_options) if layout_options else LayoutOptions()
+    opts.workers, opts.seed, opts.out, opts.report = workers, seed, target, {}  # slides/volumes layouts
     ds_name = (dataset or "").strip() or lay.dataset_name(root)
 
     walk_errors: list[str] = []
@@ -215,6 +216,9 @@ def ingest_folder(
     for path, e in entries.items():
         if e.reason:
             continue
+        if e.decoded is not None:  # a slide's tile or a volume's frame: measured by the layout
+            decoded[path] = e.decoded
+            continue
         p = prev.get(path)
         if p is not None:
             # An HDF5 member ("x.h5#12") is unchanged when its container is; its recorded
@@ -251,6 +255,10 @@ def ingest_folder(
         walk_errors=walk_errors,
     )
     summary["warnings"] = _warnings(summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
+    summary.update({k: v for k, v in opts.report.items() if k != "lines"})  # per slide / volume results
+    summary["lines"] = list(opts.report.get("lines", []))
+    for line in summary["lines"]:
+        log(f"ingest: {line}")
 
     counts = {
         k: summary[k]

@@ -126,10 +126,14 @@ def _encode_task(task: tuple[str, str, str, dict[str, Any], int, int]) -> tuple[
         # Read once: the same bytes are hashed (the ingest-time check) and decoded. This also
         # covers members of container files (``x.h5#12``), which are not files on their own.
         cap = int(meta.get("max_pixels") or 0) or readers.DEFAULT_MAX_PIXELS
-        raw, _ = readers.read_file_bytes(abs_path, readers.byte_cap(cap))
-        if expected_sha and not hashlib.sha256(raw).hexdigest().startswith(expected_sha.lower()):
-            return sid, "", b"", b"", "file changed since ingest (sha256 differs); re-run `midol ingest`"
-        res = readers.decode_bytes(raw, abs_path, cap)
+        from midol_cli.data.parts import read_part
+
+        res = read_part(abs_path, meta)  # a slide's tile or a volume's frame, read from its file
+        if res is None:
+            raw, _ = readers.read_file_bytes(abs_path, readers.byte_cap(cap))
+            if expected_sha and not hashlib.sha256(raw).hexdigest().startswith(expected_sha.lower()):
+                return sid, "", b"", b"", "file changed since ingest (sha256 differs); re-run `midol ingest`"
+            res = readers.decode_bytes(raw, abs_path, cap)
         ext, data = encode_image(res.image, max_side, quality)
     except ImageRejected as e:
         return sid, "", b"", b"", str(getattr(e, "reason", "") or e)

@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from midol_cli.data.readers import SUPPORTED_EXTENSIONS, is_candidate_name, sniff_dicom
 from midol_cli.errors import UsageError
@@ -59,6 +60,9 @@ class Entry:
     split: str | None = None
     reason: str = ""
     meta: dict[str, str] = field(default_factory=dict)
+    # The manifest's decoded fields when the layout measured the row itself (a slide's tile, a volume's
+    # frame: parts of a file that ingest must not read as one image); None: ingest reads the file.
+    decoded: dict[str, Any] | None = None
 
 
 def listed_entries(
@@ -96,6 +100,12 @@ class LayoutOptions:
     # Dataset-specific switches a layout documents itself (e.g. CheXpert's uncertainty policy,
     # BreakHis's magnification); a layout rejects keys it does not know.
     extra: dict[str, str] = field(default_factory=dict)
+    # Set by ingest for layouts that do heavy per-file work (slides, volumes): worker processes, the
+    # seed, the manifest being written (QC files go beside it); ``report`` comes back into the summary.
+    workers: int = 1
+    seed: int = 0
+    out: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, str | None]:
         """The user-set options as JSON-able data (for manifest provenance)."""
@@ -337,6 +347,7 @@ def has_image_files(folder: Path, limit: int = 2000) -> bool:
 # Auto-detection tries these in order: specific datasets first, the generic
 # class-folder layout last; `csv` never auto-detects (it needs --labels).
 _MODULES: tuple[str, ...] = (
+    "slides",  # recognised by content (slide files), before any layout could read a slide as one image
     "aptos",
     "ham10000",
     "oct2017",

@@ -1,0 +1,77 @@
+"""Tile many slides: in parallel (one slide a task, ingest's worker processes), resuming slide by slide.
+
+Each slide's result is cached as JSON in ``<manifest>.qc/.cache/`` (keyed by the tile settings and the
+slide's size and mtime) as soon as it is done, beside its QC thumbnail ``<manifest>.qc/<slide>.png``; a
+killed ingest, or one run again, tiles only the slides without a valid cache entry. A corrupt slide is
+rejected with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from midol_cli.artifacts import write_json_atomic
+
+
+def qc_dir(manifest: Path) -> Path:
+    """The folder of a manifest's slide QC files: ``manifests/x.parquet`` -> ``manifests/x.qc``."""
+    return manifest.parent / f"{manifest.stem}.qc"
+
+
+def _safe(rel: str) -> str:
+    return rel.replace("/", "__")
+
+
+def _one(task: tuple[str, str, Any, str | None]) -> dict[str, Any]:
+    from midol_cli.data.slide_tiles import tile_slide
+
+    abs_path, rel, settings, png = task
+    return tile_slide(abs_path, rel, settings, png)
+
+
+def tile_all(root: Path, slides: list[str], settings: Any, opts: Any) -> dict[str, dict[str, Any]]:
+    """``{rel: tile_slide result}`` for every slide (cached results reused); QC thumbnails written."""
+    from midol_cli.data.slide_tiles import cached
+
+    qc = qc_dir(Path(opts.out)) if opts.out is not None else None
+    out: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[str, str, Any, str | None]] = []
+    keys: dict[str, dict[str, Any]] = {}
+    for rel in slides:
+        abs_path = str(root / rel)
+        try:
+            st = os.stat(abs_path)
+            keys[rel] = {"settings": settings.record(), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:
+            keys[rel] = {}
+        png = str(qc / f"{_safe(rel)}.png") if qc is not None else None
+        hit = (
+            cached(qc / ".cache" / f"{_safe(rel)}.json", keys[rel]) if qc is not None and keys[rel] else None
+        )
+        if hit is not None and (png is None or hit.get("status") != "ok" or Path(png).is_file()):
+            out[rel] = hit
+        else:
+            todo.append((abs_path, rel, settings, png))
+
+    def done(rel: str, res: dict[str, Any]) -> None:
+        if qc is not None and res.get("status") == "ok":
+            res["thumbnail"] = str(qc / f"{_safe(rel)}.png")
+        out[rel] = res
+        if qc is not None and keys[rel]:
+            write_json_atomic(qc / ".cache" / f"{_safe(rel)}.json", {"key": keys[rel], "result": res})
+
+    workers = max(1, min(int(opts.workers or 1), len(todo)))
+    if workers == 1:
+        for t in todo:
+            done(t[1], _one(t))
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from midol_cli.data.ingest_workers import _pool_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as ex:
+            for t, res in zip(todo, ex.map(_one, todo), strict=True):
+                done(t[1], res)
+    return out
