@@ -14,20 +14,78 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from midol_cli.errors import UsageError
+from midol_cli.recipe_files import (  # noqa: F401  (the recipe API: loaders are re-exported here)
+    MAX_INHERIT_DEPTH,
+    PACKAGED_DIR,
+    _merge,
+    _Whole,
+    load_yaml,
+    packaged_recipes,
+    parse_overrides,
+    parse_yaml,
+    read_yaml,
+    recipe_description,
+    resolve_recipe,
+)
 
 T = TypeVar("T", bound=BaseModel)
+
+
+def _numeric(annotation: Any) -> bool:
+    """True when a field takes numbers (int, float, their optional/tuple forms) and never a bool."""
+    args = typing.get_args(annotation)
+    if annotation is bool or bool in args:
+        return False
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in args if a is not Ellipsis)
+
+
+def _bools_in(value: Any) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, bool) or (
+        isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
 
 
 class Strict(BaseModel):
     # allow_inf_nan=False: a non-finite hyper-parameter (optim.lr=.inf) is refused before a step is taken.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1 (train.steps=true runs one step): a bool where a number belongs
+        # is a mistake. Checked here once for every recipe and settings model, not per field (issue 25.10).
+        field = cls.model_fields.get(info.field_name or "")
+        ann = field.annotation if field is not None else None
+        if ann is not None and _bools_in(value) and _numeric(ann):
+            raise ValueError("must be a number, not true/false")
+        return value
+
+
+def plain_name(v: str) -> str:
+    """A run name becomes a folder under ``runs/``: one plain name, so it never writes elsewhere."""
+    if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0") or v.startswith("~"):
+        raise ValueError("must be a plain name without '/', '\\', '..' or a leading '~' (it names the run's "
+                         "folder under runs/)")
+    return v
 
 
 # ---------------------------------------------------------------- pretraining
@@ -240,6 +298,11 @@ class PretrainRecipe(Strict):
     train: TrainCfg = Field(default_factory=TrainCfg)
     logging: LoggingCfg = Field(default_factory=LoggingCfg)
 
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
+
     @model_validator(mode="after")
     def _freeze_below_steps(self) -> PretrainRecipe:
         if self.train.freeze_encoder_steps and self.train.freeze_encoder_steps >= self.train.steps:
@@ -273,82 +336,8 @@ class PretrainRecipe(Strict):
 # ---------------------------------------------------------------- loading
 
 
-class _Whole(dict):
-    """A mapping given whole on the command line (``model.arch_kwargs={...}``): it replaces, not merges."""
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, _Whole):
-            out[k] = dict(v)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-MAX_INHERIT_DEPTH = 16
 # The recipe a missing-file message suggests, by schema.
 _EXAMPLES = {"FinetuneRecipe": "recipes/finetune_smoke.yaml", "SegmentationRecipe": "recipes/segment.yaml"}
-
-
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), example: str = "recipes/smoke.yaml",
-              what: str = "recipe") -> dict[str, Any]:
-    """Read a recipe (or a command's config, ``what="config"``) file, following ``inherit:``, into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} '{path}' does not exist; pass a YAML file such as {example}")
-    if path.resolve() in _seen:
-        raise UsageError(f"{what} '{path}' inherits from itself")
-    if len(_seen) >= MAX_INHERIT_DEPTH:
-        raise UsageError(f"{what} '{_seen[0]}' has an inherit: chain deeper than {MAX_INHERIT_DEPTH} files")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{what} '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise UsageError(f"{what} '{path}' cannot be read ({e.strerror or type(e).__name__})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UsageError(f"{what} '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{what} '{path}' must be a mapping of keys to values")
-    parent = data.pop("inherit", None)
-    if parent is not None:
-        base = read_yaml((path.parent / str(parent)), (*_seen, path.resolve()), example, what)
-        data = _merge(base, data)
-    return data
-
-
-def parse_overrides(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "data.modalities=[xray,oct]"]`` -> nested dict. Values are YAML scalars/lists.
-
-    A mapping value (``model.arch_kwargs={embed_dim: 32}``) replaces the recipe's mapping whole; a dotted
-    key (``model.arch_kwargs.embed_dim=32``) changes one entry of it.
-    """
-    out: dict[str, Any] = {}
-    for tok in tokens:
-        if "=" not in tok:
-            raise UsageError(f"override '{tok}' must look like key.sub=value (e.g. optim.lr=1e-3)")
-        key, raw = tok.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise UsageError(f"override '{tok}' has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise UsageError(f"override '{tok}' conflicts with an earlier override of '{p}'")
-        node[parts[-1]] = _Whole(value) if isinstance(value, dict) else value
-    return out
 
 
 def format_validation_error(err: ValidationError, source: str, flags: dict[str, str] | None = None) -> str:
@@ -454,6 +443,11 @@ class _FinetuneBase(Strict):
     n_boot: int = Field(1000, ge=10)
     max_train_samples: int | None = Field(None, ge=1, description="cap the training set (quick runs)")
     logging: LoggingCfg = Field(default_factory=LoggingCfg)
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
 
 
 class FinetuneRecipe(_FinetuneBase):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from midol_cli.recipes import PretrainRecipe, load_recipe
+from midol_cli.recipes import FinetuneRecipe, PretrainRecipe, SegmentationRecipe, load_recipe
 
 SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
 
@@ -79,3 +79,106 @@ def test_classification_and_segmentation_recipes_each_forbid_the_others_keys():
         load_recipe(SegmentationRecipe, None, ["label_smoothing=0.2"])
     assert load_recipe(SegmentationRecipe, None, ["decoder_dim=64"]).decoder_dim == 64
     assert finetune_schema("segmentation") is SegmentationRecipe and finetune_schema("multiclass") is FinetuneRecipe
+
+
+@pytest.mark.parametrize("key", ["train.steps", "optim.lr", "optim.betas", "data.global_views", "train.seed"])
+def test_a_bool_where_a_number_belongs_is_refused(key):
+    """pydantic's lax mode read ``train.steps=true`` as 1 step (issue 25.10); the check sits on the
+    base model, so every recipe and settings model refuses it with the usual dotted key."""
+    from midol_cli.errors import UsageError
+
+    value = "[true, 0.9]" if key == "optim.betas" else "true"
+    with pytest.raises(UsageError, match=rf"^recipe with overrides has 1 problem: {key}: .*not true/false"):
+        load_recipe(PretrainRecipe, None, [f"{key}={value}"])
+    with pytest.raises(UsageError, match="optim.batch_size: .*not true/false"):
+        load_recipe(FinetuneRecipe, None, ["optim.batch_size=false"])
+    with pytest.raises(UsageError, match="data.mix: .*not true/false"):
+        load_recipe(PretrainRecipe, None, ["data.modalities=[xray]", "data.mix={xray: true}"])
+    # Booleans stay booleans, numbers stay numbers, free-form mappings keep their bools.
+    r = load_recipe(PretrainRecipe, None, ["train.compile=true", "train.steps=3", "optim.lr=1",
+                                           "model.arch_kwargs={flag: true}"])
+    assert (r.train.compile, r.train.steps, r.optim.lr, r.model.arch_kwargs) == (True, 3, 1.0, {"flag": True})
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", "a\\b", "~x", ""])
+def test_a_run_name_must_be_a_plain_name(name):
+    """``name: ../../x`` wrote the run outside runs/ (issue 25.11)."""
+    from midol_cli.errors import UsageError
+
+    for schema in (PretrainRecipe, FinetuneRecipe, SegmentationRecipe):
+        with pytest.raises(UsageError, match="name: .*must be a plain name") as e:
+            load_recipe(schema, None, [f"name={name!r}"])
+        assert "\n" not in str(e.value)
+    assert load_recipe(PretrainRecipe, None, ["name=my-run_2.1"]).name == "my-run_2.1"
+
+
+@pytest.mark.parametrize("text", ["model: &a [*a]\n", "a: &x {b: *x}\n", "train: &t {x: [1, *t]}\n"])
+def test_a_recursive_yaml_anchor_is_one_line_naming_the_file(tmp_path, text):
+    """A self-referencing anchor loaded as a recursive list, then crashed validation or JSON with a
+    traceback (issue 25.7); every YAML reader goes through recipes.load_yaml."""
+    from midol_cli.errors import UsageError
+    from midol_cli.recipes import load_yaml, read_yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    for load in (lambda: load_recipe(PretrainRecipe, p), lambda: read_yaml(p, what="config"),
+                 lambda: load_yaml(p, what="task file")):
+        with pytest.raises(UsageError, match=rf"'{p}' holds a recursive YAML anchor"):
+            load()
+    with pytest.raises(UsageError, match="recursive YAML anchor"):
+        load_recipe(PretrainRecipe, None, [f"model.arch_kwargs={text.split(': ', 1)[1].strip()}"])
+    # A plain alias (the same value twice) is not recursion.
+    p.write_text("a: &x [1, 2]\nb: [*x, *x]\n")
+    assert load_yaml(p) == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+
+
+def test_no_yaml_is_read_outside_the_one_loader():
+    """Every YAML file midol reads goes through recipes.load_yaml (issue 25.7)."""
+    pkg = Path(__file__).resolve().parents[1] / "midol_cli"
+    found = [str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if "yaml.safe_load(" in p.read_text()
+             or "yaml.load(" in p.read_text()]
+    assert found == ["recipe_files.py"]
+
+
+def test_the_packaged_recipes_are_the_repositorys_recipes():
+    """The installed copy (midol_cli/recipes_data, package data) and the checkout's recipes/ (the README's
+    paths) are the same files (issue 25.20)."""
+    from midol_cli.recipes import PACKAGED_DIR
+
+    ours = {p.relative_to(SMOKE.parent): p.read_bytes() for p in SMOKE.parent.rglob("*.yaml")}
+    packaged = {p.relative_to(PACKAGED_DIR): p.read_bytes() for p in PACKAGED_DIR.rglob("*.yaml")}
+    assert sorted(ours) == sorted(packaged) and len(ours) >= 10
+    assert [str(k) for k in ours if ours[k] != packaged[k]] == []
+
+
+def test_a_recipe_is_found_by_its_name(tmp_path, monkeypatch):
+    """``--recipe smoke`` (and the README's ``recipes/smoke.yaml`` from any folder) resolve to the shipped
+    recipe; a file on disk wins over the name (issue 25.20)."""
+    from midol_cli.errors import UsageError
+    from midol_cli.recipes import PACKAGED_DIR, packaged_recipes, resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    for arg in ("smoke", "smoke.yaml", "recipes/smoke.yaml"):
+        assert resolve_recipe(arg) == PACKAGED_DIR / "smoke.yaml"
+        assert load_recipe(PretrainRecipe, arg) == load_recipe(PretrainRecipe, SMOKE)
+    assert load_recipe(PretrainRecipe, "ablation/no_moe").projector.shared_expert is True
+    assert load_recipe(FinetuneRecipe, "finetune_smoke") == load_recipe(FinetuneRecipe, PACKAGED_DIR /
+                                                                        "finetune_smoke.yaml")
+    assert {"smoke", "base", "finetune", "segment", "ablation/no_moe"} <= set(packaged_recipes())
+    (tmp_path / "smoke").write_text("name: mine\n")
+    assert load_recipe(PretrainRecipe, "smoke").name == "mine"
+    with pytest.raises(UsageError, match="'nope' does not exist; .*shipped recipe's name .*smoke"):
+        load_recipe(PretrainRecipe, "nope")
+    for bad in ("../smoke", "/smoke"):
+        assert resolve_recipe(bad) == Path(bad)
+
+
+def test_midol_recipes_lists_names_and_descriptions():
+    from typer.testing import CliRunner
+
+    from midol_cli.cli.main import app
+
+    res = CliRunner().invoke(app, ["recipes"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "smoke" in res.output and "ablation/no_moe" in res.output
+    assert "The demo's M-IDoL recipe: a tiny ResNet at 64 px" in res.output

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "study",
     "contamination",
     "tasks",
+    "recipes",
 )
 
 # The conventions a script or scheduler needs, at the end of `midol --help` (tests/cli/test_help.py).

@@ -71,9 +71,9 @@ def calibrate_run(run_dir: str | Path, shard_dir: str | Path | None = None, tpr:
     if model.projector is None or model.projector.n_experts < 2:
         raise UsageError(f"'{run_dir}' has no router to calibrate (one shared expert, or no projector)")
     if shard_dir is None:
-        import yaml
+        from midol_cli.recipes import load_yaml
 
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+        recipe = load_yaml(run_dir / "recipe.yaml", what="run recipe")
         shard_dir = recipe["data"]["shards"]
     shard_dir = Path(shard_dir)
     if not (shard_dir / "index.json").is_file():

@@ -376,12 +376,12 @@ def run_json_of(weights: str | os.PathLike[str]) -> Path | None:
 
 def _run_split(run_dir: Path) -> str | None:
     """The split pre-training read (the run's ``recipe.yaml`` ``data.split``); None: every split, or unknown."""
-    import yaml
+    from midol_cli.recipes import load_yaml
 
     try:
-        rec = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+        rec = load_yaml(run_dir / "recipe.yaml")
         split = (rec.get("data") or {}).get("split")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+    except (UsageError, ValueError, AttributeError):
         return None
     return str(split) if split else None
 

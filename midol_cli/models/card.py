@@ -84,12 +84,13 @@ def data_summary(run_dir: Path) -> list[str]:
 
 def _recipe_split(run_dir: Path) -> str | None | bool:
     """The run's ``data.split`` (None: all splits); False when its recipe.yaml cannot be read."""
-    import yaml
+    from midol_cli.errors import UsageError
+    from midol_cli.recipes import load_yaml
 
     try:
-        data = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        data = load_yaml(run_dir / "recipe.yaml") or {}
         return (data.get("data") or {}).get("split", "train")
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (UsageError, AttributeError):
         return False
 
 

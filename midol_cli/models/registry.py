@@ -56,9 +56,9 @@ REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 
 @lru_cache(maxsize=1)
 def registry() -> dict[str, ModelEntry]:
-    import yaml
+    from midol_cli.recipes import load_yaml
 
-    raw = yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))
+    raw = load_yaml(REGISTRY_FILE, what="model registry")
     out: dict[str, ModelEntry] = {}
     for name, body in raw.items():
         try:
