@@ -329,3 +329,93 @@ def add_protocol(path: str | Path, name: str, block: dict[str, Any]) -> dict[str
     validate_summary(summary, path)
     write_json_atomic(path, summary)
     return summary
+
+
+# --------------------------------------------------------------------------- torch files, without code
+
+
+class PickledCode(Exception):
+    """A torch file whose pickle names a callable outside torch's safe set: loading it would run code."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+def load_torch_plain(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)``, the one reader of every .pt/.pth midol is handed (weights,
+    checkpoints). When it fails, the file's pickle is read without running it (``pickletools``): one that
+    names a callable outside torch's safe set raises ``PickledCode``; anything else (junk bytes, a
+    truncated file) re-raises torch's error, for the caller to call the file damaged. torch's own message
+    cannot tell these apart (it blames 'weights_only' for both)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        names = _foreign_globals(Path(path))
+        if names:
+            raise PickledCode(names) from None
+        raise
+
+
+def _pickle_streams(path: Path) -> Iterator[bytes]:
+    """The pickle bytes of a torch file: ``*/data.pkl`` of the zip format, else the file's head (a bare
+    pickle, or the legacy format's pickles, which come before its tensor data)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if name.endswith(".pkl"):
+                    yield zf.read(name)
+        return
+    with open(path, "rb") as fh:
+        yield fh.read(64 << 20)
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) a torch file's pickles import that torch's weights-only unpickler does
+    not allow; [] for a file that is not a pickle at all."""
+    import io
+    import pickletools
+
+    try:
+        from torch import _weights_only_unpickler as wou
+        from torch.serialization import get_safe_globals
+
+        allowed = set(wou._get_allowed_globals()) | {f"{g.__module__}.{g.__qualname__}"
+                                                     for g in get_safe_globals() if hasattr(g, "__qualname__")}
+    except (ImportError, AttributeError):  # another torch: anything outside torch and collections is code
+        allowed = set()
+    found: list[str] = []
+    for data in _pickle_streams(path):
+        buf = io.BytesIO(data)
+        while buf.tell() < len(data):  # the legacy format holds several pickles in a row
+            try:
+                found += _globals_of_one_pickle(buf, pickletools)
+            except Exception:  # not (or no longer) a pickle: tensor bytes, junk
+                break
+    ok = ("torch.", "collections.OrderedDict")
+    foreign = [n for n in dict.fromkeys(found) if n not in allowed and not (not allowed and n.startswith(ok))]
+    return sorted(foreign, key=lambda n: n.startswith("torch."))  # the user's code first, torch's own last
+
+
+def _globals_of_one_pickle(buf: Any, pickletools: Any) -> list[str]:
+    names: list[str] = []
+    strings: list[Any] = []  # values pushed, for STACK_GLOBAL's two operands (module, name)
+    memo: dict[Any, Any] = {}
+    for op, arg, _pos in pickletools.genops(buf):
+        if op.name in ("GLOBAL", "INST"):
+            names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            names.append(f"{strings[-2]}.{strings[-1]}")
+        elif isinstance(arg, str) and ("STRING" in op.name or "UNICODE" in op.name):
+            strings.append(arg)
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = strings[-1] if strings else None
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            strings.append(memo.get(arg))
+    return names

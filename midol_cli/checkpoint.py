@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from midol_cli.artifacts import atomic_path
+from midol_cli.artifacts import PickledCode, atomic_path, load_torch_plain
 from midol_cli.errors import UsageError
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.(?:pt|dcp)$")
@@ -206,10 +206,9 @@ def _load_file(path: Path, shown: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"checkpoint '{shown}' does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_plain(path)  # the one reader of torch files (models/weights.py uses it too)
     except Exception as e:
-        text = str(e)
-        if "weights_only" in text or "Unsupported global" in text:
+        if isinstance(e, PickledCode):
             raise UsageError(
                 f"checkpoint '{shown}' contains pickled code, which midol refuses to load; "
                 "only checkpoints of plain tensors and values are accepted"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midol_cli.artifacts import PickledCode, load_torch_plain
 from midol_cli.errors import UsageError
 
 # Wrappers other trainers put around a backbone's state dict, outermost first.
@@ -20,8 +21,6 @@ _PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.", "model.", "studen
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
     """Read tensors from ``.safetensors`` or a ``.pth/.pt/.bin`` file without executing code."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"weights file '{path}' does not exist (midol never downloads weights: pass a local file)")
@@ -34,19 +33,13 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError) as e:
             raise UsageError(f"weights file '{path}' is not a readable safetensors file ({e})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_plain(path)
+    except PickledCode as e:
+        raise UsageError(
+            f"weights file '{path}' contains pickled code ({e.names[0]}), which midol refuses to run; "
+            "re-save it as a plain state dict or safetensors"
+        ) from None
     except Exception as e:
-        text = str(e)
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        # torch's safe unpickler names a class it refused ("Unsupported global: GLOBAL ..."); a bare pickle
-        # stream (protocol marker 0x80, not torch's zip) is refused by opcode instead. Anything else is a
-        # damaged file or not a PyTorch checkpoint at all.
-        if "Unsupported global" in text or "allowed global" in text or head[:1] == b"\x80":
-            raise UsageError(
-                f"weights file '{path}' contains pickled code, which midol refuses to run; "
-                "re-save it as a plain state dict or safetensors"
-            ) from None
         raise UsageError(f"weights file '{path}' could not be read: damaged, or not a PyTorch checkpoint "
                          f"({type(e).__name__})") from None
     if not isinstance(obj, dict):

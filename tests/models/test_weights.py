@@ -159,3 +159,65 @@ def test_damaged_bytes_are_not_called_pickled_code(tmp_path):
     junk.write_bytes(bytes(range(256)) * 2)
     with pytest.raises(UsageError, match="damaged, or not a PyTorch checkpoint"):
         load_eval_model(f"timm:vit_small_patch16_224={junk}")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this would run",))
+
+
+class _MyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+
+
+def _pickled_files(tmp_path) -> dict[str, object]:
+    """The ways a weights file carries code: torch.save's zip (the usual .pth), its legacy format, a whole
+    pickled module, a plain pickle stream (protocol 0: no 0x80 marker)."""
+    import pickle
+
+    files = {}
+    for name, obj, kw in (("zip.pth", {"w": torch.zeros(2), "x": _RunsCode()}, {}),
+                          ("legacy.pth", {"w": torch.zeros(2), "x": _RunsCode()},
+                           {"_use_new_zipfile_serialization": False}),
+                          ("module.pth", _MyNet(), {})):
+        torch.save(obj, tmp_path / name, **kw)
+        files[name] = obj
+    with open(tmp_path / "proto0.pth", "wb") as fh:
+        pickle.dump({"x": _RunsCode()}, fh, protocol=0)
+    files["proto0.pth"] = None
+    return files
+
+
+def test_every_weights_path_says_contains_code_for_a_pickle_with_code(tmp_path):
+    """torch.save's zip of an object that runs code was called "damaged" (torch's message blames
+    weights_only for junk and code alike; issue 25.14). One reader (artifacts.load_torch_plain) reads the
+    pickle without running it, for --init and model.weights (build_encoder), timm:NAME=FILE, NAME=FILE and
+    checkpoints alike."""
+    from midol_cli.checkpoint import load_checkpoint
+    from midol_cli.models.weights import read_state_dict
+
+    for name in _pickled_files(tmp_path):
+        path = tmp_path / name
+        culprit = "_MyNet" if name == "module.pth" else "system"
+        with pytest.raises(UsageError, match=rf"'{path}' contains pickled code \(.*{culprit}\)"):
+            read_state_dict(path)
+        with pytest.raises(UsageError, match="contains pickled code"):
+            load_eval_model(f"timm:vit_small_patch16_224={path}")
+        with pytest.raises(UsageError, match="contains pickled code"):
+            build_encoder(EncoderSpec(arch="resnet18", img_size=64), weights=str(path))
+        with pytest.raises(UsageError, match="contains pickled code"):
+            load_checkpoint(path)
+    # Damaged files stay "damaged": junk, a truncated zip, a truncated plain state dict.
+    torch.save({"w": torch.zeros(64)}, tmp_path / "good.pth")
+    good = (tmp_path / "good.pth").read_bytes()
+    for i, data in enumerate((bytes(range(256)) * 2, good[: len(good) // 2], b"PK\x03\x04" + good[4:40])):
+        (tmp_path / f"bad{i}.pth").write_bytes(data)
+        with pytest.raises(UsageError, match="damaged, or not a PyTorch checkpoint"):
+            read_state_dict(tmp_path / f"bad{i}.pth")
+        with pytest.raises(UsageError, match="is unreadable"):
+            load_checkpoint(tmp_path / f"bad{i}.pth")
+    assert set(read_state_dict(tmp_path / "good.pth")) == {"w"}

@@ -43,14 +43,17 @@ def test_a_killed_write_leaves_no_temporary_behind_after_resume(tmp_path):
 
 
 def test_atomic_writes_get_the_usual_mode_not_0600(tmp_path, monkeypatch):
-    import midol_cli.artifacts as art
+    import os
 
-    monkeypatch.setattr(art, "_UMASK", 0o022)  # the process umask, read once at import
-    with atomic_path(tmp_path / "f.json") as tmp:
-        tmp.write_text("{}")
-    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
-    ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(1)}, keep_last=1)
-    assert stat.S_IMODE(ckpt.list_checkpoints(tmp_path)[0].stat().st_mode) == 0o644
+    old = os.umask(0o022)  # the umask applies when the file is created (artifacts.new_temp_file)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+        ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(1)}, keep_last=1)
+        assert stat.S_IMODE(ckpt.list_checkpoints(tmp_path)[0].stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize("steps", [0, -1])
