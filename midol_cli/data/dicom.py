@@ -60,21 +60,29 @@ def _fmt(x: float) -> str:
 
 
 def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
-    import numpy as np
     import pydicom
-    from PIL import Image
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except Exception:
         raise ImageRejected("unreadable DICOM") from None
+    rows, cols, frames, spp, bits_stored, photometric = _header(ds)
+    if rows * cols * max(frames, 1) > max_pixels:
+        raise ImageRejected(f"over pixel cap ({cols} x {rows})")
+    return _frame_image(ds, 0, rows, cols, frames, spp, bits_stored, photometric)
+
+
+def _header(ds: Any) -> tuple[int, int, int, int, int, str]:
+    """(rows, cols, frames, samples per pixel, bits stored, photometric) or ImageRejected. ``frames`` is
+    NumberOfFrames (1 when absent; 0 when the header says 0)."""
     try:
         if "PixelData" not in ds:
             # force=True parses any bytes into an empty dataset: only call it DICOM if it says so.
             known = any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID"))
             raise ImageRejected("DICOM without pixel data" if known else "unreadable DICOM")
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        nf = ds.get("NumberOfFrames", 1)
+        frames = 1 if nf is None or str(nf).strip() == "" else int(nf)
         spp = int(ds.get("SamplesPerPixel", 1) or 1)
         bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -84,8 +92,50 @@ def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
         raise ImageRejected("unreadable DICOM") from None
     if rows <= 0 or cols <= 0:
         raise ImageRejected("unreadable DICOM")
-    if rows * cols * max(frames, 1) > max_pixels:
+    return rows, cols, frames, spp, bits_stored, photometric
+
+
+def read_volume(path: str, max_pixels: int) -> tuple[Any, int, dict[str, str]]:
+    """A multi-frame DICOM's dataset, its frame count and what identifies it: ``{"laterality",
+    "patient", "series", "sop_class"}`` (present keys only). ImageRejected for an unreadable file, 0
+    frames, or a frame over the pixel cap."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception:
+        raise ImageRejected("unreadable DICOM") from None
+    rows, cols, frames, *_ = _header(ds)
+    if frames < 1:
+        raise ImageRejected("DICOM volume with 0 frames")
+    if rows * cols > max_pixels:
         raise ImageRejected(f"over pixel cap ({cols} x {rows})")
+    info = {
+        # Image Laterality (0020,0062) describes this image; Laterality (0020,0060) the series.
+        "laterality": str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").strip().upper(),
+        "patient": str(ds.get("PatientID", "") or "").strip(),
+        "series": str(ds.get("SeriesInstanceUID", "") or "").strip(),
+        "sop_class": str(ds.get("SOPClassUID", "") or "").strip(),
+    }
+    return ds, frames, {k: v for k, v in info.items() if v}
+
+
+def decode_frame(ds: Any, index: int) -> ReadResult:
+    """Frame ``index`` of a dataset from ``read_volume`` as an 8-bit ReadResult; ImageRejected when it
+    cannot be decoded or its size differs from the header's."""
+    rows, cols, frames, spp, bits_stored, photometric = _header(ds)
+    if not 0 <= index < max(frames, 1):
+        raise ImageRejected(f"frame {index} out of range (the volume has {frames})")
+    return _frame_image(ds, index, rows, cols, frames, spp, bits_stored, photometric)
+
+
+def _frame_image(ds: Any, index: int, rows: int, cols: int, frames: int, spp: int, bits_stored: int,
+                 photometric: str) -> ReadResult:
+    """Frame ``index`` of a parsed dataset as an 8-bit ReadResult (the intensity policy of ``readers``).
+    A multi-frame file's intensity records which frame (``frame1of3``); a decoded frame whose size is not
+    the header's Rows x Columns is rejected."""
+    import numpy as np
+    from PIL import Image
 
     tsyntax = _transfer_syntax(ds)
     _check_decoder(tsyntax)
@@ -95,17 +145,24 @@ def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
         if len(ds.PixelData) < expected:
             raise ImageRejected("truncated image")
     try:
-        arr = _pixels(ds, tsyntax, frames)
+        arr = _pixels(ds, tsyntax, frames, index)
     except ImageRejected:
         raise
     except MemoryError:
         raise ImageRejected("out of memory while decoding") from None
     except Exception:
+        size = _encapsulated_size(ds, index, frames) if tsyntax.is_compressed else None
+        if size is not None and size != (cols, rows):  # the decoder refused a frame of another size
+            raise ImageRejected(f"frames of differing size (frame {index}: {size[0]} x {size[1]}, "
+                                f"header {cols} x {rows})") from None
         raise ImageRejected("unreadable DICOM pixel data") from None
     if arr.ndim == 4:  # frames x rows x cols x samples, if the frame index was ignored
         arr = arr[0]
     elif arr.ndim == 3 and spp == 1:
         arr = arr[0]
+    if tuple(arr.shape[:2]) != (rows, cols):
+        raise ImageRejected(f"frames of differing size (frame {index}: {arr.shape[1]} x {arr.shape[0]}, "
+                            f"header {cols} x {rows})")
 
     steps: list[str] = []
     try:
@@ -132,7 +189,7 @@ def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
     except Exception:
         raise ImageRejected("unreadable DICOM pixel data") from None
     if frames > 1:
-        steps.append(f"frame1of{frames}")
+        steps.append(f"frame{index + 1}of{frames}")
     return ReadResult(
         image=img,
         width=img.width,
@@ -142,6 +199,20 @@ def _decode_dicom(data: bytes, max_pixels: int, force: bool) -> ReadResult:
         format="DICOM",
         intensity="dicom:" + "+".join(steps) if steps else "",
     )
+
+
+def _encapsulated_size(ds: Any, index: int, frames: int) -> tuple[int, int] | None:
+    """(width, height) that frame ``index``'s own codestream declares (Pillow reads JPEG and JPEG 2000
+    headers without decoding), or None when it cannot tell."""
+    try:
+        from PIL import Image
+        from pydicom.encaps import get_frame
+
+        data = get_frame(ds.PixelData, index, number_of_frames=max(frames, 1))
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:
+        return None
 
 
 def _transfer_syntax(ds: Any) -> Any:
@@ -179,11 +250,13 @@ def _check_decoder(tsyntax: Any) -> None:
         raise _missing_plugin(tsyntax, name)
 
 
-def _pixels(ds: Any, tsyntax: Any, frames: int) -> np.ndarray:
-    """The first frame's pixels, trying the available plugins in ``_PLUGIN_ORDER``. When every plugin
+def _pixels(ds: Any, tsyntax: Any, frames: int, index: int = 0) -> np.ndarray:
+    """Frame ``index``'s pixels (the first by default), trying the available plugins in ``_PLUGIN_ORDER``.
+    When every plugin
     fails and none of the dicom extra's is installed, the reject names the extra: Pillow, the base
     install's fallback, cannot decode all of a syntax (JPEG 2000 over 8 bits in colour, 12-bit JPEG)."""
-    opts: dict[str, Any] = {"index": 0} if frames > 1 else {}  # one frame: decoding a cine loop wastes memory
+    # One frame: decoding a whole cine loop or volume to use one frame wastes memory.
+    opts: dict[str, Any] = {"index": index} if frames > 1 else {}
     plugins: list[str] = [""]
     if tsyntax.is_compressed:
         from pydicom.pixels import get_decoder

@@ -128,6 +128,26 @@ def ingest_folder(
     raw_dir: str | os.PathLike[str],
     modality: str,
     *,
+    out: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Ingest ``raw_dir`` into a manifest (``_ingest_folder``: the options and the summary) while holding
+    ``<manifest>.lock``: a second run into the same ``--out`` stops with one line naming the first run's
+    pid instead of both exiting 0 and one result being lost (``midol_cli.locks``)."""
+    from midol_cli.locks import output_lock
+
+    raw = Path(raw_dir)
+    if not raw.is_dir():  # its one-line error comes from the work itself
+        return _ingest_folder(raw_dir, modality, out=out, log=log, **options)
+    with output_lock(_resolve_out(raw.resolve(), out), "manifest", log):
+        return _ingest_folder(raw_dir, modality, out=out, log=log, **options)
+
+
+def _ingest_folder(
+    raw_dir: str | os.PathLike[str],
+    modality: str,
+    *,
     layout: str = "auto",
     out: str | os.PathLike[str] | None = None,
     workers: int | None = None,
@@ -257,6 +277,12 @@ def ingest_folder(
     summary["warnings"] = _warnings(summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
     summary.update({k: v for k, v in opts.report.items() if k != "lines"})  # per slide / volume results
     summary["lines"] = list(opts.report.get("lines", []))
+    first_only = 0 if lay.name == "volumes" or not len(df) else int(
+        df["intensity"].astype(str).str.contains("frame1of", regex=False).sum())
+    if first_only:  # multi-frame DICOMs an image layout read as one image: said, never silent
+        summary["warnings"].append(
+            f"{first_only} multi-frame DICOMs were read as their first frame only (intensity 'frame1ofN'); "
+            "--layout volumes takes every frame, or a subset with --frames central:N or every:K")
     for line in summary["lines"]:
         log(f"ingest: {line}")
 

@@ -348,6 +348,7 @@ def has_image_files(folder: Path, limit: int = 2000) -> bool:
 # class-folder layout last; `csv` never auto-detects (it needs --labels).
 _MODULES: tuple[str, ...] = (
     "slides",  # recognised by content (slide files), before any layout could read a slide as one image
+    "volumes",  # .vol files or multi-frame DICOMs: one row per frame, before a layout takes the first frame
     "aptos",
     "ham10000",
     "oct2017",

@@ -175,11 +175,12 @@ class _SlideTable:
         return "", ""
 
 
-def _slide_table(opts: LayoutOptions) -> _SlideTable:
-    """slide -> (label, patient) from the labels CSV."""
+def _slide_table(opts: LayoutOptions, what: str = "slide", layout: str = "slides") -> _SlideTable:
+    """file -> (label, patient) from the labels CSV (the file column: ``slide`` or ``volume``, or
+    ``--path-col``; a path, file name or name without extension); every row of a file inherits them."""
     path = Path(opts.labels)  # type: ignore[arg-type]
-    header, rows = read_csv(path, "slide labels CSV")
-    i_slide = find_column(header, (opts.path_col or "slide", "slide_id", "path", "file"), path, "slides")
+    header, rows = read_csv(path, f"{what} labels CSV")
+    i_slide = find_column(header, (opts.path_col or what, f"{what}_id", "path", "file"), path, layout)
     i_label = next(
         (header.index(c) for c in (opts.label_col or "label", "class", "diagnosis") if c in header), None
     )
