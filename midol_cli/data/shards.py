@@ -298,17 +298,24 @@ def write_shards(
     on_progress: ProgressFn | None = None,
     log: LogFn | None = None,
 ) -> dict[str, Any]:
-    """Write (or complete) a shard set from manifests; return the index dict (also written to index.json).
+    """``_write_shards`` (the work, and what it returns) while holding ``<out>.lock``: a second run into the
+    same folder stops with one line naming the first run's pid (``midol_cli.locks``)."""
+    from midol_cli.locks import output_lock
 
-    ``on_progress(done, total)`` is called once per sample processed this run;
-    ``log(line)`` gets one line per shard written and per sample skipped.
-    Raises UsageError for bad inputs/parameters, RunFailed when every sample failed.
-    """
     params = params or ShardParams()
+    out = Path(out_dir)
+    inputs = _checked_inputs(manifests, out, params, workers)  # before the lock: never a file in raw data
+    with output_lock(out, "shard folder", log):
+        return _write_shards(manifests, inputs, out, params, workers=workers, on_progress=on_progress,
+                             log=log)
+
+
+def _checked_inputs(manifests: Sequence[str | os.PathLike[str]], out: Path, params: ShardParams,
+                    workers: int) -> InputSet:
+    """The loaded manifests, after every check of the parameters and of ``out`` (UsageError)."""
     params.check()
     if workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {workers})")
-    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out '{out}' exists and is not a folder; choose a folder for the shards")
     inputs = load_inputs(manifests, params)
@@ -317,6 +324,25 @@ def write_shards(
             raise UsageError(
                 f"--out '{out}' is inside the raw data folder '{inp['root']}'; write shards elsewhere"
             )
+    return inputs
+
+
+def _write_shards(
+    manifests: Sequence[str | os.PathLike[str]],
+    inputs: InputSet,
+    out: Path,
+    params: ShardParams,
+    *,
+    workers: int = 1,
+    on_progress: ProgressFn | None = None,
+    log: LogFn | None = None,
+) -> dict[str, Any]:
+    """Write (or complete) a shard set from manifests; return the index dict (also written to index.json).
+
+    ``on_progress(done, total)`` is called once per sample processed this run;
+    ``log(line)`` gets one line per shard written and per sample skipped.
+    Raises UsageError for bad inputs/parameters, RunFailed when every sample failed.
+    """
     plan = make_plan(inputs, params)
     phash = plan_hash(plan)
     order: list[str] = plan["order"]
@@ -337,8 +363,8 @@ def write_shards(
             if log:
                 log(f"inputs or parameters changed since the last run in '{out}': writing the new set beside "
                     f"the old one, which stays until the new one is complete")
-            index = write_shards(manifests, out / STAGING_NAME, params, workers=workers, on_progress=on_progress,
-                                 log=log)
+            index = _write_shards(manifests, inputs, out / STAGING_NAME, params, workers=workers,
+                                  on_progress=on_progress, log=log)
             _finish_swap(out)
             return index
         # A different plan over an incomplete set: nothing there can be reused.

@@ -132,3 +132,26 @@ def test_cli_module_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_second_ingest_into_the_same_out_is_refused_naming_the_first(tmp_path, capsys, monkeypatch):
+    """Two runs into one --out both exited 0 and one manifest was lost (issue 25.3): the second stops with
+    one line naming the first's pid; a lock left by a killed run is taken over."""
+    from tests.test_locks import hold_in_child
+
+    raw = tmp_path / "derm"
+    make_folder(raw)
+    out = tmp_path / "out" / "derm.parquet"
+    child = hold_in_child(out)
+    try:
+        code, _, err = midol(capsys, monkeypatch, "ingest", str(raw), "--modality", "dermoscopy", "--out", str(out))
+    finally:
+        child.kill()
+        child.wait()
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert f"manifest '{out}' is being written by another midol run (pid {child.pid}" in err
+    assert not out.exists()
+    code, stdout, err = midol(capsys, monkeypatch, "ingest", str(raw), "--modality", "dermoscopy", "--out", str(out))
+    assert code == 0 and out.is_file(), err
+    assert f"of pid {child.pid} on " in stdout + err and "no longer running" in stdout + err
+    assert not (tmp_path / "out" / "derm.parquet.lock").exists()

@@ -94,3 +94,28 @@ def test_write_verify_and_detect_corruption(tmp_path: Path, monkeypatch, capsys)
     assert code == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and victim.name in last and "sha256" in last
+
+
+def test_a_second_shard_run_into_the_same_out_is_refused_naming_the_first(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """Issue 25.3: one writer per shard folder; the lock is released when the run ends."""
+    from tests.test_locks import hold_in_child
+
+    m = _manifest(tmp_path)
+    out = tmp_path / "s"
+    child = hold_in_child(out)
+    try:
+        code, _, err = midol(monkeypatch, capsys, "shard", str(m), "--out", str(out))
+    finally:
+        child.kill()
+        child.wait()
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert f"shard folder '{out}' is being written by another midol run (pid {child.pid}" in err
+    assert not (out / "index.json").exists()
+    code, _, err = midol(monkeypatch, capsys, "shard", str(m), "--out", str(out))
+    assert code == 0 and (out / "index.json").is_file(), err
+    assert not (tmp_path / "s.lock").exists()
+    # The raw-folder check comes before the lock: nothing, not even a lock, is written into raw data.
+    before = sorted(p.name for p in (tmp_path / "raw").iterdir())
+    assert midol(monkeypatch, capsys, "shard", str(m), "--out", str(tmp_path / "raw" / "sh"))[0] == 2
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == before

@@ -1,0 +1,72 @@
+"""One writer per output (midol_cli/locks.py, issue 25.3): held, stale, released."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from midol_cli.errors import UsageError
+from midol_cli.locks import lock_path, output_lock
+
+HOLD = "import sys, time; from midol_cli.locks import output_lock\n" \
+       "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+
+
+def hold_in_child(out) -> subprocess.Popen:
+    """Another process holding the lock on ``out``, as a concurrent midol run would."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_held_lock_stops_a_second_writer_naming_the_holder(tmp_path):
+    out = tmp_path / "m.parquet"
+    child = hold_in_child(out)
+    try:
+        with pytest.raises(UsageError, match=rf"'{out}' is being written by another midol run \(pid {child.pid}, "):
+            with output_lock(out, "manifest"):
+                pass
+        assert lock_path(out).read_text().split() == [str(child.pid), socket.gethostname()]
+    finally:
+        child.kill()
+        child.wait()
+    # The holder died (kill -9): its flock went with it, so the next writer takes over and says so.
+    lines: list[str] = []
+    with output_lock(out, "manifest", lines.append) as path:
+        assert path.read_text().split()[0] == str(os.getpid())
+    assert lines == [f"took over the stale lock '{path}' of pid {child.pid} on {socket.gethostname()}, "
+                     "which is no longer running"]
+    assert not path.exists()
+
+
+def test_a_stale_lock_file_is_taken_over_and_every_exit_releases(tmp_path):
+    out = tmp_path / "shards"
+    lock_path(out).write_text(f"{dead_pid()} {socket.gethostname()}\n")
+    lines: list[str] = []
+    with output_lock(out, "shard folder", lines.append):
+        pass
+    assert len(lines) == 1 and "no longer running" in lines[0] and not lock_path(out).exists()
+    for exc in (RuntimeError, KeyboardInterrupt):  # an error, Ctrl-C
+        with pytest.raises(exc), output_lock(out):
+            assert lock_path(out).exists()
+            raise exc()
+        assert not lock_path(out).exists()
+
+
+def test_two_writers_in_one_process_exclude_each_other(tmp_path):
+    out = tmp_path / "m.parquet"
+    with output_lock(out), pytest.raises(UsageError, match=rf"pid {os.getpid()}"), output_lock(out):
+        pass
+    with output_lock(out):  # released: free again
+        time.sleep(0)
