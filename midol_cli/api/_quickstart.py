@@ -150,7 +150,7 @@ def run_quickstart(s: Any, log: Callable[[str], None], reporter: Any = None) -> 
                               "out": out / "results"}, quiet=True)
             v = summ["protocols"]["linear"]["metrics"][summ["primary_metric"]]
             log(f"  {summ['task']['name']} / {summ['model']['id']}: linear {summ['primary_metric']} "
-                f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+                f"{_num(v['value'])} [{_num(v['ci_low'])}, {_num(v['ci_high'])}]")
             res["probes"].append(summ["out_dir"])
 
     if res["probes"]:
@@ -160,3 +160,8 @@ def run_quickstart(s: Any, log: Callable[[str], None], reporter: Any = None) -> 
     else:
         log("quickstart 5/5 report: skipped, no modality has labels to probe")
     return res
+
+
+def _num(x: float | None) -> str:
+    """A metric for the log: four decimals, 'n/a' where it is undefined (None, e.g. one class on test)."""
+    return "n/a" if x is None else f"{x:.4f}"

@@ -58,12 +58,14 @@ def register(app: typer.Typer) -> None:
         lin = summary["protocols"]["linear"]["metrics"]
         m = summary["primary_metric"]
         v = lin[m]
-        c.print(f"[bold]{summary['task']['name']}[/] / {summary['model']['id']}: linear {m} {v['value']:.4f} "
-                f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]  (n test {summary['n']['test']})")
+        from midol_cli.cli._common import _fmt  # 'n/a' for an undefined metric (None)
+
+        c.print(f"[bold]{summary['task']['name']}[/] / {summary['model']['id']}: linear {m} {_fmt(v['value'])} "
+                f"\\[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]  (n test {summary['n']['test']})")
         for k in ("knn_k10", "knn_k20"):
             if k in summary["protocols"]:
                 kv = summary["protocols"][k]["metrics"][m]
-                c.print(f"  {k}: {m} {kv['value']:.4f}")
+                c.print(f"  {k}: {m} {_fmt(kv['value'])}")
         from midol_cli.cli._common import subgroup_lines
 
         for line in subgroup_lines(summary["protocols"]["linear"], m):

@@ -92,7 +92,8 @@ def _degenerate(summary: dict[str, Any], block: dict[str, Any], metric: str) -> 
     if summary["task"].get("label_type") == "multilabel" and metric in RANKING_METRICS:
         return None
     flags = block.get("degenerate")
-    flags = [f for f in (flags if isinstance(flags, list) else [flags]) if isinstance(f, dict) and f.get("flag")]
+    flags = flags if isinstance(flags, list) else [flags]
+    flags = [f for f in flags if isinstance(f, dict) and f.get("flag")]
     if not flags:
         return None
     worst = max(flags, key=lambda f: float(f.get("share") or 0.0))
@@ -114,8 +115,8 @@ def _cell(summary: dict[str, Any], protocol: str, metric: str) -> Cell | None:
     if not isinstance(entry, dict):
         return None
     predicts = _degenerate(summary, block, metric)
-    extra = {"degenerate": predicts is not None, "predicts": predicts or "", "lenient": _left_at_init(summary),
-             "n_test": _n_test(summary, block)}
+    extra = {"degenerate": predicts is not None, "predicts": predicts or "",
+             "lenient": _left_at_init(summary), "n_test": _n_test(summary, block)}
     if "mean" in entry:
         if entry["mean"] is None:
             return None

@@ -388,7 +388,9 @@ def _tsne_section(images: _Images, root: Path, tsne: Sequence[str | Path]) -> st
         except ValueError:
             label = p.name
         figs.append(_file_figure(images, p, f"t-SNE: {label}", "t-SNE"))
-    more = f'<p class="note">{len(maps) - MAX_TSNE} more maps not embedded.</p>' if len(maps) > MAX_TSNE else ""
+    more = ""
+    if len(maps) > MAX_TSNE:
+        more = f'<p class="note">{len(maps) - MAX_TSNE} more maps not embedded.</p>'
     return '<div class="cards">' + "\n".join(figs) + "</div>" + more
 
 

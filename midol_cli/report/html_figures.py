@@ -328,8 +328,9 @@ def pretraining_section(images: _Images, runs: dict[str, Any]) -> str:
 
     header, rows = pretraining.table_rows(runs)
     out = ["<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
-    out += ["<tr>" + "".join(_td(esc(c)) if i >= 2 else f"<td>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>"
-            for r in rows]
+    for r in rows:  # model and run dir as text, the numbers right-aligned
+        out.append("<tr>" + "".join(_td(esc(c)) if i >= 2 else f"<td>{esc(c)}</td>" for i, c in enumerate(r))
+                   + "</tr>")
     out.append("</tbody></table>")
     out += [f'<p class="note">{esc(n)}</p>' for n in pretraining.notes(runs, html=True)]
     if pretraining.plots_available():

@@ -148,7 +148,7 @@ def loss_curve_figure(curves: dict[str, tuple[Sequence[int], Sequence[float]]], 
     (steps, values)`` as logged in ``metrics.jsonl``; returns the figure (the caller embeds and closes it)."""
     plt = pyplot("the pre-training loss curves")
     terms = [k for k in curves if k != "loss"]
-    fig, (ax, axt) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True, gridspec_kw={"height_ratios": [1, 1]})
+    fig, (ax, axt) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True)
     if "loss" in curves:
         ax.plot(*curves["loss"], lw=1.8, color="black", label="loss (total)")
     ax.set_ylabel("total loss")

@@ -46,7 +46,8 @@ class Pretraining:
 
 def is_random_init(model: dict[str, Any]) -> bool:
     """Whether a summary's model block is a random-init baseline (``--weights random:...``)."""
-    return str(model.get("weights", "")).startswith("random:") or str(model.get("weights_hash")) == "random-seed0"
+    weights, digest = str(model.get("weights", "")), str(model.get("weights_hash"))
+    return weights.startswith("random:") or digest == "random-seed0"
 
 
 def run_dir_of(model: dict[str, Any], bases: Iterable[Path] = ()) -> Path | None:
@@ -64,7 +65,9 @@ def run_dir_of(model: dict[str, Any], bases: Iterable[Path] = ()) -> Path | None
     p = Path(weights)
     candidates = [p] if p.is_absolute() else [p, *(Path(b) / p for b in bases)]
     for c in candidates:
-        run = c.parent.parent if c.is_file() and c.parent.name == "export" else c.parent if c.name == "export" else c
+        run = c.parent if c.name == "export" else c
+        if c.is_file() and c.parent.name == "export":
+            run = c.parent.parent
         if (run / RUN_JSON).is_file() and (run / METRICS_JSONL).is_file():
             return run
     return None
@@ -168,7 +171,8 @@ def notes(runs: dict[str, Pretraining], *, html: bool) -> list[str]:
     if not plots_available():
         out.append(f"Loss curves: the plot needs the plots extra (matplotlib): {install_hint('plots')}.")
     elif not html:
-        out.append("Loss curves (total and each term against step): in the HTML report (--format html --out FILE).")
+        out.append("Loss curves (total and each term against step): in the HTML report "
+                   "(--format html --out FILE).")
     skipped = [f"{m} ({p.skipped})" for m, p in sorted(runs.items()) if p.skipped]
     if skipped:
         out.append(f"Unreadable metrics.jsonl lines left out: {', '.join(skipped)}.")

@@ -123,7 +123,8 @@ def build_table(
     models = sorted({m for per in by_task.values() for m in per})
     ref_label = SOURCES[reference][0] if reference else None
     floors = frozenset(str(s["model"]["id"]) for _, s in summaries if is_random_init(s["model"]))
-    rows = [_task_row(task, per, models, protocol, metric, reference, warnings) for task, per in by_task.items()]
+    rows = [_task_row(task, per, models, protocol, metric, reference, warnings)
+            for task, per in by_task.items()]
     for r in rows:
         r.floor_models = floors
     rows.sort(key=lambda r: (r.modality, r.task))
@@ -295,7 +296,8 @@ def benchmark_notes(t: Table) -> list[str]:
         )
     floors = sorted(_floor_models(t))
     if floors:
-        notes.append(f"Random-init baseline ({', '.join(floors)}): the floor; no value that ties it is in bold.")
+        notes.append(f"Random-init baseline ({', '.join(floors)}): the floor; no value that ties it "
+                     "is in bold.")
     if t.inits:
         notes.append("Pre-trained from released weights: "
                      + "; ".join(f"{m} from {w}" for m, w in sorted(t.inits.items())) + ".")
@@ -317,7 +319,8 @@ def render_markdown(t: Table) -> str:
     header = ["modality", "task", "metric", *(["chance"] if chance else []), *t.models]
     if t.reference_label:
         header.append(t.reference_label)
-    lines = [_caption(t), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *_md_rows(t, chance)]
+    lines = [_caption(t), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             *_md_rows(t, chance)]
     notes = benchmark_notes(t)
     if notes:
         lines.append("")

@@ -140,7 +140,12 @@ def task_options(spec: TaskSpec, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: dict[str, str] | None = None) -> Path:
-    """A manifest or shard dir for ``spec``: ``data`` itself, or the raw folder ingested into the cache."""
+    """A manifest or shard dir for ``spec``: ``data`` itself, or the raw folder ingested into the cache.
+
+    A manifest's labels are checked against the task before anything is embedded or trained
+    (``custom.check_labels``: labels outside the classes, a one-class test split)."""
+    from midol_cli.tasks import custom
+
     p = Path(data)
     if not p.exists():
         raise UsageError(f"data '{p}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
@@ -152,6 +157,7 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
         mods = set(df["modality"].unique())
         if spec.modality not in mods:
             raise UsageError(f"manifest '{p}' holds {sorted(mods)}, not {spec.modality} images for task {spec.name}")
+        custom.check_labels(spec, df, f"manifest '{p}'")
         return p
     if (p / "index.json").is_file():
         return p
@@ -176,4 +182,7 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
     # A user task without a labels CSV reads a folder in any layout ingest detects.
     ingest_folder(p, spec.modality, layout=spec.layout or "auto", out=out, layout_options=layout_opts,
                   new_modality=bool(spec.origin))
+    from midol_cli.data.manifest import read_manifest
+
+    custom.check_labels(spec, read_manifest(out, only_ok=True)[0], f"'{p}'")
     return out

@@ -178,6 +178,72 @@ def complete_classes(spec, df, where: str):
     return replace(spec, classes=tuple(found))
 
 
+def _usable(df, modality: str):
+    """The rows a probe keeps: ok, not a duplicate, of ``modality`` (when the table has several)."""
+    if "status" in df.columns:
+        df = df[df["status"].astype(str) == "ok"]
+    if "duplicate_of" in df.columns:
+        df = df[df["duplicate_of"].fillna("").astype(str) == ""]
+    if "modality" in df.columns and df["modality"].astype(str).nunique() > 1:
+        df = df[df["modality"].astype(str) == modality]
+    return df
+
+
+def _listing(names, most: int = 6) -> str:
+    names = [str(n) for n in names]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(f"'{n}'" for n in names[:most]) + more
+
+
+def check_labels(spec, df, where: str) -> None:
+    """Refuse, in one line and before any embedding, labels a probe or fine-tune cannot score.
+
+    ``df``: the manifest (or embeddings table) rows of the data, with ``label``/``labels`` and ``split``.
+    Errors: single-label data whose labels are not among the task's ``classes`` (``classes: [a, b]``
+    on labels 0-3); declared classes of which fewer than two appear in the data; a single-label test
+    split holding one class, on which AUROC, balanced accuracy and the rest are undefined.
+    Segmentation tasks are not checked."""
+    if spec.label_type == "segmentation":
+        return
+    df = _usable(df, spec.modality)
+    labels = _labels_of(df)
+    found = sorted({n for names in labels for n in names})
+    if not found:
+        return  # no labels at all: complete_classes / task_data say so with the modality
+    classes = list(spec.classes) or found
+    unknown = [n for n in found if n not in classes]
+    if spec.classes and unknown and spec.label_type != "multilabel":  # multi-label ignores other names
+        raise UsageError(
+            f"task {spec.name}: {where} has label(s) {_listing(unknown)} that are not among its classes "
+            f"({_listing(classes)}); list every label of the data under classes: (or leave classes out "
+            "to take them from the data)")
+    present = [c for c in classes if c in found]
+    if spec.classes and len(present) < 2:
+        raise UsageError(
+            f"task {spec.name}: {'none' if not present else 'only ' + _listing(present)} of its classes "
+            f"({_listing(classes)}) appear in {where}, whose labels are {_listing(found)}; make the task's "
+            "classes: name the data's labels")
+    if "split" in df.columns:
+        splits = df["split"].astype(str)
+        test = [names for names, sp in zip(labels, splits, strict=True) if sp == "test" and names]
+        _check_test_split(spec, test, classes, where)
+
+
+def _check_test_split(spec, test: list[list[str]], classes: list[str], where: str) -> None:
+    """A one-line refusal when a single-label test split holds one class."""
+    if not test:
+        return  # no test rows: task_data names the missing split
+    fix = ("put images of two or more classes in the test split (or drop the split column so midol derives a "
+           "label-stratified split)")
+    if spec.label_type == "multilabel":
+        return  # per-label AUROC leaves out labels without both kinds; an undefined mean prints as n/a
+    kinds = sorted({names[0] for names in test if names[0] in classes})
+    if len(kinds) < 2:
+        raise UsageError(f"task {spec.name}: the test split of {where} holds only the class "
+                         f"{_listing(kinds)} ({len(test)} images), so its metrics (AUROC, balanced accuracy, "
+                         f"...) are undefined: {fix}")
+
+
 def auto_tasks(df, source: str) -> list:
     """One ``TaskSpec`` per labelled modality of a manifest/embeddings table ``df``."""
     from midol_cli.tasks import TaskSpec
@@ -221,6 +287,8 @@ def auto_tasks(df, source: str) -> list:
                 origin="auto",
             )
         )
+        if label_type != "multilabel":  # a one-class test split is refused here, before any embedding
+            check_labels(specs[-1], df.iloc[rows], f"'{source}'")
     return specs
 
 

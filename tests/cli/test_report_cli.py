@@ -83,7 +83,8 @@ def test_fraction_protocol_and_metric_override(tmp_path, monkeypatch, capsys):
     assert "| dermoscopy | ham10000 | accuracy | 60.00 ± 10.00 n=30 | **70.00 ± 17.32** n=30 |" in out
     code, out, _ = midol(monkeypatch, capsys, "report", str(results), "--metric", "auroc", "--reference", "paper")
     assert code == 0
-    assert "| dermoscopy | ham10000 | auroc | 85.00 [78.00, 87.00] n=30 | **90.00 [83.00, 92.00]** n=30 |  |" in out
+    assert ("| dermoscopy | ham10000 | auroc | 85.00 [78.00, 87.00] n=30 | **90.00 [83.00, 92.00]** n=30 |  |"
+            in out)
 
 
 def test_plot_is_written(tmp_path, monkeypatch, capsys):

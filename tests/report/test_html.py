@@ -338,7 +338,8 @@ def test_comparison_table_and_significance_marks(tmp_path):
     assert mean[0][0] == "mean"
     bench = page.table_with("modality")
     cells = _row(bench, "dermoscopy", "ham10000")
-    assert cells[4][0] == "85.00 [83.00, 87.00] n=30 *" and {"best", "sig"} <= cells[4][1]  # m-b is the better one
+    # m-b is the better one
+    assert cells[4][0] == "85.00 [83.00, 87.00] n=30 *" and {"best", "sig"} <= cells[4][1]
     assert cells[3][0] == "80.00 [78.00, 82.00] n=30"
     assert not any("sig" in c for c, cls in _row(bench, "fundus", "retina") for c in cls)
     assert "the 95% bootstrap CI of the difference excludes 0" in text

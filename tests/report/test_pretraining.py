@@ -25,7 +25,8 @@ def make_run(root: Path, steps: int = 20, total: int = 20) -> Path:
     run = root / "runs" / "base"
     (run / "export").mkdir(parents=True)
     (run / "export" / "encoder.safetensors").write_bytes(b"x")
-    (run / "run.json").write_text(json.dumps({"steps_done": steps, "wall_seconds": 754.0, "recipe_hash": "r"}))
+    run_json = {"steps_done": steps, "wall_seconds": 754.0, "recipe_hash": "r"}
+    (run / "run.json").write_text(json.dumps(run_json))
     with (run / "metrics.jsonl").open("w") as f:
         for s in range(1, steps + 1):
             rec = {"step": s, "total_steps": total, "lr": 1e-4, "loss_intra": 3.0 - 0.1 * s,
@@ -75,12 +76,13 @@ def test_markdown_has_a_pretraining_section_for_the_pretrained_model_only(tmp_pa
     assert res.exit_code == 0, res.output
     md = res.stdout
     section = md[md.index("## Pre-training"):]
-    assert "| model | run | steps | wall time | final loss | final loss_inter | final loss_intra | final loss_route |" \
-        in section
+    head = "| model | run | steps | wall time | final loss | final loss_inter | final loss_intra | final loss_route |"
+    assert head in section
     line = next(x for x in section.splitlines() if x.startswith("| midol-s0 |"))
     assert f"| midol-s0 | {run} | 20/20 | 12.6 min | 1.3 | -0.2 | 1 | 0.5 |" == line
     assert "random-s0" not in section  # a random-init baseline was never pre-trained
-    assert "in the HTML report" in section and "Unreadable metrics.jsonl lines left out: midol-s0 (1)." in section
+    assert "in the HTML report" in section
+    assert "Unreadable metrics.jsonl lines left out: midol-s0 (1)." in section
     obj = json.loads(CliRunner().invoke(app, ["report", str(results), "-f", "json"]).stdout)
     assert obj["pretraining"]["midol-s0"]["steps"] == 20 and obj["random_init"] == ["random-s0"]
 

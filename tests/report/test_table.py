@@ -68,7 +68,8 @@ def test_chance_column_and_degenerate_marks():
     entries[0][1]["protocols"]["linear"]["degenerate"] = {"flag": True, "top": "nv", "share": 1.0}
     md = render_markdown(build_table(entries))
     assert "| modality | task | metric | chance | a | b |" in md
-    assert "| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] n=30 ‡ | **70.00 [69.00, 71.00]** n=30 |" in md
+    assert ("| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] n=30 ‡ | **70.00 [69.00, 71.00]** n=30 |"
+            in md)
     assert "‡ degenerate probe" in md and "a on t1" in md
 
 
@@ -117,9 +118,9 @@ def test_each_cell_shows_its_test_images_in_every_format():
 
 
 def test_no_bold_for_a_tie_at_the_random_init_floor_or_when_all_tie():
-    entries = _entries(("midol", "t1", "xray", 0.8), ("random-x", "t1", "xray", 0.8), ("other", "t1", "xray", 0.6),
-                       ("midol", "t2", "xray", 0.9), ("random-x", "t2", "xray", 0.8), ("other", "t2", "xray", 0.6),
-                       ("midol", "t3", "xray", 0.7), ("random-x", "t3", "xray", 0.7), ("other", "t3", "xray", 0.7))
+    values = {"t1": (0.8, 0.8, 0.6), "t2": (0.9, 0.8, 0.6), "t3": (0.7, 0.7, 0.7)}  # midol, random-x, other
+    entries = _entries(*((m, t, "xray", v[i]) for t, v in values.items()
+                         for i, m in enumerate(("midol", "random-x", "other"))))
     for _, s in entries:
         if s["model"]["id"] == "random-x":
             s["model"].update(weights="random:runs/base", weights_hash="random-seed0")
@@ -141,14 +142,16 @@ def test_no_bold_when_every_model_ties_or_the_top_ties_chance():
 
 @pytest.mark.parametrize("classes,chance", [(["neg", "pos"], "50.00"), (["a", "b", "c", "d"], "25.00")])
 def test_balanced_accuracy_chance_is_one_over_k(classes, chance):
-    entries = [(Path(f"{m}/t1/summary.json"), summary(m, "t1", "xray", "balanced_accuracy", v, v - 0.01, v + 0.01))
+    entries = [(Path(f"{m}/t1/summary.json"),
+                summary(m, "t1", "xray", "balanced_accuracy", v, v - 0.01, v + 0.01))
                for m, v in (("a", 0.8), ("b", 0.7))]
     for _, s in entries:
         s["task"]["classes"] = classes
         # what the probe records when the training majority class is absent from the test split
         s["chance"] = {"balanced_accuracy": 0.0, "accuracy": 0.0}
     t = build_table(entries)
-    assert _row_line(render_markdown(t), "| xray | t1 |").startswith(f"| xray | t1 | balanced_accuracy | {chance} |")
+    line = _row_line(render_markdown(t), "| xray | t1 |")
+    assert line.startswith(f"| xray | t1 | balanced_accuracy | {chance} |")
     assert "balanced accuracy 100/K for K classes" in render_markdown(t)
 
 

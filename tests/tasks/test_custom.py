@@ -201,3 +201,55 @@ def test_task_file_and_auto_run_end_to_end(tmp_path):
     assert "finetune" in ft["protocols"] and "subgroups" not in ft["protocols"]["finetune"]  # auto: no columns
     assert (out / "model" / "auto-clinic" / "run_finetune" / "best.pt").is_file()
     midol("report", out)
+
+
+# ------------------------------------------------------------ issue 25.7: one line, not a traceback
+
+
+def _spec_file(tmp_path, classes: str, label_type: str = "multiclass"):
+    body = f"name: mine\nmodality: fundus\nlabel_type: {label_type}\n"
+    body += f"classes: {classes}\n" if classes else ""
+    return resolve_task(str(_write(tmp_path / "t.yaml", body)))
+
+
+def test_classes_that_do_not_name_the_data_labels_are_one_line_errors(tmp_path):
+    from midol_cli.tasks import resolve_data
+
+    man = _manifest(tmp_path, ["0", "1", "2", "3"] * 3)
+    unknown = r"label\(s\) '0', '1', '2', '3' that are not among its classes \('a', 'b'\)"
+    with pytest.raises(UsageError, match=unknown) as e:
+        resolve_data(_spec_file(tmp_path, "[a, b]"), man, tmp_path / "cache")
+    assert "\n" not in str(e.value) and "task mine" in str(e.value)
+    with pytest.raises(UsageError, match="none of its classes .'cat', 'dog'. appear in manifest"):
+        resolve_data(_spec_file(tmp_path, "[cat, dog]", "multilabel"), man, tmp_path / "cache")
+    # classes that name the data's labels pass
+    assert resolve_data(_spec_file(tmp_path, "['0', '1', '2', '3']"), man, tmp_path / "cache") == man
+
+
+def test_a_one_class_test_split_is_refused_before_embedding(tmp_path):
+    from midol_cli.tasks import resolve_data
+
+    # split cycles train/val/test: every test image (index 2, 5, 8, ...) is 'a'
+    man = _manifest(tmp_path, ["b", "c", "a"] * 4)
+    one_class = "the test split of manifest .* holds only the class 'a' .4 images."
+    with pytest.raises(UsageError, match=one_class) as e:
+        resolve_data(_spec_file(tmp_path, ""), man, tmp_path / "cache")
+    assert "split column" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UsageError, match="task auto-clinic-A: the test split of .* holds only the class 'a'"):
+        resolve_task("auto", man)
+
+
+def test_probe_on_a_one_class_test_split_is_one_usage_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from midol_cli.cli import main
+
+    man = _manifest(tmp_path, ["b", "c", "a"] * 4)
+    monkeypatch.setattr(sys, "argv", ["midol", "probe", "--task", "auto", "--weights", str(tmp_path),
+                                      "--data", str(man), "--out", str(tmp_path / "results")])
+    with pytest.raises(SystemExit) as ex:
+        main.run()
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "holds only the class 'a'" in lines[0], err
