@@ -233,11 +233,13 @@ def _ingest_folder(
     decoded: dict[str, dict[str, Any]] = {}
     todo: list[str] = []
     root_s = str(root)
+    measured = 0
     for path, e in entries.items():
         if e.reason:
             continue
         if e.decoded is not None:  # a slide's tile or a volume's frame: measured by the layout
             decoded[path] = e.decoded
+            measured += 1
             continue
         p = prev.get(path)
         if p is not None:
@@ -254,11 +256,11 @@ def _ingest_folder(
                 continue
         todo.append(path)
     del prev  # the earlier manifest's rows: what is reused is in ``decoded`` now
-    reused = len(decoded)
+    reused = len(decoded) - measured
     fresh = _decode_all([str(root / p) for p in todo], max_pixels, workers, progress, log)
     for path in todo:
         decoded[path] = fresh.pop(str(root / path))
-    n_decoded = len(todo)
+    n_decoded = len(todo) + measured
     del fresh, todo
 
     df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions)

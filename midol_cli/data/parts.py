@@ -1,30 +1,51 @@
-"""Rows that name a part of a file: a slide's tile (``slides/a.svs#1024,2048``) or a volume's frame
-(``oct/v.dcm#frame=12``). The manifest row's ``meta`` says which part; ``read_part`` reads just that part
-for the shard writer (no intermediate image files), and ``part_of`` gives a file's share of an archive
-processed in parts (``--part I/N``)."""
+"""Rows that name a part of a file: a slide's tile or a volume's frame.
+
+A part path says everything needed to read the part, so any reader of a manifest row (the shard
+writer, embedding or fine-tuning straight from a manifest) gets its pixels from the path alone:
+
+- ``slides/a.svs#x=1024,y=2048,level=0,read=448,size=224``: the tile whose level-0 top-left corner is
+  (x, y), read as ``read`` x ``read`` pixels of ``level`` and resized to ``size``;
+- ``oct/v.dcm#frame=12``: frame 12 (from 0) of a multi-frame DICOM or a .vol.
+
+``part_of`` gives a file's share of an archive processed in parts (``--part I/N``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from midol_cli.data.decoded import ImageRejected, ReadResult
 from midol_cli.errors import UsageError
 
 SEP = "#"
+_TILE = re.compile(r"^x=(\d+),y=(\d+),level=(\d+),read=(\d+),size=(\d+)$")
+_FRAME = re.compile(r"^frame=(\d+)$")
 
 
-def tile_path(slide: str, x: int, y: int) -> str:
-    return f"{slide}{SEP}{int(x)},{int(y)}"
+def tile_path(slide: str, x: int, y: int, level: int, read: int, size: int) -> str:
+    return f"{slide}{SEP}x={int(x)},y={int(y)},level={int(level)},read={int(read)},size={int(size)}"
 
 
 def frame_path(volume: str, frame: int) -> str:
     return f"{volume}{SEP}frame={int(frame)}"
 
 
-def container(path: str) -> str:
-    """The file a part path names: ``a.svs#1024,2048`` -> ``a.svs``."""
-    return path.rpartition(SEP)[0] or path
+def parse_tile(path: str) -> tuple[str, dict[str, int]] | None:
+    """``(slide path, {"x", "y", "level", "read", "size"})`` of a tile path; None for any other path."""
+    base, sep, spec = path.rpartition(SEP)
+    m = _TILE.match(spec) if sep else None
+    if m is None or not base:
+        return None
+    return base, dict(zip(("x", "y", "level", "read", "size"), map(int, m.groups()), strict=True))
+
+
+def parse_frame(path: str) -> tuple[str, int] | None:
+    """``(volume path, frame index)`` of a frame path; None for any other path."""
+    base, sep, spec = path.rpartition(SEP)
+    m = _FRAME.match(spec) if sep else None
+    return (base, int(m.group(1))) if m is not None and base else None
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
@@ -46,26 +67,37 @@ def part_of(rel: str, part: tuple[int, int] | None) -> bool:
     return h % part[1] == part[0]
 
 
-def read_part(abs_path: str, sample: dict[str, Any]) -> ReadResult | None:
-    """The image of a part row (tile or frame) read from its file; None for an ordinary image row.
-    ``sample``: the shard plan's sample (its ``meta`` is the manifest row's meta JSON)."""
-    from midol_cli.data.manifest import row_meta
-
-    raw = sample.get("meta")
-    if not raw or raw == "{}" or SEP not in abs_path:
-        return None
-    meta = row_meta(raw)
-    if "slide" in meta and "x" in meta:
+def read_path(
+    path: str, max_pixels: int | None = None, expect: dict[str, str] | None = None
+) -> ReadResult | None:
+    """The image a part path names, read from its file; None for an ordinary path. ``expect`` (a row's
+    meta) adds ingest's check that the file is unchanged (its size and mtime)."""
+    tile = parse_tile(path)
+    if tile is not None:
         from midol_cli.data import wsi
 
+        e = expect or {}
         return wsi.tile_result(
-            container(abs_path), meta, int(meta.get("slide_bytes") or 0), int(meta.get("slide_mtime_ns") or 0)
+            tile[0], tile[1], int(e.get("slide_bytes") or 0), int(e.get("slide_mtime_ns") or 0)
         )
-    if "volume" in meta and "frame" in meta:
+    frame = parse_frame(path)
+    if frame is not None:
         from midol_cli.data import volumes
 
-        cap = int(sample.get("max_pixels") or 0) or None
-        return volumes.frame_result(container(abs_path), meta, cap)
-    if SEP in abs_path and ("slide" in meta or "volume" in meta):
-        raise ImageRejected("part row without its coordinates; re-run `midol ingest`")
+        return volumes.frame_result(
+            frame[0], frame[1], max_pixels, int((expect or {}).get("volume_mtime_ns") or 0)
+        )
     return None
+
+
+def read_part(abs_path: str, sample: dict[str, Any]) -> ReadResult | None:
+    """``read_path`` for the shard writer's sample (its ``meta`` is the manifest row's meta JSON)."""
+    if SEP not in abs_path:
+        return None
+    from midol_cli.data.manifest import row_meta
+
+    meta = row_meta(sample.get("meta"))
+    res = read_path(abs_path, int(sample.get("max_pixels") or 0) or None, meta)
+    if res is None and ("slide" in meta or "volume" in meta):
+        raise ImageRejected("part row without a part path; re-run `midol ingest`")
+    return res

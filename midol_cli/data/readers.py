@@ -165,7 +165,13 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
                draft_side: int | None = None) -> ReadResult:
     """Read and fully decode one image file; raise ImageRejected with a reason if it cannot be used.
 
-    ``draft_side``: see ``decode_bytes``."""
+    ``draft_side``: see ``decode_bytes``. A slide tile or volume frame path (``data.parts``) is read from
+    its slide or volume."""
+    from midol_cli.data.parts import read_path
+
+    part = read_path(os.fspath(path), max_pixels)
+    if part is not None:
+        return part
     data, _ = read_file_bytes(path, byte_cap(max_pixels))
     return decode_bytes(data, os.fspath(path), max_pixels, draft_side=draft_side)
 

@@ -142,9 +142,9 @@ def open_volume(path: str, max_pixels: int) -> tuple[Any, int, dict[str, str], A
 _CACHE: dict[str, tuple[tuple[int, int], Any, Any]] = {}
 
 
-def frame_result(path: str, meta: dict[str, str], max_pixels: int | None) -> ReadResult:
-    """One frame of a manifest row (shard time), from the volume (kept open per worker process: the
-    shard plan visits frames in shuffled order, and a volume is small beside a slide)."""
+def frame_result(path: str, index: int, max_pixels: int | None, expected_mtime: int = 0) -> ReadResult:
+    """Frame ``index`` of a volume (kept open per process: the shard plan visits frames in shuffled
+    order, and a volume is small beside a slide). A volume whose mtime differs from ingest's is refused."""
     from midol_cli.data.readers import DEFAULT_MAX_PIXELS
 
     try:
@@ -152,7 +152,7 @@ def frame_result(path: str, meta: dict[str, str], max_pixels: int | None) -> Rea
     except FileNotFoundError:
         raise ImageRejected("file not found") from None
     key = (int(st.st_size), int(st.st_mtime_ns))
-    if meta.get("volume_mtime_ns") and int(meta["volume_mtime_ns"]) != key[1]:
+    if expected_mtime and expected_mtime != key[1]:
         raise ImageRejected("volume changed since ingest (mtime differs); re-run `midol ingest`")
     hit = _CACHE.get(path)
     if hit is None or hit[0] != key:
@@ -160,4 +160,4 @@ def frame_result(path: str, meta: dict[str, str], max_pixels: int | None) -> Rea
             _CACHE.pop(next(iter(_CACHE)))
         vol, _n, _info, reader = open_volume(path, max_pixels or DEFAULT_MAX_PIXELS)
         hit = _CACHE[path] = (key, vol, reader)
-    return hit[2](hit[1], int(meta["frame"]))
+    return hit[2](hit[1], int(index))

@@ -202,10 +202,10 @@ def _cached_slide(path: str, st: os.stat_result) -> Any:
 
 
 def tile_result(
-    slide_path: str, meta: dict[str, str], expected_bytes: int = 0, expected_mtime: int = 0
+    slide_path: str, spec: dict[str, int], expected_bytes: int = 0, expected_mtime: int = 0
 ) -> ReadResult:
-    """One tile of a manifest row (``meta``: x, y, level, read, tile) read straight from the slide, as the
-    shard writer's ReadResult. A slide whose size or mtime differs from ingest's is refused."""
+    """One tile (``spec``: x, y, level, read, size) read straight from the slide, as a ReadResult. A slide
+    whose size or mtime differs from ingest's (when given) is refused."""
     try:
         st = os.stat(slide_path)
     except FileNotFoundError:
@@ -215,10 +215,10 @@ def tile_result(
     ):
         raise ImageRejected("slide changed since ingest (size or mtime differs); re-run `midol ingest`")
     slide = _cached_slide(slide_path, st)
-    tile = int(meta["tile"])
+    size = int(spec["size"])
     try:
-        img = read_tile(slide, int(meta["x"]), int(meta["y"]), int(meta["level"]), int(meta["read"]), tile)
+        img = read_tile(slide, spec["x"], spec["y"], spec["level"], spec["read"], size)
     except Exception as e:
         _OPEN.pop(slide_path, None)  # an OpenSlide error is sticky: the next tile opens the slide again
         raise ImageRejected(f"unreadable slide tile ({_short(e)})") from None
-    return ReadResult(image=img, width=tile, height=tile, channels=3, bit_depth=8, format="WSI", intensity="")
+    return ReadResult(image=img, width=size, height=size, channels=3, bit_depth=8, format="WSI", intensity="")

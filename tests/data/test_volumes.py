@@ -109,6 +109,9 @@ def test_every_frame_becomes_a_row_with_volume_frame_and_laterality(tmp_path):
     assert v1["sha256"].is_unique and (v1["width"] == 50).all() and (v1["height"] == 40).all()
     assert "volume v1.dcm: 10 of 10 frames (--frames all), laterality R" in s["lines"]
     assert "v1.dcm" not in set(df["path"])  # the file itself is not also an image row
+    from midol_cli.data import readers
+
+    assert np.array_equal(np.asarray(readers.read_image(raw / "v1.dcm#frame=7").image), vol[7])  # by path
 
     from midol_cli.data.shard_format import decode_image, iter_tar_samples
     from midol_cli.data.shards import write_shards

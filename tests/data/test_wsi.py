@@ -93,7 +93,11 @@ def test_ingest_rows_shard_and_qc(slides, tmp_path):
     assert s["layout"] == "slides" and len(ok) == s["slides"]["site1/a.svs"]["tiles"] * 2
     row = ok.iloc[0]
     meta = row_meta(row["meta"])
-    assert row["path"] == f"{meta['slide']}#{meta['x']},{meta['y']}" and row["width"] == 224
+    assert (
+        row["path"]
+        == (f"{meta['slide']}#x={meta['x']},y={meta['y']},level={meta['level']},read={meta['read']},size=224")
+        and row["width"] == 224
+    )
     assert {"slide_sha256", "x", "y", "level", "mpp", "tile", "tissue", "slide_mpp"} <= set(meta)
     assert set(ok["group"]) == {"site1/a", "b"}  # group = the slide
     assert ok.groupby("group")["split"].nunique().max() == 1
@@ -119,6 +123,19 @@ def test_ingest_rows_shard_and_qc(slides, tmp_path):
     assert (
         img.shape == (224, 224, 3) and np.abs(img - np.asarray(ref, np.float32)).mean() < 4
     )  # JPEG re-encode
+
+
+def test_any_manifest_reader_gets_a_tile_from_its_path(slides, tmp_path):
+    """Embedding and fine-tuning read manifest rows through readers.read_image (data.rows.LoadImage)."""
+    from midol_cli.data import readers
+
+    df, _ = _ingest(slides, tmp_path / "m.parquet")
+    row = df[df["status"] == "ok"].iloc[0]
+    m = row_meta(row["meta"])
+    got = readers.read_image(slides / row["path"])
+    ref = wsi.read_tile(openslide.OpenSlide(str(slides / m["slide"])), int(m["x"]), int(m["y"]), 0, 448, 224)
+    assert (got.width, got.height, got.format) == (224, 224, "WSI")
+    assert np.array_equal(np.asarray(got.image), np.asarray(ref))
 
 
 def test_same_settings_same_coordinates_and_seeded_sample(slides, tmp_path):

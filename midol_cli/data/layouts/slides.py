@@ -239,7 +239,18 @@ def _entries(rel: str, res: dict[str, Any], s: Any, label: str, group: str) -> l
             "reason": "",
         }
         meta = {**common, "x": str(x), "y": str(y), "tissue": f"{frac:.4f}"}
-        out.append(Entry(tile_path(rel, x, y), label, list(labels), group, None, "", meta, dec))
+        out.append(
+            Entry(
+                tile_path(rel, x, y, res["level"], res["read"], s.tile),
+                label,
+                list(labels),
+                group,
+                None,
+                "",
+                meta,
+                dec,
+            )
+        )
     return out
 
 
