@@ -42,7 +42,7 @@ HAVE_BROWSER = command -v chromium || command -v chromium-browser || command -v 
 
 test: $(STAMP)
 	$(BIN)/ruff check midol_cli tests benchmarks
-	@($(HAVE_BROWSER)) >/dev/null 2>&1 || echo "browser tests skipped: install Debian's chromium package (apt-get install chromium)"
+	@($(HAVE_BROWSER)) >/dev/null 2>&1 || echo "browser tests skipped: no chromium on PATH; install Debian's chromium package (sudo apt-get install chromium), as .ci/run does"
 	$(BIN)/python -m pytest -q -m "not install"
 
 # The base install alone (no extras) in a fresh venv: tests/test_base_install.py (about a minute).
