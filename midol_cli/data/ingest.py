@@ -159,8 +159,10 @@ def _ingest_folder(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    isolate: bool = True,
 ) -> dict[str, Any]:
-    """Ingest ``raw_dir`` into a manifest; return a summary dict.
+    """Ingest ``raw_dir`` into a manifest; return a summary dict. Files are decoded in worker processes
+    (``workers``, at least one; ``isolate=False``: in this process, for tests that patch the reader).
 
     Summary keys: manifest (path), layout, dataset, modality, rows, ok, rejected,
     decoded, reused, unlisted, duplicate_listings, rejects_by_reason {reason: n},
@@ -257,7 +259,7 @@ def _ingest_folder(
         todo.append(path)
     del prev  # the earlier manifest's rows: what is reused is in ``decoded`` now
     reused = len(decoded) - measured
-    fresh = _decode_all([str(root / p) for p in todo], max_pixels, workers, progress, log)
+    fresh = _decode_all([str(root / p) for p in todo], max_pixels, workers, progress, log, isolate=isolate)
     for path in todo:
         decoded[path] = fresh.pop(str(root / path))
     n_decoded = len(todo) + measured

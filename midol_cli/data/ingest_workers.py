@@ -78,6 +78,47 @@ def _inspect_chunk(paths: list[str], max_pixels: int) -> list[dict[str, Any]]:
     return [inspect_file(p, max_pixels) for p in paths]
 
 
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the process that started the pool dies, even by
+    ``kill -9`` (issue 25.17), instead of decoding on as an orphan. On Linux the kernel sends SIGKILL
+    when our parent (the fork server) goes, which it does when the main process goes
+    (``PR_SET_PDEATHSIG``); everywhere a daemon thread also checks the main process every half second."""
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the poll below still ends the worker
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass  # exists (another user's, after pid reuse): keep watching
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="midol-parent-watch", daemon=True).start()
+
+
+def process_pool(workers: int):
+    """A process pool for ingest's per-file work: clean worker processes (``_pool_context``) that end
+    when the process that made the pool dies."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def _pool_context():
     import multiprocessing as mp
 
@@ -113,8 +154,11 @@ def _decode_all(
     progress: Callable[[int, int], None] | None,
     log: Callable[[str], None],
     chunk_fn: Callable[[list[str], int], list[dict[str, Any]]] = _inspect_chunk,
+    isolate: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Absolute path -> decoded fields, using ``workers`` processes (1: this process).
+    """Absolute path -> decoded fields, using ``workers`` worker processes (with one worker too: decoders
+    are native code, and a hostile file that kills the process decoding it must cost only that file).
+    ``isolate=False`` decodes in this process instead (tests that patch the reader; no crash isolation).
 
     A worker that dies (a decoder crashing on a hostile file) does not stop the run: the
     chunks that were in flight are retried one file at a time, each alone in the pool, and
@@ -134,7 +178,7 @@ def _decode_all(
         if progress is not None:
             progress(len(out), len(paths))
 
-    if workers == 1:
+    if not isolate:
         while queue:
             chunk = queue.popleft()
             done(chunk, chunk_fn(chunk, max_pixels))
@@ -151,12 +195,12 @@ def _run_pool(
     done: Callable[[list[str], list[dict[str, Any]]], None],
     log: Callable[[str], None],
 ) -> None:
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     suspects: deque[str] = deque()  # files from chunks lost to a dead worker
     while queue or suspects:
-        ex = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+        ex = process_pool(workers)
         pending: dict[Any, list[str]] = {}
         lost: list[list[str]] = []
         isolated = False

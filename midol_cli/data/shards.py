@@ -275,7 +275,11 @@ def _pool_map(workers: int, tasks: Iterable[tuple], n: int):
 
     # forkserver: the parent holds pyarrow thread pools, which a plain fork can deadlock on.
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    pool = mp.get_context(method).Pool(processes=min(workers, n))
+    from midol_cli.data.ingest_workers import exit_with_parent
+
+    # Workers end with this process, even when it is killed outright (issue 25.17).
+    pool = mp.get_context(method).Pool(processes=min(workers, n), initializer=exit_with_parent,
+                                       initargs=(os.getpid(),))
 
     @contextlib.contextmanager
     def _ctx():

@@ -253,3 +253,27 @@ def crash_on_marker(paths: list[str], max_pixels: int) -> list[dict]:
     if any(Path(p).stem == "crash" for p in paths):
         os._exit(139)
     return [inspect_file(p, max_pixels) for p in paths]
+
+
+def abort_on_marker(paths: list[str], max_pixels: int) -> list[dict]:
+    """Worker chunk function that dies as a native decoder's abort() does (SIGABRT, exit 134) on any file
+    named ``crash.*``: the way a corrupt JPEG 2000 DICOM ends the process that decodes it."""
+    import os
+
+    from midol_cli.data.ingest import inspect_file
+
+    if any(Path(p).stem == "crash" for p in paths):
+        os.abort()
+    return [inspect_file(p, max_pixels) for p in paths]
+
+
+def sleepy_chunk(paths: list[str], max_pixels: int) -> list[dict]:
+    """Worker chunk function that stands for a decode that takes a long time: writes ``<path>.pid`` (this
+    worker's pid) and sleeps a minute."""
+    import os
+    import time
+
+    for p in paths:
+        Path(p + ".pid").write_text(str(os.getpid()))
+    time.sleep(60)
+    return [{} for _ in paths]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ingest_fixtures import (
+    abort_on_marker,
     crash_on_marker,
     listing,
     make_aptos,
@@ -108,7 +109,8 @@ def test_every_bad_input_becomes_one_rejected_row(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     expected = make_bad_folder(raw)
     deny(monkeypatch, "locked.png")
-    summary, df, _ = run(raw, tmp_path / "m.parquet", max_pixels=5000, layout="imagefolder")
+    # isolate=False: decode in this process, where the patched open() is (worker processes would not see it)
+    summary, df, _ = run(raw, tmp_path / "m.parquet", max_pixels=5000, layout="imagefolder", isolate=False)
     assert len(df) == 6 + len(expected)
     rejected = df[df["status"] == "rejected"]
     assert dict(zip(rejected["path"], rejected["reason"], strict=True)) == expected
@@ -173,7 +175,7 @@ def test_permission_reject_is_not_reused(tmp_path, monkeypatch):
     make_imagefolder(raw, per_class=2)
     out = tmp_path / "m.parquet"
     deny(monkeypatch, "img_0.png")
-    s1, df1, _ = run(raw, out)
+    s1, df1, _ = run(raw, out, isolate=False)  # in this process, where the patched open() is
     assert (df1["reason"] == "permission denied").sum() == 2
     monkeypatch.undo()
     s2, df2, _ = run(raw, out)
@@ -207,6 +209,24 @@ def test_worker_crash_rejects_only_the_culprit(tmp_path):
     assert set(out) == set(paths)
     assert out[paths[-1]]["reason"] == "decoder crashed"
     assert all(out[p]["status"] == "ok" for p in paths[:-1])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_decoder_that_aborts_the_process_costs_only_its_file_with_one_worker_too(tmp_path, workers):
+    """With --workers 1 a native decoder's abort() (a corrupt JPEG 2000 DICOM) killed ingest itself: exit
+    134, no manifest (issue 25.6). One worker is a child process too, so the file is a reject and the
+    rest is read."""
+    raw = tmp_path / "raw"
+    files = make_imagefolder(raw, per_class=6)
+    paths = [str(raw / f) for f in files]
+    paths.insert(5, str(write_image(raw / "cat" / "crash.png")))
+    lines: list[str] = []
+    out = ingest_mod._decode_all(paths, readers.DEFAULT_MAX_PIXELS, workers, None, lines.append,
+                                 chunk_fn=abort_on_marker)
+    assert set(out) == set(paths)
+    assert out[paths[5]]["reason"] == "decoder crashed" and out[paths[5]]["status"] == "rejected"
+    assert all(out[p]["status"] == "ok" for p in paths if p != paths[5])
+    assert any("a decoder crashed on" in line and "crash.png" in line for line in lines)
 
 
 def test_user_errors(tmp_path):
@@ -286,3 +306,50 @@ def test_identical_files_with_conflicting_labels_are_flagged(tmp_path):
     summary, df, _ = run(raw, tmp_path / "m.parquet", layout="imagefolder")
     assert summary["duplicate_label_conflicts"] == 1
     assert any(w.startswith("label conflict: 1 exact duplicate") for w in summary["warnings"])
+
+
+DECODE_IN_CHILD = """
+import sys
+from ingest_fixtures import sleepy_chunk
+from midol_cli.data.ingest_workers import _decode_all
+_decode_all(sys.argv[1:], 10**6, 2, None, print, chunk_fn=sleepy_chunk)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_ingest_is_killed(tmp_path):
+    """kill -9 of the ingesting process left its decoders running as orphans (issue 25.17): each worker
+    now ends with the process that started the pool (PR_SET_PDEATHSIG, and a watch on that process)."""
+    import signal
+    import subprocess
+    import sys
+
+    paths = [str(tmp_path / f"f{i}.png") for i in range(2)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-c", DECODE_IN_CHILD, *paths], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(p + ".pid").exists() for p in paths):
+            assert time.monotonic() < deadline and proc.poll() is None, "the workers never started"
+            time.sleep(0.1)
+        time.sleep(0.2)  # the pid files are written
+        workers = {int(Path(p + ".pid").read_text()) for p in paths}
+        assert len(workers) == 2 and not any(_gone(w) for w in workers)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while not all(_gone(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if not _gone(w)]
+    for w in left:  # do not leave them behind when the test fails
+        os.kill(w, signal.SIGKILL)
+    assert left == [], "worker processes outlived the killed ingest"
