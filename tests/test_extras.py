@@ -103,7 +103,8 @@ def test_dicom_without_the_dicom_extra_names_it(tmp_path):
             sys.modules[m] = None
         from midol_cli.data.ingest import ingest_folder
         from midol_cli.data.manifest import read_manifest
-        s = ingest_folder({str(tmp_path / "raw")!r}, "xray", layout="imagefolder", out={str(tmp_path / "m.parquet")!r}, workers=1)
+        s = ingest_folder({str(tmp_path / "raw")!r}, "xray", layout="imagefolder", out={str(tmp_path / "m.parquet")!r}, workers=1,
+                          isolate=False)  # decode here, where the plugins are hidden
         df, _ = read_manifest({str(tmp_path / "m.parquet")!r})
         rows = {{p.split("/")[-1]: r for p, r in zip(df["path"], df["reason"])}}
         print(json.dumps({{"by": s["rejects_by_reason"], "rows": rows}}))
