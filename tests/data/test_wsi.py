@@ -200,9 +200,8 @@ def test_tissue_mask_leaves_out_pen_holes_and_specks():
 def test_three_parts_give_the_rows_of_one_run(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    img = slide_pixels(1792, 1344, (224, 224, 1344, 896))
     for i in range(6):
-        write_svs(raw / f"s{i}.svs", img, factors=(1, 4))
+        write_svs(raw / f"s{i}.svs", slide_pixels(1792, 1344, (224, 224, 1344, 896), seed=i), factors=(1, 4))
     whole, _ = _ingest(raw, tmp_path / "all.parquet")
     parts = [_ingest(raw, tmp_path / f"p{i}.parquet", part=f"{i}/3")[0] for i in range(3)]
     assert sum(len(p) for p in parts) == len(whole)
@@ -261,3 +260,31 @@ def test_40k_by_30k_slide_tiles_in_bounded_memory(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["ok"] >= 10 and out["rss_kb"] < 1024 * 1024, out
+
+
+def test_a_rerun_resumes_slide_by_slide_and_shard_refuses_a_changed_slide(tmp_path):
+    import os
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        write_svs(
+            raw / f"{name}.svs", slide_pixels(1792, 1344, (224, 224, 1344, 896), seed=seed), factors=(1, 4)
+        )
+    out = tmp_path / "m.parquet"
+    first, _ = _ingest(raw, out)
+    qc = tmp_path / "m.qc"
+    (qc / ".cache" / "b.svs.json").unlink()  # as if the run had been killed before slide b
+    os.utime(qc / "a.svs.png", ns=(1, 1))
+    again, _ = _ingest(raw, out)
+    assert again[["sample_id", "meta"]].equals(first[["sample_id", "meta"]])
+    assert (qc / "a.svs.png").stat().st_mtime_ns == 1  # slide a: its cached result, not tiled again
+    assert (qc / "b.svs.png").stat().st_mtime_ns > 1 and (qc / ".cache" / "b.svs.json").is_file()
+
+    write_svs(raw / "a.svs", slide_pixels(1792, 1344, (0, 0, 1792, 1344), seed=5), factors=(1, 4))
+    from midol_cli.data.shards import write_shards
+
+    idx = write_shards([out], tmp_path / "shards", workers=1)
+    reasons = {i["reason"] for i in idx["skipped"]["items"]}
+    assert idx["skipped"]["count"] == (first["path"].str.startswith("a.svs#")).sum()
+    assert reasons == {"slide changed since ingest (size or mtime differs); re-run `midol ingest`"}

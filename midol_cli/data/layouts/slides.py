@@ -8,8 +8,9 @@ Options (``LayoutOptions.extra``; the command line's ``--mpp`` and friends):
 - ``max_tiles_per_slide`` (0: all): a seeded uniform sample per slide (``ingest --seed``);
 - ``part`` (``I/N``): only the slides whose path hashes to part I of N (a cluster job array).
 
-Labels and patients: ``LayoutOptions.labels`` names a CSV with a ``slide`` column (the path, file name
-or name without extension) and optional ``label`` and ``patient`` columns; every tile of a slide takes
+Labels and patients: a slide in a folder takes the folder's name as its label (``tumor/a.svs``; the
+imagefolder rule); or ``LayoutOptions.labels`` names a CSV with a ``slide`` column (the path, file name
+or name without extension) and optional ``label`` and ``patient`` columns. Every tile of a slide takes
 its label, and its group is the patient (the slide without one).
 """
 
@@ -98,7 +99,8 @@ class SlidesLayout(Layout):
         "  <any/sub/path>/<slide>.{svs,ndpi,mrxs,scn,bif,tif,tiff,dcm}   (recognised by content)\n"
         "Each slide becomes one row per tissue tile (level-0 x, y; level; mpp; tile size; tissue fraction).\n"
         "Options: mpp, tile, min_tissue, slide_mpp, max_tiles_per_slide, part. Group = the slide, or the\n"
-        "patient from a labels CSV (columns slide, label, patient). QC thumbnails go beside the manifest."
+        "patient from a labels CSV (columns slide, label, patient); label = the slide's top folder, or the\n"
+        "CSV's. QC thumbnails go beside the manifest."
     )
 
     def detect(self, root: Path) -> bool:
@@ -137,7 +139,7 @@ class SlidesLayout(Layout):
         entries: list[Entry] = []
         lines: list[str] = []
         for rel in slides:
-            label, group = table.lookup(rel) if table is not None else ("", "")
+            label, group = table.lookup(rel) if table is not None else (folder_label(rel), "")
             entries += _entries(rel, results[rel], settings, label, group or os.path.splitext(rel)[0])
             lines.append(_line(rel, results[rel]))
         opts.report["slides"] = {rel: _brief(results[rel]) for rel in slides}
@@ -161,6 +163,12 @@ def _pyramidal(path: str) -> bool:
         return slide.level_count > 1
     finally:
         slide.close()
+
+
+def folder_label(rel: str) -> str:
+    """The class of a file kept in class folders (``tumor/a.svs`` -> ``tumor``), as the imagefolder layout
+    reads them; "" for a file directly in the root. A labels CSV, when given, is used instead."""
+    return rel.split("/", 1)[0] if "/" in rel else ""
 
 
 class _SlideTable:

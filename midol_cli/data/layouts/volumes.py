@@ -5,7 +5,8 @@ Options (``LayoutOptions.extra``): ``frames`` (``all`` | ``central:N`` | ``every
 ``part`` (``I/N``). Single-frame images under the folder stay ordinary image rows. Each frame row's meta
 holds the volume, the frame index, the frame count, the choice, and the laterality where the header
 has it (``eye`` right/left); its group is the patient when the header or a labels CSV names one, else
-the volume. A labels CSV (columns volume, label, patient) labels every frame of a volume.
+the volume. A volume in a folder takes the folder's name as its label (``cnv/v.dcm``), or a labels CSV
+(columns volume, label, patient) labels it; every frame of a volume inherits the label.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class VolumesLayout(Layout):
         return path.lower().endswith(".vol") or path in self._volumes
 
     def scan(self, root: Path, opts: LayoutOptions) -> list[Entry]:
-        from midol_cli.data.layouts.slides import _slide_table
+        from midol_cli.data.layouts.slides import _slide_table, folder_label
         from midol_cli.data.parts import parse_part, part_of
         from midol_cli.data.readers import DEFAULT_MAX_PIXELS
         from midol_cli.data.volumes import parse_frames
@@ -134,7 +135,7 @@ class VolumesLayout(Layout):
         entries: list[Entry] = []
         lines: list[str] = []
         for rel, res in zip(vols, results, strict=True):
-            label, group = table.lookup(rel) if table is not None else ("", "")
+            label, group = table.lookup(rel) if table is not None else (folder_label(rel), "")
             entries += _entries(rel, res, spec, label, group)
             lines.append(_line(rel, res, spec))
         opts.report["volumes"] = {v: _brief(r, spec) for v, r in zip(vols, results, strict=True)}
