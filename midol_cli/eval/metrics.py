@@ -313,6 +313,14 @@ def confusion_matrix(y_true: Any, y_score: Any, classes: Sequence[str]) -> np.nd
 # A probe whose predictions are (almost) all one class has learned nothing usable, whatever its
 # accuracy on a balanced set says (25% on four balanced classes is exactly "always class k").
 DEGENERATE_SHARE = 0.95
+# Metrics that rank the scores and use no threshold: a multi-label probe's "prediction" (the labels scored
+# >= 0.5, often none for rare findings) says nothing about them, so a degenerate flag is moot there.
+RANKING_METRICS = ("auroc", "auprc")
+
+
+def degenerate_matters(label_type: str, metric: str) -> bool:
+    """Whether a degenerate-prediction flag says anything about ``metric``: not for multi-label ranking."""
+    return not (label_type == "multilabel" and metric in RANKING_METRICS)
 
 
 def chance_metrics(y_train: Any, y_test: Any, label_type: str, classes: Sequence[str]) -> dict[str, float]:

@@ -81,15 +81,12 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:.2f}"
 
 
-# Metrics that rank the scores and use no threshold: a multi-label probe's "prediction" (the set of
-# labels scored >= 0.5; often the empty set for rare findings) says nothing about them.
-RANKING_METRICS = ("auroc", "auprc")
-
-
 def _degenerate(summary: dict[str, Any], block: dict[str, Any], metric: str) -> str | None:
     """``"'nv' for 97%"`` when the protocol's probe is flagged degenerate (the largest share over
     seeds); None when it is not, or when the flag means nothing for ``metric`` (multi-label ranking)."""
-    if summary["task"].get("label_type") == "multilabel" and metric in RANKING_METRICS:
+    from midol_cli.eval.metrics import degenerate_matters
+
+    if not degenerate_matters(str(summary["task"].get("label_type")), metric):
         return None
     flags = block.get("degenerate")
     flags = flags if isinstance(flags, list) else [flags]

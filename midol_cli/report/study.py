@@ -108,27 +108,42 @@ def render_markdown(rec: dict[str, Any]) -> str:
             + " | ".join(_ms(r["effective_rank"][m], False) if m in r["effective_rank"] else "–" for m in mods)
             + " | " + " | ".join(_ms(r["knn_accuracy"][m]) if m in r["knn_accuracy"] else "–" for m in mods) + " |"
         )
-    if rec["finetune"]:
-        ft_vars = sorted({v for per in rec["finetune"].values() for v in per})
-        lines += ["", "## Fine-tuning (primary metric on test, x100; first seed(s))", "",
-                  "| task | " + " | ".join(ft_vars) + " |", "|---|" + "---|" * len(ft_vars)]
-        for t in tasks:
-            per = rec["finetune"].get(t, {})
-            cells = []
-            for v in ft_vars:
-                vals = [x for x in per.get(v, {}).values() if x is not None]
-                cells.append(_fmt(sum(vals) / len(vals)) if vals else "–")
-            lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    lines += ["", "## Degenerate probes", ""]
-    if rec["degenerate"]:
-        lines += [f"- {d['model']} on {d['task']}: predicts '{d['top']}' for {100 * d['share']:.0f}% of test images"
-                  for d in rec["degenerate"]]
-    else:
-        lines.append("None: no probe predicts one class for 95% or more of the test images.")
+    lines += _finetune_lines(rec, tasks)
+    lines += ["", "## Degenerate probes", "", *_degenerate_lines(rec)]
     secs = rec.get("seconds", {})
     if secs:
         lines += ["", f"Total time {secs.get('total', 0) / 60:.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def _finetune_lines(rec: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The fine-tuning table (mean over the seeds run), or nothing when the study fine-tuned nothing."""
+    if not rec["finetune"]:
+        return []
+    ft_vars = sorted({v for per in rec["finetune"].values() for v in per})
+    lines = ["", "## Fine-tuning (primary metric on test, x100; first seed(s))", "",
+             "| task | " + " | ".join(ft_vars) + " |", "|---|" + "---|" * len(ft_vars)]
+    for t in tasks:
+        per = rec["finetune"].get(t, {})
+        cells = []
+        for v in ft_vars:
+            vals = [x for x in per.get(v, {}).values() if x is not None]
+            cells.append(_fmt(sum(vals) / len(vals)) if vals else "–")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _degenerate_lines(rec: dict[str, Any]) -> list[str]:
+    """One line per probe that predicts one class for >= 95% of the test images, naming model and task;
+    multi-label AUROC/AUPRC tasks are left out (their empty-set "prediction" means nothing there)."""
+    from midol_cli.eval.metrics import RANKING_METRICS
+
+    shown = [d for d in rec["degenerate"]
+             if not (d["top"] == "" and (rec["tasks"].get(d["task"]) or {}).get("metric") in RANKING_METRICS)]
+    if not shown:
+        return ["None: no probe predicts one class for 95% or more of the test images."]
+    return [f"- {d['model']} on {d['task']}: predicts '{d['top']}' for {100 * d['share']:.0f}% of test images"
+            for d in shown]
 
 
 @side_plot

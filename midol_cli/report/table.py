@@ -34,7 +34,6 @@ from midol_cli.report.cells import (  # noqa: F401  (the marks and Cell are publ
     DEGENERATE,
     LENIENT,
     MISMATCH,
-    RANKING_METRICS,
     Cell,
     Row,
     _cell,

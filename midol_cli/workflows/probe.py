@@ -52,10 +52,7 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     out_dir = Path(out_root) / model.id / spec.name
     columns = resolve_columns(emb, spec.subgroups, subgroups)
 
-    def log(msg: str) -> None:
-        if not quiet or "warning" in msg:
-            print(f"  {msg}", file=sys.stderr)
-
+    log = probe_log(model.id, spec, quiet)
     warn_if_contaminated(weights, src, spec.name, lambda m: print(f"  {m}", file=sys.stderr), spec.modality)
     summary = run_probe_suite(
         emb,
@@ -75,3 +72,21 @@ def run_task(spec, weights: str, data: str | Path, out_root: str | Path, *, name
     )
     summary["out_dir"] = str(out_dir)
     return summary
+
+
+def probe_log(model_id: str, spec, quiet: bool):
+    """The probe suite's log callback: each line names the model and the task (``m on t1: ...``); with
+    ``quiet`` only warnings print. A degenerate-prediction warning is dropped where it means nothing
+    (a multi-label task scored by AUROC/AUPRC, whose 0.5-threshold "prediction" is often the empty set)."""
+    import sys
+
+    from midol_cli.eval.metrics import degenerate_matters
+
+    def log(msg: str) -> None:
+        if msg.endswith("(degenerate)") and not degenerate_matters(spec.label_type, spec.metric):
+            return
+        if not quiet or "warning" in msg:
+            named = f"{model_id} on {msg}" if msg.startswith(f"{spec.name}: ") else msg
+            print(f"  {named}", file=sys.stderr)
+
+    return log
