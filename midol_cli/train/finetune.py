@@ -33,6 +33,7 @@ from midol_cli.errors import UsageError
 from midol_cli.recipes import FinetuneRecipe, augment_for, recipe_hash
 from midol_cli.train import engine
 from midol_cli.train.engine import default_run_dir, protocol_name  # noqa: F401  (public here too)
+from midol_cli.train.supervised import fit_supervised
 
 BEST_FORMAT = "midol-finetune-best-2"
 CKPT_KIND = "finetune"
@@ -375,12 +376,12 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_
         f"{len(train_loader)} steps per epoch x {recipe.epochs} epochs, peak lr {peak_lr:.2e}, {world} process(es)")
     cfg = engine.FitConfig(run_dir=run_dir, epochs=recipe.epochs, peak_lr=peak_lr, min_lr=oc.min_lr,
                            warmup_frac=oc.warmup_frac, clip_grad=oc.clip_grad, early_stopping=recipe.early_stopping,
-                           ckpt_every=recipe.ckpt_every, seed=recipe.seed, label=protocol)
+                           ckpt_every=recipe.ckpt_every, seed=recipe.seed, precision=recipe.precision, label=protocol)
     run_info = {"stage": "finetune", "protocol": protocol, "task": spec.name, "task_options": dict(options or {}),
                 "model": model_info.info(),
                 "manifest": str(fd.manifest.resolve()), "data_hash": fd.data_hash, "encoder": enc_spec.to_dict()}
-    st = engine.fit(ctask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
-                    resume_path=resume_path, autocast=autocast, reporter=reporter)
+    st = fit_supervised(ctask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
+                        resume_path=resume_path, reporter=reporter)
 
     # ---- test with the best epoch
     engine.load_best(ctask, run_dir, di)

@@ -104,9 +104,11 @@ def param_groups(named: Iterable[tuple[str, torch.Tensor]], weight_decay: float,
     return [groups[k] for k in sorted(groups)]
 
 
-def adamw(groups: list[dict[str, Any]], lr: float, betas: Any, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, with the fused kernel on CUDA where this torch has it."""
-    if device.type == "cuda":
+def adamw(groups: list[dict[str, Any]], lr: float, betas: Any, device: torch.device,
+          fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch has it: on CUDA by default, on any device with
+    ``fused=True`` (pre-training's ``optim.fused``), never with ``fused=False``."""
+    if fused or (fused is None and device.type == "cuda"):
         try:
             return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
         except (RuntimeError, TypeError):

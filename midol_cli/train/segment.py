@@ -48,6 +48,7 @@ from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data
     open_rgb,
     prepare_segmentation_data,
 )
+from midol_cli.train.supervised import fit_supervised
 
 PROTOCOL = "finetune"
 BEST_FORMAT = "midol-segmentation-best-2"
@@ -346,12 +347,12 @@ def _run(spec: Any, weights: str, data: str | Path, recipe: SegmentationRecipe, 
     })
     cfg = engine.FitConfig(run_dir=run_dir, epochs=recipe.epochs, peak_lr=peak_lr, min_lr=oc.min_lr,
                            warmup_frac=oc.warmup_frac, clip_grad=oc.clip_grad, early_stopping=recipe.early_stopping,
-                           ckpt_every=recipe.ckpt_every, seed=recipe.seed, label="segment")
+                           ckpt_every=recipe.ckpt_every, seed=recipe.seed, precision=recipe.precision, label="segment")
     run_info = {"stage": "finetune", "protocol": PROTOCOL, "task": spec.name, "model": model_info,
                 "manifest": str(fd.manifest.resolve()), "data_hash": fd.data_hash, "encoder": enc_spec.to_dict(),
                 "decoder_dim": recipe.decoder_dim, "encoder_load": load_report.summary()}
-    st = engine.fit(stask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
-                    resume_path=resume_path, autocast=autocast, reporter=reporter)
+    st = fit_supervised(stask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
+                        resume_path=resume_path, reporter=reporter)
 
     # ---- test with the best epoch, on rank 0 at each mask's own resolution
     engine.load_best(stask, run_dir, di)

@@ -18,6 +18,7 @@ from midol_cli.errors import RunFailed, UsageError
 from midol_cli.recipes import FinetuneRecipe
 from midol_cli.train import engine
 from midol_cli.train.data import make_loader
+from midol_cli.train.supervised import fit_supervised
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,10 +86,10 @@ def _fit(task, run_dir, epochs=4, resume=None, lr=0.5, early=0, max_epochs=None)
         g["lr_scale"] = 1.0
     cfg = engine.FitConfig(run_dir=run_dir, epochs=epochs, peak_lr=lr, min_lr=0.0, warmup_frac=0.0, clip_grad=None,
                            early_stopping=early, ckpt_every=1, seed=0)
+    cfg.precision = "fp32"
     resume_path = engine.check_run_dir(run_dir, resume)
-    return engine.fit(task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=FinetuneRecipe(),
-                      run_info={"stage": "toy"}, resume_path=resume_path, autocast=engine.autocast_for("fp32",
-                                                                                                  torch.device("cpu")))
+    return fit_supervised(task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=FinetuneRecipe(),
+                          run_info={"stage": "toy"}, resume_path=resume_path)
 
 
 def _rows(run_dir):

@@ -198,8 +198,10 @@ def test_fine_tuning_logs_epochs_to_the_trackers(tmp_path):
     cfg = engine.FitConfig(run_dir=tmp_path, epochs=2, peak_lr=0.5, min_lr=0.0, warmup_frac=0.0, clip_grad=None,
                            early_stopping=0, ckpt_every=1, seed=0)
     recipe = FinetuneRecipe(logging=LoggingCfg(backends=["wandb"]))
-    engine.fit(task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=recipe, run_info={"stage": "toy"},
-               resume_path=None, autocast=engine.autocast_for("fp32", torch.device("cpu")))
+    from midol_cli.train.supervised import fit_supervised
+
+    cfg.precision = "fp32"
+    fit_supervised(task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=recipe, run_info={"stage": "toy"})
     hist = wandb_history(tmp_path)
     assert [h["epoch"] for h in hist] == [1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(hist[0])
     (_, config), = wandb_runs(tmp_path)
