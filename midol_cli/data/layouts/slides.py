@@ -74,7 +74,8 @@ def tile_settings(extra: dict[str, str], seed: int) -> Any:
 
 def walk_slides(root: Path) -> list[str]:
     """Files that may be slides (slide extensions, and .tif/.tiff/.dcm to check by content), sorted.
-    Hidden entries and MIRAX's data folders (beside each .mrxs) are skipped."""
+    Hidden entries and MIRAX's data folders (beside each .mrxs) are skipped; of a folder's .dcm files only
+    the first is a candidate (a DICOM WSI's levels are the folder's files: one slide per folder)."""
     from midol_cli.data.wsi import MAYBE_SLIDE_EXTENSIONS, SLIDE_EXTENSIONS
 
     found: list[str] = []
@@ -82,10 +83,15 @@ def walk_slides(root: Path) -> list[str]:
         mrxs = {os.path.splitext(f)[0] for f in filenames if f.lower().endswith(".mrxs")}
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in mrxs)
         rel_dir = os.path.relpath(dirpath, root)
-        for fn in filenames:
+        dicom_seen = False
+        for fn in sorted(filenames):
             ext = os.path.splitext(fn)[1].lower()
             if fn.startswith(".") or ext not in SLIDE_EXTENSIONS | MAYBE_SLIDE_EXTENSIONS:
                 continue
+            if ext == ".dcm":  # a DICOM WSI is a folder of files; OpenSlide opens it from any one of them
+                if dicom_seen:
+                    continue
+                dicom_seen = True
             found.append((fn if rel_dir == "." else f"{rel_dir}/{fn}").replace(os.sep, "/"))
     return sorted(found)
 
