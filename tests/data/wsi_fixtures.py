@@ -101,14 +101,19 @@ def write_generic_tiff(
 
 
 def write_blank_pyramid(
-    path: Path, width: int, height: int, tissue: tuple[int, int, int, int], mpp: float = 0.25
+    path: Path,
+    width: int,
+    height: int,
+    tissue: tuple[int, int, int, int],
+    mpp: float = 0.25,
+    seed: int = 1,
 ) -> Path:
     """A large Aperio SVS that is blank but for a small ``tissue`` box, written tile by tile (the full
     level never exists in memory): levels 1, 4, 16, 64."""
     import tifffile
 
     x0, y0, tw, th = tissue
-    patch = slide_pixels(tw, th, (0, 0, tw, th), seed=1)
+    patch = slide_pixels(tw, th, (0, 0, tw, th), seed=seed)
     blank = np.full((256, 256, 3), BACKGROUND, np.uint8)
     desc = (
         f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] (256x256) JPEG/RGB Q=80"
