@@ -44,19 +44,30 @@ class Pretraining:
         return sorted(self.final, key=lambda k: (k != TOTAL, k))
 
 
-def is_random_init(model: dict[str, Any]) -> bool:
-    """Whether a summary's model block is a random-init baseline (``--weights random:...``)."""
+def is_random_init(model: dict[str, Any], bases: Iterable[Path] = ()) -> bool:
+    """Whether a summary's model block is a random-init baseline: ``--weights random:...``, or the export
+    of a run dir that never trained (``midol study``'s ``random`` variant: run.json's stage ``init``)."""
     weights, digest = str(model.get("weights", "")), str(model.get("weights_hash"))
-    return weights.startswith("random:") or digest == "random-seed0"
+    if weights.startswith("random:") or digest == "random-seed0":
+        return True
+    run = run_dir_of(model, bases, need_metrics=False)
+    if run is None:
+        return False
+    try:
+        rec = json.loads((run / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("stage") == "init" and not rec.get("steps_done")
 
 
-def run_dir_of(model: dict[str, Any], bases: Iterable[Path] = ()) -> Path | None:
+def run_dir_of(model: dict[str, Any], bases: Iterable[Path] = (), need_metrics: bool = True) -> Path | None:
     """The pre-training run dir that a summary's model block was loaded from, or None.
 
     ``weights`` may be the run dir, its ``export`` folder, a file in it, or ``midol=FILE``; a relative
-    path is tried as given (the folder ``probe`` ran in) and then under each of ``bases``."""
+    path is tried as given (the folder ``probe`` ran in) and then under each of ``bases``. The dir
+    holds ``run.json`` and (unless ``need_metrics`` is False) ``metrics.jsonl``."""
     weights = str(model.get("weights") or "")
-    if not weights or is_random_init(model) or weights.startswith("timm:"):
+    if not weights or weights.startswith(("random:", "timm:")) or model.get("weights_hash") == "random-seed0":
         return None
     if weights.startswith("midol="):
         weights = weights[len("midol="):]
@@ -68,7 +79,7 @@ def run_dir_of(model: dict[str, Any], bases: Iterable[Path] = ()) -> Path | None
         run = c.parent if c.name == "export" else c
         if c.is_file() and c.parent.name == "export":
             run = c.parent.parent
-        if (run / RUN_JSON).is_file() and (run / METRICS_JSONL).is_file():
+        if (run / RUN_JSON).is_file() and (not need_metrics or (run / METRICS_JSONL).is_file()):
             return run
     return None
 

@@ -121,7 +121,8 @@ def build_table(
         by_task[task][model] = (path, s)
     models = sorted({m for per in by_task.values() for m in per})
     ref_label = SOURCES[reference][0] if reference else None
-    floors = frozenset(str(s["model"]["id"]) for _, s in summaries if is_random_init(s["model"]))
+    floors = frozenset(str(s["model"]["id"]) for path, s in summaries
+                       if is_random_init(s["model"], Path(path).resolve().parents))
     rows = [_task_row(task, per, models, protocol, metric, reference, warnings)
             for task, per in by_task.items()]
     for r in rows:
@@ -244,8 +245,8 @@ def _md_rows(t: Table, chance: bool) -> list[str]:
     for mod in t.modalities:
         for r in (r for r in t.rows if r.modality == mod):
             best = r.best()
-            row = [r.modality, r.task, r.metric, *([_pct(r.chance) if r.chance is not None else DASH] if chance else []),
-                   *(_md_cell(r, m, best) for m in t.models)]
+            lead_cells = [_pct(r.chance) if r.chance is not None else DASH] if chance else []
+            row = [r.modality, r.task, r.metric, *lead_cells, *(_md_cell(r, m, best) for m in t.models)]
             if t.reference_label:
                 row.append(_pct(r.reference) if r.reference is not None else "")
             lines.append("| " + " | ".join(row) + " |")
@@ -273,8 +274,9 @@ def benchmark_notes(t: Table) -> list[str]:
     if any(c is not None and c.n_test is not None for r in t.rows for c in r.cells.values()):
         notes.append("n=: the number of test images each value was computed on.")
     if any(r.chance is not None for r in t.rows):
-        notes.append("chance: the metric of a predictor that learned nothing (the training class prior for every "
-                     "test image: majority-class accuracy, AUROC 50; balanced accuracy 100/K for K classes).")
+        notes.append("chance: the metric of a predictor that learned nothing (the training class prior for "
+                     "every test image: majority-class accuracy, AUROC 50; balanced accuracy 100/K for K "
+                     "classes).")
     degenerate = sorted({f"{m} on {r.task} predicts {c.predicts}" for r in t.rows for m, c in r.cells.items()
                          if c is not None and c.degenerate})
     if degenerate:
@@ -410,7 +412,8 @@ def render_json(t: Table) -> str:
             mod: {m: {"value": _r(v), "tasks": used, "of": of} for m, (v, used, of) in sorted(avg.items())}
             for mod, avg in t.modality_average.items()
         },
-        "average_rank": {m: {"value": round(v, 2), "tasks": n} for m, (v, n) in sorted(t.average_rank.items())},
+        "average_rank": {m: {"value": round(v, 2), "tasks": n}
+                         for m, (v, n) in sorted(t.average_rank.items())},
         "warnings": t.warnings,
         "random_init": sorted(_floor_models(t)),
         "pretraining": pretraining_json(t.pretraining),
@@ -418,7 +421,10 @@ def render_json(t: Table) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
-def bar_chart_data(t: Table) -> tuple[list[str], dict[tuple[str, str], float], dict[tuple[str, str], tuple[float, float]]]:
+_Bars = tuple[list[str], dict[tuple[str, str], float], dict[tuple[str, str], tuple[float, float]]]
+
+
+def bar_chart_data(t: Table) -> _Bars:
     """(task labels, values x100, error bars x100) for ``plots.plot_bars``; flagged tasks get a ``†``."""
     tasks, values, errors = [], {}, {}
     for r in t.rows:

@@ -64,9 +64,9 @@ def test_with_the_browser_required_a_missing_chromium_fails_instead_of_skipping(
     import sys
 
     env = {**os.environ, "PATH": str(tmp_path), "MIDOL_REQUIRE_BROWSER": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                          "tests/report/test_html_browser.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+           "tests/report/test_html_browser.py"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 1, res.stdout[-2000:]
     assert "MIDOL_REQUIRE_BROWSER is set but no chromium is on PATH" in res.stdout
     assert "skipped" not in res.stdout.splitlines()[-1]

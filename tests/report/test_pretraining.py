@@ -37,12 +37,14 @@ def make_run(root: Path, steps: int = 20, total: int = 20) -> Path:
     return run
 
 
-def results_with(root: Path, run: Path, weights: str | None = None) -> Path:
+def results_with(root: Path, run: Path, weights: str | None = None,
+                 random_weights: str | None = None) -> Path:
     results = root / "results"
-    for model, w, v in (("midol-s0", weights or str(run), 0.8), ("random-s0", f"random:{run}", 0.6)):
+    models = (("midol-s0", weights or str(run), 0.8), ("random-s0", random_weights or f"random:{run}", 0.6))
+    for model, w, v in models:
         s = summary(model, "retina", "fundus", "accuracy", v, v - 0.02, v + 0.02)
         s["model"]["weights"] = w
-        if model.startswith("random"):
+        if model.startswith("random") and random_weights is None:
             s["model"]["weights_hash"] = "random-seed0"
         path = results / model / "retina" / "summary.json"
         path.parent.mkdir(parents=True)
@@ -76,7 +78,8 @@ def test_markdown_has_a_pretraining_section_for_the_pretrained_model_only(tmp_pa
     assert res.exit_code == 0, res.output
     md = res.stdout
     section = md[md.index("## Pre-training"):]
-    head = "| model | run | steps | wall time | final loss | final loss_inter | final loss_intra | final loss_route |"
+    head = ("| model | run | steps | wall time | final loss | final loss_inter | final loss_intra "
+            "| final loss_route |")
     assert head in section
     line = next(x for x in section.splitlines() if x.startswith("| midol-s0 |"))
     assert f"| midol-s0 | {run} | 20/20 | 12.6 min | 1.3 | -0.2 | 1 | 0.5 |" == line
@@ -125,3 +128,19 @@ def test_no_section_without_a_run_dir(tmp_path):
     assert collect_pretraining(entries) == {}
     assert "Pre-training" not in render_markdown(build_table(entries))
     assert json.loads(render_json(build_table(entries)))["pretraining"] == {}
+
+
+def test_a_study_random_variant_export_is_the_floor_and_has_no_pretraining(tmp_path):
+    """`midol study`'s ``random`` variant is a run dir whose run.json says stage 'init' (no metrics.jsonl)."""
+    from midol_cli.report.pretraining import is_random_init
+
+    run = make_run(tmp_path)
+    init = tmp_path / "runs" / "random-s0"
+    (init / "export").mkdir(parents=True)
+    (init / "run.json").write_text(json.dumps({"stage": "init", "steps": 0, "seed": 0}))
+    assert is_random_init({"weights": str(init), "weights_hash": "d7b1e26ed6db3385"})
+    assert not is_random_init({"weights": str(run), "weights_hash": "d7b1e26ed6db3385"})
+    results = results_with(tmp_path, run, random_weights=str(init))
+    found = [(p, json.loads(p.read_text())) for p in sorted(results.rglob("summary.json"))]
+    t = build_table(found)
+    assert t.rows[0].floor_models == {"random-s0"} and set(t.pretraining) == {"midol-s0"}

@@ -18,7 +18,8 @@ def _table(labels: list[str], dim: int = 6) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     return pd.DataFrame({
         "sample_id": [f"s{i}" for i in range(n)], "modality": "xray", "label": labels,
-        "group": [f"p{i}" for i in range(n)], "split": [("train", "train", "val", "test")[i % 4] for i in range(n)],
+        "group": [f"p{i}" for i in range(n)],
+        "split": [("train", "train", "val", "test")[i % 4] for i in range(n)],
         "embedding": list(rng.normal(size=(n, dim)).astype(np.float32)), "dataset": "d",
         "meta": [json.dumps({}) for _ in range(n)],
     })
