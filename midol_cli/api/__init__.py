@@ -122,10 +122,12 @@ def shard(settings: ShardSettings | dict | None = None, /, *, on_progress: Calla
 
 def pretrain(recipe: Any, out: str | Path | None = None, *, overrides: list[str] | tuple[str, ...] = (),
              resume: str | None = None, max_steps: int | None = None, init: str | None = None,
-             reporter: Any = None) -> dict[str, Any]:
+             reporter: Any = None, overwrite: bool = False, allow_recipe_change: bool = False) -> dict[str, Any]:
     """M-IDoL pre-training (``midol pretrain``): ``recipe`` is a ``PretrainRecipe``, a YAML path or a dict;
     ``out`` the run dir (default runs/<recipe name>). Resolved recipe, run.json, metrics.jsonl and
-    checkpoints go there; the run's summary is returned (rank 0; other ranks get theirs too)."""
+    checkpoints go there; the run's summary is returned (rank 0; other ranks get theirs too).
+    ``overwrite``: move a run already in ``out`` aside; ``allow_recipe_change``: a resume may change the
+    recipe (recorded as a new segment in run.json)."""
     from midol_cli.recipes import PretrainRecipe, load_recipe, validate
     from midol_cli.train.pretrain import run_pretrain
 
@@ -139,7 +141,8 @@ def pretrain(recipe: Any, out: str | Path | None = None, *, overrides: list[str]
         r.model.weights = init
     run_dir = Path(out) if out is not None else Path("runs") / r.name
     writable_out(run_dir, "--out" if out is not None else "the run dir")
-    return run_pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=reporter)
+    return run_pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=reporter, overwrite=overwrite,
+                        allow_recipe_change=allow_recipe_change)
 
 
 def _apply(base: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

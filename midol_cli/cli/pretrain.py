@@ -27,6 +27,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Run dir (default: runs/<recipe name>)."),
         resume: str = typer.Option(None, "--resume", help="'auto' (newest checkpoint in the run dir) or a ckpt file."),
         max_steps: int = typer.Option(None, "--max-steps", help="Stop after this step without changing schedules."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Move a run already in --out aside (to <out>.old-<time>)."),
+        allow_recipe_change: bool = typer.Option(
+            False, "--allow-recipe-change", help="Resume with a changed recipe (a new segment in run.json)."),
         init: str = typer.Option(
             None, "--init", metavar="NAME=FILE",
             help="Start student and teacher from released weights (a registry NAME=FILE, see `midol models`, "
@@ -46,7 +50,8 @@ def register(app: typer.Typer) -> None:
         run_dir = out or Path("runs") / r.name
         from midol_cli.cli._common import progress_reporter
 
-        summary = api.pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=progress_reporter())
+        summary = api.pretrain(r, run_dir, resume=resume, max_steps=max_steps, reporter=progress_reporter(),
+                               overwrite=overwrite, allow_recipe_change=allow_recipe_change)
         from midol_cli.cli._common import console
         from midol_cli.distributed import is_rank0
 
