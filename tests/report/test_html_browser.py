@@ -140,3 +140,17 @@ def test_every_image_decodes_in_the_browser(page):
     start = source.index("data:image/png;base64,") + len("data:image/png;base64,")
     broken = source[:start] + "AAAA" + source[start + 4:]
     assert images_decoded(tmp, broken, "broken.html") == (6, 1)
+
+
+def test_the_pretraining_loss_curves_render_and_decode(tmp_path):
+    from tests.report.test_pretraining import make_run, results_with
+
+    results = results_with(tmp_path, make_run(tmp_path))
+    out = tmp_path / "pre.html"
+    res = CliRunner().invoke(app, ["report", str(results), "--format", "html", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    source = out.read_text(encoding="utf-8")
+    dom = chromium(tmp_path, "--dump-dom", out.as_uri())
+    assert dom.returncode == 0 and console_lines(dom.stderr) == []
+    assert "Pre-training" in dom.stdout and "pre-training losses of midol-s0" in dom.stdout
+    assert images_decoded(tmp_path, source, "pre-probe.html") == (1, 0)
