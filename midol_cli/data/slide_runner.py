@@ -9,6 +9,7 @@ rejected with its reason and the others go on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,48 @@ def tile_all(root: Path, slides: list[str], settings: Any, opts: Any) -> dict[st
         if qc is not None and keys[rel]:
             write_json_atomic(qc / ".cache" / f"{_safe(rel)}.json", {"key": keys[rel], "result": res})
 
-    workers = max(1, min(int(opts.workers or 1), len(todo)))
-    if workers == 1:
-        for t in todo:
-            done(t[1], _one(t))
-    else:
-        from concurrent.futures import ProcessPoolExecutor
-
-        from midol_cli.data.ingest_workers import _pool_context
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as ex:
-            for t, res in zip(todo, ex.map(_one, todo), strict=True):
-                done(t[1], res)
+    for t, res in run_isolated(_one, todo, int(opts.workers or 1), _crashed):
+        done(t[1], res)
     return out
+
+
+def _crashed(task: tuple) -> dict[str, Any]:
+    return {
+        "status": "rejected",
+        "reason": "reader crashed (the slide library died on this file)",
+        "tiles": [],
+    }
+
+
+def run_isolated(
+    fn: Callable[[Any], Any], tasks: list[Any], workers: int, crashed: Callable[[Any], Any]
+) -> Iterator[tuple[Any, Any]]:
+    """``(task, fn(task))`` for every task, in ``workers`` processes (this one for 1). A worker killed by
+    a native library (a hostile slide or volume) costs only its task: the tasks that were in flight run
+    again one at a time, each alone in a fresh pool, and the one that kills it again gets ``crashed``."""
+    if max(1, min(workers, len(tasks))) == 1:
+        for t in tasks:
+            yield t, fn(t)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from midol_cli.data.ingest_workers import _pool_context
+
+    suspects: list[Any] = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context()) as ex:
+        futures = {ex.submit(fn, t): t for t in tasks}
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except BrokenProcessPool:
+                suspects.append(futures[fut])
+                continue
+            yield futures[fut], res
+    for t in suspects:
+        with ProcessPoolExecutor(max_workers=1, mp_context=_pool_context()) as ex:
+            try:
+                res = ex.submit(fn, t).result()
+            except BrokenProcessPool:
+                res = crashed(t)
+        yield t, res

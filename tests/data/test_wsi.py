@@ -288,3 +288,18 @@ def test_a_rerun_resumes_slide_by_slide_and_shard_refuses_a_changed_slide(tmp_pa
     reasons = {i["reason"] for i in idx["skipped"]["items"]}
     assert idx["skipped"]["count"] == (first["path"].str.startswith("a.svs#")).sum()
     assert reasons == {"slide changed since ingest (size or mtime differs); re-run `midol ingest`"}
+
+
+def _dies_on_boom(task: str) -> str:
+    import os
+
+    if task == "boom":
+        os._exit(1)  # as a native library dying on a hostile file
+    return task.upper()
+
+
+def test_a_reader_that_kills_its_worker_costs_only_its_file():
+    from midol_cli.data.slide_runner import run_isolated
+
+    got = dict(run_isolated(_dies_on_boom, ["a", "boom", "b", "c"], 2, lambda t: f"crashed {t}"))
+    assert got == {"a": "A", "boom": "crashed boom", "b": "B", "c": "C"}

@@ -145,15 +145,14 @@ class VolumesLayout(Layout):
 
 
 def _run(tasks: list[tuple], workers: int) -> list[dict[str, Any]]:
-    n = max(1, min(int(workers or 1), len(tasks)))
-    if n == 1:
-        return [_one(t) for t in tasks]
-    from concurrent.futures import ProcessPoolExecutor
+    """Every volume's result in task order (worker processes; a crashing reader costs only its volume)."""
+    from midol_cli.data.slide_runner import run_isolated
 
-    from midol_cli.data.ingest_workers import _pool_context
+    def crashed(_t: tuple) -> dict[str, Any]:
+        return {"status": "rejected", "reason": "reader crashed (the decoder died on this file)"}
 
-    with ProcessPoolExecutor(max_workers=n, mp_context=_pool_context()) as ex:
-        return list(ex.map(_one, tasks))
+    done = {t[1]: res for t, res in run_isolated(_one, tasks, workers, crashed)}
+    return [done[t[1]] for t in tasks]
 
 
 def _entries(rel: str, res: dict[str, Any], spec: str, label: str, group: str) -> list[Entry]:
