@@ -411,53 +411,9 @@ def run_probe_suite(
     return summary
 
 
-def analysis_blocks(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, probs: np.ndarray,
-                    task: Task, *, subgroups: Sequence[str] = (), group_unit: str = "", aggregation: str = "mean",
-                    min_positives: int | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The ``subgroups`` and ``patient_level`` entries of a protocol block (either may be absent).
-
-    ``df``/``y``/``groups`` are aligned rows of the task (a ``TaskData`` or the fine-tuning data),
-    ``rows`` (a boolean mask or indices) selects the test images ``probs`` was predicted for."""
-    from midol_cli.eval.subgroups import MIN_POSITIVES, parse_meta, patient_level_block, subgroup_block
-
-    out: dict[str, Any] = {}
-    y_te, g_te = y[rows], groups[rows]
-    if subgroups:
-        cells = df["meta"].to_numpy()[rows] if "meta" in df.columns else [""] * len(y_te)
-        meta = parse_meta(cells)
-        if "dataset" in df.columns:  # the source dataset of a merged manifest is a subgroup too
-            for m, d in zip(meta, df["dataset"].fillna("").astype(str).to_numpy()[rows], strict=True):
-                m.setdefault("dataset", d)
-        out["subgroups"] = subgroup_block(y_te, probs, g_te, meta, list(subgroups), task,
-                                          n_boot=n_boot, seed=seed,
-                                          min_positives=MIN_POSITIVES if min_positives is None else min_positives)
-    if group_unit:
-        pl = patient_level_block(y_te, probs, g_te, task, group_unit, aggregation=aggregation, n_boot=n_boot,
-                                 seed=seed)
-        if pl is not None:
-            out["patient_level"] = pl
-    return out
-
-
-def _write_predictions(
-    path: Path,
-    td: TaskData,
-    te: np.ndarray,
-    task: Task,
-    pred_rows: list[tuple[str, Any, np.ndarray]],
-    model_info: dict[str, Any],
-) -> None:
-    import pyarrow.parquet as pq
-
-    from midol_cli.artifacts import prediction_table
-
-    sid = td.df["sample_id"].astype(str).to_numpy()[te].tolist()
-    label = td.df["label"].astype(str).to_numpy()[te].tolist()
-    group = [str(g) for g in td.groups[te]]
-    table = prediction_table(task.classes, task.name, model_info["id"],
-                             [(protocol, seed, sid, group, label, probs) for protocol, seed, probs in pred_rows])
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+# The scoring of test predictions lives in eval/scoring.py, shared with fine-tuning.
+from midol_cli.eval.scoring import analysis_blocks  # noqa: E402, F401  (public here too)
+from midol_cli.eval.scoring import write_predictions as _write_predictions  # noqa: E402
 
 
 # --------------------------------------------------------------------------- reading
