@@ -30,6 +30,7 @@ from midol_cli.data.ingest_workers import _decode_all, inspect_file, inspect_sta
 from midol_cli.data.layouts import (
     LAYOUTS,
     Entry,
+    Layout,
     LayoutOptions,
     detect_layout,
     get_layout,
@@ -189,14 +190,7 @@ def _ingest_folder(
         raise UsageError(f"--workers must be at least 1, got {workers}")
     target = _resolve_out(root, out)
 
-    if layout.strip().lower() == "auto":
-        lay = detect_layout(root)
-        if lay is None:
-            raise UsageError(
-                f"could not recognise the layout of '{raw}'; pass --layout with one of {', '.join(LAYOUTS)}"
-            )
-    else:
-        lay = get_layout(layout)
+    lay, unlabelled_note = _choose_layout(root, raw, layout)
     opts = dataclasses.replace(layout_options) if layout_options else LayoutOptions()
     opts.workers, opts.seed, opts.out, opts.report = workers, seed, target, {}  # slides/volumes layouts
     ds_name = (dataset or "").strip() or lay.dataset_name(root)
@@ -204,25 +198,14 @@ def _ingest_folder(
     walk_errors: list[str] = []
     files = walk_candidates(root, walk_errors)
     opts.files = tuple(files)
-    log(f"ingest: {len(files)} image files under {root} (layout {lay.name})")
-    entries: dict[str, Entry] = {}
-    duplicate_listings = 0
-    for e in lay.scan(root, opts):
-        if e.path in entries:
-            duplicate_listings += 1
-            continue
-        if e.reason.endswith("but missing"):
-            e.reason = _present_but_unsupported(root, e.path) or e.reason
-        entries[e.path] = e
-    unlisted = 0
-    for f in files:
-        if f not in entries and not lay.auxiliary(f):
-            entries[f] = Entry(f, "", [], strip_ext(f), None)
-            unlisted += 1
+    if files:  # before the scan, which can be long (slides); an empty folder is one error line below
+        log(f"ingest: {len(files)} image files under {root} (layout {lay.name})")
+    entries, duplicate_listings, label_conflicts, unlisted = _scan_entries(lay, root, opts, files)
     if not entries:
-        raise UsageError(
-            f"no image files found under '{raw}' ({', '.join(sorted(readers.SUPPORTED_EXTENSIONS))} or DICOM)"
-        )
+        raise UsageError(f"no images in '{raw}' (midol reads {', '.join(sorted(readers.SUPPORTED_EXTENSIONS))} "
+                         "or DICOM files, in the folder or its sub-folders)")
+    if unlabelled_note:
+        log(f"ingest: {unlabelled_note}")
 
     key = {
         "root": str(root),
@@ -276,9 +259,11 @@ def _ingest_folder(
         reused=reused,
         unlisted=unlisted,
         duplicate_listings=duplicate_listings,
+        label_conflicts=label_conflicts,
         walk_errors=walk_errors,
     )
-    summary["warnings"] = _warnings(summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
+    summary["warnings"] = ([unlabelled_note] if unlabelled_note else []) + _warnings(
+        summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
     summary.update({k: v for k, v in opts.report.items() if k != "lines"})  # per slide / volume results
     summary["lines"] = list(opts.report.get("lines", []))
     first_only = 0 if lay.name == "volumes" or not len(df) else int(
@@ -323,6 +308,51 @@ def _ingest_folder(
     log(f"ingest: {'wrote' if wrote else 'kept (unchanged)'} {target} ({summary['ok']} ok, {summary['rejected']} "
         "rejected)")
     return summary
+
+
+def _choose_layout(root: Path, raw: Path, layout: str) -> tuple[Layout, str]:
+    """The layout to read ``root`` with, and a note when ``auto`` recognised none: a folder of images
+    without class sub-folders (the usual pre-training archive) is then read unlabelled."""
+    if layout.strip().lower() != "auto":
+        return get_layout(layout), ""
+    lay = detect_layout(root)
+    if lay is not None:
+        return lay, ""
+    return get_layout("imagefolder"), (
+        f"no dataset layout and no class sub-folders in '{raw}': its images are ingested unlabelled "
+        f"(pass --layout with one of {', '.join(LAYOUTS)} if it is a labelled dataset)")
+
+
+def _scan_entries(lay: Layout, root: Path, opts: LayoutOptions, files: list[str]
+                  ) -> tuple[dict[str, Entry], int, dict[str, list[str]], int]:
+    """The layout's entries by path, plus every image on disk it did not list (unlabelled).
+
+    Returns (entries, repeated listings with the same label, {path: [its differing labels]}, unlisted).
+    A file listed twice with different labels cannot be trusted with either: it is rejected, and the
+    reason names both labels."""
+    entries: dict[str, Entry] = {}
+    repeats = 0
+    conflicts: dict[str, list[str]] = {}
+    for e in lay.scan(root, opts):
+        first = entries.get(e.path)
+        if first is not None:
+            if (first.label, sorted(first.labels)) == (e.label, sorted(e.labels)):
+                repeats += 1
+            else:
+                seen = conflicts.setdefault(e.path, [first.label or UNLABELLED])
+                seen += [e.label or UNLABELLED] if (e.label or UNLABELLED) not in seen else []
+            continue
+        if e.reason.endswith("but missing"):
+            e.reason = _present_but_unsupported(root, e.path) or e.reason
+        entries[e.path] = e
+    for path, labels in conflicts.items():
+        entries[path].reason = "conflicting labels (listed as " + " and as ".join(f"'{x}'" for x in labels) + ")"
+    unlisted = 0
+    for f in files:
+        if f not in entries and not lay.auxiliary(f):
+            entries[f] = Entry(f, "", [], strip_ext(f), None)
+            unlisted += 1
+    return entries, repeats, conflicts, unlisted
 
 
 def _build_frame(
@@ -450,6 +480,12 @@ def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[s
         )
     if summary["duplicate_listings"]:
         w.append(f"{summary['duplicate_listings']} repeated listings of the same file were ignored")
+    conflicts = summary.get("label_conflicts") or {}
+    if conflicts:
+        path, labels = next(iter(conflicts.items()))
+        w.append(f"label conflict: {len(conflicts)} file{'s are' if len(conflicts) > 1 else ' is'} listed more "
+                 f"than once with different labels (e.g. '{path}' as " + " and as ".join(f"'{x}'" for x in labels)
+                 + "); rejected as 'conflicting labels': fix the listing")
     if summary["duplicates_across_splits"]:
         w.append(
             f"leakage: {summary['duplicates_across_splits']} exact duplicate images sit in a different "

@@ -96,7 +96,8 @@ def test_labels_flag_selects_csv_layout(tmp_path, capsys, monkeypatch):
         (["ingest", "{tmp}/missing", "--modality", "xray"], "does not exist"),
         (["ingest", "{raw}", "--modality", "x-ray"], "spelled 'xray'"),
         (["ingest", "{raw}", "--modality", "xray", "--layout", "dicomdir"], "unknown layout"),
-        (["ingest", "{flat}", "--modality", "xray"], "could not recognise the layout"),
+        # An empty folder says so (it was "could not recognise the layout"; issue 25.16).
+        (["ingest", "{empty}", "--modality", "xray", "--out", "{tmp}/e.parquet"], "no images in '"),
         (["ingest", "{raw}", "--modality", "xray", "--out", "{raw}/m.parquet"], "inside the raw folder"),
         (
             ["ingest", "{raw}", "--modality", "xray", "--layout", "imagefolder", "--path-col", "f"],
@@ -114,8 +115,9 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, ne
     make_folder(raw)
     flat.mkdir()
     Image.new("RGB", (4, 4)).save(flat / "x.png")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
     before = sorted(p.name for p in raw.rglob("*"))
-    argv = [a.format(tmp=tmp_path, raw=raw, flat=flat) for a in args]
+    argv = [a.format(tmp=tmp_path, raw=raw, flat=flat, empty=tmp_path / "empty") for a in args]
     code, stdout, stderr = midol(capsys, monkeypatch, *argv)
     assert code == 2
     lines = stderr.strip().splitlines()
@@ -155,3 +157,21 @@ def test_a_second_ingest_into_the_same_out_is_refused_naming_the_first(tmp_path,
     assert code == 0 and out.is_file(), err
     assert f"of pid {child.pid} on " in stdout + err and "no longer running" in stdout + err
     assert not (tmp_path / "out" / "derm.parquet.lock").exists()
+
+
+def test_a_flat_folder_of_images_ingests_unlabelled_with_auto(tmp_path, capsys, monkeypatch):
+    """The usual pre-training archive (images, no class folders) failed with "could not recognise the
+    layout" unless the user guessed --layout imagefolder (issue 25.16): auto takes it, unlabelled, and says so."""
+    flat = tmp_path / "archive"
+    flat.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(flat / f"x{i}.png")
+    out = tmp_path / "m.parquet"
+    code, stdout, stderr = midol(capsys, monkeypatch, "ingest", str(flat), "--modality", "xray", "--out", str(out))
+    assert code == 0, stderr
+    said = stdout + stderr
+    assert f"no dataset layout and no class sub-folders in '{flat}': its images are ingested unlabelled" in said
+    import pandas as pd
+
+    df = pd.read_parquet(out)
+    assert len(df) == 3 and (df["status"] == "ok").all() and (df["label"] == "").all()

@@ -244,10 +244,20 @@ def test_user_errors(tmp_path):
         ingest_folder(raw, "fundus", out=out, layout="imagefolders")
     flat = tmp_path / "flat"
     write_image(flat / "a.png")
-    with pytest.raises(UsageError, match="could not recognise the layout"):
-        ingest_folder(flat, "fundus", out=out)
+    lines: list[str] = []
+    s = ingest_folder(flat, "fundus", out=out, workers=1, log=lines.append)  # auto: unlabelled (issue 25.16)
+    assert s["per_label_split"] == {"(unlabelled)": {"train": 1, "val": 0, "test": 0}} and s["layout"] == "imagefolder"
+    note = f"no dataset layout and no class sub-folders in '{flat}': its images are ingested unlabelled"
+    assert s["warnings"][0].startswith(note) and any(line.startswith(f"ingest: {note}") for line in lines)
     s = ingest_folder(flat, "fundus", out=out, layout="imagefolder", workers=1)
     assert s["per_label_split"] == {"(unlabelled)": {"train": 1, "val": 0, "test": 0}}
+    assert not any("no dataset layout" in w for w in s["warnings"])
+    for empty in (tmp_path / "empty", tmp_path / "only_text"):  # nothing midol reads: said plainly
+        (empty / "sub").mkdir(parents=True)
+        (empty / "sub" / "notes.txt").write_text("x")
+        for lay in ("auto", "imagefolder"):
+            with pytest.raises(UsageError, match=rf"^no images in '{empty}' \(midol reads "):
+                ingest_folder(empty, "fundus", out=out, layout=lay)
     notes = tmp_path / "notes.parquet"
     notes.write_text("my notes")
     with pytest.raises(UsageError, match="is not a midol manifest"):
@@ -353,3 +363,26 @@ def test_workers_end_when_ingest_is_killed(tmp_path):
     for w in left:  # do not leave them behind when the test fails
         os.kill(w, signal.SIGKILL)
     assert left == [], "worker processes outlived the killed ingest"
+
+
+def test_a_file_listed_twice_with_different_labels_is_a_named_conflict(tmp_path):
+    """A labels CSV listing one file twice, as 'cat' and as 'dog', gave only "repeated listings were ignored"
+    and kept the first label (issue 25.13): the file is rejected, and the reason and the warning name the
+    file and both labels. A repeat with the same label is still only a repeat."""
+    from midol_cli.data.layouts import LayoutOptions
+
+    raw = tmp_path / "raw"
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(raw / name)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,label\na.png,cat\nb.png,cat\na.png,dog\nc.png,dog\nc.png,dog\n")
+    opts = LayoutOptions(labels=csv, path_col="file", label_col="label")
+    summary, df, _ = run(raw, tmp_path / "m.parquet", layout="csv", layout_options=opts)
+    assert df.loc["a.png", "status"] == "rejected"
+    assert df.loc["a.png", "reason"] == "conflicting labels (listed as 'cat' and as 'dog')"
+    assert summary["rejects_by_reason"] == {"conflicting labels": 1}
+    assert summary["label_conflicts"] == {"a.png": ["cat", "dog"]} and summary["duplicate_listings"] == 1
+    assert (df.loc["b.png", "label"], df.loc["c.png", "label"]) == ("cat", "dog")
+    conflict = [w for w in summary["warnings"] if w.startswith("label conflict")]
+    assert conflict == ["label conflict: 1 file is listed more than once with different labels (e.g. 'a.png' "
+                        "as 'cat' and as 'dog'); rejected as 'conflicting labels': fix the listing"]
