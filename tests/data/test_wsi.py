@@ -209,6 +209,10 @@ def test_three_parts_give_the_rows_of_one_run(tmp_path):
     cols = ["sample_id", "path", "group", "meta", "sha256", "status"]
     merged = pd.concat(parts).sort_values("path").reset_index(drop=True)
     assert merged[cols].equals(whole.sort_values("path").reset_index(drop=True)[cols])
+    from midol_cli.data.shards import write_shards  # the parts' manifests shard together
+
+    idx = write_shards([tmp_path / f"p{i}.parquet" for i in range(3)], tmp_path / "shards", workers=1)
+    assert idx["totals"]["samples"] == int((whole["status"] == "ok").sum())
     with pytest.raises(Exception, match="--part must be I/N"):
         _ingest(raw, tmp_path / "bad.parquet", part="3/3")
 
