@@ -100,6 +100,8 @@ def read_pretraining(model_id: str, run_dir: Path) -> Pretraining | None:
         lines = (run_dir / METRICS_JSONL).read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError):
         return None
+    if isinstance(run, dict) and run.get("stage") in ("finetune", "init"):
+        return None  # a fine-tuning run (epochs, its own report) or an untrained initial export
     by_step: dict[int, dict[str, Any]] = {}
     skipped = 0
     for line in lines:

@@ -69,6 +69,9 @@ def test_steps_wall_time_and_final_losses_come_from_the_run(tmp_path):
     assert p.terms == ["loss", *TERMS]
     assert p.final["loss_intra"] == pytest.approx(1.0) and p.final["loss_inter"] == pytest.approx(-0.2)
     assert p.curves["loss"][0] == list(range(1, 21)) and p.skipped == 1
+    ft = make_run(tmp_path / "ft")
+    (ft / "run.json").write_text(json.dumps({"stage": "finetune", "protocol": "finetune"}))
+    assert read_pretraining("m", ft) is None  # a fine-tuning run is not a pre-training
 
 
 def test_markdown_has_a_pretraining_section_for_the_pretrained_model_only(tmp_path):
