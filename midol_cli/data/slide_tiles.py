@@ -16,7 +16,7 @@ from typing import Any
 from midol_cli.data.decoded import ImageRejected
 
 # Bumped when the same slide and settings would give other tiles (cached results are then redone).
-TILER_VERSION = 1
+TILER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def sample_tiles(n: int, k: int, seed: int, rel: str) -> list[int]:
 
 
 def tile_slide(abs_path: str, rel: str, settings: TileSettings, qc_png: str | None) -> dict[str, Any]:
-    """``{"status": "ok", "tiles": [[x, y, fraction], ...], ...}`` or ``{"status": "rejected", "reason"}``."""
+    """``{"status": "ok", "tiles": [[x, y, fraction, phash], ...], ...}`` or ``{"status": "rejected", ...}``."""
     rec: dict[str, Any] = {"status": "rejected", "reason": "", "tiles": []}
     try:
         st = os.stat(abs_path)
@@ -92,6 +92,8 @@ def _tile(abs_path: str, rel: str, s: TileSettings, qc_png: str | None) -> dict[
         keep = [(c, r) for r in range(grid.rows) for c in range(grid.cols) if frac[r, c] >= s.min_tissue]
         chosen = [keep[i] for i in sample_tiles(len(keep), s.max_tiles, s.seed, rel)]
         tiles = [[*grid.origin(c, r), round(float(frac[r, c]), 4)] for c, r in chosen]
+        for t in tiles:
+            t.append(tile_phash(slide, t[0], t[1], grid.span))
         if qc_png:
             write_qc(qc_png, rgb, mask, grid, scale, chosen)
         return {
@@ -110,6 +112,23 @@ def _tile(abs_path: str, rel: str, s: TileSettings, qc_png: str | None) -> dict[
         }
     finally:
         slide.close()
+
+
+def tile_phash(slide: Any, x: int, y: int, span: float, side: int = 64) -> str:
+    """The tile's perceptual hash (``midol contamination``), from the coarsest level where the tile still
+    spans ``side`` pixels: the hash only sees a 32 x 32 reduction, so reading the full tile is not needed."""
+    from midol_cli.data import wsi
+    from midol_cli.data.phash import phash
+
+    level = 0
+    for i, d in enumerate(slide.level_downsamples):
+        if span / float(d) >= side:
+            level = i
+    read = max(1, int(round(span / float(slide.level_downsamples[level]))))
+    try:
+        return phash(wsi.read_tile(slide, x, y, level, read, side))
+    except Exception:  # the hash is optional: a tile is never rejected for it
+        return ""
 
 
 def write_qc(path: str, rgb: Any, mask: Any, grid: Any, scale: float, chosen: list[tuple[int, int]]) -> None:

@@ -63,7 +63,7 @@ def test_tiles_lie_in_the_planted_tissue_and_background_gives_none(slides):
     assert res["status"] == "ok" and res["level"] == 0 and res["read"] == 448  # 224 px at 0.5 from 0.25
     assert len(res["tiles"]) >= 6
     x0, y0, tw, th = TISSUE
-    for x, y, frac in res["tiles"]:
+    for x, y, frac, _ph in res["tiles"]:
         ox = max(0, min(x + 448, x0 + tw) - max(x, x0))
         oy = max(0, min(y + 448, y0 + th) - max(y, y0))
         assert ox * oy / 448**2 >= 0.45 and frac >= 0.5  # every tile mostly on the planted tissue
@@ -74,7 +74,7 @@ def test_tiles_lie_in_the_planted_tissue_and_background_gives_none(slides):
         for y in range(0, H, 448)
         if x >= x0 and y >= y0 and x + 448 <= x0 + tw and y + 448 <= y0 + th
     }
-    assert inside <= {(x, y) for x, y, _ in res["tiles"]}
+    assert inside <= {(t[0], t[1]) for t in res["tiles"]}
 
 
 def test_blank_slide_gives_no_tiles_and_a_reason(tmp_path):
@@ -123,6 +123,10 @@ def test_ingest_rows_shard_and_qc(slides, tmp_path):
     assert (
         img.shape == (224, 224, 3) and np.abs(img - np.asarray(ref, np.float32)).mean() < 4
     )  # JPEG re-encode
+    from midol_cli.data.phash import hamming, phash  # the ingest-time hash (a coarse read) finds the tile
+
+    row_hash = by_id.loc[sample["__key__"], "phash"]
+    assert len(row_hash) == 16 and hamming(row_hash, phash(decode_image(sample["jpg"], "jpg"))) <= 8
 
 
 def test_any_manifest_reader_gets_a_tile_from_its_path(slides, tmp_path):

@@ -32,7 +32,13 @@ def slide_pixels(
 
 
 def _levels(img: np.ndarray, factors: tuple[int, ...]) -> list[np.ndarray]:
-    return [img[::f, ::f].copy() for f in factors]
+    """The pyramid as a scanner writes it: each level the mean of f x f blocks of level 0."""
+    out = []
+    for f in factors:
+        h, w = img.shape[0] // f * f, img.shape[1] // f * f
+        blocks = img[:h, :w].reshape(h // f, f, w // f, f, 3).astype(np.float32).mean(axis=(1, 3))
+        out.append(np.rint(blocks).astype(np.uint8))
+    return out
 
 
 def write_svs(

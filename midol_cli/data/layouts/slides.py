@@ -236,7 +236,7 @@ def _entries(rel: str, res: dict[str, Any], s: Any, label: str, group: str) -> l
         "magnification": res["magnification"],
     }
     out: list[Entry] = []
-    for x, y, frac in res["tiles"]:
+    for x, y, frac, *ph in res["tiles"]:
         ident = f"{res['sha256']}:{x}:{y}:{res['level']}:{res['read']}:{s.tile}"
         dec = {
             "width": s.tile,
@@ -246,7 +246,7 @@ def _entries(rel: str, res: dict[str, Any], s: Any, label: str, group: str) -> l
             "format": "WSI",
             "intensity": "",
             "sha256": hashlib.sha256(ident.encode()).hexdigest(),
-            "phash": "",
+            "phash": ph[0] if ph else "",
             "bytes": res["bytes"],
             "mtime_ns": res["mtime_ns"],
             "status": "ok",
