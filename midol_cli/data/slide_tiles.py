@@ -55,7 +55,8 @@ def sample_tiles(n: int, k: int, seed: int, rel: str) -> list[int]:
 
 
 def tile_slide(abs_path: str, rel: str, settings: TileSettings, qc_png: str | None) -> dict[str, Any]:
-    """``{"status": "ok", "tiles": [[x, y, fraction, phash], ...], ...}`` or ``{"status": "rejected", ...}``."""
+    """``{"status": "ok", "tiles": [[x, y, fraction, phash], ...], ...}``, or ``{"status": "rejected",
+    "reason": ...}``."""
     rec: dict[str, Any] = {"status": "rejected", "reason": "", "tiles": []}
     try:
         st = os.stat(abs_path)
