@@ -336,3 +336,88 @@ def direct_decode_works() -> bool:
     except Exception:  # noqa: BLE001 - any failure means: use the ordinary decode
         return False
     return True
+
+
+# ---------------------------------------------------------------- does the data fill the frame?
+
+# Fewest bits a block can take: sequential Huffman codes a DC difference and an EOB (each a code of at
+# least 1 bit); progressive Huffman at least the DC difference of its first scan (its AC scans can skip
+# runs of empty blocks). Arithmetic and lossless coding have no such floor: not checked.
+_MIN_BITS_PER_BLOCK = {0xC0: 2, 0xC1: 2, 0xC2: 1}
+
+
+def coded_data_problem(data: bytes) -> str:
+    """Why a JPEG's entropy-coded data cannot hold the frame its header claims ("" when it can, or when
+    the file is not one this check reads). libjpeg pads a scan that ends early and reports it only as a
+    warning that Pillow drops, so a 64 x 64 image whose header claims 13000 x 13000 decodes, without an
+    error, into 13000 x 13000 mostly made-up pixels. Every block costs at least
+    ``_MIN_BITS_PER_BLOCK`` bits, so a file with fewer coded bytes than that is cut short."""
+    try:
+        frame, coded = _frame_and_coded_bytes(data)
+    except (IndexError, struct.error, ValueError):
+        return ""
+    if frame is None or frame[0] not in _MIN_BITS_PER_BLOCK:
+        return ""
+    marker, width, height, factors = frame
+    hmax, vmax = max(f[0] for f in factors), max(f[1] for f in factors)
+    # Each component's own size (ITU T.81 A.1.1: ceil(X * H / Hmax)), in 8 x 8 blocks.
+    blocks = sum(_ceil(_ceil(width * hs, hmax), 8) * _ceil(_ceil(height * vs, vmax), 8) for hs, vs in factors)
+    need = blocks * _MIN_BITS_PER_BLOCK[marker] // 8
+    if coded >= need:
+        return ""
+    return (f"truncated image (its header claims {width} x {height}, which needs at least {need} bytes of "
+            f"image data; the file holds {coded})")
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _frame_and_coded_bytes(data: bytes) -> tuple[tuple[int, int, int, list[tuple[int, int]]] | None, int]:
+    """((SOF marker, width, height, [(h, v) sampling per component]) or None, entropy-coded bytes)."""
+    if not data.startswith(_SOI):
+        return None, 0
+    frame = None
+    coded = 0
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None, 0  # not a marker where one belongs: the decoder will say what is wrong
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seg_end = i + 2 + struct.unpack_from(">H", data, i + 2)[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and frame is None:
+            height, width, ncomp = struct.unpack_from(">HHB", data, i + 5)
+            factors = [(data[i + 11 + 3 * c] >> 4, data[i + 11 + 3 * c] & 15) for c in range(ncomp)]
+            if not factors or min(min(f) for f in factors) < 1:
+                return None, 0
+            frame = (marker, width, height, factors)
+        if marker == 0xDA:
+            end = _entropy_end(data, seg_end)
+            coded += end - seg_end
+            i = end
+            continue
+        i = seg_end
+    return frame, coded
+
+
+def _entropy_end(data: bytes, pos: int) -> int:
+    """Offset of the first marker after entropy-coded data starting at ``pos`` (a data 0xFF is followed
+    by 00, a restart marker by D0..D7: both belong to the data)."""
+    n = len(data)
+    while True:
+        j = data.find(b"\xff", pos)
+        if j < 0 or j + 1 >= n:
+            return n
+        nxt = data[j + 1]
+        if nxt == 0 or 0xD0 <= nxt <= 0xD7:
+            pos = j + 2
+            continue
+        return j

@@ -358,11 +358,17 @@ def _decode_pil(data: bytes, max_pixels: int, draft_side: int | None = None) -> 
         except Exception:  # a plugin choking on a damaged header
             raise ImageRejected("not an image") from None
         w, h = img.size
-        if w * h > max_pixels:
+        if w * h > max_pixels:  # the header's claim, before a byte is decoded
             raise ImageRejected(f"over pixel cap ({w} x {h})")
         if w <= 0 or h <= 0:
             raise ImageRejected("not an image")
         fmt = _FORMAT_NAMES.get(img.format or "", img.format or "UNKNOWN")
+        if img.format == "JPEG":
+            from midol_cli.data.jpeg_roi import coded_data_problem
+
+            problem = coded_data_problem(data)  # a header claiming more pixels than its data holds
+            if problem:
+                raise ImageRejected(problem)
         if draft_side and img.format == "JPEG" and min(w, h) >= 2 * draft_side:
             f = draft_side / min(w, h)
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB",
@@ -374,6 +380,9 @@ def _decode_pil(data: bytes, max_pixels: int, draft_side: int | None = None) -> 
         except Exception as e:
             msg = str(e).lower()
             raise ImageRejected("truncated image" if "truncat" in msg else "corrupt image data") from None
+        if img.size != (w, h) and img.format != "JPEG":  # (a JPEG draft decodes smaller on purpose)
+            raise ImageRejected(f"corrupt image data (decoded {img.width} x {img.height}, its header claims "
+                                f"{w} x {h})")
         bits = _pil_source_bits(img, data)
         try:
             # Phone-camera photos (dermoscopy) store rotation in EXIF; honour it

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -376,3 +377,55 @@ def test_segmentation_reads_through_the_readers_decoder(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(ImageRejected):
         open_rgb(str(tmp_path / "bad.png"), 10**6, None)
+
+
+def _lying_jpeg(claim: tuple[int, int], size: int = 64, **save) -> bytes:
+    """A ``size`` x ``size`` JPEG whose frame header claims ``claim`` (width, height)."""
+    import struct
+
+    buf = io.BytesIO()
+    rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(buf, "JPEG", **save)
+    data = bytearray(buf.getvalue())
+    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    struct.pack_into(">HH", data, sof + 5, claim[1], claim[0])
+    return bytes(data)
+
+
+@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"optimize": True, "subsampling": 0}])
+def test_a_jpeg_whose_header_claims_more_than_its_data_is_rejected(tmp_path, save):
+    """A 64 x 64 JPEG whose header says 13000 x 13000 decoded (libjpeg pads a short scan, Pillow drops
+    the warning) into a 13000 x 13000 image of made-up pixels (issue 25.12). The pixel cap applies to the
+    header's claim before any decoding, and data too short for the claimed frame is a reject."""
+    data = _lying_jpeg((13000, 13000), **save)
+    with pytest.raises(readers.ImageRejected) as e:
+        readers.decode_bytes(data, "liar.jpg")
+    assert e.value.reason.startswith("truncated image (its header claims 13000 x 13000, which needs at least ")
+    with pytest.raises(readers.ImageRejected, match=r"^over pixel cap \((13000 x 13000|169000000 pixels)\)$"):
+        readers.decode_bytes(data, "liar.jpg", max_pixels=10_000)
+    (tmp_path / "raw" / "a").mkdir(parents=True)
+    (tmp_path / "raw" / "a" / "liar.jpg").write_bytes(data)
+    Image.new("RGB", (20, 20)).save(tmp_path / "raw" / "a" / "fine.jpg")
+    from midol_cli.data.ingest import ingest_folder, reason_class
+    from midol_cli.data.manifest import read_manifest
+
+    ingest_folder(tmp_path / "raw", "fundus", out=tmp_path / "m.parquet", workers=1)
+    df, _ = read_manifest(tmp_path / "m.parquet")
+    rows = dict(zip(df["path"], zip(df["status"], df["reason"], df["width"], strict=True), strict=True))
+    assert rows["a/fine.jpg"] == ("ok", "", 20)
+    assert rows["a/liar.jpg"][0] == "rejected" and reason_class(rows["a/liar.jpg"][1]) == "truncated image"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("save", [{}, {"optimize": True}, {"progressive": True, "optimize": True},
+                                  {"subsampling": 0, "optimize": True}, {"quality": 5, "optimize": True}])
+def test_the_data_check_never_refuses_a_real_jpeg(mode, save):
+    """The cheapest real JPEGs (one flat colour, optimised tables: every block at the 1-2 bit floor) pass."""
+    from midol_cli.data.jpeg_roi import coded_data_problem
+
+    for size in ((1, 1), (17, 9), (1024, 768), (3000, 2000)):
+        for value in (0, 128, 255):
+            buf = io.BytesIO()
+            Image.new(mode, size, value if mode == "L" else (value,) * 3).save(buf, "JPEG", **save)
+            assert coded_data_problem(buf.getvalue()) == "", (size, value)
+            assert readers.decode_bytes(buf.getvalue(), "x.jpg").width == size[0]
