@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from midol_cli.eval.results import Task, run_probe_suite
+from midol_cli.progress import Reporter
 from midol_cli.tasks import TaskSpec
 from midol_cli.workflows.probe import probe_log
 
@@ -30,7 +31,7 @@ def _probe(tmp_path, task: Task, labels: list[str], capsys) -> tuple[dict, str]:
     info = {"id": "model-x", "weights": "w", "weights_hash": "0" * 16, "arch": "vit"}
     summary = run_probe_suite(_table(labels), task, tmp_path / task.name, model_info=info, data_hash="h",
                               fractions=(), seeds=(0,), n_boot=20, knn_ks=(),
-                              log=probe_log("model-x", spec, quiet=True))
+                              log=probe_log("model-x", spec, Reporter()))  # plain lines on stderr
     return summary, capsys.readouterr().err
 
 
