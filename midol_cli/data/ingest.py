@@ -41,8 +41,8 @@ from midol_cli.errors import UsageError
 from midol_cli.modalities import check_modality
 
 # Bumped when the reader's output for the same bytes changes, so old manifests are not reused.
-# 2: rows carry a perceptual hash (phash).
-READER_VERSION = 2
+# 2: rows carry a perceptual hash (phash). 3: a JPEG whose data is too short for its header is rejected.
+READER_VERSION = 3
 
 # Fields a decode produces; reused verbatim from an earlier manifest when the file is unchanged.
 _DECODED = (

@@ -112,7 +112,7 @@ def found(rep) -> dict[str, tuple[str, str]]:
 
 def test_ingest_records_a_phash_and_reuses_it(planted, tmp_path):
     df, meta = read_manifest(planted["pre"])
-    assert meta["reader_version"] == 2
+    assert meta["reader_version"] >= 2  # rows carry a phash from version 2 on
     assert df["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
     copy = tmp_path / "pre.parquet"
     shutil.copy(planted["pre"], copy)
