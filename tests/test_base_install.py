@@ -156,3 +156,24 @@ def test_base_install_runs_help_and_ingest(base_venv, tmp_path):
     # The rejects table on stderr names the extra too.
     table = [line for line in out.stderr.splitlines() if "pip install 'midol[dicom]'" in line]
     assert len(table) == 2, out.stderr
+
+
+def test_base_install_runs_quickstart_by_recipe_name(base_venv, tmp_path):
+    """The recipes ship with the package (issue 25.20): from a folder with no recipes/ in it, the installed
+    midol lists them, resolves the README's recipes/smoke.yaml, and runs quickstart with --recipe smoke."""
+    from tests.cli.test_quickstart_cli import TINY
+
+    venv, env = base_venv
+    env = {**env, "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
+    midol = str(venv / "bin" / "midol")
+    listed = _run([midol, "recipes"], env, tmp_path, 120).stdout
+    assert "smoke" in listed and "ablation/no_moe" in listed and "The demo's M-IDoL recipe" in listed
+    shown = _run([midol, "pretrain", "recipes/smoke.yaml", "--print-config"], env, tmp_path, 120).stdout
+    assert "name: smoke" in shown and "arch: resnet10t" in shown
+    _run([midol, "synth", str(tmp_path / "raw"), "--per-class", "6", "--size", "64", "-m", "oct", "-m",
+          "pathology"], env, tmp_path, 300)
+    _run([midol, "quickstart", str(tmp_path / "raw"), "--out", str(tmp_path / "qs"), "--recipe", "smoke", *TINY],
+         env, tmp_path, 900)
+    for rel in ("runs/smoke/recipe.yaml", "runs/smoke/export/encoder.safetensors", "report.md"):
+        assert (tmp_path / "qs" / rel).is_file(), rel
+    assert not (tmp_path / "recipes").exists()
