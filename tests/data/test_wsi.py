@@ -311,3 +311,16 @@ def test_a_reader_that_kills_its_worker_costs_only_its_file():
 
     got = dict(run_isolated(_dies_on_boom, ["a", "boom", "b", "c"], 2, lambda t: f"crashed {t}"))
     assert got == {"a": "A", "boom": "crashed boom", "b": "B", "c": "C"}
+
+
+def test_dicom_files_that_are_not_slides_are_each_rejected_never_dropped(tmp_path):
+    from test_volumes import frames_of, write_opt
+
+    raw = tmp_path / "raw"
+    (raw / "s").mkdir(parents=True)
+    for name in ("a.dcm", "b.dcm"):
+        write_opt(raw / "s" / name, frames_of(1))
+    s = ingest_folder(raw, "pathology", layout="slides", out=tmp_path / "m.parquet", workers=1)
+    df, _ = read_manifest(tmp_path / "m.parquet")
+    assert sorted(df["path"]) == ["s/a.dcm", "s/b.dcm"] and s["rejected"] == 2
+    assert all(r.startswith("not a slide") for r in df["reason"])

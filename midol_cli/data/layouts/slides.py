@@ -74,8 +74,7 @@ def tile_settings(extra: dict[str, str], seed: int) -> Any:
 
 def walk_slides(root: Path) -> list[str]:
     """Files that may be slides (slide extensions, and .tif/.tiff/.dcm to check by content), sorted.
-    Hidden entries and MIRAX's data folders (beside each .mrxs) are skipped; of a folder's .dcm files only
-    the first is a candidate (a DICOM WSI's levels are the folder's files: one slide per folder)."""
+    Hidden entries and MIRAX's data folders (beside each .mrxs) are skipped."""
     from midol_cli.data.wsi import MAYBE_SLIDE_EXTENSIONS, SLIDE_EXTENSIONS
 
     found: list[str] = []
@@ -83,17 +82,36 @@ def walk_slides(root: Path) -> list[str]:
         mrxs = {os.path.splitext(f)[0] for f in filenames if f.lower().endswith(".mrxs")}
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in mrxs)
         rel_dir = os.path.relpath(dirpath, root)
-        dicom_seen = False
         for fn in sorted(filenames):
             ext = os.path.splitext(fn)[1].lower()
             if fn.startswith(".") or ext not in SLIDE_EXTENSIONS | MAYBE_SLIDE_EXTENSIONS:
                 continue
-            if ext == ".dcm":  # a DICOM WSI is a folder of files; OpenSlide opens it from any one of them
-                if dicom_seen:
-                    continue
-                dicom_seen = True
             found.append((fn if rel_dir == "." else f"{rel_dir}/{fn}").replace(os.sep, "/"))
     return sorted(found)
+
+
+def dicom_series(root: Path, files: list[str]) -> tuple[list[str], set[str]]:
+    """(candidates, files of DICOM WSI series left out): a DICOM WSI is a folder of files (its levels)
+    that OpenSlide opens from any one of them, so of a folder whose first .dcm is a DICOM slide only that
+    file is a candidate; other .dcm files stay candidates of their own (a stray X-ray is then rejected as
+    "not a slide", never dropped)."""
+    from midol_cli.data import wsi
+
+    first: dict[str, str] = {}
+    for f in files:
+        if f.lower().endswith(".dcm"):
+            first.setdefault(f.rpartition("/")[0], f)
+    series: set[str] = set()
+    for folder, f in first.items():
+        try:
+            is_wsi = wsi.slide_format(root / f) == "dicom"
+        except Exception:  # no OpenSlide: each file is rejected with the missing extra's line
+            is_wsi = False
+        if is_wsi:
+            series |= {
+                g for g in files if g.lower().endswith(".dcm") and g.rpartition("/")[0] == folder and g != f
+            }
+    return [f for f in files if f not in series], series
 
 
 class SlidesLayout(Layout):
@@ -127,10 +145,16 @@ class SlidesLayout(Layout):
                     return False
         return False
 
+    def __init__(self) -> None:
+        self._series: set[str] = set()  # the last scan's DICOM WSI files beside the one it opened
+
     def auxiliary(self, path: str) -> bool:
         from midol_cli.data.wsi import MAYBE_SLIDE_EXTENSIONS, SLIDE_EXTENSIONS
 
-        return os.path.splitext(path)[1].lower() in SLIDE_EXTENSIONS | MAYBE_SLIDE_EXTENSIONS
+        return (
+            os.path.splitext(path)[1].lower() in SLIDE_EXTENSIONS | MAYBE_SLIDE_EXTENSIONS
+            or path in self._series
+        )
 
     def scan(self, root: Path, opts: LayoutOptions) -> list[Entry]:
         from midol_cli.data.parts import parse_part, part_of
@@ -140,7 +164,8 @@ class SlidesLayout(Layout):
         part = parse_part(extra.pop("part", None))
         settings = tile_settings(extra, opts.seed)
         table = _slide_table(opts) if opts.labels else None
-        slides = [s for s in walk_slides(root) if part_of(s, part)]
+        found, self._series = dicom_series(root, walk_slides(root))
+        slides = [s for s in found if part_of(s, part)]
         results = tile_all(root, slides, settings, opts)
         entries: list[Entry] = []
         lines: list[str] = []
