@@ -29,6 +29,9 @@ def test_a_none_metric_prints_as_n_a(tmp_path, monkeypatch, capsys):
 
 
 def test_quickstart_logs_a_none_metric_as_n_a():
-    from midol_cli.api._quickstart import _num
+    try:  # quickstart's work is moving from api/ to workflows/ (the settings rewrite)
+        from midol_cli.workflows.quickstart import _num
+    except ImportError:
+        from midol_cli.api._quickstart import _num
 
     assert (_num(None), _num(0.81234)) == ("n/a", "0.8123")

@@ -253,3 +253,42 @@ def test_probe_on_a_one_class_test_split_is_one_usage_line(tmp_path, monkeypatch
     assert ex.value.code == 2 and "Traceback" not in err
     lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) == 1 and "holds only the class 'a'" in lines[0], err
+
+
+def test_probe_prints_n_a_for_an_auroc_the_test_split_cannot_define(tmp_path):
+    """A multi-label test split where no label has both positive and negative images: the probe runs
+    (other labels may be scorable elsewhere) and its summary line says n/a, never a TypeError traceback."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from midol_cli.recipes import PretrainRecipe, load_recipe
+    from midol_cli.train.outputs import export_initial
+
+    root = Path(__file__).resolve().parents[2]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["file,x,y,split"]
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(raw / f"i{i:02d}.png")
+        split = ("train", "train", "val", "test", "train")[i % 5]
+        x, y = (1, 0) if split == "test" else (i % 2, 1 - i % 2)  # test: every image x only
+        lines.append(f"i{i:02d}.png,{x},{y},{split}")
+    _write(tmp_path / "labels.csv", "\n".join(lines) + "\n")
+    task = _write(tmp_path / "ml.yaml", (
+        "name: ml\nmodality: dermoscopy\nlabel_type: multilabel\nclasses: [x, y]\nlabels: labels.csv\n"
+        "path_column: file\nlabel_column: [x, y]\nsplit_column: split\n"))
+    recipe = load_recipe(PretrainRecipe, root / "recipes" / "smoke.yaml", ["data.modalities=[dermoscopy]"])
+    export_initial(recipe, tmp_path / "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-m", "midol_cli", "probe", "--task", str(task), "--weights",
+                          str(tmp_path / "model"), "--data", str(raw), "--out", str(tmp_path / "r"),
+                          "--fractions", "1.0", "--seeds", "1", "--n-boot", "20", "--workers", "0"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((tmp_path / "r" / "model" / "ml" / "summary.json").read_text())
+    assert s["protocols"]["linear"]["metrics"]["auroc"]["value"] is None
+    assert "ml / model: linear auroc n/a [n/a, n/a]" in res.stdout + res.stderr
