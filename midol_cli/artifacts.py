@@ -384,8 +384,8 @@ def _foreign_globals(path: Path) -> list[str]:
         from torch import _weights_only_unpickler as wou
         from torch.serialization import get_safe_globals
 
-        allowed = set(wou._get_allowed_globals()) | {f"{g.__module__}.{g.__qualname__}"
-                                                     for g in get_safe_globals() if hasattr(g, "__qualname__")}
+        extra = {f"{g.__module__}.{g.__qualname__}" for g in get_safe_globals() if hasattr(g, "__qualname__")}
+        allowed = set(wou._get_allowed_globals()) | extra
     except (ImportError, AttributeError):  # another torch: anything outside torch and collections is code
         allowed = set()
     found: list[str] = []

@@ -132,8 +132,8 @@ def output_lock(out: str | os.PathLike[str], what: str = "output",
                 who = (f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
                        if pid is not None else "another process")
                 raise UsageError(
-                    f"{what} '{out}' is being written by another midol run ({who}, lock '{path}'); wait for it "
-                    "to finish, or choose another --out (remove the lock file only if that run is gone)")
+                    f"{what} '{out}' is being written by another midol run ({who}, lock '{path}'); wait for "
+                    "it to finish, or choose another --out (remove the lock file only if that run is gone)")
         if fd is not None:
             break
     if fd is None:

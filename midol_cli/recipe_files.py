@@ -96,8 +96,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), example: str = "re
     path = resolve_recipe(path) if what == "recipe" and not _seen else Path(path)
     if not path.is_file():
         names = ", ".join(packaged_recipes()) if what == "recipe" else ""
-        raise UsageError(f"{what} '{path}' does not exist; pass a YAML file such as {example}"
-                         + (f" or a shipped recipe's name ({names}; `midol recipes` lists them)" if names else ""))
+        shipped = f" or a shipped recipe's name ({names}; `midol recipes` lists them)" if names else ""
+        raise UsageError(f"{what} '{path}' does not exist; pass a YAML file such as {example}{shipped}")
     if path.resolve() in _seen:
         raise UsageError(f"{what} '{path}' inherits from itself")
     if len(_seen) >= MAX_INHERIT_DEPTH:

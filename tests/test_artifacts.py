@@ -52,6 +52,7 @@ def test_atomic_writes_respect_the_umask(tmp_path):
             os.umask(old)
         assert (tmp_path / f"a{mask}.json").stat().st_mode & 0o777 == mode
         assert (tmp_path / f"c{mask}.bin").stat().st_mode & 0o777 == mode
-        assert tmp.stat().st_mode & 0o777 == mode and tmp.name.startswith(".b.bin.") and tmp.name.endswith(".tmp")
+        assert tmp.stat().st_mode & 0o777 == mode
+        assert tmp.name.startswith(".b.bin.") and tmp.name.endswith(".tmp")
         tmp.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a18.json", "a23.json", "c18.bin", "c23.bin"]

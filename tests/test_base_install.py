@@ -172,8 +172,8 @@ def test_base_install_runs_quickstart_by_recipe_name(base_venv, tmp_path):
     assert "name: smoke" in shown and "arch: resnet10t" in shown
     _run([midol, "synth", str(tmp_path / "raw"), "--per-class", "6", "--size", "64", "-m", "oct", "-m",
           "pathology"], env, tmp_path, 300)
-    _run([midol, "quickstart", str(tmp_path / "raw"), "--out", str(tmp_path / "qs"), "--recipe", "smoke", *TINY],
-         env, tmp_path, 900)
+    _run([midol, "quickstart", str(tmp_path / "raw"), "--out", str(tmp_path / "qs"), "--recipe", "smoke",
+          *TINY], env, tmp_path, 900)
     for rel in ("runs/smoke/recipe.yaml", "runs/smoke/export/encoder.safetensors", "report.md"):
         assert (tmp_path / "qs" / rel).is_file(), rel
     assert not (tmp_path / "recipes").exists()

@@ -34,7 +34,8 @@ def test_a_held_lock_stops_a_second_writer_naming_the_holder(tmp_path):
     out = tmp_path / "m.parquet"
     child = hold_in_child(out)
     try:
-        with pytest.raises(UsageError, match=rf"'{out}' is being written by another midol run \(pid {child.pid}, "):
+        busy = rf"'{out}' is being written by another midol run \(pid {child.pid}, "
+        with pytest.raises(UsageError, match=busy):
             with output_lock(out, "manifest"):
                 pass
         assert lock_path(out).read_text().split() == [str(child.pid), socket.gethostname()]

@@ -202,8 +202,9 @@ def _ingest_folder(
         log(f"ingest: {len(files)} image files under {root} (layout {lay.name})")
     entries, duplicate_listings, label_conflicts, unlisted = _scan_entries(lay, root, opts, files)
     if not entries:
-        raise UsageError(f"no images in '{raw}' (midol reads {', '.join(sorted(readers.SUPPORTED_EXTENSIONS))} "
-                         "or DICOM files, in the folder or its sub-folders)")
+        exts = ", ".join(sorted(readers.SUPPORTED_EXTENSIONS))
+        raise UsageError(f"no images in '{raw}' (midol reads {exts} or DICOM files, in the folder or its "
+                         "sub-folders)")
     if unlabelled_note:
         log(f"ingest: {unlabelled_note}")
 
@@ -346,13 +347,18 @@ def _scan_entries(lay: Layout, root: Path, opts: LayoutOptions, files: list[str]
             e.reason = _present_but_unsupported(root, e.path) or e.reason
         entries[e.path] = e
     for path, labels in conflicts.items():
-        entries[path].reason = "conflicting labels (listed as " + " and as ".join(f"'{x}'" for x in labels) + ")"
+        entries[path].reason = f"conflicting labels (listed as {_as_and(labels)})"
     unlisted = 0
     for f in files:
         if f not in entries and not lay.auxiliary(f):
             entries[f] = Entry(f, "", [], strip_ext(f), None)
             unlisted += 1
     return entries, repeats, conflicts, unlisted
+
+
+def _as_and(labels: list[str]) -> str:
+    """"'cat' and as 'dog'": the labels a file was listed with."""
+    return " and as ".join(f"'{x}'" for x in labels)
 
 
 def _build_frame(
@@ -483,9 +489,9 @@ def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[s
     conflicts = summary.get("label_conflicts") or {}
     if conflicts:
         path, labels = next(iter(conflicts.items()))
-        w.append(f"label conflict: {len(conflicts)} file{'s are' if len(conflicts) > 1 else ' is'} listed more "
-                 f"than once with different labels (e.g. '{path}' as " + " and as ".join(f"'{x}'" for x in labels)
-                 + "); rejected as 'conflicting labels': fix the listing")
+        are = "files are" if len(conflicts) > 1 else "file is"
+        w.append(f"label conflict: {len(conflicts)} {are} listed more than once with different labels (e.g. "
+                 f"'{path}' as {_as_and(labels)}); rejected as 'conflicting labels': fix the listing")
     if summary["duplicates_across_splits"]:
         w.append(
             f"leakage: {summary['duplicates_across_splits']} exact duplicate images sit in a different "

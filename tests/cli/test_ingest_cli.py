@@ -146,14 +146,16 @@ def test_a_second_ingest_into_the_same_out_is_refused_naming_the_first(tmp_path,
     out = tmp_path / "out" / "derm.parquet"
     child = hold_in_child(out)
     try:
-        code, _, err = midol(capsys, monkeypatch, "ingest", str(raw), "--modality", "dermoscopy", "--out", str(out))
+        code, _, err = midol(capsys, monkeypatch, "ingest", str(raw), "--modality", "dermoscopy", "--out",
+                             str(out))
     finally:
         child.kill()
         child.wait()
     assert code == 2 and err.strip().count("\n") == 0, err
     assert f"manifest '{out}' is being written by another midol run (pid {child.pid}" in err
     assert not out.exists()
-    code, stdout, err = midol(capsys, monkeypatch, "ingest", str(raw), "--modality", "dermoscopy", "--out", str(out))
+    code, stdout, err = midol(capsys, monkeypatch, "ingest", str(raw), "--modality", "dermoscopy", "--out",
+                              str(out))
     assert code == 0 and out.is_file(), err
     assert f"of pid {child.pid} on " in stdout + err and "no longer running" in stdout + err
     assert not (tmp_path / "out" / "derm.parquet.lock").exists()
@@ -161,16 +163,19 @@ def test_a_second_ingest_into_the_same_out_is_refused_naming_the_first(tmp_path,
 
 def test_a_flat_folder_of_images_ingests_unlabelled_with_auto(tmp_path, capsys, monkeypatch):
     """The usual pre-training archive (images, no class folders) failed with "could not recognise the
-    layout" unless the user guessed --layout imagefolder (issue 25.16): auto takes it, unlabelled, and says so."""
+    layout" unless the user guessed --layout imagefolder (issue 25.16): auto takes it, unlabelled, and says
+    so."""
     flat = tmp_path / "archive"
     flat.mkdir()
     for i in range(3):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(flat / f"x{i}.png")
     out = tmp_path / "m.parquet"
-    code, stdout, stderr = midol(capsys, monkeypatch, "ingest", str(flat), "--modality", "xray", "--out", str(out))
+    code, stdout, stderr = midol(capsys, monkeypatch, "ingest", str(flat), "--modality", "xray", "--out",
+                                 str(out))
     assert code == 0, stderr
     said = stdout + stderr
-    assert f"no dataset layout and no class sub-folders in '{flat}': its images are ingested unlabelled" in said
+    assert f"no dataset layout and no class sub-folders in '{flat}': its images are ingested unlabelled" \
+        in said
     import pandas as pd
 
     df = pd.read_parquet(out)

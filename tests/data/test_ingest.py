@@ -246,7 +246,8 @@ def test_user_errors(tmp_path):
     write_image(flat / "a.png")
     lines: list[str] = []
     s = ingest_folder(flat, "fundus", out=out, workers=1, log=lines.append)  # auto: unlabelled (issue 25.16)
-    assert s["per_label_split"] == {"(unlabelled)": {"train": 1, "val": 0, "test": 0}} and s["layout"] == "imagefolder"
+    assert s["per_label_split"] == {"(unlabelled)": {"train": 1, "val": 0, "test": 0}}
+    assert s["layout"] == "imagefolder"
     note = f"no dataset layout and no class sub-folders in '{flat}': its images are ingested unlabelled"
     assert s["warnings"][0].startswith(note) and any(line.startswith(f"ingest: {note}") for line in lines)
     s = ingest_folder(flat, "fundus", out=out, layout="imagefolder", workers=1)

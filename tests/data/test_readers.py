@@ -400,7 +400,8 @@ def test_a_jpeg_whose_header_claims_more_than_its_data_is_rejected(tmp_path, sav
     data = _lying_jpeg((13000, 13000), **save)
     with pytest.raises(readers.ImageRejected) as e:
         readers.decode_bytes(data, "liar.jpg")
-    assert e.value.reason.startswith("truncated image (its header claims 13000 x 13000, which needs at least ")
+    assert e.value.reason.startswith("truncated image (its header claims 13000 x 13000, which needs at "
+                                     "least ")
     with pytest.raises(readers.ImageRejected, match=r"^over pixel cap \((13000 x 13000|169000000 pixels)\)$"):
         readers.decode_bytes(data, "liar.jpg", max_pixels=10_000)
     (tmp_path / "raw" / "a").mkdir(parents=True)
