@@ -28,12 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from midol_cli.distributed import DistInfo, cleanup, gather_objects, init_distributed, on_main
+from midol_cli.distributed import DistInfo, gather_objects, on_main
 from midol_cli.errors import UsageError
-from midol_cli.recipes import FinetuneRecipe, augment_for, recipe_hash
+from midol_cli.recipes import FinetuneRecipe, augment_for
 from midol_cli.train import engine
 from midol_cli.train.engine import default_run_dir, protocol_name  # noqa: F401  (public here too)
-from midol_cli.train.supervised import fit_supervised
 
 BEST_FORMAT = "midol-finetune-best-2"
 CKPT_KIND = "finetune"
@@ -79,7 +78,8 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
     src = resolve_data(spec, data, cache_root, options)
     if src.is_dir():
         raise UsageError(
-            f"'{data}' is a shard dir; finetune reads images through a manifest: pass the manifest written by "
+            f"'{data}' is a shard dir; finetune reads images through a manifest: pass the manifest written "
+            "by "
             "`midol ingest` (or the raw folder) as --data"
         )
     df, meta = read_manifest(src, only_ok=True)
@@ -184,20 +184,88 @@ def predict(model: Any, loader: Any, di: DistInfo, autocast: Any) -> tuple[np.nd
 
 
 class ClassificationTask:
-    """``train.engine.SupervisedTask`` for single- and multi-label classification."""
+    """Single- and multi-label classification for the supervised driver (``train.supervised.run_supervised``):
+    its data, its model (``Classifier``: encoder + linear head, or the head alone for ``--linear``) and
+    optimiser groups, one batch's loss, validation on the task's primary metric, and test scoring
+    (``eval.scoring``) into ``results/<model>/<task>/`` in the probe's schema."""
 
     kind = CKPT_KIND
     title = "fine-tuning"
     best_format = BEST_FORMAT
 
-    def __init__(self, model: Any, task: Any, protocol: str, y: np.ndarray, val_loader: Any, di: DistInfo,
-                 smoothing: float, class_w: torch.Tensor | None, img_size: int, extra: dict[str, Any]) -> None:
-        self.model, self.task, self.protocol, self.y = model, task, protocol, y
-        self.val_loader, self.di, self.smoothing, self.class_w = val_loader, di, smoothing, class_w
-        self.size, self._extra = img_size, extra
-        self.metric = task.metric
+    def __init__(self, spec: Any, recipe: FinetuneRecipe, di: DistInfo, linear: bool = False,
+                 options: dict[str, str] | None = None, subgroups: tuple[str, ...] | None = None,
+                 min_positives: int | None = None) -> None:
+        self.spec, self.recipe, self.di, self.linear, self.options = spec, recipe, di, linear, options
+        self.subgroups, self.min_positives = subgroups, min_positives
+        self.protocol = self.label = protocol_name(linear)
 
-    def train_loss(self, net: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # ---- data, model, loaders
+    def prepare(self, data: str | Path, say: Any) -> dict[str, np.ndarray]:
+        """Rank 0 ingests a raw folder first (its error reaches every rank); the others then find the
+        cached manifest up to date. Checked before training: the subgroup columns, val rows, and a test
+        split with every class of a single-label task (a one-class test split has no AUROC)."""
+        from midol_cli.eval.subgroups import resolve_columns
+
+        first: list[FinetuneData] = []
+        on_main(lambda: first.append(prepare_data(self.spec, data, options=self.options)))
+        fd = first[0] if first else prepare_data(self.spec, data, options=self.options)
+        self.fd, self.spec = fd, fd.spec
+        self.task = self.spec.eval_task(self.spec.split)
+        self.metric = self.task.metric
+        self.sub_cols = resolve_columns(fd.df, self.spec.subgroups, self.subgroups)
+        idx = {k: fd.index(k) for k in ("train", "val", "test")}
+        if len(idx["val"]) == 0:  # task_data carves val from train; this guards a future change there
+            raise UsageError(f"task {self.spec.name} has no validation rows to select the best epoch on")
+        check_test_classes(fd.y[idx["test"]], self.task, fd.manifest)
+        return idx
+
+    def build(self, eval_model: Any) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+        torch.manual_seed(self.recipe.seed)
+        n_classes = len(self.task.classes)
+        self.model, self.enc_spec = build_classifier(eval_model, n_classes, self.recipe, self.linear)
+        eval_model.encoder = None  # its weights now live in the classifier
+        self.layer_decay = 1.0 if self.linear else self.recipe.optim.layer_decay
+        return self.model, param_groups(self.model, self.recipe.optim.weight_decay, self.layer_decay)
+
+    def loaders(self, idx: dict[str, np.ndarray], micro: int) -> tuple[Any, Any]:
+        from midol_cli.data.rows import LoadImage, RowDataset
+        from midol_cli.data.transforms import EvalTransform, ViewAugment
+        from midol_cli.models.heads import balanced_class_weights
+        from midol_cli.train.data import make_loader
+
+        fd, r, di = self.fd, self.recipe, self.di
+        aug = augment_for(r.augment, self.spec.modality)
+        size, mean, std = self.enc_spec.img_size, self.enc_spec.mean, self.enc_spec.std
+        self.size, paths = size, fd.df["path"].astype(str).tolist()
+
+        def rows(ix: np.ndarray, tf: Any) -> RowDataset:
+            return RowDataset(ix, LoadImage(fd.root, paths, tf, fd.y), lambda k: paths[k])
+
+        eval_tf = EvalTransform(size, mean, std)
+        train_ds = rows(idx["train"], ViewAugment(aug, size, aug.crop_scale, mean, std))
+        per_rank = math.ceil(len(train_ds) / di.world_size)
+        train = make_loader(train_ds, micro, r.num_workers, di, shuffle=True, seed=r.seed,
+                            drop_last=per_rank >= 2 * micro)
+        self.val_loader, _ = make_loader(rows(idx["val"], eval_tf), micro, r.num_workers, di, shuffle=False,
+                                         seed=r.seed)
+        self.test_loader, _ = make_loader(rows(idx["test"], eval_tf), micro, r.num_workers, di, shuffle=False,
+                                          seed=r.seed)
+        lt, self.class_w = self.task.label_type, None
+        if r.class_balanced:
+            w = balanced_class_weights(fd.y[idx["train"]], len(self.task.classes), lt)
+            self.class_w = w.to(di.device)
+        self.smoothing = 0.0 if lt == "multilabel" else r.label_smoothing
+        return train
+
+    def run_info(self, model_info: dict[str, Any]) -> dict[str, Any]:
+        return {"stage": "finetune", "protocol": self.protocol, "task": self.spec.name,
+                "task_options": dict(self.options or {}), "model": model_info,
+                "manifest": str(self.fd.manifest.resolve()), "data_hash": self.fd.data_hash,
+                "encoder": self.enc_spec.to_dict()}
+
+    # ---- what the engine asks for
+    def train_loss(self, net: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         from midol_cli.models.heads import classification_loss
 
         x = batch["x"].to(self.di.device, non_blocking=True)
@@ -223,7 +291,7 @@ class ClassificationTask:
         v_idx, v_logits, bad = predict(self.model, self.val_loader, self.di, autocast)
         if not len(v_idx):
             return float("nan"), {}, bad
-        yv = self.y[v_idx]
+        yv = self.fd.y[v_idx]
         lt = torch.as_tensor(v_logits)
         # val loss without smoothing or class weights: comparable across recipes
         val_loss = float(classification_loss(lt, torch.as_tensor(yv), self.task.label_type, 0.0, None))
@@ -235,7 +303,63 @@ class ClassificationTask:
         return {"task": self.task.name, "protocol": self.protocol}
 
     def extra(self) -> dict[str, Any]:
-        return dict(self._extra)
+        return {"model_id": self.model_id, "classes": list(self.task.classes),
+                "label_type": self.task.label_type,
+                "encoder_spec": self.enc_spec.to_dict(), "data_hash": self.fd.data_hash}
+
+    # ---- test, with the best epoch loaded
+    def test(self, run: Any, say: Any) -> dict[str, Any]:
+        """Scores the test split (``eval.scoring``) and writes the results; ``{}`` on ranks other than 0."""
+        from midol_cli.eval.scoring import plot_test, score_test
+        from midol_cli.models.heads import predict_proba
+
+        fd, task, r = self.fd, self.task, self.recipe
+        t_idx, t_logits, bad_test = predict(self.model, self.test_loader, self.di, run.autocast)
+        engine.report_bad(bad_test, "test", say)
+        # the best epoch's validation predictions: operating-point thresholds are chosen on them
+        v_idx, v_logits, _ = predict(self.model, self.val_loader, self.di, run.autocast)
+        if not self.di.is_main:
+            return {}
+        if len(t_idx) == 0:
+            raise UsageError(f"no test image of task {self.spec.name} could be read")
+        probs = predict_proba(torch.as_tensor(t_logits), task.label_type).numpy()
+        v_probs = predict_proba(torch.as_tensor(v_logits), task.label_type).numpy()
+        block = score_test(fd.df, fd.y, fd.groups, t_idx, probs, task, val=(fd.y[v_idx], v_probs),
+                           subgroups=self.sub_cols, group_unit=self.spec.group_unit,
+                           aggregation=self.spec.aggregation, min_positives=self.min_positives,
+                           n_boot=r.n_boot, seed=r.seed)
+        block.update({**run.block(), "train_mode": "linear" if self.linear else "full",
+                      "layer_decay": self.layer_decay, "img_size": self.size,
+                      "skipped_unreadable_test": len(bad_test), "val_source": fd.val_source,
+                      "notes": list(fd.notes)})
+        from midol_cli.eval.protocols import merge_predictions, write_protocol
+
+        out_dir = run.out_dir
+        summary = write_protocol(out_dir, self.protocol, block, task, run.model_info, data_hash=fd.data_hash,
+                                 n={**run.n, "test": len(t_idx)}, val_source=fd.val_source, notes=fd.notes,
+                                 recipe=r)
+        merge_predictions(out_dir, self.protocol, task, self.model_id,
+                          sample_ids=fd.df["sample_id"].astype(str).to_numpy()[t_idx].tolist(),
+                          groups=[str(g) for g in fd.groups[t_idx]],
+                          labels=fd.df["label"].astype(str).to_numpy()[t_idx].tolist(), probs=probs,
+                          seed=r.seed)
+        title = f"{task.name}: {self.protocol} (test)"
+        plot_test(out_dir, fd.y[t_idx], probs, task, block, Path(f"confusion_matrix_{self.protocol}.png"),
+                  Path(f"reliability_{self.protocol}.png"), title)
+        return summary
+
+
+def check_test_classes(y_test: np.ndarray, task: Any, source: Any) -> None:
+    """A single-label task's test split must hold every class: with one class, AUROC (and the other
+    ranking metrics) are undefined and the run would report nan after training (issue 25.8)."""
+    if task.label_type == "multilabel" or not len(y_test):
+        return
+    present = {int(v) for v in np.unique(y_test)}
+    if len(present) < 2:
+        only = ", ".join(task.classes[i] for i in sorted(present))
+        raise UsageError(f"the test split of task {task.name} in '{source}' holds only class {only}; "
+                         f"its metrics need at least two of {', '.join(task.classes)}: fix the split or the "
+                         "labels")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -260,194 +384,24 @@ def run_finetune(
     """Fine-tune ``weights`` on task ``spec`` (a ``tasks.TaskSpec``); returns the summary (rank 0; other
     ranks return ``{}``). ``options``: the task's layout options (``tasks.task_options``), used when
     ``data`` is a raw folder; ``lenient``: ``--weights-lenient``; ``subgroups``: metadata columns to
-    report per subgroup (None: the task's own; () none), ``min_positives`` their too-small rule. Segmentation tasks go to
-    ``train.segment.run_segmentation``."""
+    report per subgroup (None: the task's own; () none), ``min_positives`` their too-small rule.
+    Segmentation tasks go to ``train.segment.run_segmentation``; both run
+    ``train.supervised.run_supervised``."""
     if spec.label_type == "segmentation":
         if linear:
-            raise UsageError("--linear applies to classification tasks; segmentation fine-tunes encoder + decoder")
+            raise UsageError("--linear applies to classification tasks; segmentation fine-tunes encoder "
+                             "+ decoder")
         try:
             from midol_cli.train.segment import run_segmentation
         except ModuleNotFoundError as e:
             if e.name and e.name.startswith("midol_cli.train.segment"):
                 raise UsageError("segmentation fine-tuning is not available in this build") from None
             raise
-        return run_segmentation(spec, weights, data, recipe, out_root, name, run_dir, resume, reporter=reporter,
-                                options=options, lenient=lenient)
+        return run_segmentation(spec, weights, data, recipe, out_root, name, run_dir, resume,
+                                reporter=reporter, options=options, lenient=lenient)
+    from midol_cli.train.supervised import run_supervised
 
-    import torch.distributed as dist
-
-    owns_pg = not (dist.is_available() and dist.is_initialized())
-    di = init_distributed()
-    try:
-        return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, linear, di,
-                    reporter or engine.Reporter(), options, lenient, subgroups, min_positives)
-    finally:
-        if owns_pg:
-            cleanup()
-
-
-def _run(spec: Any, weights: str, data: str | Path, recipe: FinetuneRecipe, out_root: Path, name: str | None,
-         run_dir: str | Path | None, resume: str | None, linear: bool, di: DistInfo,
-         reporter: engine.Reporter, options: dict[str, str] | None, lenient: bool = False,
-         subgroups: tuple[str, ...] | None = None, min_positives: int | None = None) -> dict[str, Any]:
-    from midol_cli.data.rows import LoadImage, RowDataset
-    from midol_cli.data.transforms import EvalTransform, ViewAugment
-    from midol_cli.eval.cis import ci_block
-    from midol_cli.eval.models import load_eval_model
-    from midol_cli.models.heads import balanced_class_weights, predict_proba
-    from midol_cli.train.data import make_loader
-    from midol_cli.train.optim import adamw
-
-    def say(msg: str) -> None:
-        if di.is_main:
-            reporter.line(msg)
-
-    protocol = protocol_name(linear)
-    world = di.world_size
-    if recipe.optim.batch_size % world:
-        raise UsageError(f"optim.batch_size={recipe.optim.batch_size} is not divisible by the world size {world}")
-    micro = recipe.optim.batch_size // world
-
-    # Rank 0 ingests a raw folder first (its error reaches every rank); the others then find the
-    # cached manifest up to date.
-    first: list[FinetuneData] = []
-    on_main(lambda: first.append(prepare_data(spec, data, options=options)))
-    fd = first[0] if first else prepare_data(spec, data, options=options)
-    spec = fd.spec
-    task = spec.eval_task(spec.split)
-    from midol_cli.eval.subgroups import resolve_columns
-
-    # checked before training: a misspelt --subgroups column must not cost a fine-tuning run
-    sub_cols = resolve_columns(fd.df, spec.subgroups, subgroups)
-    tr_idx, va_idx, te_idx = fd.index("train"), fd.index("val"), fd.index("test")
-    if len(va_idx) == 0:  # task_data carves val from train; this guards a future change there
-        raise UsageError(f"task {spec.name} has no validation rows to select the best epoch on")
-    if recipe.max_train_samples is not None and len(tr_idx) > recipe.max_train_samples:
-        rng = np.random.default_rng(recipe.seed)
-        tr_idx = np.sort(rng.choice(tr_idx, recipe.max_train_samples, replace=False))
-        fd.notes.append(f"training set capped at {recipe.max_train_samples} rows (max_train_samples)")
-
-    model_info = load_eval_model(weights, name, lenient=lenient)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out_root, model_info.id, spec.name, linear)
-    resume_path = engine.check_run_dir(run_dir, resume)
-
-    torch.manual_seed(recipe.seed)
-    C = len(task.classes)
-    classifier, enc_spec = build_classifier(model_info, C, recipe, linear)
-    model_info.encoder = None  # its weights now live in the classifier
-    classifier = classifier.to(di.device)
-    net: torch.nn.Module = classifier
-    if di.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(classifier, device_ids=[di.device.index] if di.device.type == "cuda" else None)
-    autocast = engine.autocast_for(recipe.precision, di.device)
-
-    oc = recipe.optim
-    peak_lr = oc.lr * oc.batch_size / 256
-    layer_decay = 1.0 if linear else oc.layer_decay
-    optimizer = adamw(param_groups(classifier, oc.weight_decay, layer_decay), peak_lr, oc.betas, di.device)
-
-    aug = augment_for(recipe.augment, spec.modality)
-    size, mean, std = enc_spec.img_size, enc_spec.mean, enc_spec.std
-    paths = fd.df["path"].astype(str).tolist()
-
-    def rows(idx: np.ndarray, tf: Any) -> RowDataset:
-        return RowDataset(idx, LoadImage(fd.root, paths, tf, fd.y), lambda r: paths[r])
-
-    eval_tf = EvalTransform(size, mean, std)
-    train_ds = rows(tr_idx, ViewAugment(aug, size, aug.crop_scale, mean, std))
-    per_rank = math.ceil(len(train_ds) / world)
-    train_loader, sampler = make_loader(train_ds, micro, recipe.num_workers, di, shuffle=True, seed=recipe.seed,
-                                        drop_last=per_rank >= 2 * micro)
-    val_loader, _ = make_loader(rows(va_idx, eval_tf), micro, recipe.num_workers, di, shuffle=False, seed=recipe.seed)
-    test_loader, _ = make_loader(rows(te_idx, eval_tf), micro, recipe.num_workers, di, shuffle=False,
-                                 seed=recipe.seed)
-
-    class_w = None
-    if recipe.class_balanced:
-        class_w = balanced_class_weights(fd.y[tr_idx], C, task.label_type).to(di.device)
-    smoothing = 0.0 if task.label_type == "multilabel" else recipe.label_smoothing
-    ctask = ClassificationTask(classifier, task, protocol, fd.y, val_loader, di, smoothing, class_w, size, {
-        "model_id": model_info.id, "classes": list(task.classes), "label_type": task.label_type,
-        "encoder_spec": enc_spec.to_dict(), "data_hash": fd.data_hash,
-    })
-    say(f"{protocol} {spec.name}: {len(tr_idx)} train / {len(va_idx)} val / {len(te_idx)} test images, "
-        f"{len(train_loader)} steps per epoch x {recipe.epochs} epochs, peak lr {peak_lr:.2e}, {world} process(es)")
-    cfg = engine.FitConfig(run_dir=run_dir, epochs=recipe.epochs, peak_lr=peak_lr, min_lr=oc.min_lr,
-                           warmup_frac=oc.warmup_frac, clip_grad=oc.clip_grad, early_stopping=recipe.early_stopping,
-                           ckpt_every=recipe.ckpt_every, seed=recipe.seed, precision=recipe.precision, label=protocol)
-    run_info = {"stage": "finetune", "protocol": protocol, "task": spec.name, "task_options": dict(options or {}),
-                "model": model_info.info(),
-                "manifest": str(fd.manifest.resolve()), "data_hash": fd.data_hash, "encoder": enc_spec.to_dict()}
-    st = fit_supervised(ctask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
-                        resume_path=resume_path, reporter=reporter)
-
-    # ---- test with the best epoch
-    engine.load_best(ctask, run_dir, di)
-    t_idx, t_logits, bad_test = predict(classifier, test_loader, di, autocast)
-    engine.report_bad(bad_test, "test", say)
-    # the best epoch's validation predictions: operating-point thresholds are chosen on them
-    v_idx, v_logits, _ = predict(classifier, val_loader, di, autocast)
-    if not di.is_main:
-        return {}
-    if len(t_idx) == 0:
-        raise UsageError(f"no test image of task {spec.name} could be read")
-    probs = predict_proba(torch.as_tensor(t_logits), task.label_type).numpy()
-    block = ci_block(fd.y[t_idx], probs, task, groups=fd.groups[t_idx], n_boot=recipe.n_boot, seed=recipe.seed)
-    from midol_cli.eval.calibration import calibration_block, operating_points
-
-    block["calibration"] = calibration_block(fd.y[t_idx], probs, task.label_type, groups=fd.groups[t_idx],
-                                             n_boot=recipe.n_boot, seed=recipe.seed)
-    if len(v_idx):
-        v_probs = predict_proba(torch.as_tensor(v_logits), task.label_type).numpy()
-        block["operating_points"] = operating_points(fd.y[v_idx], v_probs, fd.y[t_idx], probs, task.label_type,
-                                                     task.classes, groups=fd.groups[t_idx], n_boot=recipe.n_boot,
-                                                     seed=recipe.seed)
-    from midol_cli.eval.results import analysis_blocks
-
-    block.update(analysis_blocks(fd.df, fd.y, fd.groups, t_idx, probs, task, subgroups=sub_cols,
-                                 group_unit=spec.group_unit, aggregation=spec.aggregation,
-                                 min_positives=min_positives, n_boot=recipe.n_boot, seed=recipe.seed))
-    block.update({
-        "seeds": [recipe.seed], "train_mode": "linear" if linear else "full", "epochs": recipe.epochs,
-        "epochs_run": st.epoch, "best_epoch": st.best_epoch, "best_val": st.best_finite(),
-        "early_stopped": st.stopped, "peak_lr": peak_lr, "layer_decay": layer_decay, "batch_size": oc.batch_size,
-        "img_size": size, "n_train": len(tr_idx), "skipped_unreadable": st.skipped,
-        "skipped_unreadable_test": len(bad_test), "recipe_hash": recipe_hash(recipe), "data_hash": fd.data_hash,
-        "val_source": fd.val_source, "notes": list(fd.notes), "run_dir": str(run_dir),
-    })
-    out_dir = out_root / model_info.id / spec.name
-    summary = write_results(out_dir, protocol, block, task, model_info.info(), fd, t_idx, probs, recipe,
-                            n={"train": len(tr_idx), "val": len(va_idx), "test": len(t_idx)})
-    summary.update(out_dir=str(out_dir), run_dir=str(run_dir), protocol=protocol)
-    return summary
-
-
-def write_results(out_dir: Path, protocol: str, block: dict[str, Any], task: Any, model_info: dict[str, Any],
-                  fd: FinetuneData, test_rows: np.ndarray, probs: np.ndarray, recipe: FinetuneRecipe,
-                  n: dict[str, int]) -> dict[str, Any]:
-    """``protocol`` into ``out_dir/summary.json`` (``eval.protocols``), its test predictions merged into
-    ``predictions.parquet`` and ``confusion_matrix_<protocol>.png`` drawn."""
-    from midol_cli.eval.protocols import merge_predictions, write_protocol
-
-    summary = write_protocol(out_dir, protocol, block, task, model_info, data_hash=fd.data_hash, n=n,
-                             val_source=fd.val_source, notes=fd.notes, recipe=recipe)
-    merge_predictions(out_dir, protocol, task, model_info["id"],
-                      sample_ids=fd.df["sample_id"].astype(str).to_numpy()[test_rows].tolist(),
-                      groups=[str(g) for g in fd.groups[test_rows]],
-                      labels=fd.df["label"].astype(str).to_numpy()[test_rows].tolist(), probs=probs, seed=recipe.seed)
-    if task.label_type != "multilabel":
-        from midol_cli.eval.metrics import confusion_matrix
-        from midol_cli.plotting import plot_confusion_matrix
-
-        cm = confusion_matrix(fd.y[test_rows], probs, task.classes)
-        plot_confusion_matrix(cm, task.classes, out_dir / f"confusion_matrix_{protocol}.png",
-                              title=f"{task.name}: {protocol} (test)")
-    cal = block.get("calibration")
-    if cal:
-        from midol_cli.plotting import plot_reliability
-
-        plot_reliability(cal["reliability"], out_dir / f"reliability_{protocol}.png",
-                         title=f"{task.name}: {protocol} (test)", ece=cal["ece"]["value"])
-    return summary
+    return run_supervised(
+        lambda di: ClassificationTask(spec, recipe, di, linear, options, subgroups, min_positives),
+        weights, data, recipe, out_root=out_root, name=name, run_dir=run_dir, resume=resume,
+        reporter=reporter, lenient=lenient)

@@ -6,7 +6,8 @@ their images skipped), builds ``models.segmentation.SegmentationModel`` on a ``f
 copy of the ``--weights`` encoder, and hands ``SegmentationTask`` (CE + ``dice_weight`` x soft Dice,
 joint image/mask augmentation from ``train.seg_data``) to the shared engine (``train.engine.fit``:
 AdamW with layer-wise LR decay, per-step warm-up + cosine LR, bf16 autocast on CUDA, the
-non-finite guard, mean val Dice at the input size every epoch, ``best.pt``, early stopping, resume). The best model is then scored on test at each mask's own
+non-finite guard, mean val Dice at the input size every epoch, ``best.pt``, early stopping, resume).
+The best model is then scored on test at each mask's own
 resolution into ``results/<model_id>/<task>/``: ``summary.json`` (protocol ``finetune``, primary
 metric ``dice``, Dice/Jaccard with 95% bootstrap CIs over images), ``predictions.parquet`` (per-image
 Dice/Jaccard) and ``panel.png`` (a few test cases with outlines).
@@ -34,9 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from midol_cli.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, on_main
+from midol_cli.data.readers import DEFAULT_MAX_PIXELS
+from midol_cli.distributed import DistInfo, all_reduce_sum, on_main
 from midol_cli.errors import UsageError
-from midol_cli.recipes import SegmentationRecipe, augment_for, recipe_hash
+from midol_cli.recipes import SegmentationRecipe, augment_for
 from midol_cli.train import engine
 from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data: this module's public entry)
     EvalPairTransform,
@@ -48,7 +50,6 @@ from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data
     open_rgb,
     prepare_segmentation_data,
 )
-from midol_cli.train.supervised import fit_supervised
 
 PROTOCOL = "finetune"
 BEST_FORMAT = "midol-segmentation-best-2"
@@ -109,8 +110,10 @@ def _counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_resized(model: Any, loader: Any, device: torch.device, autocast: Any) -> tuple[dict[int, Any], list]:
-    """Dice/Jaccard at the input size for every item of ``loader``: ``({item index: (dice, jaccard)}, bad)``."""
+def evaluate_resized(model: Any, loader: Any, device: torch.device,
+                     autocast: Any) -> tuple[dict[int, Any], list]:
+    """Dice/Jaccard at the input size for every item of ``loader``:
+    ``({item index: (dice, jaccard)}, bad)``."""
     from midol_cli.eval.segmentation import scores_from_counts
 
     model.eval()
@@ -162,7 +165,8 @@ def evaluate_full_resolution(
         with autocast():
             logits = model(torch.stack(xs).to(device))
         for i, (k, g) in enumerate(zip(chunk, masks, strict=True)):
-            up = F.interpolate(logits[i : i + 1].float(), size=tuple(g.shape), mode="bilinear", align_corners=False)
+            up = F.interpolate(logits[i : i + 1].float(), size=tuple(g.shape), mode="bilinear",
+                               align_corners=False)
             c = _counts(up, g[None].to(device).long())[0].tolist()
             counts.append((int(c[0]), int(c[1]), int(c[2])))
             kept.append(k)
@@ -192,26 +196,83 @@ def panel_cases(model: Any, data: SegData, picks: list[int], dice: dict[int, flo
 
 
 class SegmentationTask:
-    """``train.engine.SupervisedTask`` for binary (lesion / background) segmentation."""
+    """Binary (lesion / background) segmentation for the supervised driver
+    (``train.supervised.run_supervised``): its data (masks checked once), its model (FPN decoder on a
+    ``features_only`` encoder) and optimiser groups, CE + ``dice_weight`` x soft Dice, mean val Dice at
+    the input size, and test scoring at each mask's own resolution."""
 
     kind = CKPT_KIND
     title = "segmentation fine-tuning"
     best_format = BEST_FORMAT
     metric = "dice"
+    protocol = PROTOCOL
+    label = "segment"
 
-    def __init__(self, model: Any, spec: Any, val_loader: Any, di: DistInfo, dice_weight: float, img_size: int,
-                 extra: dict[str, Any]) -> None:
-        self.model, self.spec, self.val_loader, self.di = model, spec, val_loader, di
-        self.dice_weight, self.size, self._extra = dice_weight, img_size, extra
+    def __init__(self, spec: Any, recipe: SegmentationRecipe, di: DistInfo,
+                 options: dict[str, str] | None = None) -> None:
+        if spec.label_type != "segmentation":
+            raise UsageError(f"task {spec.name} is not a segmentation task; use run_finetune")
+        self.spec, self.recipe, self.di, self.options = spec, recipe, di, options
+        self.max_pixels = DEFAULT_MAX_PIXELS
 
-    def train_loss(self, net: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # ---- data, model, loaders
+    def prepare(self, data: str | Path, say: Any) -> dict[str, list[int]]:
+        """Rank 0 ingests and checks the masks once; the others receive the result (or its error)."""
+        r = self.recipe
+        self.fd = on_main(lambda: prepare_segmentation_data(self.spec, data, seed=r.seed,
+                                                            workers=max(1, r.num_workers),
+                                                            max_pixels=self.max_pixels, log=say,
+                                                            options=self.options))
+        self.task = self.spec.eval_task(self.spec.split)
+        self.say = say
+        return {k: self.fd.split(k) for k in ("train", "val", "test")}
+
+    def build(self, eval_model: Any) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+        r = self.recipe
+        self.size = int(r.img_size or eval_model.spec.img_size)
+        self.model, self.enc_spec, self.load_report = build_segmentation_model(
+            eval_model, self.size, r.decoder_dim, r.drop_path_rate, r.seed)
+        self.say(f"{self.spec.name}: encoder weights from {eval_model.weights}: {self.load_report.summary()}")
+        scales = encoder_layer_scales(self.model, eval_model.encoder, r.optim.layer_decay)
+        return self.model, param_groups(self.model, scales, r.optim.weight_decay)
+
+    def loaders(self, idx: dict[str, list[int]], micro: int) -> tuple[Any, Any]:
+        from torch.utils.data import DataLoader
+
+        from midol_cli.data.rows import RowDataset, collate_skip
+        from midol_cli.train.data import make_loader
+
+        fd, r, di, size = self.fd, self.recipe, self.di, self.size
+        mean, std, px = self.enc_spec.mean, self.enc_spec.std, self.max_pixels
+        self.micro, self.test_idx = micro, idx["test"]
+        aug = augment_for(r.augment, self.spec.modality)
+        train_ds = RowDataset(idx["train"], LoadPair(fd, JointTrainTransform(aug, size, mean, std), px, size),
+                              lambda k: fd.items[k].path)
+        train = make_loader(train_ds, micro, r.num_workers, di, shuffle=True, seed=r.seed)
+        # val by rank without padding: Dice sums are all-reduced
+        val_ds = RowDataset(idx["val"][di.rank :: di.world_size],
+                            LoadPair(fd, EvalPairTransform(size, mean, std), px, size),
+                            lambda k: fd.items[k].path)
+        self.val_loader = DataLoader(val_ds, batch_size=micro, shuffle=False, num_workers=r.num_workers,
+                                     collate_fn=collate_skip, pin_memory=di.device.type == "cuda")
+        return train
+
+    def run_info(self, model_info: dict[str, Any]) -> dict[str, Any]:
+        return {"stage": "finetune", "protocol": PROTOCOL, "task": self.spec.name, "model": model_info,
+                "manifest": str(self.fd.manifest.resolve()), "data_hash": self.fd.data_hash,
+                "encoder": self.enc_spec.to_dict(), "decoder_dim": self.recipe.decoder_dim,
+                "encoder_load": self.load_report.summary()}
+
+    # ---- what the engine asks for
+    def train_loss(self, net: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         from midol_cli.losses.segmentation import segmentation_loss
 
         x = batch["x"].to(self.di.device, non_blocking=True)
         y = batch["y"].to(self.di.device, non_blocking=True)
-        losses = segmentation_loss(net(x), y, self.dice_weight)
+        losses = segmentation_loss(net(x), y, self.recipe.dice_weight)
         n = float(len(x))
-        return losses["loss"], {"train_loss": losses["loss"].detach() * n, "train_ce": losses["ce"].detach() * n,
+        return losses["loss"], {"train_loss": losses["loss"].detach() * n,
+                                "train_ce": losses["ce"].detach() * n,
                                 "train_dice_loss": losses["dice"].detach() * n}
 
     def blank_batch(self) -> dict[str, Any]:
@@ -224,8 +285,9 @@ class SegmentationTask:
 
         scores, bad = evaluate_resized(self.model, self.val_loader, self.di.device, autocast)
         vals = np.asarray(list(scores.values()), dtype=np.float64).reshape(-1, 2)
-        vsum = all_reduce_sum(torch.tensor([vals[:, 0].sum(), vals[:, 1].sum(), len(vals)], dtype=torch.float64,
-                                           device=self.di.device)).cpu().tolist()
+        sums = torch.tensor([vals[:, 0].sum(), vals[:, 1].sum(), len(vals)], dtype=torch.float64,
+                            device=self.di.device)
+        vsum = all_reduce_sum(sums).cpu().tolist()
         dice = vsum[0] / vsum[2] if vsum[2] else float("nan")
         jac = vsum[1] / vsum[2] if vsum[2] else float("nan")
         bad = [b for part in gather_objects(bad) for b in part]
@@ -235,7 +297,59 @@ class SegmentationTask:
         return {"task": self.spec.name, "protocol": PROTOCOL}
 
     def extra(self) -> dict[str, Any]:
-        return dict(self._extra)
+        return {"model_id": self.model_id, "classes": list(self.spec.classes),
+                "encoder_spec": self.enc_spec.to_dict(),
+                "decoder_dim": self.recipe.decoder_dim, "data_hash": self.fd.data_hash}
+
+    # ---- test, on rank 0 at each mask's own resolution
+    def test(self, run: Any, say: Any) -> dict[str, Any]:
+        """``summary.json`` (through ``eval.protocols``, keeping every other protocol), per-image
+        ``predictions.parquet`` and the panel of test cases."""
+        if not self.di.is_main:
+            return {}
+        from midol_cli.eval.protocols import write_protocol
+        from midol_cli.eval.results import PREDICTIONS_NAME
+        from midol_cli.eval.segmentation import (
+            PANEL_NAME,
+            metrics_block,
+            pick_cases,
+            plot_panel,
+            write_predictions,
+        )
+
+        fd, r, size, dev = self.fd, self.recipe, self.size, self.di.device
+        mean, std = self.enc_spec.mean, self.enc_spec.std
+        kept, dice, jac, bad_test = evaluate_full_resolution(
+            self.model, fd, self.test_idx, size, mean, std, dev, run.autocast, self.max_pixels,
+            batch_size=max(1, self.micro))
+        engine.report_bad(bad_test, "test", say)
+        if not kept:
+            raise UsageError(f"no test image of task {self.spec.name} could be read")
+        block = metrics_block(dice, jac, [fd.items[k].group for k in kept], n_boot=r.n_boot, seed=r.seed)
+        block.update({**run.block(), "train_mode": "full", "layer_decay": r.optim.layer_decay,
+                      "img_size": size,
+                      "decoder": "fpn", "decoder_dim": r.decoder_dim, "dice_weight": r.dice_weight,
+                      "threshold": "argmax", "metric_resolution": "mask",
+                      "skipped_unreadable_test": len(bad_test),
+                      "encoder_load": self.load_report.summary()})
+        out_dir, mid = run.out_dir, run.model_info["id"]
+        summary = write_protocol(out_dir, PROTOCOL, block, self.task, run.model_info, data_hash=fd.data_hash,
+                                 n={**run.n, "test": len(kept)}, val_source=fd.val_source, notes=fd.notes,
+                                 recipe=r, task_extra={"split_source": self.spec.split},
+                                 manifest=str(fd.manifest))
+        ids = [fd.items[k].sample_id for k in kept]
+        write_predictions(out_dir / PREDICTIONS_NAME, ids, ["test"] * len(kept),
+                          dice, jac, {"task": self.spec.name, "model": mid, "protocol": PROTOCOL,
+                                      "metrics": ["dice", "jaccard"], "threshold": "argmax"})
+        by_item = {k: float(d) for k, d in zip(kept, dice, strict=True)}
+        picks = [kept[i] for i in pick_cases(dice, PANEL_CASES)]
+        cases = panel_cases(self.model, fd, picks, by_item, size, mean, std, dev, self.max_pixels)
+        plot_panel(cases, out_dir / PANEL_NAME, title=f"{self.spec.name}: {mid} (test; green truth, magenta "
+                                                      "prediction)")
+        m = block["metrics"]["dice"]
+        say(f"{self.spec.name}: test Dice {m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}] on "
+            f"{len(kept)} images -> {out_dir}")
+        return summary
 
 
 # --------------------------------------------------------------------------- entry point
@@ -262,155 +376,10 @@ def run_segmentation(
     or a checkpoint path. Returns the summary dict on rank 0 (plus ``out_dir``, ``run_dir`` and
     ``protocol``), ``{}`` on other ranks.
     """
-    import torch.distributed as dist
-
-    owns_pg = not (dist.is_available() and dist.is_initialized())
-    di = init_distributed()
-    try:
-        return _run(spec, weights, data, recipe, Path(out_root), name, run_dir, resume, di,
-                    reporter or engine.Reporter(), options, lenient)
-    finally:
-        if owns_pg:
-            cleanup()
-
-
-def _run(spec: Any, weights: str, data: str | Path, recipe: SegmentationRecipe, out_root: Path, name: str | None,
-         run_dir: str | Path | None, resume: str | None, di: DistInfo, reporter: engine.Reporter,
-         options: dict[str, str] | None = None, lenient: bool = False) -> dict[str, Any]:
-    from torch.utils.data import DataLoader
-
-    from midol_cli.data import readers
-    from midol_cli.data.rows import RowDataset, collate_skip
-    from midol_cli.eval.models import load_eval_model
-    from midol_cli.train.data import make_loader
-    from midol_cli.train.optim import adamw
+    from midol_cli.train.supervised import run_supervised
 
     if spec.label_type != "segmentation":
         raise UsageError(f"task {spec.name} is not a segmentation task; use run_finetune")
-    task = spec.eval_task(spec.split)
-    oc = recipe.optim
-    world = di.world_size
-    if oc.batch_size % world:
-        raise UsageError(f"optim.batch_size={oc.batch_size} is not divisible by the world size {world}")
-    per_rank = oc.batch_size // world
-    max_pixels = readers.DEFAULT_MAX_PIXELS
-
-    def say(msg: str) -> None:
-        if di.is_main:
-            reporter.line(msg)
-
-    # Rank 0 ingests and checks the masks once; the others receive the result (or its error).
-    fd = on_main(lambda: prepare_segmentation_data(spec, data, seed=recipe.seed, workers=max(1, recipe.num_workers),
-                                                   max_pixels=max_pixels, log=say, options=options))
-    tr_idx, va_idx, te_idx = fd.split("train"), fd.split("val"), fd.split("test")
-    if recipe.max_train_samples is not None and len(tr_idx) > recipe.max_train_samples:
-        rng = np.random.default_rng(recipe.seed)
-        tr_idx = sorted(rng.choice(tr_idx, recipe.max_train_samples, replace=False).tolist())
-
-    eval_model = load_eval_model(weights, name, lenient=lenient)
-    model_info = eval_model.info()
-    size = int(recipe.img_size or eval_model.spec.img_size)
-    model, enc_spec, load_report = build_segmentation_model(eval_model, size, recipe.decoder_dim,
-                                                            recipe.drop_path_rate, recipe.seed)
-    say(f"{spec.name}: encoder weights from {weights}: {load_report.summary()}")
-    scales = encoder_layer_scales(model, eval_model.encoder, oc.layer_decay)
-    del eval_model  # the headless copy is no longer needed
-    model.to(di.device)
-    mean, std = enc_spec.mean, enc_spec.std
-
-    run_dir = Path(run_dir) if run_dir is not None else engine.default_run_dir(out_root, model_info["id"], spec.name)
-    resume_path = engine.check_run_dir(run_dir, resume)
-    autocast = engine.autocast_for(recipe.precision, di.device)
-    if recipe.precision == "bf16" and di.device.type != "cuda":
-        say("note: bf16 autocast on CPU is slow; precision=fp32 is usually faster here")
-    net: torch.nn.Module = model
-    if di.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(model, device_ids=[di.device.index] if di.device.type == "cuda" else None)
-
-    peak_lr = oc.lr * oc.batch_size / 256
-    optimizer = adamw(param_groups(model, scales, oc.weight_decay), peak_lr, oc.betas, di.device)
-    aug = augment_for(recipe.augment, spec.modality)
-    workers = recipe.num_workers
-    train_ds = RowDataset(tr_idx, LoadPair(fd, JointTrainTransform(aug, size, mean, std), max_pixels, size),
-                          lambda k: fd.items[k].path)
-    train_loader, sampler = make_loader(train_ds, per_rank, workers, di, shuffle=True, seed=recipe.seed)
-    # val by rank without padding: Dice sums are all-reduced
-    val_ds = RowDataset(va_idx[di.rank :: world], LoadPair(fd, EvalPairTransform(size, mean, std), max_pixels, size),
-                        lambda k: fd.items[k].path)
-    val_loader = DataLoader(val_ds, batch_size=per_rank, shuffle=False, num_workers=workers, collate_fn=collate_skip,
-                            pin_memory=di.device.type == "cuda")
-    stask = SegmentationTask(model, spec, val_loader, di, recipe.dice_weight, size, {
-        "model_id": model_info["id"], "classes": list(spec.classes), "encoder_spec": enc_spec.to_dict(),
-        "decoder_dim": recipe.decoder_dim, "data_hash": fd.data_hash,
-    })
-    cfg = engine.FitConfig(run_dir=run_dir, epochs=recipe.epochs, peak_lr=peak_lr, min_lr=oc.min_lr,
-                           warmup_frac=oc.warmup_frac, clip_grad=oc.clip_grad, early_stopping=recipe.early_stopping,
-                           ckpt_every=recipe.ckpt_every, seed=recipe.seed, precision=recipe.precision, label="segment")
-    run_info = {"stage": "finetune", "protocol": PROTOCOL, "task": spec.name, "model": model_info,
-                "manifest": str(fd.manifest.resolve()), "data_hash": fd.data_hash, "encoder": enc_spec.to_dict(),
-                "decoder_dim": recipe.decoder_dim, "encoder_load": load_report.summary()}
-    st = fit_supervised(stask, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe, run_info=run_info,
-                        resume_path=resume_path, reporter=reporter)
-
-    # ---- test with the best epoch, on rank 0 at each mask's own resolution
-    engine.load_best(stask, run_dir, di)
-    if not di.is_main:
-        return {}
-    kept, dice, jac, bad_test = evaluate_full_resolution(model, fd, te_idx, size, mean, std, di.device, autocast,
-                                                         max_pixels, batch_size=max(1, per_rank))
-    engine.report_bad(bad_test, "test", say)
-    if not kept:
-        raise UsageError(f"no test image of task {spec.name} could be read")
-    return _write_results(model, fd, spec, task, recipe, st, kept, dice, jac, bad_test, model_info, out_root,
-                          run_dir, (size, mean, std, max_pixels), di, peak_lr, len(tr_idx), len(va_idx), load_report,
-                          say)
-
-
-def _write_results(model: Any, fd: SegData, spec: Any, task: Any, recipe: SegmentationRecipe, st: engine.FitState,
-                   kept: list[int], dice: np.ndarray, jac: np.ndarray, bad_test: list, model_info: dict[str, Any],
-                   out_root: Path, run_dir: Path, view: tuple[int, Any, Any, int], di: DistInfo, peak_lr: float,
-                   n_train: int, n_val: int, load_report: Any, say: Any) -> dict[str, Any]:
-    """``summary.json`` (through ``eval.protocols``, keeping every other protocol), per-image
-    ``predictions.parquet`` and the panel of test cases."""
-    from midol_cli.eval.protocols import write_protocol
-    from midol_cli.eval.results import PREDICTIONS_NAME
-    from midol_cli.eval.segmentation import (
-        PANEL_NAME,
-        metrics_block,
-        pick_cases,
-        plot_panel,
-        write_predictions,
-    )
-
-    oc = recipe.optim
-    size, mean, std, max_pixels = view
-    block = metrics_block(dice, jac, [fd.items[k].group for k in kept], n_boot=recipe.n_boot, seed=recipe.seed)
-    block.update({
-        "seeds": [recipe.seed], "train_mode": "full", "epochs": recipe.epochs, "epochs_run": st.epoch,
-        "best_epoch": st.best_epoch, "best_val": st.best_finite(), "early_stopped": st.stopped, "peak_lr": peak_lr,
-        "layer_decay": oc.layer_decay, "batch_size": oc.batch_size, "img_size": size, "decoder": "fpn",
-        "decoder_dim": recipe.decoder_dim, "dice_weight": recipe.dice_weight, "n_train": n_train,
-        "threshold": "argmax", "metric_resolution": "mask", "skipped_unreadable": st.skipped,
-        "skipped_unreadable_test": len(bad_test), "encoder_load": load_report.summary(),
-        "recipe_hash": recipe_hash(recipe), "data_hash": fd.data_hash, "run_dir": str(run_dir),
-    })
-    out_dir = out_root / model_info["id"] / spec.name
-    summary = write_protocol(out_dir, PROTOCOL, block, task, model_info, data_hash=fd.data_hash,
-                             n={"train": n_train, "val": n_val, "test": len(kept)}, val_source=fd.val_source,
-                             notes=fd.notes, recipe=recipe, task_extra={"split_source": spec.split},
-                             manifest=str(fd.manifest))
-    write_predictions(out_dir / PREDICTIONS_NAME, [fd.items[k].sample_id for k in kept], ["test"] * len(kept),
-                      dice, jac, {"task": spec.name, "model": model_info["id"], "protocol": PROTOCOL,
-                                  "metrics": ["dice", "jaccard"], "threshold": "argmax"})
-    by_item = {k: float(d) for k, d in zip(kept, dice, strict=True)}
-    picks = [kept[i] for i in pick_cases(dice, PANEL_CASES)]
-    cases = panel_cases(model, fd, picks, by_item, size, mean, std, di.device, max_pixels)
-    plot_panel(cases, out_dir / PANEL_NAME, title=f"{spec.name}: {model_info['id']} (test; green truth, magenta "
-                                                  "prediction)")
-    m = block["metrics"]["dice"]
-    say(f"{spec.name}: test Dice {m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}] on {len(kept)} images "
-        f"-> {out_dir}")
-    summary.update(out_dir=str(out_dir), run_dir=str(run_dir), protocol=PROTOCOL)
-    return summary
+    return run_supervised(lambda di: SegmentationTask(spec, recipe, di, options), weights, data, recipe,
+                          out_root=out_root, name=name, run_dir=run_dir, resume=resume, reporter=reporter,
+                          lenient=lenient)
