@@ -336,3 +336,18 @@ def test_task_options_reach_the_ingest_of_a_raw_folder(monkeypatch, tmp_path):
     assert seen["options"]["uncertainty"] == "u-zeros"
     with pytest.raises(UsageError, match="has no option 'colour'"):
         task_options(spec, ["colour=red"])
+
+
+def test_a_one_class_test_split_is_refused_before_training(export, tmp_path):
+    """Issue 25.8: AUROC of a test split with one class is undefined; it was nan and exit 0 after training."""
+    from midol_cli.data.manifest import read_manifest, write_manifest
+
+    data = synth_manifest(tmp_path / "d", per_class=6)
+    df, meta = read_manifest(data)
+    test = df["split"] == "test"
+    df.loc[test, "label"] = sorted(df.loc[test, "label"])[0]
+    write_manifest(df, meta, data)
+    with pytest.raises(UsageError, match="test split of task synth-pathology .* holds only class") as e:
+        finetune(export, data, tmp_path, "epochs=1")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before training
