@@ -49,17 +49,36 @@ def pretrain_reference(root: Path) -> dict:
     from tests.pipeline import build_pipeline
 
     shards = build_pipeline(root / "data", per_class=2, modalities=("xray", "fundus"), min_shards=2)["shards"]
-    recipe = load_recipe(PretrainRecipe, Path(__file__).resolve().parents[2] / "recipes" / "smoke.yaml", [
-        f"data.shards={shards}", "data.modalities=[xray, fundus]", "train.steps=6", "train.ckpt_every=3",
-        "train.log_every=1", "optim.global_batch_size=4", "data.num_workers=0", "data.shuffle_buffer=10",
-        "projector.hidden_dim=16", "projector.n_prototypes=8", "projector.bottleneck_dim=8", "loss.queue_size=8",
-        "train.deterministic=true"])
+    recipe = load_recipe(
+        PretrainRecipe,
+        Path(__file__).resolve().parents[2] / "recipes" / "smoke.yaml",
+        [
+            f"data.shards={shards}",
+            "data.modalities=[xray, fundus]",
+            "train.steps=6",
+            "train.ckpt_every=3",
+            "train.log_every=1",
+            "optim.global_batch_size=4",
+            "data.num_workers=0",
+            "data.shuffle_buffer=10",
+            "projector.hidden_dim=16",
+            "projector.n_prototypes=8",
+            "projector.bottleneck_dim=8",
+            "loss.queue_size=8",
+            "train.deterministic=true",
+        ],
+    )
     summary = run_pretrain(recipe, root / "run")
     rows = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     enc = Path(summary["export"]["encoder"])
-    return {"steps": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
-            "loss_intra": [r["loss_intra"] for r in rows], "grad_norm": [r["grad_norm"] for r in rows],
-            "export_sha256": _sha(enc), "export": _tensor_print(enc)}
+    return {
+        "steps": [r["step"] for r in rows],
+        "loss": [r["loss"] for r in rows],
+        "loss_intra": [r["loss_intra"] for r in rows],
+        "grad_norm": [r["grad_norm"] for r in rows],
+        "export_sha256": _sha(enc),
+        "export": _tensor_print(enc),
+    }
 
 
 def finetune_reference(root: Path) -> dict:
@@ -74,8 +93,11 @@ def finetune_reference(root: Path) -> dict:
     out = root / "results" / "tiny" / "synth-pathology"
     pred = pq.read_table(out / "predictions.parquet").to_pandas().sort_values("sample_id")
     rows = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
-    return {"sample_id": pred["sample_id"].tolist(), "probs": [list(map(float, p)) for p in pred["probs"]],
-            "train_loss": [r["train_loss"] for r in rows]}
+    return {
+        "sample_id": pred["sample_id"].tolist(),
+        "probs": [list(map(float, p)) for p in pred["probs"]],
+        "train_loss": [r["train_loss"] for r in rows],
+    }
 
 
 def test_pretraining_losses_and_export_are_unchanged(tmp_path, monkeypatch):

@@ -24,11 +24,25 @@ def shards(tmp_path_factory):
 def _recipe(shards, *extra):
     from midol_cli.recipes import PretrainRecipe, load_recipe
 
-    return load_recipe(PretrainRecipe, SMOKE, [
-        f"data.shards={shards}", "data.modalities=[xray, fundus]", "train.steps=4", "train.ckpt_every=2",
-        "train.log_every=1", "optim.global_batch_size=4", "data.num_workers=0", "data.shuffle_buffer=10",
-        "projector.hidden_dim=16", "projector.n_prototypes=8", "projector.bottleneck_dim=8", "loss.queue_size=8",
-        *extra])
+    return load_recipe(
+        PretrainRecipe,
+        SMOKE,
+        [
+            f"data.shards={shards}",
+            "data.modalities=[xray, fundus]",
+            "train.steps=4",
+            "train.ckpt_every=2",
+            "train.log_every=1",
+            "optim.global_batch_size=4",
+            "data.num_workers=0",
+            "data.shuffle_buffer=10",
+            "projector.hidden_dim=16",
+            "projector.n_prototypes=8",
+            "projector.bottleneck_dim=8",
+            "loss.queue_size=8",
+            *extra,
+        ],
+    )
 
 
 def _pretrain(shards, run, *extra, **kw):
@@ -45,7 +59,9 @@ def test_a_fresh_run_over_a_run_is_refused_and_overwrite_moves_the_old_one_aside
     run = tmp_path / "run"
     _pretrain(shards, run, max_steps=3)  # a run that stopped at step 3 (a kill, --max-steps)
     old = sorted(p.name for p in (run / "checkpoints").iterdir())
-    with pytest.raises(UsageError, match="already holds a pre-training run; continue it with --resume auto") as e:
+    with pytest.raises(
+        UsageError, match="already holds a pre-training run; continue it with --resume auto"
+    ) as e:
         _pretrain(shards, run)
     assert "\n" not in str(e.value) and sorted(p.name for p in (run / "checkpoints").iterdir()) == old
     summary = _pretrain(shards, run, overwrite=True)
@@ -120,13 +136,32 @@ def test_the_cli_refuses_in_one_line_and_overwrite_goes_through(shards, tmp_path
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    args = [f"data.shards={shards}", "data.modalities=[xray, fundus]", "train.steps=2", "train.ckpt_every=2",
-            "optim.global_batch_size=4", "data.num_workers=0", "projector.hidden_dim=16", "projector.n_prototypes=8",
-            "projector.bottleneck_dim=8", "loss.queue_size=8", "--out", str(tmp_path / "run"), "--max-steps", "1"]
+    args = [
+        f"data.shards={shards}",
+        "data.modalities=[xray, fundus]",
+        "train.steps=2",
+        "train.ckpt_every=2",
+        "optim.global_batch_size=4",
+        "data.num_workers=0",
+        "projector.hidden_dim=16",
+        "projector.n_prototypes=8",
+        "projector.bottleneck_dim=8",
+        "loss.queue_size=8",
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+    ]
 
     def midol(*extra):
-        return subprocess.run([sys.executable, "-m", "midol_cli", "pretrain", str(SMOKE), *args, *extra],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "midol_cli", "pretrain", str(SMOKE), *args, *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     assert midol().returncode == 0
     res = midol()
