@@ -175,21 +175,8 @@ def _ingest_folder(
     """
     t0 = time.perf_counter()
     log = log or (lambda _msg: None)
-    raw = Path(raw_dir)
-    if not raw.exists():
-        raise UsageError(f"raw folder '{raw}' does not exist")
-    if not raw.is_dir():
-        raise UsageError(f"raw folder '{raw}' is not a folder")
-    root = raw.resolve()
-    modality = check_modality(modality, allow_new=new_modality)
-    if max_pixels < 1:
-        raise UsageError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1)
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    target = _resolve_out(root, out)
-
+    raw, root, modality, workers, target = _checked_args(raw_dir, modality, new_modality, max_pixels, workers,
+                                                         out)
     lay, unlabelled_note = _choose_layout(root, raw, layout)
     opts = dataclasses.replace(layout_options) if layout_options else LayoutOptions()
     opts.workers, opts.seed, opts.out, opts.report = workers, seed, target, {}  # slides/volumes layouts
@@ -208,14 +195,57 @@ def _ingest_folder(
     if unlabelled_note:
         log(f"ingest: {unlabelled_note}")
 
-    key = {
-        "root": str(root),
-        "layout": lay.name,
-        "max_pixels": int(max_pixels),
-        "reader_version": READER_VERSION,
-    }
-    prev = _previous_rows(target, key, log)
+    key = {"root": str(root), "layout": lay.name, "max_pixels": int(max_pixels),
+           "reader_version": READER_VERSION}
+    decoded, n_decoded, reused = _reuse_or_decode(entries, root, _previous_rows(target, key, log), max_pixels,
+                                                  workers, progress, log, isolate)
+    df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions)
+    summary = _summarize(df)
+    summary.update(manifest=str(target), layout=lay.name, dataset=ds_name, modality=modality,
+                   decoded=n_decoded, reused=reused, unlisted=unlisted, duplicate_listings=duplicate_listings,
+                   label_conflicts=label_conflicts, walk_errors=walk_errors)
+    _add_warnings(summary, df, lay, root, opts, unlabelled_note, log)
 
+    counts = {k: summary[k] for k in ("rows", "ok", "rejected", "decoded", "reused", "unlisted", "duplicates",
+                                      "duplicates_across_splits", "duplicate_label_conflicts")}
+    meta = provenance(**key, dataset=ds_name, modality=modality, seed=seed, fractions=list(fractions),
+                      options=opts.as_record(), counts=counts, rejects_by_reason=summary["rejects_by_reason"])
+    from midol_cli.data.manifest import write_manifest
+
+    # Counts of files read again and the command line vary between runs over the same data.
+    wrote = write_manifest(df, meta, target, volatile=("command", "counts"))
+    summary["unchanged"] = not wrote
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    log(f"ingest: {'wrote' if wrote else 'kept (unchanged)'} {target} ({summary['ok']} ok, "
+        f"{summary['rejected']} rejected)")
+    return summary
+
+
+def _checked_args(raw_dir: str | os.PathLike[str], modality: str, new_modality: bool, max_pixels: int,
+                  workers: int | None, out: str | os.PathLike[str] | None
+                  ) -> tuple[Path, Path, str, int, Path]:
+    """(raw, its resolved root, the modality, workers, the manifest path), or the UsageError of a bad one."""
+    raw = Path(raw_dir)
+    if not raw.exists():
+        raise UsageError(f"raw folder '{raw}' does not exist")
+    if not raw.is_dir():
+        raise UsageError(f"raw folder '{raw}' is not a folder")
+    root = raw.resolve()
+    modality = check_modality(modality, allow_new=new_modality)
+    if max_pixels < 1:
+        raise UsageError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    return raw, root, modality, workers, _resolve_out(root, out)
+
+
+def _reuse_or_decode(entries: dict[str, Entry], root: Path, prev: dict[str, dict[str, Any]], max_pixels: int,
+                     workers: int, progress: Callable[[int, int], None] | None, log: Callable[[str], None],
+                     isolate: bool) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Decoded fields by path: measured by the layout, reused from the earlier manifest (``prev``) when the
+    file is unchanged, else decoded now. Returns (fields, decoded or measured, reused)."""
     decoded: dict[str, dict[str, Any]] = {}
     todo: list[str] = []
     root_s = str(root)
@@ -241,29 +271,18 @@ def _ingest_folder(
                 decoded[path] = {k: p[k] for k in _DECODED}
                 continue
         todo.append(path)
-    del prev  # the earlier manifest's rows: what is reused is in ``decoded`` now
+    prev.clear()  # the earlier manifest's rows: what is reused is in ``decoded`` now
     reused = len(decoded) - measured
     fresh = _decode_all([str(root / p) for p in todo], max_pixels, workers, progress, log, isolate=isolate)
     for path in todo:
         decoded[path] = fresh.pop(str(root / path))
-    n_decoded = len(todo) + measured
-    del fresh, todo
+    return decoded, len(todo) + measured, reused
 
-    df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions)
-    summary = _summarize(df)
-    summary.update(
-        manifest=str(target),
-        layout=lay.name,
-        dataset=ds_name,
-        modality=modality,
-        decoded=n_decoded,
-        reused=reused,
-        unlisted=unlisted,
-        duplicate_listings=duplicate_listings,
-        label_conflicts=label_conflicts,
-        walk_errors=walk_errors,
-    )
-    summary["warnings"] = ([unlabelled_note] if unlabelled_note else []) + _warnings(
+
+def _add_warnings(summary: dict[str, Any], df: Any, lay: Layout, root: Path, opts: LayoutOptions, note: str,
+                  log: Callable[[str], None]) -> None:
+    """The summary's warnings and the layout's per-slide / per-volume results and lines."""
+    summary["warnings"] = ([note] if note else []) + _warnings(
         summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
     summary.update({k: v for k, v in opts.report.items() if k != "lines"})  # per slide / volume results
     summary["lines"] = list(opts.report.get("lines", []))
@@ -275,40 +294,6 @@ def _ingest_folder(
             "--layout volumes takes every frame, or a subset with --frames central:N or every:K")
     for line in summary["lines"]:
         log(f"ingest: {line}")
-
-    counts = {
-        k: summary[k]
-        for k in (
-            "rows",
-            "ok",
-            "rejected",
-            "decoded",
-            "reused",
-            "unlisted",
-            "duplicates",
-            "duplicates_across_splits",
-            "duplicate_label_conflicts",
-        )
-    }
-    meta = provenance(
-        **key,
-        dataset=ds_name,
-        modality=modality,
-        seed=seed,
-        fractions=list(fractions),
-        options=opts.as_record(),
-        counts=counts,
-        rejects_by_reason=summary["rejects_by_reason"],
-    )
-    from midol_cli.data.manifest import write_manifest
-
-    # Counts of files read again and the command line vary between runs over the same data.
-    wrote = write_manifest(df, meta, target, volatile=("command", "counts"))
-    summary["unchanged"] = not wrote
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    log(f"ingest: {'wrote' if wrote else 'kept (unchanged)'} {target} ({summary['ok']} ok, {summary['rejected']} "
-        "rejected)")
-    return summary
 
 
 def _choose_layout(root: Path, raw: Path, layout: str) -> tuple[Layout, str]:
