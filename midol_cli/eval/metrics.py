@@ -328,7 +328,9 @@ def chance_metrics(y_train: Any, y_test: Any, label_type: str, classes: Sequence
 
     That is the chance level to read a score against: accuracy becomes the test rate of the training
     majority class, AUROC 0.5 (constant scores tie), AUPRC the prevalence, MCC and kappa 0. Computed by
-    the same metric code as the real scores, so the two are comparable term by term.
+    the same metric code as the real scores, so the two are comparable term by term; except balanced
+    accuracy, which is 1/K for K classes (a predictor that learned nothing recalls 1/K of each class on
+    average; the majority-class predictor scores 0 when that class is absent from the test split).
     """
     y_tr = encode_targets(y_train, label_type, classes)
     y_te = encode_targets(y_test, label_type, classes)
@@ -340,6 +342,8 @@ def chance_metrics(y_train: Any, y_test: Any, label_type: str, classes: Sequence
         prior = prior / max(prior.sum(), 1.0)
     scores = np.tile(prior, (len(y_te), 1))
     out = classification_metrics(y_te, scores, label_type, classes)
+    if "balanced_accuracy" in out and C >= 2:
+        out["balanced_accuracy"] = 1.0 / C
     return {k: v for k, v in out.items() if k in metric_names(label_type)}
 
 

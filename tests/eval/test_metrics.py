@@ -172,6 +172,9 @@ def test_chance_levels_are_the_metrics_of_the_training_prior():
     assert ch["accuracy"] == pytest.approx(0.25)  # "always a" on this test set
     assert ch["auroc"] == pytest.approx(0.5) and ch["mcc"] == pytest.approx(0.0)
     assert ch["balanced_accuracy"] == pytest.approx(1 / 3)
+    # the training majority (a) absent from test: balanced accuracy's chance is still 1/K, not 0 (issue 25.23)
+    ch = chance_metrics(y_tr, np.array([1, 2, 2, 1]), "multiclass", ["a", "b", "c"])
+    assert ch["accuracy"] == pytest.approx(0.0) and ch["balanced_accuracy"] == pytest.approx(1 / 3)
     ch = chance_metrics(np.array([0, 1, 1, 1]), np.array([1, 1, 0, 1, 1]), "binary", ["neg", "pos"])
     assert ch["accuracy"] == pytest.approx(0.8) and ch["auroc"] == pytest.approx(0.5)
     assert ch["auprc"] == pytest.approx(0.8)  # constant scores: the prevalence
