@@ -119,30 +119,9 @@ def prepare_segmentation_data(
     if ok.empty:
         raise UsageError(f"no usable {spec.modality} images with masks in '{data}' for task {spec.name}")
 
-    mask_of = _layout_module(layout).mask_path
-    rows = list(ok[["sample_id", "path", "split", "group", "width", "height", "sha256"]].itertuples(index=False))
-    masks = [str(mask_of(root, r.path)) for r in rows]
-    say(f"{spec.name}: checking {len(rows)} masks")
-    with ThreadPoolExecutor(max(1, workers)) as ex:
-        checks = list(ex.map(lambda a: _check_mask(a[0], (int(a[1].width), int(a[1].height)), max_pixels),
-                             zip(masks, rows, strict=True)))
-    items: list[SegItem] = []
-    skipped: dict[str, int] = {}
-    lines: list[str] = []
-    bad_paths: list[str] = []
-    for r, m, (sha, reason) in zip(rows, masks, checks, strict=True):
-        if reason:
-            key = reason.split(" (", 1)[0] if reason.startswith("mask:") else "mask size differs from its image"
-            skipped[key] = skipped.get(key, 0) + 1
-            bad_paths.append(f"{r.path} ({reason})")
-            continue
-        group = str(r.group) or str(r.sample_id)
-        items.append(SegItem(str(r.sample_id), str(r.path), m, str(r.split), group, (int(r.width), int(r.height))))
-        lines.append(f"{r.sample_id}\t{r.split}\t{r.sha256}\t{sha}")
-    if bad_paths:
-        shown = "; ".join(bad_paths[:3]) + (f"; and {len(bad_paths) - 3} more" if len(bad_paths) > 3 else "")
-        say(f"warning: {len(bad_paths)} image(s) skipped for their mask: {shown}")
-        notes.append(f"{len(bad_paths)} images skipped for their mask")
+    say(f"{spec.name}: checking {len(ok)} masks")
+    items, skipped, lines = _checked_items(ok, root, _layout_module(layout).mask_path, workers, max_pixels, say,
+                                           notes)
     for need in ("train", "test"):
         if not any(it.split == need for it in items):
             raise UsageError(f"data '{data}' has no usable '{need}' images with masks for task {spec.name}")
@@ -161,6 +140,35 @@ def prepare_segmentation_data(
     # whatever command or cache produced the manifest.
     data_hash = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
     return SegData(Path(src), root, items, data_hash, val_source, notes, skipped)
+
+
+def _checked_items(ok: Any, root: Path, mask_of: Any, workers: int, max_pixels: int, say: Any,
+                   notes: list[str]) -> tuple[list[SegItem], dict[str, int], list[str]]:
+    """Every mask decoded once (in threads) and checked against its image's size: the items that
+    pass, the count skipped per reason, and one hash line per item for the data hash."""
+    rows = list(ok[["sample_id", "path", "split", "group", "width", "height", "sha256"]].itertuples(index=False))
+    masks = [str(mask_of(root, r.path)) for r in rows]
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        checks = list(ex.map(lambda a: _check_mask(a[0], (int(a[1].width), int(a[1].height)), max_pixels),
+                             zip(masks, rows, strict=True)))
+    items: list[SegItem] = []
+    skipped: dict[str, int] = {}
+    lines: list[str] = []
+    bad_paths: list[str] = []
+    for r, m, (sha, reason) in zip(rows, masks, checks, strict=True):
+        if reason:
+            key = reason.split(" (", 1)[0] if reason.startswith("mask:") else "mask size differs from its image"
+            skipped[key] = skipped.get(key, 0) + 1
+            bad_paths.append(f"{r.path} ({reason})")
+            continue
+        group, size = str(r.group) or str(r.sample_id), (int(r.width), int(r.height))
+        items.append(SegItem(str(r.sample_id), str(r.path), m, str(r.split), group, size))
+        lines.append(f"{r.sample_id}\t{r.split}\t{r.sha256}\t{sha}")
+    if bad_paths:
+        more = f"; and {len(bad_paths) - 3} more" if len(bad_paths) > 3 else ""
+        say(f"warning: {len(bad_paths)} image(s) skipped for their mask: {'; '.join(bad_paths[:3])}{more}")
+        notes.append(f"{len(bad_paths)} images skipped for their mask")
+    return items, skipped, lines
 
 
 def _layout_module(layout: Any):
