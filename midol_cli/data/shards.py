@@ -68,8 +68,6 @@ from midol_cli.data.shard_format import (
     MEMBER_EXTS,
     PLAN_NAME,
     SHARD_NAME_RE,
-    _final_shards,
-    _read_json,
     _sidecar,
     decode_image,
     encode_image,
@@ -90,6 +88,13 @@ from midol_cli.data.shard_plan import (
     load_inputs,
     make_plan,
     plan_hash,
+)
+from midol_cli.data.shard_resume import (  # noqa: F401  (STAGING_NAME is public here too)
+    STAGING_NAME,
+    _clear,
+    _finish_swap,
+    _kept_prefix,
+    _set_aside_or_reset,
 )
 from midol_cli.data.shard_verify import (
     ShardCheck,
@@ -223,43 +228,6 @@ class _ShardWriter:
             self.tmp.unlink()
 
 
-# ------------------------------------------------------------------ resume bookkeeping
-
-
-
-
-def _kept_prefix(out_dir: Path, phash: str, n: int) -> list[dict[str, Any]]:
-    """Sidecar records of the longest run shard-000000.. that is complete and intact for this plan."""
-    kept: list[dict[str, Any]] = []
-    pos = 0
-    for i in range(len(_final_shards(out_dir)) + 1):
-        name = shard_name(i)
-        tar_path = out_dir / name
-        rec = _read_json(_sidecar(out_dir, name))
-        if not tar_path.is_file() or not isinstance(rec, dict) or rec.get("plan_hash") != phash:
-            break
-        if rec.get("start") != pos or not pos < rec.get("end", -1) <= n:
-            break
-        if tar_path.stat().st_size != rec.get("bytes") or sha256_file(tar_path) != rec.get("sha256"):
-            break
-        kept.append(rec)
-        pos = rec["end"]
-        if pos == n:
-            break
-    return kept
-
-
-def _clear(out_dir: Path, keep: set[str]) -> None:
-    """Remove shard-set files (final shards, sidecars, temp files) not in ``keep``; nothing else."""
-    for p in out_dir.iterdir():
-        name = p.name
-        # Temp names come from artifacts.new_temp_file: "." + target name + "." + random + ".tmp".
-        temp = name.endswith(".tmp") and name.startswith((".shard-", "..shard-", f".{INDEX_NAME}.", f".{PLAN_NAME}."))
-        ours = SHARD_NAME_RE.match(name) or temp or (name.startswith(".shard-") and name.endswith(".tar.json"))
-        if ours and name not in keep and p.is_file():
-            p.unlink()
-
-
 # ------------------------------------------------------------------ the writer
 
 
@@ -349,39 +317,16 @@ def _write_shards(
     """
     plan = make_plan(inputs, params)
     phash = plan_hash(plan)
-    order: list[str] = plan["order"]
-    n = len(order)
+    n = len(plan["order"])
     out.mkdir(parents=True, exist_ok=True)
     _finish_swap(out)
-
-    old = _read_json(out / PLAN_NAME)
-    old_hash = plan_hash(old) if isinstance(old, dict) else None
-    if old_hash != phash:
-        if old is None and (_final_shards(out) or (out / INDEX_NAME).exists()):
-            raise UsageError(
-                f"'{out}' already holds shards that this tool did not plan; choose an empty folder for --out"
-            )
-        if old is not None and (out / INDEX_NAME).is_file():
-            # A complete set of other inputs or parameters: the new set is written beside it (in
-            # OUT/.next) and replaces it only once complete, so an interruption loses nothing.
-            if log:
-                log(f"inputs or parameters changed since the last run in '{out}': writing the new set beside "
-                    f"the old one, which stays until the new one is complete")
-            index = _write_shards(manifests, inputs, out / STAGING_NAME, params, workers=workers,
-                                  on_progress=on_progress, log=log)
-            _finish_swap(out)
-            return index
-        # A different plan over an incomplete set: nothing there can be reused.
-        if old is not None and log:
-            log(f"inputs or parameters changed since the last run in '{out}': rewriting the incomplete shard set")
-        with contextlib.suppress(FileNotFoundError):
-            (out / INDEX_NAME).unlink()
-        _clear(out, keep=set())
-        write_json_atomic(out / PLAN_NAME, plan)
-    elif (out / STAGING_NAME).is_dir():
-        import shutil
-
-        shutil.rmtree(out / STAGING_NAME)  # a replacement that was started, then abandoned for these inputs
+    if _set_aside_or_reset(out, plan, phash, log):
+        # A complete set of other inputs or parameters: the new set is written beside it (in
+        # OUT/.next) and replaces it only once complete, so an interruption loses nothing.
+        index = _write_shards(manifests, inputs, out / STAGING_NAME, params, workers=workers,
+                              on_progress=on_progress, log=log)
+        _finish_swap(out)
+        return index
 
     kept = _kept_prefix(out, phash, n)
     start = kept[-1]["end"] if kept else 0
@@ -392,56 +337,7 @@ def _write_shards(
     _clear(out, keep=keep_names)
     if kept and log:
         log(f"kept {len(kept)} complete shard(s) from an earlier run ({start} of {n} samples)")
-
-    records = list(kept)
-    ends = sorted(b for _, b in plan["chunks"])
-
-    def chunk_end(pos: int) -> int:
-        return ends[bisect.bisect_right(ends, pos)]
-
-    todo = range(start, n)
-    tasks = (
-        (
-            order[p],
-            inputs.samples[order[p]]["abs_path"],
-            inputs.samples[order[p]]["sha256"],
-            inputs.samples[order[p]],
-            params.max_side,
-            params.jpeg_quality,
-        )
-        for p in todo
-    )
-    writer: _ShardWriter | None = None
-    try:
-        with _pool_map(workers, tasks, len(todo)) as results:
-            for done, (pos, res) in enumerate(zip(todo, results, strict=True), start=1):
-                sid, ext, img, meta_json, reason = res
-                sample = inputs.samples[sid]
-                if writer is None:
-                    writer = _ShardWriter(out, len(records), pos, chunk_end(pos), phash)
-                if reason:
-                    writer.skipped.append({"sample_id": sid, "path": sample["path"], "reason": reason})
-                    if log:
-                        log(f"skipped {sid} ({sample['path']}): {reason}")
-                else:
-                    need = _member_bytes(len(img)) + _member_bytes(len(meta_json))
-                    if writer.samples and writer.bytes + need + _TAR_RECORD > params.max_size:
-                        records.append(writer.finish(pos))
-                        if log:
-                            log(_shard_line(records[-1]))
-                        writer = _ShardWriter(out, len(records), pos, writer.chunk_end, phash)
-                    writer.add(sid, ext, img, meta_json, sample)
-                if pos + 1 == writer.chunk_end:
-                    records.append(writer.finish(pos + 1))
-                    if log:
-                        log(_shard_line(records[-1]))
-                    writer = None
-                if on_progress:
-                    on_progress(done, len(todo))
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+    records = _write_samples(out, plan, phash, inputs, params, list(kept), workers, on_progress, log)
 
     index = build_index(records, inputs, params, phash)
     if index["totals"]["samples"] == 0:
@@ -457,28 +353,54 @@ def _write_shards(
     return index
 
 
-STAGING_NAME = ".next"
+def _write_samples(out: Path, plan: dict[str, Any], phash: str, inputs: InputSet, params: ShardParams,
+                   records: list[dict[str, Any]], workers: int, on_progress: ProgressFn | None,
+                   log: LogFn | None) -> list[dict[str, Any]]:
+    """Encode the plan's samples after the kept shards (``records``) and write them as shards, in plan
+    order; returns every shard's record."""
+    order: list[str] = plan["order"]
+    ends = sorted(b for _, b in plan["chunks"])
 
+    def chunk_end(pos: int) -> int:
+        return ends[bisect.bisect_right(ends, pos)]
 
-def _finish_swap(out: Path) -> None:
-    """Move a complete staged set (``OUT/.next`` with its index) over the set in ``OUT``.
+    todo = range(records[-1]["end"] if records else 0, len(order))
+    tasks = ((order[p], inputs.samples[order[p]]["abs_path"], inputs.samples[order[p]]["sha256"],
+              inputs.samples[order[p]], params.max_side, params.jpeg_quality) for p in todo)
+    writer: _ShardWriter | None = None
 
-    Idempotent, so a swap that was interrupted is finished by the next run: the old index goes
-    first (the old set stops being complete), then the old shard files, then the new files with
-    the new index last. At every point either the old set or the new one is whole on disk.
-    """
-    staging = out / STAGING_NAME
-    if not (staging / INDEX_NAME).is_file():
-        return
-    with contextlib.suppress(FileNotFoundError):
-        (out / INDEX_NAME).unlink()
-    new_names = {p.name for p in staging.iterdir() if p.is_file()}
-    _clear(out, keep=new_names)
-    for p in sorted(staging.iterdir(), key=lambda q: q.name == INDEX_NAME):
-        if p.is_file():
-            os.replace(p, out / p.name)
-    with contextlib.suppress(OSError):
-        staging.rmdir()
+    def finish(end: int) -> None:
+        records.append(writer.finish(end))
+        if log:
+            log(_shard_line(records[-1]))
+
+    try:
+        with _pool_map(workers, tasks, len(todo)) as results:
+            for done, (pos, res) in enumerate(zip(todo, results, strict=True), start=1):
+                sid, ext, img, meta_json, reason = res
+                sample = inputs.samples[sid]
+                if writer is None:
+                    writer = _ShardWriter(out, len(records), pos, chunk_end(pos), phash)
+                if reason:
+                    writer.skipped.append({"sample_id": sid, "path": sample["path"], "reason": reason})
+                    if log:
+                        log(f"skipped {sid} ({sample['path']}): {reason}")
+                else:
+                    need = _member_bytes(len(img)) + _member_bytes(len(meta_json))
+                    if writer.samples and writer.bytes + need + _TAR_RECORD > params.max_size:
+                        finish(pos)
+                        writer = _ShardWriter(out, len(records), pos, writer.chunk_end, phash)
+                    writer.add(sid, ext, img, meta_json, sample)
+                if pos + 1 == writer.chunk_end:
+                    finish(pos + 1)
+                    writer = None
+                if on_progress:
+                    on_progress(done, len(todo))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return records
 
 
 def _shard_line(rec: dict[str, Any]) -> str:
