@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from midol_cli.eval.results import Task
 
 
-def score_test(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, probs: np.ndarray, task: Task,
-               *, val: tuple[np.ndarray, np.ndarray] | None = None, subgroups: Sequence[str] = (),
+def score_test(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, probs: np.ndarray,
+               task: Task, *, val: tuple[np.ndarray, np.ndarray] | None = None, subgroups: Sequence[str] = (),
                group_unit: str = "", aggregation: str = "mean", min_positives: int | None = None,
                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The protocol block of test predictions ``probs`` ``[N_test, C]`` of the rows ``rows`` (a mask
@@ -36,10 +36,11 @@ def score_test(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.nda
     block = ci_block(y_te, probs, task, groups=g_te, n_boot=n_boot, seed=seed)
     block["calibration"] = calibration_block(y_te, probs, lt, groups=g_te, n_boot=n_boot, seed=seed)
     if val is not None and len(val[0]):
-        block["operating_points"] = operating_points(val[0], val[1], y_te, probs, lt, task.classes, groups=g_te,
-                                                     n_boot=n_boot, seed=seed)
+        block["operating_points"] = operating_points(val[0], val[1], y_te, probs, lt, task.classes,
+                                                     groups=g_te, n_boot=n_boot, seed=seed)
     block.update(analysis_blocks(df, y, groups, rows, probs, task, subgroups=subgroups, group_unit=group_unit,
-                                 aggregation=aggregation, min_positives=min_positives, n_boot=n_boot, seed=seed))
+                                 aggregation=aggregation, min_positives=min_positives, n_boot=n_boot,
+                                 seed=seed))
     return block
 
 
@@ -50,8 +51,8 @@ def plot_test(out_dir: Path, y_test: np.ndarray, probs: np.ndarray, task: Task, 
         from midol_cli.eval.metrics import confusion_matrix
         from midol_cli.plotting import plot_confusion_matrix
 
-        plot_confusion_matrix(confusion_matrix(y_test, probs, task.classes), task.classes, out_dir / confusion,
-                              title=title)
+        cm = confusion_matrix(y_test, probs, task.classes)
+        plot_confusion_matrix(cm, task.classes, out_dir / confusion, title=title)
     cal = block.get("calibration")
     if cal:
         from midol_cli.plotting import plot_reliability
@@ -60,8 +61,9 @@ def plot_test(out_dir: Path, y_test: np.ndarray, probs: np.ndarray, task: Task, 
 
 
 def analysis_blocks(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, probs: np.ndarray,
-                    task: Task, *, subgroups: Sequence[str] = (), group_unit: str = "", aggregation: str = "mean",
-                    min_positives: int | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                    task: Task, *, subgroups: Sequence[str] = (), group_unit: str = "",
+                    aggregation: str = "mean", min_positives: int | None = None, n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, Any]:
     """The ``subgroups`` and ``patient_level`` entries of a protocol block (either may be absent).
 
     ``df``/``y``/``groups`` are aligned rows of the task (a ``TaskData`` or the fine-tuning data),
@@ -76,9 +78,9 @@ def analysis_blocks(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: n
         if "dataset" in df.columns:  # the source dataset of a merged manifest is a subgroup too
             for m, d in zip(meta, df["dataset"].fillna("").astype(str).to_numpy()[rows], strict=True):
                 m.setdefault("dataset", d)
-        out["subgroups"] = subgroup_block(y_te, probs, g_te, meta, list(subgroups), task,
-                                          n_boot=n_boot, seed=seed,
-                                          min_positives=MIN_POSITIVES if min_positives is None else min_positives)
+        floor = MIN_POSITIVES if min_positives is None else min_positives
+        out["subgroups"] = subgroup_block(y_te, probs, g_te, meta, list(subgroups), task, n_boot=n_boot,
+                                          seed=seed, min_positives=floor)
     if group_unit:
         pl = patient_level_block(y_te, probs, g_te, task, group_unit, aggregation=aggregation, n_boot=n_boot,
                                  seed=seed)
@@ -87,8 +89,8 @@ def analysis_blocks(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: n
     return out
 
 
-def write_predictions(path: Path, td: Any, te: np.ndarray, task: Task, pred_rows: list[tuple[str, Any, np.ndarray]],
-                      model_info: dict[str, Any]) -> None:
+def write_predictions(path: Path, td: Any, te: np.ndarray, task: Task,
+                      pred_rows: list[tuple[str, Any, np.ndarray]], model_info: dict[str, Any]) -> None:
     """``predictions.parquet`` (atomically): one row per test row ``te`` of ``td`` (anything with aligned
     ``df`` and ``groups``: a ``TaskData``, the fine-tuning data) and per ``(protocol, seed, probs)``."""
     import pyarrow.parquet as pq
@@ -98,7 +100,7 @@ def write_predictions(path: Path, td: Any, te: np.ndarray, task: Task, pred_rows
     sid = td.df["sample_id"].astype(str).to_numpy()[te].tolist()
     label = td.df["label"].astype(str).to_numpy()[te].tolist()
     group = [str(g) for g in td.groups[te]]
-    table = prediction_table(task.classes, task.name, model_info["id"],
-                             [(protocol, seed, sid, group, label, probs) for protocol, seed, probs in pred_rows])
+    rows = [(protocol, seed, sid, group, label, probs) for protocol, seed, probs in pred_rows]
+    table = prediction_table(task.classes, task.name, model_info["id"], rows)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
