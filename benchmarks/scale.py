@@ -7,7 +7,7 @@ stage in a fresh process so that its peak RSS is its own:
   reingest    the same folder again, unchanged (rows reused: should cost a small fraction)
   shard       midol_cli.data.shards.write_shards
   embed       a tiny random Swin (the shape of Swin-B, shrunk) over the shards, into the cache
-  probe       workflows.probe.run_task --task auto on the shards (embeddings from the cache: linear
+  probe       workflows.probe.run --task auto on the shards (embeddings from the cache: linear
               probe, k-NN, grouped bootstrap CIs, subgroups/calibration, predictions, plots)
   report      midol report's table over the results
 
@@ -96,12 +96,12 @@ def _stage(name: str, work: Path, workers: int) -> None:
 
         embed(load_eval_model(str(work / "model")), shards, batch_size=256, workers=workers)
     elif name == "probe":
-        from midol_cli.tasks import resolve_task
-        from midol_cli.workflows.probe import run_task
+        from midol_cli.progress import Silent
+        from midol_cli.workflows.probe import run
+        from midol_cli.workflows.settings import ProbeSettings
 
-        spec = resolve_task("auto", shards)
-        run_task(spec, str(work / "model"), shards, work / "results", fractions=(0.1, 1.0), seeds=(0,),
-                 batch_size=256, workers=workers, quiet=True)
+        run(ProbeSettings(task="auto", weights=str(work / "model"), data=shards, out=work / "results",
+                          fractions=[0.1, 1.0], seeds=1, batch_size=256, workers=workers), Silent())
     elif name == "report":
         from midol_cli.report.table import build_table, collect_summaries, render_markdown
 

@@ -15,9 +15,10 @@ import midol_cli
 
 ROOT = Path(midol_cli.__file__).parent
 # Bottom first. data knows no model (models read its normalisation constants); tasks sits above eval (a TaskSpec builds an eval Task); train above eval and tasks
-# (fine-tuning scores with eval's metrics); workflows chain train and eval; report reads what eval
-# writes; api is the Python API over them all (one function per command); cli is the shell over api.
-ORDER = ("data", "losses", "models", "eval", "tasks", "train", "workflows", "report", "api", "cli")
+# (fine-tuning scores with eval's metrics); report reads what eval writes; workflows is every command's
+# one home (``<stage>.run(settings, reporter)``, the settings models beside them), chaining train, eval
+# and report; api is the Python API over them (one thin function per command); cli is the shell.
+ORDER = ("data", "losses", "models", "eval", "tasks", "train", "report", "workflows", "api", "cli")
 
 
 def _imports(path: Path) -> set[str]:

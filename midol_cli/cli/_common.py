@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from midol_cli.errors import UsageError
 from midol_cli.paths import existing_dir, existing_file, writable_out  # noqa: F401  (the commands import them here)
+from midol_cli.progress import Reporter
 
 
 def console(stderr: bool = True):
@@ -22,65 +22,52 @@ def show_progress() -> bool:
     return is_rank0() and sys.stderr.isatty()
 
 
-def split_recipe_args(args: list[str] | None) -> tuple[str | None, list[str]]:
-    """``[RECIPE.yaml] [key=value ...]`` -> (recipe path or None, overrides): the one parser of a
-    command's recipe arguments (finetune, study). A later token without ``=`` is a one-line error."""
-    args = list(args or [])
-    recipe, rest = (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
-    bad = [a for a in rest if "=" not in a]
-    if bad:
-        raise UsageError(f"'{bad[0]}' is not KEY=VALUE: give the recipe first, then key.sub=value overrides")
-    return recipe, rest
+def progress_reporter(transient: bool = False):
+    """The reporter every command hands its stage (``midol_cli.progress.Reporter``): a rich progress bar
+    on a terminal, plain lines otherwise, nothing on ranks other than 0. ``transient``: the bar goes
+    when its work ends (a step of a command whose result is printed after it)."""
+    from midol_cli.distributed import is_rank0
+    from midol_cli.progress import Silent
+
+    if not is_rank0():
+        return Silent()
+    return RichReporter(transient) if sys.stderr.isatty() else Reporter()
 
 
-def progress_reporter():
-    """A ``train.engine.Reporter``: a rich progress bar on a terminal (rank 0), plain lines otherwise."""
-    from midol_cli.progress import Reporter
+class RichReporter(Reporter):
+    """A rich progress bar per ``start``..``stop``; lines print above the bar."""
 
-    if not show_progress():
-        return Reporter()
+    bar = True
 
-    class RichReporter(Reporter):
-        bar = True
+    def __init__(self, transient: bool = False, con=None) -> None:  # noqa: ANN001
+        super().__init__()
+        self.transient, self.console = transient, con
+        self.progress = self.task = None
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.progress = self.task = None
+    def start(self, label: str, total: int | None, completed: int = 0) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        def start(self, label: str, total: int, completed: int) -> None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.stop()
+        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 console=self.console or console(), transient=self.transient)
+        self.progress.start()
+        self.task = self.progress.add_task(label, total=total, completed=completed, info="")
 
-            self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console())
-            self.progress.start()
-            self.task = self.progress.add_task(label, total=total, completed=completed, info="")
+    def advance(self, completed: int, info: str = "") -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, info=info)
 
-        def advance(self, completed: int, info: str) -> None:
-            if self.progress is not None:
-                self.progress.update(self.task, completed=completed, info=info)
+    def line(self, msg: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(msg, markup=False, highlight=False)
+        else:
+            super().line(msg)
 
-        def line(self, msg: str) -> None:
-            if self.progress is not None:
-                self.progress.console.print(msg, markup=False, highlight=False)
-            else:
-                super().line(msg)
-
-        def stop(self) -> None:
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
-
-    return RichReporter()
-
-
-def parse_subgroups(value: str | None) -> tuple[str, ...] | None:
-    """``--subgroups``: None (the task's own), ``none`` (no subgroups) or comma-separated columns."""
-    if value is None:
-        return None
-    cols = tuple(c.strip() for c in value.split(",") if c.strip())
-    if cols in ((), ("none",)):
-        return ()
-    return cols
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 def subgroup_lines(block: dict, metric: str) -> list[str]:

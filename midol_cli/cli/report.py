@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from typing import Any
 
 import typer
 
-from midol_cli.cli._config import print_config_option
+from midol_cli.cli._config import command_settings, settings_command
 
 
-def report(
-    ctx: typer.Context,
-    args: list[str] = typer.Argument(None, metavar="[CONFIG.yaml] RESULTS [KEY=VALUE]...",
-                                     help="Folder holding results/<model>/<task>/summary.json files, optionally after "
-                                          "a config YAML; key=value settings after it."),
-    fmt: str = typer.Option("md", "--format", "-f", help="md, csv, json (stdout or --out) or html (needs --out)."),
-    reference: str = typer.Option(
-        None, "--reference", help="Add published numbers as a labelled column: 'paper' (M-IDoL, arXiv 2604.08936)."
-    ),
-    protocol: str = typer.Option(
-        "linear", "--protocol", "-p", help="Protocol to tabulate: linear, knn_k10, knn_k20, fraction_0.01, finetune..."
-    ),
-    metric: str = typer.Option(None, "--metric", "-m", help="Metric to show (default: each task's primary metric)."),
-    plot: Path = typer.Option(None, "--plot", help="Also write a bar chart (PNG) of models x tasks to this file."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write the report to this file (atomically) instead of stdout."),
-    tsne: list[Path] = typer.Option(
-        None, "--tsne", help="HTML: also embed tsne_*.png maps from this folder (repeatable; RESULTS is searched too)."
-    ),
-    compare: str = typer.Option(
-        None, "--compare", help="A,B: paired difference A - B per task (bootstrap CI and p, DeLong, Holm) instead."
-    ),
-    n_boot: int = typer.Option(2000, "--n-boot", help="--compare: paired bootstrap replicates."),
-    print_config: bool = print_config_option(),
-) -> None:
+def report(ctx: typer.Context, args: list[str] | None, print_config: bool, **_flags: Any) -> None:
     """Print a table of models (columns) x tasks (rows, grouped by modality) to stdout (or --out).
 
     Cells hold the metric x100 as 'value [95% CI]', or 'mean ± std' over seeds for label-fraction
@@ -54,14 +31,12 @@ def report(
 
       midol report demo/report.report.yaml protocol=finetune --print-config
     """
-    from midol_cli import api
-    from midol_cli.api.settings import ReportSettings
-    from midol_cli.cli._config import command_settings
+    from midol_cli.cli._common import progress_reporter
+    from midol_cli.workflows.report import run
+    from midol_cli.workflows.settings import ReportSettings
 
-    s = command_settings(ctx, ReportSettings, args, FLAGS, "report", fields=("results_dir",),
-                         print_config=print_config)
-    text = api.report(s, warn=lambda w: print(f"warning: {w}", file=sys.stderr),
-                      command=" ".join(["midol", *sys.argv[1:]]))
+    s = command_settings(ctx, ReportSettings, args, "report", print_config=print_config)
+    text = run(s, progress_reporter(), command=" ".join(["midol", *sys.argv[1:]]))
     if s.out is None:
         typer.echo(text, nl=False)
     else:
@@ -70,10 +45,7 @@ def report(
         print(f"wrote {s.plot}", file=sys.stderr)
 
 
-# Flags -> settings keys (midol_cli.api.settings.ReportSettings).
-FLAGS = {"fmt": "format", "reference": "reference", "protocol": "protocol", "metric": "metric", "plot": "plot",
-         "out": "out", "tsne": "tsne", "compare": "compare", "n_boot": "n_boot"}
-
-
 def register(app: typer.Typer) -> None:
-    app.command("report")(report)
+    from midol_cli.workflows.settings import ReportSettings
+
+    settings_command(app, "report", ReportSettings, report)

@@ -2,89 +2,46 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from midol_cli.cli._config import print_config_option
+from midol_cli.cli._config import command_settings, option, settings_command
 from midol_cli.errors import RunFailed, UsageError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "shard",
-        help=(
-            "Pack manifests into shuffled WebDataset shards (resized, re-encoded) with an index.json; "
-            "or check a shard set with --verify.\n\n"
-            "Re-running with the same inputs and options completes an interrupted run.\n\n"
-            "Examples:\n\n"
-            "  midol shard data/*/manifest.parquet --out shards/train --split train\n\n"
-            "  midol shard --verify shards/train\n\n"
-            "  midol shard shards/train/shard.yaml max_side=256 --out shards/train256"
-        ),
-    )
-    def shard(
-        ctx: typer.Context,
-        args: list[str] = typer.Argument(
-            None, metavar="[CONFIG.yaml] MANIFEST... [KEY=VALUE]...",
-            help="Manifest(s) written by `midol ingest` (e.g. one per modality), optionally after a config YAML; "
-                 "key=value settings (e.g. max_side=256) after them.", show_default=False
-        ),
-        out: Path = typer.Option(None, "--out", "-o", help="Folder for the shards (not inside any raw folder)."),
-        verify: Path = typer.Option(None, "--verify", help="Verify SHARD_DIR against its index.json; write nothing."),
-        split: str = typer.Option(None, "--split", help="Only this split: train, val or test."),
-        modality: list[str] = typer.Option(None, "--modality", help="Only this modality (repeatable)."),
-        max_side: int = typer.Option(512, "--max-side", help="Longer image side after resizing (never upscaled)."),
-        max_count: int = typer.Option(1000, "--max-count", help="Most samples per shard."),
-        max_size: str = typer.Option("256MB", "--max-size", help="Most bytes per shard (e.g. 256MB, 1GiB)."),
-        seed: int = typer.Option(0, "--seed", help="Shuffle seed (part of the plan)."),
-        min_shards: int = typer.Option(
-            16, "--min-shards", help="At least this many shards (fewer only with fewer samples)."
-        ),
-        workers: int = typer.Option(None, "--workers", help="Encoding processes (default: CPUs, up to 8)."),
-        jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality for RGB images (1-100)."),
-        print_config: bool = print_config_option(),
-    ) -> None:
-        if verify is not None:
-            if args or out is not None:
-                raise UsageError("--verify SHARD_DIR takes no manifests, settings or --out; run it on its own")
-            _verify(verify)
-            return
-        from midol_cli.api.settings import ShardSettings
-        from midol_cli.cli._config import command_settings
+    from midol_cli.workflows.settings import ShardSettings
 
-        s = command_settings(ctx, ShardSettings, args, FLAGS, "shard", fields=("manifests",), many=True,
-                             print_config=print_config)
-        _write(s)
+    verify = option("verify", Path, typer.Option(None, "--verify", help="Verify SHARD_DIR against its index.json; "
+                                                                         "write nothing."))
+    settings_command(app, "shard", ShardSettings, shard, help=HELP, extra=(verify,))
 
 
-# Flags -> settings keys (midol_cli.api.settings.ShardSettings).
-FLAGS = {"out": "out", "split": "split", "modality": "modalities", "max_side": "max_side", "max_count": "max_count",
-         "max_size": "max_size", "seed": "seed", "min_shards": "min_shards", "workers": "workers",
-         "jpeg_quality": "jpeg_quality"}
+HELP = (
+    "Pack manifests into shuffled WebDataset shards (resized, re-encoded) with an index.json; "
+    "or check a shard set with --verify.\n\n"
+    "Re-running with the same inputs and options completes an interrupted run.\n\n"
+    "Examples:\n\n"
+    "  midol shard data/*/manifest.parquet --out shards/train --split train\n\n"
+    "  midol shard --verify shards/train\n\n"
+    "  midol shard shards/train/shard.yaml max_side=256 --out shards/train256"
+)
 
 
-def _write(s) -> None:
-    from midol_cli import api
-    from midol_cli.cli._common import console, show_progress
+def shard(ctx: typer.Context, args: list[str] | None, print_config: bool, verify: Path | None, **flags: Any) -> None:
+    if verify is not None:
+        if args or flags.get("out") is not None:
+            raise UsageError("--verify SHARD_DIR takes no manifests, settings or --out; run it on its own")
+        _verify(verify)
+        return
+    from midol_cli.cli._common import console, progress_reporter
+    from midol_cli.workflows.settings import ShardSettings
+    from midol_cli.workflows.shard import run
 
-    c = console()
-    if show_progress():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("sharding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=c
-        ) as prog:
-            task = prog.add_task("shard", total=None)
-
-            def on_progress(done: int, total: int) -> None:
-                prog.update(task, completed=done, total=total)
-
-            index = api.shard(s, on_progress=on_progress, log=prog.console.print)
-    else:
-        index = api.shard(s, log=lambda line: print(line, file=sys.stderr, flush=True))
-    _summary(c, index, s.out)
+    s = command_settings(ctx, ShardSettings, args, "shard", print_config=print_config)
+    _summary(console(), run(s, progress_reporter()), s.out)
 
 
 def _summary(c, index: dict, out: Path) -> None:

@@ -3,93 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from midol_cli.cli._config import print_config_option
+from midol_cli.cli._config import emit_config, flag_names, given_flags, option, settings_command
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "study",
-        help=(
-            "Test the M-IDoL claim on your data: pre-train every variant (ablation) with several seeds, probe "
-            "each task, and compare every variant with midol by paired differences with grouped bootstrap "
-            "CIs. Completed runs are reused, killed ones resumed. Writes OUT/study.md, study.json, study.png.\n\n"
-            "Variants: midol (the recipe), no_moe, no_inter, no_intra, distill / contrastive (the other intra "
-            "reading), random (no pre-training), or NAME:KEY=VALUE,... with --variant.\n\n"
-            "Examples:\n\n"
-            "  midol study recipes/smoke.yaml --data demo/shards --tasks synth-fundus,synth-oct --seeds 3\n\n"
-            "  midol study recipes/base.yaml --data shards/ --tasks auto --variants midol,no_moe,random "
-            "--out studies/base\n\n"
-            "  midol study study/study.yaml study.seeds=5 --print-config"
-        ),
-    )
-    def study(
-        ctx: typer.Context,
-        args: list[str] = typer.Argument(None, metavar="RECIPE.yaml [KEY=VALUE]...",
-                                         help="Pre-training recipe (it may hold a study: section), then overrides: "
-                                              "study.KEY=VALUE for the study's settings, the rest applied to every "
-                                              "variant."),
-        data: Path = typer.Option(None, "--data", help="Shard dir: pre-training (train split) and, by default, "
-                                  "probing. Same as data.shards=..."),
-        tasks: str = typer.Option(None, "--tasks", help="Comma-separated task names, task files (.yaml), or auto."),
-        task_data: list[str] = typer.Option(None, "--task-data", metavar="TASK=PATH",
-                                            help="Probe TASK on another manifest or shard dir (repeatable)."),
-        variants: str = typer.Option(",".join(_default()), "--variants", help="Comma-separated built-in variants."),
-        variant: list[str] = typer.Option(None, "--variant", metavar="NAME:KEY=VALUE,...",
-                                          help="A custom variant (repeatable)."),
-        seeds: int = typer.Option(3, "--seeds", help="Pre-training seeds per variant (0..N-1)."),
-        out: Path = typer.Option(Path("study"), "--out", help="Study folder (runs/, results/, study.*)."),
-        n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap replicates of the paired differences."),
-        finetune: Path = typer.Option(None, "--finetune", metavar="RECIPE.yaml",
-                                      help="Also fine-tune random and midol on every task with this recipe."),
-        finetune_seeds: int = typer.Option(1, "--finetune-seeds", help="Seeds to fine-tune (the first N)."),
-        workers: int = typer.Option(1, "--workers", help="Data-loading processes for embedding."),
-        device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
-        print_config: bool = print_config_option(),
-    ) -> None:
-        from midol_cli import api
-        from midol_cli.api.settings import StudySettings, resolve, split_args
-        from midol_cli.cli._common import console
-        from midol_cli.cli._config import flag_names, given_flags
-        from midol_cli.errors import UsageError
-        from midol_cli.recipes import read_yaml
-        from midol_cli.workflows.study_setup import prepare_study, split_study_overrides
+    from midol_cli.workflows.settings import StudySettings
 
-        recipe, pos, over = split_args(args)
-        if recipe is None or pos:
-            raise UsageError("give the pre-training recipe first (e.g. recipes/smoke.yaml), then KEY=VALUE overrides")
-        section = read_yaml(recipe).get("study") or {}
-        own, rest = split_study_overrides(over)
-        s = resolve(StudySettings, section, own, flags=given_flags(ctx, FLAGS), flag_names=flag_names(ctx, FLAGS),
-                    command="`midol study`")
-        recipe_path = Path(recipe)
-        if section:  # a config written by an earlier study: its recipe part is what every variant starts from
-            recipe_path = _recipe_without_study(recipe_path, s.out)
-        if print_config:
-            from midol_cli.cli._config import emit_config
-
-            _, resolved = prepare_study(recipe_path, rest, s, data)
-            emit_config({**resolved, "study": s.model_dump(mode="json")}, "study")
-        rec = api.study(recipe_path, s, overrides=rest, data=data)
-        console().print(f"study: wrote {rec['written'][1]}, study.json and study.png", markup=False,
-                        highlight=False)
-        from midol_cli.report.study import render_markdown
-
-        console(stderr=False).print(render_markdown(rec), markup=False, highlight=False)
+    args = option("args", list[str], typer.Argument(
+        None, metavar="RECIPE.yaml [KEY=VALUE]...", help="Pre-training recipe (it may hold a study: section), then "
+        "overrides: study.KEY=VALUE for the study's settings, the rest applied to every variant."))
+    data = option("data", Path, typer.Option(None, "--data", help="Shard dir: pre-training (train split) and, by "
+                                             "default, probing. Same as data.shards=..."))
+    settings_command(app, "study", StudySettings, study, args=args, extra=(data,), help=(
+        "Test the M-IDoL claim on your data: pre-train every variant (ablation) with several seeds, probe "
+        "each task, and compare every variant with midol by paired differences with grouped bootstrap "
+        "CIs. Completed runs are reused, killed ones resumed. Writes OUT/study.md, study.json, study.png.\n\n"
+        "Variants: midol (the recipe), no_moe, no_inter, no_intra, distill / contrastive (the other intra "
+        "reading), random (no pre-training), or NAME:KEY=VALUE,... with --variant.\n\n"
+        "Examples:\n\n"
+        "  midol study recipes/smoke.yaml --data demo/shards --tasks synth-fundus,synth-oct --seeds 3\n\n"
+        "  midol study recipes/base.yaml --data shards/ --tasks auto --variants midol,no_moe,random "
+        "--out studies/base\n\n"
+        "  midol study study/study.yaml study.seeds=5 --print-config"))
 
 
-# Flags -> settings keys (midol_cli.api.settings.StudySettings).
-FLAGS = {"tasks": "tasks", "task_data": "task_data", "variants": "variants", "variant": "custom_variants",
-         "seeds": "seeds", "out": "out", "n_boot": "n_boot", "finetune": "finetune",
-         "finetune_seeds": "finetune_seeds", "workers": "workers", "device": "device"}
+def study(ctx: typer.Context, args: list[str] | None, print_config: bool, data: Path | None, **_flags: Any) -> None:
+    from midol_cli.cli._common import console, progress_reporter
+    from midol_cli.errors import UsageError
+    from midol_cli.recipes import read_yaml
+    from midol_cli.workflows.settings import StudySettings, resolve, split_args
+    from midol_cli.workflows.study_setup import prepare_study, run, split_study_overrides
 
+    recipe, pos, over = split_args(args)
+    if recipe is None or pos:
+        raise UsageError("give the pre-training recipe first (e.g. recipes/smoke.yaml), then KEY=VALUE overrides")
+    section = read_yaml(recipe).get("study") or {}
+    own, rest = split_study_overrides(over)
+    s = resolve(StudySettings, section, own, flags=given_flags(ctx, StudySettings),
+                flag_names=flag_names(StudySettings), command="`midol study`")
+    recipe_path = Path(recipe)
+    if section:  # a config written by an earlier study: its recipe part is what every variant starts from
+        recipe_path = _recipe_without_study(recipe_path, s.out)
+    if print_config:
+        _, resolved = prepare_study(recipe_path, rest, s, data)
+        emit_config({**resolved, "study": s.model_dump(mode="json")}, "study")
+    rec = run(recipe_path, s, progress_reporter(), rest, data)
+    console().print(f"study: wrote {rec['written'][1]}, study.json and study.png", markup=False,
+                    highlight=False)
+    from midol_cli.report.study import render_markdown
 
-def _default() -> tuple[str, ...]:
-    from midol_cli.workflows.study import DEFAULT_VARIANTS
-
-    return DEFAULT_VARIANTS
+    console(stderr=False).print(render_markdown(rec), markup=False, highlight=False)
 
 
 def _recipe_without_study(path: Path, out: Path) -> Path:

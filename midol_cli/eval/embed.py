@@ -20,6 +20,7 @@ from typing import Any
 
 from midol_cli import __version__
 from midol_cli.errors import UsageError
+from midol_cli.progress import Reporter, Silent
 
 # Carried from the manifest or shard into every embeddings row; ``meta`` (per-image metadata JSON) and
 # ``dataset`` are what `probe --subgroups` splits the test set by.
@@ -180,8 +181,9 @@ def _device(device: str | None):
 
 
 def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, device: str | None = None,
-          use_cache: bool = True, progress: bool = False):
-    """Embed every usable image of ``data`` with ``model`` (an eval.models.EvalModel) -> DataFrame."""
+          use_cache: bool = True, reporter: Reporter | None = None):
+    """Embed every usable image of ``data`` with ``model`` (an eval.models.EvalModel) -> DataFrame.
+    ``reporter`` shows the images embedded so far (a bar on a terminal): hours on real data."""
     import numpy as np
     import pandas as pd
     import torch
@@ -214,13 +216,9 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
     metas, embs, routes, logits_all = [], [], [], []
     n_bad = 0
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("embed", total=None)
+    reporter = reporter or Silent()
+    done = 0
+    reporter.start("embedding", _expected(data, kind), 0)
     try:
         with torch.inference_mode():
             for x, rows, bad in _rows(data, kind, transform, batch_size, workers):
@@ -241,11 +239,10 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
                 if r is not None:
                     routes.append(r.cpu().numpy().astype(np.float32))
                     logits_all.append(lg.cpu().numpy())
-                if bar is not None:
-                    bar.advance(task, len(rows))
+                done += len(rows) + bad
+                reporter.advance(done)
     finally:
-        if bar is not None:
-            bar.stop()
+        reporter.stop()
     if not metas:
         raise UsageError(f"no image of '{data}' could be embedded")
     df = pd.DataFrame(metas)
@@ -272,6 +269,18 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         with atomic_path(cached) as tmp:
             df.to_parquet(tmp, index=False)
     return df
+
+
+def _expected(data: Path, kind: str) -> int | None:
+    """How many samples ``data`` holds (the bar's total), or None where that is not cheap to know."""
+    try:
+        if kind == "shards":
+            return int(json.loads((data / "index.json").read_text(encoding="utf-8"))["totals"]["samples"])
+        from midol_cli.data.manifest import read_manifest, usable_rows
+
+        return len(usable_rows(read_manifest(data, only_ok=True)[0]))
+    except Exception:  # only the bar's length: an unknown total draws an indeterminate bar
+        return None
 
 
 def write_embeddings(df, out: str | Path, model_info: dict[str, Any], modalities: list[str] | None) -> None:

@@ -1,7 +1,8 @@
-"""Workflows: the commands that chain the stages below them.
+"""Every command's one home: ``<stage>.run(settings, reporter)`` (ingest, shard, pretrain, embed,
+probe, finetune, export, report, quickstart; the study's in ``study_setup``), taking the command's
+validated settings model (``settings``, the only declaration of its options) whole and a
+``midol_cli.progress.Reporter``. The CLI and the Python API both call these.
 
-``probe.run_task`` resolves a task's data (``tasks``), embeds it and runs the probe suite (``eval``);
-``study.run_study`` pre-trains variants (``train``), probes and fine-tunes them, and aggregates paired
-differences. This layer may import every package below it (data, models, losses, tasks, train, eval);
+This layer may import every package below it (data, models, losses, tasks, train, eval, report);
 none of those imports it, so the packages stay acyclic.
 """

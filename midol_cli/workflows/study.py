@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from midol_cli.errors import UsageError
+from midol_cli.progress import Reporter
 
 BASELINE = "midol"
 RANDOM = "random"
@@ -45,7 +45,6 @@ BUILTIN_VARIANTS: dict[str, list[str] | None] = {
     "contrastive": ["loss.intra=contrastive"],
     "random": None,
 }
-DEFAULT_VARIANTS = ("midol", "no_moe", "no_inter", "no_intra", "other_reading", "random")
 STUDY_SCHEMA = 1
 
 
@@ -162,7 +161,7 @@ def _recorded_hash(run_dir: Path) -> str | None:
         return None
 
 
-def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, log: Callable[[str], None]) -> tuple[Path, float]:
+def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, reporter: Reporter) -> tuple[Path, float]:
     """The run dir of ``variant`` at ``seed``: pre-trained (or resumed) unless already complete.
 
     Returns ``(run_dir, seconds spent here)``. A run dir made with another recipe is an error, never
@@ -178,7 +177,7 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, log: Callable[[str
     if not variant.pretrained:
         if (run_dir / "export").is_dir() and _recorded_hash(run_dir) == recipe_hash(recipe):
             return run_dir, 0.0
-        log(f"{model_id(variant.name, seed)}: exporting the initial (random) encoder")
+        reporter.line(f"{model_id(variant.name, seed)}: exporting the initial (random) encoder")
         export_initial(recipe, run_dir)
         return run_dir, time.perf_counter() - t0
     recorded = _recorded_hash(run_dir)
@@ -188,19 +187,20 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, log: Callable[[str
             "remove it, or give the study another --out"
         )
     if _run_complete(run_dir, recipe.train.steps):
-        log(f"{model_id(variant.name, seed)}: reusing the completed run in {run_dir}")
+        reporter.line(f"{model_id(variant.name, seed)}: reusing the completed run in {run_dir}")
         return run_dir, 0.0
-    log(f"{model_id(variant.name, seed)}: pre-training {recipe.train.steps} steps into {run_dir}")
-    run_pretrain(recipe, run_dir, resume="auto")
+    reporter.line(f"{model_id(variant.name, seed)}: pre-training {recipe.train.steps} steps into {run_dir}")
+    run_pretrain(recipe, run_dir, resume="auto", reporter=reporter)
     return run_dir, time.perf_counter() - t0
 
 
-def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[str, Any]:
+def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter: Reporter) -> dict[str, Any]:
     """The task's summary for model ``mid``: reused when it was made from the same weights and data."""
     from midol_cli.artifacts import sha256_file, write_json_atomic
     from midol_cli.eval.results import load_summary, summary_path
     from midol_cli.models.export import ENCODER_FILE
-    from midol_cli.workflows.probe import run_task
+    from midol_cli.workflows.probe import WarningsOnly, probe_task
+    from midol_cli.workflows.settings import ProbeSettings
 
     path = summary_path(cfg.out / "results", mid, task.spec.name)
     # What the summary was computed from: the same weights on the same data, or it is recomputed.
@@ -213,8 +213,10 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[s
                 return old
         except ValueError:
             pass
-    summary = run_task(task.spec, str(run_dir), task.data, cfg.out / "results", name=mid, fractions=(1.0,),
-                       seeds=(0,), n_boot=cfg.probe_boot, workers=cfg.workers, device=cfg.device, quiet=True)
+    s = ProbeSettings(task=task.spec.name, weights=str(run_dir), data=task.data, out=cfg.out / "results",
+                      model_id=mid, fractions=[1.0], seeds=1, n_boot=cfg.probe_boot, workers=cfg.workers,
+                      device=cfg.device)
+    summary = probe_task(task.spec, s, WarningsOnly(reporter))
     write_json_atomic(marker, source)
     return summary
 
@@ -254,17 +256,17 @@ def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dic
     return s["protocols"]["finetune"] if s and "protocols" in s else None
 
 
-def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Everything of the module docstring; returns the study record, which the caller writes (the CLI
-    through ``report.study.write_outputs``: study.json, study.md, study.png)."""
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+def run_study(cfg: StudyConfig, reporter: Reporter) -> dict[str, Any]:
+    """Everything of the module docstring; returns the study record, which ``run`` writes
+    (``report.study.write_outputs``: study.json, study.md, study.png)."""
+    say = reporter.line
     t_start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     runs: dict[tuple[str, int], Path] = {}
     for v in cfg.variants:
         for s in cfg.seeds:
-            runs[(v.name, s)], timings[model_id(v.name, s)] = ensure_run(cfg, v, s, say)
+            runs[(v.name, s)], timings[model_id(v.name, s)] = ensure_run(cfg, v, s, reporter)
 
     summaries: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     reps: dict[tuple[str, int], dict[str, Any]] = {}
@@ -272,7 +274,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] | None = None) -> dic
     for (vname, s), run_dir in runs.items():
         mid = model_id(vname, s)
         say(f"{mid}: probing {len(cfg.tasks)} task(s)")
-        summaries[(vname, s)] = {t.spec.name: _probe(cfg, t, run_dir, mid) for t in cfg.tasks}
+        summaries[(vname, s)] = {t.spec.name: _probe(cfg, t, run_dir, mid, reporter) for t in cfg.tasks}
         reps[(vname, s)] = _representation(cfg, run_dir, mid)
         if cfg.finetune_recipe is not None and vname in cfg.finetune_variants and s in cfg.seeds[: cfg.finetune_seeds]:
             for t in cfg.tasks:

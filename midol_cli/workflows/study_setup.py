@@ -1,6 +1,7 @@
-"""A study's settings checked and turned into a ``StudyConfig`` before hours of pre-training start:
-the recipe with every override, the shard dir, the tasks and their data, the variants, the
-fine-tuning recipe. ``api.study`` and the CLI call ``prepare_study``."""
+"""``midol study``'s one home (``run``): the study's settings checked and turned into a ``StudyConfig``
+before hours of pre-training start (the recipe with every override, the shard dir, the tasks and
+their data, the variants, the fine-tuning recipe), then ``study.run_study`` and the written outputs.
+``api.study`` and the CLI call ``run``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from midol_cli.errors import UsageError
+from midol_cli.progress import Reporter
+from midol_cli.workflows.settings import DEFAULT_VARIANTS, StudySettings
 
 
-def prepare_study(recipe_path: Path, overrides: list[str], s: Any, data: str | Path | None):
+def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, data: str | Path | None):
     """(``StudyConfig``, the resolved base recipe as a dict) for ``StudySettings`` ``s``."""
     from midol_cli.recipes import PretrainRecipe, load_recipe, recipe_dict
-    from midol_cli.workflows.study import DEFAULT_VARIANTS, StudyConfig, parse_variants
+    from midol_cli.workflows.study import StudyConfig, parse_variants
 
     if data is not None:
         overrides = [*overrides, f"data.shards={data}"]
@@ -81,3 +84,21 @@ def split_study_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     recipe's (applied to every variant)."""
     own = [t.split(".", 1)[1] for t in overrides if t.startswith("study.")]
     return own, [t for t in overrides if not t.startswith("study.")]
+
+
+def run(recipe_path: Path, s: StudySettings, reporter: Reporter, overrides: list[str] | tuple[str, ...] = (),
+        data: str | Path | None = None) -> dict[str, Any]:
+    """``midol study``'s one home: every variant of ``recipe_path`` (with ``overrides``; ``data``: the shard
+    dir, else the recipe's data.shards) pre-trained, probed and compared; OUT/study.md, study.json,
+    study.png and the resolved settings written; the study record returned."""
+    from midol_cli.paths import writable_out
+    from midol_cli.report.study import write_outputs
+    from midol_cli.workflows.settings import write_settings
+    from midol_cli.workflows.study import run_study
+
+    cfg, resolved = prepare_study(Path(recipe_path), list(overrides), s, data)
+    writable_out(s.out)
+    rec = run_study(cfg, reporter)
+    rec["written"] = [str(p) for p in write_outputs(s.out, rec)]
+    write_settings({**resolved, "study": s.model_dump(mode="json")}, s.out, "study", folder=True)
+    return rec

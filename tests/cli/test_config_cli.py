@@ -87,34 +87,58 @@ def test_a_key_given_as_flag_and_as_key_value_is_refused(tmp_path, monkeypatch, 
     assert code == 2 and "unexpected argument 'extra_folder'" in err, err
 
 
+SCHEMAS = {"ingest": "IngestSettings", "shard": "ShardSettings", "embed": "EmbedSettings",
+           "probe": "ProbeSettings", "finetune": "FinetuneSettings", "export": "ExportSettings",
+           "report": "ReportSettings", "study": "StudySettings", "quickstart": "QuickstartSettings",
+           "pretrain": "PretrainSettings"}
+# The parameters that are not settings: the free arguments, --print-config, and a few per command.
+NOT_SETTINGS = {"pretrain": {"recipe", "overrides"}, "shard": {"verify"}, "study": {"data"}}
+
+
 def test_flag_defaults_are_the_settings_defaults():
-    """A flag's shown default and its settings key's default cannot drift apart."""
+    """Every command's options are its settings fields: same names, defaults and help, and every flag
+    field is an option (generated from the model, so they cannot drift apart)."""
     import typer
 
-    from midol_cli.api import settings as st
+    from midol_cli.cli._config import flag_default, flag_fields
+    from midol_cli.workflows import settings as st
 
-    schemas = {"ingest": st.IngestSettings, "shard": st.ShardSettings, "embed": st.EmbedSettings,
-               "probe": st.ProbeSettings, "finetune": st.FinetuneSettings, "export": st.ExportSettings,
-               "report": st.ReportSettings, "study": st.StudySettings, "quickstart": st.QuickstartSettings}
     cmd = typer.main.get_command(main.app)
-    import importlib
-
     checked = 0
-    for name, schema in schemas.items():
-        flags = importlib.import_module(f"midol_cli.cli.{name}").FLAGS
-        for p in cmd.commands[name].params:
-            target = flags.get(p.name)
-            if target is None or isinstance(target, tuple) or p.default is None:
-                continue
-            want = schema.model_fields[target].get_default(call_default_factory=True)
-            got = p.default
-            if name == "probe" and target == "fractions":
-                got = [float(x) for x in got.split(",")]
-            if name == "study" and target == "variants":
-                continue  # None in the settings: the study's own default set, which the flag shows
-            assert str(got) == str(want), f"{name} --{p.name}: flag default {got!r}, settings default {want!r}"
+    for name, schema_name in SCHEMAS.items():
+        schema = getattr(st, schema_name)
+        skip = {"args", "print_config", *NOT_SETTINGS.get(name, ())}
+        params = {p.name: p for p in cmd.commands[name].params if p.name not in skip}
+        assert set(params) == set(flag_fields(schema)), name
+        for key, p in params.items():
+            f = schema.model_fields[key]
+            assert p.help == f.description, f"{name} --{key}: help differs from the settings description"
+            want = None if f.is_required() else f.get_default(call_default_factory=True)
+            assert p.default == flag_default(f), f"{name} --{key}"
+            if isinstance(want, list) and p.default is not None and not isinstance(p.default, list):
+                assert p.default == ",".join(map(str, want)), f"{name} --{key}"  # a comma-separated flag
+            elif isinstance(want, list | dict):
+                assert p.default in (None, want), f"{name} --{key}"  # a repeatable flag: none given
+            else:
+                assert p.default == want, f"{name} --{key}: flag default {p.default!r}, settings {want!r}"
             checked += 1
-    assert checked >= 25
+    assert checked >= 60
+
+
+def test_probe_no_cache_recomputes_the_embeddings(data, tmp_path, monkeypatch, capsys):
+    """--no-cache on probe (one declaration, on the settings; one use, in the probe) reaches the embedding:
+    nothing is read from or written to the cache; without it the embeddings are cached."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(cache))
+    base = ("probe", "--task", "synth-oct", "--weights", "random:resnet10t", "--data", data["manifests"] / "oct.parquet",
+            "--out", tmp_path / "res", "seeds=1", "fractions=[1.0]", "n_boot=20", "workers=0")
+    assert printed(monkeypatch, capsys, *base, "--no-cache")["cache"] is False
+    code, _, err = midol(monkeypatch, capsys, *base, "--no-cache")
+    assert code == 0, err
+    assert not list(cache.glob("embeddings/*.parquet"))
+    code, _, err = midol(monkeypatch, capsys, *base)
+    assert code == 0, err
+    assert len(list(cache.glob("embeddings/*.parquet"))) == 1
 
 
 def test_settings_are_written_beside_outputs_and_taken_back(data, tmp_path, monkeypatch, capsys):
@@ -161,11 +185,12 @@ def test_the_python_api_takes_the_same_settings(data, tmp_path):
     from midol_cli import api
     from midol_cli.api.settings import IngestSettings
     from midol_cli.errors import UsageError
+    from midol_cli.progress import Silent
 
     s = IngestSettings(raw_dir=data["raw"] / "pathology", modality="pathology", out=tmp_path / "p.parquet",
                        workers=1)
-    summary = api.ingest(s, log=None)
+    summary = api.ingest(s, reporter=Silent())
     assert summary["ok"] > 0 and Path(summary["settings"]).is_file()
-    assert api.ingest(s, log=None, seed=1)["reused"] == summary["ok"]  # keyword over a settings object
+    assert api.ingest(s, reporter=Silent(), seed=1)["reused"] == summary["ok"]  # keyword over a settings object
     with pytest.raises(UsageError, match="2 problems: modality: required.*seed: Input should be a valid integer"):
         api.ingest(raw_dir=tmp_path, seed="x")

@@ -64,17 +64,6 @@ def test_every_option_has_help(command):
     assert not missing, f"{command}: options without help: {missing}"
 
 
-def test_recipe_arguments_are_parsed_one_way():
-    from midol_cli.cli._common import split_recipe_args
-    from midol_cli.errors import UsageError
-
-    assert split_recipe_args(["r.yaml", "epochs=3"]) == ("r.yaml", ["epochs=3"])
-    assert split_recipe_args(["epochs=3"]) == (None, ["epochs=3"])
-    assert split_recipe_args(None) == (None, [])
-    with pytest.raises(UsageError, match="'oops' is not KEY=VALUE"):
-        split_recipe_args(["r.yaml", "oops"])
-
-
 def test_root_help_ends_with_exit_codes_and_environment(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setattr(sys, "argv", ["midol", "--help"])

@@ -11,13 +11,13 @@ from midol_cli.cli import main
 
 
 def test_a_none_metric_prints_as_n_a(tmp_path, monkeypatch, capsys):
-    from midol_cli import api
+    from midol_cli.workflows import probe
 
     none = {"value": None, "ci_low": None, "ci_high": None}
     summary = {"task": {"name": "t1"}, "model": {"id": "m"}, "primary_metric": "auroc", "n": {"test": 4},
                "protocols": {"linear": {"metrics": {"auroc": none}}, "knn_k10": {"metrics": {"auroc": none}}},
                "out_dir": str(tmp_path / "m" / "t1")}
-    monkeypatch.setattr(api, "probe", lambda *a, **k: summary)
+    monkeypatch.setattr(probe, "run", lambda *a, **k: summary)
     monkeypatch.setattr(sys, "argv", ["midol", "probe", "--task", "synth-oct", "--weights", str(tmp_path),
                                       "--data", str(tmp_path), "--out", str(tmp_path / "r")])
     with pytest.raises(SystemExit) as ex:
@@ -29,9 +29,6 @@ def test_a_none_metric_prints_as_n_a(tmp_path, monkeypatch, capsys):
 
 
 def test_quickstart_logs_a_none_metric_as_n_a():
-    try:  # quickstart's work is moving from api/ to workflows/ (the settings rewrite)
-        from midol_cli.workflows.quickstart import _num
-    except ImportError:
-        from midol_cli.api._quickstart import _num
+    from midol_cli.workflows.quickstart import _num
 
     assert (_num(None), _num(0.81234)) == ("n/a", "0.8123")

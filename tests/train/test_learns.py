@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
     from midol_cli.eval.paired import compare_models
+    from midol_cli.progress import Reporter
     from midol_cli.train.pretrain import run_pretrain
-    from midol_cli.workflows.probe import run_task
+    from midol_cli.workflows.probe import probe_task
+    from midol_cli.workflows.settings import ProbeSettings
 
     # The demo's data exactly (scripts/demo.sh: synth --seed 0 --per-class 200 --corrupt 5, shards at 96 px),
     # so that this test guards the claim `make demo` prints.
@@ -56,8 +58,8 @@ def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
         spec = get_task(task)
         data = p["manifests"] / f"{spec.modality}.parquet"
         for kind, weights in (("pretrained", str(run)), ("random", f"random:{run}")):
-            s = run_task(spec, weights, data, results, name=kind, fractions=(1.0,), seeds=(0,), n_boot=50,
-                         workers=1)
+            s = probe_task(spec, ProbeSettings(task=spec.name, weights=weights, data=data, out=results, model_id=kind,
+                                               fractions=[1.0], seeds=1, n_boot=50, workers=1), Reporter())
             assert not s["protocols"]["linear"]["degenerate"]["flag"], (kind, task)
             acc[kind][task] = s["protocols"]["linear"]["metrics"]["accuracy"]["value"]
     floor = statistics.mean(acc["random"].values())

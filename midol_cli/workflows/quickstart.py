@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from midol_cli.errors import UsageError
+from midol_cli.progress import Reporter
+from midol_cli.workflows.settings import QuickstartSettings
 
 
 def folder_modalities(raw_root: Path, mapping: dict[str, str]) -> dict[str, str]:
@@ -58,11 +60,11 @@ def folder_modalities(raw_root: Path, mapping: dict[str, str]) -> dict[str, str]
     return out
 
 
-def plan_quickstart(s: Any) -> dict[str, Any]:
-    """Every stage's settings, validated at once (``QuickstartSettings`` ``s``); nothing runs."""
-    from midol_cli.api.settings import IngestSettings, ShardSettings, validate_settings
+def plan_quickstart(s: QuickstartSettings) -> dict[str, Any]:
+    """Every stage's settings, validated at once; nothing runs."""
     from midol_cli.modalities import BUILTIN_MODALITIES
     from midol_cli.recipes import PretrainRecipe, _merge, read_yaml, validate
+    from midol_cli.workflows.settings import IngestSettings, ProbeSettings, ShardSettings, validate_settings
 
     out = s.out
     folders = folder_modalities(s.raw_root, dict(s.modalities))
@@ -92,23 +94,25 @@ def plan_quickstart(s: Any) -> dict[str, Any]:
     data = _merge(_merge(base, {"data": {"modalities": mods}}), s.pretrain)
     data = _merge(data, {"data": {"shards": str(out / "shards")}})
     recipe = check(lambda: validate(PretrainRecipe, data, "quickstart pre-training recipe"))
-    probe = dict(s.probe)
-    from midol_cli.api.settings import ProbeSettings
-
-    check(lambda: validate_settings(ProbeSettings, {**probe, "task": "auto", "weights": "w", "data": "d"},
-                                    "quickstart probe settings"))
+    probe = {w: check(lambda w=w: validate_settings(ProbeSettings, {
+        **s.probe, "task": "auto", "weights": w, "data": "d", "out": out / "results"}, "quickstart probe settings"))
+        for w in weights_of(s, recipe)}
     if problems:
         raise UsageError("; ".join(problems))
     return {"folders": folders, "ingest": ingest, "shard": shard, "recipe": recipe, "probe": probe}
 
 
-def run_quickstart(s: Any, log: Callable[[str], None], reporter: Any = None) -> dict[str, Any]:
-    """Run every stage of ``plan_quickstart(s)``; return where each output is."""
-    from midol_cli import api
-    from midol_cli.api.settings import write_settings
+def weights_of(s: QuickstartSettings, recipe: Any) -> list[str]:
+    """The models quickstart probes: its run, and (``baseline``) the same encoder at random init."""
+    run_dir = s.out / "runs" / (recipe.name if recipe is not None else "run")
+    return [str(run_dir)] + ([f"random:{run_dir}"] if s.baseline else [])
+
+
+def run(s: QuickstartSettings, reporter: Reporter) -> dict[str, Any]:
+    """Run every stage of ``plan_quickstart(s)``, each through its own ``run``; where each output is."""
     from midol_cli.paths import writable_out
-    from midol_cli.tasks.custom import auto_tasks, read_labels_table
-    from midol_cli.workflows.study import _run_complete as run_complete
+    from midol_cli.workflows import ingest, report, shard
+    from midol_cli.workflows.settings import write_settings
 
     plan = plan_quickstart(s)
     out = s.out
@@ -116,28 +120,52 @@ def run_quickstart(s: Any, log: Callable[[str], None], reporter: Any = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     write_settings(s, out, "quickstart", folder=True)
     res: dict[str, Any] = {"out": str(out), "manifests": {}, "probes": [], "not_probed": {}}
+    log = reporter.line
 
     log(f"quickstart 1/5 ingest: {len(plan['ingest'])} folder(s) -> {out / 'manifests'}")
     for m, ing in plan["ingest"].items():
-        summ = api.ingest(ing, log=log)
+        summ = ingest.run(ing, reporter)
         res["manifests"][m] = summ["manifest"]
         log(f"  {m}: {summ['ok']} ok, {summ['rejected']} rejected, {summ['reused']} reused -> {summ['manifest']}")
 
     log(f"quickstart 2/5 shard -> {out / 'shards'}")
-    index = api.shard(plan["shard"], log=None)
+    index = shard.run(plan["shard"], _Quiet(reporter))
     log(f"  {index['totals']['shards']} shards, {index['totals']['samples']} samples")
+    res["run"] = _pretrain(plan["recipe"], out, reporter)
+    _probes(plan, res, reporter)
+    if res["probes"]:
+        from midol_cli.workflows.settings import ReportSettings
 
-    recipe = plan["recipe"]
+        log(f"quickstart 5/5 report -> {out / 'report.md'}")
+        report.run(ReportSettings(results_dir=out / "results", out=out / "report.md"), reporter)
+        res["report"] = str(out / "report.md")
+    else:
+        log("quickstart 5/5 report: skipped, no modality has labels to probe")
+    return res
+
+
+def _pretrain(recipe: Any, out: Path, reporter: Reporter) -> str:
+    """Stage 3: pre-train (resumed), or reuse a complete run."""
+    from midol_cli.workflows import pretrain
+    from midol_cli.workflows.settings import PretrainSettings
+    from midol_cli.workflows.study import _run_complete as run_complete
+
     run_dir = out / "runs" / recipe.name
     if run_complete(run_dir, recipe.train.steps):
-        log(f"quickstart 3/5 pretrain: {run_dir} is complete ({recipe.train.steps} steps); reused")
+        reporter.line(f"quickstart 3/5 pretrain: {run_dir} is complete ({recipe.train.steps} steps); reused")
     else:
-        log(f"quickstart 3/5 pretrain: {recipe.model.arch}, {recipe.train.steps} steps -> {run_dir}")
-        api.pretrain(recipe, run_dir, resume="auto", reporter=reporter)
-    res["run"] = str(run_dir)
+        reporter.line(f"quickstart 3/5 pretrain: {recipe.model.arch}, {recipe.train.steps} steps -> {run_dir}")
+        pretrain.run(recipe, PretrainSettings(out=run_dir, resume="auto"), reporter)
+    return str(run_dir)
 
+
+def _probes(plan: dict[str, Any], res: dict[str, Any], reporter: Reporter) -> None:
+    """Stage 4: every labelled modality probed (--task auto) with each model of ``plan['probe']``."""
+    from midol_cli.tasks.custom import auto_tasks, read_labels_table
+    from midol_cli.workflows import probe
+
+    log = reporter.line
     log("quickstart 4/5 embed + probe (--task auto) on every labelled modality")
-    weights = [str(run_dir)] + ([f"random:{run_dir}"] if s.baseline else [])
     for m, manifest in res["manifests"].items():
         try:
             auto_tasks(read_labels_table(Path(manifest)), manifest)
@@ -145,21 +173,24 @@ def run_quickstart(s: Any, log: Callable[[str], None], reporter: Any = None) -> 
             res["not_probed"][m] = str(e)
             log(f"  {m}: not probed ({e})")
             continue
-        for w in weights:
-            summ = api.probe({**plan["probe"], "task": "auto", "weights": w, "data": manifest,
-                              "out": out / "results"}, quiet=True)
+        for ps in plan["probe"].values():
+            summ = probe.run(ps.model_copy(update={"data": Path(manifest)}), probe.WarningsOnly(reporter))
             v = summ["protocols"]["linear"]["metrics"][summ["primary_metric"]]
             log(f"  {summ['task']['name']} / {summ['model']['id']}: linear {summ['primary_metric']} "
                 f"{_num(v['value'])} [{_num(v['ci_low'])}, {_num(v['ci_high'])}]")
             res["probes"].append(summ["out_dir"])
 
-    if res["probes"]:
-        log(f"quickstart 5/5 report -> {out / 'report.md'}")
-        api.report(results_dir=out / "results", out=out / "report.md", warn=lambda w: log(f"warning: {w}"))
-        res["report"] = str(out / "report.md")
-    else:
-        log("quickstart 5/5 report: skipped, no modality has labels to probe")
-    return res
+
+class _Quiet(Reporter):
+    """Bars but no lines: the shard stage's own lines repeat what quickstart says."""
+
+    def __init__(self, inner: Reporter) -> None:
+        super().__init__()
+        self.inner, self.bar = inner, inner.bar
+        self.start, self.advance, self.stop = inner.start, inner.advance, inner.stop
+
+    def line(self, msg: str) -> None:
+        pass
 
 
 def _num(x: float | None) -> str:

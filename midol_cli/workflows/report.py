@@ -1,18 +1,18 @@
-"""`midol report`'s work: collect summaries, build the table (or the paired comparison), render it,
-write the file and the bar chart. The CLI and ``api.report`` call ``build_report``."""
+"""``midol report``'s one home: collect summaries, build the table (or the paired comparison), render
+it, write the file, the bar chart and the resolved settings. The CLI and ``api.report`` call ``run``."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from midol_cli.errors import UsageError
 from midol_cli.paths import existing_dir, writable_out
+from midol_cli.progress import Reporter
+from midol_cli.workflows.settings import ReportSettings, write_settings
 
 
-def check_report(s: Any) -> Path:
+def check_report(s: ReportSettings) -> Path:
     """Every one-line refusal that needs no summary read: the results folder, --reference, the plot and
     output paths, --tsne folders."""
     from midol_cli.report.reference import SOURCES
@@ -37,8 +37,10 @@ def check_report(s: Any) -> Path:
     return root
 
 
-def build_report(s: Any, warn: Callable[[str], None], command: str | None = None) -> str:
-    """The report text for ``ReportSettings`` ``s``; written to ``s.out`` (atomically) when set."""
+def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> str:
+    """The report text for ``s``; written to ``s.out`` (atomically, its settings beside it) when set.
+    Problems with the summaries are ``warning:`` lines on ``reporter``; ``command`` is the command line
+    the HTML page records (default: this process's)."""
     from midol_cli.report.table import (
         build_table,
         collect_summaries,
@@ -50,7 +52,7 @@ def build_report(s: Any, warn: Callable[[str], None], command: str | None = None
     root = check_report(s)
     summaries, warnings = collect_summaries(root)
     for w in warnings:
-        warn(w)
+        reporter.line(f"warning: {w}")
     if not summaries:
         raise UsageError(f"no valid summary.json under '{root}'; write results with `midol probe` first")
     available = sorted({p for _, x in summaries for p in x["protocols"]})
@@ -63,7 +65,7 @@ def build_report(s: Any, warn: Callable[[str], None], command: str | None = None
 
     table = build_table(summaries, protocol=s.protocol, metric=s.metric, reference=s.reference)
     for w in table.warnings:
-        warn(w)
+        reporter.line(f"warning: {w}")
     comparison, compare_models = None, None
     if s.compare is not None:  # the paired comparison: report/compare.py (html shows it beside the table)
         from midol_cli.report.compare import comparison_rows, parse_compare, render_comparison
@@ -86,6 +88,7 @@ def build_report(s: Any, warn: Callable[[str], None], command: str | None = None
         from midol_cli.artifacts import write_text_atomic
 
         write_text_atomic(s.out, text)
+        write_settings(s, s.out, "report", folder=False)
     if s.plot is not None:
         from midol_cli.report.plots import plot_bars
         from midol_cli.report.table import bar_chart_data

@@ -1,0 +1,49 @@
+"""``midol ingest``'s one home: a raw folder -> a Parquet manifest (``data.ingest`` does the work)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from midol_cli.errors import UsageError
+from midol_cli.paths import writable_out
+from midol_cli.progress import Reporter
+from midol_cli.workflows.settings import IngestSettings, write_settings
+
+_CSV_KEYS = ("labels", "path_col", "label_col", "group_col", "split_col", "label_sep", "meta_cols")
+
+
+def run(s: IngestSettings, reporter: Reporter) -> dict[str, Any]:
+    """Ingest ``s.raw_dir``; the summary the CLI tabulates (its ``settings``: the file written beside
+    the manifest). A bar reporter gets the reading progress; a plain one ingest's own lines."""
+    from midol_cli.data.ingest import ingest_folder
+    from midol_cli.data.layouts import LayoutOptions
+    from midol_cli.data.readers import DEFAULT_MAX_PIXELS
+
+    layout = _layout(s)
+    labels = s.labels
+    if labels is not None and not labels.is_file() and (s.raw_dir / labels).is_file():
+        labels = s.raw_dir / labels  # a CSV named relative to the raw folder
+    if labels is not None and not labels.is_file():
+        raise UsageError(f"labels file '{labels}' does not exist")
+    opts = LayoutOptions(labels=labels, path_col=s.path_col, label_col=s.label_col, group_col=s.group_col,
+                         split_col=s.split_col, label_sep=s.label_sep, meta_cols=tuple(s.meta_cols))
+    writable_out(s.out, "--out", folder=False)
+    summary = ingest_folder(
+        s.raw_dir, s.modality, layout=layout, out=s.out, workers=s.workers, seed=s.seed,
+        max_pixels=DEFAULT_MAX_PIXELS if s.max_pixels is None else s.max_pixels, new_modality=s.new_modality,
+        layout_options=opts, dataset=s.dataset, progress=reporter.callback("reading") if reporter.bar else None,
+        log=None if reporter.bar else reporter.line)
+    summary["settings"] = str(write_settings(s, summary["manifest"], "ingest", folder=False))
+    return summary
+
+
+def _layout(s: IngestSettings) -> str:
+    """The layout to use: a labels CSV given means the csv layout; csv keys with another layout are refused."""
+    given = [k for k in _CSV_KEYS if getattr(s, k) not in (None, [])]
+    layout = s.layout
+    if given and layout.strip().lower() == "auto":
+        layout = "csv"
+    if given and layout.strip().lower() != "csv":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"{flags} only apply to --layout csv (got --layout {layout})")
+    return layout
