@@ -360,12 +360,12 @@ def write_pairs_csv(res: ContaminationResult, path: str | os.PathLike[str]) -> N
 
 def run_json_of(weights: str | os.PathLike[str]) -> Path | None:
     """The ``run.json`` of a midol run given as ``--weights`` (run dir, its export, or run.json)."""
-    text = str(weights)
-    if text.startswith(("random:", "timm:")):
+    from midol_cli.eval.models import parse_weights
+
+    ref = parse_weights(str(weights))  # the one reader of the --weights grammar
+    if ref.kind != "midol":
         return None
-    if text.startswith("midol=") and not Path(text).exists():
-        text = text[len("midol=") :]
-    p = Path(text)
+    p = Path(ref.target)
     if p.is_file() and p.name == "run.json":
         return p
     for cand in (p, p.parent, p.parent.parent) if p.is_file() else (p,):

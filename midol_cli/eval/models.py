@@ -84,6 +84,38 @@ def _timm_spec(name: str):
     return spec
 
 
+@dataclass(frozen=True)
+class WeightsRef:
+    """What a ``--weights`` value names, parsed once (``parse_weights``): ``kind`` is ``random`` (``target``
+    a model name, registry name, run dir or export), ``timm`` (``target`` the architecture, ``file`` its
+    weights), ``registry`` (``target`` the entry name, ``file``) or ``midol`` (``target`` a run dir or
+    export; ``midol=PATH`` says so explicitly)."""
+
+    kind: str
+    target: str
+    file: str | None = None
+
+
+def parse_weights(weights: str) -> WeightsRef:
+    """The ``--weights`` grammar, in one place: ``random:NAME|PATH``, ``timm:NAME=FILE``, ``NAME=FILE``
+    (a registry model; ``midol=PATH`` a midol run), else a run dir or export."""
+    if weights.startswith("random:"):
+        target = weights[len("random:") :]
+        if not target:
+            raise UsageError("random: needs a model name or a midol run/export, e.g. random:swin_base_patch4_window7_224")
+        return WeightsRef("random", target)
+    if weights.startswith("timm:"):
+        body = weights[len("timm:") :]
+        if "=" not in body:
+            raise UsageError(f"'{weights}' must look like timm:<model_name>=<local weights file>")
+        arch, file = body.split("=", 1)
+        return WeightsRef("timm", arch, file)
+    if "=" in weights and not Path(weights).exists():
+        entry_name, file = weights.split("=", 1)
+        return WeightsRef("midol", file) if entry_name == "midol" else WeightsRef("registry", entry_name, file)
+    return WeightsRef("midol", weights)
+
+
 def load_eval_model(weights: str, name: str | None = None, lenient: bool = False) -> EvalModel:
     """Parse ``--weights`` and build the encoder (eval mode).
 
@@ -95,10 +127,9 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
     from midol_cli.models.encoder import build_encoder
     from midol_cli.models.export import load_exported_encoder, load_exported_projector, read_export_meta
 
-    if weights.startswith("random:"):
-        target = weights[len("random:") :]
-        if not target:
-            raise UsageError("random: needs a model name or a midol run/export, e.g. random:swin_base_patch4_window7_224")
+    ref = parse_weights(weights)
+    if ref.kind == "random":
+        target = ref.target
         p = Path(target)
         if p.exists():
             from midol_cli.models.encoder import EncoderSpec
@@ -117,11 +148,8 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
         enc = build_encoder(spec).eval()
         return EvalModel(name or default_id, "random", weights, "random-seed0", spec, enc)
 
-    if weights.startswith("timm:"):
-        body = weights[len("timm:") :]
-        if "=" not in body:
-            raise UsageError(f"'{weights}' must look like timm:<model_name>=<local weights file>")
-        arch, file = body.split("=", 1)
+    if ref.kind == "timm":
+        arch, file = ref.target, ref.file or ""
         if not Path(file).is_file():
             raise UsageError(f"weights file '{file}' does not exist (midol never downloads weights)")
         spec = _timm_spec(arch)
@@ -129,11 +157,9 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
         return EvalModel(name or f"{_slug(arch)}-{_slug(Path(file).stem)}", "timm", weights,
                          sha256_file(file)[:16], spec, enc)
 
-    if "=" in weights and not Path(weights).exists():
-        entry_name, file = weights.split("=", 1)
-        if entry_name != "midol":
-            return _load_registry_model(entry_name, file, name, lenient)
-        weights = file
+    if ref.kind == "registry":
+        return _load_registry_model(ref.target, ref.file or "", name, lenient)
+    weights = ref.target
     path = _midol_export_path(Path(weights))
     if path.suffix != ".safetensors":
         raise UsageError(

@@ -84,8 +84,8 @@ def probe_log(model_id: str, spec, reporter: Reporter):
 
 
 class WarningsOnly(Reporter):
-    """Passes warnings (a line that says 'warning') and bars on to ``inner``, nothing else: the probes
-    that run inside quickstart and study, whose own lines say what is happening."""
+    """Passes warnings (a line that says 'warning', or the contamination check's) and bars on to
+    ``inner``, nothing else: the probes inside quickstart and study, whose own lines say what happens."""
 
     def __init__(self, inner: Reporter) -> None:
         super().__init__()
@@ -98,7 +98,7 @@ class WarningsOnly(Reporter):
         self.inner.advance(completed, info)
 
     def line(self, msg: str) -> None:
-        if "warning" in msg:
+        if "warning" in msg.lower() or "contamination" in msg:
             self.inner.line(msg)
 
     def stop(self) -> None:
