@@ -175,10 +175,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def stable_id(*parts: str, n: int = 16) -> str:
     return hashlib.sha1("/".join(parts).encode("utf-8")).hexdigest()[:n]
 

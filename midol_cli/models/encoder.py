@@ -33,13 +33,6 @@ class EncoderSpec:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncoderSpec:
-        d = dict(d)
-        d["mean"] = tuple(d.get("mean", IMAGENET_MEAN))
-        d["std"] = tuple(d.get("std", IMAGENET_STD))
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
 
 # Class-valued architecture arguments (a registry entry's ``mlp_layer: timm.layers.SwiGLUPacked``) are
 # resolved from these modules only: a recipe or export never names arbitrary code.
