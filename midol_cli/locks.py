@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,31 +114,44 @@ def _take_over(path: Path, log: Callable[[str], None]) -> int | None:
     return fd
 
 
-@contextlib.contextmanager
-def output_lock(out: str | os.PathLike[str], what: str = "output",
-                log: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Hold ``<out>.lock`` for the ``with`` block; ``UsageError`` naming the holder when another run has it.
-
-    ``what`` names the output in the message ("manifest", "shard folder")."""
-    log = log or (lambda _m: None)
-    path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = None
+def _acquire(path: Path, log: Callable[[str], None]) -> int | None:
+    """Hold the lock at ``path`` (created, or a stale one taken over); None while another process has it."""
     for _ in range(5):  # a lock released between our create and our look: try again
         fd = _create(path)
         if fd is None and path.exists():
             fd = _take_over(path, log)
             if fd is None and path.exists():
-                pid, host = _holder(path)
-                who = (f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
-                       if pid is not None else "another process")
-                raise UsageError(
-                    f"{what} '{out}' is being written by another midol run ({who}, lock '{path}'); wait for "
-                    "it to finish, or choose another --out (remove the lock file only if that run is gone)")
+                return None
         if fd is not None:
-            break
-    if fd is None:
-        raise UsageError(f"could not lock {what} '{out}' ('{path}' keeps changing); try again")
+            return fd
+    return None
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike[str], what: str = "output", log: Callable[[str], None] | None = None,
+                wait: float = 0.0) -> Iterator[Path]:
+    """Hold ``<out>.lock`` for the ``with`` block; ``UsageError`` naming the holder when another run has it
+    (after waiting up to ``wait`` seconds for it to finish: for outputs several runs may share, such as a
+    cached manifest).
+
+    ``what`` names the output in the message ("manifest", "shard folder")."""
+    log = log or (lambda _m: None)
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    said = False
+    while (fd := _acquire(path, log)) is None:
+        pid, host = _holder(path)
+        who = (f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+               if pid is not None else "another process")
+        if time.monotonic() >= deadline:
+            raise UsageError(
+                f"{what} '{out}' is being written by another midol run ({who}, lock '{path}'); wait for "
+                "it to finish, or choose another --out (remove the lock file only if that run is gone)")
+        if not said:
+            log(f"waiting for {who} to finish writing {what} '{out}'")
+            said = True
+        time.sleep(0.2)
     try:
         yield path
     finally:

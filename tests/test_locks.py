@@ -71,3 +71,25 @@ def test_two_writers_in_one_process_exclude_each_other(tmp_path):
         pass
     with output_lock(out):  # released: free again
         time.sleep(0)
+
+
+def test_a_writer_may_wait_for_the_holder_to_finish(tmp_path):
+    """wait=: a second writer of a shared output (a cached manifest) waits for the first, says so once,
+    and gives up with the usual line when the holder outlasts the wait."""
+    out = tmp_path / "m.parquet"
+    child = hold_in_child(out)
+    lines: list[str] = []
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UsageError, match=rf"pid {child.pid}"), output_lock(out, wait=0.6, log=lines.append):
+            pass
+        assert time.monotonic() - t0 >= 0.6
+        assert lines == [f"waiting for pid {child.pid} to finish writing output '{out}'"]
+        import threading
+
+        threading.Timer(0.5, child.kill).start()  # the holder ends while we wait
+        with output_lock(out, wait=30) as path:
+            assert path.read_text().split()[0] == str(os.getpid())
+    finally:
+        child.kill()
+        child.wait()

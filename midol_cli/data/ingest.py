@@ -131,17 +131,19 @@ def ingest_folder(
     *,
     out: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
+    lock_wait: float = 0.0,
     **options: Any,
 ) -> dict[str, Any]:
     """Ingest ``raw_dir`` into a manifest (``_ingest_folder``: the options and the summary) while holding
     ``<manifest>.lock``: a second run into the same ``--out`` stops with one line naming the first run's
-    pid instead of both exiting 0 and one result being lost (``midol_cli.locks``)."""
+    pid instead of both exiting 0 and one result being lost (``midol_cli.locks``); with ``lock_wait``
+    seconds it waits that long for the first to finish (a manifest runs share, such as a task's cache)."""
     from midol_cli.locks import output_lock
 
     raw = Path(raw_dir)
     if not raw.is_dir():  # its one-line error comes from the work itself
         return _ingest_folder(raw_dir, modality, out=out, log=log, **options)
-    with output_lock(_resolve_out(raw.resolve(), out), "manifest", log):
+    with output_lock(_resolve_out(raw.resolve(), out), "manifest", log, wait=lock_wait):
         return _ingest_folder(raw_dir, modality, out=out, log=log, **options)
 
 

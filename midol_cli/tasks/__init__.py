@@ -181,7 +181,7 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
     )
     # A user task without a labels CSV reads a folder in any layout ingest detects.
     ingest_folder(p, spec.modality, layout=spec.layout or "auto", out=out, layout_options=layout_opts,
-                  new_modality=bool(spec.origin))
+                  new_modality=bool(spec.origin), lock_wait=float("inf"))  # runs share the cached manifest
     from midol_cli.data.manifest import read_manifest
 
     custom.check_labels(spec, read_manifest(out, only_ok=True)[0], f"'{p}'")

@@ -387,3 +387,33 @@ def test_a_file_listed_twice_with_different_labels_is_a_named_conflict(tmp_path)
     conflict = [w for w in summary["warnings"] if w.startswith("label conflict")]
     assert conflict == ["label conflict: 1 file is listed more than once with different labels (e.g. 'a.png' "
                         "as 'cat' and as 'dog'); rejected as 'conflicting labels': fix the listing"]
+
+
+def test_a_shared_manifest_waits_for_the_run_writing_it(tmp_path):
+    """lock_wait (a task's cached manifest, which several probes may build at once): the second ingest
+    waits for the first instead of failing, then writes (issue 25.3)."""
+    import threading
+
+    from midol_cli.locks import output_lock
+
+    raw = tmp_path / "raw"
+    make_imagefolder(raw, per_class=2)
+    out = tmp_path / "cache" / "m.parquet"
+    held = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with output_lock(out, "manifest"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(10)
+    with pytest.raises(UsageError, match="is being written by another midol run"):
+        ingest_folder(raw, "fundus", out=out, workers=1)
+    threading.Timer(0.5, release.set).start()
+    lines: list[str] = []
+    s = ingest_folder(raw, "fundus", out=out, workers=1, lock_wait=30, log=lines.append)
+    t.join()
+    assert s["ok"] == 4 and out.is_file() and lines[0].startswith("waiting for pid ")
