@@ -48,7 +48,8 @@ __all__ = ["ingest", "shard", "pretrain", "embed", "probe", "finetune", "export"
 def _settings(schema: type[S], settings: S | dict[str, Any] | None, kw: dict[str, Any], command: str) -> S:
     """``settings`` (a model or a mapping) with keyword arguments over it, validated once as the CLI does."""
     if settings is not None and not isinstance(settings, schema | dict):
-        raise TypeError(f"{command} settings must be a {schema.__name__} or a dict, not {type(settings).__name__}")
+        raise TypeError(f"{command} settings must be a {schema.__name__} or a dict, not "
+                        f"{type(settings).__name__}")
     if isinstance(settings, schema) and not kw:
         return settings  # validated when it was made
     base = settings.model_dump() if isinstance(settings, BaseModel) else dict(settings or {})
@@ -88,7 +89,8 @@ def pretrain(recipe: Any, settings: PretrainSettings | dict | None = None, /, *,
 
 
 def _recipe(schema: type[S], recipe: Any, overrides: list[str] | tuple[str, ...]) -> S:
-    """A recipe object, mapping or YAML path (None: the defaults) with ``key.sub=value`` overrides, validated."""
+    """A recipe object, mapping or YAML path (None: the defaults) with ``key.sub=value`` overrides,
+    validated."""
     from midol_cli.recipes import _merge, load_recipe, parse_overrides, validate
 
     if isinstance(recipe, schema) and not overrides:

@@ -164,7 +164,8 @@ def flag_names(schema: type[BaseModel]) -> dict[str, str]:
     return {**{k: field_cli(schema.model_fields[k])["arg"].rstrip(".") for k in fields}, **out}
 
 
-def positional(values: list[str], fields: tuple[str, ...], command: str, many: bool = False) -> dict[str, Any]:
+def positional(values: list[str], fields: tuple[str, ...], command: str,
+               many: bool = False) -> dict[str, Any]:
     """The command's positional arguments as keys: in order, or all into one list field (``many``)."""
     from midol_cli.errors import UsageError
 
@@ -172,7 +173,8 @@ def positional(values: list[str], fields: tuple[str, ...], command: str, many: b
         return {fields[0]: list(values)} if values else {}
     if len(values) > len(fields):
         extra = values[len(fields)]
-        raise UsageError(f"unexpected argument '{extra}' for `midol {command}`: options are --flags, settings "
+        raise UsageError(f"unexpected argument '{extra}' for `midol {command}`: options are --flags, "
+                         "settings "
                          "are key=value, the config is a .yaml file")
     return dict(zip(fields, values, strict=False))
 

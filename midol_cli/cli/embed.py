@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         "Embed every image of a manifest or shard dir with a model; print modality silhouette, router "
         "accuracy, per-modality effective rank and k-NN accuracy; --plot draws t-SNE maps.\n\n"
         "Examples:\n\n"
-        "  midol embed --weights demo/runs/smoke --data demo/shards --out demo/emb/smoke.parquet --plot demo/plots\n\n"
+        "  midol embed --weights demo/runs/smoke --data demo/shards --out demo/emb/smoke.parquet --plot "
+        "demo/plots\n\n"
         "  midol embed --weights random:demo/runs/smoke --data demo/shards --out demo/emb/random.parquet\n\n"
         "  midol embed demo/emb/smoke.embed.yaml batch_size=16 --print-config"))
 

@@ -44,5 +44,6 @@ def export(ctx: typer.Context, args: list[str] | None, print_config: bool, **_fl
         c.print(f"projector -> {res['projector']}")
         info = res.get("routing")
         if info:
-            c.print(f"routing   -> {info['file']} (held-out router accuracy {info['heldout_router_accuracy']:.3f}, "
+            c.print(f"routing   -> {info['file']} (held-out router accuracy "
+                    f"{info['heldout_router_accuracy']:.3f}, "
                     f"{100 * info['tpr']:.0f}% of known images accepted)")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import typer
 
-from midol_cli.cli._config import emit_config, flag_names, given_flags, settings_command
+from midol_cli.cli._config import emit_config, flag_names, given_flags, option, settings_command
 
 
 def register(app: typer.Typer) -> None:
     from midol_cli.workflows.settings import FinetuneSettings
 
-    args = inspect.Parameter("args", inspect.Parameter.KEYWORD_ONLY, annotation=list[str], default=typer.Argument(
+    args = option("args", list[str], typer.Argument(
         None, metavar="[RECIPE.yaml] [KEY=VALUE]...", help="Optional recipe YAML (it may hold the command's keys "
         "too: task, weights, data, ...), then key.sub=value overrides (e.g. epochs=10)."))
     settings_command(app, "finetune", FinetuneSettings, finetune, args=args, help=(
@@ -21,7 +20,8 @@ def register(app: typer.Typer) -> None:
         "warm-up + cosine, best epoch on val, early stopping; test metrics with 95% bootstrap CIs are added "
         "to results/<model>/<task>/summary.json as protocol 'finetune' ('linear_ft' with --linear).\n\n"
         "Examples:\n\n"
-        "  midol finetune --task synth-pathology --weights demo/runs/smoke --data demo/manifests/pathology.parquet "
+        "  midol finetune --task synth-pathology --weights demo/runs/smoke --data "
+        "demo/manifests/pathology.parquet "
         "recipes/finetune_smoke.yaml\n\n"
         "  torchrun --nproc_per_node 4 -m midol_cli finetune --task ham10000 --weights runs/base "
         "--data ~/HAM10000 recipes/finetune.yaml optim.batch_size=128 --resume auto\n\n"
@@ -68,4 +68,5 @@ def resolve_finetune(ctx: typer.Context, args: list[str] | None):
         raise UsageError(f"'{pos[0]}' is not KEY=VALUE: give the recipe first, then key.sub=value overrides")
     raw = read_yaml(config, example="recipes/finetune_smoke.yaml") if config is not None else {}
     src = f"finetune recipe '{config}'" if config else "finetune settings"
-    return resolve(raw, over, src, flags=given_flags(ctx, FinetuneSettings), flag_names=flag_names(FinetuneSettings))
+    return resolve(raw, over, src, flags=given_flags(ctx, FinetuneSettings),
+                   flag_names=flag_names(FinetuneSettings))

@@ -20,8 +20,10 @@ def register(app: typer.Typer) -> None:
         "Pre-train an M-IDoL encoder (student + EMA teacher + MoE projector) on shards.\n\n"
         "Examples:\n\n"
         "  midol pretrain recipes/smoke.yaml data.shards=demo/shards --out demo/runs/smoke\n\n"
-        "  torchrun --nproc_per_node 8 -m midol_cli pretrain recipes/base.yaml --out runs/base --resume auto\n\n"
-        "  midol pretrain recipes/continue_imagenet_swinb.yaml --init imagenet-swinb=weights/swinb.safetensors"),
+        "  torchrun --nproc_per_node 8 -m midol_cli pretrain recipes/base.yaml --out runs/base --resume "
+        "auto\n\n"
+        "  midol pretrain recipes/continue_imagenet_swinb.yaml --init "
+        "imagenet-swinb=weights/swinb.safetensors"),
         context_settings={"allow_extra_args": False})
 
 
@@ -34,8 +36,8 @@ def pretrain(ctx: typer.Context, recipe: Path, overrides: list[str] | None, prin
     from midol_cli.workflows.pretrain import run, run_dir_of
     from midol_cli.workflows.settings import PretrainSettings, validate_settings
 
-    s = validate_settings(PretrainSettings, given_flags(ctx, PretrainSettings), "the `midol pretrain` command",
-                          flag_names(PretrainSettings))
+    s = validate_settings(PretrainSettings, given_flags(ctx, PretrainSettings),
+                          "the `midol pretrain` command", flag_names(PretrainSettings))
     r = load_recipe(PretrainRecipe, recipe, overrides or [])
     if s.init:
         r.model.weights = s.init
@@ -56,19 +58,24 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         c.print(f"[bold]pretrain[/] finished at step {summary['steps']} -> {run_dir}")
         if last:
             c.print(
-                f"loss {last.get('loss', float('nan')):.4f}  intra {last.get('loss_intra', float('nan')):.4f}  "
-                f"inter {last.get('loss_inter', float('nan')):.4f}  route {last.get('loss_route', float('nan')):.4f}  "
+                f"loss {last.get('loss', float('nan')):.4f}  intra "
+                f"{last.get('loss_intra', float('nan')):.4f}  "
+                f"inter {last.get('loss_inter', float('nan')):.4f}  route "
+                f"{last.get('loss_route', float('nan')):.4f}  "
                 + (f"router acc {last['router_acc']:.3f}" if 'router_acc' in last else "")
             )
         from midol_cli.train.diagnostics import damage_line
 
         if damage_line(summary.get("damaged") or {}):
-            c.print(f"[yellow]warning[/]: {damage_line(summary['damaged'])}; totals in run.json and metrics.jsonl")
+            c.print(f"[yellow]warning[/]: {damage_line(summary['damaged'])}; totals in run.json and "
+                    "metrics.jsonl")
         if "export" in summary:
             c.print(f"exported encoder: {summary['export']['encoder']}")
         if summary.get("routing"):
             r = summary["routing"]
-            c.print(f"routing calibrated on held-out images: router accuracy {r['heldout_router_accuracy']:.3f}, "
-                    f"ECE {r['ece_before']:.3f} -> {r['ece_after']:.3f}; images beyond the threshold are 'unknown'")
+            c.print(f"routing calibrated on held-out images: router accuracy "
+                    f"{r['heldout_router_accuracy']:.3f}, "
+                    f"ECE {r['ece_before']:.3f} -> {r['ece_after']:.3f}; images beyond the threshold are "
+                    "'unknown'")
         if summary.get("collapse_warning"):
             c.print("[yellow]collapse warning was raised during this run (see metrics.jsonl)[/]")

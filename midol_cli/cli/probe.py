@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         "label-fraction probes; 95% bootstrap CIs on test. Writes results/<model>/<task>/.\n\n"
         "Examples:\n\n"
         "  midol probe --task synth-fundus --weights demo/runs/smoke --data demo/manifests/fundus.parquet\n\n"
-        "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data ~/HAM10000\n\n"
+        "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data "
+        "~/HAM10000\n\n"
         "  midol probe results/smoke/synth-fundus/probe.yaml seeds=5 n_boot=2000"))
 
 

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
     settings_command(app, "quickstart", QuickstartSettings, quickstart, help=(
         "One command from raw folders to a pre-trained, evaluated model.\n\n"
-        "It runs ingest -> shard -> pretrain -> embed + probe (--task auto where labels exist; random init as "
+        "It runs ingest -> shard -> pretrain -> embed + probe (--task auto where labels exist; random init "
+        "as "
         "the baseline) -> report. RAW_ROOT "
         "holds one sub-folder per modality (named xray, fundus, oct, dermoscopy, pathology, or an alias; "
         "map others with modalities.FOLDER=MODALITY), each in any layout `midol ingest` detects.\n\n"

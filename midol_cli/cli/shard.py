@@ -14,7 +14,8 @@ from midol_cli.errors import RunFailed, UsageError
 def register(app: typer.Typer) -> None:
     from midol_cli.workflows.settings import ShardSettings
 
-    verify = option("verify", Path, typer.Option(None, "--verify", help="Verify SHARD_DIR against its index.json; "
+    verify = option("verify", Path, typer.Option(None, "--verify", help="Verify SHARD_DIR against its "
+                                                                        "index.json; "
                                                                          "write nothing."))
     settings_command(app, "shard", ShardSettings, shard, help=HELP, extra=(verify,))
 
@@ -30,7 +31,8 @@ HELP = (
 )
 
 
-def shard(ctx: typer.Context, args: list[str] | None, print_config: bool, verify: Path | None, **flags: Any) -> None:
+def shard(ctx: typer.Context, args: list[str] | None, print_config: bool, verify: Path | None,
+          **flags: Any) -> None:
     if verify is not None:
         if args or flags.get("out") is not None:
             raise UsageError("--verify SHARD_DIR takes no manifests, settings or --out; run it on its own")
@@ -82,4 +84,5 @@ def _verify(shard_dir: Path) -> None:
     if failed:
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise RunFailed(f"shard set '{shard_dir}' failed verification: {first.name}: {first.problems[0]}{more}")
+        raise RunFailed(f"shard set '{shard_dir}' failed verification: {first.name}: "
+                        f"{first.problems[0]}{more}")

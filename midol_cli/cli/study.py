@@ -14,9 +14,11 @@ def register(app: typer.Typer) -> None:
     from midol_cli.workflows.settings import StudySettings
 
     args = option("args", list[str], typer.Argument(
-        None, metavar="RECIPE.yaml [KEY=VALUE]...", help="Pre-training recipe (it may hold a study: section), then "
+        None, metavar="RECIPE.yaml [KEY=VALUE]...", help="Pre-training recipe (it may hold a study: "
+                                                         "section), then "
         "overrides: study.KEY=VALUE for the study's settings, the rest applied to every variant."))
-    data = option("data", Path, typer.Option(None, "--data", help="Shard dir: pre-training (train split) and, by "
+    data = option("data", Path, typer.Option(None, "--data", help="Shard dir: pre-training (train split) "
+                                                                  "and, by "
                                              "default, probing. Same as data.shards=..."))
     settings_command(app, "study", StudySettings, study, args=args, extra=(data,), help=(
         "Test the M-IDoL claim on your data: pre-train every variant (ablation) with several seeds, probe "
@@ -31,7 +33,8 @@ def register(app: typer.Typer) -> None:
         "  midol study study/study.yaml study.seeds=5 --print-config"))
 
 
-def study(ctx: typer.Context, args: list[str] | None, print_config: bool, data: Path | None, **_flags: Any) -> None:
+def study(ctx: typer.Context, args: list[str] | None, print_config: bool, data: Path | None,
+          **_flags: Any) -> None:
     from midol_cli.cli._common import console, progress_reporter
     from midol_cli.errors import UsageError
     from midol_cli.recipes import read_yaml
@@ -40,7 +43,8 @@ def study(ctx: typer.Context, args: list[str] | None, print_config: bool, data: 
 
     recipe, pos, over = split_args(args)
     if recipe is None or pos:
-        raise UsageError("give the pre-training recipe first (e.g. recipes/smoke.yaml), then KEY=VALUE overrides")
+        raise UsageError("give the pre-training recipe first (e.g. recipes/smoke.yaml), then KEY=VALUE "
+                         "overrides")
     section = read_yaml(recipe).get("study") or {}
     own, rest = split_study_overrides(over)
     s = resolve(StudySettings, section, own, flags=given_flags(ctx, StudySettings),

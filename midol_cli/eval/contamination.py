@@ -314,7 +314,8 @@ def check_contamination(
     if source_splits is not None:
         seen = {x.strip() for x in source_splits if x.strip()}
         if not seen <= set(SPLITS):
-            raise UsageError(f"--source-splits '{','.join(source_splits)}' must name splits among {', '.join(SPLITS)}")
+            raise UsageError(f"--source-splits '{','.join(source_splits)}' must name splits among "
+                             f"{', '.join(SPLITS)}")
         unchecked = pre.unchecked
         pre = pre.subset([j for j, sp in enumerate(pre.split) if sp in seen])
         pre.unchecked = unchecked

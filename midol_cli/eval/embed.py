@@ -193,12 +193,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     data = Path(data)
     kind, dhash = data_source(data)
     cal = getattr(model, "calibration", None)
-    cal_key = [cal.temperature, cal.threshold] if cal is not None else None
-    key = hashlib.sha256(
-        json.dumps([model.weights_hash, model.spec.to_dict(), data_identity(data), __version__, cal_key, COLUMNS],
-                   sort_keys=True).encode()
-    ).hexdigest()[:24]
-    cached = cache_dir() / f"{key}.parquet"
+    cached = cache_dir() / f"{_cache_key(model, data, cal)}.parquet"
     if use_cache and cached.is_file():
         try:
             df = pd.read_parquet(cached)
@@ -245,6 +240,25 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         reporter.stop()
     if not metas:
         raise UsageError(f"no image of '{data}' could be embedded")
+    df = _table(metas, embs, routes, logits_all, cal)
+    df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", n_bad
+    # A result with damaged samples is not cached: the next run reads the data again and reports the
+    # damage again, instead of quietly serving a table that lacks those images.
+    if use_cache and n_bad == 0:
+        from midol_cli.artifacts import atomic_path
+
+        with atomic_path(cached) as tmp:
+            df.to_parquet(tmp, index=False)
+    return df
+
+
+def _table(metas: list[dict], embs: list, routes: list, logits_all: list, cal):  # noqa: ANN001
+    """The embeddings table from the batches: metadata rows, ``embedding`` [D] and, with a router,
+    ``router_probs`` [E] (calibrated, with confidence, OOD score and routed modality, where a
+    calibration exists)."""
+    import numpy as np
+    import pandas as pd
+
     df = pd.DataFrame(metas)
     df["labels"] = df["labels"].apply(lambda v: [] if v is None else list(v))
     df["dataset"] = df["dataset"].fillna("").astype(str)
@@ -260,15 +274,15 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         df["router_confidence"] = routed["confidence"].astype(np.float32)
         df["ood_score"] = routed["ood_score"].astype(np.float32)
         df["routed_modality"] = routed["routed"]
-    df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", n_bad
-    # A result with damaged samples is not cached: the next run reads the data again and reports the
-    # damage again, instead of quietly serving a table that lacks those images.
-    if use_cache and n_bad == 0:
-        from midol_cli.artifacts import atomic_path
-
-        with atomic_path(cached) as tmp:
-            df.to_parquet(tmp, index=False)
     return df
+
+
+def _cache_key(model, data: Path, cal) -> str:  # noqa: ANN001
+    """The embedding cache's key: the weights, the encoder spec, the data, midol's version, the routing
+    calibration and the table's columns."""
+    cal_key = [cal.temperature, cal.threshold] if cal is not None else None
+    ident = [model.weights_hash, model.spec.to_dict(), data_identity(data), __version__, cal_key, COLUMNS]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _expected(data: Path, kind: str) -> int | None:

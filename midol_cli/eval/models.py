@@ -64,7 +64,8 @@ def _midol_export_path(p: Path) -> Path:
         raise UsageError(f"'{p}' has no export/{ENCODER_FILE}; run `midol export {p}` first")
     if p.is_file():
         return p
-    raise UsageError(f"weights '{p}' do not exist (give a run dir, an exported .safetensors, timm:NAME=FILE or random:NAME)")
+    raise UsageError(f"weights '{p}' do not exist (give a run dir, an exported .safetensors, timm:NAME=FILE "
+                     "or random:NAME)")
 
 
 def _timm_spec(name: str):
@@ -102,7 +103,8 @@ def parse_weights(weights: str) -> WeightsRef:
     if weights.startswith("random:"):
         target = weights[len("random:") :]
         if not target:
-            raise UsageError("random: needs a model name or a midol run/export, e.g. random:swin_base_patch4_window7_224")
+            raise UsageError("random: needs a model name or a midol run/export, e.g. "
+                             "random:swin_base_patch4_window7_224")
         return WeightsRef("random", target)
     if weights.startswith("timm:"):
         body = weights[len("timm:") :]
@@ -112,7 +114,9 @@ def parse_weights(weights: str) -> WeightsRef:
         return WeightsRef("timm", arch, file)
     if "=" in weights and not Path(weights).exists():
         entry_name, file = weights.split("=", 1)
-        return WeightsRef("midol", file) if entry_name == "midol" else WeightsRef("registry", entry_name, file)
+        if entry_name == "midol":
+            return WeightsRef("midol", file)
+        return WeightsRef("registry", entry_name, file)
     return WeightsRef("midol", weights)
 
 

@@ -249,9 +249,9 @@ def run_probe_suite(
     *,
     model_info: dict[str, Any],
     data_hash: str,
-    fractions: Sequence[float] = (0.01, 0.1),
-    seeds: Sequence[int] = (0, 1, 2),
-    n_boot: int = 1000,
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    n_boot: int,
     knn_ks: Sequence[int] = (10, 20),
     split_source: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -269,6 +269,8 @@ def run_probe_suite(
     ``emb_df``: the embeddings table (``EMBEDDING_COLUMNS``); ``model_info``: ``MODEL_KEYS``;
     ``data_hash``: hash of the data the embeddings came from (``report`` flags tasks whose hashes
     differ across models). Fraction 1.0 reuses the linear probe (one seed). Returns the summary dict.
+    ``fractions``, ``seeds`` and ``n_boot`` have no defaults here: they are the probe's settings
+    (``workflows.settings.ProbeSettings``), declared once there.
     """
     import numpy as np
 

@@ -22,13 +22,15 @@ def run(s: FinetuneSettings, recipe: Any, reporter: Reporter) -> dict[str, Any]:
     spec = resolve_task(s.task, s.data)
     opts = task_options(spec, [f"{k}={v}" for k, v in s.task_options.items()])
     if not s.data.exists():
-        raise UsageError(f"data '{s.data}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "
+        raise UsageError(f"data '{s.data}' for task {spec.name} does not exist; `midol tasks show "
+                         f"{spec.name}` "
                          "shows the expected layout")
     writable_out(s.out)
     writable_out(s.run_dir, "--run-dir")
-    summary = run_finetune(spec, s.weights, s.data, recipe, out_root=s.out, name=s.model_id, run_dir=s.run_dir,
-                           resume=s.resume, linear=s.linear, reporter=reporter, options=opts,
-                           lenient=s.weights_lenient, subgroups=None if s.subgroups is None else tuple(s.subgroups),
+    summary = run_finetune(spec, s.weights, s.data, recipe, out_root=s.out, name=s.model_id,
+                           run_dir=s.run_dir, resume=s.resume, linear=s.linear, reporter=reporter,
+                           options=opts, lenient=s.weights_lenient,
+                           subgroups=None if s.subgroups is None else tuple(s.subgroups),
                            min_positives=s.min_subgroup)
     if summary:  # rank 0
         write_settings({**s.model_dump(mode="json"), **recipe.model_dump(mode="json")}, summary["out_dir"],

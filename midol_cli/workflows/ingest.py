@@ -31,14 +31,16 @@ def run(s: IngestSettings, reporter: Reporter) -> dict[str, Any]:
     summary = ingest_folder(
         s.raw_dir, s.modality, layout=layout, out=s.out, workers=s.workers, seed=s.seed,
         max_pixels=DEFAULT_MAX_PIXELS if s.max_pixels is None else s.max_pixels, new_modality=s.new_modality,
-        layout_options=opts, dataset=s.dataset, progress=reporter.callback("reading") if reporter.bar else None,
+        layout_options=opts, dataset=s.dataset,
+        progress=reporter.callback("reading") if reporter.bar else None,
         log=None if reporter.bar else reporter.line)
     summary["settings"] = str(write_settings(s, summary["manifest"], "ingest", folder=False))
     return summary
 
 
 def _layout(s: IngestSettings) -> str:
-    """The layout to use: a labels CSV given means the csv layout; csv keys with another layout are refused."""
+    """The layout to use: a labels CSV given means the csv layout; csv keys with another layout are
+    refused."""
     given = [k for k in _CSV_KEYS if getattr(s, k) not in (None, [])]
     layout = s.layout
     if given and layout.strip().lower() == "auto":

@@ -35,11 +35,13 @@ def folder_modalities(raw_root: Path, mapping: dict[str, str]) -> dict[str, str]
         raise UsageError(f"RAW_ROOT '{raw_root}' is not a folder")
     folders = sorted(p.name for p in raw_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise UsageError(f"RAW_ROOT '{raw_root}' has no sub-folders: put each modality's images in its own folder "
+        raise UsageError(f"RAW_ROOT '{raw_root}' has no sub-folders: put each modality's images in its own "
+                         "folder "
                          f"named after it ({', '.join(BUILTIN_MODALITIES)})")
     unknown = sorted(set(mapping) - set(folders))
     if unknown:
-        raise UsageError(f"modalities.{unknown[0]}: '{raw_root / unknown[0]}' is not a sub-folder of RAW_ROOT")
+        raise UsageError(f"modalities.{unknown[0]}: '{raw_root / unknown[0]}' is not a sub-folder of "
+                         "RAW_ROOT")
     out: dict[str, str] = {}
     for name in folders:
         if name in mapping:
@@ -79,7 +81,8 @@ def plan_quickstart(s: QuickstartSettings) -> dict[str, Any]:
             return None
 
     fixed = {"raw_dir", "modality", "out"}
-    for section, keys in (("ingest", fixed), ("shard", {"manifests", "out"}), ("probe", {"weights", "data", "out"})):
+    own = (("ingest", fixed), ("shard", {"manifests", "out"}), ("probe", {"weights", "data", "out"}))
+    for section, keys in own:
         clash = sorted(set(getattr(s, section)) & keys)
         if clash:
             problems.append(f"{section}.{clash[0]}: set by quickstart itself; leave it out")
@@ -95,7 +98,8 @@ def plan_quickstart(s: QuickstartSettings) -> dict[str, Any]:
     data = _merge(data, {"data": {"shards": str(out / "shards")}})
     recipe = check(lambda: validate(PretrainRecipe, data, "quickstart pre-training recipe"))
     probe = {w: check(lambda w=w: validate_settings(ProbeSettings, {
-        **s.probe, "task": "auto", "weights": w, "data": "d", "out": out / "results"}, "quickstart probe settings"))
+        **s.probe, "task": "auto", "weights": w, "data": "d", "out": out / "results"}, "quickstart probe "
+                                                                                       "settings"))
         for w in weights_of(s, recipe)}
     if problems:
         raise UsageError("; ".join(problems))
@@ -126,7 +130,8 @@ def run(s: QuickstartSettings, reporter: Reporter) -> dict[str, Any]:
     for m, ing in plan["ingest"].items():
         summ = ingest.run(ing, reporter)
         res["manifests"][m] = summ["manifest"]
-        log(f"  {m}: {summ['ok']} ok, {summ['rejected']} rejected, {summ['reused']} reused -> {summ['manifest']}")
+        log(f"  {m}: {summ['ok']} ok, {summ['rejected']} rejected, {summ['reused']} reused -> "
+            f"{summ['manifest']}")
 
     log(f"quickstart 2/5 shard -> {out / 'shards'}")
     index = shard.run(plan["shard"], _Quiet(reporter))
@@ -154,7 +159,8 @@ def _pretrain(recipe: Any, out: Path, reporter: Reporter) -> str:
     if run_complete(run_dir, recipe.train.steps):
         reporter.line(f"quickstart 3/5 pretrain: {run_dir} is complete ({recipe.train.steps} steps); reused")
     else:
-        reporter.line(f"quickstart 3/5 pretrain: {recipe.model.arch}, {recipe.train.steps} steps -> {run_dir}")
+        reporter.line(f"quickstart 3/5 pretrain: {recipe.model.arch}, {recipe.train.steps} steps "
+                      f"-> {run_dir}")
         pretrain.run(recipe, PretrainSettings(out=run_dir, resume="auto"), reporter)
     return str(run_dir)
 

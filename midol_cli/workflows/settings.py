@@ -79,14 +79,16 @@ class IngestSettings(Strict):
     max_pixels: int | None = Field(None, ge=1, description="Reject images with more pixels than this "
                                    "(default: 178956970).")
     new_modality: bool = Field(False, description="Accept a modality name midol does not know.")
-    dataset: str | None = Field(None, description="Dataset name (default: the layout's, else the folder name).")
+    dataset: str | None = Field(None, description="Dataset name (default: the layout's, else the folder "
+                                                  "name).")
     labels: Path | None = Field(None, description="csv layout: the labels CSV.")
     path_col: str | None = Field(None, description="csv layout: column with image paths.")
     label_col: str | None = Field(None, description="csv layout: column with labels.")
     group_col: str | None = Field(None, description="csv layout: patient/lesion column.")
     split_col: str | None = Field(None, description="csv layout: official split column.")
     label_sep: str | None = Field(None, description="csv layout: multi-label separator, e.g. '|'.")
-    meta_cols: list[str] = Field(default_factory=list, description="csv layout: metadata columns for subgroup "
+    meta_cols: list[str] = Field(default_factory=list, description="csv layout: metadata columns for "
+                                                                   "subgroup "
                                  "results, e.g. sex,age,site.")
 
     @field_validator("meta_cols", mode="before")
@@ -96,18 +98,22 @@ class IngestSettings(Strict):
 
 
 class ShardSettings(Strict):
-    manifests: list[Path] = Field(..., min_length=1, description="Manifest(s) written by `midol ingest` (e.g. "
+    manifests: list[Path] = Field(..., min_length=1, description="Manifest(s) written by `midol ingest` "
+                                                                 "(e.g. "
                                   "one per modality).", json_schema_extra=cli(arg="MANIFEST..."))
     out: Path = Field(..., description="Folder for the shards (not inside any raw folder).",
                       json_schema_extra=cli(short="-o"))
-    split: Literal["train", "val", "test"] | None = Field(None, description="Only this split: train, val or test.")
-    modalities: list[str] = Field(default_factory=list, description="Only this modality (repeatable; default: "
+    split: Literal["train", "val", "test"] | None = Field(None, description="Only this split: train, val or "
+                                                                            "test.")
+    modalities: list[str] = Field(default_factory=list, description="Only this modality (repeatable; "
+                                                                    "default: "
                                   "all).", json_schema_extra=cli("--modality", repeat=True))
     max_side: int = Field(512, ge=16, description="Longer image side after resizing (never upscaled).")
     max_count: int = Field(1000, ge=1, description="Most samples per shard.")
     max_size: str = Field("256MB", description="Most bytes per shard (e.g. 256MB, 1GiB).")
     seed: int = Field(0, description="Shuffle seed (part of the plan).")
-    min_shards: int = Field(16, ge=1, description="At least this many shards (fewer only with fewer samples).")
+    min_shards: int = Field(16, ge=1, description="At least this many shards (fewer only with fewer "
+                            "samples).")
     workers: int | None = Field(None, ge=1, description="Encoding processes (default: CPUs, up to 8).")
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality for RGB images (1-100).")
 
@@ -154,7 +160,8 @@ class _Model(Strict):
                          "random:NAME.")
     model_id: str | None = Field(None, description="Model id in results (default: derived from --weights).",
                                  json_schema_extra=cli("--name"))
-    weights_lenient: bool = Field(False, description="Load what fits of a partial checkpoint and leave the rest "
+    weights_lenient: bool = Field(False, description="Load what fits of a partial checkpoint and leave the "
+                                                     "rest "
                                   "at random init (recorded in the load report); the default refuses any "
                                   "mismatch.", json_schema_extra=cli("--weights-lenient/--weights-strict"))
 
@@ -170,7 +177,8 @@ class _Weights(_Model):
 class EmbedSettings(_Weights):
     data: Path = Field(..., description="Manifest (.parquet) or shard dir.")
     out: Path = Field(..., description="Embeddings Parquet to write.")
-    plot: Path | None = Field(None, description="Folder for t-SNE PNGs (by modality, and per modality by label).")
+    plot: Path | None = Field(None, description="Folder for t-SNE PNGs (by modality, and per modality by "
+                                                "label).")
 
 
 class _TaskSettings(Strict):
@@ -179,9 +187,11 @@ class _TaskSettings(Strict):
     out: Path = Field(Path("results"), description="Results root.")
     task_options: dict[str, str] = Field(default_factory=dict, description="Task switch, e.g. "
                                          "uncertainty=u-zeros (repeatable; see `midol tasks show`).",
-                                         json_schema_extra=cli("--task-option", repeat=True, metavar="KEY=VALUE"))
+                                         json_schema_extra=cli("--task-option", repeat=True,
+                                                               metavar="KEY=VALUE"))
     subgroups: list[str] | None = Field(
-        None, description="Metadata columns to report per subgroup, e.g. sex,age,site (default: the task's own; "
+        None, description="Metadata columns to report per subgroup, e.g. sex,age,site (default: the task's "
+                          "own; "
                           "'none' for no subgroups). Age is binned.")
     min_subgroup: int = Field(10, ge=1, description="Fewest positives (and negatives) a subgroup needs to be "
                               "reported.")
@@ -223,7 +233,8 @@ class FinetuneSettings(_Model, _TaskSettings):
     run_dir: Path | None = Field(None, description="Checkpoints and metrics (default: OUT/<model id>/<task>/"
                                  "run_finetune).")
     resume: str | None = Field(None, description="'auto' (newest checkpoint in the run dir) or a ckpt file.")
-    linear: bool = Field(False, description="Freeze the encoder and train only the head (protocol 'linear_ft').")
+    linear: bool = Field(False, description="Freeze the encoder and train only the head (protocol "
+                                            "'linear_ft').")
 
 
 class ExportSettings(Strict):
@@ -231,7 +242,8 @@ class ExportSettings(Strict):
                           json_schema_extra=cli(arg="RUN_DIR"))
     out: Path | None = Field(None, description="Target file or folder (default under RUN_DIR/export/).")
     which: Literal["teacher", "student"] = Field("teacher", description="teacher (default, EMA) or student.")
-    format: Literal["safetensors", "folder", "onnx"] = Field("safetensors", description="safetensors, folder or "
+    format: Literal["safetensors", "folder", "onnx"] = Field("safetensors", description="safetensors, folder "
+                                                                                        "or "
                                                              "onnx.")
     study: Path | None = Field(None, description="study.md (or its folder) for the model card (default: the "
                                "study this run belongs to).")
@@ -241,19 +253,25 @@ class ReportSettings(Strict):
     results_dir: Path = Field(..., description="Folder holding results/<model>/<task>/summary.json files.",
                               json_schema_extra=cli(arg="RESULTS"))
     format: Literal["md", "csv", "json", "html"] = Field(
-        "md", description="md, csv, json (stdout or --out) or html (needs --out).", json_schema_extra=cli(short="-f"))
+        "md", description="md, csv, json (stdout or --out) or html (needs --out).",
+        json_schema_extra=cli(short="-f"))
     reference: str | None = Field(None, description="Add published numbers as a labelled column: 'paper' "
                                   "(M-IDoL, arXiv 2604.08936).")
-    protocol: str = Field("linear", description="Protocol to tabulate: linear, knn_k10, knn_k20, fraction_0.01, "
+    protocol: str = Field("linear", description="Protocol to tabulate: linear, knn_k10, knn_k20, "
+                                                "fraction_0.01, "
                           "finetune...", json_schema_extra=cli(short="-p"))
     metric: str | None = Field(None, description="Metric to show (default: each task's primary metric).",
                                json_schema_extra=cli(short="-m"))
-    plot: Path | None = Field(None, description="Also write a bar chart (PNG) of models x tasks to this file.")
-    out: Path | None = Field(None, description="Write the report to this file (atomically) instead of stdout.",
+    plot: Path | None = Field(None, description="Also write a bar chart (PNG) of models x tasks to this "
+                              "file.")
+    out: Path | None = Field(None, description="Write the report to this file (atomically) instead of "
+                             "stdout.",
                              json_schema_extra=cli(short="-o"))
-    tsne: list[Path] = Field(default_factory=list, description="HTML: also embed tsne_*.png maps from this folder "
+    tsne: list[Path] = Field(default_factory=list, description="HTML: also embed tsne_*.png maps from this "
+                                                               "folder "
                              "(repeatable; RESULTS is searched too).", json_schema_extra=cli(repeat=True))
-    compare: str | None = Field(None, description="A,B: paired difference A - B per task (bootstrap CI and p, "
+    compare: str | None = Field(None, description="A,B: paired difference A - B per task (bootstrap CI and "
+                                                  "p, "
                                 "DeLong, Holm) instead.")
     n_boot: int = Field(2000, ge=100, description="--compare: paired bootstrap replicates.")
 
@@ -263,8 +281,10 @@ class StudySettings(Strict):
 
     tasks: list[str] = Field(..., min_length=1, description="Comma-separated task names, task files (.yaml), "
                              "or auto.")
-    task_data: dict[str, str] = Field(default_factory=dict, description="Probe TASK on another manifest or shard "
-                                      "dir (repeatable).", json_schema_extra=cli(repeat=True, metavar="TASK=PATH"))
+    task_data: dict[str, str] = Field(default_factory=dict, description="Probe TASK on another manifest or "
+                                                                        "shard "
+                                      "dir (repeatable).",
+                                      json_schema_extra=cli(repeat=True, metavar="TASK=PATH"))
     variants: list[str] | None = Field(None, description="Comma-separated built-in variants (default: "
                                        f"{','.join(DEFAULT_VARIANTS)}).")
     custom_variants: list[str] = Field(default_factory=list, description="A custom variant (repeatable).",
@@ -297,13 +317,16 @@ class QuickstartSettings(Strict):
 
     raw_root: Path = Field(..., description="Folder with one sub-folder per modality.",
                            json_schema_extra=cli(arg="RAW_ROOT"))
-    out: Path = Field(Path("quickstart"), description="Where manifests/, shards/, runs/, results/ and report.md "
+    out: Path = Field(Path("quickstart"), description="Where manifests/, shards/, runs/, results/ and "
+                                                      "report.md "
                       "go.", json_schema_extra=cli(short="-o"))
-    recipe: Path | None = Field(None, description="Pre-training recipe (default: the built-in Swin-B base recipe).")
+    recipe: Path | None = Field(None, description="Pre-training recipe (default: the built-in Swin-B base "
+                                                  "recipe).")
     modalities: dict[str, str] = Field(
         default_factory=dict, description="sub-folder -> modality, where a folder's name does not say it",
         json_schema_extra=cli(None))
-    baseline: bool = Field(True, description="Also probe the same encoder at random init (the report's baseline).",
+    baseline: bool = Field(True, description="Also probe the same encoder at random init (the report's "
+                                             "baseline).",
                            json_schema_extra=cli("--baseline/--no-baseline"))
     ingest: dict[str, Any] = Field(default_factory=dict, description="ingest keys for every folder",
                                    json_schema_extra=cli(None))
@@ -362,11 +385,13 @@ def settings_data(
     clash = sorted(set(_flat(given)) & set(_flat(over)))
     if clash:
         k = clash[0]
-        raise UsageError(f"'{k}' is given twice: as {names.get(k, 'an argument')} and as {k}=...; give it once")
+        raise UsageError(f"'{k}' is given twice: as {names.get(k, 'an argument')} and as {k}=...; give it "
+                         "once")
     return _merge(_merge(data, given), over)
 
 
-def split_keys(data: dict[str, Any], overrides: list[str], keys: set[str]) -> tuple[dict, list[str], dict, list[str]]:
+def split_keys(data: dict[str, Any], overrides: list[str],
+               keys: set[str]) -> tuple[dict, list[str], dict, list[str]]:
     """A file holding two models' keys side by side (fine-tuning: the command's and the recipe's):
     (mapping, overrides) whose top-level key is in ``keys``, then the rest."""
     mine = {k: v for k, v in data.items() if k in keys}
@@ -411,7 +436,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for k, v in d.items():
         key = f"{prefix}{k}"
-        keys += _flat(v, key + ".") if isinstance(v, dict) and v and not type(v).__name__ == "_Whole" else [key]
+        nested = isinstance(v, dict) and v and not type(v).__name__ == "_Whole"
+        keys += _flat(v, key + ".") if nested else [key]
     return keys
 
 

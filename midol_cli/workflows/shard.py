@@ -23,7 +23,8 @@ def run(s: ShardSettings, reporter: Reporter) -> dict[str, Any]:
                          max_side=s.max_side, max_count=s.max_count, seed=s.seed, min_shards=s.min_shards,
                          jpeg_quality=s.jpeg_quality)
     workers = s.workers if s.workers is not None else max(1, min(8, os.cpu_count() or 1))
-    index = write_shards(list(s.manifests), s.out, params, workers=workers,
-                         on_progress=reporter.callback("sharding") if reporter.bar else None, log=reporter.line)
+    bar = reporter.callback("sharding") if reporter.bar else None
+    index = write_shards(list(s.manifests), s.out, params, workers=workers, on_progress=bar,
+                         log=reporter.line)
     write_settings(s, s.out, "shard", folder=True)
     return index

@@ -102,7 +102,8 @@ def parse_variants(names: Sequence[str], custom: Sequence[str], recipe_intra: st
             hint = f"; did you mean '{close[0]}'?" if close else f" (built-in: {', '.join(BUILTIN_VARIANTS)})"
             raise UsageError(f"unknown variant '{name}'{hint}; custom ones are --variant NAME:KEY=VALUE,...")
         if name == recipe_intra:
-            raise UsageError(f"variant '{name}' is the recipe itself (its loss.intra is already {recipe_intra})")
+            raise UsageError(f"variant '{name}' is the recipe itself (its loss.intra is already "
+                             f"{recipe_intra})")
         ov = BUILTIN_VARIANTS[name]
         out[name] = Variant(name, None if ov is None else list(ov))
     for spec in custom:
@@ -113,7 +114,8 @@ def parse_variants(names: Sequence[str], custom: Sequence[str], recipe_intra: st
         if not name or not all(c.isalnum() or c in "_-." for c in name):
             raise UsageError(f"--variant '{spec}': the name must be letters, digits, '_', '-' or '.'")
         if name in out or name in BUILTIN_VARIANTS:
-            raise UsageError(f"--variant '{spec}': the name '{name}' is taken (a built-in or an earlier variant)")
+            raise UsageError(f"--variant '{spec}': the name '{name}' is taken (a built-in or an earlier "
+                             "variant)")
         ovs = [t.strip() for t in body.split(",") if t.strip()]
         if not ovs or any("=" not in t for t in ovs):
             raise UsageError(f"--variant '{spec}': list KEY=VALUE overrides after the colon")
@@ -183,7 +185,8 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, reporter: Reporter
     recorded = _recorded_hash(run_dir)
     if recorded is not None and recorded != recipe_hash(recipe):
         raise UsageError(
-            f"run dir '{run_dir}' was pre-trained with another recipe (hash {recorded}, now {recipe_hash(recipe)}); "
+            f"run dir '{run_dir}' was pre-trained with another recipe (hash {recorded}, now "
+            f"{recipe_hash(recipe)}); "
             "remove it, or give the study another --out"
         )
     if _run_complete(run_dir, recipe.train.steps):

@@ -34,7 +34,8 @@ def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, dat
         on_shards = [t.spec.name for t in tasks if (Path(t.data) / "index.json").is_file()]
         if on_shards:
             raise UsageError(
-                f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read the "
+                f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read "
+                "the "
                 "shard dir: give each its manifest with --task-data TASK=manifest.parquet"
             )
     cfg = StudyConfig(recipe_path, overrides, shards, tasks, chosen, list(range(s.seeds)), s.out,

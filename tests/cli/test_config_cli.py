@@ -192,5 +192,6 @@ def test_the_python_api_takes_the_same_settings(data, tmp_path):
     summary = api.ingest(s, reporter=Silent())
     assert summary["ok"] > 0 and Path(summary["settings"]).is_file()
     assert api.ingest(s, reporter=Silent(), seed=1)["reused"] == summary["ok"]  # keyword over a settings object
-    with pytest.raises(UsageError, match="2 problems: modality: required.*seed: Input should be a valid integer"):
+    with pytest.raises(UsageError, match="2 problems: modality: required.*seed: Input should be a valid "
+                                         "integer"):
         api.ingest(raw_dir=tmp_path, seed="x")
