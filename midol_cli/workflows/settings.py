@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, field_validator
 
 from midol_cli.errors import UsageError
+from midol_cli.eval.contamination import DEFAULT_RADIUS
 from midol_cli.recipes import Strict, _merge, format_validation_error, parse_overrides, read_yaml
 
 S = TypeVar("S", bound=BaseModel)
@@ -225,6 +226,28 @@ class ProbeSettings(_Weights, _TaskSettings):
         if any(not 0 < f <= 1 for f in v):
             raise ValueError("every fraction must be in (0, 1]")
         return v
+
+
+class ContaminationSettings(Strict):
+    sources: list[Path] = Field(..., min_length=1, description="Pre-training data: shard dirs and/or manifests.",
+                                json_schema_extra=cli(arg="SOURCES..."))
+    against: list[Path] = Field(..., min_length=1, description="Test manifest to check (repeatable).",
+                                json_schema_extra=cli(repeat=True))
+    radius: int = Field(DEFAULT_RADIUS, description="Most differing pHash bits (of 64) for a near copy.")
+    splits: list[str] = Field(default_factory=lambda: ["test"], min_length=1,
+                              description="Comma-separated splits of --against to check.")
+    source_splits: list[str] | None = Field(
+        None, description="Only these splits of SOURCES count (e.g. train: what a run with data.split=train "
+        "read); default: every row.")
+    format: Literal["md", "json"] = Field("md", description="md (tables) or json (stdout).",
+                                          json_schema_extra=cli(short="-f"))
+    out: Path | None = Field(None, description="Write every pair to this CSV file.")
+    fail_on_overlap: bool = Field(False, description="Exit with code 1 when any overlap is found.")
+
+    @field_validator("splits", "source_splits", mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        return _csv_list(v)
 
 
 class FinetuneSettings(_Model, _TaskSettings):

@@ -90,7 +90,7 @@ def test_a_key_given_as_flag_and_as_key_value_is_refused(tmp_path, monkeypatch, 
 SCHEMAS = {"ingest": "IngestSettings", "shard": "ShardSettings", "embed": "EmbedSettings",
            "probe": "ProbeSettings", "finetune": "FinetuneSettings", "export": "ExportSettings",
            "report": "ReportSettings", "study": "StudySettings", "quickstart": "QuickstartSettings",
-           "pretrain": "PretrainSettings"}
+           "pretrain": "PretrainSettings", "contamination": "ContaminationSettings"}
 # The parameters that are not settings: the free arguments, --print-config, and a few per command.
 NOT_SETTINGS = {"pretrain": {"recipe", "overrides"}, "shard": {"verify"}, "study": {"data"}}
 
