@@ -313,7 +313,7 @@ class StudySettings(Strict):
     custom_variants: list[str] = Field(default_factory=list, description="A custom variant (repeatable).",
                                        json_schema_extra=cli("--variant", repeat=True,
                                                              metavar="NAME:KEY=VALUE,..."))
-    seeds: int = Field(3, ge=1, description="Pre-training seeds per variant (0..N-1).")
+    seeds: int = Field(5, ge=1, description="Pre-training seeds per variant (0..N-1).")
     out: Path = Field(Path("study"), description="Study folder (runs/, results/, study.*).")
     n_boot: int = Field(2000, ge=100, description="Bootstrap replicates of the paired differences.")
     finetune: Path | None = Field(None, description="Also fine-tune random and midol on every task with this "
