@@ -116,6 +116,7 @@ def run(s: QuickstartSettings, reporter: Reporter) -> dict[str, Any]:
     """Run every stage of ``plan_quickstart(s)``, each through its own ``run``; where each output is."""
     from midol_cli.paths import writable_out
     from midol_cli.workflows import ingest, report, shard
+    from midol_cli.workflows.probe import WarningsOnly
     from midol_cli.workflows.settings import write_settings
 
     plan = plan_quickstart(s)
@@ -134,7 +135,7 @@ def run(s: QuickstartSettings, reporter: Reporter) -> dict[str, Any]:
             f"{summ['manifest']}")
 
     log(f"quickstart 2/5 shard -> {out / 'shards'}")
-    index = shard.run(plan["shard"], _Quiet(reporter))
+    index = shard.run(plan["shard"], WarningsOnly(reporter))  # its other lines repeat what we say
     log(f"  {index['totals']['shards']} shards, {index['totals']['samples']} samples")
     res["run"] = _pretrain(plan["recipe"], out, reporter)
     _probes(plan, res, reporter)
@@ -185,18 +186,6 @@ def _probes(plan: dict[str, Any], res: dict[str, Any], reporter: Reporter) -> No
             log(f"  {summ['task']['name']} / {summ['model']['id']}: linear {summ['primary_metric']} "
                 f"{_num(v['value'])} [{_num(v['ci_low'])}, {_num(v['ci_high'])}]")
             res["probes"].append(summ["out_dir"])
-
-
-class _Quiet(Reporter):
-    """Bars but no lines: the shard stage's own lines repeat what quickstart says."""
-
-    def __init__(self, inner: Reporter) -> None:
-        super().__init__()
-        self.inner, self.bar = inner, inner.bar
-        self.start, self.advance, self.stop = inner.start, inner.advance, inner.stop
-
-    def line(self, msg: str) -> None:
-        pass
 
 
 def _num(x: float | None) -> str:
