@@ -201,7 +201,8 @@ def _ingest_folder(
            "reader_version": READER_VERSION}
     decoded, n_decoded, reused = _reuse_or_decode(entries, root, _previous_rows(target, key, log), max_pixels,
                                                   workers, progress, log, isolate)
-    df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions)
+    df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions,
+                      opts.report.pop("split_listing", None))  # slides/volumes: parts split alike
     summary = _summarize(df)
     summary.update(manifest=str(target), layout=lay.name, dataset=ds_name, modality=modality,
                    decoded=n_decoded, reused=reused, unlisted=unlisted, duplicate_listings=duplicate_listings,
@@ -356,12 +357,14 @@ def _build_frame(
     layout: str,
     seed: int,
     fractions: tuple[float, float, float],
+    listing: list[tuple[str, str]] | None = None,
 ):
-    """All manifest rows as a DataFrame (MANIFEST_COLUMNS, sorted by path) with splits and duplicates."""
+    """All manifest rows as a DataFrame (MANIFEST_COLUMNS, sorted by path) with splits and duplicates;
+    with a layout's ``listing`` of the whole archive, ``splits.assign_listed_splits``."""
     import pandas as pd
 
     from midol_cli.data.manifest import empty_row
-    from midol_cli.data.splits import assign_splits
+    from midol_cli.data.splits import assign_listed_splits, assign_splits
 
     # Column by column (list comprehensions: no per-row dict), consuming ``entries`` and ``decoded``:
     # 100,000 files never hold the decoded records and the frame's columns twice over.
@@ -397,7 +400,9 @@ def _build_frame(
     ok = df["status"] == "ok"
     official = df["split"].copy()
     if ok.any():
-        df.loc[ok, "split"] = assign_splits(df.loc[ok, ["group", "label", "split"]], seed, fractions)
+        sub = df.loc[ok, ["group", "label", "split"]]
+        df.loc[ok, "split"] = (assign_splits(sub, seed, fractions) if listing is None
+                               else assign_listed_splits(sub, listing, seed, fractions))
     df["split_source"] = [
         ("official" if off and off == s else "derived") if s else ""
         for off, s in zip(official, df["split"], strict=True)

@@ -140,6 +140,51 @@ def assign_splits(
     return pd.Series([result[g] for g in groups], index=df.index, dtype=object)
 
 
+def group_split(group: str, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> str:
+    """A group's split from a hash of (seed, group) alone: the fallback of ``assign_listed_splits`` for a
+    group no listing names. Not stratified; the same in every run, part and archive."""
+    total = sum(fractions)
+    u = int(hashlib.sha256(f"{seed}\x00{group}".encode()).hexdigest()[:16], 16) / 2.0**64
+    acc = 0.0
+    for name, f in zip(SPLITS, fractions, strict=True):
+        acc += f / total
+        if u < acc and f > 0:
+            return name
+    return next(name for name, f in zip(SPLITS[::-1], fractions[::-1], strict=True) if f > 0)
+
+
+def assign_listed_splits(
+    df: pd.DataFrame,
+    listing: list[tuple[str, str]],
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> pd.Series:
+    """Splits of an archive that may be ingested in parts (``ingest --part I/N``: the slides and volumes
+    layouts). ``listing`` holds one (group, label) per file of the WHOLE archive, which every part lists
+    though it reads only its share; ``assign_splits`` divides the listing (one row per file, so groups are
+    weighed by files, not by their tiles or frames, which only the part that reads a file knows), and each
+    row of ``df`` takes its group's split. So a group's split does not depend on which part, or whether a
+    part, read it: 3 parts give the split column of one run. A group the listing lacks (a patient known
+    only from a file's header) takes ``group_split``. An official split in ``df`` wins, as in
+    ``assign_splits``."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.Series([], index=df.index, dtype=object)
+    lst = pd.DataFrame(listing or [], columns=["group", "label"])
+    by_group = dict(zip(lst["group"].astype(str), assign_splits(lst, seed, fractions), strict=True))
+    official: dict[str, str] = {}
+    raw = df["split"].to_numpy() if "split" in df.columns else [None] * len(df)
+    for g, v in zip(df["group"].astype(str), raw, strict=True):
+        s = _official(v)
+        if s is not None and (g not in official or _PRIORITY[s] < _PRIORITY[official[g]]):
+            official[g] = s
+    out = [
+        official.get(g) or by_group.get(g) or group_split(g, seed, fractions) for g in df["group"].astype(str)
+    ]
+    return pd.Series(out, index=df.index, dtype=object)
+
+
 VAL_CARVE_FRACTION = 0.15
 
 

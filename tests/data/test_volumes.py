@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from midol_cli.data.ingest import ingest_folder
@@ -190,3 +191,17 @@ def test_heidelberg_vol_through_eyepy(tmp_path):
 
     idx = write_shards([tmp_path / "m.parquet"], tmp_path / "shards", workers=1)
     assert idx["totals"]["samples"] == 10 and idx["skipped"]["count"] == 0
+
+
+def test_three_parts_give_the_rows_and_splits_of_one_run(tmp_path):
+    """`--part I/N` over volumes: the parts' rows, groups (the header's patient) and splits are one run's."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(6):
+        write_opt(raw / f"v{i}.dcm", frames_of(3), patient=f"P{i}")
+    whole, _ = _ingest(raw, tmp_path / "all.parquet")
+    parts = [_ingest(raw, tmp_path / f"p{i}.parquet", part=f"{i}/3")[0] for i in range(3)]
+    cols = ["sample_id", "path", "group", "meta", "status", "split", "split_source"]
+    merged = pd.concat(parts).sort_values("path").reset_index(drop=True)
+    assert merged[cols].equals(whole.sort_values("path").reset_index(drop=True)[cols])
+    assert set(whole["group"]) == {f"P{i}" for i in range(6)} and set(whole["split"]) == {"train", "val", "test"}

@@ -210,7 +210,10 @@ def test_three_parts_give_the_rows_of_one_run(tmp_path):
     parts = [_ingest(raw, tmp_path / f"p{i}.parquet", part=f"{i}/3")[0] for i in range(3)]
     assert sum(len(p) for p in parts) == len(whole)
     assert all(len(p) for p in parts) or len({*map(len, parts)}) > 1
-    cols = ["sample_id", "path", "group", "meta", "sha256", "status"]
+    # the split too: each part splits its own slides as one run splits them all
+    cols = ["sample_id", "path", "group", "label", "meta", "sha256", "status", "split", "split_source"]
+    ok = whole[whole["status"] == "ok"]
+    assert set(ok["split"]) == {"train", "val", "test"} and ok.groupby("group")["split"].nunique().max() == 1
     merged = pd.concat(parts).sort_values("path").reset_index(drop=True)
     assert merged[cols].equals(whole.sort_values("path").reset_index(drop=True)[cols])
     from midol_cli.data.shards import write_shards  # the parts' manifests shard together

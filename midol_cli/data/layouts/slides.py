@@ -166,12 +166,14 @@ class SlidesLayout(Layout):
         table = _slide_table(opts) if opts.labels else None
         found, self._series = dicom_series(root, walk_slides(root))
         slides = [s for s in found if part_of(s, part)]
+        cases = {rel: _case(rel, table) for rel in found}
+        # Every part lists the whole archive, so every part (and one run) derives the same splits.
+        opts.report["split_listing"] = [(cases[rel][1], cases[rel][0]) for rel in found]
         results = tile_all(root, slides, settings, opts)
         entries: list[Entry] = []
         lines: list[str] = []
         for rel in slides:
-            label, group = table.lookup(rel) if table is not None else (folder_label(rel), "")
-            entries += _entries(rel, results[rel], settings, label, group or os.path.splitext(rel)[0])
+            entries += _entries(rel, results[rel], settings, *cases[rel])
             lines.append(_line(rel, results[rel]))
         opts.report["slides"] = {rel: _brief(results[rel]) for rel in slides}
         opts.report["lines"] = opts.report.get("lines", []) + lines
@@ -194,6 +196,13 @@ def _pyramidal(path: str) -> bool:
         return slide.level_count > 1
     finally:
         slide.close()
+
+
+def _case(rel: str, table: _SlideTable | None) -> tuple[str, str]:
+    """(label, group) of a file: the labels CSV's, else its class folder's; group the patient, else the
+    file without its extension."""
+    label, group = table.lookup(rel) if table is not None else (folder_label(rel), "")
+    return label, group or os.path.splitext(rel)[0]
 
 
 def folder_label(rel: str) -> str:

@@ -56,6 +56,25 @@ def _frames(path: Path) -> int:
         return 1
 
 
+def _case(root: Path, rel: str, table: Any) -> tuple[str, str]:
+    """(label, group) of a volume as its rows will have them: the labels CSV's or its class folder's
+    label; the group the CSV's patient, else the DICOM header's PatientID, else the volume. (A .vol's
+    patient, known only once the file is read, is missing here: its group takes splits.group_split.)"""
+    from midol_cli.data.layouts.slides import folder_label
+    from midol_cli.data.volumes import VOL_EXTENSIONS
+
+    label, group = table.lookup(rel) if table is not None else (folder_label(rel), "")
+    if not group and os.path.splitext(rel)[1].lower() not in VOL_EXTENSIONS:
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(root / rel, stop_before_pixels=True, specific_tags=["PatientID"])
+            group = str(ds.get("PatientID", "") or "").strip()
+        except Exception:
+            group = ""
+    return label, group or os.path.splitext(rel)[0]
+
+
 def _one(task: tuple[str, str, tuple[str, int], str, int]) -> dict[str, Any]:
     """Open one volume and decode its chosen frames:
     ``{"status", "reason", "n", "info", "frames": [(i, rec)], "mtime_ns"}``."""
@@ -130,6 +149,8 @@ class VolumesLayout(Layout):
         found = _walk(root, opts)
         self._volumes = set(found)  # every volume, also those of other parts: none becomes an image row
         vols = [v for v in found if part_of(v, part)]
+        # Every part lists the whole archive, so every part (and one run) derives the same splits.
+        opts.report["split_listing"] = [_case(root, v, table)[::-1] for v in found]
         tasks = [(str(root / v), v, choice, spec, DEFAULT_MAX_PIXELS) for v in vols]
         results = _run(tasks, opts.workers)
         entries: list[Entry] = []
