@@ -21,28 +21,26 @@ BUDGET_KEYS = ("train.steps", "epochs", "train.log_every", "train.keep_last", "l
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a run: a checkpoint, ``run.json`` or metrics rows."""
     metrics = run_dir / METRICS_NAME
-    return (
-        bool(ckpt.list_checkpoints(run_dir))
-        or (run_dir / RUN_JSON).is_file()
-        or (metrics.is_file() and metrics.stat().st_size > 0)
-    )
+    return bool(ckpt.list_checkpoints(run_dir)) or (run_dir / RUN_JSON).is_file() or (
+        metrics.is_file() and metrics.stat().st_size > 0)
 
 
-def check_run_dir(
-    run_dir: Path, resume: str | None, what: str = "fine-tuning", overwrite: bool = False
-) -> Path | None:
+def check_run_dir(run_dir: Path, resume: str | None, what: str = "fine-tuning",
+                  overwrite: bool | None = None) -> Path | None:
     """The checkpoint to resume from (``None`` for a fresh run); refuses to start over a run's dir.
 
-    ``overwrite`` (a fresh run only) is checked here; the old run is moved aside by ``move_aside`` on
-    rank 0 once every rank has passed this check."""
+    ``overwrite`` None: the command has no ``--overwrite`` (fine-tuning: a dir with checkpoints is
+    refused); a bool: any trace of a run is refused unless ``overwrite``, and ``move_aside`` then moves
+    the old run on rank 0 once every rank has passed this check (pre-training, issue 25.1)."""
     if overwrite and resume is not None:
         raise UsageError("--overwrite starts a new run and --resume continues one; pass one of them")
     resume_path = ckpt.resolve_resume(run_dir, resume)
-    if resume is None and not overwrite and holds_run(run_dir):
-        raise UsageError(
-            f"run dir '{run_dir}' already holds a {what} run; continue it with --resume auto, move it aside "
-            "with --overwrite, or pass another run dir"
-        )
+    held = f"run dir '{run_dir}' already holds a {what} run; continue it with --resume auto"
+    if resume is None and not overwrite:
+        if overwrite is None and ckpt.list_checkpoints(run_dir):
+            raise UsageError(f"{held}, or pass another --run-dir (or delete that folder)")
+        if overwrite is not None and holds_run(run_dir):
+            raise UsageError(f"{held}, move it aside with --overwrite, or pass another --out")
     return resume_path
 
 
