@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from midol_cli.eval.results import Task
+# ``task``: an ``eval.results.Task`` (not imported: results imports this module)
+Task = Any
 
 
 def score_test(df: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, probs: np.ndarray,
