@@ -111,6 +111,15 @@ class ProjectorCfg(Strict):
     n_prototypes: int = Field(4096, ge=2)
     n_layers: int = Field(3, ge=1)
     shared_expert: bool = Field(False, description="ablation no_moe: one expert for every modality (K=1)")
+    match_params: bool = Field(
+        False, description="with shared_expert: size the one expert's hidden width so the projector has as "
+        "many parameters as the one-expert-per-modality projector (within 2%; issue 28.2)")
+    modality_router: bool = Field(
+        False, description="with shared_expert: keep a router over the modalities, so L_route (and what it "
+        "does to the encoder) stays as in M-IDoL")
+    experts_per_modality: int = Field(
+        1, ge=1, description="k experts in each modality's block, one chosen per image by a learned top-1 "
+        "gate, kept in use by loss.w_balance (issue 28.7); 1: one expert per modality")
 
 
 class LossCfg(Strict):
@@ -121,6 +130,10 @@ class LossCfg(Strict):
     route_detach: bool = Field(
         False, description="train the router on detached features: L_route does not shape the encoder"
     )
+    negatives: Literal["modality", "all"] | None = Field(
+        None, description="the intra term's negatives (contrastive) or centre (distill): the image's own "
+        "modality, or every image; default: modality with one expert per modality, all with a shared expert")
+    w_balance: float = Field(0.01, ge=0, description="load balancing of projector.experts_per_modality > 1")
     inter_ramp_frac: float = Field(0.1, ge=0, le=1, description="w_inter rises linearly over this fraction of steps")
     student_temp: float = Field(0.1, gt=0)
     teacher_temp: float = Field(0.04, gt=0)

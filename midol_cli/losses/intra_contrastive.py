@@ -8,6 +8,14 @@ with the same e_i, plus a per-modality queue of earlier teacher keys. Other
 modalities are excluded on purpose: separating a fundus image from an X-ray is
 L_inter's job; this term must tell one fundus image from another.
 
+``loss.negatives`` (issue 28.2) makes that choice a switch. ``expert`` names the bank (queue
+and embedding space) a query reads and ``group`` who its in-batch negatives are (default:
+the same as ``expert``). With one shared expert, ``negatives: modality`` passes the modality
+as ``expert`` (one queue per modality in the one space); ``negatives: all`` with K experts
+passes ``group`` zeros and the teacher's keys in every space ``[Vt, B, K, d]``: each query
+scores every image of the batch in its own expert's space, and the queue of expert k holds
+every image's key in space k.
+
 Keys of the *same image* are never negatives: the queue remembers each key's sample
 id and a batch may hold one image twice (resampled shards). Without this, a
 modality with fewer images than the queue holds sees every image's own earlier keys
@@ -40,13 +48,17 @@ class IntraContrastiveLoss(nn.Module):
         teacher_emb: torch.Tensor,
         expert: torch.Tensor,
         sample_key: torch.Tensor | None = None,
+        group: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """student_emb ``[Vs, B, d]``, teacher_emb ``[Vt, B, d]`` (own expert, L2-normalised), expert ``[B]``,
-        sample_key ``[B]`` int64 image ids (optional: without them, same-image keys cannot be excluded)."""
+        """student_emb ``[Vs, B, d]``, teacher_emb ``[Vt, B, d]`` (own expert, L2-normalised) or
+        ``[Vt, B, K, d]`` (every expert's space), expert ``[B]``, sample_key ``[B]`` int64 image ids
+        (optional: without them, same-image keys cannot be excluded), group ``[B]`` (in-batch negatives;
+        default ``expert``)."""
         b = expert.shape[0]
         k, q_size, d = self.queue.shape
-        exp_all = all_gather_cat(expert)  # [G]
-        same = exp_all.unsqueeze(0) == expert.unsqueeze(1)  # [B, G]
+        grp = expert if group is None else group
+        grp_all = all_gather_cat(grp)  # [G]
+        same = grp_all.unsqueeze(0) == grp.unsqueeze(1)  # [B, G]
         pos = rank_offset(b) + torch.arange(b, device=expert.device)
         if sample_key is not None:
             keys_all = all_gather_cat(sample_key)
@@ -65,12 +77,12 @@ class IntraContrastiveLoss(nn.Module):
         neg_inf = torch.finfo(student_emb.dtype).min
         total, n = student_emb.new_zeros(()), 0
         for a in range(teacher_emb.shape[0]):
-            keys = all_gather_cat(teacher_emb[a].detach())  # [G, d]
+            keys = all_gather_cat(teacher_emb[a].detach())  # [G, d] or [G, K, d]
             for v in range(student_emb.shape[0]):
                 if v == a:
                     continue
                 q = student_emb[v]
-                lb = (q @ keys.T) / self.temperature
+                lb = self._batch_logits(q, keys, expert)
                 lb = lb.masked_fill(~same, neg_inf)
                 if self.queue_size > 0:
                     lq = (q @ queue.T) / self.temperature
@@ -82,17 +94,30 @@ class IntraContrastiveLoss(nn.Module):
                 n += 1
         return {"loss": total / max(n, 1)}
 
+    def _batch_logits(self, q: torch.Tensor, keys: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """q ``[B, d]`` against the batch's keys ``[G, d]``, or ``[G, K, d]`` scored in each query's space."""
+        if keys.dim() == 2:
+            return (q @ keys.T) / self.temperature
+        every = torch.einsum("bd,gkd->bkg", q, keys)  # [B, K, G]
+        idx = expert.view(-1, 1, 1).expand(-1, 1, every.shape[-1])
+        return every.gather(1, idx).squeeze(1) / self.temperature
+
     @torch.no_grad()
-    def enqueue(self, teacher_emb: torch.Tensor, expert: torch.Tensor, sample_key: torch.Tensor | None = None) -> None:
-        """Push the global batch's teacher keys (first view) into each modality's ring buffer."""
+    def enqueue(self, teacher_emb: torch.Tensor, expert: torch.Tensor,
+                sample_key: torch.Tensor | None = None) -> None:
+        """Push the global batch's teacher keys (first view) into each modality's ring buffer; keys in every
+        expert's space (``[Vt, B, K, d]``, ``negatives: all``) go, every image's, into each expert's."""
         if self.queue_size == 0:
             return
         keys = all_gather_cat(teacher_emb[0].detach().to(self.queue.dtype))
         exp_all = all_gather_cat(expert)
         ids = all_gather_cat(sample_key) if sample_key is not None else torch.full_like(exp_all, -1)
         for e in range(self.queue.shape[0]):
-            sel = keys[exp_all == e][-self.queue_size :]
-            sel_ids = ids[exp_all == e][-self.queue_size :]
+            if keys.dim() == 3:
+                sel, sel_ids = keys[:, e][-self.queue_size :], ids[-self.queue_size :]
+            else:
+                sel = keys[exp_all == e][-self.queue_size :]
+                sel_ids = ids[exp_all == e][-self.queue_size :]
             n = sel.shape[0]
             if n == 0:
                 continue

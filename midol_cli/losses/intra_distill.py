@@ -9,7 +9,9 @@ target for the student's distribution on a different view:
     L_intra = mean over pairs a != b and samples of H(t, p)
 
 c_k is a per-expert centre: an EMA of the teacher scores of the samples routed to
-expert k, over the global batch (all ranks).
+expert k, over the global batch (all ranks). With ``loss.negatives: all`` (issue 28.2) the
+centre of block k follows every image's teacher scores in block k (``[Vt, B, K, P]``); with
+one shared expert and ``negatives: modality`` there is one centre per modality.
 """
 
 from __future__ import annotations
@@ -59,11 +61,17 @@ class IntraDistillLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_scores: torch.Tensor, expert: torch.Tensor) -> None:
-        """EMA of the mean teacher score per expert over the global batch; empty experts keep theirs."""
+        """EMA of the mean teacher score per expert over the global batch; empty experts keep theirs.
+        ``teacher_scores`` ``[Vt, B, P]`` (each image's own block) or ``[Vt, B, K, P]`` (every block: each
+        centre follows every image)."""
         k = self.center.shape[0]
-        per_sample = teacher_scores.float().mean(0)  # [B, P]
-        sums = torch.zeros_like(self.center).index_add_(0, expert, per_sample)
-        counts = torch.bincount(expert, minlength=k).to(sums.dtype)
+        per_sample = teacher_scores.float().mean(0)  # [B, P] or [B, K, P]
+        if per_sample.dim() == 3:
+            sums = per_sample.sum(0)
+            counts = torch.full((k,), per_sample.shape[0], dtype=sums.dtype, device=sums.device)
+        else:
+            sums = torch.zeros_like(self.center).index_add_(0, expert, per_sample)
+            counts = torch.bincount(expert, minlength=k).to(sums.dtype)
         sums, counts = all_reduce_sum(sums), all_reduce_sum(counts)
         mean = sums / counts.clamp_min(1).unsqueeze(1)
         m = self.center_momentum

@@ -152,17 +152,13 @@ def load_exported_projector(encoder_path: str | Path, in_dim: int):
     cand = projector_path(encoder_path)
     if not cand.is_file():
         return None
-    meta = read_export_meta(cand)
-    cfg = json.loads(meta.get("projector", "{}"))
-    proj = MoEProjector(
-        in_dim,
-        meta["n_experts"],
-        cfg.get("hidden_dim", 2048),
-        cfg.get("bottleneck_dim", 256),
-        cfg.get("n_prototypes", 4096),
-        cfg.get("n_layers", 3),
-    )
-    proj.load_state_dict(load_file(str(cand)))
+    read_export_meta(cand)  # a midol export, or a one-line error
+    # Shaped by its own tensors: a matched width (projector.match_params) or k experts per modality
+    # (projector.experts_per_modality) need no recipe to rebuild.
+    proj = MoEProjector.from_state_dict(load_file(str(cand)))
+    if proj.router.in_features != in_dim:
+        raise UsageError(f"projector '{cand}' reads {proj.router.in_features} features, the encoder gives "
+                         f"{in_dim}")
     return proj.eval()
 
 

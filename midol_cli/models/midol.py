@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from midol_cli.losses.balance import load_balance_loss
 from midol_cli.losses.inter import entropy, inter_modality_loss
 from midol_cli.losses.intra_contrastive import IntraContrastiveLoss
 from midol_cli.losses.intra_distill import IntraDistillLoss
@@ -30,7 +32,8 @@ class EncoderProjector(nn.Module):
         self.projector = projector
 
     def forward(self, global_views: torch.Tensor, local_views: torch.Tensor | None = None) -> MoEOutput:
-        """global_views ``[Vg*B, 3, S, S]``, local_views ``[Vl*B, 3, s, s]`` -> outputs for all views, globals first."""
+        """global_views ``[Vg*B, 3, S, S]``, local_views ``[Vl*B, 3, s, s]`` -> outputs for all views,
+        globals first."""
         h = self.encoder(global_views)
         if local_views is not None:
             h = torch.cat([h, self.encoder(local_views)], dim=0)
@@ -47,6 +50,41 @@ class StepSchedule:
     w_intra: float
     w_inter: float
     w_route: float
+
+
+def projector_kwargs(recipe: Any, in_dim: int) -> dict[str, Any]:
+    """The projector part of ``MIDoL``'s arguments from a ``PretrainRecipe`` (issue 28.2, 28.7).
+
+    ``projector.match_params`` sizes the hidden width of a shared expert so that its projector has as many
+    parameters as the recipe's K-expert one (K = the modalities) within 2%; with one expert per modality it
+    changes nothing. ``projector.modality_router`` gives a shared expert a router over the modalities.
+    """
+    from midol_cli.models.moe import matched_hidden_dim, projector_size
+
+    pc, n_mod = recipe.projector, len(recipe.data.modalities)
+    n_experts = 1 if pc.shared_expert else n_mod
+    n_route = n_mod if pc.modality_router else n_experts
+    hidden = pc.hidden_dim
+    if pc.match_params and n_experts != n_mod:
+        shape = (pc.bottleneck_dim, pc.n_prototypes, pc.n_layers, pc.experts_per_modality, n_route)
+        target = projector_size(in_dim, n_mod, pc.hidden_dim, *shape)
+        hidden = matched_hidden_dim(target, in_dim, n_experts, *shape)
+    return dict(n_experts=n_experts, hidden_dim=hidden, bottleneck_dim=pc.bottleneck_dim,
+                n_prototypes=pc.n_prototypes, n_layers=pc.n_layers,
+                experts_per_modality=pc.experts_per_modality, n_route=n_route)
+
+
+def midol_from_recipe(encoder: nn.Module, recipe: Any) -> MIDoL:
+    """``MIDoL`` as a ``PretrainRecipe`` describes it: the projector (``projector_kwargs``) and the loss
+    switches (``loss.*``). The one place that maps the recipe's projector and loss keys to the model."""
+    kw = projector_kwargs(recipe, encoder.num_features)
+    lc = recipe.loss
+    return MIDoL(
+        encoder, kw.pop("n_experts"), **kw,
+        intra=lc.intra, routing=recipe.train.routing, student_temp=lc.student_temp,
+        center_momentum=lc.center_momentum, contrastive_temp=lc.contrastive_temp, queue_size=lc.queue_size,
+        n_modalities=len(recipe.data.modalities), route_detached=lc.route_detach, negatives=lc.negatives,
+        w_balance=lc.w_balance)
 
 
 class MIDoL(nn.Module):
@@ -69,14 +107,19 @@ class MIDoL(nn.Module):
         queue_size: int = 1024,
         n_modalities: int | None = None,
         route_detached: bool = False,
+        experts_per_modality: int = 1,
+        n_route: int | None = None,
+        negatives: str | None = None,
+        w_balance: float = 0.01,
     ) -> None:
         super().__init__()
         if intra not in ("distill", "contrastive"):
             raise ValueError(f"intra must be distill or contrastive, not {intra}")
         if routing not in ("label", "learned"):
             raise ValueError(f"routing must be label or learned, not {routing}")
-        projector = MoEProjector(encoder.num_features, n_experts, hidden_dim, bottleneck_dim, n_prototypes, n_layers,
-                                 route_detached=route_detached)
+        projector = MoEProjector(encoder.num_features, n_experts, hidden_dim, bottleneck_dim, n_prototypes,
+                                 n_layers, route_detached=route_detached,
+                                 experts_per_modality=experts_per_modality, n_route=n_route)
         self.student = EncoderProjector(encoder, projector)
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
@@ -85,12 +128,20 @@ class MIDoL(nn.Module):
         self.n_experts, self.n_prototypes = n_experts, n_prototypes
         # Modalities of the recipe (labels of ``modality``): as many as experts, unless one expert is shared.
         self.n_modalities = n_modalities if n_modalities is not None else n_experts
+        self.n_route, self.w_balance = projector.n_route, w_balance
+        # loss.negatives (issue 28.2): default, as before: the modality's own with K experts, all with one.
+        self.negatives = negatives or ("modality" if n_experts > 1 else "all")
+        if self.negatives not in ("modality", "all"):
+            raise ValueError(f"negatives must be modality or all, not {negatives}")
+        # The intra term's banks (centres or queues): one per expert, or per modality for a shared expert
+        # whose negatives stay within the modality.
+        n_banks = self.n_modalities if (n_experts == 1 and self.negatives == "modality") else n_experts
         self.intra_mode, self.routing = intra, routing
         self.student_temp = student_temp
         if intra == "distill":
-            self.intra = IntraDistillLoss(n_experts, n_prototypes, student_temp, center_momentum)
+            self.intra = IntraDistillLoss(n_banks, n_prototypes, student_temp, center_momentum)
         else:
-            self.intra = IntraContrastiveLoss(n_experts, bottleneck_dim, queue_size, contrastive_temp)
+            self.intra = IntraContrastiveLoss(n_banks, bottleneck_dim, queue_size, contrastive_temp)
 
     def train(self, mode: bool = True) -> MIDoL:
         super().train(mode)
@@ -145,7 +196,7 @@ class MIDoL(nn.Module):
         k, p = self.n_experts, self.n_prototypes
         s_scores = s_out.scores.float().view(vg + vl, b, k, p)
         t_scores = t_out.scores.float().view(vg, b, k, p)
-        s_router = s_out.router_logits.view(vg + vl, b, k)
+        s_router = s_out.router_logits.view(vg + vl, b, self.n_route)
 
         if k == 1:
             expert = torch.zeros_like(modality)
@@ -153,27 +204,22 @@ class MIDoL(nn.Module):
             expert = modality
         else:  # learned: the teacher router decides, averaged over the global views
             expert = t_out.router_logits.view(vg, b, k).float().mean(0).argmax(-1)
-
-        def own(x: torch.Tensor) -> torch.Tensor:  # [V, B, K, X] -> [V, B, X]
-            idx = expert.view(1, b, 1, 1).expand(x.shape[0], b, 1, x.shape[-1])
-            return x.gather(2, idx).squeeze(2)
+        bank = modality if (k == 1 and self.negatives == "modality") else expert
 
         stats: dict[str, torch.Tensor] = {}
-        if self.intra_mode == "distill":
-            out = self.intra(own(s_scores), own(t_scores), expert, sched.teacher_temp)
-            l_intra = out["loss"]
-            t_probs = out["teacher_probs"]  # [Vg, B, P]
-        else:
-            s_emb = s_out.emb.float().view(vg + vl, b, k, -1)
-            t_emb = t_out.emb.float().view(vg, b, k, -1)
-            l_intra = self.intra(own(s_emb), own(t_emb), expert, sample_key)["loss"]
-            t_probs = torch.softmax(own(t_scores) / sched.teacher_temp, dim=-1)
-
+        l_intra, t_probs = self._intra(s_out, t_out, s_scores, t_scores, expert, bank, sched, sample_key)
         inter_parts = [inter_modality_loss(s_scores[v], expert, self.student_temp) for v in range(vg + vl)]
         l_inter = torch.stack([d["loss"] for d in inter_parts]).mean()
-        route = route_loss(s_router.flatten(0, 1), expert.repeat(vg + vl))
+        # The router's classes: the experts, or the modalities (a shared expert, projector.modality_router).
+        route_target = expert if self.n_route == k else modality
+        route = route_loss(s_router.flatten(0, 1), route_target.repeat(vg + vl))
         # Every term stays in the graph even at weight 0, so DDP always sees every parameter used.
         loss = sched.w_intra * l_intra + sched.w_inter * l_inter + sched.w_route * route["loss"]
+        if s_out.gate_logits is not None:  # projector.experts_per_modality > 1: balance each block's experts
+            balance = load_balance_loss(s_out.gate_logits, expert.repeat(vg + vl))
+            loss = loss + self.w_balance * balance["loss"]
+            stats["loss_balance"] = balance["loss"].detach()
+            stats["balance_max_frac"] = balance["max_frac"]
 
         with torch.no_grad():
             stats["loss"] = loss.detach()
@@ -182,13 +228,38 @@ class MIDoL(nn.Module):
             stats["loss_route"] = route["loss"].detach()
             for name in ("specificity", "marginal_entropy", "block_entropy"):
                 stats[f"inter_{name}"] = torch.stack([d[name] for d in inter_parts]).mean().detach()
-            if k > 1:  # one shared expert routes nothing
+            if self.n_route > 1:  # one shared expert without a modality router routes nothing
                 stats["router_acc"] = (s_router[:vg].argmax(-1) == modality.unsqueeze(0)).float().mean()
             if diagnostics:
                 stats.update(self._expert_stats(t_probs, s_out, expert, modality, vg, b))
                 stats.update(self._encoder_stats(t_out.features[:b], modality))
-            self._teacher_state = (t_scores, t_out, expert, sample_key)
+            self._teacher_state = (t_scores, t_out, bank, sample_key)
         return loss, stats
+
+    def _all_spaces(self) -> bool:
+        """``negatives: all`` with K experts: every image counts in every expert's space."""
+        return self.negatives == "all" and self.n_experts > 1
+
+    def _intra(self, s_out, t_out, s_scores, t_scores, expert, bank, sched, sample_key):
+        """L_intra in each image's own block; the centre or queue it reads is ``bank``'s (``loss.negatives``).
+        Returns the loss and the teacher's targets ``[Vg, B, P]`` (for diagnostics)."""
+        b = expert.shape[0]
+
+        def own(x: torch.Tensor) -> torch.Tensor:  # [V, B, K, X] -> [V, B, X]
+            idx = expert.view(1, b, 1, 1).expand(x.shape[0], b, 1, x.shape[-1])
+            return x.gather(2, idx).squeeze(2)
+
+        if self.intra_mode == "distill":
+            out = self.intra(own(s_scores), own(t_scores), bank, sched.teacher_temp)
+            return out["loss"], out["teacher_probs"]
+        vs, vt = s_scores.shape[0], t_scores.shape[0]
+        s_emb = s_out.emb.float().view(vs, b, self.n_experts, -1)
+        t_emb = t_out.emb.float().view(vt, b, self.n_experts, -1)
+        if self._all_spaces():  # each image's keys in every space; every image of the batch a negative
+            out = self.intra(own(s_emb), t_emb, bank, sample_key, group=torch.zeros_like(bank))
+        else:
+            out = self.intra(own(s_emb), own(t_emb), bank, sample_key)
+        return out["loss"], torch.softmax(own(t_scores) / sched.teacher_temp, dim=-1)
 
     @torch.no_grad()
     def _expert_stats(self, t_probs, s_out, expert, modality, vg, b) -> dict[str, torch.Tensor]:
@@ -204,7 +275,8 @@ class MIDoL(nn.Module):
         onehot = torch.nn.functional.one_hot(expert, k).float()  # [B, K]
         emb = s_out.emb.float().view(-1, b, k, s_out.emb.shape[-1])[0]  # first view [B, K, d]
         own_emb = emb.gather(1, expert.view(b, 1, 1).expand(b, 1, emb.shape[-1])).squeeze(1)  # [B, d]
-        router_ok = (s_out.router_logits.view(-1, b, k)[:vg].float().mean(0).argmax(-1) == modality).float()
+        router = s_out.router_logits.view(-1, b, self.n_route)[:vg].float()
+        router_ok = (router.mean(0).argmax(-1) == modality).float()
         count = all_reduce_sum(onehot.sum(0))
         ent_sum = all_reduce_sum(onehot.T @ ent)
         r_sum = all_reduce_sum(onehot.T @ router_ok)
@@ -266,17 +338,18 @@ class MIDoL(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         """Update the statistics that follow the teacher (centre or queue) with this step's outputs."""
-        t_scores, t_out, expert, sample_key = self._teacher_state
+        t_scores, t_out, bank, sample_key = self._teacher_state
+        vg, b = t_scores.shape[0], bank.shape[0]
+        expert = bank if self.n_experts > 1 else torch.zeros_like(bank)
+
+        def own(x: torch.Tensor) -> torch.Tensor:  # [V, B, K, X] -> [V, B, X]
+            return x.gather(2, expert.view(1, b, 1, 1).expand(vg, b, 1, x.shape[-1])).squeeze(2)
+
         if isinstance(self.intra, IntraDistillLoss):
-            b = expert.shape[0]
-            own = t_scores.gather(2, expert.view(1, b, 1, 1).expand(t_scores.shape[0], b, 1, t_scores.shape[-1]))
-            self.intra.update_center(own.squeeze(2), expert)
+            self.intra.update_center(t_scores if self._all_spaces() else own(t_scores), bank)
         else:
-            vg = t_scores.shape[0]
-            b = expert.shape[0]
             t_emb = t_out.emb.float().view(vg, b, self.n_experts, -1)
-            own = t_emb.gather(2, expert.view(1, b, 1, 1).expand(vg, b, 1, t_emb.shape[-1])).squeeze(2)
-            self.intra.enqueue(own, expert, sample_key)
+            self.intra.enqueue(t_emb if self._all_spaces() else own(t_emb), bank, sample_key)
         del self._teacher_state
 
     @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from midol_cli.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from midol_cli.errors import UsageError
 from midol_cli.models.encoder import build_encoder
-from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum
+from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum, midol_from_recipe
 from midol_cli.recipes import PretrainRecipe
 from midol_cli.train.diagnostics import CollapseWatch, DamageTally, stats_to_record
 from midol_cli.train.engine import FitConfig, Reporter, StepOut, features_finite, finish_run, fit
@@ -47,23 +47,8 @@ def build_model(recipe: PretrainRecipe, init: bool = True) -> MIDoL:
     start fresh."""
     encoder = build_encoder(encoder_spec(recipe))
     init_info = load_init(encoder, recipe) if init else None
-    n_experts = 1 if recipe.projector.shared_expert else len(recipe.data.modalities)
-    model = MIDoL(
-        encoder,
-        n_experts,
-        hidden_dim=recipe.projector.hidden_dim,
-        bottleneck_dim=recipe.projector.bottleneck_dim,
-        n_prototypes=recipe.projector.n_prototypes,
-        n_layers=recipe.projector.n_layers,
-        intra=recipe.loss.intra,
-        routing=recipe.train.routing,
-        student_temp=recipe.loss.student_temp,
-        center_momentum=recipe.loss.center_momentum,
-        contrastive_temp=recipe.loss.contrastive_temp,
-        queue_size=recipe.loss.queue_size,
-        n_modalities=len(recipe.data.modalities),
-        route_detached=recipe.loss.route_detach,
-    )
+    # The projector and loss keys (experts, widths, negatives, router) map to MIDoL in one place (issue 28)
+    model = midol_from_recipe(encoder, recipe)
     model.init = init_info
     return model
 
