@@ -38,12 +38,34 @@ RANDOM = "random"
 # name -> recipe overrides; None: no pre-training.
 BUILTIN_VARIANTS: dict[str, list[str] | None] = {
     "midol": [],
-    "no_moe": ["projector.shared_expert=true"],
+    # The matched no_moe (issue 28.2): only the expert count changes; the old form is no_moe_confounded.
+    "no_moe": ["projector.shared_expert=true", "projector.match_params=true",
+               "projector.modality_router=true", "loss.negatives=modality"],
+    "no_moe_confounded": ["projector.shared_expert=true", "loss.negatives=all"],
+    "negatives_all": ["loss.negatives=all"],
+    "route_detach": ["loss.route_detach=true"],
+    "experts2": ["projector.experts_per_modality=2"],
     "no_inter": ["loss.w_inter=0"],
     "no_intra": ["loss.w_intra=0"],
     "distill": ["loss.intra=distill"],
     "contrastive": ["loss.intra=contrastive"],
     "random": None,
+}
+# What each built-in variant changes against midol (the study table prints it); a custom variant's
+# change is its overrides.
+VARIANT_CHANGES: dict[str, str] = {
+    "midol": "the recipe as given",
+    "no_moe": "one shared expert (projector size, negatives and router term matched to midol)",
+    "no_moe_confounded": "one shared expert of the same width (1/K of the projector), negatives from every "
+                         "modality, no router term",
+    "no_inter": "no inter-modality term",
+    "no_intra": "no intra-modality term",
+    "distill": "the distill reading of the intra term",
+    "contrastive": "the contrastive reading of the intra term",
+    "negatives_all": "intra-term negatives (or centre) from every modality",
+    "route_detach": "the router's loss does not reach the encoder",
+    "experts2": "two experts per modality, learned top-1 gate, load balancing",
+    "random": "no pre-training (the seed's own initialisation)",
 }
 STUDY_SCHEMA = 1
 
@@ -391,6 +413,8 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
         "data": str(cfg.data.resolve()),
         "baseline": BASELINE,
         "variants": {v.name: v.overrides for v in cfg.variants},
+        "variant_changes": {v.name: VARIANT_CHANGES.get(v.name, ", ".join(v.overrides or []))
+                            for v in cfg.variants},
         "seeds": list(cfg.seeds),
         "tasks": per_task,
         "mean": mean_over_tasks,

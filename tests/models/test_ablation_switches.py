@@ -92,3 +92,13 @@ def test_negatives_choose_the_banks(intra):
         losses[neg] = float(loss.detach())
     if intra == "contrastive":  # more negatives, a harder task
         assert losses["all"] > losses["modality"]
+
+
+def test_the_study_s_no_moe_is_the_matched_recipe_and_every_variant_says_what_it_changes():
+    from midol_cli.workflows.study import BUILTIN_VARIANTS, VARIANT_CHANGES
+
+    assert set(BUILTIN_VARIANTS) <= set(VARIANT_CHANGES)
+    for name in ("no_moe", "no_moe_confounded", "negatives_all", "route_detach", "experts2"):
+        study = load_recipe(PretrainRecipe, "base", BUILTIN_VARIANTS[name])  # the study's switch on base.yaml
+        shipped = load_recipe(PretrainRecipe, f"ablation/{name}")  # the shipped recipe (inherits base.yaml)
+        assert (study.projector, study.loss) == (shipped.projector, shipped.loss), name
