@@ -179,19 +179,21 @@ def _benchmark_table(t: Table, comparison: Sequence[dict[str, Any]] | None,
             if t.reference_label:
                 cells.append(_fmt(r.reference))
             out.append("<tr>" + "".join(_td(c) for c in cells) + "</tr>")
-        avg = t.modality_average.get(mod, {})
-        best = _avg_best(avg, _floor_models(t))
-        cells = [esc(mod), "average", "", *([""] if chance else [])]
-        for m in t.models:
-            if m not in avg:
-                cells.append(DASH)
-                continue
-            v, used, of = avg[m]
-            text = f'<span class="best">{_pct(v)}</span>' if m in best else _pct(v)
-            cells.append(text if used == of else f"{text} ({used}/{of})")
-        if t.reference_label:
-            cells.append("")
-        out.append('<tr class="avg">' + "".join(_td(c) for c in cells) + "</tr>")
+        for key, metric in t.average_rows.get(mod, [(mod, "")]):  # one row per metric: never mixed
+            avg = t.modality_average.get(key, {})
+            best = _avg_best(avg, _floor_models(t))
+            cells = [esc(mod), f"average ({esc(metric)})" if metric else "average", esc(metric),
+                     *([""] if chance else [])]
+            for m in t.models:
+                if m not in avg:
+                    cells.append(DASH)
+                    continue
+                v, used, of = avg[m]
+                text = f'<span class="best">{_pct(v)}</span>' if m in best else _pct(v)
+                cells.append(text if used == of else f"{text} ({used}/{of})")
+            if t.reference_label:
+                cells.append("")
+            out.append('<tr class="avg">' + "".join(_td(c) for c in cells) + "</tr>")
     best = _rank_best(t.average_rank, _floor_models(t))
     cells = ["all", "average rank", "", *([""] if chance else [])]
     for m in t.models:

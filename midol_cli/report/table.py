@@ -4,7 +4,9 @@ Rows are tasks grouped by modality, columns are models, a cell is one metric of 
 ``value [ci_low, ci_high]`` (single-run protocols with a bootstrap CI) or ``mean ± std`` (label
 fractions, over seeds). Numbers are printed x100 with two decimals; CSV and JSON carry the same
 rounded numbers as the Markdown. Each modality ends with an average row (mean over its tasks that
-the model has; ``(n/m)`` when it has fewer than all), and the table ends with the average rank
+the model has; ``(n/m)`` when it has fewer than all; a modality whose tasks use several metrics gets one
+average row per metric that two or more of them use: never AUROC averaged with accuracy), and the table
+ends with the average rank
 (rank 1 = best, per task among models with a value, ties averaged; tasks with a single model are
 not ranked). Higher is better for every midol metric. A ``chance`` column gives each task's chance level
 (the summary's ``chance``: what a predictor that learned nothing scores; balanced accuracy's is 1/K for K
@@ -51,7 +53,9 @@ class Table:
     metric: str | None  # None: each task's primary metric
     models: list[str]
     rows: list[Row]
-    modality_average: dict[str, dict[str, tuple[float, int, int]]]  # modality -> model -> (mean, used, of)
+    # average row -> model -> (mean, used, of); a row is a modality, or "<modality> (<metric>)" where its
+    # tasks' metrics differ (one row per metric: never AUROC averaged with accuracy)
+    modality_average: dict[str, dict[str, tuple[float, int, int]]]
     average_rank: dict[str, tuple[float, int]]  # model -> (mean rank, tasks ranked)
     reference_label: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -59,6 +63,9 @@ class Table:
     inits: dict[str, str] = field(default_factory=dict)
     # model -> its midol pre-training run (steps, final losses, loss curves): report/pretraining.py
     pretraining: dict[str, Pretraining] = field(default_factory=dict)
+    # modality -> [(average row key, its metric)]: one per metric of the modality's comparable tasks;
+    # a modality absent here has one row, keyed by its name
+    average_rows: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -128,14 +135,14 @@ def build_table(
     for r in rows:
         r.floor_models = floors
     rows.sort(key=lambda r: (r.modality, r.task))
-    modality_average, average_rank = _aggregates(rows, models)
+    modality_average, average_rank, average_rows = _aggregates(rows, models)
     inits = {}
     for _, s in summaries:
         init = (s.get("model") or {}).get("init")
         if isinstance(init, dict) and init.get("sha256"):
             inits[str(s["model"]["id"])] = f"{init.get('weights')} (sha256 {str(init['sha256'])[:12]})"
     return Table(protocol, metric, models, rows, modality_average, average_rank, ref_label, warnings, inits,
-                 collect_pretraining(summaries))
+                 collect_pretraining(summaries), average_rows)
 
 
 def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: list[str], protocol: str,
@@ -175,18 +182,34 @@ def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: li
                _chance(per, row_metric))
 
 
+_Averages = dict[str, dict[str, tuple[float, int, int]]]
+
+
 def _aggregates(rows: list[Row], models: list[str]
-                ) -> tuple[dict[str, dict[str, tuple[float, int, int]]], dict[str, tuple[float, int]]]:
-    """Per-modality means (mean, tasks used, tasks eligible) and the average rank (rank, tasks ranked)."""
+                ) -> tuple[_Averages, dict[str, tuple[float, int]], dict[str, list[tuple[str, str]]]]:
+    """Per-modality means (mean, tasks used, tasks eligible), the average rank (rank, tasks ranked) and the
+    average rows of modalities whose tasks use several metrics. A mean is only taken over tasks that share a
+    metric: such a modality gets one row per metric that two or more of its tasks use, keyed
+    ``"<modality> (<metric>)"``."""
     modality_average: dict[str, dict[str, tuple[float, int, int]]] = {}
+    average_rows: dict[str, list[tuple[str, str]]] = {}
     for mod in dict.fromkeys(r.modality for r in rows):
         eligible = [r for r in rows if r.modality == mod and not r.mismatch]
-        avg: dict[str, tuple[float, int, int]] = {}
-        for m in models:
-            vals = [r.cells[m].value for r in eligible if r.cells[m] is not None]
-            if vals:
-                avg[m] = (sum(vals) / len(vals), len(vals), len(eligible))
-        modality_average[mod] = avg
+        by_metric: dict[str, list[Row]] = defaultdict(list)
+        for r in eligible:
+            by_metric[r.metric].append(r)
+        if len(by_metric) > 1:
+            groups = [(f"{mod} ({m})", m, rs) for m, rs in by_metric.items() if len(rs) > 1]
+            average_rows[mod] = [(key, m) for key, m, _ in groups]
+        else:
+            groups = [(mod, "", eligible)]
+        for key, _, group in groups:
+            avg: dict[str, tuple[float, int, int]] = {}
+            for m in models:
+                vals = [r.cells[m].value for r in group if r.cells[m] is not None]
+                if vals:
+                    avg[m] = (sum(vals) / len(vals), len(vals), len(group))
+            modality_average[key] = avg
 
     rank_lists: dict[str, list[float]] = defaultdict(list)
     for r in rows:
@@ -196,7 +219,7 @@ def _aggregates(rows: list[Row], models: list[str]
         for m, rk in _average_ranks(vals).items():
             rank_lists[m].append(rk)
     average_rank = {m: (sum(v) / len(v), len(v)) for m, v in rank_lists.items()}
-    return modality_average, average_rank
+    return modality_average, average_rank, average_rows
 
 
 # --------------------------------------------------------------------------- rendering
@@ -250,17 +273,19 @@ def _md_rows(t: Table, chance: bool) -> list[str]:
             if t.reference_label:
                 row.append(_pct(r.reference) if r.reference is not None else "")
             lines.append("| " + " | ".join(row) + " |")
-        avg = t.modality_average.get(mod, {})
-        best = _avg_best(avg, floors)
-        cells = []
-        for m in t.models:
-            if m not in avg:
-                cells.append(DASH)
-                continue
-            v, used, of = avg[m]
-            text = f"**{_pct(v)}**" if m in best else _pct(v)
-            cells.append(text if used == of else f"{text} ({used}/{of})")
-        lines.append("| " + " | ".join([mod, "*average*", "", *lead, *cells, *tail]) + " |")
+        for key, metric in t.average_rows.get(mod, [(mod, "")]):
+            avg = t.modality_average.get(key, {})
+            best = _avg_best(avg, floors)
+            cells = []
+            for m in t.models:
+                if m not in avg:
+                    cells.append(DASH)
+                    continue
+                v, used, of = avg[m]
+                text = f"**{_pct(v)}**" if m in best else _pct(v)
+                cells.append(text if used == of else f"{text} ({used}/{of})")
+            name = f"*average ({metric})*" if metric else "*average*"
+            lines.append("| " + " | ".join([mod, name, metric, *lead, *cells, *tail]) + " |")
     best = _rank_best(t.average_rank, floors)
     cells = [(f"**{t.average_rank[m][0]:.2f}**" if m in best else f"{t.average_rank[m][0]:.2f}")
              if m in t.average_rank else DASH for m in t.models]
@@ -295,6 +320,11 @@ def benchmark_notes(t: Table) -> list[str]:
             f"{MISMATCH} data hash differs across models for {', '.join(flagged)}: "
             "not comparable, left out of averages and ranks."
         )
+    if t.average_rows:
+        per_mod = [f"{mod}: {', '.join(m for _, m in keys) or 'no metric shared by 2 tasks'}"
+                   for mod, keys in t.average_rows.items()]
+        notes.append("Averages are taken over tasks that share a metric (one row per metric), never across "
+                     "metrics: " + "; ".join(per_mod) + ".")
     floors = sorted(_floor_models(t))
     if floors:
         notes.append(f"Random-init baseline ({', '.join(floors)}): the floor; no value that ties it "
@@ -352,10 +382,12 @@ def _records(t: Table) -> list[dict[str, Any]]:
                 "model": t.reference_label, "value": _r(r.reference), "ci_low": None, "ci_high": None,
                 "std": None, "n": None, "flag": "reference", "chance": _r(r.chance), "n_test": None,
             })
-    for mod, avg in t.modality_average.items():
+    metric_of = {key: (mod, metric) for mod, keys in t.average_rows.items() for key, metric in keys}
+    for key, avg in t.modality_average.items():
+        mod, metric = metric_of.get(key, (key, ""))
         for m, (v, used, of) in sorted(avg.items()):
             recs.append({
-                "row": "modality_average", "modality": mod, "task": "", "metric": "", "model": m,
+                "row": "modality_average", "modality": mod, "task": "", "metric": metric, "model": m,
                 "value": _r(v), "ci_low": None, "ci_high": None, "std": None, "n": used,
                 "flag": "" if used == of else f"partial {used}/{of}", "chance": None, "n_test": None,
             })
@@ -412,6 +444,9 @@ def render_json(t: Table) -> str:
             mod: {m: {"value": _r(v), "tasks": used, "of": of} for m, (v, used, of) in sorted(avg.items())}
             for mod, avg in t.modality_average.items()
         },
+        # modalities whose tasks use several metrics: their average rows (keys of modality_average)
+        "average_rows": {mod: [{"key": key, "metric": metric} for key, metric in keys]
+                         for mod, keys in t.average_rows.items()},
         "average_rank": {m: {"value": round(v, 2), "tasks": n}
                          for m, (v, n) in sorted(t.average_rank.items())},
         "warnings": t.warnings,

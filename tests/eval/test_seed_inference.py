@@ -106,10 +106,12 @@ def test_resampling_seeds_is_anti_conservative_with_few_seeds():
     assert boot_rate > 0.12 and _t_reject(d).mean() < 0.07
 
 
-def _study(rng: np.random.Generator, n_seeds: int, delta: float, tasks: int = 2) -> list[TaskScores]:
+def _study(rng: np.random.Generator, n_seeds: int, delta: float, tasks: int = 2,
+           luck: float = 1.0) -> list[TaskScores]:
     """Predictions of two variants x seeds on ``tasks`` 3-class test sets of N_TEST images: each run's
     accuracy is 0.7 + N(0, SEED_SD) (+ delta for the variant), each image has a shared difficulty
-    and each run its own luck on it (rows are 0.8 / 0.1 / 0.1 probabilities)."""
+    and each run its own luck on it, of SD ``luck`` against the difficulty's 1 (rows are 0.8 / 0.1 / 0.1
+    probabilities)."""
     from scipy import stats
 
     out = []
@@ -119,9 +121,9 @@ def _study(rng: np.random.Generator, n_seeds: int, delta: float, tasks: int = 2)
         easy = rng.normal(0, 1, N_TEST)
         shift = np.array([0.0, delta])[:, None] + rng.normal(0, SEED_SD, (2, n_seeds))  # [arm, seed]
         acc = np.clip(0.7 + shift, 0.05, 0.95)
-        # easy + luck ~ N(0, 2): a run is right where it exceeds the (1 - acc) quantile
-        cut = stats.norm.ppf(1 - acc) * math.sqrt(2)
-        right = easy + rng.normal(0, 1, (2, n_seeds, N_TEST)) > cut[..., None]  # [arm, seed, image]
+        # easy + luck ~ N(0, 1 + luck^2): a run is right where it exceeds the (1 - acc) quantile
+        cut = stats.norm.ppf(1 - acc) * math.sqrt(1 + luck**2)
+        right = easy + rng.normal(0, luck, (2, n_seeds, N_TEST)) > cut[..., None]  # [arm, seed, image]
         pred = np.where(right, y, (y + 1) % 3)
         scores: dict[str, dict[int, np.ndarray]] = {"midol": {}, "v": {}}
         for a, arm in enumerate(scores):

@@ -171,3 +171,54 @@ def test_degenerate_note_names_model_task_and_prediction_but_not_on_multilabel_a
     # the same flag still counts for a threshold metric of that multi-label task
     md = render_markdown(build_table(multi, metric="accuracy"))
     assert "‡" in _row_line(md, "| xray | cxr |") and "predicts no label (the empty set) for 100%" in md
+
+
+# --------------------------------------------------------------------------- issue 28.4
+
+
+def test_average_rows_never_mix_metrics():
+    """A modality with two accuracy tasks and two AUROC tasks gets one average row per metric, each over
+    its own tasks; the old single row (the mean of all four) is gone. A one-metric modality is unchanged."""
+    import csv
+    import io
+    import json
+
+    from midol_cli.report.table import render_csv, render_json
+
+    spec = [("t1", "accuracy", 0.8, 0.6), ("t2", "accuracy", 0.6, 0.7),
+            ("t3", "auroc", 0.9, 0.95), ("t4", "auroc", 0.7, 0.75), ("t5", "qwk", 0.5, 0.4)]
+    entries = []
+    for t, metric, va, vb in spec:
+        for m, v in (("a", va), ("b", vb)):
+            s = summary(m, t, "xray", metric, v, v - 0.01, v + 0.01)
+            # the fixture's extra "auroc" entry (value + 0.05) would overwrite an AUROC primary metric
+            s["protocols"]["linear"]["metrics"][metric] = {"value": v, "ci_low": v - 0.01,
+                                                           "ci_high": v + 0.01}
+            entries.append((Path(f"{m}/{t}/summary.json"), s))
+    entries += _entries(("a", "u1", "oct", 0.8), ("b", "u1", "oct", 0.7), ("a", "u2", "oct", 0.6),
+                        ("b", "u2", "oct", 0.5))
+    t = build_table(entries)
+    assert t.modality_average["xray (accuracy)"]["a"] == (pytest.approx(0.7), 2, 2)
+    assert t.modality_average["xray (accuracy)"]["b"] == (pytest.approx(0.65), 2, 2)
+    assert t.modality_average["xray (auroc)"]["a"] == (pytest.approx(0.8), 2, 2)
+    assert t.modality_average["xray (auroc)"]["b"] == (pytest.approx(0.85), 2, 2)
+    assert "xray" not in t.modality_average and "xray (qwk)" not in t.modality_average  # qwk: one task
+    assert t.modality_average["oct"]["a"] == (pytest.approx(0.7), 2, 2)
+    md = render_markdown(t)
+    assert "| xray | *average (accuracy)* | accuracy | **70.00** | 65.00 |" in md
+    assert "| xray | *average (auroc)* | auroc | 80.00 | **85.00** |" in md
+    assert "| oct | *average* |  | **70.00** | 60.00 |" in md
+    assert "never across metrics: xray: accuracy, auroc." in md
+    rows = [r for r in csv.DictReader(io.StringIO(render_csv(t))) if r["row"] == "modality_average"]
+    xray = {(r["modality"], r["metric"], r["model"], r["value"]) for r in rows if r["modality"] == "xray"}
+    assert xray == {
+        ("xray", "accuracy", "a", "70.0"), ("xray", "accuracy", "b", "65.0"),
+        ("xray", "auroc", "a", "80.0"), ("xray", "auroc", "b", "85.0")}
+    from midol_cli.report.html import _benchmark_table
+
+    page = _benchmark_table(t, None, None)  # the HTML report's table has the same rows
+    assert "average (accuracy)" in page and "average (auroc)" in page and ">65.00<" in page
+    obj = json.loads(render_json(t))
+    assert obj["modality_average"]["xray (auroc)"]["b"]["value"] == 85.0
+    assert obj["average_rows"] == {"xray": [{"key": "xray (accuracy)", "metric": "accuracy"},
+                                            {"key": "xray (auroc)", "metric": "auroc"}]}
