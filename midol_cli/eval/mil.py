@@ -25,7 +25,8 @@ The fixed recipe (``MILRecipe``; the same for every task, so encoders are compar
   (1-3% planted instances) was still on its starting plateau (uniform attention, loss ln 2) when early
   stopping ended it; at 1e-3 it leaves the plateau in 3-4 epochs;
 - up to 50 epochs; early stopping on the validation loss (mean bag loss, eval mode) with patience 10
-  epochs, counted only after the first 5 (CLAM likewise starts counting late: its stop_epoch); the
+  epochs, counted only after the first 5 (CLAM likewise starts counting late: its stop_epoch); a fall
+  under 0.001 nats is no improvement (else a separable task's loss creeps toward 0 for every epoch); the
   weights of the best validation epoch are kept;
 - bfloat16 autocast for the training steps where the CPU has native bf16 matrix products (oneDNN;
   about 3x faster on such CPUs), float32 elsewhere and for validation and prediction;
@@ -58,6 +59,7 @@ class MILRecipe:
     max_epochs: int = 50
     min_epochs: int = 5
     patience: int = 10
+    min_delta: float = 1e-3  # a smaller fall of the validation loss (nats) is not an improvement
     max_instances: int = 2048
     bf16: bool = True  # bfloat16 autocast of the training steps where the CPU supports it (3x faster)
 
@@ -270,7 +272,7 @@ def _train_loop(model: MILModel, train: Bags, y_tr: Any, val: Bags, y_va: Any, r
                         for (x, m), idx in zip(val_batches, val_idx, strict=True))
         vloss /= len(val)
         model.history.append({"epoch": epoch, "train_loss": total / len(train), "val_loss": vloss})
-        if vloss < best - 1e-6:
+        if vloss < best - recipe.min_delta:
             best, since, model.best_epoch = vloss, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
         elif epoch > recipe.min_epochs:  # the first epochs can sit on the uniform-attention plateau
