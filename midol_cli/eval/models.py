@@ -106,6 +106,12 @@ def parse_weights(weights: str) -> WeightsRef:
             raise UsageError("random: needs a model name or a midol run/export, e.g. "
                              "random:swin_base_patch4_window7_224")
         return WeightsRef("random", target)
+    if weights.startswith("random-bn:"):  # issue 28.3: random init, BN statistics of DATA (eval/floor.py)
+        target, _, data = weights[len("random-bn:") :].rpartition("@")
+        if not target or not data:
+            raise UsageError(f"'{weights}' must look like random-bn:<model name or run>@<training images: "
+                             "shard dir or manifest>")
+        return WeightsRef("random-bn", target, data)
     if weights.startswith("timm:"):
         body = weights[len("timm:") :]
         if "=" not in body:
@@ -151,6 +157,14 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
         torch.manual_seed(0)
         enc = build_encoder(spec).eval()
         return EvalModel(name or default_id, "random", weights, "random-seed0", spec, enc)
+
+    if ref.kind == "random-bn":
+        import dataclasses
+
+        from midol_cli.eval.floor import with_bn_reestimated
+
+        floor = with_bn_reestimated(load_eval_model(f"random:{ref.target}"), ref.file or "")
+        return dataclasses.replace(floor, id=name) if name else floor
 
     if ref.kind == "timm":
         arch, file = ref.target, ref.file or ""

@@ -74,6 +74,8 @@ def test_random_bn_floor_of_an_eval_model_reads_the_training_images(tmp_path):
 
     shards = build_pipeline(tmp_path, per_class=2, modalities=("xray", "fundus"), min_shards=1)["shards"]
     base = load_eval_model("random:resnet18")
+    via_weights = load_eval_model(f"random-bn:resnet18@{shards}")  # the --weights form
+    assert via_weights.kind == "random-bn" and via_weights.id == "random-bn-resnet18"
     before = {k: v.clone() for k, v in base.encoder.state_dict().items()}
     floor = with_bn_reestimated(base, shards, n_batches=2, batch_size=4)
     assert floor.kind == "random-bn" and floor.id.startswith("random-bn-")
@@ -81,3 +83,12 @@ def test_random_bn_floor_of_an_eval_model_reads_the_training_images(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in base.encoder.state_dict().items())  # a copy changed
     changed = [k for k, v in floor.encoder.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(".bn" in k or "downsample.1" in k or k.startswith("bn1") for k in changed)
+
+
+def test_random_bn_weights_grammar():
+    from midol_cli.eval.models import parse_weights
+
+    ref = parse_weights("random-bn:resnet18@shards/train")
+    assert (ref.kind, ref.target, ref.file) == ("random-bn", "resnet18", "shards/train")
+    with pytest.raises(UsageError, match="random-bn:<model name or run>@"):
+        parse_weights("random-bn:resnet18")
