@@ -36,6 +36,7 @@ class Heatmap:
     png: Path
     peak: tuple[float, float]
     kind: str  # "slide" | "volume"
+    strip: int = 0  # instances (tiles, B-scans) shown beside the map
 
 
 def pick_cases(case_ids: Sequence[str], y: Sequence[int], probs: np.ndarray, n: int,
@@ -122,7 +123,7 @@ def slide_heatmap(slide_path: str | Path, attention: Sequence[float], metas: Seq
         slide.close()
     fig = _slide_figure(plt, img, heat, tiles, att[top], title)
     save_png(fig, out_png)
-    return Heatmap(Path(out_png), (float(peak[0]), float(peak[1])), "slide")
+    return Heatmap(Path(out_png), (float(peak[0]), float(peak[1])), "slide", len(tiles))
 
 
 def _slide_figure(plt: Any, img: Any, heat: np.ndarray, tiles: list[Any], top_att: np.ndarray,
@@ -174,7 +175,7 @@ def volume_heatmap(frames: Sequence[int], attention: Sequence[float], out_png: s
         t.set_axis_off()
         t.set_title(f"frame {f[top][j]}  {att[top][j]:.3f}", fontsize=8)
     save_png(fig, out_png)
-    return Heatmap(Path(out_png), (float(f[top[0]]) if len(top) else -1.0, 0.0), "volume")
+    return Heatmap(Path(out_png), (float(f[top[0]]) if len(top) else -1.0, 0.0), "volume", n)
 
 
 def _frames(path: str | Path, indices: np.ndarray) -> list[np.ndarray]:

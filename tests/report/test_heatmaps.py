@@ -58,7 +58,7 @@ def test_slide_heatmap_peaks_inside_the_lesion_the_attention_points_at(tmp_path)
     att /= att.sum()
     out = tmp_path / "figs" / "a.png"
     hm = slide_heatmap(path, att, metas, out, top_k=4, thumb=512)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000 and hm.strip == 4
     assert hm.kind == "slide" and _inside(*hm.peak)
     # the map follows the attention, not the tissue: point it at a tile outside the lesion instead
     j = int(np.flatnonzero(~hit)[0])
@@ -92,6 +92,23 @@ def test_volume_heatmap_draws_attention_along_the_bscans(tmp_path):
     att[7] = 0.78
     hm = volume_heatmap(range(12), att, tmp_path / "v.png", title="v.dcm")
     assert hm.kind == "volume" and hm.peak[0] == 7 and hm.png.is_file()
+
+
+def test_a_volume_case_shows_its_top_bscans_read_from_the_dicom(tmp_path):
+    import pandas as pd
+
+    from tests.data.test_volumes import frames_of, write_opt
+
+    write_opt(tmp_path / "v.dcm", frames_of(10))
+    att = np.full(10, 0.05)
+    att[[3, 8]] = 0.3
+    run = tmp_path / "run"
+    run.mkdir()
+    metas = [json.dumps({"volume": "v.dcm", "frame": str(i), "n_frames": "10"}) for i in range(10)]
+    pd.DataFrame({"case": "v.dcm", "sample_id": [f"v.dcm#frame={i}" for i in range(10)], "seed": 0,
+                  "attention": att.astype(np.float32), "meta": metas}).to_parquet(run / ATTENTION_NAME)
+    hm = draw_case(run, "v.dcm", tmp_path, tmp_path / "v.png", top_k=3)
+    assert hm.kind == "volume" and hm.peak[0] in (3, 8) and hm.strip == 3 and hm.png.is_file()
 
 
 def test_pick_cases_most_confident_true_positives_and_worst_errors():
