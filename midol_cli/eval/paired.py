@@ -18,9 +18,12 @@ p-value; the mean over tasks uses the same replicate index on every task (the ta
 disjoint, so their draws are independent). Replicates whose resample leaves the metric undefined
 (a single class: AUROC) are left out and counted.
 
-With one seed the seed draw is a no-op and the interval covers test-set variation only; with a few
-seeds it also widens for the spread between pre-training runs, which is the honest answer to "would
-this hold if I pre-trained again?".
+With one seed the seed draw is a no-op and the interval covers test-set variation only. With a few
+seeds, resampling them is not a sound answer to "would this hold if I pre-trained again?": a
+percentile interval over 3-5 resampled seeds is too narrow when the seeds' spread dominates, and too
+wide when each run's own luck on the images does (docs/evaluation.md, "Seed-level inference"). The
+study's answer is the t-interval over the per-seed differences (``eval/seeds.py``); this pooled
+bootstrap is kept for one pair of models (``compare_models``) and, per seed, by ``per_seed_differences``.
 """
 
 from __future__ import annotations
@@ -157,6 +160,27 @@ def paired_differences(
         mean_reps = np.mean(np.stack(task_reps), axis=0)
         per_task["mean"] = _summarise(float(np.mean(task_points)), mean_reps, alpha, n_boot, seeds)
         out[v] = per_task
+    return out
+
+
+def per_seed_differences(tasks: Sequence[TaskScores], baseline: str, variants: Sequence[str] | None = None,
+                         *, n_boot: int = 2000, alpha: float = 0.05,
+                         seed: int = 0) -> dict[str, dict[int, dict[str, Difference]]]:
+    """``{variant: {seed: {task | "mean": Difference}}}``: the paired patient bootstrap of
+    ``paired_differences`` for each pre-training seed on its own (two fixed models on the same test
+    images: how far the test set alone could move that seed's difference). Seeds the variant does not
+    share with the baseline on every task are left out."""
+    names = (list(variants) if variants is not None
+             else sorted({v for t in tasks for v in t.scores} - {baseline}))
+    out: dict[str, dict[int, dict[str, Difference]]] = {}
+    for v in names:
+        shared = [set(ts.scores.get(v, {})) & set(ts.scores.get(baseline, {})) for ts in tasks]
+        out[v] = {}
+        for s in sorted(set.intersection(*shared)) if shared else []:
+            one = [TaskScores(ts.task, ts.label_type, ts.classes, ts.metric, ts.y_true, ts.groups,
+                              {baseline: {s: ts.scores[baseline][s]}, v: {s: ts.scores[v][s]}})
+                   for ts in tasks]
+            out[v][s] = paired_differences(one, baseline, [v], n_boot=n_boot, alpha=alpha, seed=seed)[v]
     return out
 
 

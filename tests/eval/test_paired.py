@@ -171,3 +171,29 @@ def test_load_task_scores_pairs_fraction_probe_seeds_and_refuses_other_labels(tm
         load_task_scores(tmp_path, "t", {"A": {0: "m1"}, "B": {0: "m2"}}, protocol="linear")
     with pytest.raises(UsageError, match="probe seeds"):
         load_task_scores(tmp_path, "t", {"A": {0: "m1", 1: "m2"}}, protocol="fraction_0.1")
+
+
+def test_per_seed_differences_are_the_one_seed_bootstrap_of_each_seed():
+    """Issue 28.1: the per-seed paired bootstrap stays available; seed s's entry is paired_differences on
+    seed s alone (same replicates, same numbers), and unshared seeds are left out."""
+    from midol_cli.eval.paired import per_seed_differences
+
+    rng = np.random.default_rng(9)
+    n = 120
+    y = rng.integers(0, 3, n)
+    g = np.arange(n).astype(str)
+    def pred(rate: float) -> np.ndarray:
+        return _onehot(np.where(rng.random(n) < rate, y, (y + 1) % 3), 3)
+
+    ts = _task("t", y, g, {"midol": {0: pred(0.6), 1: pred(0.6), 2: pred(0.6)},
+                           "v": {0: pred(0.8), 1: pred(0.5), 3: pred(0.7)}})
+    per = per_seed_differences([ts], "midol", ["v"], n_boot=300, seed=4)["v"]
+    assert sorted(per) == [0, 1]
+    for s in (0, 1):
+        alone = _task("t", y, g, {"midol": {s: ts.scores["midol"][s]}, "v": {s: ts.scores["v"][s]}})
+        want = paired_differences([alone], "midol", ["v"], n_boot=300, seed=4)["v"]["t"]
+        got = per[s]["t"]
+        assert (got.value, got.ci_low, got.ci_high, got.p_value) == (want.value, want.ci_low, want.ci_high,
+                                                                     want.p_value)
+        assert got.seeds == [s]
+    assert per[0]["t"].value > 0 > per[1]["t"].value
