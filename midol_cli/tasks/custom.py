@@ -18,6 +18,19 @@ A task file says what a built-in ``TaskSpec`` says, for a user's own labelled da
     group_unit: patient          # optional: also report metrics per patient (lesion, exam, slide)
     aggregation: mean            # how image predictions combine per group: mean, or max ("any finding")
 
+Labels of whole slides or volumes: ``label_level: slide`` (or ``volume``) says the labels CSV's rows
+name slides (volumes), and every tile (B-scan) of one inherits its label, its group the CSV's patient
+(else the slide or volume); the folder is ingested with the ``slides`` (``volumes``) layout::
+
+    label_level: slide           # image (default) | slide | volume
+    labels: slides.csv           # path_column default 'slide' ('volume'): a path, file name or stem
+    label_column: diagnosis      # default: label, class or diagnosis
+    group_column: patient        # default: patient, patient_id, case_id or group
+    layout_options: {mpp: 0.5, tile: 224, min_tissue: 0.5}   # slides; volumes: {frames: central:9}
+
+Without ``labels`` a slide or volume takes the name of its class folder. Splits are derived per patient
+over the whole archive (a split column is not read); ``--task-option KEY=VALUE`` overrides a layout option.
+
 ``classes`` may be left out for multiclass and multilabel tasks: they are then the sorted labels
 found in the data. ``--data`` may also be a manifest that already carries the labels (``midol ingest
 --layout csv --labels ...``); the column keys are then unused.
@@ -60,6 +73,10 @@ class TaskFile(Strict):
                                         description="metadata columns reported per subgroup (read from the labels CSV)")
     group_unit: str = Field("", description="what a group is (patient, lesion, exam, slide): adds group-level metrics")
     aggregation: Literal["mean", "max"] = "mean"
+    label_level: Literal["image", "slide", "volume"] = Field(
+        "image", description="what a labels row names: an image, or a slide / volume whose tiles inherit it")
+    layout_options: dict[str, str | int | float] = Field(
+        default_factory=dict, description="slide tiling (mpp, tile, ...) or volume frames (frames)")
     source: str = ""
     license: str = ""
     notes: str = ""
@@ -98,8 +115,28 @@ class TaskFile(Strict):
             raise ValueError(f"metric '{self.metric}' is not one of {', '.join(metric_names(self.label_type))}")
         if isinstance(self.label_column, list) and self.label_type != "multilabel":
             raise ValueError("a list of label columns (0/1 indicators) needs label_type multilabel")
+        if self.label_level != "image":
+            return self._whole_file_labels()
+        if self.layout_options:
+            raise ValueError("layout_options need label_level slide or volume")
         if self.labels is not None and (not self.path_column or not self.label_column):
             raise ValueError("labels needs path_column and label_column")
+        return self
+
+    def _whole_file_labels(self) -> TaskFile:
+        """The keys a slide or volume labels CSV can take (the slides/volumes layouts read no others)."""
+        level = self.label_level
+        unread = [k for k in ("split_column", "label_sep") if getattr(self, k) is not None]
+        unread += ["subgroup_columns"] * bool(self.subgroup_columns)
+        if unread:
+            raise ValueError(f"{unread[0]} is not read with label_level {level} (its labels CSV gives a "
+                             "label and a patient per file; splits are derived per patient)")
+        if isinstance(self.label_column, list):
+            raise ValueError(f"label_level {level} takes one label_column, not a list")
+        allowed = _layout_keys(level)
+        bad = sorted(k for k in self.layout_options if k not in allowed)
+        if bad:
+            raise ValueError(f"layout_options of a {level} task take {', '.join(allowed)}, not '{bad[0]}'")
         return self
 
 
@@ -116,7 +153,9 @@ def load_task_file(path: str | Path):
     tf = validate(TaskFile, data, f"task file '{path}'")
     ingest: dict[str, str] = {}
     layout = ""
-    if tf.labels is not None:
+    if tf.label_level != "image":
+        layout, ingest = _whole_file_ingest(tf, path)
+    elif tf.labels is not None:
         csv = Path(tf.labels)
         csv = csv if csv.is_absolute() else (path.parent / csv)
         if not csv.is_file():
@@ -147,11 +186,45 @@ def load_task_file(path: str | Path):
         license=tf.license,
         notes=tf.notes,
         ingest_options=tuple(sorted(ingest.items())),
+        layout_options=tuple(sorted((k, str(v)) for k, v in tf.layout_options.items())),
+        user_options=_layout_keys(tf.label_level) if tf.label_level != "image" else (),
         origin=str(path.resolve()),
         subgroups=tuple(tf.subgroup_columns),
         group_unit=tf.group_unit,
         aggregation=tf.aggregation,
     )
+
+
+def _layout_keys(level: str) -> tuple[str, ...]:
+    """The options of the slides or volumes layout a task may fix (not ``part``: a task ingests whole)."""
+    if level == "slide":
+        from midol_cli.data.layouts.slides import _SPEC
+    else:
+        from midol_cli.data.layouts.volumes import _SPEC
+    return tuple(k for k in _SPEC if k != "part")
+
+
+def _labels_csv(tf: TaskFile, path: Path) -> Path:
+    csv = Path(str(tf.labels))
+    csv = csv if csv.is_absolute() else (path.parent / csv)
+    if not csv.is_file():
+        raise UsageError(
+            f"task file '{path}': labels '{tf.labels}' does not exist (paths are relative to the task file)")
+    return csv
+
+
+def _whole_file_ingest(tf: TaskFile, path: Path) -> tuple[str, dict[str, str]]:
+    """(layout, ingest fields) of a task whose labels name slides or volumes: every tile or B-scan of a
+    file inherits its label, and its group is the CSV's patient (else the file)."""
+    layout = "slides" if tf.label_level == "slide" else "volumes"
+    if tf.labels is None:
+        return layout, {}  # each file takes its class folder's name
+    ingest = {"labels": str(_labels_csv(tf, path).resolve())}
+    cols = (("path_col", tf.path_column), ("label_col", tf.label_column), ("group_col", tf.group_column))
+    for key, val in cols:
+        if val is not None:
+            ingest[key] = str(val)
+    return layout, ingest
 
 
 def _labels_of(df) -> list[list[str]]:

@@ -292,3 +292,103 @@ def test_probe_prints_n_a_for_an_auroc_the_test_split_cannot_define(tmp_path):
     s = json.loads((tmp_path / "r" / "model" / "ml" / "summary.json").read_text())
     assert s["protocols"]["linear"]["metrics"]["auroc"]["value"] is None
     assert "ml / model: linear auroc n/a [n/a, n/a]" in res.stdout + res.stderr
+
+
+def _slide_task_folder(tmp_path):
+    """16 small Aperio slides (4 tiles each) in one flat folder: the labels come from a CSV that names
+    slides (tumor slides a paler stain); patient T0 has two slides."""
+    from tests.data.wsi_fixtures import slide_pixels, write_svs
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = ["slide_file,diagnosis,case"]
+    for i in range(16):
+        img = slide_pixels(512, 512, (16, 16, 480, 480), seed=i)
+        tumor = i % 2 == 1
+        if tumor:
+            img[16:496, 16:496] = (img[16:496, 16:496] * np.array([0.6, 0.7, 1.0])).astype(np.uint8)
+        write_svs(raw / f"s{i:02d}.svs", img, mpp=0.5, app_mag=20, factors=(1, 2))
+        case = "T0" if i in (1, 3) else f"{'T' if tumor else 'N'}{i}"
+        rows.append(f"s{i:02d},{'tumor' if tumor else 'normal'},{case}")
+    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
+    return raw
+
+
+def test_task_file_labels_slides_and_every_tile_inherits(tmp_path):
+    """label_level: slide: the labels CSV names slides; resolve_data ingests the raw folder with the slides
+    layout, and every tile row of a slide carries its label, its patient as group, and one split."""
+    pytest.importorskip("openslide", reason="the wsi extra is not installed")
+    pytest.importorskip("imagecodecs", reason="tifffile + imagecodecs (dev extra) write the test slides")
+    from midol_cli.data.manifest import read_manifest, row_meta
+    from midol_cli.tasks import resolve_data
+
+    raw = _slide_task_folder(tmp_path)
+    f = _write(tmp_path / "slides.yaml", (
+        "name: tumour-slides\nmodality: pathology\nlabel_type: binary\nclasses: [normal, tumor]\n"
+        "label_level: slide\nlabels: slides.csv\npath_column: slide_file\nlabel_column: diagnosis\n"
+        "group_column: case\nlayout_options: {mpp: 0.5, tile: 224, min_tissue: 0.5}\n"
+    ))
+    spec = resolve_task(str(f))
+    assert spec.layout == "slides" and dict(spec.layout_options) == {"mpp": "0.5", "tile": "224",
+                                                                    "min_tissue": "0.5"}
+    manifest = resolve_data(spec, raw, tmp_path / "cache")
+    df, _ = read_manifest(manifest, only_ok=True)
+    assert (df["layout"] == "slides").all() and len(df) == 64  # 4 tiles a slide
+    slide = [row_meta(m)["slide"] for m in df["meta"]]
+    df = df.assign(slide=slide)
+    assert df.groupby("slide")["label"].nunique().max() == 1
+    want = {f"s{i:02d}.svs": "tumor" if i % 2 else "normal" for i in range(16)}
+    assert dict(zip(df["slide"], df["label"], strict=True)) == want
+    assert set(df[df["slide"].isin(["s01.svs", "s03.svs"])]["group"]) == {"T0"}  # the patient kept
+    assert df["group"].nunique() == 15 and df.groupby("group")["split"].nunique().max() == 1
+    assert set(df["split"]) == {"train", "val", "test"}
+
+
+def test_task_file_labels_volumes_and_every_b_scan_inherits(tmp_path):
+    """label_level: volume: every frame of a multi-frame OCT DICOM takes its volume's label; the group is
+    the CSV's patient, and --task-option style overrides go through the volumes layout's frames."""
+    pytest.importorskip("pydicom")
+    from midol_cli.data.manifest import read_manifest, row_meta
+    from midol_cli.tasks import resolve_data, task_options
+    from tests.data.test_volumes import frames_of, write_opt
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = ["volume,label,patient"]
+    for i in range(16):
+        write_opt(raw / f"v{i:02d}.dcm", frames_of(5) // (1 + i % 2), patient=f"H{i}")
+        rows.append(f"v{i:02d}.dcm,{'cnv' if i % 2 else 'normal'},P{i // 2 if i < 2 else i}")
+    (tmp_path / "vols.csv").write_text("\n".join(rows) + "\n")
+    f = _write(tmp_path / "oct.yaml", (
+        "name: oct-volumes\nmodality: oct\nlabel_type: binary\nclasses: [normal, cnv]\n"
+        "label_level: volume\nlabels: vols.csv\nlayout_options: {frames: all}\n"
+    ))
+    spec = resolve_task(str(f))
+    assert spec.layout == "volumes"
+    opts = task_options(spec, ["frames=central:3"])
+    df, _ = read_manifest(resolve_data(spec, raw, tmp_path / "cache", opts), only_ok=True)
+    assert len(df) == 16 * 3 and df["path"].str.contains("#frame=").all()
+    vol = [row_meta(m)["volume"] for m in df["meta"]]
+    assert dict(zip(vol, df["label"], strict=True)) == {
+        f"v{i:02d}.dcm": "cnv" if i % 2 else "normal" for i in range(16)}
+    assert set(df[[v in ("v00.dcm", "v01.dcm") for v in vol]]["group"]) == {"P0"}  # the CSV's patient wins
+    assert df.groupby("group")["split"].nunique().max() == 1
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ("split_column: split\n", "split_column is not read with label_level slide"),
+        ("label_column: [a, b]\n", "one label_column"),
+        ("layout_options: {frames: all}\n", "not 'frames'"),
+    ],
+)
+def test_slide_task_file_refuses_what_the_slides_layout_cannot_read(tmp_path, extra, fragment):
+    head = "name: t\nmodality: pathology\nlabel_type: multilabel\nlabel_level: slide\n"
+    f = _write(tmp_path / "t.yaml", head + extra)
+    with pytest.raises(UsageError, match=fragment):
+        load_task_file(f)
+    body = "name: t\nmodality: oct\nlabel_type: multiclass\nlayout_options: {tile: 9}\n"
+    g = _write(tmp_path / "u.yaml", body)
+    with pytest.raises(UsageError, match="need label_level slide or volume"):
+        load_task_file(g)
