@@ -394,8 +394,23 @@ def load_recipe(schema: type[T], path: str | Path | None, overrides: list[str] |
     return validate(schema, data, src)
 
 
+# Pre-training keys added after run dirs existed (issue 28): left out of a recipe's dict while they hold
+# their default, so a run made before them keeps its recipe hash (a study reuses it) and resumes without
+# a "recipe changed" refusal. A key set to anything else is written, hashed and compared as usual.
+_LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "projector": {"match_params": False, "modality_router": False, "experts_per_modality": 1},
+    "loss": {"negatives": None, "w_balance": 0.01},
+}
+
+
 def recipe_dict(recipe: BaseModel) -> dict[str, Any]:
-    return recipe.model_dump(mode="json")
+    d = recipe.model_dump(mode="json")
+    if isinstance(recipe, PretrainRecipe):
+        for section, keys in _LATER_DEFAULTS.items():
+            for key, default in keys.items():
+                if key in d[section] and d[section][key] == default:
+                    del d[section][key]
+    return d
 
 
 def recipe_hash(recipe: BaseModel) -> str:

@@ -41,7 +41,8 @@ BUILTIN_VARIANTS: dict[str, list[str] | None] = {
     # The matched no_moe (issue 28.2): only the expert count changes; the old form is no_moe_confounded.
     "no_moe": ["projector.shared_expert=true", "projector.match_params=true",
                "projector.modality_router=true", "loss.negatives=modality"],
-    "no_moe_confounded": ["projector.shared_expert=true", "loss.negatives=all"],
+    # negatives left at their default (all, for a shared expert): old no_moe runs keep their recipe hash
+    "no_moe_confounded": ["projector.shared_expert=true"],
     "negatives_all": ["loss.negatives=all"],
     "route_detach": ["loss.route_detach=true"],
     "experts2": ["projector.experts_per_modality=2"],

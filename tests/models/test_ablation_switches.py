@@ -46,7 +46,8 @@ def test_shipped_no_moe_is_the_matched_one_and_the_confounded_one_stays():
     assert (r.projector.shared_expert, r.projector.match_params, r.projector.modality_router) == (True,) * 3
     assert r.loss.negatives == "modality" and r.loss.route_detach is False
     old = load_recipe(PretrainRecipe, "ablation/no_moe_confounded")
-    assert old.projector.shared_expert and not old.projector.match_params and old.loss.negatives == "all"
+    assert old.projector.shared_expert and not old.projector.match_params
+    assert _model(recipe_file="ablation/no_moe_confounded").negatives == "all"
 
 
 def _encoder_grad_from_route(*overrides):
@@ -102,3 +103,16 @@ def test_the_study_s_no_moe_is_the_matched_recipe_and_every_variant_says_what_it
         study = load_recipe(PretrainRecipe, "base", BUILTIN_VARIANTS[name])  # the study's switch on base.yaml
         shipped = load_recipe(PretrainRecipe, f"ablation/{name}")  # the shipped recipe (inherits base.yaml)
         assert (study.projector, study.loss) == (shipped.projector, shipped.loss), name
+
+
+def test_new_keys_at_their_default_leave_the_recipe_dict_and_hash_as_before():
+    from midol_cli.recipes import recipe_dict, recipe_hash
+
+    plain = load_recipe(PretrainRecipe, "smoke")
+    d = recipe_dict(plain)
+    assert "experts_per_modality" not in d["projector"] and "negatives" not in d["loss"]
+    assert PretrainRecipe.model_validate(d) == plain  # the dict still reads back as the same recipe
+    set_ = load_recipe(PretrainRecipe, "smoke", ["projector.experts_per_modality=2", "loss.negatives=modality"])
+    assert recipe_dict(set_)["projector"]["experts_per_modality"] == 2
+    assert recipe_dict(set_)["loss"]["negatives"] == "modality"
+    assert recipe_hash(set_) != recipe_hash(plain)
