@@ -241,8 +241,10 @@ def _paired_lines(rec: dict[str, Any], tasks: list[str], means: list[dict[str, A
         "",
         f"Pooled bootstrap (for reference): patients and seeds resampled together ({rec['n_boot']} "
         "replicates). "
-        "With few seeds it is too narrow (it rejects a true null 15-20% of the time at 3 seeds: "
-        "docs/evaluation.md, \"Seed-level inference\"); its mean row averages the tasks' primary metrics.",
+        "With few seeds its error rate depends on how the noise splits between seeds and images (too "
+        "narrow when the seeds' spread dominates: 6-12% false rejections at 3 seeds; too wide when each "
+        "run's luck on the images does: docs/evaluation.md, \"Seed-level inference\"); its mean row "
+        "averages the tasks' primary metrics.",
         "",
         "| task | " + " | ".join(others) + " |",
         "|---|" + "---|" * len(others),
