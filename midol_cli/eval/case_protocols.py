@@ -260,8 +260,10 @@ def write_attention(path: str | Path, cd: CaseData, run: CaseRun) -> None:
 
 
 def case_summary(run: CaseRun, task: Task, model_info: dict[str, Any], data_hash: str,
-                 split_source: str = "") -> dict[str, Any]:
-    """A whole ``summary.json`` (the schema ``report`` reads) of the case protocols of ``run``."""
+                 split_source: str = "", data_root: str = "") -> dict[str, Any]:
+    """A whole ``summary.json`` (the schema ``report`` reads) of the case protocols of ``run``;
+    ``data_root``: the folder the slides' and volumes' paths are relative to (the manifest's root), for
+    heatmaps drawn later from the run dir alone."""
     from midol_cli.artifacts import SUMMARY_SCHEMA, model_block, provenance
 
     return {
@@ -270,19 +272,20 @@ def case_summary(run: CaseRun, task: Task, model_info: dict[str, Any], data_hash
         "task": {**task.to_dict(), "data_hash": data_hash, "split_source": split_source or task.split_source},
         "primary_metric": task.metric,
         **run.summary,
-        "provenance": provenance(stage="probe", case_level=run.summary["case_level"]["unit"]),
+        "provenance": provenance(stage="probe", case_level=run.summary["case_level"]["unit"],
+                                 data_root=str(data_root)),
     }
 
 
 def write_case_results(out_dir: str | Path, cd: CaseData, task: Task, run: CaseRun,
-                       model_info: dict[str, Any], data_hash: str) -> dict[str, Any]:
+                       model_info: dict[str, Any], data_hash: str, data_root: str = "") -> dict[str, Any]:
     """``summary.json``, ``predictions.parquet`` and ``attention.parquet`` (when abmil ran) into ``out_dir``
     (``results/<model>/<task>/``); returns the summary."""
     from midol_cli.artifacts import PREDICTIONS_NAME, SUMMARY_NAME, write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = case_summary(run, task, model_info, data_hash)
+    summary = case_summary(run, task, model_info, data_hash, data_root=data_root)
     write_case_predictions(out / PREDICTIONS_NAME, cd, task, run, model_info)
     if run.attention:
         write_attention(out / ATTENTION_NAME, cd, run)

@@ -188,12 +188,13 @@ def _frames(path: str | Path, indices: np.ndarray) -> list[np.ndarray]:
         return []  # the plot alone still says which B-scans the case drew on
 
 
-def draw_case(run_dir: str | Path, case: str, root: str | Path, out_png: str | Path, *,
+def draw_case(run_dir: str | Path, case: str, root: str | Path | None, out_png: str | Path, *,
               seed: int | None = None, top_k: int = 8, title: str = "") -> Heatmap:
     """The heatmap of ``case`` of a run dir (``results/<model>/<task>/``): a slide when its tiles' meta
     names one (``slide``), else a volume (``volume``, ``frame``); ``root`` is the folder the manifest's
-    paths are relative to (the manifest records it)."""
+    paths are relative to (None: the ``provenance.data_root`` the run's summary.json records)."""
     att, metas = read_attention(run_dir, case, seed)
+    root = _data_root(run_dir) if root is None else root
     label = title or f"{case}"
     if metas and "slide" in metas[0]:
         return slide_heatmap(Path(root) / metas[0]["slide"], att, metas, out_png, top_k=top_k, title=label)
@@ -206,7 +207,18 @@ def draw_case(run_dir: str | Path, case: str, root: str | Path, out_png: str | P
                      "volumes")
 
 
-def draw_heatmaps(run_dir: str | Path, root: str | Path, out_dir: str | Path, n: int = 3, *,
+def _data_root(run_dir: str | Path) -> Path:
+    from midol_cli.artifacts import SUMMARY_NAME, load_summary
+
+    path = Path(run_dir) / SUMMARY_NAME
+    root = load_summary(path).get("provenance", {}).get("data_root", "") if path.is_file() else ""
+    if not root:
+        raise UsageError(f"'{run_dir}' does not record where its slides or volumes are: give --root (the "
+                         "folder the manifest's paths are relative to)")
+    return Path(root)
+
+
+def draw_heatmaps(run_dir: str | Path, root: str | Path | None, out_dir: str | Path, n: int = 3, *,
                   seed: int | None = None, top_k: int = 8) -> list[tuple[str, str, Heatmap]]:
     """``--heatmaps N``: ``pick_cases`` on the run's abmil test predictions (``predictions.parquet``, run
     ``seed``, default the first), one PNG each in ``out_dir`` (``heatmap_<case>.png``); returns

@@ -83,6 +83,8 @@ def test_draw_case_reads_the_run_dirs_attention(tmp_path):
     assert hm.png.is_file()
     with pytest.raises(UsageError, match="not among the test cases"):
         draw_case(run, "b.svs", tmp_path, tmp_path / "d.png")
+    with pytest.raises(UsageError, match="give --root"):
+        draw_case(run, "a.svs", None, tmp_path / "d.png")  # no summary.json recording the data root
     with pytest.raises(UsageError, match="--protocol abmil"):
         draw_case(tmp_path, "a.svs", tmp_path, tmp_path / "d.png")
 
@@ -142,10 +144,10 @@ def test_heatmaps_of_a_probe_run_pick_cases_and_draw_them(tmp_path):
                              recipe=MILRecipe(max_epochs=3, min_epochs=0))
     run_dir = tmp_path / "results" / "m" / "t"
     model = {"id": "m", "weights": "", "weights_hash": "", "arch": ""}
-    write_case_results(run_dir, cd, task, run, model, "d")
+    write_case_results(run_dir, cd, task, run, model, "d", data_root=str(tmp_path))
     from midol_cli.report.heatmaps import draw_heatmaps
 
-    drawn = draw_heatmaps(run_dir, tmp_path, tmp_path / "figs", n=1, top_k=2)
+    drawn = draw_heatmaps(run_dir, None, tmp_path / "figs", n=1, top_k=2)  # the root the run recorded
     assert 1 <= len(drawn) <= 2
     for case, why, hm in drawn:
         assert why in ("true positive", "error") and hm.png.is_file() and hm.png.name == f"heatmap_{case}.png"
