@@ -199,9 +199,16 @@ def test_three_parts_give_the_rows_and_splits_of_one_run(tmp_path):
     raw.mkdir()
     for i in range(6):
         write_opt(raw / f"v{i}.dcm", frames_of(3), patient=f"P{i}")
+    from PIL import Image
+
+    for i in range(3):  # ordinary images beside the volumes: image rows, each in one part only
+        Image.new("L", (32, 32), 40 * i).save(raw / f"scan{i}.png")
     whole, _ = _ingest(raw, tmp_path / "all.parquet")
     parts = [_ingest(raw, tmp_path / f"p{i}.parquet", part=f"{i}/3")[0] for i in range(3)]
     cols = ["sample_id", "path", "group", "meta", "status", "split", "split_source"]
     merged = pd.concat(parts).sort_values("path").reset_index(drop=True)
     assert merged[cols].equals(whole.sort_values("path").reset_index(drop=True)[cols])
-    assert set(whole["group"]) == {f"P{i}" for i in range(6)} and set(whole["split"]) == {"train", "val", "test"}
+    frames = whole[whole["path"].str.contains("#frame=")]
+    assert set(frames["group"]) == {f"P{i}" for i in range(6)}
+    assert set(whole["split"]) == {"train", "val", "test"}
+    assert (whole["path"].str.endswith(".png").sum(), merged["path"].str.endswith(".png").sum()) == (3, 3)

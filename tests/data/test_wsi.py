@@ -206,6 +206,10 @@ def test_three_parts_give_the_rows_of_one_run(tmp_path):
     raw.mkdir()
     for i in range(6):
         write_svs(raw / f"s{i}.svs", slide_pixels(1792, 1344, (224, 224, 1344, 896), seed=i), factors=(1, 4))
+    from PIL import Image
+
+    for i in range(3):  # ordinary images beside the slides (a scanner's macro photos): each in one part only
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(raw / f"macro{i}.png")
     whole, _ = _ingest(raw, tmp_path / "all.parquet")
     parts = [_ingest(raw, tmp_path / f"p{i}.parquet", part=f"{i}/3")[0] for i in range(3)]
     assert sum(len(p) for p in parts) == len(whole)

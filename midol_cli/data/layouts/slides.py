@@ -147,13 +147,16 @@ class SlidesLayout(Layout):
 
     def __init__(self) -> None:
         self._series: set[str] = set()  # the last scan's DICOM WSI files beside the one it opened
+        self._part: tuple[int, int] | None = None  # the last scan's --part: other parts' files are not rows
 
     def auxiliary(self, path: str) -> bool:
+        from midol_cli.data.parts import part_of
         from midol_cli.data.wsi import MAYBE_SLIDE_EXTENSIONS, SLIDE_EXTENSIONS
 
         return (
             os.path.splitext(path)[1].lower() in SLIDE_EXTENSIONS | MAYBE_SLIDE_EXTENSIONS
             or path in self._series
+            or not part_of(path, self._part)  # an ordinary image of another part (no duplicate rows)
         )
 
     def scan(self, root: Path, opts: LayoutOptions) -> list[Entry]:
@@ -161,7 +164,7 @@ class SlidesLayout(Layout):
         from midol_cli.data.slide_runner import tile_all
 
         extra = dict(opts.extra)
-        part = parse_part(extra.pop("part", None))
+        part = self._part = parse_part(extra.pop("part", None))
         settings = tile_settings(extra, opts.seed)
         table = _slide_table(opts) if opts.labels else None
         found, self._series = dicom_series(root, walk_slides(root))

@@ -128,9 +128,13 @@ class VolumesLayout(Layout):
 
     def __init__(self) -> None:
         self._volumes: set[str] = set()  # the files the last scan made frame rows of (not image rows)
+        self._part: tuple[int, int] | None = None  # the last scan's --part: other parts' files are not rows
 
     def auxiliary(self, path: str) -> bool:
-        return path.lower().endswith(".vol") or path in self._volumes
+        from midol_cli.data.parts import part_of
+
+        # an ordinary image of another part is not a row of this one (3 parts hold it once)
+        return path.lower().endswith(".vol") or path in self._volumes or not part_of(path, self._part)
 
     def scan(self, root: Path, opts: LayoutOptions) -> list[Entry]:
         from midol_cli.data.layouts.slides import _slide_table, folder_label
@@ -144,7 +148,7 @@ class VolumesLayout(Layout):
             raise UsageError(f"the volumes layout has no option '{unknown[0]}' (options: {', '.join(_SPEC)})")
         spec = (extra.get("frames") or "all").strip().lower()
         choice = parse_frames(spec)
-        part = parse_part(extra.get("part"))
+        part = self._part = parse_part(extra.get("part"))
         table = _slide_table(opts, "volume", "volumes") if opts.labels else None
         found = _walk(root, opts)
         self._volumes = set(found)  # every volume, also those of other parts: none becomes an image row
