@@ -35,10 +35,11 @@ def embed_cmd(ctx: typer.Context, args: list[str] | None, print_config: bool, **
     c = console()
     c.print(f"[bold]{model.id}[/]: {len(df)} images -> {out} (cache {df.attrs.get('cache')})")
     _say_load(c, model)
-    skipped = int(df.attrs.get("skipped", 0) or 0)
-    if skipped:
-        c.print(f"[yellow]warning[/]: {skipped} damaged or unreadable sample(s) skipped (not cached; see the "
-                "warnings above)")
+    dropped = df.attrs.get("dropped") or {}
+    if dropped.get("count"):
+        from midol_cli.eval.embed import dropped_line
+
+        c.print(f"[yellow]warning[/]: {dropped_line(dropped)} (not cached)", highlight=False)
     sil, racc = rep["modality_silhouette"], rep.get("router_accuracy", float("nan"))
     c.print("modality silhouette (cosine): " + (f"{sil:.3f}" if sil == sil else "n/a (one modality)")
             + "   router accuracy: " + (f"{racc:.3f}" if racc == racc else "n/a (no router)"))

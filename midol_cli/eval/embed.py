@@ -118,12 +118,13 @@ class _ShardImages:
 
         size = self.transform.crop.size[0]
         while reasons:
-            reasons.pop()
-            yield torch.zeros(3, size, size), dict.fromkeys(COLUMNS), False
+            why = reasons.pop()
+            yield torch.zeros(3, size, size), {**dict.fromkeys(COLUMNS), "_reason": why}, False
 
 
 def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
-    """Yield (images [B,3,S,S] or None, their metadata rows, samples skipped as unreadable) per batch."""
+    """Yield (images [B,3,S,S] or None, their metadata rows, the samples skipped as unreadable as
+    ``(path or shard sample, reason)``) per batch."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -145,7 +146,7 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
         recs = df[list(COLUMNS)].to_dict("records")
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate_skip)
         for b in loader:
-            yield b["x"], [recs[int(i)] for i in b["idx"]], len(b["bad"])
+            yield b["x"], [recs[int(i)] for i in b["idx"]], list(b["bad"])
     else:
         class _It(IterableDataset):
             def __iter__(self_inner):
@@ -158,7 +159,31 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
         loader = DataLoader(_It(), batch_size=batch_size, num_workers=workers, collate_fn=collate)
         for x, rows, ok in loader:
             keep = [i for i, v in enumerate(ok.tolist()) if v]
-            yield (x[keep] if keep else None), [rows[i] for i in keep], len(rows) - len(keep)
+            bad = [_shard_damage(r) for r, v in zip(rows, ok.tolist(), strict=True) if not v]
+            yield (x[keep] if keep else None), [rows[i] for i in keep], bad
+
+
+def _shard_damage(row: dict[str, Any]) -> tuple[str, str]:
+    """A damaged shard sample's ``(where, reason)`` from the loader's message ``'skipped bad X (why)'``."""
+    msg = str(row.get("_reason") or "damaged sample")
+    where, _, why = msg.rpartition(" (")
+    return (where, why.rstrip(")")) if where else ("shard sample", msg)
+
+
+def dropped_summary(dropped: list[tuple[str, str]], examples: int = 3) -> dict[str, Any]:
+    """``{"count", "reasons": {reason: n}, "examples": [path, ...]}`` of the samples embedding left out."""
+    from collections import Counter
+
+    reasons = Counter(str(why) for _, why in dropped)
+    return {"count": len(dropped), "reasons": dict(reasons.most_common()),
+            "examples": [str(p) for p, _ in dropped[:examples]]}
+
+
+def dropped_line(dropped: dict[str, Any]) -> str:
+    """One line naming how many samples were left out, why, and an example."""
+    why = ", ".join(f"{n} {r}" for r, n in dropped["reasons"].items())
+    eg = f"; e.g. {dropped['examples'][0]}" if dropped.get("examples") else ""
+    return f"{dropped['count']} damaged or unreadable sample(s) left out ({why}){eg}"
 
 
 def _device(device: str | None):
@@ -198,6 +223,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         try:
             df = pd.read_parquet(cached)
             df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "hit", 0
+            df.attrs["dropped"] = dropped_summary([])
             return df
         except Exception:  # a damaged cache entry is simply recomputed
             pass
@@ -210,14 +236,14 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     transform = EvalTransform(model.spec.img_size, model.spec.mean, model.spec.std)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
     metas, embs, routes, logits_all = [], [], [], []
-    n_bad = 0
+    dropped: list[tuple[str, str]] = []
     reporter = reporter or Silent()
     done = 0
     reporter.start("embedding", _expected(data, kind), 0)
     try:
         with torch.inference_mode():
             for x, rows, bad in _rows(data, kind, transform, batch_size, workers):
-                n_bad += bad
+                dropped += bad
                 if x is None:
                     continue
                 x = x.to(dev, non_blocking=True)
@@ -234,17 +260,18 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
                 if r is not None:
                     routes.append(r.cpu().numpy().astype(np.float32))
                     logits_all.append(lg.cpu().numpy())
-                done += len(rows) + bad
+                done += len(rows) + len(bad)
                 reporter.advance(done)
     finally:
         reporter.stop()
     if not metas:
         raise UsageError(f"no image of '{data}' could be embedded")
     df = _table(metas, embs, routes, logits_all, cal)
-    df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", n_bad
+    df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", len(dropped)
+    df.attrs["dropped"] = dropped_summary(dropped)
     # A result with damaged samples is not cached: the next run reads the data again and reports the
     # damage again, instead of quietly serving a table that lacks those images.
-    if use_cache and n_bad == 0:
+    if use_cache and not dropped:
         from midol_cli.artifacts import atomic_path
 
         with atomic_path(cached) as tmp:

@@ -98,3 +98,33 @@ def test_a_manifest_file_damaged_after_ingest_is_skipped_and_counted(setup, tmp_
     df = embed(setup["model"], man, batch_size=4, workers=0)
     assert df.attrs["skipped"] == 1 and len(df) == n - 1 and df.attrs["cache"] == "miss"
     assert embed(setup["model"], man, batch_size=4, workers=0).attrs["skipped"] == 1  # reported again
+
+
+def test_embed_names_what_it_left_out(setup, tmp_path, monkeypatch, capsys):
+    """issue 25.15: `midol embed` said "see the warnings above" when no warning had been printed; the
+    count, the reasons and an example are in the table's attrs and in the command's one line."""
+    import sys
+
+    from midol_cli.cli import main
+    from midol_cli.data.ingest import ingest_folder
+    from tests.train.test_segment import tiny_swin_export
+
+    raw = _copy(setup["base"] / "data" / "raw" / "oct", tmp_path / "oct")
+    man = tmp_path / "oct.parquet"
+    ingest_folder(raw, "oct", out=man, workers=1, seed=0)
+    victim = sorted(p for p in raw.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg", ".jpeg"))[0]
+    victim.unlink()
+    df = embed(setup["model"], man, batch_size=4, workers=0)
+    assert df.attrs["dropped"]["count"] == 1 and df.attrs["dropped"]["reasons"] == {"file not found": 1}
+    assert df.attrs["dropped"]["examples"] == [victim.relative_to(raw).as_posix()]
+    weights = tiny_swin_export(tmp_path / "tiny" / "encoder.safetensors")
+    monkeypatch.setattr(sys, "argv", ["midol", "embed", "--weights", f"random:{weights}", "--data", str(man),
+                                      "--out", str(tmp_path / "e.parquet"), "--workers", "0"])
+    with pytest.raises(SystemExit) as ex:
+        main.run()
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert ex.value.code in (0, None), text
+    assert "warnings above" not in text
+    assert "1 damaged or unreadable sample(s) left out (1 file not found)" in text
+    assert victim.name in text
