@@ -1,1 +1,2 @@
-"""Training: the shared engine (engine.py), optimiser set-up (optim.py), distributed helpers, checkpoints, pre-training and the fine-tuning tasks."""
+"""Training: the one engine (engine.py), its tasks (pre-training, the supervised driver and its
+classification and segmentation tasks), optimiser set-up (optim.py), FSDP, trackers."""

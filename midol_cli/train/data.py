@@ -19,7 +19,8 @@ def make_loader(ds: Any, batch: int, workers: int, di: DistInfo, *, shuffle: boo
     from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = DistributedSampler(ds, num_replicas=di.world_size if split_by_rank else 1,
-                                 rank=di.rank if split_by_rank else 0, shuffle=shuffle, seed=seed, drop_last=False)
+                                 rank=di.rank if split_by_rank else 0, shuffle=shuffle, seed=seed,
+                                 drop_last=False)
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_skip,
                         drop_last=drop_last, pin_memory=di.device.type == "cuda", persistent_workers=False)
     return loader, sampler

@@ -51,19 +51,20 @@ class CollapseWatch:
             self.warned = True
             names = ", ".join(f"{m} {v:.3f}" for m, v in sorted(low.items()))
             out.append(f"warning: the encoder's features are collapsing: images of {names} fold onto one "
-                       f"direction (spread < {ENC_SPREAD_FLOOR}); the probes will read little. See docs/method.md "
-                       "'Watching a run'")
+                       f"direction (spread < {ENC_SPREAD_FLOOR}); the probes will read little. See "
+                       "docs/method.md 'Watching a run'")
         if self.intra == "distill":
             ent = self._values(rec, "teacher_entropy/")
             proj_bad = bool(ent) and max(ent.values()) > self.collapse_ratio * self.log_p
-            what = (f"the teacher's prototype distribution stays near uniform (entropy {max(ent.values(), default=0):.2f} "
-                    f"vs log P {self.log_p:.2f}): the intra term may not be learning")
+            what = (f"the teacher's prototype distribution stays near uniform (entropy "
+                    f"{max(ent.values(), default=0):.2f} vs log P {self.log_p:.2f}): the intra term may "
+                    "not be learning")
         else:
             std = self._values(rec, "emb_std/")
             floor = 0.05 / math.sqrt(self.bottleneck_dim)  # spread: 1/sqrt(d); a point: 0
             proj_bad = bool(std) and min(std.values()) < floor
-            what = (f"expert embeddings shrink to a point (std {min(std.values(), default=0):.4f} < {floor:.4f}): "
-                    "the intra term may not be learning")
+            what = (f"expert embeddings shrink to a point (std {min(std.values(), default=0):.4f} < "
+                    f"{floor:.4f}): the intra term may not be learning")
         self.proj_streak = self.proj_streak + 1 if (after and proj_bad) else 0
         if self.proj_streak >= self.need and not self.notes:
             self.notes.append(what)

@@ -85,7 +85,8 @@ def update_teacher(model: Any, momentum: float) -> None:
     s_params = [_local(p.detach()) for p in model.student.parameters()]
     for t, s in zip(t_params, s_params, strict=True):
         if t.shape != s.shape:
-            raise RuntimeError(f"teacher shard {tuple(t.shape)} does not match student shard {tuple(s.shape)}")
+            raise RuntimeError(f"teacher shard {tuple(t.shape)} does not match student shard "
+                               f"{tuple(s.shape)}")
     torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
 
 
@@ -131,7 +132,8 @@ def save(run_dir: Any, step: int, model: Any, optimizer: torch.optim.Optimizer, 
     from midol_cli import checkpoint as ckpt
 
     _broadcast_buffers(model)
-    ckpt.save_sharded(run_dir, step, _tensors(model, optimizer), {**meta, "strategy": "fsdp"}, keep_last, is_main)
+    ckpt.save_sharded(run_dir, step, _tensors(model, optimizer), {**meta, "strategy": "fsdp"}, keep_last,
+                      is_main)
 
 
 def load(path: Any, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -143,7 +145,8 @@ def load(path: Any, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, A
 
     tensors = _tensors(model, optimizer)
     ckpt.load_sharded(path, tensors)
-    set_state_dict(model.student, optimizer, model_state_dict=tensors["student"], optim_state_dict=tensors["optimizer"])
+    set_state_dict(model.student, optimizer, model_state_dict=tensors["student"],
+                   optim_state_dict=tensors["optimizer"])
     set_model_state_dict(model.teacher, tensors["teacher"])
     model.intra.load_state_dict(tensors["intra"])
     return ckpt.load_sharded_meta(path)

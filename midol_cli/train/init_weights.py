@@ -27,8 +27,8 @@ def encoder_spec(recipe: PretrainRecipe) -> EncoderSpec:
     if named is not None:
         entry = named[0]
         if entry.arch is not None and entry.arch != recipe.model.arch:
-            raise UsageError(f"model.weights names {entry.name} ({entry.arch}) but model.arch is {recipe.model.arch}; "
-                             f"set model.arch={entry.arch}")
+            raise UsageError(f"model.weights names {entry.name} ({entry.arch}) but model.arch is "
+                             f"{recipe.model.arch}; set model.arch={entry.arch}")
         spec.arch_kwargs = {**entry.arch_kwargs, **spec.arch_kwargs}
         spec.mean, spec.std = entry.mean, entry.std
     return spec

@@ -50,7 +50,8 @@ def linear_ramp(step: int, ramp_steps: int, start: float, end: float) -> float:
 def no_weight_decay(name: str, p: torch.Tensor, exempt: Iterable[str] = ()) -> bool:
     """The one rule: biases, norms and other 1-d tensors, position tables and tokens, prototypes, and
     any name in ``exempt`` (a model's ``no_weight_decay()``, with the prefix the caller uses)."""
-    return p.ndim <= 1 or name.endswith(".bias") or name in set(exempt) or any(k in name for k in NO_DECAY_PARTS)
+    return (p.ndim <= 1 or name.endswith(".bias") or name in set(exempt)
+            or any(k in name for k in NO_DECAY_PARTS))
 
 
 def exempt_names(module: Any, prefix: str = "") -> set[str]:
@@ -88,7 +89,8 @@ def layer_scales(encoder: Any, layer_decay: float, prefix: str = "",
 
 
 def param_groups(named: Iterable[tuple[str, torch.Tensor]], weight_decay: float,
-                 scales: Mapping[str, float] | None = None, exempt: Iterable[str] = ()) -> list[dict[str, Any]]:
+                 scales: Mapping[str, float] | None = None,
+                 exempt: Iterable[str] = ()) -> list[dict[str, Any]]:
     """AdamW groups keyed by (LR scale, decayed?), each with ``lr_scale`` and ``apply_wd``; frozen
     parameters are left out. Decayed groups come first within a scale; scales ascend."""
     exempt = set(exempt)

@@ -88,8 +88,8 @@ def prepare_segmentation_data(
     p = Path(data)
     if p.is_dir() and (p / "index.json").is_file():
         raise UsageError(
-            f"'{p}' is a shard dir, and shards carry no masks; pass the raw ISIC 2018 folder (or its manifest "
-            f"from `midol ingest --layout {spec.layout}`) as --data"
+            f"'{p}' is a shard dir, and shards carry no masks; pass the raw ISIC 2018 folder (or its "
+            f"manifest from `midol ingest --layout {spec.layout}`) as --data"
         )
     if cache_root is None:
         from midol_cli.artifacts import cache_root as _cache_root
@@ -120,8 +120,8 @@ def prepare_segmentation_data(
         raise UsageError(f"no usable {spec.modality} images with masks in '{data}' for task {spec.name}")
 
     say(f"{spec.name}: checking {len(ok)} masks")
-    items, skipped, lines = _checked_items(ok, root, _layout_module(layout).mask_path, workers, max_pixels, say,
-                                           notes)
+    mask_of = _layout_module(layout).mask_path
+    items, skipped, lines = _checked_items(ok, root, mask_of, workers, max_pixels, say, notes)
     for need in ("train", "test"):
         if not any(it.split == need for it in items):
             raise UsageError(f"data '{data}' has no usable '{need}' images with masks for task {spec.name}")
@@ -146,7 +146,8 @@ def _checked_items(ok: Any, root: Path, mask_of: Any, workers: int, max_pixels: 
                    notes: list[str]) -> tuple[list[SegItem], dict[str, int], list[str]]:
     """Every mask decoded once (in threads) and checked against its image's size: the items that
     pass, the count skipped per reason, and one hash line per item for the data hash."""
-    rows = list(ok[["sample_id", "path", "split", "group", "width", "height", "sha256"]].itertuples(index=False))
+    cols = ["sample_id", "path", "split", "group", "width", "height", "sha256"]
+    rows = list(ok[cols].itertuples(index=False))
     masks = [str(mask_of(root, r.path)) for r in rows]
     with ThreadPoolExecutor(max(1, workers)) as ex:
         checks = list(ex.map(lambda a: _check_mask(a[0], (int(a[1].width), int(a[1].height)), max_pixels),
@@ -157,7 +158,8 @@ def _checked_items(ok: Any, root: Path, mask_of: Any, workers: int, max_pixels: 
     bad_paths: list[str] = []
     for r, m, (sha, reason) in zip(rows, masks, checks, strict=True):
         if reason:
-            key = reason.split(" (", 1)[0] if reason.startswith("mask:") else "mask size differs from its image"
+            sized = "mask size differs from its image"
+            key = reason.split(" (", 1)[0] if reason.startswith("mask:") else sized
             skipped[key] = skipped.get(key, 0) + 1
             bad_paths.append(f"{r.path} ({reason})")
             continue
@@ -206,8 +208,8 @@ def load_pair(root: Path | str, item: SegItem, max_pixels: int, min_side: int | 
     mask = res.image.convert("L")
     if min_side and min(img.size) > SOURCE_SIDE_FACTOR * min_side:
         f = SOURCE_SIDE_FACTOR * min_side / min(img.size)
-        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.Resampling.BILINEAR,
-                         reducing_gap=2.0)
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))),
+                         Image.Resampling.BILINEAR, reducing_gap=2.0)
     if mask.size != img.size:
         mask = mask.resize(img.size, Image.Resampling.NEAREST)
     return img, mask
@@ -244,7 +246,8 @@ class JointTrainTransform:
         if self.aug.rot90:
             k = random.randrange(4)
             if k:
-                ops.append((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[k - 1])
+                turns = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+                ops.append(turns[k - 1])
         for op in ops:
             img, mask = img.transpose(op), mask.transpose(op)
         if random.random() < self.aug.jitter_p:

@@ -49,7 +49,8 @@ class Tracker(Protocol):
 def _needs(backend: str, cfg: LoggingCfg) -> tuple[str, ...]:
     if backend == "mlflow":
         uri = cfg.mlflow_tracking_uri
-        return ("mlflow", "sqlalchemy", "alembic") if uri is None or uri.startswith(_DB_SCHEMES) else ("mlflow",)
+        db = uri is None or uri.startswith(_DB_SCHEMES)
+        return ("mlflow", "sqlalchemy", "alembic") if db else ("mlflow",)
     return (backend,)
 
 
@@ -121,8 +122,8 @@ class WandbTracker:
         # console="off": wandb would otherwise wrap stdout/stderr (the progress bar writes there).
         settings = wandb.Settings(mode=cfg.wandb_mode, silent=True, console="off")
         self.run = wandb.init(project=project, dir=str(run_dir), id=ids.get("wandb") or secrets.token_hex(4),
-                              resume="allow", name=run_dir.name, tags=list(cfg.tags) or None, settings=settings,
-                              reinit="create_new")
+                              resume="allow", name=run_dir.name, tags=list(cfg.tags) or None,
+                              settings=settings, reinit="create_new")
         ids["wandb"] = self.run.id
         # Our own step as the x axis: a resumed run re-logs steps wandb's counter has passed.
         self.key = key
@@ -230,7 +231,8 @@ class Trackers:
 
     def _drop(self, t: Tracker, e: Exception) -> None:
         self.trackers.remove(t)
-        self.say(f"warning: {t.name} logging stopped ({type(e).__name__}: {str(e)[:120]}); metrics.jsonl has every row")
+        self.say(f"warning: {t.name} logging stopped ({type(e).__name__}: {str(e)[:120]}); "
+                 "metrics.jsonl has every row")
 
     def close(self) -> None:
         for t in self.trackers:
@@ -248,7 +250,8 @@ def make_trackers(cfg: LoggingCfg | None, run_dir: Path, params: dict[str, Any],
     cfg = cfg or LoggingCfg()
     use = check_backends(cfg)
     if "tensorboard" in cfg.backends and "tensorboard" not in use:
-        say(f"note: TensorBoard logging disabled (tensorboard is not installed: {EXTRA}); metrics.jsonl has every row")
+        say(f"note: TensorBoard logging disabled (tensorboard is not installed: {EXTRA}); "
+            "metrics.jsonl has every row")
     try:
         ids = json.loads((run_dir / IDS_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -266,7 +269,8 @@ def make_trackers(cfg: LoggingCfg | None, run_dir: Path, params: dict[str, Any],
             if t is not None:
                 Trackers([t], key, say).close()
             level = "note" if b == "tensorboard" else "warning"
-            say(f"{level}: {b} logging disabled ({type(e).__name__}: {str(e)[:120]}); metrics.jsonl has every row")
+            say(f"{level}: {b} logging disabled ({type(e).__name__}: {str(e)[:120]}); "
+                "metrics.jsonl has every row")
             continue
         out.append(t)
     if ids:
