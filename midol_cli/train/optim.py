@@ -106,6 +106,12 @@ def param_groups(named: Iterable[tuple[str, torch.Tensor]], weight_decay: float,
     return [groups[k] for k in sorted(groups)]
 
 
+def scaled_lr(lr: float, batch: int) -> float:
+    """The peak LR of a recipe's ``optim.lr`` (given per 256 images) at ``batch`` images per step: the
+    linear scaling rule (Goyal et al., 2017), as in MAE, DINO and RETFound."""
+    return lr * batch / 256
+
+
 def adamw(groups: list[dict[str, Any]], lr: float, betas: Any, device: torch.device,
           fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW with the fused kernel where this torch has it: on CUDA by default, on any device with

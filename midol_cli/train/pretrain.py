@@ -146,9 +146,8 @@ def _run(recipe: PretrainRecipe, run_dir: Path, resume: str | None, max_steps: i
     _seed(recipe, di)
     task = PretrainTask(recipe, di, opt_cfg.global_batch_size // per_step, resume_path is None, reporter)
     task.stop = tr.steps if max_steps is None else min(tr.steps, max_steps)
-    cfg = FitConfig(run_dir=run_dir, peak_lr=opt_cfg.lr * opt_cfg.global_batch_size / 256,
-                    min_lr=opt_cfg.min_lr, warmup_frac=opt_cfg.warmup_frac, clip_grad=opt_cfg.clip_grad,
-                    ckpt_every=tr.ckpt_every,
+    cfg = FitConfig(run_dir=run_dir, peak_lr=task.peak_lr, min_lr=opt_cfg.min_lr,
+                    warmup_frac=opt_cfg.warmup_frac, clip_grad=opt_cfg.clip_grad, ckpt_every=tr.ckpt_every,
                     seed=tr.seed, label="pretrain", keep_last=tr.keep_last, max_bad_steps=tr.max_bad_steps,
                     max_steps=max_steps, precision=tr.precision, overwrite=overwrite,
                     allow_recipe_change=allow_recipe_change)
@@ -221,7 +220,7 @@ class PretrainTask:
 
     def __init__(self, recipe: PretrainRecipe, di: DistInfo, micro: int, init: bool,
                  reporter: Reporter) -> None:
-        from midol_cli.train.optim import adamw
+        from midol_cli.train.optim import adamw, scaled_lr
 
         self.recipe, self.di, self.micro, self.reporter = recipe, di, micro, reporter
         tr, oc, loss = recipe.train, recipe.optim, recipe.loss
@@ -229,8 +228,9 @@ class PretrainTask:
         self.init_info = self.model.init
         self.sharded = tr.strategy == "fsdp"
         self.student = _wrap(self.model, recipe, di)
-        self.optimizer = adamw(_param_groups(self.model.student, oc.encoder_lr_scale),
-                               oc.lr * oc.global_batch_size / 256, oc.betas, di.device, fused=oc.fused)
+        self.peak_lr = scaled_lr(oc.lr, oc.global_batch_size)
+        self.optimizer = adamw(_param_groups(self.model.student, oc.encoder_lr_scale), self.peak_lr, oc.betas,
+                               di.device, fused=oc.fused)
         self.params = [p for p in self.model.student.parameters() if p.requires_grad]
         self.total_steps, self.period_steps = tr.steps, tr.ckpt_every
         total = tr.steps

@@ -221,7 +221,7 @@ def run_supervised(make_task: Callable[[DistInfo], Any], weights: str, data: str
 
 def _optimise(task: Any, eval_model: Any, recipe: Any, di: DistInfo) -> tuple[torch.nn.Module, Any, float]:
     """The task's model on the device, wrapped in DDP under torchrun, and AdamW at ``lr * batch / 256``."""
-    from midol_cli.train.optim import adamw
+    from midol_cli.train.optim import adamw, scaled_lr
 
     model, groups = task.build(eval_model)
     model.to(di.device)
@@ -231,7 +231,7 @@ def _optimise(task: Any, eval_model: Any, recipe: Any, di: DistInfo) -> tuple[to
 
         net = DDP(model, device_ids=[di.device.index] if di.device.type == "cuda" else None)
     oc = recipe.optim
-    peak_lr = oc.lr * oc.batch_size / 256
+    peak_lr = scaled_lr(oc.lr, oc.batch_size)
     return net, adamw(groups, peak_lr, oc.betas, di.device), peak_lr
 
 
