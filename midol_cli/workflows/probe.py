@@ -8,6 +8,7 @@ from typing import Any
 
 from midol_cli.errors import UsageError
 from midol_cli.progress import Reporter
+from midol_cli.workflows.probe_checks import check_changed, dropped_rows, record_dropped
 from midol_cli.workflows.settings import ProbeSettings, write_settings
 
 
@@ -41,6 +42,7 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
                          f"use `midol finetune --task {spec.name}`")
     options = task_options(spec, [f"{k}={v}" for k, v in s.task_options.items()])
     src = resolve_data(spec, s.data, cache_root(), options)
+    check_changed(src, s.allow_changed, reporter)
     model = load_eval_model(s.weights, s.model_id, lenient=s.weights_lenient)
     rep = getattr(model.encoder, "load_report", None)
     if rep is not None and rep.partial:
@@ -51,6 +53,7 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
         resolve_columns(read_manifest(src, only_ok=True)[0], spec.subgroups, tuple(s.subgroups))
     emb = embed(model, src, batch_size=s.batch_size, workers=s.workers, device=s.device, use_cache=s.cache,
                 reporter=reporter)
+    dropped = dropped_rows(emb, spec.modality, model.id, spec.name, reporter)
     emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
     if emb.empty:
         raise UsageError(f"no {spec.modality} images in '{s.data}' for task {spec.name}")
@@ -64,6 +67,7 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
         n_boot=s.n_boot, split_source=spec.split, log=probe_log(model.id, spec, reporter),
         subgroups=resolve_columns(emb, spec.subgroups, subgroups), group_unit=spec.group_unit,
         aggregation=spec.aggregation, min_positives=s.min_subgroup)
+    record_dropped(summary, dropped, out_dir)
     summary["out_dir"] = str(out_dir)
     return summary
 

@@ -214,6 +214,8 @@ class ProbeSettings(_Weights, _TaskSettings):
                                    description="Label fractions for the fraction probes.")
     seeds: int = Field(3, ge=1, description="Seeds per label fraction.")
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the CIs.")
+    allow_changed: bool = Field(False, description="Probe although raw files changed since ingest (size or "
+                                "modification time differs from the manifest) under their recorded labels.")
 
     @field_validator("fractions", mode="before")
     @classmethod
