@@ -163,9 +163,11 @@ def _ingest_folder(
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
     isolate: bool = True,
+    rehash: bool = False,
 ) -> dict[str, Any]:
     """Ingest ``raw_dir`` into a manifest; return a summary dict. Files are decoded in worker processes
     (``workers``, at least one; ``isolate=False``: in this process, for tests that patch the reader).
+    ``rehash``: read every file again, reusing no row (``cp -p`` or ``touch -r`` keeps size and mtime).
 
     Summary keys: manifest (path), layout, dataset, modality, rows, ok, rejected,
     decoded, reused, unlisted, duplicate_listings, rejects_by_reason {reason: n},
@@ -199,8 +201,11 @@ def _ingest_folder(
 
     key = {"root": str(root), "layout": lay.name, "max_pixels": int(max_pixels),
            "reader_version": READER_VERSION}
-    decoded, n_decoded, reused = _reuse_or_decode(entries, root, _previous_rows(target, key, log), max_pixels,
-                                                  workers, progress, log, isolate)
+    if rehash:
+        log("ingest: --rehash: reading every file again")
+    prev = {} if rehash else _previous_rows(target, key, log)
+    decoded, n_decoded, reused = _reuse_or_decode(entries, root, prev, max_pixels, workers, progress, log,
+                                                  isolate)
     df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions,
                       opts.report.pop("split_listing", None))  # slides/volumes: parts split alike
     summary = _summarize(df)

@@ -137,7 +137,8 @@ def _encode_task(task: tuple[str, str, str, dict[str, Any], int, int]) -> tuple[
         if res is None:
             raw, _ = readers.read_file_bytes(abs_path, readers.byte_cap(cap))
             if expected_sha and not hashlib.sha256(raw).hexdigest().startswith(expected_sha.lower()):
-                return sid, "", b"", b"", "file changed since ingest (sha256 differs); re-run `midol ingest`"
+                return (sid, "", b"", b"", "file changed since ingest (sha256 differs); re-run `midol ingest "
+                        "--rehash` (a plain re-run keeps a file of the same size and mtime)")
             res = readers.decode_bytes(raw, abs_path, cap)
         ext, data = encode_image(res.image, max_side, quality)
     except ImageRejected as e:

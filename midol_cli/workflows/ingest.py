@@ -31,7 +31,7 @@ def run(s: IngestSettings, reporter: Reporter) -> dict[str, Any]:
     summary = ingest_folder(
         s.raw_dir, s.modality, layout=layout, out=s.out, workers=s.workers, seed=s.seed,
         max_pixels=DEFAULT_MAX_PIXELS if s.max_pixels is None else s.max_pixels, new_modality=s.new_modality,
-        layout_options=opts, dataset=s.dataset,
+        layout_options=opts, dataset=s.dataset, rehash=s.rehash,
         progress=reporter.callback("reading") if reporter.bar else None,
         log=None if reporter.bar else reporter.line)
     summary["settings"] = str(write_settings(s, summary["manifest"], "ingest", folder=False))

@@ -80,6 +80,8 @@ class IngestSettings(Strict):
     max_pixels: int | None = Field(None, ge=1, description="Reject images with more pixels than this "
                                    "(default: 178956970).")
     new_modality: bool = Field(False, description="Accept a modality name midol does not know.")
+    rehash: bool = Field(False, description="Read (hash and decode) every file again instead of reusing the "
+                         "earlier manifest's rows of files whose size and modification time did not change.")
     dataset: str | None = Field(None, description="Dataset name (default: the layout's, else the folder "
                                                   "name).")
     labels: Path | None = Field(None, description="csv layout: the labels CSV.")

@@ -180,3 +180,28 @@ def test_a_flat_folder_of_images_ingests_unlabelled_with_auto(tmp_path, capsys, 
 
     df = pd.read_parquet(out)
     assert len(df) == 3 and (df["status"] == "ok").all() and (df["label"] == "").all()
+
+
+def test_ingest_rehash_flag_rereads_a_same_size_same_mtime_file(tmp_path, capsys, monkeypatch):
+    """issue 25.5: `midol ingest --rehash` reads every file again (a plain re-run reuses the stale row)."""
+    import os
+
+    from midol_cli.data.manifest import read_manifest
+
+    raw = tmp_path / "derm"
+    make_folder(raw)
+    out = tmp_path / "derm.parquet"
+    args = ("ingest", str(raw), "--modality", "dermoscopy", "--out", str(out), "--workers", "1")
+    assert midol(capsys, monkeypatch, *args)[0] == 0
+    sha = read_manifest(out)[0].set_index("path")["sha256"]
+    victim = raw / "benign" / "0.png"
+    st = victim.stat()
+    Image.fromarray(np.full((10, 10, 3), 7, dtype=np.uint8)).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    victim.write_bytes(data[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert midol(capsys, monkeypatch, *args)[0] == 0
+    assert read_manifest(out)[0].set_index("path")["sha256"]["benign/0.png"] == sha["benign/0.png"]
+    code, _, err = midol(capsys, monkeypatch, *args, "--rehash")
+    assert code == 0, err
+    assert read_manifest(out)[0].set_index("path")["sha256"]["benign/0.png"] != sha["benign/0.png"]

@@ -170,6 +170,31 @@ def test_rerun_reuses_unchanged_rows_and_rereads_changed_ones(tmp_path):
     assert s4["reused"] == 0
 
 
+def test_rehash_rereads_a_file_replaced_with_the_same_size_and_mtime(tmp_path):
+    """issue 25.5: a file replaced by one of the same size and mtime (``cp -p``, ``touch -r``) was kept as
+    unchanged by every re-ingest; ``rehash`` (``midol ingest --rehash``) reads every file again."""
+    raw = tmp_path / "oct"
+    made = make_oct(raw)
+    out = tmp_path / "m.parquet"
+    _, df1, _ = run(raw, out, modality="oct")
+    victim = raw / made[0][0]
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF  # same size, other bytes, then the old times back
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    s2, df2, _ = run(raw, out, modality="oct")
+    assert s2["reused"] == len(made) and df2.loc[made[0][0], "sha256"] == df1.loc[made[0][0], "sha256"]
+    from midol_cli.data.shards import ShardParams, write_shards
+
+    idx = write_shards([out], tmp_path / "shards", ShardParams(max_side=32, min_shards=1), workers=1)
+    reasons = {x["path"]: x["reason"] for x in idx["skipped"]["items"]}
+    assert "re-run `midol ingest --rehash`" in reasons[made[0][0]]  # a plain re-run cannot fix it
+    s3, df3, _ = run(raw, out, modality="oct", rehash=True)
+    assert (s3["decoded"], s3["reused"]) == (len(made), 0)
+    assert df3.loc[made[0][0], "sha256"] != df1.loc[made[0][0], "sha256"]
+
+
 def test_permission_reject_is_not_reused(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     make_imagefolder(raw, per_class=2)
@@ -292,7 +317,9 @@ def test_a_listed_file_in_an_unsupported_format_says_so(tmp_path):
     png.rename(png.with_suffix(".gif"))  # present, but a format midol does not read
     (raw / "train_images" / f"{ids[1]}.png").unlink()  # truly missing
     _, df, _ = run(raw, tmp_path / "m.parquet")
-    assert df.loc[f"train_images/{ids[0]}.png", "reason"].startswith(f"unsupported format (.gif: {ids[0]}.gif)")
+    assert df.loc[f"train_images/{ids[0]}.png", "reason"].startswith(
+        f"unsupported format (.gif: {ids[0]}.gif)"
+    )
     assert df.loc[f"train_images/{ids[1]}.png", "reason"] == "listed in train.csv but missing"
 
 
