@@ -10,6 +10,10 @@ from midol_cli.progress import Reporter
 from midol_cli.workflows.settings import IngestSettings, write_settings
 
 _CSV_KEYS = ("labels", "path_col", "label_col", "group_col", "split_col", "label_sep", "meta_cols")
+# The slides and volumes layouts' options (LayoutOptions.extra, the same names; docs/data.md).
+_PART_KEYS = ("mpp", "tile", "min_tissue", "slide_mpp", "max_tiles_per_slide", "part", "frames")
+# Layouts that read a labels CSV of their own (slide / volume, label, patient columns).
+_OWN_LABELS = ("slides", "volumes")
 
 
 def run(s: IngestSettings, reporter: Reporter) -> dict[str, Any]:
@@ -26,7 +30,8 @@ def run(s: IngestSettings, reporter: Reporter) -> dict[str, Any]:
     if labels is not None and not labels.is_file():
         raise UsageError(f"labels file '{labels}' does not exist")
     opts = LayoutOptions(labels=labels, path_col=s.path_col, label_col=s.label_col, group_col=s.group_col,
-                         split_col=s.split_col, label_sep=s.label_sep, meta_cols=tuple(s.meta_cols))
+                         split_col=s.split_col, label_sep=s.label_sep, meta_cols=tuple(s.meta_cols),
+                         extra=_extra(s))
     writable_out(s.out, "--out", folder=False)
     summary = ingest_folder(
         s.raw_dir, s.modality, layout=layout, out=s.out, workers=s.workers, seed=s.seed,
@@ -38,12 +43,23 @@ def run(s: IngestSettings, reporter: Reporter) -> dict[str, Any]:
     return summary
 
 
+def _extra(s: IngestSettings) -> dict[str, str]:
+    """The slides / volumes options given, as the layouts' ``extra`` (a float in its short form)."""
+    vals = {k: getattr(s, k) for k in _PART_KEYS if getattr(s, k) is not None}
+    return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in vals.items()}
+
+
 def _layout(s: IngestSettings) -> str:
-    """The layout to use: a labels CSV given means the csv layout; csv keys with another layout are
-    refused."""
+    """The layout to use: a labels CSV given means the csv layout, unless a slides / volumes option or
+    layout is given (those layouts read a labels CSV of their own); other csv keys with another layout
+    are refused."""
     given = [k for k in _CSV_KEYS if getattr(s, k) not in (None, [])]
     layout = s.layout
-    if given and layout.strip().lower() == "auto":
+    name = layout.strip().lower()
+    parts = any(getattr(s, k) is not None for k in _PART_KEYS)
+    if given == ["labels"] and (name in _OWN_LABELS or (name == "auto" and parts)):
+        return layout
+    if given and name == "auto":
         layout = "csv"
     if given and layout.strip().lower() != "csv":
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
