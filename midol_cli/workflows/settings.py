@@ -84,8 +84,8 @@ class IngestSettings(Strict):
                          "earlier manifest's rows of files whose size and modification time did not change.")
     dataset: str | None = Field(None, description="Dataset name (default: the layout's, else the folder "
                                                   "name).")
-    labels: Path | None = Field(None, description="csv layout: the labels CSV; slides / volumes layouts: a CSV "
-                                "with slide (volume), label and patient columns.")
+    labels: Path | None = Field(None, description="csv layout: the labels CSV; slides / volumes layouts: a "
+                                "CSV with slide (volume), label and patient columns.")
     path_col: str | None = Field(None, description="csv layout: column with image paths.")
     label_col: str | None = Field(None, description="csv layout: column with labels.")
     group_col: str | None = Field(None, description="csv layout: patient/lesion column.")
@@ -95,18 +95,18 @@ class IngestSettings(Strict):
                                                                    "subgroup "
                                  "results, e.g. sex,age,site.")
 
-    mpp: float | None = Field(None, gt=0, description="slides: micrometres per pixel of the tiles (default 0.5, "
-                              "about 20x).")
+    mpp: float | None = Field(None, gt=0, description="slides: micrometres per pixel of the tiles (default "
+                              "0.5, about 20x).")
     tile: int | None = Field(None, ge=16, description="slides: tile side in pixels (default 224).")
-    min_tissue: float | None = Field(None, ge=0, le=1, description="slides: least tissue fraction a tile keeps "
-                                     "(default 0.5).")
+    min_tissue: float | None = Field(None, ge=0, le=1, description="slides: least tissue fraction a tile "
+                                     "keeps (default 0.5).")
     slide_mpp: float | None = Field(None, gt=0, description="slides: pixel size (um) of slides that record "
                                     "none (without it they are rejected).")
     max_tiles_per_slide: int | None = Field(None, ge=0, description="slides: a seeded uniform sample of this "
                                             "many tiles per slide (default 0: all).")
-    part: str | None = Field(None, description="slides / volumes: only part I of N, 0 <= I < N (a SLURM array "
-                             "index, or RANK/WORLD_SIZE), e.g. 0/3; `midol shard` takes the N manifests "
-                             "together.", json_schema_extra=cli(metavar="I/N"))
+    part: str | None = Field(None, description="slides / volumes: only part I of N, 0 <= I < N (a SLURM "
+                             "array index, or RANK/WORLD_SIZE), e.g. 0/3; `midol shard` takes the N "
+                             "manifests together.", json_schema_extra=cli(metavar="I/N"))
     frames: str | None = Field(None, description="volumes: all (default), central:N (N frames around the "
                                "middle) or every:K (frames 0, K, 2K, ...).",
                                json_schema_extra=cli(metavar="all|central:N|every:K"))
