@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "probe",
     "finetune",
     "report",
+    "heatmap",
     "study",
     "contamination",
     "tasks",

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
 
     settings_command(app, "probe", ProbeSettings, probe, help=(
         "Evaluate a frozen encoder on a task: linear probe (L2 chosen on val), k-NN (k=10,20), "
-        "label-fraction probes; 95% bootstrap CIs on test. Writes results/<model>/<task>/.\n\n"
+        "label-fraction probes; 95% bootstrap CIs on test; --protocol abmil: a case-level task's slides or "
+        "volumes by attention MIL with mean and max baselines. Writes results/<model>/<task>/.\n\n"
         "Examples:\n\n"
         "  midol probe --task synth-fundus --weights demo/runs/smoke --data demo/manifests/fundus.parquet\n\n"
         "  midol probe --task ham10000 --weights timm:swin_base_patch4_window7_224=swinb.pth --data "
@@ -30,6 +31,9 @@ def probe(ctx: typer.Context, args: list[str] | None, print_config: bool, **_fla
     s = command_settings(ctx, ProbeSettings, args, "probe", print_config=print_config)
     summary = run(s, progress_reporter(transient=True))
     c = console()
+    if "case_level" in summary:
+        print_cases(c, summary)
+        return
     lin = summary["protocols"]["linear"]["metrics"]
     m = summary["primary_metric"]
     v = lin[m]
@@ -41,4 +45,22 @@ def probe(ctx: typer.Context, args: list[str] | None, print_config: bool, **_fla
             c.print(f"  {k}: {m} {_fmt(kv['value'])}")
     for line in subgroup_lines(summary["protocols"]["linear"], m):
         c.print(line)
+    c.print(f"-> {summary['out_dir']}")
+
+
+def print_cases(c: Any, summary: dict[str, Any]) -> None:
+    """A case-level run: per protocol the mean ± SD over runs and the case-level bootstrap CI."""
+    from midol_cli.cli._common import _fmt
+
+    m, cl = summary["primary_metric"], summary["case_level"]
+    c.print(f"[bold]{summary['task']['name']}[/] / {summary['model']['id']}: {cl['unit']}-level, "
+            f"{summary['n']['test']} test {cl['unit']}s, {cl['runs']} abmil runs")
+    for name, block in summary["protocols"].items():
+        v, r = block["metrics"][m], block["runs"]["metrics"][m]
+        c.print(f"  {name}: {m} {_fmt(r['mean'])} ± {_fmt(r['std'])} over {len(r['values'])} run(s)  "
+                f"\\[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
+    if cl.get("n_skipped"):
+        c.print(f"  {cl['n_skipped']} {cl['unit']}(s) with no readable instance skipped")
+    for h in summary.get("heatmaps", []):
+        c.print(f"  heatmap ({h['why']}): {h['png']}")
     c.print(f"-> {summary['out_dir']}")

@@ -184,6 +184,17 @@ def case_data(emb_df: pd.DataFrame, task: Task, unit: str, *, expected: list[str
     return cd
 
 
+def check_case_labels(manifest_df: pd.DataFrame, task: Task, unit: str) -> None:
+    """The labels-vary-within-a-case refusal of ``case_data`` on a manifest's labelled rows of the task's
+    modality, so ``probe --protocol abmil`` refuses before anything is embedded."""
+    df = manifest_df
+    if "modality" in df.columns:
+        df = df[df["modality"].astype(str) == task.modality]
+    df = df[df["label"].fillna("").astype(str) != ""].reset_index(drop=True)
+    if len(df):
+        _check_labels(case_keys(df, unit), df["label"].astype(str).to_numpy(), task, unit)
+
+
 def _finish_splits(cd: CaseData, task: Task, carve_seed: int) -> None:
     """Carve val when absent; the one-line errors of a case split that cannot be evaluated."""
     for need in ("train", "test"):

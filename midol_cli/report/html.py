@@ -48,6 +48,7 @@ from midol_cli.report.html_figures import (  # noqa: F401  (MAX_IMAGE_PX, roc_po
     _td,
     esc,
     find_tsne,
+    heatmap_section,
     pretraining_section,
     roc_points,
 )
@@ -375,6 +376,7 @@ def _task_section(images: _Images, runs: dict[tuple[str, str], _Run], table: Tab
     parts.extend(_operating_table(run, p) for run, p in shown)
     parts.extend(_subgroup_section(images, run, p, row.metric) for run, p in shown)
     parts.append(_patient_table(shown))
+    parts.extend(heatmap_section(images, run) for run, _ in shown)
     return "\n".join(x for x in parts if x)
 
 

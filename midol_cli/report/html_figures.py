@@ -37,7 +37,9 @@ class _Run:
         protocols = self.summary.get("protocols") or {}
         if wanted in protocols:
             return wanted
-        return "finetune" if "finetune" in protocols else None
+        if "finetune" in protocols:
+            return "finetune"
+        return "abmil" if "abmil" in protocols else None  # a case-level run (probe --protocol abmil)
 
 
 def esc(value: Any) -> str:
@@ -306,6 +308,23 @@ def _roc_figure(images: _Images, run: _Run, protocol: str) -> str:
     fig = roc_figure(curves, title=f"{run.task} · {run.model} · {protocol}")
     caption = f"ROC curve ({kind}{protocol}, test)" + (f"; {note}" if note else "")
     return _figure(images.uri(_fig_png(fig)), caption)
+
+
+def heatmap_section(images: _Images, run: _Run) -> str:
+    """A case-level run's attention heatmaps (``probe --protocol abmil --heatmaps N``: summary.json's
+    ``heatmaps``, else the PNGs in its ``heatmaps/`` folder), embedded; "" when it has none."""
+    listed = run.summary.get("heatmaps") or []
+    items = [(run.folder / str(h.get("png", "")), f"{h.get('case', '')} ({h.get('why', '')})")
+             for h in listed]
+    if not items and (run.folder / "heatmaps").is_dir():
+        pngs = sorted((run.folder / "heatmaps").glob("heatmap_*.png"))
+        items = [(p, p.stem.removeprefix("heatmap_")) for p in pngs]
+    if not items:
+        return ""
+    figs = [_file_figure(images, p, f"attention: {cap}", f"{run.model}/{run.task}") for p, cap in items]
+    return (f'<h4>Attention heatmaps: {esc(run.model)}</h4><p class="note">Where the ABMIL head looked '
+            "(tile attention at its slide coordinates, or per B-scan); attention is not a segmentation.</p>"
+            '<div class="cards">' + "\n".join(figs) + "</div>")
 
 
 def find_tsne(paths: Iterable[Path]) -> list[Path]:

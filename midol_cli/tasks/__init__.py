@@ -47,6 +47,9 @@ class TaskSpec:
     subgroups: tuple[str, ...] = ()
     group_unit: str = ""
     aggregation: str = "mean"
+    # Case-level tasks (issue 27): the label belongs to a ``slide``, ``volume`` or ``patient`` and a case
+    # is the bag of its tiles / B-scans (eval/cases.py); "" for an image-level task.
+    case: str = ""
 
     def eval_task(self, split_source: str = ""):
         from midol_cli.eval.results import Task

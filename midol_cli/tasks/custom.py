@@ -77,6 +77,9 @@ class TaskFile(Strict):
         "image", description="what a labels row names: an image, or a slide / volume whose tiles inherit it")
     layout_options: dict[str, str | int | float] = Field(
         default_factory=dict, description="slide tiling (mpp, tile, ...) or volume frames (frames)")
+    case: Literal["slide", "volume", "patient"] | None = Field(
+        None, description="case-level task: the label belongs to a slide, volume or patient, a case is the "
+        "bag of its tiles / B-scans (probe --protocol abmil)")
     source: str = ""
     license: str = ""
     notes: str = ""
@@ -115,6 +118,9 @@ class TaskFile(Strict):
             raise ValueError(f"metric '{self.metric}' is not one of {', '.join(metric_names(self.label_type))}")
         if isinstance(self.label_column, list) and self.label_type != "multilabel":
             raise ValueError("a list of label columns (0/1 indicators) needs label_type multilabel")
+        if self.case is not None and self.label_type == "multilabel":
+            raise ValueError("a case-level task (case) takes one label per case: binary, multiclass or "
+                             "ordinal")
         if self.label_level != "image":
             return self._whole_file_labels()
         if self.layout_options:
@@ -192,6 +198,7 @@ def load_task_file(path: str | Path):
         subgroups=tuple(tf.subgroup_columns),
         group_unit=tf.group_unit,
         aggregation=tf.aggregation,
+        case=tf.case or "",
     )
 
 
@@ -346,6 +353,8 @@ def auto_tasks(df, source: str) -> list:
         label_type = "multilabel" if multi else ("binary" if len(names) == 2 else "multiclass")
         ds = sorted({datasets[i] for i in rows if datasets[i]})
         base = re.sub(r"[^A-Za-z0-9_.-]+", "-", ds[0] if len(ds) == 1 else mod).strip("-") or mod
+        case = "" if multi else auto_case(df.iloc[rows], [labels[i][0] for i in rows])
+        what = f"{len(rows)} labelled images" + (f", one label per {case}: case-level" if case else "")
         specs.append(
             TaskSpec(
                 f"auto-{base}",
@@ -356,13 +365,32 @@ def auto_tasks(df, source: str) -> list:
                 DEFAULT_METRIC[label_type],
                 f"derived by --task auto from {source}",
                 "the manifest's split (ingest)",
-                notes=f"{len(rows)} labelled images; label type and classes read from the data",
+                notes=f"{what}; label type and classes read from the data",
                 origin="auto",
+                case=case,
             )
         )
         if label_type != "multilabel":  # a one-class test split is refused here, before any embedding
             check_labels(specs[-1], df.iloc[rows], f"'{source}'")
     return specs
+
+
+def auto_case(df, labels: list[str]) -> str:
+    """``--task auto``'s case level: ``slide`` when every row is a slide tile (its meta names a ``slide``),
+    ``volume`` when every row is a B-scan (meta ``volume``), and the label is constant within each slide or
+    volume; else "" (an image-level task: a tile or B-scan labelled on its own)."""
+    from midol_cli.eval.subgroups import parse_meta
+
+    metas = parse_meta(df["meta"].tolist()) if "meta" in df.columns else [{}] * len(df)
+    for unit in ("slide", "volume"):
+        keys = [m.get(unit, "") for m in metas]
+        if not keys or not all(keys):
+            continue
+        first: dict[str, str] = {}
+        if all(first.setdefault(k, lab) == lab for k, lab in zip(keys, labels, strict=True)):
+            return unit
+        return ""
+    return ""
 
 
 def read_labels_table(path: Path):

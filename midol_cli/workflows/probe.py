@@ -40,9 +40,16 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     if spec.label_type == "segmentation":
         raise UsageError(f"task {spec.name} is a segmentation task: frozen-encoder probes do not apply; "
                          f"use `midol finetune --task {spec.name}`")
+    if s.protocol == "abmil":
+        check_case_task(spec, s)
     options = task_options(spec, [f"{k}={v}" for k, v in s.task_options.items()])
     src = resolve_data(spec, s.data, cache_root(), options)
     check_changed(src, s.allow_changed, reporter)
+    if s.protocol == "abmil" and Path(src).is_file():  # labels varying within a case: before embedding
+        from midol_cli.data.manifest import read_manifest
+        from midol_cli.eval.cases import check_case_labels
+
+        check_case_labels(read_manifest(src, only_ok=True)[0], spec.eval_task(spec.split), spec.case)
     model = load_eval_model(s.weights, s.model_id, lenient=s.weights_lenient)
     rep = getattr(model.encoder, "load_report", None)
     if rep is not None and rep.partial:
@@ -61,6 +68,11 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     out_dir = Path(s.out) / model.id / spec.name
     subgroups = None if s.subgroups is None else tuple(s.subgroups)
     warn_if_contaminated(s.weights, src, spec.name, lambda m: reporter.line(f"  {m}"), spec.modality)
+    if s.protocol == "abmil":
+        from midol_cli.workflows.probe_cases import probe_cases
+
+        return probe_cases(spec, s, emb, src, model, out_dir, subgroups, reporter,
+                           probe_log(model.id, spec, reporter))
     summary = run_probe_suite(
         emb, spec.eval_task(spec.split), out_dir, model_info=model.info(),
         data_hash=emb.attrs.get("data_hash", ""), fractions=tuple(s.fractions), seeds=tuple(range(s.seeds)),
@@ -70,6 +82,19 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     record_dropped(summary, dropped, out_dir)
     summary["out_dir"] = str(out_dir)
     return summary
+
+
+def check_case_task(spec, s: ProbeSettings) -> None:
+    """``--protocol abmil``'s one-line refusals before any work: a task without a case level, and
+    ``--heatmaps`` without matplotlib."""
+    if not spec.case:
+        raise UsageError(f"task {spec.name} is not case-level, so --protocol abmil has no cases: add `case: "
+                         "slide` (volume, patient) to its task file, or use --task auto on a manifest of slides "
+                         "or volumes whose labels are constant within each (else --protocol image)")
+    if s.heatmaps:
+        from midol_cli.plotting import require_plots
+
+        require_plots("--heatmaps")
 
 
 def probe_log(model_id: str, spec, reporter: Reporter):

@@ -235,6 +235,12 @@ class ProbeSettings(_Weights, _TaskSettings):
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the CIs.")
     allow_changed: bool = Field(False, description="Probe although raw files changed since ingest (size or "
                                 "modification time differs from the manifest) under their recorded labels.")
+    protocol: Literal["image", "abmil"] = Field(
+        "image", description="image: the per-image suite (linear, k-NN, fractions); abmil: a case-level task's "
+        "gated attention MIL on each case's tiles / B-scans, with the mean and max baselines.")
+    runs: int = Field(5, ge=1, description="ABMIL runs (seeds 0..N-1) of --protocol abmil: mean ± SD over runs.")
+    heatmaps: int = Field(0, ge=0, description="--protocol abmil: draw attention heatmaps of the N most "
+                          "confident true positives and the N worst errors (needs matplotlib).")
 
     @field_validator("fractions", mode="before")
     @classmethod

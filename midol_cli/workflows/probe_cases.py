@@ -1,0 +1,78 @@
+"""``midol probe --protocol abmil``: a case-level task's cases (the bags of each slide's tiles or each
+volume's B-scans, ``eval.cases``) through ABMIL and its mean and max baselines (``eval.case_protocols``),
+the results (summary.json, predictions.parquet with case ids, attention.parquet) and, with
+``--heatmaps N``, the attention heatmaps of the picked test cases (``report.heatmaps``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from midol_cli.progress import Reporter
+from midol_cli.workflows.settings import ProbeSettings
+
+HEATMAPS_DIR = "heatmaps"
+
+
+def _expected_cases(src: Path, modality: str, unit: str) -> tuple[list[str] | None, str]:
+    """(every case the manifest names, rejected slides and volumes too; the manifest's root), or
+    (None, "") for a shard dir."""
+    if not Path(src).is_file():
+        return None, ""
+    from midol_cli.data.manifest import read_manifest
+    from midol_cli.eval.cases import manifest_cases
+
+    df, meta = read_manifest(src)
+    df = df[df["modality"].astype(str) == modality]
+    labelled = df["label"].fillna("").astype(str) != ""
+    cases = manifest_cases(df[labelled | (df["status"] != "ok")], unit)
+    return cases, str(meta.get("root", ""))
+
+
+def probe_cases(spec, s: ProbeSettings, emb, src: Path, model, out_dir: Path,
+                subgroups: tuple[str, ...] | None, reporter: Reporter, log: Callable[[str], None]) -> dict[str, Any]:
+    """The case protocols of ``spec`` (a case-level ``TaskSpec``) on the embeddings ``emb`` (``log``: the
+    protocols' lines); the summary (with ``out_dir``) as written to ``out_dir/summary.json``."""
+    from midol_cli.eval.case_protocols import run_case_protocols, write_case_results
+    from midol_cli.eval.cases import case_data
+    from midol_cli.eval.subgroups import resolve_columns
+
+    task = spec.eval_task(spec.split)
+    unit = spec.case
+    expected, root = _expected_cases(src, spec.modality, unit)
+    cd = case_data(emb, task, unit, expected=expected)
+    for note in cd.notes:
+        reporter.line(f"  note: {note}")
+    run = run_case_protocols(
+        cd, task, runs=s.runs, seed=0, n_boot=s.n_boot,
+        subgroups=resolve_columns(emb, spec.subgroups, subgroups),
+        group_unit="patient" if unit != "patient" else "", min_positives=s.min_subgroup, log=log)
+    summary = write_case_results(out_dir, cd, task, run, model.info(), emb.attrs.get("data_hash", ""),
+                                 data_root=root)
+    for name, block in summary["protocols"].items():
+        if block.get("degenerate", {}).get("flag"):
+            d = block["degenerate"]
+            reporter.line(f"  warning: {model.id} on {spec.name}: {name} predicts '{d['top']}' for "
+                          f"{d['share']:.0%} of the test {unit}s (degenerate)")
+    if s.heatmaps:
+        summary["heatmaps"] = draw_run_heatmaps(out_dir, s.heatmaps)
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def draw_run_heatmaps(out_dir: Path, n: int) -> list[dict[str, str]]:
+    """``--heatmaps N``: the picked test cases' PNGs under ``out_dir/heatmaps``, recorded in summary.json
+    (``heatmaps``: case, why, png relative to the run dir) for the HTML report."""
+    import json
+
+    from midol_cli.artifacts import SUMMARY_NAME, write_json_atomic
+    from midol_cli.report.heatmaps import draw_heatmaps
+
+    drawn = draw_heatmaps(out_dir, None, out_dir / HEATMAPS_DIR, n=n)
+    listing = [{"case": case, "why": why, "png": Path(hm.png).relative_to(out_dir).as_posix()}
+               for case, why, hm in drawn]
+    summary = json.loads((out_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+    summary["heatmaps"] = listing
+    write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    return listing
