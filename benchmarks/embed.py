@@ -96,7 +96,10 @@ def main() -> None:
         b, p = statistics.median(tb), statistics.median(tp)
     res = {"device": str(dev), "arch": args.arch, "tiny": args.tiny, "img_size": args.img_size, "images": n,
            "bare_images_per_s": n / b, "embed_images_per_s": n / p, "ratio": b / p}
-    print(f"{n} images, {args.arch}{' (tiny)' if args.tiny else ''} @ {args.img_size}px on {dev}, batch {args.batch}")
+    print(
+        f"{n} images, {args.arch}{' (tiny)' if args.tiny else ''} @ {args.img_size}px on {dev}, batch "
+        f"{args.batch}"
+    )
     print(f"bare encoder forward : {res['bare_images_per_s']:9.1f} img/s")
     print(f"midol embed pipeline : {res['embed_images_per_s']:9.1f} img/s ({args.workers} workers)")
     print(f"ratio embed/bare     : {res['ratio']:.3f}  (target >= 0.9)")

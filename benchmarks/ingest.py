@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         base_ips, ing_ips = len(paths) / t_base, len(paths) / t_ing
         print(f"baseline (1 process: read+sha256+PIL decode): {t_base:6.2f}s  {base_ips:7.1f} images/s")
         print(
-            f"ingest --workers {args.workers} (+walk, splits, parquet): {t_ing:6.2f}s  {ing_ips:7.1f} images/s"
+            f"ingest --workers {args.workers} (+walk, splits, parquet): {t_ing:6.2f}s  {ing_ips:7.1f} "
+            "images/s"
         )
         print(f"ratio: {ing_ips / base_ips:.2f}x")
         # Another process competing for the cores flattens any parallel speed-up: say so.

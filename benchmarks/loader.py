@@ -51,7 +51,9 @@ def _one_image(args: tuple[Path, str, int, int]) -> None:
     path, _, size, seed = args
     rng = np.random.default_rng(seed)
     s = max(8, size // 4)
-    img = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).resize((s, s), Image.Resampling.BICUBIC)
+    img = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).resize(
+        (s, s), Image.Resampling.BICUBIC
+    )
     cx, cy = (rng.uniform(0.3, 0.7, 2) * s).tolist()
     r = rng.uniform(0.2, 0.45) * s
     disc = Image.new("L", (s, s), 0)
@@ -62,7 +64,9 @@ def _one_image(args: tuple[Path, str, int, int]) -> None:
     img.resize((size, size), Image.Resampling.BICUBIC).save(path, quality=90)
 
 
-def make_raw(root: Path, n: int, size: int, classes: int, seed: int, workers: int = 1) -> list[tuple[str, str]]:
+def make_raw(
+    root: Path, n: int, size: int, classes: int, seed: int, workers: int = 1
+) -> list[tuple[str, str]]:
     """Write n smooth random RGB JPEGs (size x size) under root/class_k/; return (relpath, class) pairs."""
     from multiprocessing import get_context
 
@@ -111,8 +115,16 @@ class MidolAugment:
         from midol_cli.data.transforms import ViewAugment
         from midol_cli.recipes import AugCfg
 
-        cfg = AugCfg(crop_scale=(0.08, 1.0), hflip=True, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
-                     jitter_p=1.0, blur_p=0.0)
+        cfg = AugCfg(
+            crop_scale=(0.08, 1.0),
+            hflip=True,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            jitter_p=1.0,
+            blur_p=0.0,
+        )
         self.view = ViewAugment(cfg, 224, cfg.crop_scale, normalise=False)
 
     def __call__(self, img):
@@ -250,8 +262,15 @@ def base_views(recipe_path: str = "recipes/base.yaml"):
 
     r = load_recipe(PretrainRecipe, recipe_path)
     d = r.data
-    return MultiViewTransform(d.modalities, d.augment, r.model.img_size, d.global_views, d.local_views, d.local_size,
-                              d.local_crop_scale), r
+    return MultiViewTransform(
+        d.modalities,
+        d.augment,
+        r.model.img_size,
+        d.global_views,
+        d.local_views,
+        d.local_size,
+        d.local_crop_scale,
+    ), r
 
 
 class _DecodeOnly:
@@ -290,10 +309,14 @@ def per_core(shards: Path, n: int, batch_size: int, repeats: int, goal: float) -
     torch.set_num_threads(1)
     views, recipe = base_views()
     d = recipe.data
-    print(f"per-core: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch threads "
-          f"{torch.get_num_threads()}, num_workers=0, batch {batch_size}, {repeats} passes of {n} images each")
-    print(f"  base recipe views: {d.global_views} global x {recipe.model.img_size} px + {d.local_views} local x "
-          f"{d.local_size} px, augment of the shards' modality (fundus)")
+    print(
+        f"per-core: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch threads "
+        f"{torch.get_num_threads()}, num_workers=0, batch {batch_size}, {repeats} passes of {n} images each"
+    )
+    print(
+        f"  base recipe views: {d.global_views} global x {recipe.model.img_size} px + "
+        f"{d.local_views} local x {d.local_size} px, augment of the shards' modality (fundus)"
+    )
     stages = {
         "(a)  decode only (PIL, whole image)": ("pil", _DecodeOnly(), None),
         "(a') decode under the views' crops only": ("lazy", _CropDecodeOnly(views), None),
@@ -319,12 +342,16 @@ def per_core(shards: Path, n: int, batch_size: int, repeats: int, goal: float) -
     # a loaded machine gives.
     for key in list(stages)[2:]:
         best, med = max(rates[key]), statistics.median(rates[key])
-        print(f"cores for {goal:.0f} img/s, {key[:4].strip()}: {goal:.0f} / {best:.1f} = {goal / best:.2f} -> "
-              f"{math.ceil(goal / best)} cores; with 1.3x headroom {math.ceil(1.3 * goal / best)} cores "
-              f"(from the median pass: {math.ceil(goal / med)}, with headroom {math.ceil(1.3 * goal / med)})")
+        print(
+            f"cores for {goal:.0f} img/s, {key[:4].strip()}: {goal:.0f} / {best:.1f} = {goal / best:.2f} -> "
+            f"{math.ceil(goal / best)} cores; with 1.3x headroom {math.ceil(1.3 * goal / best)} cores "
+            f"(from the median pass: {math.ceil(goal / med)}, with headroom {math.ceil(1.3 * goal / med)})"
+        )
 
 
-def decode_paths(shards: Path, n: int, batch_size: int, workers: int, epochs: int, which: str, device: str) -> None:
+def decode_paths(
+    shards: Path, n: int, batch_size: int, workers: int, epochs: int, which: str, device: str
+) -> None:
     """Images/s of views on ``device``: CPU path (decode + augment in workers, then copy) vs GPU path."""
     import torch
 
@@ -333,8 +360,10 @@ def decode_paths(shards: Path, n: int, batch_size: int, workers: int, epochs: in
     from midol_cli.data.transforms import collate_views
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--decode: no CUDA device on this machine (the GPU path needs one; --device cpu only "
-                         "checks that it runs)")
+        raise SystemExit(
+            "--decode: no CUDA device on this machine (the GPU path needs one; --device cpu only "
+            "checks that it runs)"
+        )
     dev = torch.device(device)
     views, recipe = base_views()
     on_dev = GpuViews(views, dev)
@@ -348,8 +377,16 @@ def decode_paths(shards: Path, n: int, batch_size: int, workers: int, epochs: in
     rates: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(epochs):
         for key, (tf, collate) in paths.items():
-            loader = make_loader(shards, tf, batch_size, num_workers=workers, collate_fn=collate, drop_last=False,
-                                 shuffle_buffer=256, decode_mode="lazy")
+            loader = make_loader(
+                shards,
+                tf,
+                batch_size,
+                num_workers=workers,
+                collate_fn=collate,
+                drop_last=False,
+                shuffle_buffer=256,
+                decode_mode="lazy",
+            )
             count = 0
             sync()
             t0 = time.perf_counter()
@@ -360,11 +397,16 @@ def decode_paths(shards: Path, n: int, batch_size: int, workers: int, epochs: in
             sync()
             rates[key].append(count / (time.perf_counter() - t0))
     d = recipe.data
-    print(f"views to {dev} ({d.global_views} x {recipe.model.img_size} px + {d.local_views} x {d.local_size} px, "
-          f"base recipe), {workers} workers, batch {batch_size}, best of {epochs} passes (worker start-up included):")
+    print(
+        f"views to {dev} ({d.global_views} x {recipe.model.img_size} px + "
+        f"{d.local_views} x {d.local_size} px, base recipe), {workers} workers, batch {batch_size}, "
+        f"best of {epochs} passes (worker start-up included):"
+    )
     for key, r in rates.items():
         where = "workers decode + augment, copy" if key == "cpu" else "workers draw, device decodes + renders"
-        print(f"  data.decode={key} ({where}): {max(r):8.1f} img/s (passes {', '.join(f'{x:.1f}' for x in r)})")
+        print(
+            f"  data.decode={key} ({where}): {max(r):8.1f} img/s (passes {', '.join(f'{x:.1f}' for x in r)})"
+        )
     if len(rates) == 2:
         print(f"  ratio gpu/cpu: {max(rates['gpu']) / max(rates['cpu']):.2f}x")
 
@@ -376,8 +418,15 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=512, help="shard --max-side (default 512)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders (default 2)")
-    ap.add_argument("--epochs", type=int, default=3, help="interleaved passes per loader; the best is reported (default 3)")
-    ap.add_argument("--workdir", type=Path, default=None, help="keep generated data here (default: a temp dir)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="interleaved passes per loader; the best is reported (default 3)",
+    )
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="keep generated data here (default: a temp dir)"
+    )
     ap.add_argument(
         "--allocator", choices=("pinned", "default"), default="pinned",
         help="pinned (default): fix glibc's mmap/trim thresholds for both loaders, see _pin_allocator",
@@ -386,10 +435,17 @@ def main() -> None:
         "--transform", choices=("midol", "torchvision", "both"), default="both",
         help="whose implementation of the transform both loaders apply (default: both, one after the other)",
     )
-    ap.add_argument("--per-core", action="store_true",
-                    help="one-core rates of decode / decode + base-recipe views and the cores per GPU (see above)")
-    ap.add_argument("--goal", type=float, default=1600.0, help="--per-core: images/s one GPU takes (default 1600)")
-    ap.add_argument("--repeats", type=int, default=5, help="--per-core: interleaved passes per stage (default 5)")
+    ap.add_argument(
+        "--per-core",
+        action="store_true",
+        help="one-core rates of decode / decode + base-recipe views and the cores per GPU (see above)",
+    )
+    ap.add_argument(
+        "--goal", type=float, default=1600.0, help="--per-core: images/s one GPU takes (default 1600)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="--per-core: interleaved passes per stage (default 5)"
+    )
     ap.add_argument("--decode", choices=("gpu", "both"), default=None,
                     help="measure views delivered to --device: the data.decode=gpu path, or both paths")
     ap.add_argument("--device", default="cuda", help="--decode: the device (default cuda)")
@@ -413,13 +469,17 @@ def main() -> None:
         write_manifest_for(raw, files, tmp / "manifest.parquet")
         t0 = time.perf_counter()
         idx = write_shards(
-            [tmp / "manifest.parquet"], shards, ShardParams(max_side=args.max_side), workers=max(1, args.workers)
+            [tmp / "manifest.parquet"],
+            shards,
+            ShardParams(max_side=args.max_side),
+            workers=max(1, args.workers),
         )
         t_shard = time.perf_counter() - t0
         raw_mb = sum((raw / r).stat().st_size for r, _ in files) / 2**20
         print(
             f"data: {args.n} x {args.size}px JPEG ({raw_mb:.1f} MiB) generated in {t_gen:.1f}s; "
-            f"{idx['totals']['shards']} shards ({idx['totals']['bytes'] / 2**20:.1f} MiB, max side {args.max_side}) "
+            f"{idx['totals']['shards']} shards ({idx['totals']['bytes'] / 2**20:.1f} MiB, max side "
+            f"{args.max_side}) "
             f"written in {t_shard:.1f}s with {args.workers} workers; allocator {args.allocator}"
         )
 
@@ -461,7 +521,10 @@ def main() -> None:
                     rates[key].append(rate)
             best = {key: max(r) for key, r in rates.items()}
             a, b = best["a"], best["b"]
-            print(f"transform: {kind} ({'midol_cli.data.transforms' if kind == 'midol' else 'torchvision.transforms'})")
+            print(
+                f"transform: {kind} "
+                f"({'midol_cli.data.transforms' if kind == 'midol' else 'torchvision.transforms'})"
+            )
             how = "decode under the crop" if kind == "midol" else "full decode"
             print(f"  (a) midol shards  (make_loader, {how}, {args.workers} workers): {a:8.1f} img/s")
             if "a-full" in best:
@@ -473,7 +536,8 @@ def main() -> None:
             bound = (c["decode_raw"] + c["augment_raw"]) / (c["decode_shard"] + c["augment_shard"])
             print(
                 f"  1-core ms/image: decode raw {c['decode_raw']:.2f}, decode shard {c['decode_shard']:.2f}, "
-                f"augment at {args.size}px {c['augment_raw']:.2f}, at {args.max_side}px {c['augment_shard']:.2f} "
+                f"augment at {args.size}px {c['augment_raw']:.2f}, at {args.max_side}px "
+                f"{c['augment_shard']:.2f} "
                 f"-> ratio bound with full decodes {bound:.2f}x"
             )
             if "lazy_shard" in c:

@@ -37,7 +37,9 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder in both variants")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None)
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100/H200 SXM)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100/H200 SXM)"
+    )
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("overrides", nargs="*", help="recipe key=value overrides")
     args = ap.parse_args()
@@ -124,7 +126,9 @@ def main() -> None:
     # blocks cancels; the median of these is the figure quoted, with its range.
     ratios = sorted(f / b_ for b_, f in zip(bare_t, full_t, strict=True))
     res = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu x{torch.get_num_threads()} threads",
         "recipe": args.recipe,
         "arch": r.model.arch,
         "img_size": s,
@@ -161,8 +165,14 @@ def main() -> None:
     print(f"overhead        {res['overhead_pct']:+.1f}% (median of {len(ratios)} paired blocks; "
           f"range {lo:+.1f}% .. {hi:+.1f}%; target < +10%)")
     if "mfu_pct" in res:
-        print(f"FLOPs/image     {res['gflops_per_image']:.1f} GFLOP; {res['tflops']:.0f} TFLOP/s; MFU {res['mfu_pct']:.1f}%")
-        print(f"peak memory     bare {res['peak_mem_gib_bare']:.1f} GiB, full {res['peak_mem_gib_full']:.1f} GiB")
+        print(
+            f"FLOPs/image     {res['gflops_per_image']:.1f} GFLOP; {res['tflops']:.0f} TFLOP/s; MFU "
+            f"{res['mfu_pct']:.1f}%"
+        )
+        print(
+            f"peak memory     bare {res['peak_mem_gib_bare']:.1f} GiB, full {res['peak_mem_gib_full']:.1f} "
+            "GiB"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 

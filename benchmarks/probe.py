@@ -62,7 +62,9 @@ def main() -> None:
         t_sk = min(t_sk, time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        probe = fit_linear_probe(d["X_train"], d["y_train"], d["X_val"], d["y_val"], "multiclass", args.classes)
+        probe = fit_linear_probe(
+            d["X_train"], d["y_train"], d["X_val"], d["y_val"], "multiclass", args.classes
+        )
         t_probe = min(t_probe, time.perf_counter() - t0)
     acc_sk = float((sk.predict(d["X_test"]) == d["y_test"]).mean())
     acc_probe = float((probe.predict_proba(d["X_test"]).argmax(1) == d["y_test"]).mean())

@@ -13,7 +13,8 @@ stage in a fresh process so that its peak RSS is its own:
 
 and prints, per stage, the time and peak-memory ratios 4N / N. Memory is the larger of the stage
 process's own peak RSS and the peak, sampled every 0.2 s, of the proportional set size of its whole
-process tree (ingest's and shard's worker pools included; shared pages counted once). Linear costs give a time ratio near 4
+process tree (ingest's and shard's worker pools included; shared pages counted once). Linear costs give a
+time ratio near 4
 and a memory ratio near 1 (fixed costs: the interpreter, torch) to 4 (data held whole). Targets:
 time ratio <= 4.6 and memory ratio <= 2 for every stage; re-ingest below 10% of the first ingest
 (judged with --size 256 or more, where decoding dominates the first ingest as it does with real images).
@@ -204,8 +205,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for ingest, shard and data loading")
     ap.add_argument("--keep", type=Path, default=None, help="keep the generated files here")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    ap.add_argument("--size", type=int, default=64,
-                    help="image side in pixels (64: bookkeeping dominates ingest; 512: decoding does, as with real data)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="image side in pixels (64: bookkeeping dominates ingest; 512: decoding does, as with real data)",
+    )
     ap.add_argument("--stages", default=",".join(STAGES),
                     help="comma-separated subset, in pipeline order (each needs the ones before it)")
     args = ap.parse_args()
@@ -219,7 +224,10 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\nstage       t(N) s  t(4N) s  time x  (<= {TIME_TARGET})   mem(N)  mem(4N)  mem x  (<= {MEM_TARGET})  MiB")
+    print(
+        f"\nstage       t(N) s  t(4N) s  time x  (<= {TIME_TARGET})   mem(N)  mem(4N)  mem x  (<= "
+        f"{MEM_TARGET})  MiB"
+    )
     ok = True
     rows = {}
     for s in stages:
@@ -233,8 +241,10 @@ def main() -> None:
         ok &= good
         rows[s] = {"n": args.n, "seconds": [a["seconds"], b["seconds"]], "rss_mib": [mem_a, mem_b],
                    "time_ratio": tr, "mem_ratio": mr}
-        print(f"{s:10s} {a['seconds']:7.1f} {b['seconds']:8.1f} {tr:7.2f}  {'ok  ' if good else 'OVER'}       "
-              f"{mem_a:7.0f} {mem_b:8.0f} {mr:6.2f}")
+        print(
+            f"{s:10s} {a['seconds']:7.1f} {b['seconds']:8.1f} {tr:7.2f}  {'ok  ' if good else 'OVER'}       "
+            f"{mem_a:7.0f} {mem_b:8.0f} {mr:6.2f}"
+        )
     frac = None
     if "reingest" in stages:
         frac = large["reingest"]["seconds"] / max(large["ingest"]["seconds"], 1e-9)
@@ -243,8 +253,13 @@ def main() -> None:
         # splits, write): the fraction is reported, not judged.
         judged = args.size >= 256
         ok &= frac <= REINGEST_TARGET or not judged
-        verdict = f"target <= {REINGEST_TARGET:.0%}" if judged else "not judged below --size 256: run --size 512"
-        print(f"\nre-ingest of the unchanged {4 * args.n:,}-file folder: {frac:.1%} of the first ingest ({verdict})")
+        verdict = (
+            f"target <= {REINGEST_TARGET:.0%}" if judged else "not judged below --size 256: run --size 512"
+        )
+        print(
+            f"\nre-ingest of the unchanged {4 * args.n:,}-file folder: {frac:.1%} of the first ingest "
+            f"({verdict})"
+        )
     print("all stages within target" if ok else "some stage is over its target")
     if args.json:
         args.json.write_text(json.dumps({"stages": rows, "reingest_fraction": frac}, indent=1))

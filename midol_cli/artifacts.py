@@ -87,7 +87,8 @@ def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
 
 
 def prediction_table(classes, task_name: str, model_id: str, parts: list[tuple]):
-    """``predictions.parquet``'s table from ``[(protocol, seed, sample_ids, groups, labels, probs [N, C]), ...]``:
+    """``predictions.parquet``'s table from ``[(protocol, seed, sample_ids, groups, labels, probs [N, C]),
+    ...]``:
     the one writer of the schema (probe suites and trained protocols alike)."""
     import numpy as np
     import pyarrow as pa

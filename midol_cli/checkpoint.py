@@ -52,7 +52,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = state["numpy"]
-    np.random.set_state((npst[0], npst[1].numpy().astype("uint32"), int(npst[2]), int(npst[3]), float(npst[4])))
+    np.random.set_state(
+        (npst[0], npst[1].numpy().astype("uint32"), int(npst[2]), int(npst[3]), float(npst[4]))
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -65,7 +67,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     d = ckpt_dir(run_dir)
     if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if CKPT_RE.match(p.name)), key=lambda p: int(CKPT_RE.match(p.name)[1]))
+    return sorted(
+        (p for p in d.iterdir() if CKPT_RE.match(p.name)), key=lambda p: int(CKPT_RE.match(p.name)[1])
+    )
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -103,8 +107,14 @@ def sharded_temp(run_dir: str | Path, step: int) -> Path:
     return ckpt_dir(run_dir) / f".ckpt-{step:08d}.dcp.tmp"
 
 
-def save_sharded(run_dir: str | Path, step: int, tensors: dict[str, Any], meta: dict[str, Any], keep_last: int,
-                 is_main: bool) -> Path:
+def save_sharded(
+    run_dir: str | Path,
+    step: int,
+    tensors: dict[str, Any],
+    meta: dict[str, Any],
+    keep_last: int,
+    is_main: bool,
+) -> Path:
     """Collective (every rank calls it): write ``checkpoints/ckpt-<step>.dcp`` with DCP, atomically.
 
     ``tensors`` holds this rank's state dicts (DTensor shards and plain tensors); no rank gathers the
@@ -168,8 +178,10 @@ def save_tensors(obj: Any, target: str | Path) -> None:
             except OSError:
                 full = False
         if full:
-            raise RunFailed(f"cannot write '{target}': the disk is full (no space left on device); free space "
-                            "and resume with --resume auto") from None
+            raise RunFailed(
+                f"cannot write '{target}': the disk is full (no space left on device); free space "
+                "and resume with --resume auto"
+            ) from None
         raise
 
 
@@ -179,7 +191,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         if not (path / DCP_META).is_file():
-            raise UsageError(f"'{path}' is not a complete sharded checkpoint (no {DCP_META}); use an earlier one")
+            raise UsageError(
+                f"'{path}' is not a complete sharded checkpoint (no {DCP_META}); use an earlier one"
+            )
         return _load_dcp_full(path)
     return _load_file(path)
 
@@ -194,10 +208,16 @@ def _load_dcp_full(path: Path) -> dict[str, Any]:
     state = load_sharded_meta(path)
     tensors: dict[str, Any] = {}
     try:
-        _load_state_dict(tensors, storage_reader=FileSystemReader(path),
-                         planner=_EmptyStateDictLoadPlanner(keys={"student", "teacher", "intra"}), no_dist=True)
+        _load_state_dict(
+            tensors,
+            storage_reader=FileSystemReader(path),
+            planner=_EmptyStateDictLoadPlanner(keys={"student", "teacher", "intra"}),
+            no_dist=True,
+        )
     except Exception as e:
-        raise UsageError(f"sharded checkpoint '{path}' is unreadable ({type(e).__name__}); it may be incomplete") from None
+        raise UsageError(
+            f"sharded checkpoint '{path}' is unreadable ({type(e).__name__}); it may be incomplete"
+        ) from None
     return {**state, **tensors}
 
 
@@ -213,7 +233,9 @@ def _load_file(path: Path, shown: Path | None = None) -> dict[str, Any]:
                 f"checkpoint '{shown}' contains pickled code, which midol refuses to load; "
                 "only checkpoints of plain tensors and values are accepted"
             ) from None
-        raise UsageError(f"checkpoint '{shown}' is unreadable ({type(e).__name__}); it may be truncated") from None
+        raise UsageError(
+            f"checkpoint '{shown}' is unreadable ({type(e).__name__}); it may be truncated"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UsageError(f"'{shown}' is not a midol checkpoint (pre-training or fine-tuning)")
     return obj
@@ -234,7 +256,10 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
                 raise UsageError(f"no checkpoint found in '{p}'")
             return found[-1]
         if not p.is_file():
-            raise UsageError(f"checkpoint '{p}' does not exist; use --resume auto, a ckpt-*.pt file or a ckpt-*.dcp directory")
+            raise UsageError(
+                f"checkpoint '{p}' does not exist; use --resume auto, a ckpt-*.pt file or a ckpt-*.dcp "
+                "directory"
+            )
         return p
     import sys
     import zipfile
@@ -248,7 +273,10 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
                 return p
         elif os.path.getsize(p) > 0 and zipfile.is_zipfile(p):
             return p
-        print(f"warning: checkpoint '{p}' is truncated or damaged; resuming from an earlier one", file=sys.stderr)
+        print(
+            f"warning: checkpoint '{p}' is truncated or damaged; resuming from an earlier one",
+            file=sys.stderr,
+        )
     return None
 
 

@@ -81,7 +81,9 @@ def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 

@@ -43,7 +43,9 @@ def check_modality(name: str, declared: tuple[str, ...] | list[str] = (), allow_
     if name in known:
         return name
     if name in _ALIASES:
-        raise UsageError(f"modality '{raw}' is spelled '{_ALIASES[name]}' in midol; use --modality {_ALIASES[name]}")
+        raise UsageError(
+            f"modality '{raw}' is spelled '{_ALIASES[name]}' in midol; use --modality {_ALIASES[name]}"
+        )
     if not _NAME.match(name):
         raise UsageError(
             f"modality '{raw}' is not a valid name: use lowercase letters, digits and '_' (e.g. 'ultrasound')"

@@ -37,8 +37,11 @@ def side_plot(fn: F) -> F:
         if not has("matplotlib"):
             if not _warned_skip:
                 _warned_skip = True
-                print(f"warning: matplotlib is not installed, so PNG figures are skipped: {install_hint('plots')}",
-                      file=sys.stderr)
+                print(
+                    "warning: matplotlib is not installed, so PNG figures are skipped: "
+                    f"{install_hint('plots')}",
+                    file=sys.stderr,
+                )
             return None
         return fn(*args, **kwargs)
 
@@ -96,7 +99,9 @@ def plot_reliability(bins: Sequence[dict[str, Any]], path: str | Path, title: st
     """A reliability diagram: accuracy against mean confidence per bin (``eval.calibration`` rows),
     the diagonal of perfect calibration, and the count of each bin as bars below."""
     plt = pyplot()
-    fig, (ax, axn) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, axn) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     try:
         used = [b for b in bins if b["n"]]
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")

@@ -12,9 +12,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_loader_benchmark_runs_and_prints_both_ratios(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "loader.py"), "--n", "24", "--size", "96", "--max-side", "64",
-         "--epochs", "1", "--workers", "1", "--batch-size", "8", "--workdir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "loader.py"),
+            "--n",
+            "24",
+            "--size",
+            "96",
+            "--max-side",
+            "64",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--batch-size",
+            "8",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout

@@ -32,7 +32,9 @@ def test_hint_has_and_require(monkeypatch):
     class Rejected(Exception):
         pass
 
-    with pytest.raises(Rejected, match=r"^HDF5 image needs midol_no_such_module: pip install 'midol\[hdf5\]'$"):
+    with pytest.raises(
+        Rejected, match=r"^HDF5 image needs midol_no_such_module: pip install 'midol\[hdf5\]'$"
+    ):
         extras.require("midol_no_such_module", "hdf5", "HDF5 image", error=Rejected)
 
 
@@ -89,7 +91,9 @@ def write_dicom_set(folder: Path) -> dict[str, Path]:
     }
 
 
-J2K_REASON = "JPEG 2000 DICOM needs pylibjpeg-openjpeg: pip install 'midol[dicom]' (Pillow could not decode it)"
+J2K_REASON = (
+    "JPEG 2000 DICOM needs pylibjpeg-openjpeg: pip install 'midol[dicom]' (Pillow could not decode it)"
+)
 HTJ2K_CLASS = "HTJ2K DICOM needs pylibjpeg-openjpeg: pip install 'midol[dicom]'"
 
 
@@ -103,7 +107,8 @@ def test_dicom_without_the_dicom_extra_names_it(tmp_path):
             sys.modules[m] = None
         from midol_cli.data.ingest import ingest_folder
         from midol_cli.data.manifest import read_manifest
-        s = ingest_folder({str(tmp_path / "raw")!r}, "xray", layout="imagefolder", out={str(tmp_path / "m.parquet")!r}, workers=1,
+        s = ingest_folder({str(tmp_path / "raw")!r}, "xray", layout="imagefolder",
+                          out={str(tmp_path / "m.parquet")!r}, workers=1,
                           isolate=False)  # decode here, where the plugins are hidden
         df, _ = read_manifest({str(tmp_path / "m.parquet")!r})
         rows = {{p.split("/")[-1]: r for p, r in zip(df["path"], df["reason"])}}
@@ -147,7 +152,9 @@ def test_hdf5_without_h5py_names_the_hdf5_extra(tmp_path, monkeypatch):
     with pytest.raises(readers.ImageRejected) as e:
         readers.read_image(f"{tmp_path / 'x.h5'}#0")
     assert e.value.reason == "HDF5 image needs h5py: pip install 'midol[hdf5]'"
-    with pytest.raises(UsageError, match=r"^the pcam layout \(HDF5 patch files\) needs h5py: pip install 'midol\[hdf5\]'$"):
+    with pytest.raises(
+        UsageError, match=r"^the pcam layout \(HDF5 patch files\) needs h5py: pip install 'midol\[hdf5\]'$"
+    ):
         list(get_layout("pcam").scan(tmp_path / "p", LayoutOptions()))
 
 
@@ -176,17 +183,28 @@ def test_side_plots_are_skipped_with_one_warning(tmp_path, no_matplotlib, capsys
     assert plot_study({}, tmp_path / "study.png") is None
     assert list(tmp_path.iterdir()) == []
     warned = _warnings(capsys.readouterr().err)
-    assert warned == ["warning: matplotlib is not installed, so PNG figures are skipped: pip install 'midol[plots]'"]
+    assert warned == [
+        "warning: matplotlib is not installed, so PNG figures are skipped: pip install 'midol[plots]'"
+    ]
 
 
 def test_probe_run_goes_on_without_matplotlib(tmp_path, no_matplotlib, capsys):
     from midol_cli.eval.results import Task, run_probe_suite
 
     rng = np.random.default_rng(0)
-    rows = [{"sample_id": f"s{g}", "modality": "dermoscopy", "label": "ab"[g % 2], "labels": ["ab"[g % 2]],
-             "group": f"P{g}", "split": ["train", "train", "val", "test"][g % 4],
-             "embedding": (rng.normal(size=8) + 3 * (g % 2)).astype(np.float32).tolist(), "router_probs": None}
-            for g in range(80)]
+    rows = [
+        {
+            "sample_id": f"s{g}",
+            "modality": "dermoscopy",
+            "label": "ab"[g % 2],
+            "labels": ["ab"[g % 2]],
+            "group": f"P{g}",
+            "split": ["train", "train", "val", "test"][g % 4],
+            "embedding": (rng.normal(size=8) + 3 * (g % 2)).astype(np.float32).tolist(),
+            "router_probs": None,
+        }
+        for g in range(80)
+    ]
     out = tmp_path / "res"
     task = Task("mini", "dermoscopy", "binary", ("a", "b"), "auroc")
     run_probe_suite(pd.DataFrame(rows), task, out, model_info={"id": "m", "weights": "w", "weights_hash": "h",
@@ -203,7 +221,9 @@ def test_explicit_plots_are_an_error_naming_the_extra(tmp_path, no_matplotlib):
     with pytest.raises(UsageError, match=r"^--plot needs matplotlib: pip install 'midol\[plots\]'$"):
         plotting.require_plots("--plot")
     df = pd.DataFrame({"embedding": [[0.0, 1.0]] * 6, "modality": ["xray"] * 6, "label": ["a"] * 6})
-    with pytest.raises(UsageError, match=r"^--plot \(t-SNE maps\) needs matplotlib: pip install 'midol\[plots\]'$"):
+    with pytest.raises(
+        UsageError, match=r"^--plot \(t-SNE maps\) needs matplotlib: pip install 'midol\[plots\]'$"
+    ):
         embedding_maps(df, tmp_path / "maps")
     with pytest.raises(UsageError, match=r"needs matplotlib: pip install 'midol\[plots\]'$"):
         plot_bars(["t"], ["m"], {("t", "m"): 1.0}, {}, tmp_path / "bars.png", "y")

@@ -81,7 +81,10 @@ def test_a_writer_may_wait_for_the_holder_to_finish(tmp_path):
     lines: list[str] = []
     try:
         t0 = time.monotonic()
-        with pytest.raises(UsageError, match=rf"pid {child.pid}"), output_lock(out, wait=0.6, log=lines.append):
+        with (
+            pytest.raises(UsageError, match=rf"pid {child.pid}"),
+            output_lock(out, wait=0.6, log=lines.append),
+        ):
             pass
         assert time.monotonic() - t0 >= 0.6
         assert lines == [f"waiting for pid {child.pid} to finish writing output '{out}'"]

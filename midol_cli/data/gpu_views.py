@@ -125,14 +125,18 @@ def collate_encoded(batch: list) -> dict[str, Any]:
     n_views = len(gpu[0][1][3]) if gpu else len(cpu[0][1][1]) + len(cpu[0][1][2])
     n_global = len(cpu[0][1][1]) if cpu else None
     out: dict[str, Any] = {
-        "encoded": torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8),
+        "encoded": torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        if blob
+        else torch.empty(0, dtype=torch.uint8),
         "lengths": torch.tensor([len(b[1]) for _, b in gpu], dtype=torch.long),
         "gpu_index": torch.tensor([i for i, _ in gpu], dtype=torch.long),
         "gray": torch.tensor([b[2] for _, b in gpu], dtype=torch.bool),
         "views": [_pack([b[3][v] for _, b in gpu]) for v in range(n_views)] if gpu else [],
         "cpu_index": torch.tensor([i for i, _ in cpu], dtype=torch.long),
         "cpu_global": [torch.stack([b[1][v] for _, b in cpu]) for v in range(n_global)] if cpu else [],
-        "cpu_local": [torch.stack([b[2][v] for _, b in cpu]) for v in range(n_views - n_global)] if cpu else [],
+        "cpu_local": [torch.stack([b[2][v] for _, b in cpu]) for v in range(n_views - n_global)]
+        if cpu
+        else [],
         "modality": torch.tensor([b[4] if b[0] == "gpu" else b[3] for b in batch], dtype=torch.long),
         "sample_key": torch.tensor([b[5] if b[0] == "gpu" else b[4] for b in batch], dtype=torch.long),
     }
@@ -163,19 +167,25 @@ def decode_jpegs(parts: list[torch.Tensor], device: torch.device | str) -> list[
             try:
                 out.append(decode_jpeg(p, mode=ImageReadMode.RGB, device=device))
             except RuntimeError as e:
-                log.warning("GPU JPEG decode failed (%s); sample dropped from the batch", str(e).splitlines()[0])
+                log.warning(
+                    "GPU JPEG decode failed (%s); sample dropped from the batch", str(e).splitlines()[0]
+                )
                 out.append(None)
         return out
 
 
-def colour_affine(codes: torch.Tensor, factors: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def colour_affine(
+    codes: torch.Tensor, factors: torch.Tensor, mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A [N, 3, 3], t [N, 3])``, float64: ``ColourJitter.affine_lists`` for N views at once.
 
     ``codes`` / ``factors`` ``[N, 4]``: the operations in the order they apply (``OPS`` index + 1;
     0 = none), ``mean`` ``[N, 3]``: each view's mean colour before the jitter."""
     n, dev = codes.shape[0], codes.device
     eye = torch.eye(3, dtype=torch.float64, device=dev).expand(n, 3, 3)
-    luma, yiq, yiq_inv = (_to(torch.tensor(c, dtype=torch.float64), dev) for c in (_LUMA, _YIQ, _yiq_inverse()))
+    luma, yiq, yiq_inv = (
+        _to(torch.tensor(c, dtype=torch.float64), dev) for c in (_LUMA, _YIQ, _yiq_inverse())
+    )
     a, t, mu = eye.clone(), torch.zeros(n, 3, dtype=torch.float64, device=dev), mean.double()
     for k in range(codes.shape[1]):
         code, f = codes[:, k], factors[:, k].double()
@@ -217,7 +227,9 @@ def gaussian_blur(x: torch.Tensor, sigma: list[float]) -> torch.Tensor:
     return F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c).view(n, c, h, w)
 
 
-def render_views(images: list[torch.Tensor], p: dict[str, torch.Tensor], gray: torch.Tensor, size: int) -> torch.Tensor:
+def render_views(
+    images: list[torch.Tensor], p: dict[str, torch.Tensor], gray: torch.Tensor, size: int
+) -> torch.Tensor:
     """One view of each decoded image (RGB uint8 ``[3, H, W]``, on the device) as uint8
     ``[N, 3, size, size]``, from that view's packed parameters (``collate_encoded``)."""
     import torch.nn.functional as F
@@ -292,7 +304,12 @@ class GpuViews:
             if len(cpu_rows):
                 full[cpu_rows] = _to(cpu[v if v < self.n_global else v - self.n_global], dev)
             (out_g if v < self.n_global else out_l).append(full)
-        out = {"global": out_g, "local": out_l, "modality": batch["modality"], "sample_key": batch["sample_key"]}
+        out = {
+            "global": out_g,
+            "local": out_l,
+            "modality": batch["modality"],
+            "sample_key": batch["sample_key"],
+        }
         if len(ok) < len(images):  # refused by the decoder: drop those rows
             bad = set(batch["gpu_index"][[i for i, im in enumerate(images) if im is None]].tolist())
             keep = torch.tensor([i for i in range(n) if i not in bad], dtype=torch.long)

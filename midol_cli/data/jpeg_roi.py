@@ -222,7 +222,9 @@ class EncodedImage:
     "RGB", as the decoded image will be. A decoding failure raises ``ImageDecodeError``.
     """
 
-    def __init__(self, data: bytes, ext: str, *, opened: Any = None, layout: JpegLayout | None = None) -> None:
+    def __init__(
+        self, data: bytes, ext: str, *, opened: Any = None, layout: JpegLayout | None = None
+    ) -> None:
         if (opened is None) == (layout is None):
             raise ValueError("give exactly one of opened / layout")
         self.data, self.ext = data, ext
@@ -252,7 +254,8 @@ class EncodedImage:
         return self._full
 
     def decode_region(self, box: tuple[int, int, int, int]):
-        """``(image, (x0, y0))``: pixels covering ``box``, decoded from as few restart intervals as possible."""
+        """``(image, (x0, y0))``: pixels covering ``box``, decoded from as few restart intervals as
+        possible."""
         plan = self._plan(box)
         if plan is None:
             return self.decode(), (0, 0)
@@ -325,7 +328,9 @@ def direct_decode_works() -> bool:
     try:
         for mode in ("RGB", "L"):
             grad = np.add.outer(np.arange(24, dtype=np.uint16) * 9, np.arange(40, dtype=np.uint16) * 5)
-            src = Image.fromarray(np.stack([grad % 256, (grad * 3) % 256, 255 - grad % 256], axis=2).astype(np.uint8))
+            src = Image.fromarray(
+                np.stack([grad % 256, (grad * 3) % 256, 255 - grad % 256], axis=2).astype(np.uint8)
+            )
             buf = io.BytesIO()
             (src if mode == "RGB" else src.convert("L")).save(buf, "JPEG", quality=90)
             ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())))

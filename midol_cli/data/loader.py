@@ -56,7 +56,8 @@ Spec = str | os.PathLike[str] | Sequence[str]
 
 
 def read_index(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``SHARD_DIR/index.json`` as a dict; UsageError if missing/invalid, a shard is missing, or it has no samples."""
+    """``SHARD_DIR/index.json`` as a dict; UsageError if missing/invalid, a shard is missing, or it has no
+    samples."""
     idx = load_index(shard_dir)
     _check_folder(Path(shard_dir), idx)
     return idx
@@ -78,7 +79,8 @@ def _resolve(spec: Spec) -> ShardSet:
 
 
 def shard_index(spec: Spec) -> dict[str, Any] | None:
-    """The spec's index.json (a shard folder's, or a URL list's known one); None for a URL list without one."""
+    """The spec's index.json (a shard folder's, or a URL list's known one); None for a URL list without
+    one."""
     return _resolve(spec).index
 
 
@@ -90,7 +92,9 @@ def shard_index_path(spec: Spec) -> Path | None:
 def shard_provenance(spec: Spec) -> str:
     """What a run records as its shards: a folder's absolute path, else the spec as given (URLs)."""
     ss = _resolve(spec)
-    return str(ss.folder.resolve()) if ss.folder is not None else (spec if isinstance(spec, str) else repr(spec))
+    return (
+        str(ss.folder.resolve()) if ss.folder is not None else (spec if isinstance(spec, str) else repr(spec))
+    )
 
 
 def shard_urls(spec: Spec) -> list[str]:
@@ -247,7 +251,10 @@ class _DecodeStage:
             try:
                 result = self.transform(img, meta)
             except ImageDecodeError as e:  # lazy mode: the pixels turned out bad when the transform asked
-                self.bad(f"sample {sample['__key__']} in {display_name(sample['__url__'])}", f"image not decoded: {e}")
+                self.bad(
+                    f"sample {sample['__key__']} in {display_name(sample['__url__'])}",
+                    f"image not decoded: {e}",
+                )
                 continue
             yield result
 
@@ -472,7 +479,8 @@ def iter_samples(
                     yield out
         except (tarfile.TarError, OSError, EOFError) as e:
             raise RunFailed(
-                f"shard '{url}' cannot be read ({type(e).__name__}: {e}); check it with `midol shard --verify`"
+                f"shard '{url}' cannot be read ({type(e).__name__}: {e}); "
+                "check it with `midol shard --verify`"
             ) from None
 
 
@@ -495,5 +503,6 @@ def iter_metadata(shard_dir: Spec) -> Iterator[dict[str, Any]]:
                     yield meta
         except (tarfile.TarError, OSError, EOFError) as e:
             raise RunFailed(
-                f"shard '{url}' cannot be read ({type(e).__name__}: {e}); check it with `midol shard --verify`"
+                f"shard '{url}' cannot be read ({type(e).__name__}: {e}); "
+                "check it with `midol shard --verify`"
             ) from None

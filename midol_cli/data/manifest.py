@@ -37,7 +37,9 @@ def empty_row() -> dict[str, Any]:
     return row
 
 
-def write_manifest(df: pd.DataFrame, meta: dict[str, Any], path: str | Path, volatile: tuple[str, ...] = ()) -> bool:
+def write_manifest(
+    df: pd.DataFrame, meta: dict[str, Any], path: str | Path, volatile: tuple[str, ...] = ()
+) -> bool:
     """Write ``df`` (all MANIFEST_COLUMNS) with provenance ``meta`` atomically; return whether it wrote.
 
     A manifest already at ``path`` with the same rows and the same provenance but for the ``volatile``

@@ -57,7 +57,9 @@ def mix_weights(mix: str | Mapping[str, float], counts: Mapping[str, int]) -> di
     return {m: w / total for m, w in raw.items()}
 
 
-def modality_counts(shard_dir: str | os.PathLike[str], modalities: Sequence[str], split: str | None) -> dict[str, int]:
+def modality_counts(
+    shard_dir: str | os.PathLike[str], modalities: Sequence[str], split: str | None
+) -> dict[str, int]:
     """Images per modality of ``modalities`` in the shard set (from its index; no shard is read)."""
     from midol_cli.artifacts import index_count
     from midol_cli.data.loader import shard_index
@@ -66,7 +68,9 @@ def modality_counts(shard_dir: str | os.PathLike[str], modalities: Sequence[str]
     if index is None:
         raise UsageError(
             "data.mix other than proportional needs the shard set's index.json (images per modality); with "
-            "shard URLs, name a local copy of it in data.shards, e.g. 'set/index.json::pipe:...' (docs/distributed.md)")
+            "shard URLs, name a local copy of it in data.shards, e.g. 'set/index.json::pipe:...' "
+            "(docs/distributed.md)"
+        )
     return {m: index_count(index["totals"], {m}, split) for m in modalities}
 
 

@@ -49,13 +49,18 @@ class RowDataset(torch.utils.data.Dataset):
 
 
 def collate_skip(batch: list) -> dict[str, Any]:
-    """Stack readable samples: ``{"x": [B, ...] | None, "y": [B, ...] | None, "idx": [B], "bad": [(path, reason)]}``."""
+    """Stack readable samples: ``{"x": [B, ...] | None, "y": [B, ...] | None, "idx": [B], "bad": [(path,
+    reason)]}``."""
     good = [b for b in batch if not isinstance(b, Bad)]
     bad = [(b.path, b.reason) for b in batch if isinstance(b, Bad)]
     if not good:
         return {"x": None, "y": None, "idx": torch.zeros(0, dtype=torch.long), "bad": bad}
     ys = [g[1] for g in good]
-    y = torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.as_tensor(np.stack([np.asarray(v) for v in ys]))
+    y = (
+        torch.stack(ys)
+        if isinstance(ys[0], torch.Tensor)
+        else torch.as_tensor(np.stack([np.asarray(v) for v in ys]))
+    )
     return {"x": torch.stack([g[0] for g in good]), "y": y,
             "idx": torch.as_tensor([g[2] for g in good], dtype=torch.long), "bad": bad}
 

@@ -143,7 +143,9 @@ def _iter_tar_members(fh) -> Iterator[tuple[str, bool, int, int]]:
         stored = _tar_number(header[148:156])
         unsigned = sum(header[:148]) + 256 + sum(header[156:])  # the checksum field counts as 8 spaces
         # Some old tars summed signed chars; tarfile accepts either, and so do we.
-        if stored != unsigned and stored != unsigned - 256 * sum(b > 127 for b in header[:148] + header[156:]):
+        if stored != unsigned and stored != unsigned - 256 * sum(
+            b > 127 for b in header[:148] + header[156:]
+        ):
             raise tarfile.ReadError("bad tar header checksum")
         name = header[:100].split(b"\0", 1)[0]
         if header[257:263] == b"ustar\0":  # POSIX: a prefix may precede the name
@@ -235,7 +237,9 @@ def open_encoded(data: bytes, ext: str, *, max_side: int | None = None, max_pixe
         if layout is not None:
             _check_size(layout.width, layout.height, max_side, max_pixels)
             return jpeg_roi.EncodedImage(data, ext, layout=layout)
-    return jpeg_roi.EncodedImage(data, ext, opened=open_image(data, ext, max_side=max_side, max_pixels=max_pixels))
+    return jpeg_roi.EncodedImage(
+        data, ext, opened=open_image(data, ext, max_side=max_side, max_pixels=max_pixels)
+    )
 
 
 def decode_image(
@@ -266,7 +270,8 @@ def encode_image(img, max_side: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -
     """Resize (longer side <= max_side, never upscaled, Lanczos) and encode.
 
     "L" images become PNG (lossless: grayscale X-ray/OCT contrast matters), RGB
-    photos JPEG at ``jpeg_quality``, 4:2:0, baseline, optimised Huffman tables, with a restart marker every few
+    photos JPEG at ``jpeg_quality``, 4:2:0, baseline, optimised Huffman tables, with a restart marker every
+    few
     MCUs (``jpeg_roi.restart_interval``; ~1% of the bytes) so that a reader can
     decode just the part a crop needs (``jpeg_roi``). Returns (extension, encoded bytes).
     """

@@ -123,10 +123,14 @@ def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams
             rel = str(row["path"])
             abs_path = root / rel
             if not KEY_RE.match(sid):
-                excluded.append({"sample_id": sid, "path": rel, "reason": "sample_id is not a safe shard key"})
+                excluded.append(
+                    {"sample_id": sid, "path": rel, "reason": "sample_id is not a safe shard key"}
+                )
                 continue
             if Path(rel).is_absolute() or not is_within(abs_path, root):
-                excluded.append({"sample_id": sid, "path": rel, "reason": "path escapes the manifest's raw root"})
+                excluded.append(
+                    {"sample_id": sid, "path": rel, "reason": "path escapes the manifest's raw root"}
+                )
                 continue
             labels = row.get("labels")
             samples[sid] = {
@@ -154,7 +158,9 @@ def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams
         if wanted:
             what.append(f"modality {', '.join(sorted(wanted))}")
         sel = f" matching {' and '.join(what)}" if what else ""
-        raise UsageError(f"no usable samples{sel} in the given manifest(s); check the filters or run `midol ingest`")
+        raise UsageError(
+            f"no usable samples{sel} in the given manifest(s); check the filters or run `midol ingest`"
+        )
     return InputSet(samples=samples, inputs=inputs, excluded=excluded)
 
 

@@ -95,7 +95,9 @@ def _check_shard(path: Path, entry: dict[str, Any], max_side: int | None) -> Sha
     if bad > 3:
         chk.problems.append(f"{bad} bad samples in all")
     if refused:
-        chk.problems.append(f"unexpected members: {', '.join(refused[:3])}" + (" ..." if len(refused) > 3 else ""))
+        chk.problems.append(
+            f"unexpected members: {', '.join(refused[:3])}" + (" ..." if len(refused) > 3 else "")
+        )
     if chk.found != entry["samples"]:
         chk.problems.append(f"{chk.found} good samples, index says {entry['samples']}")
     elif dict(per_mod) != {k: v for k, v in entry.get("per_modality", {}).items() if v}:
@@ -120,6 +122,8 @@ def verify_shards(shard_dir: str | os.PathLike[str]) -> list[ShardCheck]:
     total = sum(c.found for c in checks)
     if total != idx["totals"].get("samples"):
         checks.append(
-            ShardCheck(INDEX_NAME, idx["totals"].get("samples"), total, ["total samples differ from index.json"])
+            ShardCheck(
+                INDEX_NAME, idx["totals"].get("samples"), total, ["total samples differ from index.json"]
+            )
         )
     return checks

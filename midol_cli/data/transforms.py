@@ -91,7 +91,9 @@ class ColourJitter:
                 ops.append((name, random.uniform(max(0.0, 1.0 - v), 1.0 + v)))
         if not grayscale:
             if self.saturation > 0:
-                ops.append(("saturation", random.uniform(max(0.0, 1.0 - self.saturation), 1.0 + self.saturation)))
+                ops.append(
+                    ("saturation", random.uniform(max(0.0, 1.0 - self.saturation), 1.0 + self.saturation))
+                )
             if self.hue > 0:
                 ops.append(("hue", random.uniform(-self.hue, self.hue)))
         random.shuffle(ops)
@@ -146,7 +148,9 @@ class ColourJitter:
             return img
         a, t = self.affine(ops, ImageStat.Stat(img).mean)
         # PIL rounds and clips once: R' = a00 R + a01 G + a02 B + t0, and so on.
-        matrix = tuple(float(v) for row in zip(a.tolist(), t.tolist(), strict=True) for v in (*row[0], row[1]))
+        matrix = tuple(
+            float(v) for row in zip(a.tolist(), t.tolist(), strict=True) for v in (*row[0], row[1])
+        )
         return img.convert("RGB", matrix)
 
 
@@ -247,7 +251,12 @@ def decode_for(img, boxes: Sequence[tuple[int, int, int, int]]):
     """
     if not hasattr(img, "region_pixels"):
         return img, (0, 0)
-    union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    union = (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
     return img.region_pixels(union)
 
 
@@ -256,7 +265,8 @@ class ViewAugment:
     normalised float, or uint8 pixels.
 
     Random resized crop (bicubic, antialiased) -> flips / 90-degree turns -> colour jitter (p) ->
-    Gaussian blur (p) -> sensor noise (p); "L" images are replicated to 3 channels at the end. The crop is cut from the
+    Gaussian blur (p) -> sensor noise (p); "L" images are replicated to 3 channels at the end. The crop is
+    cut from the
     PIL image and resampled by torch's uint8 kernel, and jitter and blur run on that small tensor in
     float without rounding in between: about 0.5 ms for a 224 px view of a 512 px photo on one core,
     against ~2 ms for the same operations through PIL and torchvision (docs/performance.md).
@@ -286,11 +296,16 @@ class ViewAugment:
         region, origin = decode_for(img, [box])
         return self.render(region, box, origin)
 
-    def render(self, region, box: tuple[int, int, int, int], origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """The view whose crop is ``box`` of the image, given the decoded ``region`` with top-left ``origin``."""
+    def render(
+        self, region, box: tuple[int, int, int, int], origin: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
+        """The view whose crop is ``box`` of the image, given the decoded ``region`` with top-left
+        ``origin``."""
         x0, y0 = origin
         left, top, right, bottom = box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0
-        if isinstance(region, np.ndarray):  # (H, W, C) from EncodedImage.region_pixels: C = 1 or 4 (RGB + padding)
+        if isinstance(
+            region, np.ndarray
+        ):  # (H, W, C) from EncodedImage.region_pixels: C = 1 or 4 (RGB + padding)
             x = torch.from_numpy(region)[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
         else:
             x = pil_to_uint8(region, (left, top, right, bottom))
@@ -366,7 +381,9 @@ class Normalise:
         return torch.addcmul(shift, x.float() if x.dtype != torch.float32 else x, scale).contiguous()
 
 
-def to_tensor(img, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def to_tensor(
+    img, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """PIL (L or RGB) -> normalised float tensor ``[3, H, W]``."""
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
@@ -398,7 +415,9 @@ class MultiViewTransform:
         self.index = {m: i for i, m in enumerate(modalities)}
         self.global_aug = {m: ViewAugment(augment[m], img_size, augment[m].crop_scale, normalise=False)
                            for m in modalities}
-        self.local_aug = {m: ViewAugment(augment[m], local_size, local_scale, normalise=False) for m in modalities}
+        self.local_aug = {
+            m: ViewAugment(augment[m], local_size, local_scale, normalise=False) for m in modalities
+        }
         self.n_global, self.n_local = global_views, local_views
 
     def __call__(self, img, meta: dict[str, Any]):
@@ -411,7 +430,12 @@ class MultiViewTransform:
         boxes = [a.draw_box(img.width, img.height) for a in augs]
         region, origin = decode_for(img, boxes)
         views = [a.render(region, box, origin) for a, box in zip(augs, boxes, strict=True)]
-        return views[: self.n_global], views[self.n_global :], self.index[m], sample_key(meta.get("sample_id", ""))
+        return (
+            views[: self.n_global],
+            views[self.n_global :],
+            self.index[m],
+            sample_key(meta.get("sample_id", "")),
+        )
 
 
 def sample_key(sample_id: str) -> int:
@@ -427,7 +451,8 @@ def sample_key(sample_id: str) -> int:
 
 
 def collate_views(batch: list) -> dict[str, Any]:
-    """MultiViewTransform outputs -> {'global': [Vg x [B,3,S,S]], 'local': [...], 'modality': [B], 'sample_key': [B]}.
+    """MultiViewTransform outputs -> {'global': [Vg x [B,3,S,S]], 'local': [...], 'modality': [B],
+    'sample_key': [B]}.
 
     The views stay uint8 (normalise them with ``Normalise`` after moving them to the device).
     """
@@ -452,7 +477,9 @@ def collate_views(batch: list) -> dict[str, Any]:
 class EvalTransform:
     """Deterministic resize (shorter side) + centre crop for embedding and probing."""
 
-    def __init__(self, img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self, img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ):
         from torchvision import transforms as T
 
         self.resize = T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC)

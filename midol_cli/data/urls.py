@@ -79,11 +79,15 @@ def expand_braces(text: str) -> list[str]:
             if len(out) > MAX_URLS:
                 raise UsageError(f"'{text}' expands to more than {MAX_URLS} URLs; check the brace range")
     except UnbalancedBracesError:
-        raise UsageError(f"unbalanced braces in '{text}'; write a range as shard-{{000000..000127}}.tar") from None
+        raise UsageError(
+            f"unbalanced braces in '{text}'; write a range as shard-{{000000..000127}}.tar"
+        ) from None
     for url in out:
         # braceexpand leaves a range it cannot read as literal text; a shard name never has one.
         if re.search(r"\{\}|\{[^{}]*\.\.[^{}]*\}", url):
-            raise UsageError(f"empty or malformed brace range in '{text}'; write a range as shard-{{000000..000127}}.tar")
+            raise UsageError(
+                f"empty or malformed brace range in '{text}'; write a range as shard-{{000000..000127}}.tar"
+            )
     return out
 
 
@@ -101,10 +105,13 @@ def split_spec(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
 
 
 def normalise(url: str) -> str:
-    """A URL as the reader opens it: a local path (``file:`` removed) or ``pipe:CMD``; UsageError otherwise."""
+    """A URL as the reader opens it: a local path (``file:`` removed) or ``pipe:CMD``; UsageError
+    otherwise."""
     if url.startswith("pipe:"):
         if not url[5:].strip():
-            raise UsageError("'pipe:' has no command; write pipe:CMD, e.g. 'pipe:aws s3 cp s3://bucket/x.tar -'")
+            raise UsageError(
+                "'pipe:' has no command; write pipe:CMD, e.g. 'pipe:aws s3 cp s3://bucket/x.tar -'"
+            )
         return url
     if url.startswith("file:"):
         parsed = urllib.parse.urlparse(url)
@@ -127,7 +134,8 @@ def is_pipe(url: str) -> bool:
 
 
 def shard_name_of(url: str) -> str | None:
-    """The ``shard-NNNNNN.tar`` a URL streams: its file name, or the one token of a ``pipe:`` command naming one."""
+    """The ``shard-NNNNNN.tar`` a URL streams: its file name, or the one token of a ``pipe:`` command naming
+    one."""
     if not is_pipe(url):
         return Path(url).name
     try:
@@ -171,13 +179,21 @@ def resolve(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> 
         raise UsageError(f"shard '{missing[0]}' does not exist; check the path or the brace range")
     if named:
         if not named[0].is_file():
-            raise UsageError(f"index '{named[0]}' does not exist; copy the set's index.json there or leave it out")
+            raise UsageError(
+                f"index '{named[0]}' does not exist; copy the set's index.json there or leave it out"
+            )
         found = _with_index(urls, named[0])
         if found is None:
-            raise UsageError(f"'{named[0]}' does not list every shard of the URLs; give the index of this shard set")
+            raise UsageError(
+                f"'{named[0]}' does not list every shard of the URLs; give the index of this shard set"
+            )
         return found
     parents = {Path(u).resolve().parent for u in urls if not is_pipe(u)}
-    if len(parents) == 1 and not any(map(is_pipe, urls)) and (index_file := parents.pop() / INDEX_NAME).is_file():
+    if (
+        len(parents) == 1
+        and not any(map(is_pipe, urls))
+        and (index_file := parents.pop() / INDEX_NAME).is_file()
+    ):
         with contextlib.suppress(UsageError):  # a foreign or broken index beside the files: read them without
             found = _with_index(urls, index_file)
             if found is not None:
@@ -188,7 +204,9 @@ def resolve(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> 
 # ------------------------------------------------------------------ streaming
 
 
-def iter_url_samples(url: str, on_refused: Callable[[str, str], None] | None = None) -> Iterator[dict[str, Any]]:
+def iter_url_samples(
+    url: str, on_refused: Callable[[str, str], None] | None = None
+) -> Iterator[dict[str, Any]]:
     """``iter_tar_samples`` for any normalised URL: local files directly, ``pipe:`` through the command."""
     if not is_pipe(url):
         yield from iter_tar_samples(url, on_refused=on_refused)
@@ -233,7 +251,9 @@ def _skip(fh: IO[bytes], n: int) -> None:
         n -= got
 
 
-def _iter_stream(fh: IO[bytes], url: str, on_refused: Callable[[str, str], None] | None) -> Iterator[dict[str, Any]]:
+def _iter_stream(
+    fh: IO[bytes], url: str, on_refused: Callable[[str, str], None] | None
+) -> Iterator[dict[str, Any]]:
     """Group a non-seekable tar stream's members by key, as ``iter_tar_samples`` does for a file."""
     current: dict[str, Any] | None = None
     for name, regular, size, blocks in _iter_tar_members(fh):

@@ -77,7 +77,9 @@ def calibrate_run(run_dir: str | Path, shard_dir: str | Path | None = None, tpr:
         shard_dir = recipe["data"]["shards"]
     shard_dir = Path(shard_dir)
     if not (shard_dir / "index.json").is_file():
-        raise UsageError(f"shards '{shard_dir}' are not reachable; calibrate later with `midol export {run_dir}`")
+        raise UsageError(
+            f"shards '{shard_dir}' are not reachable; calibrate later with `midol export {run_dir}`"
+        )
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.encoder.to(dev).eval()
     model.projector.to(dev).eval()

@@ -141,9 +141,20 @@ def _columns(y: np.ndarray, s: np.ndarray, label_type: str, classes: Sequence[st
     return [(str(c), np.asarray(y) == i, s[:, i]) for i, c in enumerate(classes)]
 
 
-def operating_points(y_val: Any, s_val: Any, y_test: Any, s_test: Any, label_type: str, classes: Sequence[str],
-                     *, groups=None, n_boot: int = 1000, seed: int = 0,
-                     targets: Sequence[float] = TARGETS, min_positives: int = 5) -> dict[str, Any]:
+def operating_points(
+    y_val: Any,
+    s_val: Any,
+    y_test: Any,
+    s_test: Any,
+    label_type: str,
+    classes: Sequence[str],
+    *,
+    groups=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    targets: Sequence[float] = TARGETS,
+    min_positives: int = 5,
+) -> dict[str, Any]:
     """Sensitivity at fixed specificity and specificity at fixed sensitivity, thresholds chosen on the
     validation predictions and applied to test, with grouped bootstrap CIs. A column with fewer than
     ``min_positives`` positives (or negatives) in validation or test is reported as too small."""

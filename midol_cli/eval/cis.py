@@ -41,7 +41,8 @@ def ci_block(
     )
     return {
         "metrics": {
-            k: {"value": _num(point[k]), "ci_low": _num(cis[k].low), "ci_high": _num(cis[k].high)} for k in names
+            k: {"value": _num(point[k]), "ci_low": _num(cis[k].low), "ci_high": _num(cis[k].high)}
+            for k in names
         },
         "n_boot": int(n_boot),
         "bootstrap_seed": int(seed),

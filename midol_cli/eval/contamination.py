@@ -376,7 +376,8 @@ def run_json_of(weights: str | os.PathLike[str]) -> Path | None:
 
 
 def _run_split(run_dir: Path) -> str | None:
-    """The split pre-training read (the run's ``recipe.yaml`` ``data.split``); None: every split, or unknown."""
+    """The split pre-training read (the run's ``recipe.yaml`` ``data.split``); None: every split, or
+    unknown."""
     from midol_cli.recipes import load_yaml
 
     try:

@@ -37,7 +37,8 @@ import numpy as np
 
 
 def midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` with ties sharing the mean of their ranks (``[1, 2, 2, 3] -> [1, 2.5, 2.5, 4]``)."""
+    """1-based ranks of ``x`` with ties sharing the mean of their ranks (``[1, 2, 2, 3] -> [1, 2.5, 2.5,
+    4]``)."""
     x = np.asarray(x, dtype=np.float64)
     n = x.size
     order = np.argsort(x, kind="mergesort")
@@ -126,8 +127,12 @@ def delong_covariance(y_true: Any, scores: Any, groups: Any = None) -> tuple[np.
     m_i = np.bincount(gp, minlength=n_groups).astype(np.float64)
     n_i = np.bincount(gn, minlength=n_groups).astype(np.float64)
     # [K, I] per-patient sums of the placements, centred by m_i A (n_i A).
-    s10 = np.stack([np.bincount(gp, weights=v10[r], minlength=n_groups) for r in range(k)]) - auc[:, None] * m_i
-    s01 = np.stack([np.bincount(gn, weights=v01[r], minlength=n_groups) for r in range(k)]) - auc[:, None] * n_i
+    s10 = (
+        np.stack([np.bincount(gp, weights=v10[r], minlength=n_groups) for r in range(k)]) - auc[:, None] * m_i
+    )
+    s01 = (
+        np.stack([np.bincount(gn, weights=v01[r], minlength=n_groups) for r in range(k)]) - auc[:, None] * n_i
+    )
     M, N = float(m_i.sum()), float(n_i.sum())
     i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())
     if i10 < 2 or i01 < 2:
@@ -202,7 +207,9 @@ def delong_auc(y_true: Any, score: Any, *, groups: Any = None, alpha: float = 0.
     return AucVariance(a, v, lo, hi, int(pos.sum()), int((~pos).sum()))
 
 
-def delong_test(y_true: Any, score_a: Any, score_b: Any, *, groups: Any = None, alpha: float = 0.05) -> DeLongTest:
+def delong_test(
+    y_true: Any, score_a: Any, score_b: Any, *, groups: Any = None, alpha: float = 0.05
+) -> DeLongTest:
     """DeLong's test of two correlated AUROCs (``score_a``, ``score_b`` ``[N]`` on the same cases).
 
     ``z`` is 0 and ``p`` 1 when the two differ by exactly 0 with zero variance (identical rankings);

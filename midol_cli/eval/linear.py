@@ -274,10 +274,14 @@ def fit_linear_probe(
     # A one-value grid is an explicit C, not a sweep: nothing to extend.
     if extend and len(grid) > 1:
         if best() == grid[0]:  # strong side, from the strongest solution
-            lower = [grid[0] / step**k for k in range(1, 200) if grid[0] / step**k >= c_limits[0] * (1 - 1e-9)]
+            lower = [
+                grid[0] / step**k for k in range(1, 200) if grid[0] / step**k >= c_limits[0] * (1 - 1e-9)
+            ]
             walk(lower, fits[grid[0]][1], fits[grid[0]][0])
         if not stopped and best() == grid[-1]:  # weak side, only if the sweep reached the grid's end
-            upper = [grid[-1] * step**k for k in range(1, 200) if grid[-1] * step**k <= c_limits[1] * (1 + 1e-9)]
+            upper = [
+                grid[-1] * step**k for k in range(1, 200) if grid[-1] * step**k <= c_limits[1] * (1 + 1e-9)
+            ]
             walk(upper, fits[grid[-1]][1], fits[grid[-1]][0])
     C_best = best()
     boundary = ""

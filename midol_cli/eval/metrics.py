@@ -93,7 +93,9 @@ def encode_targets(y_true: Any, label_type: str, classes: Sequence[str]) -> np.n
     return out
 
 
-def _ranked_columns(scores: np.ndarray, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _ranked_columns(
+    scores: np.ndarray, targets: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per column: (descending order, start of each tie group, target in that order)."""
     cols = []
     for j in range(scores.shape[1]):

@@ -126,7 +126,9 @@ def paired_differences(
     if n_boot < 10:
         raise ValueError("n_boot must be at least 10")
     rng = np.random.default_rng(seed)
-    names = list(variants) if variants is not None else sorted({v for t in tasks for v in t.scores} - {baseline})
+    names = (
+        list(variants) if variants is not None else sorted({v for t in tasks for v in t.scores} - {baseline})
+    )
     # One patient draw per task, shared by every variant (the pairing), plus the all-ones point row.
     weights = []
     for i, ts in enumerate(tasks):
@@ -214,14 +216,18 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
                 raise UsageError(f"model '{mid}' has no '{protocol}' predictions on task {task}")
             probe_seeds = sorted({int(x) for x in df["seed"].dropna()}) if "seed" in df.columns else []
             if len(probe_seeds) > 1 and len(seeds) > 1:
-                raise UsageError(f"task {task}: protocol '{protocol}' has {len(probe_seeds)} probe seeds per image; "
-                                 "compare it with one model per arm")
+                raise UsageError(
+                    f"task {task}: protocol '{protocol}' has {len(probe_seeds)} probe seeds per image; "
+                    "compare it with one model per arm"
+                )
             parts = ({s: df[df["seed"] == s] for s in probe_seeds} if len(probe_seeds) > 1
                      else {int(seed): df})
             for key, part in parts.items():
                 part = part.sort_values("sample_id", kind="stable").reset_index(drop=True)
                 if part["sample_id"].duplicated().any():
-                    raise UsageError(f"model '{mid}' has several '{protocol}' predictions per image on task {task}")
+                    raise UsageError(
+                        f"model '{mid}' has several '{protocol}' predictions per image on task {task}"
+                    )
                 labels = part["label"].astype(str).to_numpy()
                 if out is None:
                     t = load_summary(folder / SUMMARY_NAME)["task"]
@@ -237,11 +243,15 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
                     out = TaskScores(task, t["label_type"], classes, t["metric"], y, groups)
                     ref = (part["sample_id"].to_numpy(), labels)
                 elif not np.array_equal(ref[0], part["sample_id"].to_numpy()):  # type: ignore[index]
-                    raise UsageError(f"task {task}: '{mid}' was scored on other test images than the first model; "
-                                     "paired comparisons need the same ones")
+                    raise UsageError(
+                        f"task {task}: '{mid}' was scored on other test images than the first model; "
+                        "paired comparisons need the same ones"
+                    )
                 elif not np.array_equal(ref[1], labels):  # type: ignore[index]
-                    raise UsageError(f"task {task}: '{mid}' has other labels for the same test images than the "
-                                     "first model; paired comparisons need the same ones")
+                    raise UsageError(
+                        f"task {task}: '{mid}' has other labels for the same test images than the "
+                        "first model; paired comparisons need the same ones"
+                    )
                 out.scores.setdefault(arm, {})[key] = np.stack(part["probs"].to_numpy()).astype(np.float64)
     if out is None:
         raise UsageError("no model to compare")
@@ -276,7 +286,9 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def delong_by_seed(ts: TaskScores, variant: str, baseline: str, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+def delong_by_seed(
+    ts: TaskScores, variant: str, baseline: str, seeds: Sequence[int]
+) -> dict[str, dict[str, Any]]:
     """DeLong's test of ``variant`` vs ``baseline`` on a binary AUROC task, one per shared seed.
 
     ``{str(seed): {"diff", "z", "p_value"}}``; empty unless the task's metric is a binary AUROC.

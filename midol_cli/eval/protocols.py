@@ -25,9 +25,21 @@ from midol_cli.artifacts import (
 )
 
 
-def write_protocol(out_dir: Path, protocol: str, block: dict[str, Any], task: Any, model_info: dict[str, Any], *,
-                   data_hash: str, n: dict[str, int], val_source: str, notes: list[str], recipe: Any,
-                   task_extra: dict[str, Any] | None = None, **prov: Any) -> dict[str, Any]:
+def write_protocol(
+    out_dir: Path,
+    protocol: str,
+    block: dict[str, Any],
+    task: Any,
+    model_info: dict[str, Any],
+    *,
+    data_hash: str,
+    n: dict[str, int],
+    val_source: str,
+    notes: list[str],
+    recipe: Any,
+    task_extra: dict[str, Any] | None = None,
+    **prov: Any,
+) -> dict[str, Any]:
     """Add ``protocol`` to ``out_dir/summary.json``; returns the summary as written.
 
     An existing summary keeps its other protocols (a different ``data_hash`` is warned about: the
@@ -84,7 +96,9 @@ def merge_predictions(out_dir: Path, protocol: str, task: Any, model_id: str, *,
 
     path = out_dir / PREDICTIONS_NAME
     schema = prediction_schema(task.classes, task.name, model_id)
-    ours = prediction_table(task.classes, task.name, model_id, [(protocol, seed, sample_ids, groups, labels, probs)])
+    ours = prediction_table(
+        task.classes, task.name, model_id, [(protocol, seed, sample_ids, groups, labels, probs)]
+    )
     table = ours
     if path.is_file():
         try:

@@ -147,10 +147,14 @@ def representation_metrics(
     per: dict[str, Any] = {}
     for m in sorted(set(mods)):
         sel = np.flatnonzero(mods == m)
-        rank_rows = sel if len(sel) <= max_rank_rows else np.sort(rng.choice(sel, max_rank_rows, replace=False))
+        rank_rows = (
+            sel if len(sel) <= max_rank_rows else np.sort(rng.choice(sel, max_rank_rows, replace=False))
+        )
         entry: dict[str, Any] = {"n": int(len(sel)), "effective_rank": effective_rank(X[rank_rows])}
         if labels is not None:
-            acc_m, protocol = knn_label_accuracy(X[sel], labels[sel], splits[sel] if splits is not None else None, k)
+            acc_m, protocol = knn_label_accuracy(
+                X[sel], labels[sel], splits[sel] if splits is not None else None, k
+            )
             entry["knn_accuracy"] = acc_m
             entry["knn_protocol"] = protocol
         per[m] = entry
@@ -166,7 +170,9 @@ def project_2d(X: np.ndarray, seed: int = 0, max_points: int = 3000) -> tuple[np
     from sklearn.manifold import TSNE
 
     rng = np.random.default_rng(seed)
-    idx = np.arange(len(X)) if len(X) <= max_points else np.sort(rng.choice(len(X), max_points, replace=False))
+    idx = (
+        np.arange(len(X)) if len(X) <= max_points else np.sort(rng.choice(len(X), max_points, replace=False))
+    )
     Z = X[idx].astype(np.float32)
     Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
     perplexity = float(min(30, max(2, (len(idx) - 1) // 3)))

@@ -329,9 +329,22 @@ def run_probe_suite(
     if va.any():
         block["operating_points"] = operating_points(td.y[va], probe.predict_proba(td.X[va]), y_te, p_lin, lt,
                                                      task.classes, groups=g_te, n_boot=n_boot, seed=boot_seed)
-    block.update(analysis_blocks(td.df, td.y, td.groups, te, p_lin, task, subgroups=subgroups, group_unit=group_unit,
-                                 aggregation=aggregation, min_positives=min_positives, n_boot=n_boot,
-                                 seed=boot_seed))
+    block.update(
+        analysis_blocks(
+            td.df,
+            td.y,
+            td.groups,
+            te,
+            p_lin,
+            task,
+            subgroups=subgroups,
+            group_unit=group_unit,
+            aggregation=aggregation,
+            min_positives=min_positives,
+            n_boot=n_boot,
+            seed=boot_seed,
+        )
+    )
     protocols["linear"] = block
     pred_rows.append(("linear", None, p_lin))
     if block["degenerate"]["flag"]:
@@ -402,12 +415,18 @@ def run_probe_suite(
         from midol_cli.plotting import plot_confusion_matrix
 
         cm = confusion_matrix(y_te, p_lin, task.classes)
-        plot_confusion_matrix(cm, task.classes, out_dir / CONFUSION_NAME, title=f"{task.name}: linear probe (test)")
+        plot_confusion_matrix(
+            cm, task.classes, out_dir / CONFUSION_NAME, title=f"{task.name}: linear probe (test)"
+        )
     from midol_cli.plotting import plot_reliability
 
     cal = protocols["linear"]["calibration"]
-    plot_reliability(cal["reliability"], out_dir / RELIABILITY_NAME, title=f"{task.name}: linear probe (test)",
-                     ece=cal["ece"]["value"])
+    plot_reliability(
+        cal["reliability"],
+        out_dir / RELIABILITY_NAME,
+        title=f"{task.name}: linear probe (test)",
+        ece=cal["ece"]["value"],
+    )
     write_json_atomic(out_dir / SUMMARY_NAME, summary)
     say(f"{task.name}: wrote {out_dir / SUMMARY_NAME}")
     return summary

@@ -45,13 +45,15 @@ class RouterCalibration:
     info: dict[str, Any]  # tpr, counts, held-out accuracy, ECE before/after
 
     def scores(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(distance [N], nearest modality index [N])``: squared Mahalanobis distance to the nearest mean."""
+        """``(distance [N], nearest modality index [N])``: squared Mahalanobis distance to the nearest
+        mean."""
         z = _l2(feats)
         d = np.stack([_maha(z - m, self.precision) for m in self.means], 1)  # [N, K]
         return d.min(1), d.argmin(1)
 
     def apply(self, feats: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
-        """Calibrated probabilities ``[N, K]``, confidence ``[N]``, OOD score ``[N]``, routed modality ``[N]``."""
+        """Calibrated probabilities ``[N, K]``, confidence ``[N]``, OOD score ``[N]``, routed modality
+        ``[N]``."""
         probs = _softmax(np.asarray(logits, dtype=np.float64) / self.temperature)
         score, _ = self.scores(feats)
         names = np.asarray(self.modalities, dtype=object)[probs.argmax(1)]

@@ -83,7 +83,11 @@ def mean_ci(
 
 
 def metrics_block(
-    dice: Any, jaccard: Any, groups: Sequence[Any] | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0
+    dice: Any,
+    jaccard: Any,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """``{"metrics": {"dice"|"jaccard": {"value", "ci_low", "ci_high"}}, "n_boot", ...}`` (summary schema)."""
     out: dict[str, Any] = {"metrics": {}}
@@ -91,7 +95,11 @@ def metrics_block(
         ci = mean_ci(vals, groups, n_boot, seed)
         out["metrics"][name] = {k: (None if not np.isfinite(x) else x) for k, x in
                                 (("value", ci.value), ("ci_low", ci.low), ("ci_high", ci.high))}
-    out.update(n_boot=int(n_boot), bootstrap_seed=int(seed), bootstrap_unit="group" if groups is not None else "image")
+    out.update(
+        n_boot=int(n_boot),
+        bootstrap_seed=int(seed),
+        bootstrap_unit="group" if groups is not None else "image",
+    )
     return out
 
 
@@ -104,7 +112,12 @@ def write_predictions(
     import pyarrow.parquet as pq
 
     schema = pa.schema(
-        [("sample_id", pa.string()), ("split", pa.string()), ("dice", pa.float64()), ("jaccard", pa.float64())],
+        [
+            ("sample_id", pa.string()),
+            ("split", pa.string()),
+            ("dice", pa.float64()),
+            ("jaccard", pa.float64()),
+        ],
         metadata={b"midol": json.dumps(meta or {}, default=str).encode()},
     )
     table = pa.table(
@@ -152,7 +165,11 @@ def plot_panel(cases: Sequence[PanelCase], path: str | Path, title: str = "") ->
         for row, case in zip(axes, cases, strict=False):
             for ax, (name, outline, colour) in zip(
                 row,
-                (("image", None, ""), ("ground truth", case.mask, "lime"), ("prediction", case.pred, "magenta")),
+                (
+                    ("image", None, ""),
+                    ("ground truth", case.mask, "lime"),
+                    ("prediction", case.pred, "magenta"),
+                ),
                 strict=True,
             ):
                 ax.imshow(case.image)

@@ -60,9 +60,13 @@ def resolve_columns(df: Any, task_columns: Sequence[str], requested: Sequence[st
         return tuple(c for c in task_columns if c in available)
     missing = [c for c in requested if c not in available]
     if missing:
-        have = ", ".join(sorted(available)) or "none (re-ingest to record metadata, or --meta-cols for csv data)"
-        raise UsageError(f"--subgroups: the data has no metadata column {', '.join(repr(c) for c in missing)} "
-                         f"(available: {have})")
+        have = (
+            ", ".join(sorted(available)) or "none (re-ingest to record metadata, or --meta-cols for csv data)"
+        )
+        raise UsageError(
+            f"--subgroups: the data has no metadata column {', '.join(repr(c) for c in missing)} "
+            f"(available: {have})"
+        )
     return tuple(requested)
 
 
@@ -268,8 +272,17 @@ def aggregate_by_group(y: np.ndarray, p: np.ndarray, groups: np.ndarray, label_t
     return lo[keep], s[keep], ids[keep], int((~keep).sum())
 
 
-def patient_level_block(y: np.ndarray, p: np.ndarray, groups: np.ndarray, task: Any, unit: str,
-                        *, aggregation: str = "mean", n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+def patient_level_block(
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: np.ndarray,
+    task: Any,
+    unit: str,
+    *,
+    aggregation: str = "mean",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
     """Metrics with CIs after aggregating each ``unit`` (patient, lesion, exam, slide); None when
     every group has one image (the image-level numbers already are the group-level ones)."""
     from midol_cli.eval.cis import ci_block

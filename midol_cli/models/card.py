@@ -34,8 +34,10 @@ def timm_config(meta: dict[str, Any], num_features: int) -> dict[str, Any]:
             "num_classes": 0,
             "license": "see README.md",
         },
-        "midol": {k: meta.get(k) for k in ("midol_version", "recipe_hash", "step", "which", "modalities", "init",
-                                            "pooling")},
+        "midol": {
+            k: meta.get(k)
+            for k in ("midol_version", "recipe_hash", "step", "which", "modalities", "init", "pooling")
+        },
     }
 
 
@@ -52,7 +54,10 @@ def data_summary(run_dir: Path) -> list[str]:
     shards = run.get("shards")
     index = _read_json(Path(shards) / "index.json") if shards else None
     if not index:
-        return ["The shard index of this run is not available here, so the pre-training data cannot be summarised."]
+        return [
+            "The shard index of this run is not available here, so the pre-training data cannot be "
+            "summarised."
+        ]
     totals = index.get("totals", {})
     lines = [f"{totals.get('samples', '?')} images in {totals.get('shards', '?')} shards "
              f"(shard index sha256 `{run.get('shard_index_sha', '?')}`).", "",
@@ -60,7 +65,9 @@ def data_summary(run_dir: Path) -> list[str]:
              "|---|" + "---|" * (len(totals.get("per_split", {})) + 1)]
     splits = sorted(totals.get("per_split", {}))
     for mod, per in sorted(totals.get("counts", {}).items()):
-        lines.append(f"| {mod} | " + " | ".join(str(per.get(s, 0)) for s in splits) + f" | {sum(per.values())} |")
+        lines.append(
+            f"| {mod} | " + " | ".join(str(per.get(s, 0)) for s in splits) + f" | {sum(per.values())} |"
+        )
     inputs = index.get("inputs") or []
     if inputs:
         lines += ["", "From the manifests:"]
@@ -75,10 +82,16 @@ def data_summary(run_dir: Path) -> list[str]:
             lines.append(f"- ... and {len(inputs) - 20} more")
     split = _recipe_split(run_dir)
     if split:
-        lines += ["", f"Pre-training read only the `{split}` split (recipe `data.split`); the other splits' images "
-                  "were held out of pre-training."]
+        lines += [
+            "",
+            f"Pre-training read only the `{split}` split (recipe `data.split`); the other splits' images "
+            "were held out of pre-training.",
+        ]
     elif split is None:
-        lines += ["", "Pre-training read every split (recipe `data.split: null`): evaluate only on other images."]
+        lines += [
+            "",
+            "Pre-training read every split (recipe `data.split: null`): evaluate only on other images.",
+        ]
     return lines
 
 
@@ -104,7 +117,9 @@ def find_study(run_dir: Path, study: Path | None) -> Path | None:
     return cand if run_dir.resolve().parent.name == "runs" and cand.is_file() else None
 
 
-def model_card(run_dir: Path, meta: dict[str, Any], num_params: int, num_features: int, study: Path | None) -> str:
+def model_card(
+    run_dir: Path, meta: dict[str, Any], num_params: int, num_features: int, study: Path | None
+) -> str:
     recipe = _read_json(run_dir / "run.json") or {}
     name = run_dir.resolve().name
     mods = ", ".join(meta.get("modalities") or []) or "?"
@@ -120,7 +135,8 @@ def model_card(run_dir: Path, meta: dict[str, Any], num_params: int, num_feature
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | `{meta['arch']}` {json.dumps(meta['arch_kwargs']) if meta['arch_kwargs'] else ''} |",
+        f"| architecture | `{meta['arch']}` {json.dumps(meta['arch_kwargs']) if meta['arch_kwargs'] else ''} "
+        "|",
         f"| input | {meta['img_size']} px RGB; shorter side resized (bicubic), centre crop |",
         f"| normalisation | mean {list(meta['mean'])}, std {list(meta['std'])} |",
         f"| weights | the {meta.get('which', 'teacher')} at step {meta.get('step', '?')} |",
@@ -149,11 +165,23 @@ def model_card(run_dir: Path, meta: dict[str, Any], num_params: int, num_feature
     ]
     found = find_study(run_dir, study)
     if found is not None:
-        out += ["## Evaluation: the study", "", f"From `{found}`:", "", found.read_text(encoding="utf-8").strip(), ""]
+        out += [
+            "## Evaluation: the study",
+            "",
+            f"From `{found}`:",
+            "",
+            found.read_text(encoding="utf-8").strip(),
+            "",
+        ]
     else:
-        out += ["## Evaluation", "", "No study was found for this run. `midol study` measures the model against its "
-                "ablations and its own initialisation with paired confidence intervals; `midol probe` and "
-                "`midol report` compare it with other models on your labelled data.", ""]
+        out += [
+            "## Evaluation",
+            "",
+            "No study was found for this run. `midol study` measures the model against its "
+            "ablations and its own initialisation with paired confidence intervals; `midol probe` and "
+            "`midol report` compare it with other models on your labelled data.",
+            "",
+        ]
     out += [
         "## Intended use",
         "",
@@ -168,7 +196,8 @@ def model_card(run_dir: Path, meta: dict[str, Any], num_params: int, num_feature
         "any training modality as unknown.",
         "- Self-supervised features carry the biases of the pre-training data (site, device, demographics); "
         "evaluate per subgroup before any use on people.",
-        "- Results depend on the preprocessing above; other normalisation or input sizes change the features.",
+        "- Results depend on the preprocessing above; other normalisation or input sizes change the "
+        "features.",
         "",
     ]
     return "\n".join(out)

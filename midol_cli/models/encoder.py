@@ -126,7 +126,9 @@ def _pooling_kwargs(spec: EncoderSpec, kw: dict[str, Any]) -> bool:
     if not vit:
         if pooling == "mean":  # Swin and CNNs already pool the mean of their last stage
             return False
-        raise UsageError(f"pooling '{pooling}' needs a class token; '{spec.arch}' has none (use mean or default)")
+        raise UsageError(
+            f"pooling '{pooling}' needs a class token; '{spec.arch}' has none (use mean or default)"
+        )
     kw["global_pool"] = "avg" if pooling == "mean" else "token"
     if pooling == "mean":
         # The checkpoint's own final norm, then the mean: a fresh fc_norm would be left at random init.

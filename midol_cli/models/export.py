@@ -2,7 +2,8 @@
 
 ``export/encoder.safetensors`` holds prefix-free, timm-named tensors, so
 
-    timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file="encoder.safetensors"), num_classes=0)
+    timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file="encoder.safetensors"),
+    num_classes=0)
 
 loads it with identical outputs (tested). Its metadata (strings) record the
 architecture and its arguments, image size, normalisation, the modality ->
@@ -89,7 +90,9 @@ def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = 
     return {"encoder": out_file, "projector": proj_file}
 
 
-def export_run(run_dir: str | Path, out_file: str | Path | None = None, which: str = "teacher") -> dict[str, Path]:
+def export_run(
+    run_dir: str | Path, out_file: str | Path | None = None, which: str = "teacher"
+) -> dict[str, Path]:
     """Export the newest checkpoint of ``run_dir`` (default target: RUN_DIR/export/encoder.safetensors)."""
     from midol_cli.checkpoint import list_checkpoints
 
@@ -116,7 +119,9 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
     except Exception as e:
         raise UsageError(f"'{path}' is not a readable safetensors file ({type(e).__name__})") from None
     if meta.get("format") != "midol-export-1":
-        raise UsageError(f"'{path}' is not a midol export (no midol metadata); use timm:<arch>=<file> instead")
+        raise UsageError(
+            f"'{path}' is not a midol export (no midol metadata); use timm:<arch>=<file> instead"
+        )
     out: dict[str, Any] = dict(meta)
     for k in ("arch_kwargs", "mean", "std", "modalities", "expert_map"):
         out[k] = json.loads(meta[k])
@@ -169,7 +174,8 @@ def export_folder(run_dir: str | Path, out_dir: str | Path | None = None, which:
                   study: str | Path | None = None) -> dict[str, Path]:
     """A self-describing model folder (default ``RUN_DIR/export/timm``): ``model.safetensors`` (timm
     names), ``config.json`` (timm's Hugging Face layout, so ``timm.create_model("local-dir:DIR",
-    pretrained=True)`` rebuilds it and loads the folder's own weights file, with no download), ``projector.safetensors`` and a model card ``README.md``.
+    pretrained=True)`` rebuilds it and loads the folder's own weights file, with no download),
+    ``projector.safetensors`` and a model card ``README.md``.
     Written into a temporary folder and renamed into place, so a folder that exists is complete."""
     import shutil
     import tempfile
@@ -238,9 +244,16 @@ def export_onnx(run_dir: str | Path, out_file: str | Path | None = None, which: 
 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(enc, (x,), str(tmp), input_names=["pixel_values"], output_names=["features"],
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, opset_version=opset,
-                              external_data=False)
+            torch.onnx.export(
+                enc,
+                (x,),
+                str(tmp),
+                input_names=["pixel_values"],
+                output_names=["features"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                opset_version=opset,
+                external_data=False,
+            )
         diff = _check_onnx(tmp, enc, spec.img_size)
     return {"file": target, "max_abs_diff": diff, "opset": opset, "img_size": spec.img_size}
 

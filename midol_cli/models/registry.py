@@ -42,7 +42,9 @@ class ModelEntry(BaseModel):
         from midol_cli.models.encoder import EncoderSpec
 
         if self.arch is None:
-            raise UsageError(f"'{self.name}' takes its architecture from the export: pass the export or run dir")
+            raise UsageError(
+                f"'{self.name}' takes its architecture from the export: pass the export or run dir"
+            )
         return EncoderSpec(arch=self.arch, img_size=self.img_size, arch_kwargs=dict(self.arch_kwargs),
                            mean=self.mean, std=self.std, pooling=self.pooling)
 

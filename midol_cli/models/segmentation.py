@@ -54,7 +54,8 @@ class _ConvNormAct(nn.Sequential):
 
 
 class SegmentationModel(nn.Module):
-    """Encoder (timm ``features_only``) + FPN decoder. ``forward``: ``[B, 3, H, W]`` -> logits ``[B, C, H, W]``.
+    """Encoder (timm ``features_only``) + FPN decoder. ``forward``: ``[B, 3, H, W]`` -> logits ``[B, C, H,
+    W]``.
 
     Levels with stride >= 4 are used when the backbone has any (a ResNet's stride-2 stem map
     costs much and adds little); ViT-style backbones with one stride use all their maps.
@@ -93,8 +94,12 @@ class SegmentationModel(nn.Module):
             lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
         outs = [sm(t) for sm, t in zip(self.smooth, lat, strict=True)]
         finest = max((o.shape[-2:] for o in outs), key=lambda s: s[0] * s[1])
-        up = [o if o.shape[-2:] == finest else F.interpolate(o, size=finest, mode="bilinear", align_corners=False)
-              for o in outs]
+        up = [
+            o
+            if o.shape[-2:] == finest
+            else F.interpolate(o, size=finest, mode="bilinear", align_corners=False)
+            for o in outs
+        ]
         logits = self.head(self.fuse(torch.cat(up, dim=1)))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
@@ -141,7 +146,9 @@ def load_encoder_weights(encoder_features: nn.Module, state_dict: dict[str, Any]
     own = encoder_features.state_dict()
     head = [k for k in state_dict if k.split(".")[0] in _HEAD_PREFIXES]
     src = {k: v for k, v in state_dict.items() if k not in head and isinstance(v, torch.Tensor)}
-    mapping = map_encoder_keys({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in src.items()})
+    mapping = map_encoder_keys(
+        {k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in src.items()}
+    )
     used = set(mapping.values())
     missing = [k for k in own if k not in mapping and not any(b in k for b in _REBUILT)]
     unexpected = [k for k in src if k not in used and not any(b in k for b in _REBUILT)]

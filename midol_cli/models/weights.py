@@ -23,7 +23,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     """Read tensors from ``.safetensors`` or a ``.pth/.pt/.bin`` file without executing code."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"weights file '{path}' does not exist (midol never downloads weights: pass a local file)")
+        raise UsageError(
+            f"weights file '{path}' does not exist (midol never downloads weights: pass a local file)"
+        )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -337,7 +339,11 @@ def load_into(model, sd: dict[str, Any], source: str, *, lenient: bool = False, 
                          f"(e.g. {(unexpected or mismatched)[:2]}); check the model name")
     if not report.complete and not lenient:
         parts = []
-        for what, keys in (("missing", missing), ("of another shape", mismatched), ("unexpected", unexpected)):
+        for what, keys in (
+            ("missing", missing),
+            ("of another shape", mismatched),
+            ("unexpected", unexpected),
+        ):
             if keys:
                 parts.append(f"{len(keys)} {what} ({'; '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})")
         raise UsageError(f"weights in {source} do not fit the model: {', '.join(parts)}; "

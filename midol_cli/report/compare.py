@@ -123,7 +123,9 @@ def comparison_rows(
         for arm in ("A", "B"):
             per_seed = [PreparedScores(ts.y_true, ts.scores[arm][s], ts.label_type, ts.classes)
                         for s in seeds]
-            vals[arm] = float(np.mean([p.compute(np.ones((1, p.n)), [ts.metric])[ts.metric][0] for p in per_seed]))
+            vals[arm] = float(
+                np.mean([p.compute(np.ones((1, p.n)), [ts.metric])[ts.metric][0] for p in per_seed])
+            )
         p_delong = None
         if ts.label_type == "binary" and ts.metric == "auroc" and len(seeds) == 1:
             y = np.asarray(ts.y_true) == 1
@@ -204,9 +206,11 @@ def render_markdown(rows: Sequence[dict[str, Any]], a: str, b: str, *, protocol:
                     n_boot: int = 2000) -> str:
     """The comparison as a Markdown table (values ×100) with a caption and a legend."""
     lines = _caption(a, b, protocol, n_boot)
-    lines += [f"| task | metric | {a} | {b} | {a} − {b} | 95% CI | p (bootstrap) | p (DeLong) | p (Holm) | n test "
-              f"| n patients | CI excludes 0 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| task | metric | {a} | {b} | {a} − {b} | 95% CI | p (bootstrap) | p (DeLong) | p (Holm) | n test "
+        f"| n patients | CI excludes 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         is_mean = r["task"] == "mean"
         name = "**mean**" if is_mean else r["task"]
@@ -214,7 +218,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], a: str, b: str, *, protocol:
         lines.append(
             f"| {name} | {r['metric']} | {_pct(r['a'])} | {_pct(r['b'])} | {_pct(r['diff'], True)} | {ci} | "
             f"{_p(r['p_boot'])} | {_p(r['p_delong'])} | {'' if is_mean else _p(r['p_holm'])} | "
-            f"{'' if r['n_test'] is None else r['n_test']} | {'' if r['n_groups'] is None else r['n_groups']} | "
+            f"{'' if r['n_test'] is None else r['n_test']} | "
+            f"{'' if r['n_groups'] is None else r['n_groups']} | "
             f"{MARK if r['excludes_zero'] else ''} |"
         )
     return "\n".join(lines + _notes(rows)) + "\n"
@@ -234,13 +239,16 @@ def render_csv(rows: Sequence[dict[str, Any]], a: str, b: str, **_: Any) -> str:
     w = csv.DictWriter(buf, fieldnames=["model_a", "model_b", *ROW_KEYS], lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({"model_a": a, "model_b": b, **{k: ("" if v is None else v) for k, v in _scaled(r).items()}})
+        w.writerow(
+            {"model_a": a, "model_b": b, **{k: ("" if v is None else v) for k, v in _scaled(r).items()}}
+        )
     return buf.getvalue()
 
 
 def render_json(rows: Sequence[dict[str, Any]], a: str, b: str, *, protocol: str = "linear",
                 n_boot: int = 2000) -> str:
-    """``{"a", "b", "protocol", "n_boot", "scale", "p_holm_of", "rows"}`` (values ×100, null where undefined)."""
+    """``{"a", "b", "protocol", "n_boot", "scale", "p_holm_of", "rows"}`` (values ×100, null where
+    undefined)."""
     obj = {"a": a, "b": b, "protocol": protocol, "n_boot": n_boot, "scale": 100, "p_holm_of": "p_boot",
            "rows": [_scaled(r) for r in rows]}
     return json.dumps(obj, indent=2) + "\n"

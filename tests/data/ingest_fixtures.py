@@ -134,7 +134,8 @@ def make_aptos(root: Path, per_class: int = 3, classes: tuple[str, ...] = ("0", 
 def make_ham(
     root: Path, lesions_per_class: int = 3, images_per_lesion: int = 2
 ) -> list[tuple[str, str, str]]:
-    """``HAM10000_metadata.csv`` + images split over ``HAM10000_images_part_{1,2}``; returns (lesion, image, dx)."""
+    """``HAM10000_metadata.csv`` + images split over ``HAM10000_images_part_{1,2}``; returns (lesion, image,
+    dx)."""
     rows = []
     lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
     n = 24306
@@ -159,7 +160,8 @@ def make_ham(
 def make_oct(
     root: Path, patients_per_class: int = 3, images_per_patient: int = 2
 ) -> list[tuple[str, str, str]]:
-    """``OCT2017/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg`` (grayscale); returns (path, patient, split)."""
+    """``OCT2017/{train,test}/<CLASS>/<CLASS>-<patient>-<n>.jpeg`` (grayscale); returns (path, patient,
+    split)."""
     out = []
     pid = 1000001
     for cls in ("CNV", "DME", "DRUSEN", "NORMAL"):

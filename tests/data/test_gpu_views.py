@@ -41,7 +41,9 @@ CUDA = torch.cuda.is_available()
 def _photo(seed: int, size=(200, 160), mode="RGB") -> Image.Image:
     """A smooth random photo with some edges (a disc), as the benchmark's."""
     rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    img = Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).resize(
+        size, Image.Resampling.BICUBIC
+    )
     arr = np.asarray(img).copy()
     yy, xx = np.mgrid[: size[1], : size[0]]
     arr[(xx - size[0] / 2) ** 2 + (yy - size[1] / 2) ** 2 < (size[1] / 4) ** 2] = rng.integers(0, 256, 3)
@@ -77,7 +79,9 @@ def _samples():
            for s in range(5)]
     out.append((open_encoded(_plain(_photo(7)), "jpg"), {"modality": "fundus", "sample_id": "77"}))
     out.append((open_encoded(_plain(_photo(8, mode="L")), "jpg"), {"modality": "oct", "sample_id": "88"}))
-    out.append((open_encoded(_plain(_photo(9, mode="L"), "PNG"), "png"), {"modality": "oct", "sample_id": "99"}))
+    out.append(
+        (open_encoded(_plain(_photo(9, mode="L"), "PNG"), "png"), {"modality": "oct", "sample_id": "99"})
+    )
     return out
 
 
@@ -117,7 +121,9 @@ def test_device_path_on_cpu_matches_the_cpu_views():
         assert [v.shape for v in dev["global"]] == [v.shape for v in cpu["global"]] == [(8, 3, 64, 64)] * 2
         assert [v.shape for v in dev["local"]] == [(8, 3, 32, 32)] * 2
         assert all(v.dtype == torch.uint8 for v in dev["global"] + dev["local"])
-        assert torch.equal(dev["modality"], cpu["modality"]) and torch.equal(dev["sample_key"], cpu["sample_key"])
+        assert torch.equal(dev["modality"], cpu["modality"]) and torch.equal(
+            dev["sample_key"], cpu["sample_key"]
+        )
         # The PNG (last row) went through the CPU transform in the worker: identical.
         assert all(torch.equal(a[-1], b[-1]) for a, b in zip(cpu["global"], dev["global"], strict=True))
         mae, mx = _diff(cpu, dev)

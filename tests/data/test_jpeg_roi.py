@@ -32,7 +32,9 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img).astype(int)
 
 
-@pytest.mark.parametrize(("width", "expected"), [(512, 4), (500, 4), (48, 3), (112, 1), (16, 1), (1, 1), (96, 3)])
+@pytest.mark.parametrize(
+    ("width", "expected"), [(512, 4), (500, 4), (48, 3), (112, 1), (16, 1), (1, 1), (96, 3)]
+)
 def test_restart_interval_divides_the_mcus_per_row(width: int, expected: int) -> None:
     assert J.restart_interval(width) == expected
     assert (-(-width // 16)) % J.restart_interval(width) == 0
@@ -48,7 +50,9 @@ def test_shard_jpegs_carry_a_cuttable_layout() -> None:
     assert len(layout.starts) == len(layout.ends) == 8 * 21  # 21 MCU rows
     assert all(s < e for s, e in zip(layout.starts, layout.ends, strict=True))
     # The restart markers cost about 1% of the bytes.
-    assert len(data) < 1.03 * len(_jpeg(Image.open(io.BytesIO(data)).convert("RGB"), subsampling="4:2:0")) + 64
+    assert (
+        len(data) < 1.03 * len(_jpeg(Image.open(io.BytesIO(data)).convert("RGB"), subsampling="4:2:0")) + 64
+    )
 
 
 def test_files_that_cannot_be_cut_are_recognised() -> None:
@@ -68,7 +72,8 @@ def test_files_that_cannot_be_cut_are_recognised() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "mode"), [((512, 512), "RGB"), ((500, 333), "RGB"), ((112, 80), "RGB"), ((300, 77), "L"), ((17, 9), "RGB")]
+    ("size", "mode"),
+    [((512, 512), "RGB"), ((500, 333), "RGB"), ((112, 80), "RGB"), ((300, 77), "L"), ((17, 9), "RGB")],
 )
 def test_region_pixels_equal_the_full_decode(size: tuple[int, int], mode: str) -> None:
     data = _jpeg(_photo(*size, seed=size[0], mode=mode), restart_marker_blocks=J.restart_interval(

@@ -36,7 +36,9 @@ def ingest(root: Path, tmp_path: Path, layout: str):
     return summary, df
 
 
-def make_isic2018(root: Path, per_class: int = 3, part: str = "Training", start: int = 24306) -> dict[str, str]:
+def make_isic2018(
+    root: Path, per_class: int = 3, part: str = "Training", start: int = 24306
+) -> dict[str, str]:
     """``ISIC2018_Task3_<part>_Input/ISIC_XXXXXXX.jpg`` + the one-hot ground-truth CSV; {image id: class}."""
     out = {}
     lines = ["image," + ",".join(ISIC_CLASSES)]
@@ -150,7 +152,9 @@ def test_isic2018_groupings_ground_truth_folder_and_official_validation(tmp_path
     assert set(df.loc[df["path"].str.startswith("ISIC2018_Task3_Validation"), "split_source"]) == {"official"}
     # Images of one lesion share a split.
     train = df[df["path"].str.startswith("ISIC2018_Task3_Training")]
-    assert (train.groupby("group")["split"].nunique() == 1).all() and train["group"].nunique() == len(images) // 2
+    assert (train.groupby("group")["split"].nunique() == 1).all() and train["group"].nunique() == len(
+        images
+    ) // 2
 
 
 def test_isic2018_damaged_download(tmp_path):
@@ -163,7 +167,9 @@ def test_isic2018_damaged_download(tmp_path):
     with pytest.raises(UsageError, match=f"has no {ISIC_GT}"):
         scan("isic2018", tmp_path)
     make_isic2018(tmp_path / "g", per_class=1)
-    (tmp_path / "g" / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text("image,lesion\nISIC_0024306,L1\n")
+    (tmp_path / "g" / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text(
+        "image,lesion\nISIC_0024306,L1\n"
+    )
     with pytest.raises(UsageError, match="LesionGroupings.csv has no column 'lesion_id'"):
         scan("isic2018", tmp_path / "g")
 
@@ -226,7 +232,12 @@ def test_pad_ufes20_damaged_download(tmp_path):
 def test_tasks_agree_with_their_layouts(tmp_path, monkeypatch, task, make, metric):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # resolve_data ingests in-process
     spec = get_task(task)
-    assert (spec.modality, spec.metric, spec.label_type, spec.layout) == ("dermoscopy", metric, "multiclass", task)
+    assert (spec.modality, spec.metric, spec.label_type, spec.layout) == (
+        "dermoscopy",
+        metric,
+        "multiclass",
+        task,
+    )
     # PAD's fixture is split by patient: 12 patients can leave one class in test, which probing refuses.
     make(tmp_path / "raw", **({"patients": 36} if task == "pad-ufes-20" else {}))
     emitted = {e.label for e in scan(spec.layout, tmp_path / "raw").values()}

@@ -103,7 +103,13 @@ def test_idrid_repeated_names_official_split(tmp_path):
         folder = "a. Training Set" if split == "train" else "b. Testing Set"
         e = es[f"{IDRID_PART}/1. Original Images/{folder}/{name}.jpg"]
         # IDRiD_001 exists in both sets: different images, different groups.
-        assert (e.label, e.labels, e.group, e.split, e.reason) == (grade, [grade], f"{split}/{name}", split, "")
+        assert (e.label, e.labels, e.group, e.split, e.reason) == (
+            grade,
+            [grade],
+            f"{split}/{name}",
+            split,
+            "",
+        )
     assert detect_layout(tmp_path).name == "idrid"
 
 
@@ -120,7 +126,9 @@ def test_idrid_ingest_no_leak(tmp_path):
     (raw / IDRID_PART / "1. Original Images" / "a. Training Set" / "IDRiD_004.jpg").unlink()
     summary, df = ingest(raw, tmp_path / "m.parquet", "idrid")
     assert summary["ok"] == len(grades) - 1
-    assert summary["rejects_by_reason"] == {"listed in a. IDRiD_Disease Grading_Training Labels.csv but missing": 1}
+    assert summary["rejects_by_reason"] == {
+        "listed in a. IDRiD_Disease Grading_Training Labels.csv but missing": 1
+    }
     ok = df[df["status"] == "ok"]
     test = ok[ok["path"].str.contains("b. Testing Set")]
     assert len(test) == 6 and set(test["split"]) == {"test"} and set(test["split_source"]) == {"official"}
@@ -138,7 +146,9 @@ def test_idrid_damaged_copy(tmp_path):
         scan("idrid", tmp_path)
     csv.write_text(good)
     (truth / IDRID_SETS[1][1]).unlink()
-    with pytest.raises(UsageError, match="2. Groundtruths/b. IDRiD_Disease Grading_Testing Labels.csv' is missing"):
+    with pytest.raises(
+        UsageError, match="2. Groundtruths/b. IDRiD_Disease Grading_Testing Labels.csv' is missing"
+    ):
         scan("idrid", tmp_path)
 
 
@@ -280,7 +290,8 @@ def test_eyepacs_ingest_derived_and_official(tmp_path):
     assert_no_group_leak(df)
 
     (raw / "retinopathy_solution.csv").write_text(
-        "image,level,Usage\n" + "".join(f"{p}_{e},{p % 5},Public\n" for p in (1, 2, 3) for e in ("left", "right"))
+        "image,level,Usage\n"
+        + "".join(f"{p}_{e},{p % 5},Public\n" for p in (1, 2, 3) for e in ("left", "right"))
     )
     _summary, df = ingest(raw, tmp_path / "m2.parquet", "eyepacs")
     test = df[df["path"].str.startswith("test/")]
@@ -306,11 +317,17 @@ def test_eyepacs_task(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- Retina (cataract dataset)
 
-RETINA_FOLDERS = {"1_normal": "NL", "2_cataract": "cataract", "2_glaucoma": "Glaucoma", "3_retina_disease": "Retina"}
+RETINA_FOLDERS = {
+    "1_normal": "NL",
+    "2_cataract": "cataract",
+    "2_glaucoma": "Glaucoma",
+    "3_retina_disease": "Retina",
+}
 
 
 def make_retina(root: Path, per_class: int = 5, under: str = "dataset") -> dict[str, str]:
-    """``dataset/{1_normal,2_cataract,2_glaucoma,3_retina_disease}/<Prefix>_NNN.png``; returns {path: class}."""
+    """``dataset/{1_normal,2_cataract,2_glaucoma,3_retina_disease}/<Prefix>_NNN.png``; returns {path:
+    class}."""
     out = {}
     for folder, prefix in RETINA_FOLDERS.items():
         for i in range(1, per_class + 1):

@@ -17,7 +17,13 @@ from midol_cli.tasks import get_task, layout_description, resolve_data
 # The per-class archives as they unpack (the AMD archive is spelled "AMRD"), and the
 # long spellings some mirrors use.
 OCTID_FOLDERS = {"NORMAL": "normal", "AMRD": "AMD", "CSR": "CSR", "DR": "DR", "MH": "MH"}
-OCTID_LONG = {"Normal": "normal", "ARMD": "AMD", "CSCR": "CSR", "Diabetic Retinopathy": "DR", "Macular Hole": "MH"}
+OCTID_LONG = {
+    "Normal": "normal",
+    "ARMD": "AMD",
+    "CSCR": "CSR",
+    "Diabetic Retinopathy": "DR",
+    "Macular Hole": "MH",
+}
 
 
 def make_octid(root: Path, per_class: int = 6, folders: dict[str, str] = OCTID_FOLDERS) -> dict[str, str]:
@@ -37,7 +43,9 @@ def scan(name: str, root: Path, **extra) -> dict:
 
 def ingest(root: Path, tmp_path: Path, layout: str, **extra):
     out = tmp_path / "out" / f"{layout}.parquet"
-    summary = ingest_folder(root, "oct", layout=layout, out=out, workers=1, layout_options=LayoutOptions(extra=extra))
+    summary = ingest_folder(
+        root, "oct", layout=layout, out=out, workers=1, layout_options=LayoutOptions(extra=extra)
+    )
     df, _ = read_manifest(out)
     return summary, df
 

@@ -51,7 +51,8 @@ def ingest(root: Path, tmp_path: Path, layout: str, **extra):
 
 
 def make_breakhis(root: Path, patients_per_subtype: int = 2, per_mag: int = 1) -> list[dict[str, str]]:
-    """``BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/SOB_<B|M>_<T>_14-<id>/<mag>/...``."""
+    """The BreaKHis tree: ``BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/``
+    ``SOB_<B|M>_<T>_14-<id>/<mag>/...``."""
     rows = []
     pid = 10000
     for k, (subtype, code) in enumerate(BREAKHIS_TYPES.items()):
@@ -68,7 +69,9 @@ def make_breakhis(root: Path, patients_per_subtype: int = 2, per_mag: int = 1) -
     return rows
 
 
-def make_pcam(root: Path, n: dict[str, int] | None = None, meta: tuple[str, ...] = ("train", "valid")) -> dict:
+def make_pcam(
+    root: Path, n: dict[str, int] | None = None, meta: tuple[str, ...] = ("train", "valid")
+) -> dict:
     """The six PCam HDF5 files (x [N,96,96,3] uint8, y [N,1,1,1] uint8) and meta CSVs for ``meta``.
 
     The train meta CSV carries pandas' unnamed index column, the valid one does not (both
@@ -122,7 +125,13 @@ def test_breakhis_path_gives_class_subtype_patient_magnification(tmp_path):
     assert len(es) == len(rows) == 64
     for r in rows:
         e = es[r["path"]]
-        assert (e.label, e.labels, e.group, e.split, e.reason) == (r["subtype"], [r["subtype"]], r["patient"], None, "")
+        assert (e.label, e.labels, e.group, e.split, e.reason) == (
+            r["subtype"],
+            [r["subtype"]],
+            r["patient"],
+            None,
+            "",
+        )
     assert {e.group for e in es.values()} >= {"14-10137", "14-10274AB"}
     binary = scan("breakhis", tmp_path, label="binary")
     assert {p: e.label for p, e in binary.items()} == {r["path"]: r["cls"] for r in rows}
@@ -141,7 +150,9 @@ def test_breakhis_root_may_be_any_folder_above_the_classes(tmp_path):
     assert set(es) == {r["path"].removeprefix("BreaKHis_v1/") for r in rows}
     # Kaggle's copy nests BreaKHis_v1 twice.
     shutil.move(inner, tmp_path / "k" / "BreaKHis_v1" / "BreaKHis_v1")
-    assert detect_layout(tmp_path / "k").name == "breakhis" and len(scan("breakhis", tmp_path / "k")) == len(rows)
+    assert detect_layout(tmp_path / "k").name == "breakhis" and len(scan("breakhis", tmp_path / "k")) == len(
+        rows
+    )
 
 
 def test_breakhis_ingest_keeps_patients_together(tmp_path):
@@ -161,7 +172,9 @@ def test_breakhis_ingest_keeps_patients_together(tmp_path):
 
 def test_breakhis_options_are_checked(tmp_path):
     make_breakhis(tmp_path, patients_per_subtype=1)
-    with pytest.raises(UsageError, match=r"magnification='50X' of the breakhis layout must be one of 40X, 100X"):
+    with pytest.raises(
+        UsageError, match=r"magnification='50X' of the breakhis layout must be one of 40X, 100X"
+    ):
         scan("breakhis", tmp_path, magnification="50X")
     with pytest.raises(UsageError, match="breakhis layout has no option 'zoom'"):
         scan("breakhis", tmp_path, zoom="40X")
@@ -269,11 +282,15 @@ def test_pcam_damaged_downloads(tmp_path):
     with pytest.raises(UsageError, match="camelyonpatch_level_2_split_valid_meta.csv has no column 'wsi'"):
         scan("pcam", tmp_path / "a")
     meta.write_text("coord_y,coord_x,tumor_patch,center_tumor_patch,wsi\n0,0,False,False,w\n")
-    with pytest.raises(UsageError, match="has 1 rows but camelyonpatch_level_2_split_valid_y.h5 has 4 labels"):
+    with pytest.raises(
+        UsageError, match="has 1 rows but camelyonpatch_level_2_split_valid_y.h5 has 4 labels"
+    ):
         scan("pcam", tmp_path / "a")
     meta.unlink()
     (tmp_path / "a" / f"{PCAM.format('test', 'y')}.h5").unlink()
-    with pytest.raises(UsageError, match=r"split_test_y.h5' is missing beside camelyonpatch_level_2_split_test_x.h5"):
+    with pytest.raises(
+        UsageError, match=r"split_test_y.h5' is missing beside camelyonpatch_level_2_split_test_x.h5"
+    ):
         scan("pcam", tmp_path / "a")
     # A missing x file: its patches are rejected rows, the run goes on.
     make_pcam(tmp_path / "b", n={"valid": 3})

@@ -34,7 +34,9 @@ def make_isic(root: Path, counts: dict[str, int], start: int = 0) -> list[str]:
         (root / inp / "LICENSE.txt").write_text("CC BY-NC\n")
         for _ in range(n):
             name = f"ISIC_{k:07d}"
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / inp / f"{name}.jpg")
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                root / inp / f"{name}.jpg"
+            )
             m = np.zeros((32, 32), np.uint8)
             m[8:20, 6:24] = 255
             Image.fromarray(m).save(root / gt / f"{name}_segmentation.png")
@@ -82,7 +84,11 @@ def test_training_only_derives_splits_by_image(tmp_path):
     assert all(e.split is None for e in scan(tmp_path).values())
     summary = ingest_folder(tmp_path, "dermoscopy", layout="isic2018-seg", out=tmp_path.parent / "m.parquet",
                             workers=1)
-    assert summary["per_split"]["train"] > 0 and summary["per_split"]["val"] > 0 and summary["per_split"]["test"] > 0
+    assert (
+        summary["per_split"]["train"] > 0
+        and summary["per_split"]["val"] > 0
+        and summary["per_split"]["test"] > 0
+    )
     assert summary["groups_across_splits"] == 0 and summary["warnings"] == []
 
 

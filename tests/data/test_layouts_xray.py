@@ -68,7 +68,13 @@ CHEXPERT_HEADER = (
 FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 CYCLE = ("1.0", "0.0", "-1.0", "", "0.0")
 # patient00001: Atelectasis -1, Cardiomegaly 1, Consolidation blank, Edema 0, Pleural Effusion -1.
-P1 = {"Atelectasis": "-1.0", "Cardiomegaly": "1.0", "Consolidation": "", "Edema": "0.0", "Pleural Effusion": "-1.0"}
+P1 = {
+    "Atelectasis": "-1.0",
+    "Cardiomegaly": "1.0",
+    "Consolidation": "",
+    "Edema": "0.0",
+    "Pleural Effusion": "-1.0",
+}
 
 
 def make_chexpert(root: Path, train_patients: int = 8, valid_patients: int = 3) -> list[dict]:
@@ -112,7 +118,9 @@ def test_chexpert_policies_view_groups_and_official_split(tmp_path):
     es = scan("chexpert", tmp_path)
     assert len(es) == len(rows)
     p1 = es["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"]
-    assert p1.labels == ["Atelectasis", "Cardiomegaly", "Pleural Effusion"] and not p1.reason  # u-ones default
+    assert (
+        p1.labels == ["Atelectasis", "Cardiomegaly", "Pleural Effusion"] and not p1.reason
+    )  # u-ones default
     assert p1.label == "Atelectasis|Cardiomegaly|Pleural Effusion"
     assert es["CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg"].labels == ["No Finding"]
     for r in rows:
@@ -196,7 +204,8 @@ def _uuid(i: int) -> str:
 
 
 def make_rsna(root: Path, patients: int = 12, test_images: int = 2) -> dict[str, str]:
-    """``stage_2_train_labels.csv`` (one row per box) + class info + 8-bit DICOMs; returns {patientId: Target}."""
+    """``stage_2_train_labels.csv`` (one row per box) + class info + 8-bit DICOMs; returns {patientId:
+    Target}."""
     labels = ["patientId,x,y,width,height,Target"]
     info = ["patientId,class"]
     truth = {}
@@ -207,7 +216,9 @@ def make_rsna(root: Path, patients: int = 12, test_images: int = 2) -> dict[str,
         boxes = 2 if positive else 1
         for b in range(boxes):
             labels.append(f"{pid},{264.0 + b},152.0,213.0,379.0,1" if positive else f"{pid},,,,,0")
-            info.append(f"{pid},{'Lung Opacity' if positive else ('Normal', 'No Lung Opacity / Not Normal')[i % 2]}")
+            info.append(
+                f"{pid},{'Lung Opacity' if positive else ('Normal', 'No Lung Opacity / Not Normal')[i % 2]}"
+            )
         arr = np.random.default_rng(i).integers(0, 256, (20, 20), dtype=np.uint8)
         write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", arr, modality="CR", patient_id=pid)
     for j in range(test_images):
@@ -237,7 +248,10 @@ def test_rsna_ingest_dicom_end_to_end(tmp_path):
     gone = next(iter(truth))
     (raw / "stage_2_train_images" / f"{gone}.dcm").unlink()
     summary, df = ingest(raw, tmp_path / "m.parquet", "rsna-pneumonia")
-    assert df.loc[f"stage_2_train_images/{gone}.dcm", "reason"] == "listed in stage_2_train_labels.csv but missing"
+    assert (
+        df.loc[f"stage_2_train_images/{gone}.dcm", "reason"]
+        == "listed in stage_2_train_labels.csv but missing"
+    )
     assert summary["ok"] == len(truth) - 1 + 2 and summary["unlisted"] == 0
     ok = df[df["status"] == "ok"]
     assert set(ok["format"]) == {"DICOM"}

@@ -90,7 +90,9 @@ def test_finite_epochs_reshuffle_only_on_set_epoch(shard_set) -> None:
     assert list(other_seed) != first
 
 
-def test_resampled_stream_is_infinite_and_differs_per_rank(shard_set, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resampled_stream_is_infinite_and_differs_per_rank(
+    shard_set, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, _ = shard_set
     streams = []
     for rank in (0, 1):
@@ -152,7 +154,9 @@ def _add(t: tarfile.TarFile, name: str, data: bytes, kind: bytes = tarfile.REGTY
     t.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
-def test_malicious_members_are_refused_and_never_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malicious_members_are_refused_and_never_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = tmp_path / "evil" / "shards"
     d.mkdir(parents=True)
     meta = {"sample_id": "good1", "modality": "xray", "split": "train", "label": "", "labels": [],
@@ -246,7 +250,9 @@ def test_lazy_mode_hands_over_checked_undecoded_images(tmp_path: Path) -> None:
 
     d = tmp_path / "shards"
     d.mkdir()
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((64, 48))
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+        (64, 48)
+    )
     jpg = encode_image(photo, 64)[1]
     meta = {"modality": "fundus", "split": "train", "label": "", "labels": [], "group": "", "dataset": "x",
             "orig_width": 64, "orig_height": 48}

@@ -33,7 +33,9 @@ def test_mix_weights_known_answers():
 def lopsided(tmp_path_factory) -> Path:
     """A shard set with 48 fundus and 8 oct training images (plus val/test rows the stream skips)."""
     tmp = tmp_path_factory.mktemp("mix")
-    big = make_manifest(tmp, "big", 64, modality="fundus", size=(24, 24), splits=("train", "train", "train", "val"))
+    big = make_manifest(
+        tmp, "big", 64, modality="fundus", size=(24, 24), splits=("train", "train", "train", "val")
+    )
     small = make_manifest(tmp, "small", 8, modality="oct", mode="L", size=(24, 24), splits=("train",))
     out = tmp / "shards"
     S.write_shards([big, small], out, S.ShardParams(max_count=8, min_shards=4))
@@ -78,7 +80,9 @@ def test_recipe_mix_is_validated_with_dotted_keys():
     r = load_recipe(PretrainRecipe, None, ["data.modalities=[xray,oct]", "data.mix={xray: 1, oct: 3}"])
     assert r.data.mix == {"xray": 1.0, "oct": 3.0}
     assert load_recipe(PretrainRecipe, None, ["data.mix=balanced"]).data.mix == "balanced"
-    with pytest.raises(UsageError, match=r"data.mix must give a weight to each of data.modalities.*no weight for: oct"):
+    with pytest.raises(
+        UsageError, match=r"data.mix must give a weight to each of data.modalities.*no weight for: oct"
+    ):
         load_recipe(PretrainRecipe, None, ["data.modalities=[xray,oct]", "data.mix={xray: 1}"])
     with pytest.raises(UsageError, match="data.mix"):
         load_recipe(PretrainRecipe, None, ["data.modalities=[xray,oct]", "data.mix={xray: 1, oct: -1}"])
@@ -92,11 +96,26 @@ def test_pretraining_logs_the_images_each_modality_gave(lopsided, tmp_path):
     from midol_cli.train.pretrain import run_pretrain
     from tests.conftest import TINY_SWIN
 
-    recipe = load_recipe(PretrainRecipe, "recipes/smoke.yaml", [
-        f"data.shards={lopsided}", "data.modalities=[fundus,oct]", "data.mix={fundus: 1, oct: 3}",
-        "model.arch=swin_tiny_patch4_window7_224", "model.img_size=64", "model.arch_kwargs=" + json.dumps(TINY_SWIN),
-        "train.steps=6", "train.log_every=2", "optim.global_batch_size=16", "data.num_workers=0",
-        "data.shuffle_buffer=8", "projector.hidden_dim=32", "projector.n_prototypes=16", "loss.queue_size=16"])
+    recipe = load_recipe(
+        PretrainRecipe,
+        "recipes/smoke.yaml",
+        [
+            f"data.shards={lopsided}",
+            "data.modalities=[fundus,oct]",
+            "data.mix={fundus: 1, oct: 3}",
+            "model.arch=swin_tiny_patch4_window7_224",
+            "model.img_size=64",
+            "model.arch_kwargs=" + json.dumps(TINY_SWIN),
+            "train.steps=6",
+            "train.log_every=2",
+            "optim.global_batch_size=16",
+            "data.num_workers=0",
+            "data.shuffle_buffer=8",
+            "projector.hidden_dim=32",
+            "projector.n_prototypes=16",
+            "loss.queue_size=16",
+        ],
+    )
     run_pretrain(recipe, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
@@ -117,14 +136,27 @@ def test_pretraining_reads_pipe_urls_and_a_mix_needs_an_index(lopsided, tmp_path
     stem, last = names[0].rsplit("-", 1)[0], names[-1].rsplit("-", 1)[1].split(".")[0]
     first = names[0].rsplit("-", 1)[1].split(".")[0]
     spec = f"pipe:cat {lopsided}/{stem}-{{{first}..{last}}}.tar"
-    base = [f"data.shards={spec}", "data.modalities=[fundus,oct]", "model.arch=swin_tiny_patch4_window7_224",
-            "model.img_size=64", "model.arch_kwargs=" + json.dumps(TINY_SWIN), "train.steps=2", "train.log_every=1",
-            "optim.global_batch_size=8", "data.num_workers=0", "data.shuffle_buffer=8", "projector.hidden_dim=32",
-            "projector.n_prototypes=16", "loss.queue_size=8"]
+    base = [
+        f"data.shards={spec}",
+        "data.modalities=[fundus,oct]",
+        "model.arch=swin_tiny_patch4_window7_224",
+        "model.img_size=64",
+        "model.arch_kwargs=" + json.dumps(TINY_SWIN),
+        "train.steps=2",
+        "train.log_every=1",
+        "optim.global_batch_size=8",
+        "data.num_workers=0",
+        "data.shuffle_buffer=8",
+        "projector.hidden_dim=32",
+        "projector.n_prototypes=16",
+        "loss.queue_size=8",
+    ]
     run_pretrain(load_recipe(PretrainRecipe, "recipes/smoke.yaml", base), tmp_path / "run")
     rec = json.loads((tmp_path / "run" / "run.json").read_text())
     assert rec["shards"] == spec and rec["shard_index_sha"] is None
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["images/fundus"] + r["images/oct"] for r in rows) == 16
     with pytest.raises(UsageError, match="needs the shard set's index.json"):
-        run_pretrain(load_recipe(PretrainRecipe, "recipes/smoke.yaml", [*base, "data.mix=balanced"]), tmp_path / "r2")
+        run_pretrain(
+            load_recipe(PretrainRecipe, "recipes/smoke.yaml", [*base, "data.mix=balanced"]), tmp_path / "r2"
+        )

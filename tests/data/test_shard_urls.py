@@ -122,7 +122,9 @@ def test_index_use_follows_the_spec(shard_set, tmp_path: Path) -> None:
     assert named.num_samples == 4 and named.num_shards == local.num_shards
     assert L.shard_index_path(f"{copy}::{_pipe_spec(out, n)}") == copy
     assert L.shard_index_path(out) == out / "index.json" and L.shard_index_path(_pipe_spec(out, n)) is None
-    assert L.count_samples(f"{copy}::{_pipe_spec(out, n)}", split="train") == idx["totals"]["per_split"]["train"]
+    assert (
+        L.count_samples(f"{copy}::{_pipe_spec(out, n)}", split="train") == idx["totals"]["per_split"]["train"]
+    )
     with pytest.raises(UsageError, match="does not list"):
         L.make_dataset(f"{copy}::pipe:cat somewhere/other.tar", None)
     with pytest.raises(UsageError, match="shards beside it"):
@@ -199,13 +201,32 @@ def test_unsafe_members_refused_through_pipe(shard_set, tmp_path: Path) -> None:
     evil_dir = tmp_path / "work"
     evil_dir.mkdir()
     tar = evil_dir / "shard-000000.tar"
-    tar.write_bytes(_tar([("../evil.json", b'{"x": 1}'), ("/abs.json", b"{}"), ("ok.sh", b"rm -rf /"),
-                          (f"{good['__key__']}.{img_ext}", good[img_ext]), (f"{good['__key__']}.json", good["json"])]))
+    tar.write_bytes(
+        _tar(
+            [
+                ("../evil.json", b'{"x": 1}'),
+                ("/abs.json", b"{}"),
+                ("ok.sh", b"rm -rf /"),
+                (f"{good['__key__']}.{img_ext}", good[img_ext]),
+                (f"{good['__key__']}.json", good["json"]),
+            ]
+        )
+    )
     refused: list[tuple[str, str]] = []
-    got = list(U.iter_url_samples(f"pipe:cd {evil_dir} && cat shard-000000.tar", on_refused=lambda m, w: refused.append((m, w))))
+    got = list(
+        U.iter_url_samples(
+            f"pipe:cd {evil_dir} && cat shard-000000.tar", on_refused=lambda m, w: refused.append((m, w))
+        )
+    )
     assert [s["__key__"] for s in got] == [good["__key__"]]
-    assert refused == [("../evil.json", "unsafe name"), ("/abs.json", "unsafe name"), ("ok.sh", "unexpected extension")]
-    assert not (tmp_path / "evil.json").exists() and sorted(p.name for p in evil_dir.iterdir()) == ["shard-000000.tar"]
+    assert refused == [
+        ("../evil.json", "unsafe name"),
+        ("/abs.json", "unsafe name"),
+        ("ok.sh", "unexpected extension"),
+    ]
+    assert not (tmp_path / "evil.json").exists() and sorted(p.name for p in evil_dir.iterdir()) == [
+        "shard-000000.tar"
+    ]
     ds = L.make_dataset(f"pipe:cat {tar}", None, shuffle_buffer=0)
     assert [m["sample_id"] for _, m in ds] == [good["__key__"]]
     assert ds.stats()["refused_members"] == 3

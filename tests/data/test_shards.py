@@ -254,7 +254,9 @@ def test_changed_inputs_never_lose_the_complete_set_when_interrupted(tmp_path: P
     assert not (out / S.STAGING_NAME).exists()
 
 
-def test_an_interrupted_swap_is_finished_by_the_next_run(tmp_path: Path, two: list[Path], monkeypatch) -> None:
+def test_an_interrupted_swap_is_finished_by_the_next_run(
+    tmp_path: Path, two: list[Path], monkeypatch
+) -> None:
     out = tmp_path / "sh"
     S.write_shards(two, out, P(min_shards=8))
     real = os.replace
@@ -319,7 +321,11 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_completes(
     monkeypatch.undo()
 
     assert not (out / "index.json").exists()
-    assert sorted(p.name for p in out.glob("shard-*.tar")) == finished == ["shard-000000.tar", "shard-000001.tar"]
+    assert (
+        sorted(p.name for p in out.glob("shard-*.tar"))
+        == finished
+        == ["shard-000000.tar", "shard-000001.tar"]
+    )
     assert list(out.glob(".shard-000002.tar.*.tmp")), "the interrupted shard stays under a temp name"
     for name in finished:  # every final name is a complete shard
         ref = next(s for s in full["shards"] if s["name"] == name)
@@ -329,7 +335,9 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_completes(
 
     kept_ino = {n: (out / n).stat().st_ino for n in finished}
     written: list[str] = []
-    monkeypatch.setattr(S._ShardWriter, "finish", lambda self, end: written.append(self.name) or real_finish(self, end))
+    monkeypatch.setattr(
+        S._ShardWriter, "finish", lambda self, end: written.append(self.name) or real_finish(self, end)
+    )
     idx = S.write_shards(two, out, params)
     assert written == [s["name"] for s in full["shards"][2:]]
     assert {n: (out / n).stat().st_ino for n in finished} == kept_ino
@@ -387,7 +395,16 @@ def test_verify_requires_the_index(tmp_path: Path) -> None:
 
 def test_member_names_and_encoding_helpers() -> None:
     assert S.split_member_name("ab12_x-Y.PNG") == ("ab12_x-Y", "png")
-    for bad in ("../../evil.json", "/etc/x.png", "a.exe", "a/b.png", "a..png", "a.b.png", ".json", "a\\b.jpg"):
+    for bad in (
+        "../../evil.json",
+        "/etc/x.png",
+        "a.exe",
+        "a/b.png",
+        "a..png",
+        "a.b.png",
+        ".json",
+        "a\\b.jpg",
+    ):
         assert S.split_member_name(bad) is None, bad
     ext, data = S.encode_image(Image.new("L", (10, 20), 7), 512)
     assert ext == "png" and Image.open(io.BytesIO(data)).size == (10, 20)  # never upscaled
@@ -398,7 +415,9 @@ def test_member_names_and_encoding_helpers() -> None:
         S.parse_size("lots")
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT, **kinds: bytes) -> Path:
+def _tar(
+    path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT, **kinds: bytes
+) -> Path:
     with tarfile.open(path, "w", format=fmt) as t:
         for name, data in members:
             info = tarfile.TarInfo(name)
@@ -441,7 +460,9 @@ def test_tar_reader_refuses_extension_headers_and_big_members(tmp_path: Path, mo
     assert refused[0][1] == "not a regular file" and all(name != long for name, _ in refused)
     monkeypatch.setattr(F, "MAX_MEMBER_BYTES", 2)  # never read, skipped by its size
     samples, refused = _read_all(_tar(tmp_path / "b.tar", [("big1.png", b"abcdef"), ("ok1.json", b"{}")]))
-    assert refused == [("big1.png", "member larger than 0 MiB")] and [s["__key__"] for s in samples] == ["ok1"]
+    assert refused == [("big1.png", "member larger than 0 MiB")] and [s["__key__"] for s in samples] == [
+        "ok1"
+    ]
 
 
 def test_tar_reader_rejects_damaged_archives(tmp_path: Path) -> None:

@@ -89,7 +89,9 @@ def test_hue_keeps_luma_and_chroma_and_turns_like_torchvision(rgb):
         grey = (src @ np.asarray(_LUMA))[..., None]
         # A rotation about the grey axis in YIQ keeps the chroma magnitude (in YIQ units).
         m = np.array([[0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
-        assert np.allclose(np.linalg.norm((out - grey) @ m.T, axis=-1), np.linalg.norm((src - grey) @ m.T, axis=-1))
+        assert np.allclose(
+            np.linalg.norm((out - grey) @ m.T, axis=-1), np.linalg.norm((src - grey) @ m.T, axis=-1)
+        )
         hsv_hue = np.array([colorsys.rgb_to_hsv(*(p / 255.0))[0] for p in src.reshape(-1, 3)])
 
         def shift(x, _base=hsv_hue):
@@ -107,7 +109,9 @@ def test_factors_and_order_are_drawn_like_torchvision():
     draws = [jitter.draw() for _ in range(2000)]
     firsts = {d[0][0] for d in draws}
     assert firsts == {"brightness", "contrast", "saturation", "hue"}  # random order
-    by_name = {n: [f for d in draws for m, f in d if m == n] for n in ("brightness", "contrast", "saturation", "hue")}
+    by_name = {
+        n: [f for d in draws for m, f in d if m == n] for n in ("brightness", "contrast", "saturation", "hue")
+    }
     assert 0.6 <= min(by_name["brightness"]) and max(by_name["brightness"]) <= 1.4
     assert 0.7 <= min(by_name["contrast"]) and max(by_name["contrast"]) <= 1.3
     assert -0.1 <= min(by_name["hue"]) and max(by_name["hue"]) <= 0.1
@@ -155,10 +159,15 @@ def test_crop_boxes_follow_the_inception_sampling():
     assert aspect.min() >= 0.74 and aspect.max() <= 1.35
     # Same draws as torchvision's RandomResizedCrop (which uses torch's RNG): compare distributions.
     torch.manual_seed(0)
-    ref = [T.RandomResizedCrop.get_params(torch.zeros(1, 120, 160), [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(3000)]
+    ref = [
+        T.RandomResizedCrop.get_params(torch.zeros(1, 120, 160), [0.2, 1.0], [3 / 4, 4 / 3])
+        for _ in range(3000)
+    ]
     ref_area = np.array([h * w / (160 * 120) for _, _, h, w in ref])
     assert abs(area.mean() - ref_area.mean()) < 0.02 and abs(np.median(area) - np.median(ref_area)) < 0.03
-    assert crop_box(160, 120, (0.2, 1.0), rng=random.Random(5)) == crop_box(160, 120, (0.2, 1.0), rng=random.Random(5))
+    assert crop_box(160, 120, (0.2, 1.0), rng=random.Random(5)) == crop_box(
+        160, 120, (0.2, 1.0), rng=random.Random(5)
+    )
 
 
 def test_whole_image_crop_draws_nothing():
@@ -243,9 +252,14 @@ def test_views_are_normalised_three_channel_tensors(mode):
     random.seed(0)
     view = ViewAugment(cfg, 48, (0.3, 1.0))(img)
     assert view.shape == (3, 48, 48) and torch.isfinite(view).all()
-    lo, hi = to_tensor(Image.new("RGB", (1, 1), (0, 0, 0))), to_tensor(Image.new("RGB", (1, 1), (255, 255, 255)))
+    lo, hi = (
+        to_tensor(Image.new("RGB", (1, 1), (0, 0, 0))),
+        to_tensor(Image.new("RGB", (1, 1), (255, 255, 255))),
+    )
     assert (view >= lo.view(3, 1, 1) - 1e-5).all() and (view <= hi.view(3, 1, 1) + 1e-5).all()  # clipped
-    tf = MultiViewTransform(["fundus"], {"fundus": cfg}, img_size=48, global_views=2, local_views=1, local_size=24)
+    tf = MultiViewTransform(
+        ["fundus"], {"fundus": cfg}, img_size=48, global_views=2, local_views=1, local_size=24
+    )
     g, loc, m, key = tf(img, {"modality": "fundus", "sample_id": "ab12"})
     assert [x.shape for x in g] == [torch.Size([3, 48, 48])] * 2 and loc[0].shape == (3, 24, 24)
     assert not torch.equal(g[0], g[1])  # two different views
@@ -272,7 +286,9 @@ def test_normalise_matches_to_tensor():
     pixels = pil_to_uint8(img)[0]
     assert torch.allclose(Normalise()(pixels), to_tensor(img), atol=1e-5)
     assert torch.allclose(Normalise()(pixels[None]), to_tensor(img)[None], atol=1e-5)  # batched
-    custom = Normalise(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(torch.full((3, 2, 2), 255, dtype=torch.uint8))
+    custom = Normalise(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(
+        torch.full((3, 2, 2), 255, dtype=torch.uint8)
+    )
     assert torch.allclose(custom, torch.ones(3, 2, 2))
 
 

@@ -1,4 +1,5 @@
-"""midol's shards read by the public WebDataset API (webdataset.WebDataset, wids) with the right counts and keys."""
+"""midol's shards read by the public WebDataset API (webdataset.WebDataset, wids) with the right counts and
+keys."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def shard_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, set
 
 
 def wids_shardlist(shard_dir: Path) -> dict:
-    """A wids shard-list document made from midol's index.json (what docs/distributed.md tells users to write)."""
+    """A wids shard-list document made from midol's index.json (what docs/distributed.md tells users to
+    write)."""
     idx = json.loads((shard_dir / "index.json").read_text())
     return {
         "__kind__": "wids-shard-index-v1",
@@ -64,7 +66,9 @@ def test_webdataset_reads_midol_shards(shard_set) -> None:
     # And the decoded form users write (.decode("pil")) gives images of the stored mode.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        first = next(iter(wds.WebDataset(urls[:1], shardshuffle=False).decode("pil").to_tuple("jpg;png", "json")))
+        first = next(
+            iter(wds.WebDataset(urls[:1], shardshuffle=False).decode("pil").to_tuple("jpg;png", "json"))
+        )
     assert first[0].mode in ("RGB", "L") and first[1]["sample_id"] in ids
 
 

@@ -209,10 +209,15 @@ def test_only_the_split_pre_training_read_counts(planted, shard_dir, tmp_path):
 
     pre = read_manifest(planted["pre"])[0]
     split_of = dict(zip(pre["path"].map(lambda p: Path(p).name), pre["split"], strict=True))
-    want = {sp: sum(split_of[src] == sp for _, src in planted["planted"].values()) for sp in ("train", "val", "test")}
+    want = {
+        sp: sum(split_of[src] == sp for _, src in planted["planted"].values())
+        for sp in ("train", "val", "test")
+    }
     assert sum(want.values()) == 6
     for sp, n in want.items():
-        assert check_contamination([shard_dir], [planted["test"]], source_splits=[sp]).reports[0].overlaps == n
+        assert (
+            check_contamination([shard_dir], [planted["test"]], source_splits=[sp]).reports[0].overlaps == n
+        )
     both = check_contamination([shard_dir], [planted["test"]], source_splits=["val", "test"])
     assert both.reports[0].overlaps == want["val"] + want["test"]
     assert both.pretrain_images == int(pre["split"].isin(["val", "test"]).sum())

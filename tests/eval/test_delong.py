@@ -59,9 +59,13 @@ NDKA = (
 
 
 def _asah() -> dict[str, np.ndarray]:
-    cols = {"outcome": np.array([int(c) for c in OUTCOME]), "age": np.array(AGE.split(), dtype=float),
-            "wfns": np.array([int(c) for c in WFNS], dtype=float), "s100b": np.array(S100B.split(), dtype=float),
-            "ndka": np.array(NDKA.split(), dtype=float)}
+    cols = {
+        "outcome": np.array([int(c) for c in OUTCOME]),
+        "age": np.array(AGE.split(), dtype=float),
+        "wfns": np.array([int(c) for c in WFNS], dtype=float),
+        "s100b": np.array(S100B.split(), dtype=float),
+        "ndka": np.array(NDKA.split(), dtype=float),
+    }
     assert all(len(v) == 113 for v in cols.values())
     return cols
 
@@ -120,7 +124,9 @@ def test_proc_variances_covariances_and_sklearn_aucs():
         one = delong_auc(d["outcome"], d[n])
         assert one.variance == pytest.approx(want_var[i], abs=1e-14)
         half = 1.959963984540054 * math.sqrt(want_var[i])
-        assert one.ci_low == pytest.approx(auc[i] - half) and one.ci_high == pytest.approx(min(1.0, auc[i] + half))
+        assert one.ci_low == pytest.approx(auc[i] - half) and one.ci_high == pytest.approx(
+            min(1.0, auc[i] + half)
+        )
 
 
 def test_midranks_share_tied_ranks():
@@ -192,7 +198,9 @@ def test_clustered_delong_respects_patients():
     assert delong_test(y3, s3[0], s3[1]).p_value < 1e-3  # the naive test, fooled by the copies
 
 
-def _binormal(rng: np.random.Generator, n: int, mu: tuple[float, float], rho: float) -> tuple[np.ndarray, ...]:
+def _binormal(
+    rng: np.random.Generator, n: int, mu: tuple[float, float], rho: float
+) -> tuple[np.ndarray, ...]:
     y = (rng.random(n) < 0.4).astype(int)
     e = rng.multivariate_normal([0.0, 0.0], [[1.0, rho], [rho, 1.0]], size=n)
     return y, e[:, 0] + mu[0] * y, e[:, 1] + mu[1] * y

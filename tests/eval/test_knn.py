@@ -49,7 +49,9 @@ def test_neighbours_match_brute_force_and_one_search_serves_every_k():
     bank, q = rng.normal(size=(500, 16)), rng.normal(size=(60, 16))
     y = rng.integers(0, 4, 500)
     sims, idx = knn_neighbors(bank, q, 20, max_cells=5_000)  # several chunks
-    S = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+    S = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    ).T
     want = np.argsort(-S, axis=1, kind="stable")[:, :20]
     assert np.array_equal(idx, want)  # continuous similarities: no ties
     assert np.allclose(sims, np.take_along_axis(S, want, axis=1), atol=1e-6)

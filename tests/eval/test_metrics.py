@@ -178,7 +178,9 @@ def test_chance_levels_are_the_metrics_of_the_training_prior():
     ch = chance_metrics(np.array([0, 1, 1, 1]), np.array([1, 1, 0, 1, 1]), "binary", ["neg", "pos"])
     assert ch["accuracy"] == pytest.approx(0.8) and ch["auroc"] == pytest.approx(0.5)
     assert ch["auprc"] == pytest.approx(0.8)  # constant scores: the prevalence
-    ml = chance_metrics(np.array([[1, 0], [1, 1], [1, 0]]), np.array([[1, 0], [0, 1]]), "multilabel", ["x", "y"])
+    ml = chance_metrics(
+        np.array([[1, 0], [1, 1], [1, 0]]), np.array([[1, 0], [0, 1]]), "multilabel", ["x", "y"]
+    )
     assert ml["accuracy"] == pytest.approx(0.5) and ml["auroc"] == pytest.approx(0.5)
 
 

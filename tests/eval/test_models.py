@@ -18,10 +18,21 @@ def run_dir(tmp_path_factory):
     torch.manual_seed(1)
     spec = EncoderSpec(img_size=64, arch_kwargs=TINY_SWIN)
     m = MIDoL(build_encoder(spec), 2, hidden_dim=16, bottleneck_dim=8, n_prototypes=6, n_layers=2)
-    save_checkpoint(root, 3, {"student": m.student.state_dict(), "teacher": m.teacher.state_dict(),
-                              "encoder_spec": spec.to_dict(), "modalities": ["xray", "oct"], "n_experts": 2,
-                              "recipe": {"projector": {"hidden_dim": 16, "bottleneck_dim": 8, "n_prototypes": 6,
-                                                       "n_layers": 2}}}, keep_last=1)
+    save_checkpoint(
+        root,
+        3,
+        {
+            "student": m.student.state_dict(),
+            "teacher": m.teacher.state_dict(),
+            "encoder_spec": spec.to_dict(),
+            "modalities": ["xray", "oct"],
+            "n_experts": 2,
+            "recipe": {
+                "projector": {"hidden_dim": 16, "bottleneck_dim": 8, "n_prototypes": 6, "n_layers": 2}
+            },
+        },
+        keep_last=1,
+    )
     export_run(root)
     return root, m
 

@@ -81,7 +81,9 @@ def test_groups_widen_the_interval():
     pv = _onehot(np.where(right_v, y, (y + 1) % 3), 3)
     scores = {"midol": {0: pb}, "v": {0: pv}}
     grouped = paired_differences([_task("t", y, groups, scores)], "midol", n_boot=600)["v"]["t"]
-    flat = paired_differences([_task("t", y, np.arange(len(y)).astype(str), scores)], "midol", n_boot=600)["v"]["t"]
+    flat = paired_differences([_task("t", y, np.arange(len(y)).astype(str), scores)], "midol", n_boot=600)[
+        "v"
+    ]["t"]
     assert grouped.value == pytest.approx(flat.value)
     assert (grouped.ci_high - grouped.ci_low) > 2 * (flat.ci_high - flat.ci_low)
 
@@ -159,11 +161,15 @@ def test_load_task_scores_pairs_fraction_probe_seeds_and_refuses_other_labels(tm
     for model, flip in (("m1", False), ("m2", True)):
         folder = tmp_path / model / "t"
         folder.mkdir(parents=True)
-        (folder / "summary.json").write_text(json.dumps(summary(model, "t", "oct", "accuracy", 0.5, 0.4, 0.6)))
+        (folder / "summary.json").write_text(
+            json.dumps(summary(model, "t", "oct", "accuracy", 0.5, 0.4, 0.6))
+        )
         rev = slice(None, None, -1)  # seed 1 written in reverse order: aligned by sample id anyway
         parts = [("fraction_0.1", s, sids[rev] if s else sids, sids[rev] if s else sids,
                   labels[rev] if s else labels, rng.dirichlet([1, 1, 1], 20)) for s in (0, 1)]
-        parts.append(("linear", None, sids, sids, labels[::-1] if flip else labels, rng.dirichlet([1, 1, 1], 20)))
+        parts.append(
+            ("linear", None, sids, sids, labels[::-1] if flip else labels, rng.dirichlet([1, 1, 1], 20))
+        )
         pq.write_table(prediction_table(["a", "b", "c"], "t", model, parts), folder / "predictions.parquet")
     ts = load_task_scores(tmp_path, "t", {"A": {0: "m1"}, "B": {0: "m2"}}, protocol="fraction_0.1")
     assert set(ts.scores["A"]) == {0, 1} and ts.scores["A"][0].shape == (20, 3)

@@ -18,9 +18,19 @@ def _block(v):
 
 def _write(out, protocol, v, data_hash):
     task = Task("isic2018-seg", "dermoscopy", "segmentation", ("background", "lesion"), "dice", "official")
-    return write_protocol(out, protocol, _block(v), task, MODEL, data_hash=data_hash,
-                          n={"train": 4, "val": 2, "test": 2}, val_source="split", notes=[], recipe=FinetuneRecipe(),
-                          task_extra={"split_source": "official"})
+    return write_protocol(
+        out,
+        protocol,
+        _block(v),
+        task,
+        MODEL,
+        data_hash=data_hash,
+        n={"train": 4, "val": 2, "test": 2},
+        val_source="split",
+        notes=[],
+        recipe=FinetuneRecipe(),
+        task_extra={"split_source": "official"},
+    )
 
 
 def test_a_new_protocol_joins_the_ones_already_there(tmp_path):

@@ -106,10 +106,14 @@ def test_multilabel_suite_and_carved_validation(tmp_path):
 def test_task_data_errors_name_the_problem():
     df = _emb_table(30)
     with pytest.raises(ValueError, match="'vasc'"):
-        task_data(df.assign(label=["vasc"] + df.label.tolist()[1:]), Task("t", "dermoscopy", "multiclass",
-                                                                          ("akiec", "bcc", "mel"), "accuracy"))
+        task_data(
+            df.assign(label=["vasc"] + df.label.tolist()[1:]),
+            Task("t", "dermoscopy", "multiclass", ("akiec", "bcc", "mel"), "accuracy"),
+        )
     with pytest.raises(ValueError, match="no 'test' rows"):
-        task_data(df[df.split != "test"], Task("t", "dermoscopy", "multiclass", ("akiec", "bcc", "mel"), "accuracy"))
+        task_data(
+            df[df.split != "test"], Task("t", "dermoscopy", "multiclass", ("akiec", "bcc", "mel"), "accuracy")
+        )
     with pytest.raises(ValueError, match="qwk"):
         Task("t", "dermoscopy", "multiclass", ("a", "b"), "qwk")
     with pytest.raises(ValueError, match="exactly 2"):

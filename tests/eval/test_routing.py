@@ -51,7 +51,10 @@ def test_known_images_are_kept_and_an_unseen_modality_is_unknown(tmp_path):
     te, te_m = _clusters(rng, centres[:k], 300)
     known = cal.apply(te, 5 * te @ W.T)
     assert (known["routed"] != UNKNOWN).mean() > 0.9
-    assert (known["routed"][known["routed"] != UNKNOWN] == np.array(["a", "b", "c"])[te_m][known["routed"] != UNKNOWN]).mean() > 0.95
+    assert (
+        known["routed"][known["routed"] != UNKNOWN]
+        == np.array(["a", "b", "c"])[te_m][known["routed"] != UNKNOWN]
+    ).mean() > 0.95
     new = rng.normal(size=(200, d)) * 0.15 + centres[k]
     out = cal.apply(new, 5 * new @ W.T)
     assert (out["routed"] == UNKNOWN).mean() > 0.95

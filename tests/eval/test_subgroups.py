@@ -25,8 +25,18 @@ BINARY = Task("t", "xray", "binary", ("neg", "pos"), "auroc")
 
 @pytest.mark.parametrize(
     ("raw", "band"),
-    [("63", "60-79"), ("063Y", "60-79"), ("17.9", "0-17"), ("18", "18-39"), ("80", "80+"), ("102 years", "80+"),
-     ("", ""), ("abc", ""), ("-3", ""), ("nan", "")],
+    [
+        ("63", "60-79"),
+        ("063Y", "60-79"),
+        ("17.9", "0-17"),
+        ("18", "18-39"),
+        ("80", "80+"),
+        ("102 years", "80+"),
+        ("", ""),
+        ("abc", ""),
+        ("-3", ""),
+        ("nan", ""),
+    ],
 )
 def test_age_bands(raw, band):
     assert age_band(raw) == band
@@ -82,7 +92,9 @@ def test_planted_subgroup_gap_is_found_and_small_subgroup_suppressed():
         assert lo <= by[v]["metrics"]["auroc"]["value"] <= hi
     gap = col["worst_gap"]
     assert gap["worst"] == "male" and gap["best"] == "female"
-    assert gap["gap"] == pytest.approx(by["female"]["metrics"]["auroc"]["value"] - by["male"]["metrics"]["auroc"]["value"])
+    assert gap["gap"] == pytest.approx(
+        by["female"]["metrics"]["auroc"]["value"] - by["male"]["metrics"]["auroc"]["value"]
+    )
     assert gap["gap"] > 0.3 and gap["ci_low"] > 0  # a real gap: its CI excludes 0
 
 
@@ -171,8 +183,19 @@ def test_probe_suite_writes_subgroups_and_patient_level(tmp_path):
         "meta": [json.dumps({"sex": s, "age": str(20 + i % 60)}) for i, s in enumerate(sex)],
     })
     info = {"id": "m", "weights": "w", "weights_hash": "h", "arch": "a"}
-    s = run_probe_suite(df, BINARY, tmp_path, model_info=info, data_hash="x", fractions=(), seeds=(0,), n_boot=100,
-                        knn_ks=(), subgroups=("sex", "age"), group_unit="patient")
+    s = run_probe_suite(
+        df,
+        BINARY,
+        tmp_path,
+        model_info=info,
+        data_hash="x",
+        fractions=(),
+        seeds=(0,),
+        n_boot=100,
+        knn_ks=(),
+        subgroups=("sex", "age"),
+        group_unit="patient",
+    )
     lin = s["protocols"]["linear"]
     gap = lin["subgroups"]["columns"]["sex"]["worst_gap"]
     assert gap["worst"] == "male" and gap["ci_low"] > 0

@@ -15,15 +15,34 @@ def summary(
     std = (sum((v - mean) ** 2 for v in fraction) / (len(fraction) - 1)) ** 0.5
     return {
         "schema": 1,
-        "model": {"id": model, "weights": f"{model}.safetensors", "weights_hash": "0" * 64, "arch": "swin_base"},
-        "task": {"name": task, "modality": modality, "label_type": "multiclass", "classes": ["a", "b", "c"],
-                 "metric": metric, "data_hash": data_hash, "split_source": "official"},
+        "model": {
+            "id": model,
+            "weights": f"{model}.safetensors",
+            "weights_hash": "0" * 64,
+            "arch": "swin_base",
+        },
+        "task": {
+            "name": task,
+            "modality": modality,
+            "label_type": "multiclass",
+            "classes": ["a", "b", "c"],
+            "metric": metric,
+            "data_hash": data_hash,
+            "split_source": "official",
+        },
         "protocols": {
-            "linear": {"metrics": {metric: {"value": value, "ci_low": lo, "ci_high": hi},
-                                   "auroc": {"value": value + 0.05, "ci_low": lo, "ci_high": hi + 0.05}},
-                       "C": 0.1, "seeds": [0]},
-            "fraction_0.01": {"metrics": {metric: {"mean": mean, "std": std, "values": list(fraction)}},
-                              "seeds": [0, 1, 2]},
+            "linear": {
+                "metrics": {
+                    metric: {"value": value, "ci_low": lo, "ci_high": hi},
+                    "auroc": {"value": value + 0.05, "ci_low": lo, "ci_high": hi + 0.05},
+                },
+                "C": 0.1,
+                "seeds": [0],
+            },
+            "fraction_0.01": {
+                "metrics": {metric: {"mean": mean, "std": std, "values": list(fraction)}},
+                "seeds": [0, 1, 2],
+            },
         },
         "primary_metric": metric,
         "n": {"train": 100, "val": 20, "test": 30},

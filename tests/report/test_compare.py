@@ -75,8 +75,18 @@ def build(root: Path) -> dict:
     # Only m-a: not compared. Other images for m-b: skipped with a warning.
     _write(results, "m-a", "solo", "multiclass", ["a", "b", "c"], "accuracy", labels3, same, groups=groups)
     for model, ids in (("m-a", None), ("m-b", [f"x{i:03d}" for i in range(240)])):
-        _write(results, model, "moved", "multiclass", ["a", "b", "c"], "accuracy", labels3, same, groups=groups,
-               sample_ids=ids)
+        _write(
+            results,
+            model,
+            "moved",
+            "multiclass",
+            ["a", "b", "c"],
+            "accuracy",
+            labels3,
+            same,
+            groups=groups,
+            sample_ids=ids,
+        )
     return out
 
 
@@ -109,12 +119,17 @@ def test_binary_auroc_row_matches_delong_and_the_paired_bootstrap(tree, rows):
     y, sa, sb = tree["bin"]
     sa32, sb32 = sa.astype(np.float32).astype(np.float64), sb.astype(np.float32).astype(np.float64)
     assert bin_row["metric"] == "auroc"
-    assert bin_row["a"] == pytest.approx(roc_auc_score(y, sa32)) and bin_row["b"] == pytest.approx(roc_auc_score(y, sb32))
+    assert bin_row["a"] == pytest.approx(roc_auc_score(y, sa32)) and bin_row["b"] == pytest.approx(
+        roc_auc_score(y, sb32)
+    )
     assert bin_row["diff"] == pytest.approx(bin_row["a"] - bin_row["b"])
     assert bin_row["p_delong"] == pytest.approx(delong_test(y, sa32, sb32).p_value)
     assert bin_row["n_test"] == 150 and bin_row["n_groups"] == 150
     # The CI and p are paired_differences' on the same files, same seed.
-    ts = [load_task_scores(tree["results"], t, {"A": {0: "m-a"}, "B": {0: "m-b"}}) for t in ("bin", "clear", "tie")]
+    ts = [
+        load_task_scores(tree["results"], t, {"A": {0: "m-a"}, "B": {0: "m-b"}})
+        for t in ("bin", "clear", "tie")
+    ]
     d = paired_differences(ts, "B", ["A"], n_boot=500, seed=0)["A"]
     assert (bin_row["ci_low"], bin_row["ci_high"], bin_row["p_boot"]) == pytest.approx(
         (d["bin"].ci_low, d["bin"].ci_high, d["bin"].p_value))
@@ -176,8 +191,12 @@ def test_usage_errors(tree, tmp_path):
     with pytest.raises(UsageError, match="n-boot"):
         comparison_rows(tree["results"], "m-a", "m-b", protocol="linear", n_boot=5, seed=0)
     labels = ["a", "b", "c"] * 4
-    _write(tmp_path, "x", "t1", "multiclass", ["a", "b", "c"], "accuracy", labels, _onehot(np.zeros(12, int), 3))
-    _write(tmp_path, "y", "t2", "multiclass", ["a", "b", "c"], "accuracy", labels, _onehot(np.zeros(12, int), 3))
+    _write(
+        tmp_path, "x", "t1", "multiclass", ["a", "b", "c"], "accuracy", labels, _onehot(np.zeros(12, int), 3)
+    )
+    _write(
+        tmp_path, "y", "t2", "multiclass", ["a", "b", "c"], "accuracy", labels, _onehot(np.zeros(12, int), 3)
+    )
     with pytest.raises(UsageError, match="no task in common"):
         comparison_rows(tmp_path, "x", "y", protocol="linear", n_boot=100, seed=0)
 

@@ -9,7 +9,12 @@ from tests.report._tree import summary, write_tree
 
 
 def test_average_ranks_share_ties():
-    assert _average_ranks({"a": 0.9, "b": 0.8, "c": 0.9, "d": 0.1}) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
+    assert _average_ranks({"a": 0.9, "b": 0.8, "c": 0.9, "d": 0.1}) == {
+        "a": 1.5,
+        "c": 1.5,
+        "b": 3.0,
+        "d": 4.0,
+    }
 
 
 def test_collect_skips_malformed_and_names_them(tmp_path):
@@ -68,16 +73,27 @@ def test_chance_column_and_degenerate_marks():
     entries[0][1]["protocols"]["linear"]["degenerate"] = {"flag": True, "top": "nv", "share": 1.0}
     md = render_markdown(build_table(entries))
     assert "| modality | task | metric | chance | a | b |" in md
-    assert ("| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] n=30 ‡ | **70.00 [69.00, 71.00]** n=30 |"
-            in md)
+    assert (
+        "| dermoscopy | t1 | accuracy | 25.00 | 25.00 [24.00, 26.00] n=30 ‡ | **70.00 [69.00, 71.00]** n=30 |"
+        in md
+    )
     assert "‡ degenerate probe" in md and "a on t1" in md
 
 
 def test_a_lenient_weights_load_is_marked_and_a_strict_one_is_not():
     entries = _entries(("a", "t1", "dermoscopy", 0.6), ("b", "t1", "dermoscopy", 0.7))
-    entries[0][1]["model"]["load_report"] = {"strict": False, "complete": False, "missing": ["x [3]", "y [3]"],
-                                             "mismatched": ["z: file [2], model [3]"]}
-    entries[1][1]["model"]["load_report"] = {"strict": True, "complete": True, "missing": [], "mismatched": []}
+    entries[0][1]["model"]["load_report"] = {
+        "strict": False,
+        "complete": False,
+        "missing": ["x [3]", "y [3]"],
+        "mismatched": ["z: file [2], model [3]"],
+    }
+    entries[1][1]["model"]["load_report"] = {
+        "strict": True,
+        "complete": True,
+        "missing": [],
+        "mismatched": [],
+    }
     md = render_markdown(build_table(entries))
     row = next(line for line in md.splitlines() if line.startswith("| dermoscopy | t1 |"))
     assert row.count("§") == 1 and row.index("§") < row.index("**70.00")
@@ -88,7 +104,10 @@ def test_models_pre_trained_from_released_weights_are_named_with_their_hash():
     entries = _entries(("a", "t1", "dermoscopy", 0.6), ("b", "t1", "dermoscopy", 0.7))
     entries[0][1]["model"]["init"] = {"weights": "imagenet-swinb=w/swinb.safetensors", "sha256": "ab12" * 16}
     md = render_markdown(build_table(entries))
-    assert "Pre-trained from released weights: a from imagenet-swinb=w/swinb.safetensors (sha256 ab12ab12ab12)." in md
+    assert (
+        "Pre-trained from released weights: a from imagenet-swinb=w/swinb.safetensors (sha256 ab12ab12ab12)."
+        in md
+    )
     assert "b from" not in md
 
 

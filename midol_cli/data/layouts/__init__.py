@@ -72,7 +72,9 @@ def listed_entries(
     """Entries for one labelled CSV row: one per file found on disk, or, when none is, one rejected
     entry (``listed in <csv> but missing``) at the path the dataset would have used."""
     if not hits:
-        return [Entry(missing_path, label, labels, group, split, reason or f"listed in {listed_in} but missing")]
+        return [
+            Entry(missing_path, label, labels, group, split, reason or f"listed in {listed_in} but missing")
+        ]
     return [Entry(path, label, labels, group, split, reason) for path in hits]
 
 
@@ -189,7 +191,9 @@ def walk_candidates(root: str | os.PathLike[str], errors: list[str] | None = Non
         if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink
             dirnames[:] = []
             if errors is not None:
-                errors.append(f"{os.path.relpath(dirpath, root)} (symlink to a folder already listed; not followed)")
+                errors.append(
+                    f"{os.path.relpath(dirpath, root)} (symlink to a folder already listed; not followed)"
+                )
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

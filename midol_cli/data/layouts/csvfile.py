@@ -43,7 +43,8 @@ class CsvLayout(Layout):
     label_source = "the labels CSV"
     description = (
         "Any folder of images plus a labels CSV (never auto-detected):\n"
-        "  --labels FILE --path-col COL --label-col COL [--group-col COL] [--split-col COL] [--label-sep '|']\n"
+        "  --labels FILE --path-col COL --label-col COL [--group-col COL] [--split-col COL] "
+        "[--label-sep '|']\n"
         "(a task file may instead list several 0/1 label columns: one per label, multi-label)\n"
         "Paths are relative to the raw folder; a name without extension (IDRiD) or with another\n"
         "extension is matched by stem. Split values: train/val/test (valid, validation, testing).\n"
@@ -81,7 +82,9 @@ class CsvLayout(Layout):
         csv_path = Path(opts.labels)
         header, rows = read_csv(csv_path, "labels file")
         i_path = find_column(header, (opts.path_col.strip(),), csv_path, self.name)
-        i_label = find_column(header, (opts.label_col.strip(),), csv_path, self.name) if opts.label_col else None
+        i_label = (
+            find_column(header, (opts.label_col.strip(),), csv_path, self.name) if opts.label_col else None
+        )
         # One 0/1 column per label (multi-label tables): the image carries the names of its positive columns.
         i_flags = [(c, find_column(header, (c.strip(),), csv_path, self.name)) for c in opts.label_cols]
         i_group = (
@@ -121,7 +124,9 @@ class CsvLayout(Layout):
                     hits = [h for h in hits if _parent(h) == ranked[0]]
                 else:
                     reason = f"ambiguous: {len(hits)} files match '{value}' in {csv_path.name}"
-                    entries.append(Entry(hits[0], label, labels, group or strip_ext(hits[0]), split, reason, meta))
+                    entries.append(
+                        Entry(hits[0], label, labels, group or strip_ext(hits[0]), split, reason, meta)
+                    )
                     continue
             if not hits:
                 path = value.replace("\\", "/")

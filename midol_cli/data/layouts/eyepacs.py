@@ -83,7 +83,9 @@ class EyepacsLayout(Layout):
             group = m.group(1) if m else image
             reason = "" if level in _GRADES else f"invalid level '{level}' in {csv_path.name}"
             hits = index.stem_matches(image, under=(folder,)) or index.stem_matches(image)
-            found = listed_entries(hits, f"{folder}/{image}.jpeg", level, labels, group, split, reason, csv_path.name)
+            found = listed_entries(
+                hits, f"{folder}/{image}.jpeg", level, labels, group, split, reason, csv_path.name
+            )
             if m:  # <id>_left / <id>_right: the eye is a subgroup
                 for e in found:
                     e.meta["eye"] = m.group(2).lower()

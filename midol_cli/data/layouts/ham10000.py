@@ -42,8 +42,10 @@ class Ham10000Layout(Layout):
         i_lesion = find_column(header, ("lesion_id",), csv_path, self.name)
         i_image = find_column(header, ("image_id",), csv_path, self.name)
         i_dx = find_column(header, ("dx",), csv_path, self.name)
-        i_meta = optional_columns(header, {"age": ("age",), "sex": ("sex",), "localization": ("localization",),
-                                           "source": ("dataset",)})
+        i_meta = optional_columns(
+            header,
+            {"age": ("age",), "sex": ("sex",), "localization": ("localization",), "source": ("dataset",)},
+        )
         index = FileIndex(self.candidates(root, opts))
         entries: list[Entry] = []
         for row in rows:

@@ -91,8 +91,9 @@ class IdridLayout(Layout):
                 group = f"{split}/{stem}"
                 reason = "" if grade in _GRADES else f"invalid Retinopathy grade '{grade}' in {csv_name}"
                 hits = index.stem_matches(stem, under=(image_dir,))
-                entries += listed_entries(hits, f"{image_dir}/{stem}.jpg", grade, labels, group, split, reason,
-                                          csv_name)
+                entries += listed_entries(
+                    hits, f"{image_dir}/{stem}.jpg", grade, labels, group, split, reason, csv_name
+                )
         return entries
 
 

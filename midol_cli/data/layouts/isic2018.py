@@ -21,7 +21,8 @@ def _input_dir(part: str) -> str:
 
 
 def _gt_csv(root: Path, part: str) -> Path | None:
-    """The ground-truth CSV of ``part``: beside the Input folder, or inside its unzipped GroundTruth folder."""
+    """The ground-truth CSV of ``part``: beside the Input folder, or inside its unzipped GroundTruth
+    folder."""
     name = f"ISIC2018_Task3_{part}_GroundTruth"
     for p in (root / f"{name}.csv", root / name / f"{name}.csv"):
         if p.is_file():

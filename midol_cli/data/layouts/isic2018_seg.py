@@ -106,7 +106,9 @@ class Isic2018SegLayout(Layout):
             if m in on_disk:
                 entries.append(Entry(path, LABEL, [LABEL], image_id, split if official else None))
             else:
-                entries.append(Entry(path, "", [], image_id, split if official else None, "no ground-truth mask"))
+                entries.append(
+                    Entry(path, "", [], image_id, split if official else None, "no ground-truth mask")
+                )
         return entries
 
     def scan_warnings(self, root: Path, opts: LayoutOptions) -> list[str]:

@@ -130,7 +130,9 @@ class Messidor2Layout(Layout):
                 reason = ""
             # The CSV says ".jpg" where the release has ".JPG" (and ".png" for ".tif" re-encodings).
             hits = index.stem_matches(stem, under=(images,))
-            found = listed_entries(hits, f"{images}/{image_id}", grade, labels, group, None, reason, csv_path.name)
+            found = listed_entries(
+                hits, f"{images}/{image_id}", grade, labels, group, None, reason, csv_path.name
+            )
             if stem.lower() in eye:
                 for e in found:
                     e.meta["eye"] = eye[stem.lower()]

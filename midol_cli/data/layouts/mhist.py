@@ -72,7 +72,9 @@ class MhistLayout(Layout):
             hits = index.by_name.get(image, []) or index.stem_matches(group)
             hits = [h for h in hits if h.startswith(f"{_IMAGES}/")] or hits
             if not hits:
-                entries.append(Entry(f"{_IMAGES}/{image}", label, labels, group, split, f"listed in {_CSV} but missing"))
+                entries.append(
+                    Entry(f"{_IMAGES}/{image}", label, labels, group, split, f"listed in {_CSV} but missing")
+                )
                 continue
             for path in hits:
                 entries.append(Entry(path, label, labels, group, split, reason))

@@ -63,8 +63,15 @@ class PadUfes20Layout(Layout):
         i_dx = find_column(header, ("diagnostic",), csv_path, self.name)
         i_pid = find_column(header, ("patient_id",), csv_path, self.name)
         # Reported on as subgroups, never used as features. The release spells it "fitspatrick".
-        i_meta = optional_columns(header, {"fitzpatrick": ("fitspatrick", "fitzpatrick"), "region": ("region",),
-                                           "age": ("age",), "sex": ("gender",)})
+        i_meta = optional_columns(
+            header,
+            {
+                "fitzpatrick": ("fitspatrick", "fitzpatrick"),
+                "region": ("region",),
+                "age": ("age",),
+                "sex": ("gender",),
+            },
+        )
         index = FileIndex(self.candidates(root, opts))
         entries: list[Entry] = []
         for row in rows:
@@ -76,7 +83,10 @@ class PadUfes20Layout(Layout):
             if dx in CLASSES:
                 reason = ""
             else:
-                dx, reason = "", (f"unknown diagnostic '{raw}' in {_CSV}" if raw else f"empty diagnostic in {_CSV}")
+                dx, reason = (
+                    "",
+                    (f"unknown diagnostic '{raw}' in {_CSV}" if raw else f"empty diagnostic in {_CSV}"),
+                )
             m = _PATIENT.match(image)
             group = cell(row, i_pid) or (m.group(1) if m else image)
             labels = [dx] if dx else []
@@ -85,8 +95,11 @@ class PadUfes20Layout(Layout):
             hits = index.by_name.get(image, []) or index.stem_matches(strip_ext(image))
             hits = [h for h in hits if h.startswith(f"{_IMAGES}/")] or hits
             if not hits:
-                entries.append(Entry(f"{_IMAGES}/{image}", dx, labels, group, None, f"listed in {_CSV} but missing",
-                                     meta))
+                entries.append(
+                    Entry(
+                        f"{_IMAGES}/{image}", dx, labels, group, None, f"listed in {_CSV} but missing", meta
+                    )
+                )
                 continue
             for path in hits:
                 entries.append(Entry(path, dx, labels, group, None, reason, meta))

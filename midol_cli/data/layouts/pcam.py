@@ -84,7 +84,9 @@ class PcamLayout(Layout):
             )
         from midol_cli.extras import require
 
-        require("h5py", "hdf5", "the pcam layout (HDF5 patch files)")  # one clear line before any file is read
+        require(
+            "h5py", "hdf5", "the pcam layout (HDF5 patch files)"
+        )  # one clear line before any file is read
         entries: list[Entry] = []
         for split, official in _SPLITS:
             x_path, y_path = root / base / _name(split, "x"), root / base / _name(split, "y")
