@@ -459,7 +459,7 @@ def validate_settings(schema: type[S], data: dict[str, Any], source: str,
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        raise UsageError(format_validation_error(e, source, flag_names or {})) from None
+        raise UsageError(format_validation_error(e, source, flag_names or {}, schema)) from None
 
 
 def resolve(schema: type[S], config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -75,6 +75,10 @@ def test_every_problem_at_once_with_dotted_keys_and_the_flag_that_gives_it(tmp_p
     for part in ("task: required (give --task or task=...)", "weights: required", "seeds (--seeds)",
                  "fractions (--fractions)", "bogus: unknown key"):
         assert part in line, line
+    code, _, err = midol(monkeypatch, capsys, "ingest", str(tmp_path), "-m", "oct", "seeed=1", "max_side=3")
+    line = " ".join(err.split())  # issue 25.25: the closest known key, and none where nothing is close
+    assert code == 2 and "seeed: unknown key (did you mean 'seed'?)" in line, line
+    assert "max_side: unknown key (got 3)" in line, line
     code, _, err = midol(monkeypatch, capsys, "finetune", "--task", "synth-oct", "--weights", "random:resnet10t",
                          "--data", tmp_path, "epochs=0", "min_subgroup=0")
     assert code == 2 and "epochs" in err and "min_subgroup (--min-subgroup)" in err, err

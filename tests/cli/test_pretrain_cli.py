@@ -23,7 +23,7 @@ def _midol(*args, cwd=None):
 
 def test_unknown_recipe_key():
     line = one_line_error(_midol("pretrain", "recipes/smoke.yaml", "optim.lrr=1"))
-    assert "optim.lrr: unknown key" in line
+    assert "optim.lrr: unknown key (did you mean 'lr'?)" in line  # issue 25.25
 
 
 def test_wrong_type_reports_every_problem_at_once():
