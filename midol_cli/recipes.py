@@ -359,8 +359,8 @@ def _keys_at(schema: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
 
     model: Any = schema
     for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) \
-            else None
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        field = model.model_fields.get(str(part)) if is_model else None
         if field is None:
             return []
         ann = field.annotation
