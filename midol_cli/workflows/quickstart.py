@@ -65,7 +65,7 @@ def folder_modalities(raw_root: Path, mapping: dict[str, str]) -> dict[str, str]
 def plan_quickstart(s: QuickstartSettings) -> dict[str, Any]:
     """Every stage's settings, validated at once; nothing runs."""
     from midol_cli.modalities import BUILTIN_MODALITIES
-    from midol_cli.recipes import PretrainRecipe, _merge, read_yaml, validate
+    from midol_cli.recipes import PretrainRecipe, _merge, validate
     from midol_cli.workflows.settings import IngestSettings, ProbeSettings, ShardSettings, validate_settings
 
     out = s.out
@@ -93,7 +93,7 @@ def plan_quickstart(s: QuickstartSettings) -> dict[str, Any]:
     shard = check(lambda: validate_settings(ShardSettings, {
         **s.shard, "manifests": [out / "manifests" / f"{m}.parquet" for m in mods], "out": out / "shards"},
         "quickstart shard settings"))
-    base = read_yaml(s.recipe) if s.recipe is not None else {}
+    base, note = _base_recipe(s.recipe)
     data = _merge(_merge(base, {"data": {"modalities": mods}}), s.pretrain)
     data = _merge(data, {"data": {"shards": str(out / "shards")}})
     recipe = check(lambda: validate(PretrainRecipe, data, "quickstart pre-training recipe"))
@@ -103,7 +103,29 @@ def plan_quickstart(s: QuickstartSettings) -> dict[str, Any]:
         for w in weights_of(s, recipe)}
     if problems:
         raise UsageError("; ".join(problems))
-    return {"folders": folders, "ingest": ingest, "shard": shard, "recipe": recipe, "probe": probe}
+    return {"folders": folders, "ingest": ingest, "shard": shard, "recipe": recipe, "probe": probe,
+            "note": note}
+
+
+def gpu_present() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _base_recipe(recipe: Path | None) -> tuple[dict[str, Any], str]:
+    """The pre-training recipe's keys: ``recipe``'s; without one, the built-in Swin-B recipe on a GPU, and
+    on a machine without one the CPU-sized smoke recipe (with the line that says so)."""
+    from midol_cli.recipe_files import resolve_recipe
+    from midol_cli.recipes import read_yaml
+
+    if recipe is not None:
+        return read_yaml(recipe), ""
+    if gpu_present():
+        return {}, ""
+    return read_yaml(resolve_recipe("smoke")), (
+        "quickstart: no GPU here, so the CPU-sized recipe smoke is used (the default Swin-B recipe is paper "
+        "scale); pass --recipe to choose another")
 
 
 def weights_of(s: QuickstartSettings, recipe: Any) -> list[str]:
@@ -124,6 +146,8 @@ def run(s: QuickstartSettings, reporter: Reporter) -> dict[str, Any]:
     writable_out(out)
     out.mkdir(parents=True, exist_ok=True)
     write_settings(s, out, "quickstart", folder=True)
+    if plan["note"]:
+        reporter.line(plan["note"])
     res: dict[str, Any] = {"out": str(out), "manifests": {}, "probes": [], "not_probed": {}}
     log = reporter.line
 

@@ -371,7 +371,7 @@ class QuickstartSettings(Strict):
                                                       "report.md "
                       "go.", json_schema_extra=cli(short="-o"))
     recipe: Path | None = Field(None, description="Pre-training recipe (default: the built-in Swin-B base "
-                                                  "recipe).")
+                                "recipe on a GPU; without one, the CPU-sized smoke).")
     modalities: dict[str, str] = Field(
         default_factory=dict, description="sub-folder -> modality, where a folder's name does not say it",
         json_schema_extra=cli(None))
