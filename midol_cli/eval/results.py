@@ -272,20 +272,35 @@ def run_probe_suite(
     ``fractions``, ``seeds`` and ``n_boot`` have no defaults here: they are the probe's settings
     (``workflows.settings.ProbeSettings``), declared once there.
     """
-    import numpy as np
-
-    from midol_cli.eval.fractions import sample_fraction
-    from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_neighbors, knn_predict
-    from midol_cli.eval.linear import fit_linear_probe
-    from midol_cli.eval.metrics import (
-        chance_metrics,
-        classification_metrics,
-        confusion_matrix,
-        degenerate_prediction,
-        metric_names,
-    )
-
+    _check_suite_args(model_info, fractions, seeds)
     say = log or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    td = task_data(emb_df, task)
+    tr, va, te = td.mask("train"), td.mask("val"), td.mask("test")
+    boot_seed = int(seeds[0])
+    boot = {"n_boot": n_boot, "seed": boot_seed}
+    say(f"{task.name}: linear probe on {int(tr.sum())} train / {int(va.sum())} val rows")
+    block, probe, p_lin = _linear_block(td, task, boot, subgroups=subgroups, group_unit=group_unit,
+                                        aggregation=aggregation, min_positives=min_positives)
+    protocols: dict[str, Any] = {"linear": block}
+    pred_rows: list[tuple[str, Any, Any]] = [("linear", None, p_lin)]  # (protocol, seed, probs [N_test, C])
+    if block["degenerate"]["flag"]:
+        say(f"{task.name}: warning: the linear probe predicts '{block['degenerate']['top']}' for "
+            f"{block['degenerate']['share']:.0%} of test images (degenerate)")
+    _knn_blocks(td, task, knn_ks, boot, protocols, pred_rows, say)
+    _fraction_blocks(td, task, fractions, seeds, probe.C, protocols, pred_rows, say)
+    summary = _summary(td, task, protocols, model_info=model_info, data_hash=data_hash,
+                       split_source=split_source, n_boot=n_boot, seeds=seeds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out_dir / PREDICTIONS_NAME, td, te, task, pred_rows, model_info)
+    _plot_linear(out_dir, task, td.y[te], p_lin, protocols["linear"]["calibration"])
+    write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    say(f"{task.name}: wrote {out_dir / SUMMARY_NAME}")
+    return summary
+
+
+def _check_suite_args(model_info: dict[str, Any], fractions: Sequence[float], seeds: Sequence[int]) -> None:
+    """ValueError unless ``model_info`` has every ``MODEL_KEYS``, fractions are in (0, 1] and seeds exist."""
     missing = [k for k in MODEL_KEYS if k not in model_info]
     if missing:
         raise ValueError(f"model_info lacks {', '.join(missing)}")
@@ -294,74 +309,69 @@ def run_probe_suite(
             raise ValueError(f"label fraction {f} is not in (0, 1]")
     if not seeds:
         raise ValueError("at least one seed is needed for the label-fraction probes")
-    out_dir = Path(out_dir)
-    td = task_data(emb_df, task)
-    tr, va, te = td.mask("train"), td.mask("val"), td.mask("test")
-    C = len(task.classes)
-    lt = task.label_type
-    y_te = td.y[te]
-    g_te = td.groups[te]
-    pred_rows: list[tuple[str, Any, np.ndarray]] = []  # (protocol, seed, probs [N_test, C])
-    protocols: dict[str, Any] = {}
-    boot_seed = int(seeds[0])
 
-    say(f"{task.name}: linear probe on {int(tr.sum())} train / {int(va.sum())} val rows")
-    probe = fit_linear_probe(td.X[tr], td.y[tr], td.X[va], td.y[va], lt, C)
-    p_lin = probe.predict_proba(td.X[te])
-    block = ci_block(y_te, p_lin, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
-    block.update(
-        {
-            "C": probe.C,
-            "seeds": [boot_seed],
-            "l2_normalize": True,
-            "feature_norm": FEATURE_NORM,
-            "c_path": probe.path,
-            "c_boundary": probe.boundary,
-            "fit_on": "train",
-            "degenerate": degenerate_prediction(p_lin, lt, task.classes),
-        }
-    )
+
+def _linear_block(td: TaskData, task: Task, boot: dict[str, int],
+                  **analysis: Any) -> tuple[dict[str, Any], Any, Any]:
+    """The linear probe's protocol block (CIs, calibration, operating points, subgroup and group
+    analyses), the fitted probe and its test probabilities. ``boot``: ``{"n_boot", "seed"}``."""
     from midol_cli.eval.calibration import calibration_block, operating_points
+    from midol_cli.eval.linear import fit_linear_probe
+    from midol_cli.eval.metrics import degenerate_prediction
 
+    tr, va, te = td.mask("train"), td.mask("val"), td.mask("test")
+    lt, y_te, g_te = task.label_type, td.y[te], td.groups[te]
+    probe = fit_linear_probe(td.X[tr], td.y[tr], td.X[va], td.y[va], lt, len(task.classes))
+    p_lin = probe.predict_proba(td.X[te])
+    block = ci_block(y_te, p_lin, task, groups=g_te, **boot)
+    block.update({"C": probe.C, "seeds": [boot["seed"]], "l2_normalize": True, "feature_norm": FEATURE_NORM,
+                  "c_path": probe.path, "c_boundary": probe.boundary, "fit_on": "train",
+                  "degenerate": degenerate_prediction(p_lin, lt, task.classes)})
     # Calibration of the probe's probabilities, and operating points whose thresholds are chosen on
     # the validation predictions and applied to test (docs: eval/calibration.py).
-    block["calibration"] = calibration_block(y_te, p_lin, lt, groups=g_te, n_boot=n_boot, seed=boot_seed)
+    block["calibration"] = calibration_block(y_te, p_lin, lt, groups=g_te, **boot)
     if va.any():
         block["operating_points"] = operating_points(td.y[va], probe.predict_proba(td.X[va]), y_te, p_lin, lt,
-                                                     task.classes, groups=g_te, n_boot=n_boot, seed=boot_seed)
-    block.update(
-        analysis_blocks(
-            td.df,
-            td.y,
-            td.groups,
-            te,
-            p_lin,
-            task,
-            subgroups=subgroups,
-            group_unit=group_unit,
-            aggregation=aggregation,
-            min_positives=min_positives,
-            n_boot=n_boot,
-            seed=boot_seed,
-        )
-    )
-    protocols["linear"] = block
-    pred_rows.append(("linear", None, p_lin))
-    if block["degenerate"]["flag"]:
-        say(f"{task.name}: warning: the linear probe predicts '{block['degenerate']['top']}' for "
-            f"{block['degenerate']['share']:.0%} of test images (degenerate)")
+                                                     task.classes, groups=g_te, **boot)
+    block.update(analysis_blocks(td.df, td.y, td.groups, te, p_lin, task, **analysis, **boot))
+    return block, probe, p_lin
 
+
+def _knn_blocks(td: TaskData, task: Task, knn_ks: Sequence[int], boot: dict[str, int],
+                protocols: dict[str, Any], pred_rows: list[tuple[str, Any, Any]],
+                say: Callable[[str], None]) -> None:
+    """Add a ``knn_k{k}`` block to ``protocols`` and its test probabilities to ``pred_rows`` per k."""
+    from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_neighbors, knn_predict
+    from midol_cli.eval.metrics import degenerate_prediction
+
+    tr, te = td.mask("train"), td.mask("test")
+    lt, C = task.label_type, len(task.classes)
     # one neighbour search at the largest k serves every k (the neighbours come sorted by similarity)
     nbrs = knn_neighbors(td.X[tr], td.X[te], max(int(k) for k in knn_ks)) if knn_ks else None
     for k in knn_ks:
         say(f"{task.name}: k-NN k={k}")
         p_knn = knn_predict(td.X[tr], td.y[tr], td.X[te], int(k), lt, C, neighbors=nbrs)
-        block = ci_block(y_te, p_knn, task, groups=g_te, n_boot=n_boot, seed=boot_seed)
+        block = ci_block(td.y[te], p_knn, task, groups=td.groups[te], **boot)
         block.update({"k": int(k), "temperature": DEFAULT_TEMPERATURE, "bank": "train",
                       "degenerate": degenerate_prediction(p_knn, lt, task.classes)})
         protocols[f"knn_k{int(k)}"] = block
         pred_rows.append((f"knn_k{int(k)}", None, p_knn))
 
+
+def _fraction_blocks(td: TaskData, task: Task, fractions: Sequence[float], seeds: Sequence[int],
+                     linear_C: float, protocols: dict[str, Any], pred_rows: list[tuple[str, Any, Any]],
+                     say: Callable[[str], None]) -> None:
+    """Add a ``fraction_{f}`` block per label fraction to ``protocols`` (fraction 1.0 reuses the
+    linear probe, whose regularisation was ``linear_C``) and each seed's test probabilities to
+    ``pred_rows``."""
+    import numpy as np
+
+    from midol_cli.eval.fractions import sample_fraction
+    from midol_cli.eval.linear import fit_linear_probe
+    from midol_cli.eval.metrics import classification_metrics, degenerate_prediction, metric_names
+
+    tr, va, te = td.mask("train"), td.mask("val"), td.mask("test")
+    lt, C, y_te = task.label_type, len(task.classes), td.y[te]
     names = metric_names(lt)
     train_df = td.df[tr].copy()
     train_df["group"] = td.groups[tr]
@@ -371,8 +381,8 @@ def run_probe_suite(
         key = _fraction_key(f)
         if f >= 1.0:
             point = {k: v["value"] for k, v in protocols["linear"]["metrics"].items()}
-            blk = seeds_block([{k: (np.nan if v is None else v) for k, v in point.items()}], [boot_seed])
-            blk.update({"fraction": 1.0, "n_train": [int(tr.sum())], "C": [probe.C], "same_as": "linear"})
+            blk = seeds_block([{k: (np.nan if v is None else v) for k, v in point.items()}], [int(seeds[0])])
+            blk.update({"fraction": 1.0, "n_train": [int(tr.sum())], "C": [linear_C], "same_as": "linear"})
             protocols[key] = blk
             continue
         per_seed, n_train, Cs, degen = [], [], [], []
@@ -392,7 +402,14 @@ def run_probe_suite(
         blk.update({"fraction": f, "n_train": n_train, "C": Cs, "degenerate": degen})
         protocols[key] = blk
 
-    summary = {
+
+def _summary(td: TaskData, task: Task, protocols: dict[str, Any], *, model_info: dict[str, Any],
+             data_hash: str, split_source: str | None, n_boot: int, seeds: Sequence[int]) -> dict[str, Any]:
+    """The task's ``summary.json`` content."""
+    from midol_cli.eval.metrics import chance_metrics
+
+    tr, va, te = td.mask("train"), td.mask("val"), td.mask("test")
+    return {
         "schema": SUMMARY_SCHEMA,
         "model": model_block(model_info),
         "task": {
@@ -403,33 +420,27 @@ def run_probe_suite(
         "protocols": protocols,
         "primary_metric": task.metric,
         # What a probe that learned nothing scores (the training prior for every test image).
-        "chance": {k: _num(v) for k, v in chance_metrics(td.y[tr], y_te, lt, task.classes).items()},
+        "chance": {k: _num(v) for k, v in chance_metrics(td.y[tr], td.y[te], task.label_type,
+                                                         task.classes).items()},
         "n": {"train": int(tr.sum()), "val": int(va.sum()), "test": int(te.sum())},
         "val_source": td.val_source,
         "notes": td.notes,
         "provenance": provenance(stage="probe", n_boot=int(n_boot), seeds=[int(s) for s in seeds]),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out_dir / PREDICTIONS_NAME, td, te, task, pred_rows, model_info)
-    if lt != "multilabel":
+
+
+def _plot_linear(out_dir: Path, task: Task, y_te: Any, p_lin: Any, cal: dict[str, Any]) -> None:
+    """The linear probe's confusion matrix (not for multilabel tasks) and reliability diagram."""
+    from midol_cli.plotting import plot_reliability
+
+    title = f"{task.name}: linear probe (test)"
+    if task.label_type != "multilabel":
+        from midol_cli.eval.metrics import confusion_matrix
         from midol_cli.plotting import plot_confusion_matrix
 
         cm = confusion_matrix(y_te, p_lin, task.classes)
-        plot_confusion_matrix(
-            cm, task.classes, out_dir / CONFUSION_NAME, title=f"{task.name}: linear probe (test)"
-        )
-    from midol_cli.plotting import plot_reliability
-
-    cal = protocols["linear"]["calibration"]
-    plot_reliability(
-        cal["reliability"],
-        out_dir / RELIABILITY_NAME,
-        title=f"{task.name}: linear probe (test)",
-        ece=cal["ece"]["value"],
-    )
-    write_json_atomic(out_dir / SUMMARY_NAME, summary)
-    say(f"{task.name}: wrote {out_dir / SUMMARY_NAME}")
-    return summary
+        plot_confusion_matrix(cm, task.classes, out_dir / CONFUSION_NAME, title=title)
+    plot_reliability(cal["reliability"], out_dir / RELIABILITY_NAME, title=title, ece=cal["ece"]["value"])
 
 
 # The scoring of test predictions lives in eval/scoring.py, shared with fine-tuning.
