@@ -146,3 +146,16 @@ def test_protocol_names_are_checked():
     cd = case_data(_table(), TASK, "slide")
     with pytest.raises(ValueError, match="abmil, mean, max"):
         run_case_protocols(cd, TASK, protocols=("median",))
+
+
+def test_check_case_labels_refuses_a_manifest_whose_labels_vary_within_a_slide():
+    """`probe --protocol abmil` checks the manifest before embedding: the same one-line error as
+    case_data, on the manifest's labelled rows (no embedding column needed)."""
+    from midol_cli.eval.cases import check_case_labels
+
+    df = _table(n_cases=6).drop(columns=["embedding"])
+    check_case_labels(df, TASK, "slide")  # one label per slide: no error
+    first = df.index[df["meta"].str.contains('"s000.svs"')]
+    df.loc[first[0], "label"] = "tumor" if df.loc[first[0], "label"] == "normal" else "normal"
+    with pytest.raises(UsageError, match="labels vary within slide 's000.svs'.*one label per slide"):
+        check_case_labels(df, TASK, "slide")

@@ -464,3 +464,26 @@ def test_real_probe_results_render_every_section(tmp_path):
     row = _row(bench, "xray", "bin<&>")
     assert [c for c, _ in bench[0]] == ["modality", "task", "metric", "chance", "strong", "weak"]
     assert row[3][0] == "50.00" and "best" in row[4][1] and "best" not in row[5][1]
+
+
+def test_a_case_level_runs_heatmaps_are_embedded_as_data_uris(tmp_path):
+    """``probe --protocol abmil --heatmaps N`` lists its PNGs in summary.json; the task section embeds each
+    (a data URI, no file path), shows abmil when the table's protocol is absent, and a run without
+    heatmaps adds nothing."""
+    from PIL import Image
+
+    from midol_cli.report.html_figures import _Images, _Run, heatmap_section
+
+    (tmp_path / "heatmaps").mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(buf, format="PNG")
+    (tmp_path / "heatmaps" / "heatmap_t1.svs.png").write_bytes(buf.getvalue())
+    listed = [{"case": "t1.svs", "why": "true positive", "png": "heatmaps/heatmap_t1.svs.png"}]
+    run = _Run("m", "t", tmp_path, {"protocols": {"abmil": {}, "mean": {}, "max": {}}, "heatmaps": listed})
+    images = _Images()
+    html = heatmap_section(images, run)
+    assert "Attention heatmaps: m" in html and "t1.svs (true positive)" in html
+    assert "not a segmentation" in html
+    assert html.count('src="data:image/png;base64,') == 1 and images.count == 1 and "heatmaps/" not in html
+    assert run.protocol("linear") == "abmil"
+    assert heatmap_section(_Images(), _Run("m", "t", tmp_path / "none", {"protocols": {}})) == ""
