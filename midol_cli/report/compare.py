@@ -84,11 +84,7 @@ def comparison_rows(
     skipped with a ``warn`` message (default: a ``warning:`` line on stderr). Unknown models, or no
     comparable task, are ``UsageError``s.
     """
-    import numpy as np
-
-    from midol_cli.eval.delong import delong_test
-    from midol_cli.eval.metrics import PreparedScores
-    from midol_cli.eval.paired import holm, load_task_scores, paired_differences
+    from midol_cli.eval.paired import paired_differences
 
     say = warn or _stderr_warning
     if a == b:
@@ -96,6 +92,21 @@ def comparison_rows(
     if n_boot < 10:
         raise UsageError(f"--n-boot {n_boot} is too small; use at least 10 (2000 for a report)")
     root = Path(results_root)
+    folders, common = _common_tasks(root, a, b)
+    points = []
+    for task in common:
+        point = _task_point(root, task, folders, a, b, protocol, say)
+        if point is not None:
+            points.append(point)
+    if not points:
+        raise UsageError(f"--compare: no task with comparable '{protocol}' predictions of '{a}' and '{b}'")
+    diffs = paired_differences([p[0] for p in points], "B", ["A"], n_boot=n_boot, seed=seed)["A"]
+    return _rows(points, diffs)
+
+
+def _common_tasks(root: Path, a: str, b: str) -> tuple[dict[str, dict[str, Path]], list[str]]:
+    """Every model's task folders below ``root`` and the sorted tasks ``a`` and ``b`` share;
+    UsageError for an unknown model or no task in common."""
     folders = _model_folders(root)
     for m in (a, b):
         if m not in folders:
@@ -104,41 +115,53 @@ def comparison_rows(
     common = sorted(set(folders[a]) & set(folders[b]))
     if not common:
         raise UsageError(f"--compare: models '{a}' and '{b}' have no task in common under '{root}'")
+    return folders, common
 
-    scores, points = [], []
-    for task in common:
-        # Model ids relative to the root, so the two models may sit in different results folders.
-        ids = {"A": {0: str(folders[a][task].parent.relative_to(root))},
-               "B": {0: str(folders[b][task].parent.relative_to(root))}}
-        try:
-            ts = load_task_scores(root, task, ids, protocol=protocol)
-        except UsageError as e:
-            say(f"--compare: {e} (task skipped)")
-            continue
-        seeds = sorted(set(ts.scores["A"]) & set(ts.scores["B"]))
-        if not seeds:
-            say(f"--compare: task {task} skipped: the models share no probe seed under '{protocol}'")
-            continue
-        vals = {}
-        for arm in ("A", "B"):
-            per_seed = [PreparedScores(ts.y_true, ts.scores[arm][s], ts.label_type, ts.classes)
-                        for s in seeds]
-            vals[arm] = float(
-                np.mean([p.compute(np.ones((1, p.n)), [ts.metric])[ts.metric][0] for p in per_seed])
-            )
-        p_delong = None
-        if ts.label_type == "binary" and ts.metric == "auroc" and len(seeds) == 1:
-            y = np.asarray(ts.y_true) == 1
-            clustered = len(np.unique(ts.groups)) < len(ts.groups)
-            t = delong_test(y, ts.scores["A"][seeds[0]][:, 1], ts.scores["B"][seeds[0]][:, 1],
-                            groups=ts.groups if clustered else None)
-            p_delong = _num(t.p_value)
-        scores.append(ts)
-        points.append((ts, vals, p_delong))
-    if not scores:
-        raise UsageError(f"--compare: no task with comparable '{protocol}' predictions of '{a}' and '{b}'")
 
-    diffs = paired_differences(scores, "B", ["A"], n_boot=n_boot, seed=seed)["A"]
+def _task_point(root: Path, task: str, folders: dict[str, dict[str, Path]], a: str, b: str, protocol: str,
+                say: Callable[[str], None]) -> tuple[Any, dict[str, float], float | None] | None:
+    """``(task scores, {"A": metric, "B": metric}, DeLong p or None)`` of one task, the metric
+    averaged over the probe seeds both models have; None (after ``say``) when not comparable."""
+    import numpy as np
+
+    from midol_cli.eval.delong import delong_test
+    from midol_cli.eval.metrics import PreparedScores
+    from midol_cli.eval.paired import load_task_scores
+
+    # Model ids relative to the root, so the two models may sit in different results folders.
+    ids = {"A": {0: str(folders[a][task].parent.relative_to(root))},
+           "B": {0: str(folders[b][task].parent.relative_to(root))}}
+    try:
+        ts = load_task_scores(root, task, ids, protocol=protocol)
+    except UsageError as e:
+        say(f"--compare: {e} (task skipped)")
+        return None
+    seeds = sorted(set(ts.scores["A"]) & set(ts.scores["B"]))
+    if not seeds:
+        say(f"--compare: task {task} skipped: the models share no probe seed under '{protocol}'")
+        return None
+    vals = {}
+    for arm in ("A", "B"):
+        per_seed = [PreparedScores(ts.y_true, ts.scores[arm][s], ts.label_type, ts.classes) for s in seeds]
+        vals[arm] = float(np.mean([p.compute(np.ones((1, p.n)), [ts.metric])[ts.metric][0]
+                                   for p in per_seed]))
+    p_delong = None
+    if ts.label_type == "binary" and ts.metric == "auroc" and len(seeds) == 1:
+        y = np.asarray(ts.y_true) == 1
+        clustered = len(np.unique(ts.groups)) < len(ts.groups)
+        t = delong_test(y, ts.scores["A"][seeds[0]][:, 1], ts.scores["B"][seeds[0]][:, 1],
+                        groups=ts.groups if clustered else None)
+        p_delong = _num(t.p_value)
+    return ts, vals, p_delong
+
+
+def _rows(points: list[tuple[Any, dict[str, float], float | None]],
+          diffs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-task rows (``ROW_KEYS``, Holm-adjusted over the tasks), then the ``mean`` row."""
+    import numpy as np
+
+    from midol_cli.eval.paired import holm
+
     rows: list[dict[str, Any]] = []
     for ts, vals, p_delong in points:
         d = diffs[ts.task]
