@@ -200,6 +200,29 @@ class LinearProbe:
         return _probs(self.logits(X), self.label_type)
 
 
+def _checked_probe_inputs(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, label_type: str,
+                          Cs: tuple[float, ...] | list[float]) -> np.ndarray:
+    """``y_train`` as an array; ValueError for no positive C, an empty split or a single class."""
+    check_label_type(label_type)
+    if len(Cs) == 0 or min(Cs) <= 0:
+        raise ValueError("Cs must hold at least one positive value of C")
+    if len(X_train) == 0 or len(X_val) == 0:
+        raise ValueError("the linear probe needs a non-empty training and validation split")
+    y_train = np.asarray(y_train)
+    if label_type != "multilabel" and len(np.unique(y_train)) < 2:
+        raise ValueError("the training split holds a single class; a probe needs at least two")
+    return y_train
+
+
+def _beyond(end: float, step: float, c_limits: tuple[float, float], low: bool) -> list[float]:
+    """The Cs past a grid's ``end`` by its ``step``, k = 1, 2, ..., while within ``c_limits``: with
+    ``low``, ``end / step**k`` down to ``c_limits[0]`` (the strong side), else ``end * step**k`` up to
+    ``c_limits[1]`` (the weak side)."""
+    if low:
+        return [end / step**k for k in range(1, 200) if end / step**k >= c_limits[0] * (1 - 1e-9)]
+    return [end * step**k for k in range(1, 200) if end * step**k <= c_limits[1] * (1 + 1e-9)]
+
+
 def fit_linear_probe(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -225,14 +248,7 @@ def fit_linear_probe(
     ``{"C", "val_loss", "n_evals"}`` for each C tried (ascending C); ``boundary`` says which end the
     optimum still sits on ("low", "high") when even the limit did not bracket it, else "".
     """
-    check_label_type(label_type)
-    if len(Cs) == 0 or min(Cs) <= 0:
-        raise ValueError("Cs must hold at least one positive value of C")
-    if len(X_train) == 0 or len(X_val) == 0:
-        raise ValueError("the linear probe needs a non-empty training and validation split")
-    y_train = np.asarray(y_train)
-    if label_type != "multilabel" and len(np.unique(y_train)) < 2:
-        raise ValueError("the training split holds a single class; a probe needs at least two")
+    y_train = _checked_probe_inputs(X_train, y_train, X_val, label_type, Cs)
     scaler, Xtr = Standardizer.fit_transform(X_train, l2_normalize)
     Xva = scaler.transform(X_val)
     Ytr = targets_matrix(y_train, label_type, n_classes)
@@ -274,15 +290,9 @@ def fit_linear_probe(
     # A one-value grid is an explicit C, not a sweep: nothing to extend.
     if extend and len(grid) > 1:
         if best() == grid[0]:  # strong side, from the strongest solution
-            lower = [
-                grid[0] / step**k for k in range(1, 200) if grid[0] / step**k >= c_limits[0] * (1 - 1e-9)
-            ]
-            walk(lower, fits[grid[0]][1], fits[grid[0]][0])
+            walk(_beyond(grid[0], step, c_limits, low=True), fits[grid[0]][1], fits[grid[0]][0])
         if not stopped and best() == grid[-1]:  # weak side, only if the sweep reached the grid's end
-            upper = [
-                grid[-1] * step**k for k in range(1, 200) if grid[-1] * step**k <= c_limits[1] * (1 + 1e-9)
-            ]
-            walk(upper, fits[grid[-1]][1], fits[grid[-1]][0])
+            walk(_beyond(grid[-1], step, c_limits, low=False), fits[grid[-1]][1], fits[grid[-1]][0])
     C_best = best()
     boundary = ""
     if len(fits) > 1:
