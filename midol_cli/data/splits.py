@@ -51,6 +51,57 @@ def _official(value: object) -> str | None:
     return v if v in SPLITS else None
 
 
+def _shares_and_bounds(shares: list[float]) -> tuple[list[float], list[float]]:
+    """The pool's shares per target split, normalised (all to train if they sum to 0), and their
+    cumulative upper bounds on [0, 1] (the last one exactly 1.0)."""
+    if sum(shares) <= 0:
+        shares = [1.0] + [0.0] * (len(shares) - 1)
+    total = sum(shares)
+    bounds: list[float] = []
+    acc = 0.0
+    for sh in shares:
+        acc += sh / total
+        bounds.append(acc)
+    bounds[-1] = 1.0
+    return [sh / total for sh in shares], bounds
+
+
+def _stratified_pool(pool_sizes: Counter[str], pool_labels: dict[str, Counter[str]], targets: list[str],
+                     shares: list[float], bounds: list[float], seed: int) -> dict[str, str]:
+    """Rule 3: the split of every pool group, stratified by its majority label; strata too small to
+    reach every split (given the normalised ``shares``) are pooled into the interleaved rare stratum."""
+    result: dict[str, str] = {}
+    stratum_of = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in pool_labels.items()}
+    positive = [sh for sh in shares if sh > 0]
+    min_groups = math.ceil(1.0 / min(positive)) if positive else 1
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for g, st in stratum_of.items():
+        by_stratum[st].append(g)
+    buckets: dict[str, list[str]] = defaultdict(list)
+    for st, gs in by_stratum.items():
+        buckets[st if len(gs) >= min_groups else _RARE].extend(gs)
+    for st in sorted(buckets):
+        if st == _RARE:
+            # Interleave the rare strata: every stratum's first group comes before any
+            # stratum's second, so each rare class reaches train before val/test.
+            rank = {}
+            for gs0 in by_stratum.values():
+                if len(gs0) < min_groups:
+                    for i, g in enumerate(sorted(gs0, key=lambda g: _order_key(seed, "", g))):
+                        rank[g] = i
+            gs = sorted(buckets[st], key=lambda g: (rank[g], _order_key(seed, st, g)))
+        else:
+            gs = sorted(buckets[st], key=lambda g, st=st: _order_key(seed, st, g))
+        n_rows = sum(pool_sizes[g] for g in gs)
+        cum = 0
+        for g in gs:
+            mid = (cum + pool_sizes[g] / 2.0) / n_rows
+            cum += pool_sizes[g]
+            k = next(i for i, b in enumerate(bounds) if mid < b or i == len(bounds) - 1)
+            result[g] = targets[k]
+    return result
+
+
 def assign_splits(
     df: pd.DataFrame, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 ) -> pd.Series:
@@ -81,16 +132,7 @@ def assign_splits(
 
     # 2. The pool: official-train groups and groups without any official split.
     targets = ["train"] + [s for s in ("val", "test") if s not in present]
-    shares = [fractions[SPLITS.index(s)] for s in targets]
-    if sum(shares) <= 0:
-        shares = [1.0] + [0.0] * (len(targets) - 1)
-    total = sum(shares)
-    bounds: list[float] = []
-    acc = 0.0
-    for sh in shares:
-        acc += sh / total
-        bounds.append(acc)
-    bounds[-1] = 1.0
+    shares, bounds = _shares_and_bounds([fractions[SPLITS.index(s)] for s in targets])
 
     result: dict[str, str] = {}
     pool_sizes: Counter[str] = Counter()
@@ -107,35 +149,7 @@ def assign_splits(
         for g in pool_sizes:
             result[g] = "train"
     else:
-        # 3. Stratify by each group's majority label; pool strata too small to reach every split.
-        stratum_of = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in pool_labels.items()}
-        positive = [sh / total for sh in shares if sh > 0]
-        min_groups = math.ceil(1.0 / min(positive)) if positive else 1
-        by_stratum: dict[str, list[str]] = defaultdict(list)
-        for g, st in stratum_of.items():
-            by_stratum[st].append(g)
-        buckets: dict[str, list[str]] = defaultdict(list)
-        for st, gs in by_stratum.items():
-            buckets[st if len(gs) >= min_groups else _RARE].extend(gs)
-        for st in sorted(buckets):
-            if st == _RARE:
-                # Interleave the rare strata: every stratum's first group comes before any
-                # stratum's second, so each rare class reaches train before val/test.
-                rank = {}
-                for gs0 in by_stratum.values():
-                    if len(gs0) < min_groups:
-                        for i, g in enumerate(sorted(gs0, key=lambda g: _order_key(seed, "", g))):
-                            rank[g] = i
-                gs = sorted(buckets[st], key=lambda g: (rank[g], _order_key(seed, st, g)))
-            else:
-                gs = sorted(buckets[st], key=lambda g, st=st: _order_key(seed, st, g))
-            n_rows = sum(pool_sizes[g] for g in gs)
-            cum = 0
-            for g in gs:
-                mid = (cum + pool_sizes[g] / 2.0) / n_rows
-                cum += pool_sizes[g]
-                k = next(i for i, b in enumerate(bounds) if mid < b or i == len(bounds) - 1)
-                result[g] = targets[k]
+        result.update(_stratified_pool(pool_sizes, pool_labels, targets, shares, bounds, seed))
 
     return pd.Series([result[g] for g in groups], index=df.index, dtype=object)
 
