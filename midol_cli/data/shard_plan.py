@@ -75,29 +75,16 @@ def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams
     Raises UsageError for a sample_id present in two manifests (naming both), a
     --modality that is misspelt, or an empty selection.
     """
-    from midol_cli.data.manifest import manifest_hash, read_manifest
+    from midol_cli.data.manifest import manifest_hash
     from midol_cli.modalities import check_modality
 
     if not manifests:
         raise UsageError("give at least one manifest (written by `midol ingest`)")
-    seen_paths: set[Path] = set()
     owner: dict[str, str] = {}
     samples: dict[str, dict[str, Any]] = {}
     inputs: list[dict[str, Any]] = []
     excluded: list[dict[str, str]] = []
-    frames = []
-    for m in manifests:
-        path = Path(m).resolve()
-        if path in seen_paths:
-            continue
-        seen_paths.add(path)
-        df, meta = read_manifest(path, only_ok=True)
-        root = meta.get("root")
-        if not root:
-            raise UsageError(f"manifest '{m}' records no raw root folder; re-create it with `midol ingest`")
-        # The pixel cap ingest accepted the folder with, so that shard time agrees with it.
-        cap = int(meta.get("max_pixels") or 0)
-        frames.append((path, df, Path(root), cap))
+    frames = _read_manifests(manifests)
     present = sorted({str(v) for _, df, _, _ in frames for v in df["modality"].tolist()})
     wanted = {check_modality(x, declared=present) for x in params.modalities}
 
@@ -121,32 +108,11 @@ def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams
             if wanted and row["modality"] not in wanted:
                 continue
             rel = str(row["path"])
-            abs_path = root / rel
-            if not KEY_RE.match(sid):
-                excluded.append(
-                    {"sample_id": sid, "path": rel, "reason": "sample_id is not a safe shard key"}
-                )
+            reason = _unsafe(sid, rel, root)
+            if reason:
+                excluded.append({"sample_id": sid, "path": rel, "reason": reason})
                 continue
-            if Path(rel).is_absolute() or not is_within(abs_path, root):
-                excluded.append(
-                    {"sample_id": sid, "path": rel, "reason": "path escapes the manifest's raw root"}
-                )
-                continue
-            labels = row.get("labels")
-            samples[sid] = {
-                "sample_id": sid,
-                "abs_path": str(abs_path),
-                "path": rel,
-                "sha256": str(row.get("sha256") or ""),
-                "modality": str(row["modality"]),
-                "label": str(row.get("label") or ""),
-                "labels": [str(x) for x in (labels if labels is not None else [])],
-                "group": str(row.get("group") or ""),
-                "split": str(row.get("split") or ""),
-                "dataset": str(row.get("dataset") or ""),
-                "meta": str(row.get("meta") or "{}"),
-                "max_pixels": cap,
-            }
+            samples[sid] = _sample(sid, row, rel, root, cap)
             used += 1
         inputs.append(
             {"path": str(path), "manifest_hash": manifest_hash(path), "root": str(root), "samples": used}
@@ -162,6 +128,56 @@ def load_inputs(manifests: Sequence[str | os.PathLike[str]], params: ShardParams
             f"no usable samples{sel} in the given manifest(s); check the filters or run `midol ingest`"
         )
     return InputSet(samples=samples, inputs=inputs, excluded=excluded)
+
+
+def _read_manifests(manifests: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, Any, Path, int]]:
+    """``(resolved path, ok rows, raw root, pixel cap)`` of each manifest, each path once; UsageError
+    for a manifest that records no raw root."""
+    from midol_cli.data.manifest import read_manifest
+
+    seen_paths: set[Path] = set()
+    frames = []
+    for m in manifests:
+        path = Path(m).resolve()
+        if path in seen_paths:
+            continue
+        seen_paths.add(path)
+        df, meta = read_manifest(path, only_ok=True)
+        root = meta.get("root")
+        if not root:
+            raise UsageError(f"manifest '{m}' records no raw root folder; re-create it with `midol ingest`")
+        # The pixel cap ingest accepted the folder with, so that shard time agrees with it.
+        cap = int(meta.get("max_pixels") or 0)
+        frames.append((path, df, Path(root), cap))
+    return frames
+
+
+def _unsafe(sid: str, rel: str, root: Path) -> str:
+    """Why a row cannot be sharded (an unsafe key, a path outside ``root``); "" when it can."""
+    if not KEY_RE.match(sid):
+        return "sample_id is not a safe shard key"
+    if Path(rel).is_absolute() or not is_within(root / rel, root):
+        return "path escapes the manifest's raw root"
+    return ""
+
+
+def _sample(sid: str, row: dict[str, Any], rel: str, root: Path, cap: int) -> dict[str, Any]:
+    """One selected sample as the plan keeps it."""
+    labels = row.get("labels")
+    return {
+        "sample_id": sid,
+        "abs_path": str(root / rel),
+        "path": rel,
+        "sha256": str(row.get("sha256") or ""),
+        "modality": str(row["modality"]),
+        "label": str(row.get("label") or ""),
+        "labels": [str(x) for x in (labels if labels is not None else [])],
+        "group": str(row.get("group") or ""),
+        "split": str(row.get("split") or ""),
+        "dataset": str(row.get("dataset") or ""),
+        "meta": str(row.get("meta") or "{}"),
+        "max_pixels": cap,
+    }
 
 
 def chunk_bounds(n: int, params: ShardParams) -> list[tuple[int, int]]:
