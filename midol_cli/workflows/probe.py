@@ -45,11 +45,10 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     options = task_options(spec, [f"{k}={v}" for k, v in s.task_options.items()])
     src = resolve_data(spec, s.data, cache_root(), options)
     check_changed(src, s.allow_changed, reporter)
-    if s.protocol == "abmil" and Path(src).is_file():  # labels varying within a case: before embedding
-        from midol_cli.data.manifest import read_manifest
-        from midol_cli.eval.cases import check_case_labels
+    if s.protocol == "abmil":  # a shard dir with --heatmaps, labels varying within a case: before embedding
+        from midol_cli.workflows.probe_cases import check_case_source
 
-        check_case_labels(read_manifest(src, only_ok=True)[0], spec.eval_task(spec.split), spec.case)
+        check_case_source(spec, s, src)
     model = load_eval_model(s.weights, s.model_id, lenient=s.weights_lenient)
     rep = getattr(model.encoder, "load_report", None)
     if rep is not None and rep.partial:
@@ -89,8 +88,8 @@ def check_case_task(spec, s: ProbeSettings) -> None:
     ``--heatmaps`` without matplotlib."""
     if not spec.case:
         raise UsageError(f"task {spec.name} is not case-level, so --protocol abmil has no cases: add `case: "
-                         "slide` (volume, patient) to its task file, or use --task auto on a manifest of slides "
-                         "or volumes whose labels are constant within each (else --protocol image)")
+                         "slide` (volume, patient) to its task file, or use --task auto on a manifest of "
+                         "slides or volumes whose labels are constant within each (else --protocol image)")
     if s.heatmaps:
         from midol_cli.plotting import require_plots
 

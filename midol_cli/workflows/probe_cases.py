@@ -30,8 +30,26 @@ def _expected_cases(src: Path, modality: str, unit: str) -> tuple[list[str] | No
     return cases, str(meta.get("root", ""))
 
 
+def check_case_source(spec, s: ProbeSettings, src: Path) -> None:
+    """The one-line refusals of the data before anything is embedded: labels varying within a case (a
+    manifest), and ``--heatmaps`` on a shard dir (heatmaps read the slides and volumes from the manifest's
+    root)."""
+    from midol_cli.errors import UsageError
+
+    if Path(src).is_file():
+        from midol_cli.data.manifest import read_manifest
+        from midol_cli.eval.cases import check_case_labels
+
+        check_case_labels(read_manifest(src, only_ok=True)[0], spec.eval_task(spec.split), spec.case)
+    elif s.heatmaps:
+        raise UsageError(f"--heatmaps draws slides and volumes from the manifest's folder, and '{s.data}' "
+                         "is a shard dir: give the manifest as --data, or drop --heatmaps and draw cases "
+                         "later with `midol heatmap RUN --case ID --root RAW_DIR`")
+
+
 def probe_cases(spec, s: ProbeSettings, emb, src: Path, model, out_dir: Path,
-                subgroups: tuple[str, ...] | None, reporter: Reporter, log: Callable[[str], None]) -> dict[str, Any]:
+                subgroups: tuple[str, ...] | None, reporter: Reporter,
+                log: Callable[[str], None]) -> dict[str, Any]:
     """The case protocols of ``spec`` (a case-level ``TaskSpec``) on the embeddings ``emb`` (``log``: the
     protocols' lines); the summary (with ``out_dir``) as written to ``out_dir/summary.json``."""
     from midol_cli.eval.case_protocols import run_case_protocols, write_case_results

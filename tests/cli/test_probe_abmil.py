@@ -266,3 +266,14 @@ def test_auto_derives_a_slide_level_task_and_a_task_file_says_case(small_slides)
     assert resolve_task("auto", manifest).case == "slide"
     assert resolve_task(str(tmp / "task.yaml")).case == "slide"
     assert resolve_task("synth-pathology").case == ""
+
+
+def test_heatmaps_on_a_shard_dir_is_a_one_line_error_before_embedding(small_slides, monkeypatch):
+    tmp, manifest = small_slides
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp / "cache"))
+    shards = tmp / "shards"
+    if not (shards / "index.json").is_file():
+        ok("shard", manifest, "--out", shards, "--workers", "1", "--min-shards", "1")
+    line = one_line("probe", "--task", tmp / "task.yaml", "--weights", WEIGHTS, "--data", shards,
+                    "--protocol", "abmil", "--heatmaps", "1", "--out", tmp / "r")
+    assert "is a shard dir" in line and "midol heatmap RUN --case ID --root" in line
