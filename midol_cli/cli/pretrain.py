@@ -13,9 +13,11 @@ from midol_cli.cli._config import emit_config, flag_names, given_flags, option, 
 def register(app: typer.Typer) -> None:
     from midol_cli.workflows.settings import PretrainSettings
 
-    recipe = option("recipe", Path, typer.Argument(..., help="Recipe YAML (see recipes/)."))
-    overrides = option("overrides", list[str], typer.Argument(None, help="key.sub=value overrides, e.g. "
-                                                                         "optim.lr=1e-3"))
+    recipe = option("recipe", Path, typer.Argument(
+        None, metavar="RECIPE.yaml", show_default=False,
+        help="Recipe YAML (a file, or a shipped recipe's name: see `midol recipes`)."))
+    overrides = option("overrides", list[str], typer.Argument(
+        None, metavar="KEY=VALUE", help="key.sub=value overrides, e.g. optim.lr=1e-3"))
     settings_command(app, "pretrain", PretrainSettings, pretrain, args=recipe, extra=(overrides,), help=(
         "Pre-train an M-IDoL encoder (student + EMA teacher + MoE projector) on shards.\n\n"
         "Examples:\n\n"
@@ -27,15 +29,19 @@ def register(app: typer.Typer) -> None:
         context_settings={"allow_extra_args": False})
 
 
-def pretrain(ctx: typer.Context, recipe: Path, overrides: list[str] | None, print_config: bool,
+def pretrain(ctx: typer.Context, recipe: Path | None, overrides: list[str] | None, print_config: bool,
              **_flags: Any) -> None:
     """The recipe (with ``key=value`` overrides) says how to train; the flags (``PretrainSettings``)
     where and how far."""
     from midol_cli.cli._common import progress_reporter
+    from midol_cli.errors import UsageError
     from midol_cli.recipes import PretrainRecipe, load_recipe
     from midol_cli.workflows.pretrain import run, run_dir_of
     from midol_cli.workflows.settings import PretrainSettings, validate_settings
 
+    if recipe is None:
+        raise UsageError("`midol pretrain` needs a recipe: midol pretrain RECIPE.yaml [KEY=VALUE]... (a "
+                         "file, or a shipped recipe's name: see `midol recipes`)")
     s = validate_settings(PretrainSettings, given_flags(ctx, PretrainSettings),
                           "the `midol pretrain` command", flag_names(PretrainSettings))
     r = load_recipe(PretrainRecipe, recipe, overrides or [])

@@ -16,7 +16,7 @@ def report(ctx: typer.Context, args: list[str] | None, print_config: bool, **_fl
     Cells hold the metric x100 as 'value [95% CI]', or 'mean ± std' over seeds for label-fraction
     protocols; the best model per task is in bold (Markdown), followed by per-modality averages and
     the average rank. Malformed summary files and tasks whose data hash differs across models are
-    reported on stderr. ``--format html --out FILE`` writes one self-contained page: the table plus
+    reported on stderr. --format html --out FILE writes one self-contained page: the table plus
     each task's figures, calibration, operating points, subgroups and provenance.
 
     Examples:

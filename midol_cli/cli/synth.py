@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from midol_cli.cli._common import console, show_progress
-from midol_cli.errors import MidolError
+from midol_cli.errors import MidolError, UsageError
 
 HELP = (
     "Draw synthetic demo data: one raw folder per modality under OUT_DIR, each in a real dataset's layout."
@@ -76,7 +76,8 @@ def _summary_table(summary: dict[str, Any]):
 
 
 def synth(
-    out_dir: Path = typer.Argument(..., help="Folder to create (must be empty or absent unless --force)."),
+    out_dir: Path | None = typer.Argument(None, metavar="OUT_DIR", show_default=False,
+                                          help="Folder to create (must be empty or absent unless --force)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     per_class: int = typer.Option(50, "--per-class", help="Images per class (4 classes per modality)."),
     size: int = typer.Option(128, "--size", help="Image edge in pixels (32-1024)."),
@@ -101,6 +102,8 @@ def synth(
     try:
         from midol_cli.cli._common import writable_out
 
+        if out_dir is None:
+            raise UsageError("`midol synth` needs OUT_DIR, the folder to create: midol synth OUT_DIR")
         writable_out(out_dir, "OUT_DIR")
         chosen = [check_modality(m) for m in modality] if modality else None
         update, close = _progress_printer()

@@ -1,5 +1,6 @@
-"""The encoder a pre-training recipe trains, and its initial weights: ``model.weights`` (a file, or
-``NAME=FILE`` of the model registry) loaded through the strict loader, and what run.json records of it."""
+"""The encoder a pre-training recipe trains, and its initial weights: ``model.weights`` (a file,
+``NAME=FILE`` of the model registry, or ``timm:ARCH=FILE`` as ``--weights`` takes it) loaded through the
+strict loader, and what run.json records of it."""
 
 from __future__ import annotations
 
@@ -31,12 +32,34 @@ def encoder_spec(recipe: PretrainRecipe) -> EncoderSpec:
                              f"{recipe.model.arch}; set model.arch={entry.arch}")
         spec.arch_kwargs = {**entry.arch_kwargs, **spec.arch_kwargs}
         spec.mean, spec.std = entry.mean, entry.std
+    timm_file = timm_init(recipe)
+    if timm_file is not None:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(recipe.model.arch) if timm.is_model(recipe.model.arch) else None
+        if cfg is not None:  # the normalisation the released weights were trained with
+            spec.mean, spec.std = tuple(cfg.mean), tuple(cfg.std)
     return spec
+
+
+def timm_init(recipe: PretrainRecipe) -> str | None:
+    """The file of ``model.weights: timm:ARCH=FILE`` (``eval.models.parse_weights``'s grammar, as
+    ``--weights`` reads it); ARCH must be the recipe's ``model.arch``. None for any other form."""
+    w = recipe.model.weights
+    if not w or not w.startswith("timm:"):
+        return None
+    from midol_cli.eval.models import parse_weights
+
+    ref = parse_weights(w)
+    if ref.target != recipe.model.arch:
+        raise UsageError(f"model.weights names timm:{ref.target} but model.arch is {recipe.model.arch}; set "
+                         f"model.arch={ref.target}")
+    return ref.file or ""
 
 
 def named_init(recipe: PretrainRecipe):
     """``(registry entry, file)`` when ``model.weights`` is ``NAME=FILE``; None otherwise."""
-    if not recipe.model.weights:
+    if not recipe.model.weights or recipe.model.weights.startswith("timm:"):
         return None
     from midol_cli.models.registry import parse_named
 
@@ -60,7 +83,9 @@ def load_init(encoder: torch.nn.Module, recipe: PretrainRecipe) -> dict[str, Any
         entry, file = named
         report = load_named(encoder, entry, file, lenient=lenient)
     else:
-        entry, file = None, w
+        entry, file = None, timm_init(recipe) or w
+        if w.startswith("timm:") and not Path(file).is_file():
+            raise UsageError(f"weights file '{file}' does not exist (midol never downloads weights)")
         report = load_file_into(encoder, file, lenient=lenient)
     return {"weights": w, "model": entry.name if entry else None, "file": str(Path(file).resolve()),
             "sha256": sha256_file(file), "load_report": report.to_dict(), "summary": report.summary()}

@@ -164,8 +164,9 @@ class PretrainSettings(Strict):
     resume: str | None = Field(None, description="'auto' (newest checkpoint in the run dir) or a ckpt file.")
     max_steps: int | None = Field(None, description="Stop after this step without changing schedules.")
     init: str | None = Field(None, description="Start student and teacher from released weights (a registry "
-                             "NAME=FILE, see `midol models`, or a file); loaded strictly. Same as "
-                             "model.weights=...", json_schema_extra=cli(metavar="NAME=FILE"))
+                             "NAME=FILE, see `midol models`; timm:ARCH=FILE as --weights takes it; or a "
+                             "file); loaded strictly. Same as model.weights=...",
+                             json_schema_extra=cli(metavar="NAME=FILE"))
     overwrite: bool = Field(False, description="Move a run already in the run dir aside (<run>.old-<time>) "
                             "and start afresh.")
     allow_recipe_change: bool = Field(False, description="Resume although the recipe changed (recorded as a "

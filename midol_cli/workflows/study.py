@@ -121,8 +121,9 @@ def parse_variants(names: Sequence[str], custom: Sequence[str], recipe_intra: st
         if name not in BUILTIN_VARIANTS:
             import difflib
 
-            close = difflib.get_close_matches(name, list(BUILTIN_VARIANTS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (built-in: {', '.join(BUILTIN_VARIANTS)})"
+            valid = sorted({*BUILTIN_VARIANTS, "other_reading"})
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = (f"; did you mean '{close[0]}'?" if close else "") + f" (built-in: {', '.join(valid)})"
             raise UsageError(f"unknown variant '{name}'{hint}; custom ones are --variant NAME:KEY=VALUE,...")
         if name == recipe_intra:
             raise UsageError(f"variant '{name}' is the recipe itself (its loss.intra is already "

@@ -94,3 +94,15 @@ def test_midol_tells_hubs_it_is_offline(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         run()
     assert os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+@pytest.mark.parametrize("command", COMMAND_MODULES)
+def test_help_is_plain_text_and_names_the_config_argument(command, capsys, monkeypatch):
+    """issue 25.27: no literal RST (``--format html``) in any help; pretrain's usage showed {recipe}
+    where every other command names its config file."""
+    out = _help(capsys, monkeypatch, command)
+    assert "``" not in out and ":func:" not in out, out
+    usage = next(x for x in out.splitlines() if "Usage:" in x)
+    assert "{" not in usage, usage
+    if command == "pretrain":
+        assert "[RECIPE.yaml] [KEY=VALUE]..." in usage, usage

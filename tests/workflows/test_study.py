@@ -154,3 +154,15 @@ def test_aggregate_adds_holm_and_delong_per_seed(tmp_path):
     assert "(Holm " in md.split("## Paired difference")[1]
     delong_table = md.split("DeLong's test of the AUROCs")[1]
     assert "| bin | s0 " in delong_table and "| mc |" not in delong_table
+
+
+def test_a_bad_variant_lists_every_valid_one_other_reading_included():
+    """issue 25.27: the error listed the built-in variants but not other_reading."""
+    from midol_cli.workflows.study import BUILTIN_VARIANTS
+
+    for bad, close in (("other_readng", "other_reading"), ("zzz", None)):
+        with pytest.raises(UsageError) as e:
+            parse_variants([bad], [], "contrastive")
+        msg = str(e.value)
+        assert "\n" not in msg and all(v in msg for v in (*BUILTIN_VARIANTS, "other_reading")), msg
+        assert (f"did you mean '{close}'?" in msg) == (close is not None), msg
