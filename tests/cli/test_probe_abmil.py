@@ -175,7 +175,8 @@ def test_volumes_through_abmil_case_per_volume(tmp_path, monkeypatch):
     manifest = tmp_path / "oct.parquet"
     ok("ingest", tmp_path / "raw", "-m", "oct", "--layout", "volumes", "--out", manifest, "-j", "1")
     out = ok("probe", "--task", "auto", "--weights", WEIGHTS, "--data", manifest, "--workers", "0",
-             "--protocol", "abmil", "--runs", "1", "--n-boot", "20", "--out", tmp_path / "results")
+             "--protocol", "abmil", "--runs", "1", "--n-boot", "20", "--heatmaps", "1", "--out",
+             tmp_path / "results")
     assert "volume-level" in out and "  abmil: " in out and "  max: " in out
     run_dir = next((tmp_path / "results").rglob("summary.json")).parent
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -187,6 +188,11 @@ def test_volumes_through_abmil_case_per_volume(tmp_path, monkeypatch):
     per_case = att.groupby("case")["attention"].agg(["sum", "size"])
     assert np.allclose(per_case["sum"], 1, atol=1e-4) and (per_case["size"] == 6).all()  # every B-scan once
     assert all("frame" in json.loads(m) for m in att["meta"])
+    # The volumes' heatmaps (attention per B-scan, the top B-scans read from the DICOM) in the HTML report.
+    assert summary["heatmaps"] and all((run_dir / h["png"]).is_file() for h in summary["heatmaps"])
+    ok("report", tmp_path / "results", "-p", "abmil", "-f", "html", "--out", tmp_path / "r.html")
+    section = (tmp_path / "r.html").read_text().split("Attention heatmaps", 1)[1]
+    assert section.count('src="data:image/png;base64,') == len(summary["heatmaps"])
 
 
 @pytest.fixture(scope="module")
