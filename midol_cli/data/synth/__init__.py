@@ -163,6 +163,83 @@ def _prepare_out(out: Path, modalities: Sequence[str], force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _chosen(modalities: Sequence[str] | None) -> list[str]:
+    """The modalities to draw, in ``MODALITIES`` order (all of them for None or empty)."""
+    if modalities is None or len(modalities) == 0:
+        return list(MODALITIES)
+    wanted = list(dict.fromkeys(m.strip().lower() for m in modalities))
+    bad = [m for m in wanted if m not in MODALITIES]
+    if bad:
+        raise UsageError(f"synth cannot draw modality '{bad[0]}'; choose from {', '.join(MODALITIES)}")
+    return [m for m in MODALITIES if m in wanted]
+
+
+def _plans(chosen: list[str], seed: int, per_class: int, corrupt: int) -> dict[str, list[Item]]:
+    """Each modality's items, with ``corrupt`` damaged ones spread over the modalities."""
+    from midol_cli.data.synth.draw import rng_for
+
+    # Damaged files go round-robin over modalities and kinds, so even --corrupt 3 shows three kinds.
+    kinds: dict[str, list[str]] = {m: [] for m in chosen}
+    for i in range(corrupt):
+        kinds[chosen[i % len(chosen)]].append(CORRUPT_KINDS[i % len(CORRUPT_KINDS)])
+
+    plans: dict[str, list[Item]] = {}
+    for name in chosen:
+        plans[name] = _module(name).plan(rng_for(seed, name, "plan"), per_class, kinds[name])
+    return plans
+
+
+def _render_all(plans: dict[str, list[Item]], out: Path, size: int, seed: int, workers: int,
+                progress: ProgressFn | None) -> None:
+    """Draw every planned file under ``out/<modality>``, in chunks, on ``workers`` processes."""
+    total = {name: len(items) for name, items in plans.items()}
+    done = dict.fromkeys(plans, 0)
+    chunk = 16
+    jobs = [(name, items[i : i + chunk]) for name, items in plans.items()
+            for i in range(0, len(items), chunk)]
+    if workers == 1:
+        for name, part in jobs:
+            done[name] += _render_chunk(name, part, size, seed, str(out / name))
+            if progress is not None:
+                progress(name, done[name], total[name])
+        return
+    import multiprocessing
+
+    # spawn, not fork: the parent may hold torch/OpenMP threads when called from a test or a stage.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futs = {pool.submit(_render_chunk, name, part, size, seed, str(out / name)): name
+                for name, part in jobs}
+        for fut in as_completed(futs):
+            name = futs[fut]
+            done[name] += fut.result()
+            if progress is not None:
+                progress(name, done[name], total[name])
+
+
+def _write_modality(out: Path, name: str, items: list[Item], summary: dict[str, Any]) -> dict[str, Any]:
+    """Write one modality's tables; add its damaged files to ``summary["corrupt"]`` and its files to
+    ``summary["paths"]``; return its entry of ``summary["modalities"]``."""
+    mod = _module(name)
+    tables = mod.write_tables(out / name, items)
+    good = [it for it in items if not it.corrupt]
+    classes = Counter(lab for it in good for lab in it.labels)
+    summary["corrupt"] += [
+        {"modality": name, "path": f"{name}/{it.rel}", "kind": it.corrupt} for it in items if it.corrupt
+    ]
+    summary["paths"] += [f"{name}/{t}" for t in tables] + [f"{name}/{it.rel}" for it in items]
+    return {
+        "dataset": mod.DATASET,
+        "root": str((out / name).resolve()),
+        "images": len(good),
+        "classes": {c: classes.get(c, 0) for c in mod.CLASSES},
+        "groups": len({it.group for it in good}),
+        "multi_label": sum(1 for it in good if len(it.labels) > 1),
+        "tables": tables,
+        "files": [it.rel for it in good],
+    }
+
+
 def generate(
     out_dir: str | Path,
     seed: int = 0,
@@ -189,56 +266,14 @@ def generate(
     ``paths`` (every file written) and corrupt ``path`` relative to ``out_dir``.
     """
     from midol_cli.artifacts import provenance, write_json_atomic
-    from midol_cli.data.synth.draw import rng_for
 
     t0 = time.perf_counter()
     _check_args(per_class, size, workers, corrupt, seed)
-    if modalities is None or len(modalities) == 0:
-        chosen = list(MODALITIES)
-    else:
-        wanted = list(dict.fromkeys(m.strip().lower() for m in modalities))
-        bad = [m for m in wanted if m not in MODALITIES]
-        if bad:
-            raise UsageError(f"synth cannot draw modality '{bad[0]}'; choose from {', '.join(MODALITIES)}")
-        chosen = [m for m in MODALITIES if m in wanted]
+    chosen = _chosen(modalities)
     out = Path(out_dir)
     _prepare_out(out, chosen, force)
-
-    # Damaged files go round-robin over modalities and kinds, so even --corrupt 3 shows three kinds.
-    kinds: dict[str, list[str]] = {m: [] for m in chosen}
-    for i in range(corrupt):
-        kinds[chosen[i % len(chosen)]].append(CORRUPT_KINDS[i % len(CORRUPT_KINDS)])
-
-    plans: dict[str, list[Item]] = {}
-    for name in chosen:
-        plans[name] = _module(name).plan(rng_for(seed, name, "plan"), per_class, kinds[name])
-
-    total = {name: len(items) for name, items in plans.items()}
-    done = dict.fromkeys(chosen, 0)
-    chunk = 16
-    jobs = [
-        (name, items[i : i + chunk]) for name, items in plans.items() for i in range(0, len(items), chunk)
-    ]
-    if workers == 1:
-        for name, part in jobs:
-            done[name] += _render_chunk(name, part, size, seed, str(out / name))
-            if progress is not None:
-                progress(name, done[name], total[name])
-    else:
-        import multiprocessing
-
-        # spawn, not fork: the parent may hold torch/OpenMP threads when called from a test or a stage.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {
-                pool.submit(_render_chunk, name, part, size, seed, str(out / name)): name
-                for name, part in jobs
-            }
-            for fut in as_completed(futs):
-                name = futs[fut]
-                done[name] += fut.result()
-                if progress is not None:
-                    progress(name, done[name], total[name])
+    plans = _plans(chosen, seed, per_class, corrupt)
+    _render_all(plans, out, size, seed, workers, progress)
 
     summary: dict[str, Any] = {
         "out_dir": str(out.resolve()),
@@ -250,25 +285,7 @@ def generate(
         "paths": [],
     }
     for name in chosen:
-        mod = _module(name)
-        items = plans[name]
-        tables = mod.write_tables(out / name, items)
-        good = [it for it in items if not it.corrupt]
-        classes = Counter(lab for it in good for lab in it.labels)
-        summary["modalities"][name] = {
-            "dataset": mod.DATASET,
-            "root": str((out / name).resolve()),
-            "images": len(good),
-            "classes": {c: classes.get(c, 0) for c in mod.CLASSES},
-            "groups": len({it.group for it in good}),
-            "multi_label": sum(1 for it in good if len(it.labels) > 1),
-            "tables": tables,
-            "files": [it.rel for it in good],
-        }
-        summary["corrupt"] += [
-            {"modality": name, "path": f"{name}/{it.rel}", "kind": it.corrupt} for it in items if it.corrupt
-        ]
-        summary["paths"] += [f"{name}/{t}" for t in tables] + [f"{name}/{it.rel}" for it in items]
+        summary["modalities"][name] = _write_modality(out, name, plans[name], summary)
 
     record = {k: v for k, v in summary.items() if k not in ("out_dir", "paths")}
     record["modalities"] = {

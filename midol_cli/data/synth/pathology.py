@@ -109,49 +109,63 @@ def _jittered(rng: np.random.Generator, spacing: float, jitter: float, margin: f
 
 def _tissue(cls: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Haematoxylin and eosin concentration maps, each ``[size, size]`` (0 = no stain, ~1.5 = dense)."""
-    c = pixel_centres(size)
     bg = smooth_noise(rng, size, 10)
-    if cls == "ADI":
-        cell = rng.uniform(0.22, 0.32)
-        pts = _jittered(rng, cell, 0.35, margin=0.3)
-        border = _voronoi(size, pts)
-        memb = np.clip((0.02 + 0.006 * bg - border) * size / 2.0, 0.0, 1.0)
-        eos = 0.2 + 0.05 * bg + 0.95 * memb
-        k = int(rng.integers(2, 6))
-        sel = pts[rng.choice(len(pts), k, replace=False)]
-        hem = stamp_ellipses(size, sel[:, 0], sel[:, 1], 0.018, 0.05, rng.uniform(0, math.pi, k), edge_px=0.8)
-        return 1.1 * hem, eos
-    if cls == "LYM":
-        pts = _jittered(rng, rng.uniform(0.085, 0.1), 0.3)
-        keep = rng.random(len(pts)) < rng.uniform(0.75, 0.92)
-        pts = pts[keep]
-        r = rng.uniform(0.032, 0.042, len(pts))
-        nuc = stamp_ellipses(
-            size, pts[:, 0], pts[:, 1], r, r * rng.uniform(0.85, 1.0, len(pts)), 0.0, edge_px=0.8
-        )
-        return 1.4 * nuc * (1.0 + 0.1 * bg), 0.25 + 0.08 * bg
-    if cls == "STR":
-        theta = rng.uniform(0, math.pi)
-        ca, sa = math.cos(theta), math.sin(theta)
-        along = ca * c[None, :] + sa * c[:, None]
-        across = -sa * c[None, :] + ca * c[:, None]
-        freq = rng.uniform(7.0, 11.0)
-        wav = across + rng.uniform(0.04, 0.08) * np.sin(along * rng.uniform(5, 9) + rng.uniform(0, 6.3))
-        fib = 0.5 + 0.5 * np.cos(2 * math.pi * freq * wav + 1.5 * bg * 0.3)
-        eos = 0.3 + 0.8 * np.clip(fib * 1.4 - 0.2, 0.0, 1.0) + 0.06 * bg
-        n = int(rng.integers(10, 22))
-        py, px = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
-        hem = stamp_ellipses(
-            size,
-            py,
-            px,
-            rng.uniform(0.014, 0.022, n),
-            rng.uniform(0.07, 0.11, n),
-            -theta + rng.normal(0, 0.15, n),
-            edge_px=0.8,
-        )
-        return 1.3 * hem, eos
-    # TUM: glands with lumens, ringed and surrounded by crowded atypical nuclei.
+    draw = {"ADI": _adipose, "LYM": _lymphocytes, "STR": _stroma}.get(cls, _tumour)
+    return draw(rng, size, bg)
+
+
+def _adipose(rng: np.random.Generator, size: int, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ADI: large empty fat cells, thin eosin membranes, a few flat nuclei on them."""
+    cell = rng.uniform(0.22, 0.32)
+    pts = _jittered(rng, cell, 0.35, margin=0.3)
+    border = _voronoi(size, pts)
+    memb = np.clip((0.02 + 0.006 * bg - border) * size / 2.0, 0.0, 1.0)
+    eos = 0.2 + 0.05 * bg + 0.95 * memb
+    k = int(rng.integers(2, 6))
+    sel = pts[rng.choice(len(pts), k, replace=False)]
+    hem = stamp_ellipses(size, sel[:, 0], sel[:, 1], 0.018, 0.05, rng.uniform(0, math.pi, k), edge_px=0.8)
+    return 1.1 * hem, eos
+
+
+def _lymphocytes(rng: np.random.Generator, size: int, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LYM: dense small round nuclei on a pale background."""
+    pts = _jittered(rng, rng.uniform(0.085, 0.1), 0.3)
+    keep = rng.random(len(pts)) < rng.uniform(0.75, 0.92)
+    pts = pts[keep]
+    r = rng.uniform(0.032, 0.042, len(pts))
+    nuc = stamp_ellipses(
+        size, pts[:, 0], pts[:, 1], r, r * rng.uniform(0.85, 1.0, len(pts)), 0.0, edge_px=0.8
+    )
+    return 1.4 * nuc * (1.0 + 0.1 * bg), 0.25 + 0.08 * bg
+
+
+def _stroma(rng: np.random.Generator, size: int, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """STR: wavy eosin fibres in one direction, with elongated nuclei along them."""
+    c = pixel_centres(size)
+    theta = rng.uniform(0, math.pi)
+    ca, sa = math.cos(theta), math.sin(theta)
+    along = ca * c[None, :] + sa * c[:, None]
+    across = -sa * c[None, :] + ca * c[:, None]
+    freq = rng.uniform(7.0, 11.0)
+    wav = across + rng.uniform(0.04, 0.08) * np.sin(along * rng.uniform(5, 9) + rng.uniform(0, 6.3))
+    fib = 0.5 + 0.5 * np.cos(2 * math.pi * freq * wav + 1.5 * bg * 0.3)
+    eos = 0.3 + 0.8 * np.clip(fib * 1.4 - 0.2, 0.0, 1.0) + 0.06 * bg
+    n = int(rng.integers(10, 22))
+    py, px = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+    hem = stamp_ellipses(
+        size,
+        py,
+        px,
+        rng.uniform(0.014, 0.022, n),
+        rng.uniform(0.07, 0.11, n),
+        -theta + rng.normal(0, 0.15, n),
+        edge_px=0.8,
+    )
+    return 1.3 * hem, eos
+
+
+def _tumour(rng: np.random.Generator, size: int, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TUM: glands with lumens, ringed and surrounded by crowded atypical nuclei."""
     n_gl = int(rng.integers(3, 7))
     gy, gx = rng.uniform(-0.85, 0.85, n_gl), rng.uniform(-0.85, 0.85, n_gl)
     lr = rng.uniform(0.07, 0.13, n_gl)
