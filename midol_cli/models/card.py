@@ -124,6 +124,7 @@ def model_card(
     name = run_dir.resolve().name
     mods = ", ".join(meta.get("modalities") or []) or "?"
     init = meta.get("init")
+    arch_kwargs = json.dumps(meta["arch_kwargs"]) if meta["arch_kwargs"] else ""
     out = [
         f"# midol encoder: {name}",
         "",
@@ -135,8 +136,7 @@ def model_card(
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | `{meta['arch']}` {json.dumps(meta['arch_kwargs']) if meta['arch_kwargs'] else ''} "
-        "|",
+        f"| architecture | `{meta['arch']}` {arch_kwargs} |",
         f"| input | {meta['img_size']} px RGB; shorter side resized (bicubic), centre crop |",
         f"| normalisation | mean {list(meta['mean'])}, std {list(meta['std'])} |",
         f"| weights | the {meta.get('which', 'teacher')} at step {meta.get('step', '?')} |",
@@ -163,6 +163,13 @@ def model_card(
         *data_summary(run_dir),
         "",
     ]
+    out += _evaluation_section(run_dir, study) + _use_and_limits(mods)
+    return "\n".join(out)
+
+
+def _evaluation_section(run_dir: Path, study: Path | None) -> list[str]:
+    """The card's evaluation section: the run's study if one is found, else where to get one."""
+    out: list[str] = []
     found = find_study(run_dir, study)
     if found is not None:
         out += [
@@ -182,7 +189,12 @@ def model_card(
             "`midol report` compare it with other models on your labelled data.",
             "",
         ]
-    out += [
+    return out
+
+
+def _use_and_limits(mods: str) -> list[str]:
+    """The card's intended-use and limitations sections."""
+    return [
         "## Intended use",
         "",
         f"A frozen or fine-tuned feature extractor for research on {mods} images: linear probes, k-NN, "
@@ -200,7 +212,6 @@ def model_card(
         "features.",
         "",
     ]
-    return "\n".join(out)
 
 
 def _init_text(init: dict[str, Any] | None) -> str:
