@@ -197,7 +197,13 @@ def draw_case(run_dir: str | Path, case: str, root: str | Path | None, out_png: 
     root = _data_root(run_dir) if root is None else root
     label = title or f"{case}"
     if metas and "slide" in metas[0]:
-        return slide_heatmap(Path(root) / metas[0]["slide"], att, metas, out_png, top_k=top_k, title=label)
+        # A patient case may hold several slides: draw the one holding the case's most-attended tile.
+        slide = metas[int(np.argmax(att))].get("slide", metas[0]["slide"])
+        keep = np.asarray([m.get("slide") == slide for m in metas])
+        att, metas = att[keep], [m for m, k in zip(metas, keep, strict=True) if k]
+        if keep.sum() < len(keep):
+            label = f"{label}: {slide}"
+        return slide_heatmap(Path(root) / slide, att, metas, out_png, top_k=top_k, title=label)
     if metas and "frame" in metas[0]:
         frames = [int(float(m["frame"])) for m in metas]
         vol = Path(root) / metas[0].get("volume", "")

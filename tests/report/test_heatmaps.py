@@ -151,3 +151,26 @@ def test_heatmaps_of_a_probe_run_pick_cases_and_draw_them(tmp_path):
     assert 1 <= len(drawn) <= 2
     for case, why, hm in drawn:
         assert why in ("true positive", "error") and hm.png.is_file() and hm.png.name == f"heatmap_{case}.png"
+
+
+def test_a_patient_case_of_two_slides_draws_the_slide_of_its_most_attended_tile(tmp_path):
+    """A patient case holds the tiles of several slides: the heatmap draws the slide holding the top tile,
+    with that slide's tiles only (the old drawing painted every slide's tiles over the first slide)."""
+    import shutil
+
+    import pandas as pd
+
+    path, metas, _ = _slide(tmp_path)
+    shutil.copy(path, tmp_path / "b.svs")
+    metas_b = [{**m, "slide": "b.svs"} for m in metas]
+    inside = [i for i, m in enumerate(metas) if _inside(float(m["x"]) + 112, float(m["y"]) + 112)]
+    att = np.full(2 * len(metas), 0.1)
+    att[len(metas) + inside[0]] = 5.0  # the top tile: slide b, inside the lesion
+    att /= att.sum()
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"case": "P1", "sample_id": [f"t{i}" for i in range(len(att))], "seed": 0,
+                  "attention": att.astype(np.float32), "meta": [json.dumps(m) for m in metas + metas_b]}
+                 ).to_parquet(run / ATTENTION_NAME)
+    hm = draw_case(run, "P1", tmp_path, tmp_path / "p.png", top_k=10 * len(metas))
+    assert hm.strip == len(metas) and _inside(*hm.peak)
