@@ -40,8 +40,7 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     if spec.label_type == "segmentation":
         raise UsageError(f"task {spec.name} is a segmentation task: frozen-encoder probes do not apply; "
                          f"use `midol finetune --task {spec.name}`")
-    if s.protocol == "abmil":
-        check_case_task(spec, s)
+    check_case_task(spec, s)
     options = task_options(spec, [f"{k}={v}" for k, v in s.task_options.items()])
     src = resolve_data(spec, s.data, cache_root(), options)
     check_changed(src, s.allow_changed, reporter)
@@ -85,7 +84,12 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
 
 def check_case_task(spec, s: ProbeSettings) -> None:
     """``--protocol abmil``'s one-line refusals before any work: a task without a case level, and
-    ``--heatmaps`` without matplotlib."""
+    ``--heatmaps`` without matplotlib (or without ``--protocol abmil``, whose attention they draw)."""
+    if s.protocol != "abmil":
+        if s.heatmaps:
+            raise UsageError("--heatmaps draws the attention of case-level runs: add --protocol abmil (a "
+                             "task with a case level: slide, volume or patient)")
+        return
     if not spec.case:
         raise UsageError(f"task {spec.name} is not case-level, so --protocol abmil has no cases: add `case: "
                          "slide` (volume, patient) to its task file, or use --task auto on a manifest of "

@@ -283,3 +283,11 @@ def test_heatmaps_on_a_shard_dir_is_a_one_line_error_before_embedding(small_slid
     line = one_line("probe", "--task", tmp / "task.yaml", "--weights", WEIGHTS, "--data", shards,
                     "--protocol", "abmil", "--heatmaps", "1", "--out", tmp / "r")
     assert "is a shard dir" in line and "midol heatmap RUN --case ID --root" in line
+
+
+def test_heatmaps_without_protocol_abmil_is_a_one_line_error(small_slides, monkeypatch):
+    tmp, manifest = small_slides
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp / "cache"))
+    line = one_line("probe", "--task", tmp / "task.yaml", "--weights", WEIGHTS, "--data", manifest,
+                    "--heatmaps", "2", "--out", tmp / "r")
+    assert "add --protocol abmil" in line
