@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=48, help="images (generated with midol synth)")
     ap.add_argument("--arch", default="swin_base_patch4_window7_224")
@@ -35,7 +35,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
 
     import os
 
@@ -96,10 +100,8 @@ def main() -> None:
         b, p = statistics.median(tb), statistics.median(tp)
     res = {"device": str(dev), "arch": args.arch, "tiny": args.tiny, "img_size": args.img_size, "images": n,
            "bare_images_per_s": n / b, "embed_images_per_s": n / p, "ratio": b / p}
-    print(
-        f"{n} images, {args.arch}{' (tiny)' if args.tiny else ''} @ {args.img_size}px on {dev}, batch "
-        f"{args.batch}"
-    )
+    tiny = " (tiny)" if args.tiny else ""
+    print(f"{n} images, {args.arch}{tiny} @ {args.img_size}px on {dev}, batch {args.batch}")
     print(f"bare encoder forward : {res['bare_images_per_s']:9.1f} img/s")
     print(f"midol embed pipeline : {res['embed_images_per_s']:9.1f} img/s ({args.workers} workers)")
     print(f"ratio embed/bare     : {res['ratio']:.3f}  (target >= 0.9)")

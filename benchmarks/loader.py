@@ -411,22 +411,17 @@ def decode_paths(
         print(f"  ratio gpu/cpu: {max(rates['gpu']) / max(rates['cpu']):.2f}x")
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="synthetic images (default 2000)")
     ap.add_argument("--size", type=int, default=1024, help="raw image side (default 1024)")
     ap.add_argument("--max-side", type=int, default=512, help="shard --max-side (default 512)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders (default 2)")
-    ap.add_argument(
-        "--epochs",
-        type=int,
-        default=3,
-        help="interleaved passes per loader; the best is reported (default 3)",
-    )
-    ap.add_argument(
-        "--workdir", type=Path, default=None, help="keep generated data here (default: a temp dir)"
-    )
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="interleaved passes per loader; the best is reported (default 3)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep generated data here (default: a temp dir)")
     ap.add_argument(
         "--allocator", choices=("pinned", "default"), default="pinned",
         help="pinned (default): fix glibc's mmap/trim thresholds for both loaders, see _pin_allocator",
@@ -435,54 +430,118 @@ def main() -> None:
         "--transform", choices=("midol", "torchvision", "both"), default="both",
         help="whose implementation of the transform both loaders apply (default: both, one after the other)",
     )
-    ap.add_argument(
-        "--per-core",
-        action="store_true",
-        help="one-core rates of decode / decode + base-recipe views and the cores per GPU (see above)",
-    )
-    ap.add_argument(
-        "--goal", type=float, default=1600.0, help="--per-core: images/s one GPU takes (default 1600)"
-    )
-    ap.add_argument(
-        "--repeats", type=int, default=5, help="--per-core: interleaved passes per stage (default 5)"
-    )
+    ap.add_argument("--per-core", action="store_true",
+                    help="one-core rates of decode / decode + base-recipe views and the cores per GPU "
+                    "(see above)")
+    ap.add_argument("--goal", type=float, default=1600.0,
+                    help="--per-core: images/s one GPU takes (default 1600)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="--per-core: interleaved passes per stage (default 5)")
     ap.add_argument("--decode", choices=("gpu", "both"), default=None,
                     help="measure views delivered to --device: the data.decode=gpu path, or both paths")
     ap.add_argument("--device", default="cuda", help="--decode: the device (default cuda)")
-    args = ap.parse_args()
-    if args.allocator == "pinned":
-        _pin_allocator()
+    return ap.parse_args()
 
+
+def _make_data(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, list[tuple[str, str]]]:
+    """Generate the raw JPEG folder and its shards under ``tmp``; print what it took."""
+    from midol_cli.data.shards import ShardParams, write_shards
+
+    raw, shards = tmp / "raw", tmp / "shards"
+    t0 = time.perf_counter()
+    files = make_raw(raw, args.n, args.size, classes=4, seed=0, workers=max(1, args.workers))
+    t_gen = time.perf_counter() - t0
+    write_manifest_for(raw, files, tmp / "manifest.parquet")
+    t0 = time.perf_counter()
+    idx = write_shards(
+        [tmp / "manifest.parquet"],
+        shards,
+        ShardParams(max_side=args.max_side),
+        workers=max(1, args.workers),
+    )
+    t_shard = time.perf_counter() - t0
+    raw_mb = sum((raw / r).stat().st_size for r, _ in files) / 2**20
+    print(
+        f"data: {args.n} x {args.size}px JPEG ({raw_mb:.1f} MiB) generated in {t_gen:.1f}s; "
+        f"{idx['totals']['shards']} shards ({idx['totals']['bytes'] / 2**20:.1f} MiB, "
+        f"max side {args.max_side}) written in {t_shard:.1f}s with {args.workers} workers; "
+        f"allocator {args.allocator}"
+    )
+    return raw, shards, files
+
+
+def _compare_loaders(args: argparse.Namespace, kind: str, raw: Path, shards: Path,
+                     files: list[tuple[str, str]]) -> None:
+    """Time midol's shard loader against ImageFolder on the raw files with ``kind``'s transform."""
     import torch
     from torchvision.datasets import ImageFolder
 
     from midol_cli.data.loader import make_loader
-    from midol_cli.data.shards import ShardParams, write_shards
+
+    # midol's transform takes the lazy image and decodes only under its crop; torchvision's
+    # needs PIL. (a-full) is midol's transform over fully decoded shard images, to show
+    # what the partial decode adds.
+    shard_loaders = {
+        "a": make_loader(
+            shards, _ShardTransform(kind), args.batch_size, num_workers=args.workers, drop_last=False,
+            shuffle_buffer=256, decode_mode="lazy" if kind == "midol" else "pil",
+        )
+    }
+    if kind == "midol":
+        shard_loaders["a-full"] = make_loader(
+            shards, _ShardTransform(kind), args.batch_size, num_workers=args.workers, drop_last=False,
+            shuffle_buffer=256, decode_mode="pil",
+        )
+    folder = ImageFolder(str(raw), transform=augment(kind))
+    folder_loader = torch.utils.data.DataLoader(
+        folder, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=False
+    )
+    # Interleaved passes, best of each: a CPU shared with other jobs slows both alike.
+    loaders = [*shard_loaders.items(), ("b", folder_loader)]
+    rates: dict[str, list[float]] = {key: [] for key, _ in loaders}
+    for _ in range(args.epochs):
+        for key, loader in loaders:
+            rate, count = time_pass(loader)
+            if count != args.n:
+                raise SystemExit(f"loader ({key}) returned {count} images, expected {args.n}")
+            rates[key].append(rate)
+    best = {key: max(r) for key, r in rates.items()}
+    a, b = best["a"], best["b"]
+    print(
+        f"transform: {kind} "
+        f"({'midol_cli.data.transforms' if kind == 'midol' else 'torchvision.transforms'})"
+    )
+    how = "decode under the crop" if kind == "midol" else "full decode"
+    print(f"  (a) midol shards  (make_loader, {how}, {args.workers} workers): {a:8.1f} img/s")
+    if "a-full" in best:
+        print(f"      midol shards  (make_loader, full decode, {args.workers} workers): "
+              f"{best['a-full']:8.1f} img/s ({best['a-full'] / b:.2f}x)")
+    print(f"  (b) ImageFolder raw ({args.workers} workers):                         {b:8.1f} img/s")
+    print(f"  ratio (a)/(b): {a / b:.2f}x (target >= 3x)")
+    c = stage_costs([raw / r for r, _ in files], shards, kind)
+    bound = (c["decode_raw"] + c["augment_raw"]) / (c["decode_shard"] + c["augment_shard"])
+    print(
+        f"  1-core ms/image: decode raw {c['decode_raw']:.2f}, decode shard {c['decode_shard']:.2f}, "
+        f"augment at {args.size}px {c['augment_raw']:.2f}, "
+        f"at {args.max_side}px {c['augment_shard']:.2f} -> ratio bound with full decodes {bound:.2f}x"
+    )
+    if "lazy_shard" in c:
+        lazy_bound = (c["decode_raw"] + c["augment_raw"]) / c["lazy_shard"]
+        print(f"  1-core ms/image, shard decoded under the crop + augment: {c['lazy_shard']:.2f} "
+              f"-> ratio bound {lazy_bound:.2f}x")
+
+
+def main() -> None:
+    args = _args()
+    if args.allocator == "pinned":
+        _pin_allocator()
+
+    import torch
 
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="midol-bench-")) if args.workdir is None else args.workdir
     try:
-        raw, shards = tmp / "raw", tmp / "shards"
-        t0 = time.perf_counter()
-        files = make_raw(raw, args.n, args.size, classes=4, seed=0, workers=max(1, args.workers))
-        t_gen = time.perf_counter() - t0
-        write_manifest_for(raw, files, tmp / "manifest.parquet")
-        t0 = time.perf_counter()
-        idx = write_shards(
-            [tmp / "manifest.parquet"],
-            shards,
-            ShardParams(max_side=args.max_side),
-            workers=max(1, args.workers),
-        )
-        t_shard = time.perf_counter() - t0
-        raw_mb = sum((raw / r).stat().st_size for r, _ in files) / 2**20
-        print(
-            f"data: {args.n} x {args.size}px JPEG ({raw_mb:.1f} MiB) generated in {t_gen:.1f}s; "
-            f"{idx['totals']['shards']} shards ({idx['totals']['bytes'] / 2**20:.1f} MiB, max side "
-            f"{args.max_side}) "
-            f"written in {t_shard:.1f}s with {args.workers} workers; allocator {args.allocator}"
-        )
-
+        raw, shards, files = _make_data(args, tmp)
         if args.per_core:
             per_core(shards, args.n, args.batch_size, args.repeats, args.goal)
             return
@@ -492,58 +551,7 @@ def main() -> None:
         kinds = ["midol", "torchvision"] if args.transform == "both" else [args.transform]
         ceiling = decode_ceiling(shards)
         for kind in kinds:
-            # midol's transform takes the lazy image and decodes only under its crop; torchvision's
-            # needs PIL. (a-full) is midol's transform over fully decoded shard images, to show
-            # what the partial decode adds.
-            shard_loaders = {
-                "a": make_loader(
-                    shards, _ShardTransform(kind), args.batch_size, num_workers=args.workers, drop_last=False,
-                    shuffle_buffer=256, decode_mode="lazy" if kind == "midol" else "pil",
-                )
-            }
-            if kind == "midol":
-                shard_loaders["a-full"] = make_loader(
-                    shards, _ShardTransform(kind), args.batch_size, num_workers=args.workers, drop_last=False,
-                    shuffle_buffer=256, decode_mode="pil",
-                )
-            folder = ImageFolder(str(raw), transform=augment(kind))
-            folder_loader = torch.utils.data.DataLoader(
-                folder, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=False
-            )
-            # Interleaved passes, best of each: a CPU shared with other jobs slows both alike.
-            loaders = [*shard_loaders.items(), ("b", folder_loader)]
-            rates: dict[str, list[float]] = {key: [] for key, _ in loaders}
-            for _ in range(args.epochs):
-                for key, loader in loaders:
-                    rate, count = time_pass(loader)
-                    if count != args.n:
-                        raise SystemExit(f"loader ({key}) returned {count} images, expected {args.n}")
-                    rates[key].append(rate)
-            best = {key: max(r) for key, r in rates.items()}
-            a, b = best["a"], best["b"]
-            print(
-                f"transform: {kind} "
-                f"({'midol_cli.data.transforms' if kind == 'midol' else 'torchvision.transforms'})"
-            )
-            how = "decode under the crop" if kind == "midol" else "full decode"
-            print(f"  (a) midol shards  (make_loader, {how}, {args.workers} workers): {a:8.1f} img/s")
-            if "a-full" in best:
-                print(f"      midol shards  (make_loader, full decode, {args.workers} workers): "
-                      f"{best['a-full']:8.1f} img/s ({best['a-full'] / b:.2f}x)")
-            print(f"  (b) ImageFolder raw ({args.workers} workers):                         {b:8.1f} img/s")
-            print(f"  ratio (a)/(b): {a / b:.2f}x (target >= 3x)")
-            c = stage_costs([raw / r for r, _ in files], shards, kind)
-            bound = (c["decode_raw"] + c["augment_raw"]) / (c["decode_shard"] + c["augment_shard"])
-            print(
-                f"  1-core ms/image: decode raw {c['decode_raw']:.2f}, decode shard {c['decode_shard']:.2f}, "
-                f"augment at {args.size}px {c['augment_raw']:.2f}, at {args.max_side}px "
-                f"{c['augment_shard']:.2f} "
-                f"-> ratio bound with full decodes {bound:.2f}x"
-            )
-            if "lazy_shard" in c:
-                lazy_bound = (c["decode_raw"] + c["augment_raw"]) / c["lazy_shard"]
-                print(f"  1-core ms/image, shard decoded under the crop + augment: {c['lazy_shard']:.2f} "
-                      f"-> ratio bound {lazy_bound:.2f}x")
+            _compare_loaders(args, kind, raw, shards, files)
         print(f"ceiling: JPEG decode of shard images, 1 core: {ceiling:8.1f} img/s")
     finally:
         if args.workdir is None:
