@@ -45,6 +45,9 @@ def data_identity(data: str | Path) -> list[Any]:
     re-reads the raw folder: a file edited, truncated or removed after ingest changes the key.
     """
     kind, dhash = data_source(data)
+    urls = shard_urls(data)
+    if urls is not None:  # each local shard's size and time; a pipe: command by its text
+        return [kind, dhash, [[u, *_stat(u)] if not u.startswith("pipe:") else [u] for u in urls.urls]]
     p = Path(data)
     if kind == "manifest":
         st = p.stat()
@@ -59,6 +62,14 @@ def data_identity(data: str | Path) -> list[Any]:
         except OSError:
             files.append([f.name, sh.get("sha256", ""), None, None])
     return [kind, dhash, files]
+
+
+def _stat(path: str) -> list[int | None]:
+    try:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [None, None]
 
 
 def _raw_files_digest(manifest: Path) -> str:
@@ -76,10 +87,57 @@ def _raw_files_digest(manifest: Path) -> str:
     return h.hexdigest()[:24]
 
 
+def changed_files(manifest: str | Path) -> list[str]:
+    """The raw files a manifest lists whose size or modification time differs from what ingest recorded
+    (a tile's or a frame's file counted once; an HDF5 container by its time only). A file that is gone
+    is not here: embedding leaves its rows out and counts them."""
+    from midol_cli.data.manifest import read_manifest, usable_rows
+    from midol_cli.data.parts import parse_frame, parse_tile
+    from midol_cli.data.readers import split_member
+
+    df, meta = read_manifest(manifest, only_ok=True)
+    root = str(meta.get("root") or "")
+    seen: dict[str, tuple[int | None, int]] = {}
+    for rel, size, mtime in usable_rows(df)[["path", "bytes", "mtime_ns"]].itertuples(index=False):
+        rel = str(rel)
+        part = parse_tile(rel) or parse_frame(rel) or split_member(rel)
+        file = part[0] if part else rel
+        if file not in seen:
+            seen[file] = (None if split_member(rel) else int(size), int(mtime))
+    changed = []
+    for file, (size, mtime) in seen.items():
+        try:
+            st = os.stat(os.path.join(root, file))
+        except OSError:
+            continue
+        if st.st_mtime_ns != mtime or (size is not None and st.st_size != size):
+            changed.append(file)
+    return changed
+
+
+def shard_urls(data: str | Path) -> Any:
+    """The ``data.urls.ShardSet`` of shard URLs as ``data.shards`` takes them (a brace list, ``file:``,
+    ``pipe:``, ``::``-joined; its one-line errors for the forms midol does not read, such as s3://), or
+    None for a path that exists or names no URL form (a manifest or a shard dir, read as such)."""
+    import re
+
+    text = os.fspath(data)
+    url_like = "::" in text or "{" in text or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", text)
+    if Path(text).exists() or not url_like:
+        return None
+    from midol_cli.data.urls import resolve
+
+    return resolve(text)
+
+
 def data_source(data: str | Path) -> tuple[str, str]:
-    """('manifest' | 'shards', content hash) for a manifest file or a shard dir."""
+    """('manifest' | 'shards', content hash) for a manifest file, a shard dir or shard URLs."""
     from midol_cli.artifacts import sha256_file
 
+    urls = shard_urls(data)
+    if urls is not None:
+        index = sha256_file(urls.index_path) if urls.index_path is not None else None
+        return "shards", hashlib.sha256(json.dumps([urls.urls, index]).encode()).hexdigest()[:16]
     p = Path(data)
     if p.is_dir():
         if not (p / "index.json").is_file():
@@ -87,7 +145,8 @@ def data_source(data: str | Path) -> tuple[str, str]:
         return "shards", sha256_file(p / "index.json")[:16]
     if p.is_file():
         return "manifest", sha256_file(p)[:16]
-    raise UsageError(f"data '{p}' does not exist; pass a manifest (.parquet) or a shard dir")
+    raise UsageError(f"data '{p}' does not exist; pass a manifest (.parquet), a shard dir or shard URLs "
+                     "(shard-{000000..000003}.tar, file:, pipe:CMD)")
 
 
 class _ShardImages:
@@ -122,7 +181,7 @@ class _ShardImages:
             yield torch.zeros(3, size, size), {**dict.fromkeys(COLUMNS), "_reason": why}, False
 
 
-def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
+def _rows(data: str | Path, kind: str, transform, batch_size: int, workers: int):
     """Yield (images [B,3,S,S] or None, their metadata rows, the samples skipped as unreadable as
     ``(path or shard sample, reason)``) per batch."""
     import torch
@@ -144,9 +203,12 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
         # Changed since ingest: the row is skipped and counted (collate_skip's "bad"), never a zero image.
         ds = RowDataset(range(len(paths)), LoadImage(root, paths, transform), paths.__getitem__)
         recs = df[list(COLUMNS)].to_dict("records")
+        where = {str(r["path"]): (r["split"], r["modality"]) for r in df[["path", "split", "modality"]]
+                 .to_dict("records")}
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate_skip)
         for b in loader:
-            yield b["x"], [recs[int(i)] for i in b["idx"]], list(b["bad"])
+            bad = [(p, why, *where.get(str(p), (None, None))) for p, why in b["bad"]]
+            yield b["x"], [recs[int(i)] for i in b["idx"]], bad
     else:
         class _It(IterableDataset):
             def __iter__(self_inner):
@@ -163,20 +225,25 @@ def _rows(data: Path, kind: str, transform, batch_size: int, workers: int):
             yield (x[keep] if keep else None), [rows[i] for i in keep], bad
 
 
-def _shard_damage(row: dict[str, Any]) -> tuple[str, str]:
-    """A damaged shard sample's ``(where, reason)`` from the loader's message ``'skipped bad X (why)'``."""
+def _shard_damage(row: dict[str, Any]) -> tuple[str, str, None, None]:
+    """A damaged shard sample's ``(where, reason, split, modality)`` (the last two unknown) from the
+    loader's message ``'skipped bad X (why)'``."""
     msg = str(row.get("_reason") or "damaged sample")
     where, _, why = msg.rpartition(" (")
-    return (where, why.rstrip(")")) if where else ("shard sample", msg)
+    return (where, why.rstrip(")"), None, None) if where else ("shard sample", msg, None, None)
 
 
-def dropped_summary(dropped: list[tuple[str, str]], examples: int = 3) -> dict[str, Any]:
-    """``{"count", "reasons": {reason: n}, "examples": [path, ...]}`` of the samples embedding left out."""
+def dropped_summary(dropped: list[tuple], modality: str | None = None, examples: int = 3) -> dict[str, Any]:
+    """``{"count", "reasons": {reason: n}, "by_split": {split: n}, "examples": [path, ...]}`` of the
+    samples embedding left out (``(path, reason, split, modality)``; only ``modality``'s when given;
+    a damaged shard sample's split and modality are unknown and always count)."""
     from collections import Counter
 
-    reasons = Counter(str(why) for _, why in dropped)
-    return {"count": len(dropped), "reasons": dict(reasons.most_common()),
-            "examples": [str(p) for p, _ in dropped[:examples]]}
+    rows = [d for d in dropped if modality is None or d[3] in (None, modality)]
+    reasons = Counter(str(d[1]) for d in rows)
+    splits = Counter(str(d[2] or "unknown") for d in rows)
+    return {"count": len(rows), "reasons": dict(reasons.most_common()),
+            "by_split": dict(sorted(splits.items())), "examples": [str(d[0]) for d in rows[:examples]]}
 
 
 def dropped_line(dropped: dict[str, Any]) -> str:
@@ -215,7 +282,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
 
     from midol_cli.data.transforms import EvalTransform
 
-    data = Path(data)
+    data = data if shard_urls(data) is not None else Path(data)  # URLs kept as text (pipe: commands)
     kind, dhash = data_source(data)
     cal = getattr(model, "calibration", None)
     cached = cache_dir() / f"{_cache_key(model, data, cal)}.parquet"
@@ -223,7 +290,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         try:
             df = pd.read_parquet(cached)
             df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "hit", 0
-            df.attrs["dropped"] = dropped_summary([])
+            df.attrs["dropped"], df.attrs["dropped_rows"] = dropped_summary([]), []
             return df
         except Exception:  # a damaged cache entry is simply recomputed
             pass
@@ -236,7 +303,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
     transform = EvalTransform(model.spec.img_size, model.spec.mean, model.spec.std)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
     metas, embs, routes, logits_all = [], [], [], []
-    dropped: list[tuple[str, str]] = []
+    dropped: list[tuple] = []
     reporter = reporter or Silent()
     done = 0
     reporter.start("embedding", _expected(data, kind), 0)
@@ -268,7 +335,7 @@ def embed(model, data: str | Path, batch_size: int = 64, workers: int = 2, devic
         raise UsageError(f"no image of '{data}' could be embedded")
     df = _table(metas, embs, routes, logits_all, cal)
     df.attrs["data_hash"], df.attrs["cache"], df.attrs["skipped"] = dhash, "miss", len(dropped)
-    df.attrs["dropped"] = dropped_summary(dropped)
+    df.attrs["dropped"], df.attrs["dropped_rows"] = dropped_summary(dropped), dropped
     # A result with damaged samples is not cached: the next run reads the data again and reports the
     # damage again, instead of quietly serving a table that lacks those images.
     if use_cache and not dropped:
@@ -304,7 +371,7 @@ def _table(metas: list[dict], embs: list, routes: list, logits_all: list, cal): 
     return df
 
 
-def _cache_key(model, data: Path, cal) -> str:  # noqa: ANN001
+def _cache_key(model, data: str | Path, cal) -> str:  # noqa: ANN001
     """The embedding cache's key: the weights, the encoder spec, the data, midol's version, the routing
     calibration and the table's columns."""
     cal_key = [cal.temperature, cal.threshold] if cal is not None else None
@@ -312,9 +379,12 @@ def _cache_key(model, data: Path, cal) -> str:  # noqa: ANN001
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _expected(data: Path, kind: str) -> int | None:
+def _expected(data: str | Path, kind: str) -> int | None:
     """How many samples ``data`` holds (the bar's total), or None where that is not cheap to know."""
     try:
+        urls = shard_urls(data)
+        if urls is not None:  # the named shards' counts where an index lists them
+            return sum(int(r["samples"]) for r in urls.records) if urls.index is not None else None
         if kind == "shards":
             return int(json.loads((data / "index.json").read_text(encoding="utf-8"))["totals"]["samples"])
         from midol_cli.data.manifest import read_manifest, usable_rows

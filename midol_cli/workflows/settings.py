@@ -196,7 +196,8 @@ class _Weights(_Model):
 
 
 class EmbedSettings(_Weights):
-    data: Path = Field(..., description="Manifest (.parquet) or shard dir.")
+    data: str = Field(..., description="Manifest (.parquet), shard dir, or shard URLs as data.shards takes "
+                      "them (shards/shard-{000000..000003}.tar, file:, pipe:CMD, ::-joined).")
     out: Path = Field(..., description="Embeddings Parquet to write.")
     plot: Path | None = Field(None, description="Folder for t-SNE PNGs (by modality, and per modality by "
                                                 "label).")
@@ -504,7 +505,7 @@ def settings_dict(settings: BaseModel | dict[str, Any]) -> dict[str, Any]:
 
 # Keys that may name a file or folder or something else (a --weights form, a task or recipe name):
 # rebased only where the file exists, the rest of their grammar kept.
-_PATHISH = ("weights", "task", "resume", "init", "recipe", "finetune")
+_PATHISH = ("weights", "task", "resume", "init", "recipe", "finetune", "data")
 
 
 def _path_kind(field: Any) -> str:
@@ -549,7 +550,7 @@ def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> d
     for key, field in schema.model_fields.items():
         if key not in out or out[key] is None:
             continue
-        kind = "" if key in _PATHISH else _path_kind(field)
+        kind = "" if key in _PATHISH and key != "data" else _path_kind(field)  # data: a Path, or str URLs
         if kind == "path":
             out[key] = _rebased(out[key], base)
         elif kind == "paths" and isinstance(out[key], list):

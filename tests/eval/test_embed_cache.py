@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from midol_cli.errors import RunFailed
+from midol_cli.errors import RunFailed, UsageError
 from midol_cli.eval.embed import data_identity, embed
 from tests.pipeline import build_pipeline
 from tests.train.test_segment import tiny_swin_export
@@ -128,3 +128,23 @@ def test_embed_names_what_it_left_out(setup, tmp_path, monkeypatch, capsys):
     assert "warnings above" not in text
     assert "1 damaged or unreadable sample(s) left out (1 file not found)" in text
     assert victim.name in text
+
+
+def test_embed_takes_every_shard_url_form_data_shards_takes(setup, tmp_path):
+    """issue 25.19: a brace list, file: and pipe: URLs were refused ("data '...' does not exist"); they
+    embed the same images as the shard dir, and s3:// gets data.shards' one-line error."""
+    shards = _copy(setup["shards"], tmp_path / "s")
+    names = sorted(p.name for p in shards.glob("shard-*.tar"))
+    n = len(names)
+    whole = embed(setup["model"], shards, batch_size=8, workers=0, use_cache=False)
+    first, last = names[0][6:12], names[-1][6:12]
+    forms = [f"{shards}/shard-{{{first}..{last}}}.tar", "::".join(f"file://{shards / x}" for x in names),
+             "::".join(f"pipe:cat {shards / x}" for x in names)]
+    for spec in forms:
+        df = embed(setup["model"], spec, batch_size=8, workers=0)
+        assert sorted(df["sample_id"]) == sorted(whole["sample_id"]), spec
+    assert n > 1
+    with pytest.raises(UsageError, match=r"cannot read 's3:' URLs directly.*pipe:aws s3 cp"):
+        embed(setup["model"], "s3://bucket/shard-{000000..000003}.tar", batch_size=8, workers=0)
+    with pytest.raises(UsageError, match=r"does not exist; pass a manifest \(\.parquet\), a shard dir or shard"):
+        embed(setup["model"], tmp_path / "nope", batch_size=8, workers=0)
