@@ -1,0 +1,65 @@
+"""Paths in settings files (issue 25.26): a written file's paths are absolute, and a config's relative
+paths resolve against the file's folder (``rebase_paths``, used by ``workflows.settings``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+# Keys that may name a file or folder or something else (a --weights form, a task or recipe name):
+# rebased only where the file exists, the rest of their grammar kept.
+_PATHISH = ("weights", "task", "resume", "init", "recipe", "finetune", "data")
+
+
+def _path_kind(field: Any) -> str:
+    """'path', 'paths' (a list of paths) or '' for a field's annotation."""
+    import types
+    import typing
+
+    ann = field.annotation
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
+    if ann is Path:
+        return "path"
+    if typing.get_origin(ann) is list and typing.get_args(ann)[:1] == (Path,):
+        return "paths"
+    return ""
+
+
+def _rebased(v: Any, base: Path, pathish: bool = False) -> Any:
+    """``v`` (a path text) against ``base`` when relative; a path-ish text (``--weights`` forms) only in
+    its file part, and only where that exists beside ``base``."""
+    if not isinstance(v, str) or not v:
+        return v
+    if not pathish:
+        return v if Path(v).is_absolute() else str(base / v)
+    head, file = "", v
+    for prefix in ("random:", "timm:"):
+        if v.startswith(prefix):
+            head, file = prefix, v[len(prefix):]
+    if "=" in file and not (base / file).exists():
+        name, file = file.split("=", 1)
+        head += name + "="
+    if Path(file).is_absolute() or not (base / file).exists():
+        return v
+    return head + str(base / file)
+
+
+def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``data`` with the relative paths of ``schema``'s path keys (and the path-ish ``weights``, ``task``,
+    ``resume``, ``init``) made absolute against ``base``: a written settings file's folder when it is read
+    back, the cwd when it is written."""
+    out = dict(data)
+    for key, field in schema.model_fields.items():
+        if key not in out or out[key] is None:
+            continue
+        kind = "" if key in _PATHISH and key != "data" else _path_kind(field)  # data: a Path, or str URLs
+        if kind == "path":
+            out[key] = _rebased(out[key], base)
+        elif kind == "paths" and isinstance(out[key], list):
+            out[key] = [_rebased(v, base) for v in out[key]]
+        elif key in _PATHISH:
+            out[key] = _rebased(out[key], base, pathish=True)
+    return out
