@@ -43,6 +43,7 @@ from midol_cli.recipe_files import (  # noqa: F401  (the recipe API: loaders are
     recipe_description,
     resolve_recipe,
 )
+from midol_cli.suggest import did_you_mean, keys_at
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -353,44 +354,17 @@ class PretrainRecipe(Strict):
 _EXAMPLES = {"FinetuneRecipe": "recipes/finetune_smoke.yaml", "SegmentationRecipe": "recipes/segment.yaml"}
 
 
-def _keys_at(schema: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
-    """The keys the model at ``loc`` inside ``schema`` takes ([] where that is not a model)."""
-    import types
-
-    model: Any = schema
-    for part in loc:
-        is_model = isinstance(model, type) and issubclass(model, BaseModel)
-        field = model.model_fields.get(str(part)) if is_model else None
-        if field is None:
-            return []
-        ann = field.annotation
-        if typing.get_origin(ann) in (typing.Union, types.UnionType):
-            ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
-        model = ann
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-
-
-def did_you_mean(key: str, known: list[str]) -> str:
-    """`` (did you mean 'seed'?)`` for the closest of ``known`` (difflib), or ""."""
-    import difflib
-
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def format_validation_error(err: ValidationError, source: str, flags: dict[str, str] | None = None,
                             schema: type[BaseModel] | None = None) -> str:
-    """Every problem on one line, ``key: message (got value)``. ``flags`` names the command-line flag of a
-    key (``workers (--workers): ...``); a missing key then says how to give it. An unknown key of
-    ``schema`` names the closest known one (``seeed: unknown key (did you mean 'seed'?)``)."""
+    """Every problem on one line, ``key: message (got value)``; ``flags`` names a key's flag (a missing key
+    then says how to give it); an unknown key of ``schema`` its closest (``seeed: ... 'seed'?``)."""
     problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         flag = (flags or {}).get(key)
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key" + (did_you_mean(str(e["loc"][-1]), _keys_at(schema, tuple(e["loc"][:-1])))
-                                   if e["loc"] else "")
+        if e["type"] == "extra_forbidden":  # loc is never empty here: an extra key is named
+            msg = "unknown key" + did_you_mean(str(e["loc"][-1]), keys_at(schema, tuple(e["loc"][:-1])))
         if e["type"] == "missing" and flags is not None:
             problems.append(f"{key}: required (give {flag + ' or ' if flag else ''}{key}=...)")
             continue

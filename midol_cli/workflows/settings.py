@@ -26,7 +26,13 @@ from pydantic import BaseModel, Field, field_validator
 from midol_cli.errors import UsageError
 from midol_cli.eval.contamination import DEFAULT_RADIUS
 from midol_cli.recipes import Strict, _merge, format_validation_error, parse_overrides, read_yaml
-from midol_cli.workflows.settings_paths import rebase_paths
+from midol_cli.workflows.settings_paths import (  # noqa: F401  (public here too)
+    rebase_paths,
+    settings_dict,
+    settings_path,
+    settings_yaml,
+    write_settings,
+)
 
 S = TypeVar("S", bound=BaseModel)
 # The study's variants when none are named (workflows/study.py): midol and each ablation.
@@ -93,8 +99,7 @@ class IngestSettings(Strict):
     split_col: str | None = Field(None, description="csv layout: official split column.")
     label_sep: str | None = Field(None, description="csv layout: multi-label separator, e.g. '|'.")
     meta_cols: list[str] = Field(default_factory=list, description="csv layout: metadata columns for "
-                                                                   "subgroup "
-                                 "results, e.g. sex,age,site.")
+                                 "subgroup results, e.g. sex,age,site.")
 
     mpp: float | None = Field(None, gt=0, description="slides: micrometres per pixel of the tiles (default "
                               "0.5, about 20x).")
@@ -120,15 +125,13 @@ class IngestSettings(Strict):
 
 class ShardSettings(Strict):
     manifests: list[Path] = Field(..., min_length=1, description="Manifest(s) written by `midol ingest` "
-                                                                 "(e.g. "
-                                  "one per modality).", json_schema_extra=cli(arg="MANIFEST..."))
+                                  "(e.g. one per modality).", json_schema_extra=cli(arg="MANIFEST..."))
     out: Path = Field(..., description="Folder for the shards (not inside any raw folder).",
                       json_schema_extra=cli(short="-o"))
     split: Literal["train", "val", "test"] | None = Field(None, description="Only this split: train, val or "
                                                                             "test.")
     modalities: list[str] = Field(default_factory=list, description="Only this modality (repeatable; "
-                                                                    "default: "
-                                  "all).", json_schema_extra=cli("--modality", repeat=True))
+                                  "default: all).", json_schema_extra=cli("--modality", repeat=True))
     max_side: int = Field(512, ge=16, description="Longer image side after resizing (never upscaled).")
     max_count: int = Field(1000, ge=1, description="Most samples per shard.")
     max_size: str = Field("256MB", description="Most bytes per shard (e.g. 256MB, 1GiB).")
@@ -494,39 +497,3 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
         nested = isinstance(v, dict) and v and not type(v).__name__ == "_Whole"
         keys += _flat(v, key + ".") if nested else [key]
     return keys
-
-
-def settings_dict(settings: BaseModel | dict[str, Any]) -> dict[str, Any]:
-    """The settings as data; a model's paths absolute (``rebase_paths`` with the cwd as the base), so a
-    written file's paths name the same places from any folder."""
-    if isinstance(settings, dict):
-        return settings
-    return rebase_paths(type(settings), settings.model_dump(mode="json"), Path.cwd())
-
-
-def settings_yaml(settings: BaseModel | dict[str, Any], command: str) -> str:
-    """The resolved settings as a config the command takes back (``midol COMMAND THIS.yaml``)."""
-    import yaml
-
-    from midol_cli import __version__
-
-    head = (f"# midol {__version__}: resolved settings of `midol {command}`; "
-            f"re-run with: midol {command} THIS_FILE.yaml\n")
-    return head + yaml.safe_dump(settings_dict(settings), sort_keys=False)
-
-
-def settings_path(output: str | Path, command: str, folder: bool) -> Path:
-    """Where an output's settings go: ``FOLDER/<command>.yaml`` or ``STEM.<command>.yaml`` beside a file."""
-    p = Path(output)
-    return p / f"{command}.yaml" if folder else p.with_name(f"{p.stem}.{command}.yaml")
-
-
-def write_settings(settings: BaseModel | dict[str, Any], output: str | Path, command: str,
-                   folder: bool) -> Path:
-    """Write the resolved settings beside ``output`` (atomically); return the file."""
-    from midol_cli.artifacts import write_text_atomic
-
-    path = settings_path(output, command, folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, settings_yaml(settings, command))
-    return path

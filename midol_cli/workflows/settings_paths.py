@@ -1,5 +1,6 @@
-"""Paths in settings files (issue 25.26): a written file's paths are absolute, and a config's relative
-paths resolve against the file's folder (``rebase_paths``, used by ``workflows.settings``)."""
+"""Settings files: where an output's resolved settings go and how they are written (``write_settings``),
+and their paths (issue 25.26): a written file's paths are absolute, and a config's relative paths resolve
+against the file's folder (``rebase_paths``, used by ``workflows.settings`` when it reads a config)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,39 @@ def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> d
         elif key in _PATHISH:
             out[key] = _rebased(out[key], base, pathish=True)
     return out
+
+
+def settings_dict(settings: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    """The settings as data; a model's paths absolute (``rebase_paths`` with the cwd as the base), so a
+    written file's paths name the same places from any folder."""
+    if isinstance(settings, dict):
+        return settings
+    return rebase_paths(type(settings), settings.model_dump(mode="json"), Path.cwd())
+
+
+def settings_yaml(settings: BaseModel | dict[str, Any], command: str) -> str:
+    """The resolved settings as a config the command takes back (``midol COMMAND THIS.yaml``)."""
+    import yaml
+
+    from midol_cli import __version__
+
+    head = (f"# midol {__version__}: resolved settings of `midol {command}`; "
+            f"re-run with: midol {command} THIS_FILE.yaml\n")
+    return head + yaml.safe_dump(settings_dict(settings), sort_keys=False)
+
+
+def settings_path(output: str | Path, command: str, folder: bool) -> Path:
+    """Where an output's settings go: ``FOLDER/<command>.yaml`` or ``STEM.<command>.yaml`` beside a file."""
+    p = Path(output)
+    return p / f"{command}.yaml" if folder else p.with_name(f"{p.stem}.{command}.yaml")
+
+
+def write_settings(settings: BaseModel | dict[str, Any], output: str | Path, command: str,
+                   folder: bool) -> Path:
+    """Write the resolved settings beside ``output`` (atomically); return the file."""
+    from midol_cli.artifacts import write_text_atomic
+
+    path = settings_path(output, command, folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, settings_yaml(settings, command))
+    return path
