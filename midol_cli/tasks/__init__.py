@@ -147,8 +147,11 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
 
     A manifest's labels are checked against the task before anything is embedded or trained
     (``custom.check_labels``: labels outside the classes, a one-class test split)."""
+    from midol_cli.eval.embed import shard_urls
     from midol_cli.tasks import custom
 
+    if shard_urls(data) is not None:  # shard URLs as data.shards takes them (issue 25.19): read as shards
+        return data  # type: ignore[return-value]
     p = Path(data)
     if not p.exists():
         raise UsageError(f"data '{p}' for task {spec.name} does not exist; `midol tasks show {spec.name}` "

@@ -5,6 +5,7 @@ CLI and the Python API both resolve the pair (``resolve``) and call ``run``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from midol_cli.errors import UsageError
@@ -21,10 +22,14 @@ def run(s: FinetuneSettings, recipe: Any, reporter: Reporter) -> dict[str, Any]:
 
     spec = resolve_task(s.task, s.data)
     opts = task_options(spec, [f"{k}={v}" for k, v in s.task_options.items()])
-    if not s.data.exists():
+    from midol_cli.eval.embed import shard_urls
+
+    if shard_urls(s.data) is not None:  # data.shards' forms and their one-line errors (issue 25.19)
+        raise UsageError(f"'{s.data}' names shards; finetune reads images through a manifest: pass the "
+                         "manifest written by `midol ingest` (or the raw folder) as --data")
+    if not Path(s.data).exists():
         raise UsageError(f"data '{s.data}' for task {spec.name} does not exist; `midol tasks show "
-                         f"{spec.name}` "
-                         "shows the expected layout")
+                         f"{spec.name}` shows the expected layout")
     writable_out(s.out)
     writable_out(s.run_dir, "--run-dir")
     summary = run_finetune(spec, s.weights, s.data, recipe, out_root=s.out, name=s.model_id,

@@ -27,6 +27,7 @@ from midol_cli.errors import UsageError
 from midol_cli.eval.contamination import DEFAULT_RADIUS
 from midol_cli.recipes import Strict, _merge, format_validation_error, parse_overrides, read_yaml
 from midol_cli.workflows.settings_paths import (  # noqa: F401  (public here too)
+    path_text,
     rebase_paths,
     settings_dict,
     settings_path,
@@ -90,7 +91,7 @@ class IngestSettings(Strict):
     rehash: bool = Field(False, description="Read (hash and decode) every file again instead of reusing the "
                          "earlier manifest's rows of files whose size and modification time did not change.")
     dataset: str | None = Field(None, description="Dataset name (default: the layout's, else the folder "
-                                                  "name).")
+                                "name).")
     labels: Path | None = Field(None, description="csv layout: the labels CSV; slides / volumes layouts: a "
                                 "CSV with slide (volume), label and patient columns.")
     path_col: str | None = Field(None, description="csv layout: column with image paths.")
@@ -206,10 +207,13 @@ class EmbedSettings(_Weights):
     plot: Path | None = Field(None, description="Folder for t-SNE PNGs (by modality, and per modality by "
                                                 "label).")
 
+    _data = field_validator("data", mode="before")(path_text)
+
 
 class _TaskSettings(Strict):
     task: str = Field(..., description="Task: a name (see `midol tasks`), a task file (.yaml), or auto.")
-    data: Path = Field(..., description="Manifest, shard dir, or the raw download folder.")
+    data: str = Field(..., description="Manifest, shard dir, shard URLs (as data.shards takes them), or the "
+                      "raw download folder.")
     out: Path = Field(Path("results"), description="Results root.")
     task_options: dict[str, str] = Field(default_factory=dict, description="Task switch, e.g. "
                                          "uncertainty=u-zeros (repeatable; see `midol tasks show`).",
@@ -226,6 +230,8 @@ class _TaskSettings(Strict):
     @classmethod
     def _task_opts(cls, v: Any) -> Any:
         return _kv_dict(v)
+
+    _data = field_validator("data", mode="before")(path_text)
 
     @field_validator("subgroups", mode="before")
     @classmethod
@@ -298,9 +304,8 @@ class ExportSettings(Strict):
                           json_schema_extra=cli(arg="RUN_DIR"))
     out: Path | None = Field(None, description="Target file or folder (default under RUN_DIR/export/).")
     which: Literal["teacher", "student"] = Field("teacher", description="teacher (default, EMA) or student.")
-    format: Literal["safetensors", "folder", "onnx"] = Field("safetensors", description="safetensors, folder "
-                                                                                        "or "
-                                                             "onnx.")
+    format: Literal["safetensors", "folder", "onnx"] = Field("safetensors",
+                                                             description="safetensors, folder or onnx.")
     study: Path | None = Field(None, description="study.md (or its folder) for the model card (default: the "
                                "study this run belongs to).")
 
@@ -314,21 +319,18 @@ class ReportSettings(Strict):
     reference: str | None = Field(None, description="Add published numbers as a labelled column: 'paper' "
                                   "(M-IDoL, arXiv 2604.08936).")
     protocol: str = Field("linear", description="Protocol to tabulate: linear, knn_k10, knn_k20, "
-                                                "fraction_0.01, "
-                          "finetune...", json_schema_extra=cli(short="-p"))
+                          "fraction_0.01, finetune...", json_schema_extra=cli(short="-p"))
     metric: str | None = Field(None, description="Metric to show (default: each task's primary metric).",
                                json_schema_extra=cli(short="-m"))
     plot: Path | None = Field(None, description="Also write a bar chart (PNG) of models x tasks to this "
                               "file.")
     out: Path | None = Field(None, description="Write the report to this file (atomically) instead of "
-                             "stdout.",
-                             json_schema_extra=cli(short="-o"))
+                             "stdout.", json_schema_extra=cli(short="-o"))
     tsne: list[Path] = Field(default_factory=list, description="HTML: also embed tsne_*.png maps from this "
-                                                               "folder "
-                             "(repeatable; RESULTS is searched too).", json_schema_extra=cli(repeat=True))
+                             "folder (repeatable; RESULTS is searched too).",
+                             json_schema_extra=cli(repeat=True))
     compare: str | None = Field(None, description="A,B: paired difference A - B per task (bootstrap CI and "
-                                                  "p, "
-                                "DeLong, Holm) instead.")
+                                "p, DeLong, Holm) instead.")
     n_boot: int = Field(2000, ge=100, description="--compare: paired bootstrap replicates.")
 
 
@@ -338,8 +340,7 @@ class StudySettings(Strict):
     tasks: list[str] = Field(..., min_length=1, description="Comma-separated task names, task files (.yaml), "
                              "or auto.")
     task_data: dict[str, str] = Field(default_factory=dict, description="Probe TASK on another manifest or "
-                                                                        "shard "
-                                      "dir (repeatable).",
+                                      "shard dir (repeatable).",
                                       json_schema_extra=cli(repeat=True, metavar="TASK=PATH"))
     variants: list[str] | None = Field(None, description="Comma-separated built-in variants (default: "
                                        f"{','.join(DEFAULT_VARIANTS)}).")

@@ -48,6 +48,20 @@ def _rebased(v: Any, base: Path, pathish: bool = False) -> Any:
     return head + str(base / file)
 
 
+def path_text(v: Any) -> Any:
+    """A path given as a ``Path`` (the Python API) -> its text, for a key that also takes shard URLs."""
+    import os
+
+    return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+
+def _url_like(text: str) -> bool:
+    """Shard URLs as ``data.shards`` takes them (a brace list, ``::``, ``file:``, ``pipe:``, a scheme)."""
+    import re
+
+    return "::" in text or "{" in text or bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", text))
+
+
 def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> dict[str, Any]:
     """``data`` with the relative paths of ``schema``'s path keys (and the path-ish ``weights``, ``task``,
     ``resume``, ``init``) made absolute against ``base``: a written settings file's folder when it is read
@@ -56,7 +70,9 @@ def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> d
     for key, field in schema.model_fields.items():
         if key not in out or out[key] is None:
             continue
-        kind = "" if key in _PATHISH and key != "data" else _path_kind(field)  # data: a Path, or str URLs
+        kind = "" if key in _PATHISH and key != "data" else _path_kind(field)
+        if key == "data" and isinstance(out[key], str) and not _url_like(out[key]):
+            kind = "path"  # a manifest, shard dir or raw folder; shard URLs are kept as written
         if kind == "path":
             out[key] = _rebased(out[key], base)
         elif kind == "paths" and isinstance(out[key], list):

@@ -28,7 +28,7 @@ def test_written_settings_read_back_from_another_cwd(tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     back = resolve(ProbeSettings, written)
-    assert back.data == work / "manifests" / "oct.parquet" and back.out == work / "results"
+    assert Path(back.data) == work / "manifests" / "oct.parquet" and back.out == work / "results"
     assert back.weights == s.weights.replace("enc.safetensors", str(work / "enc.safetensors"))
 
 
@@ -48,7 +48,7 @@ def test_a_relative_path_in_a_config_is_beside_the_file(tmp_path, monkeypatch):
     cfg.write_text("task: synth-oct\ndata: ../data/oct.parquet\nweights: run\nout: res\n")
     monkeypatch.chdir(tmp_path)
     s = resolve(ProbeSettings, cfg, ["seeds=2"])
-    assert s.data == cfg.parent / "../data/oct.parquet" and s.out == cfg.parent / "res"
+    assert Path(s.data) == cfg.parent / "../data/oct.parquet" and s.out == cfg.parent / "res"
     assert s.weights == str(cfg.parent / "run") and s.seeds == 2
     # flags and key=value on the command line stay relative to the cwd, as a shell user means them
     s = resolve(ProbeSettings, cfg, ["out=here"])
