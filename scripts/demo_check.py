@@ -22,18 +22,26 @@ def main() -> int:
         return 2
     root, pre, rnd = sys.argv[1:]
     diffs = compare_models(root, pre, rnd, list(SYNTH_TASKS), n_boot=2000)
-    print(f"\npaired difference {pre} - {rnd} (primary metric, x100, 95% CI over test patients):", file=sys.stderr)
+    print(
+        f"\npaired difference {pre} - {rnd} (primary metric, x100, 95% CI over test patients):",
+        file=sys.stderr,
+    )
     for task in [*SYNTH_TASKS, "mean"]:
         d = diffs[task]
-        print(f"  {task:18s} {100 * d.value:+6.1f}  [{100 * d.ci_low:+6.1f}, {100 * d.ci_high:+6.1f}]  p={d.p_value:.3f}",
-              file=sys.stderr)
+        print(
+            f"  {task:18s} {100 * d.value:+6.1f}  [{100 * d.ci_low:+6.1f}, "
+            f"{100 * d.ci_high:+6.1f}]  p={d.p_value:.3f}",
+            file=sys.stderr,
+        )
     mean = diffs["mean"]
     if not mean.ci_low > 0:
         print("demo check failed: the paired CI of the mean difference does not exclude 0, so pre-training "
               "is not shown to beat random init", file=sys.stderr)
         return 1
-    print("demo check passed: pre-training beats random init (the paired CI of the mean difference excludes 0)",
-          file=sys.stderr)
+    print(
+        "demo check passed: pre-training beats random init (the paired CI of the mean difference excludes 0)",
+        file=sys.stderr,
+    )
     return 0
 
 

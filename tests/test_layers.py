@@ -2,8 +2,9 @@
 
 A package may import only packages that come before it in ``ORDER`` (bottom first); the top-level
 modules (errors, artifacts, checkpoint, distributed, plotting, recipes, modalities) are the bottom
-layer, importable from anywhere; ``__main__`` is the entry point and may import cli. Imports inside functions count too: a deferred import is still an
-arrow. The test fails on the first arrow that points up, naming the importing module.
+layer, importable from anywhere; ``__main__`` is the entry point and may import cli. Imports inside
+functions count too: a deferred import is still an arrow. The test fails on the first arrow that points
+up, naming the importing module.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import midol_cli
 
 ROOT = Path(midol_cli.__file__).parent
-# Bottom first. data knows no model (models read its normalisation constants); tasks sits above eval (a TaskSpec builds an eval Task); train above eval and tasks
+# Bottom first. data knows no model (models read its normalisation constants); tasks sits above eval
+# (a TaskSpec builds an eval Task); train above eval and tasks
 # (fine-tuning scores with eval's metrics); report reads what eval writes; workflows is every command's
 # one home (``<stage>.run(settings, reporter)``, the settings models beside them), chaining train, eval
 # and report; api is the Python API over them (one thin function per command); cli is the shell.

@@ -28,7 +28,9 @@ def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim)
 
 
-def inter_modality_loss(scores: torch.Tensor, expert: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+def inter_modality_loss(
+    scores: torch.Tensor, expert: torch.Tensor, temperature: float
+) -> dict[str, torch.Tensor]:
     """scores ``[B, K, P]`` (student, one view), expert ``[B]`` -> loss and its parts (scalars)."""
     b, k, p = scores.shape
     logq = F.log_softmax(scores.float().flatten(1) / temperature, dim=-1)  # [B, K*P]

@@ -24,13 +24,17 @@ from midol_cli.distributed import all_reduce_sum
 
 
 class IntraDistillLoss(nn.Module):
-    def __init__(self, n_experts: int, n_prototypes: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(
+        self, n_experts: int, n_prototypes: int, student_temp: float = 0.1, center_momentum: float = 0.9
+    ):
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(n_experts, n_prototypes))
 
-    def teacher_probs(self, teacher_scores: torch.Tensor, expert: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def teacher_probs(
+        self, teacher_scores: torch.Tensor, expert: torch.Tensor, teacher_temp: float
+    ) -> torch.Tensor:
         """teacher_scores ``[Vt, B, P]`` (own block) -> centred, sharpened targets ``[Vt, B, P]``."""
         c = self.center[expert]  # [B, P]
         return F.softmax((teacher_scores - c.unsqueeze(0)) / teacher_temp, dim=-1)
@@ -42,7 +46,8 @@ class IntraDistillLoss(nn.Module):
         expert: torch.Tensor,
         teacher_temp: float,
     ) -> dict[str, torch.Tensor]:
-        """student_scores ``[Vs, B, P]``, teacher_scores ``[Vt, B, P]`` (each sample's own block), expert ``[B]``.
+        """student_scores ``[Vs, B, P]``, teacher_scores ``[Vt, B, P]`` (each sample's own block),
+        expert ``[B]``.
 
         Student views 0..Vt-1 are the same crops as the teacher's; a student view is
         never matched with the teacher's copy of itself. Returns ``loss`` and the

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, foreground: int = 1, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, foreground: int = 1, eps: float = 1.0
+) -> torch.Tensor:
     """``1 - soft Dice`` of class ``foreground``: logits ``[B, C, H, W]``, target ``[B, H, W]`` class ids.
 
     0 for a confident perfect prediction, close to 1 when prediction and mask are disjoint.

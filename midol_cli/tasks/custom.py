@@ -52,7 +52,12 @@ from midol_cli.errors import UsageError
 from midol_cli.recipes import Strict, read_yaml, validate
 
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
-DEFAULT_METRIC = {"binary": "auroc", "multiclass": "balanced_accuracy", "ordinal": "qwk", "multilabel": "auroc"}
+DEFAULT_METRIC = {
+    "binary": "auroc",
+    "multiclass": "balanced_accuracy",
+    "ordinal": "qwk",
+    "multilabel": "auroc",
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -69,9 +74,12 @@ class TaskFile(Strict):
     group_column: str | None = None
     split_column: str | None = None
     split: str | None = Field(None, description="how the split was made (shown in reports)")
-    subgroup_columns: list[str] = Field(default_factory=list,
-                                        description="metadata columns reported per subgroup (read from the labels CSV)")
-    group_unit: str = Field("", description="what a group is (patient, lesion, exam, slide): adds group-level metrics")
+    subgroup_columns: list[str] = Field(
+        default_factory=list, description="metadata columns reported per subgroup (read from the labels CSV)"
+    )
+    group_unit: str = Field(
+        "", description="what a group is (patient, lesion, exam, slide): adds group-level metrics"
+    )
     aggregation: Literal["mean", "max"] = "mean"
     label_level: Literal["image", "slide", "volume"] = Field(
         "image", description="what a labels row names: an image, or a slide / volume whose tiles inherit it")
@@ -115,7 +123,9 @@ class TaskFile(Strict):
         if self.label_type == "binary" and self.classes is None:
             raise ValueError("a binary task must list its classes as (negative, positive)")
         if self.metric is not None and self.metric not in metric_names(self.label_type):
-            raise ValueError(f"metric '{self.metric}' is not one of {', '.join(metric_names(self.label_type))}")
+            raise ValueError(
+                f"metric '{self.metric}' is not one of {', '.join(metric_names(self.label_type))}"
+            )
         if isinstance(self.label_column, list) and self.label_type != "multilabel":
             raise ValueError("a list of label columns (0/1 indicators) needs label_type multilabel")
         if self.case is not None and self.label_type == "multilabel":
@@ -165,14 +175,21 @@ def load_task_file(path: str | Path):
         csv = Path(tf.labels)
         csv = csv if csv.is_absolute() else (path.parent / csv)
         if not csv.is_file():
-            raise UsageError(f"task file '{path}': labels '{tf.labels}' does not exist (paths are relative to the task file)")
+            raise UsageError(
+                f"task file '{path}': "
+                f"labels '{tf.labels}' does not exist (paths are relative to the task file)"
+            )
         layout = "csv"
         ingest = {"labels": str(csv.resolve()), "path_col": str(tf.path_column)}
         if isinstance(tf.label_column, list):
             ingest["label_cols"] = ",".join(tf.label_column)
         else:
             ingest["label_col"] = str(tf.label_column)
-        for key, val in (("group_col", tf.group_column), ("split_col", tf.split_column), ("label_sep", tf.label_sep)):
+        for key, val in (
+            ("group_col", tf.group_column),
+            ("split_col", tf.split_column),
+            ("label_sep", tf.label_sep),
+        ):
             if val is not None:
                 ingest[key] = val
         if tf.subgroup_columns:

@@ -33,15 +33,18 @@ def _own_data_section() -> list[str]:
         "",
         "## Your own labelled data",
         "",
-        "`--task` also takes a **task file** (YAML) or **`auto`**; such tasks work in `probe`, `finetune`, `report`",
+        "`--task` also takes a **task file** (YAML) or **`auto`**; "
+        "such tasks work in `probe`, `finetune`, `report`",
         "and `study` exactly like the built-ins.",
         "",
         "```yaml",
         "name: hospital-dr            # results/<model>/<name>/",
         "modality: fundus",
         "label_type: ordinal          # binary | multiclass | ordinal | multilabel",
-        "classes: ['0', '1', '2', '3', '4']   # ordinal: grade order; binary: (negative, positive); optional otherwise",
-        "metric: qwk                  # optional; default auroc (binary, multilabel), balanced_accuracy, qwk (ordinal)",
+        "classes: ['0', '1', '2', '3', '4']   # ordinal: grade order; "
+        "binary: (negative, positive); optional otherwise",
+        "metric: qwk                  # optional; default auroc (binary, "
+        "multilabel), balanced_accuracy, qwk (ordinal)",
         "# only when --data is the raw image folder (ingested with the csv layout):",
         "labels: labels.csv           # relative to this file",
         "path_column: image",
@@ -50,21 +53,27 @@ def _own_data_section() -> list[str]:
         "split_column: split          # train / val / test; without it a grouped, stratified 70/15/15 split",
         "```",
         "",
-        "`midol probe --task hospital-dr.yaml --weights runs/base --data /data/hospital-dr` ingests the folder",
+        "`midol probe --task hospital-dr.yaml --weights "
+        "runs/base --data /data/hospital-dr` ingests the folder",
         "with the labels CSV and probes it; `--data` may also be a manifest that already carries the labels.",
         "",
         "`--task auto --data MANIFEST` derives the task from a labelled manifest (or shard dir with one",
         "labelled modality): multilabel when any image has several labels, binary with two classes,",
-        "multiclass otherwise; classes sorted; the manifest's split; name `auto-<dataset>`. In `midol study`,",
+        "multiclass otherwise; classes sorted; the manifest's split; "
+        "name `auto-<dataset>`. In `midol study`,",
         "`--tasks auto` makes one such task per labelled modality of `--data`. A manifest without labels, or",
         "with a single class, is a one-line error.",
         "",
-        "**Case-level tasks** (slides, volumes, patients): the label belongs to the case, and a case is the bag",
+        "**Case-level tasks** (slides, volumes, patients): "
+        "the label belongs to the case, and a case is the bag",
         "of all its tiles or B-scans. A task file says so with `case: slide` (or `volume`, `patient`); with",
         "`label_level: slide` (or `volume`) its labels CSV names slides (volumes) and the folder is ingested",
-        "with the slides (volumes) layout. `--task auto` makes the task case-level when every labelled row of",
-        "the modality is a slide tile (its meta names a `slide`) or every one is a B-scan (meta `volume`), and",
-        "the label is the same on every row of each slide (volume); otherwise the task is image-level. Splits",
+        "with the slides (volumes) layout. "
+        "`--task auto` makes the task case-level when every labelled row of",
+        "the modality is a slide tile (its meta names a `slide`) "
+        "or every one is a B-scan (meta `volume`), and",
+        "the label is the same on every row of each slide (volume); "
+        "otherwise the task is image-level. Splits",
         "are by case, and by patient when patients are known. `midol probe --protocol abmil` evaluates a",
         "case-level task (attention MIL with mean and max baselines; docs/evaluation.md); `--protocol image`",
         "(the default) still probes each tile or B-scan on its own with its case's label.",
@@ -98,7 +107,8 @@ def _task_sections() -> list[str]:
                 "",
                 f"- **Source:** {s.source}",
                 f"- **Licence:** {s.license or 'see the source'}",
-                f"- **Classes:** {', '.join(f'`{c}`' for c in s.classes)} ({s.label_type}; primary metric {s.metric})",
+                f"- **Classes:** {', '.join(f'`{c}`' for c in s.classes)} ({s.label_type}; "
+                f"primary metric {s.metric})",
                 f"- **Split:** {s.split}",
             ]
             if s.notes:
@@ -112,7 +122,8 @@ def _task_sections() -> list[str]:
                 opts = ", ".join(f"`{k}` (default `{defaults.get(k, '')}`)" for k in s.user_options)
                 lines.append(f"- **Options** (`--task-option KEY=VALUE`): {opts}")
             lines += [
-                f"- **Run:** `midol {'finetune' if s.label_type == 'segmentation' else 'probe'} --task {s.name} "
+                "- **Run:** `midol "
+                f"{'finetune' if s.label_type == 'segmentation' else 'probe'} --task {s.name} "
                 f"--weights runs/base --data /path/to/{s.layout}`",
                 "",
                 f"Expected layout (`{s.layout}`):",

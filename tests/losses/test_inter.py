@@ -28,13 +28,17 @@ def test_separated_uniform_batch_reaches_analytic_minimum():
 def test_collapsed_batch_is_penalised():
     k, p = 3, 4
     blocks = [i // p for i in range(k * p)]
-    good = inter_modality_loss(_peaked(blocks, [i % p for i in range(k * p)], k, p), torch.tensor(blocks), 1.0)
+    good = inter_modality_loss(
+        _peaked(blocks, [i % p for i in range(k * p)], k, p), torch.tensor(blocks), 1.0
+    )
     # every image on one prototype of its own block: specific but not dispersed inside blocks
     coll = inter_modality_loss(_peaked(blocks, [0] * (k * p), k, p), torch.tensor(blocks), 1.0)
     assert coll["loss"] > good["loss"] + 1.0
     assert math.isclose(coll["marginal_entropy"].item(), math.log(k), rel_tol=1e-3)
     # every image in the wrong block: large specificity term
-    wrong = inter_modality_loss(_peaked([(b + 1) % k for b in blocks], [0] * (k * p), k, p), torch.tensor(blocks), 1.0)
+    wrong = inter_modality_loss(
+        _peaked([(b + 1) % k for b in blocks], [0] * (k * p), k, p), torch.tensor(blocks), 1.0
+    )
     assert wrong["specificity"] > 10
 
 

@@ -23,4 +23,6 @@ def test_dice_loss_known_answers_and_gradient():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     assert out["loss"].item() == pytest.approx(out["ce"].item() + out["dice"].item(), rel=1e-6)
     ce_only = segmentation_loss(logits.detach(), target, dice_weight=0.0)
-    assert ce_only["loss"].item() == pytest.approx(torch.nn.functional.cross_entropy(logits.detach(), target).item())
+    assert ce_only["loss"].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits.detach(), target).item()
+    )

@@ -52,8 +52,11 @@ def test_task_file_defaults_and_classes_from_the_data(tmp_path):
         ("name: t\nmodality: oct\nlabel_type: multiclass\nmetric: qwk\n", "metric 'qwk'"),
         ("name: t\nmodality: oct\nlabel_type: multiclass\nlabel_colum: x\n", "unknown key"),
         ("name: t\nmodality: fondus\nlabel_type: multiclass\n", "fundus"),
-        ("name: t\nmodality: oct\nlabel_type: multiclass\nlabels: nope.csv\npath_column: p\nlabel_column: l\n",
-         "does not exist"),
+        (
+            "name: t\nmodality: oct\nlabel_type: multiclass\n"
+            "labels: nope.csv\npath_column: p\nlabel_column: l\n",
+            "does not exist",
+        ),
     ],
 )
 def test_bad_task_files_are_one_line_errors(tmp_path, body, fragment):
@@ -84,7 +87,9 @@ def test_auto_reads_label_type_and_classes_from_the_manifest(tmp_path):
     spec = resolve_task("auto", _manifest(tmp_path, ["a", "b", "a", "c"] * 3))
     assert (spec.name, spec.label_type, spec.classes, spec.metric) == (
         "auto-clinic-A", "multiclass", ("a", "b", "c"), "balanced_accuracy")
-    assert resolve_task("auto", _manifest(tmp_path, ["neg", "pos"] * 3, name="b.parquet")).label_type == "binary"
+    assert (
+        resolve_task("auto", _manifest(tmp_path, ["neg", "pos"] * 3, name="b.parquet")).label_type == "binary"
+    )
     ml = resolve_task("auto", _manifest(tmp_path, ["x|y", "x", "", "y"] * 2, name="c.parquet"))
     assert ml.label_type == "multilabel" and ml.metric == "auroc" and ml.classes == ("x", "y")
 
@@ -99,9 +104,15 @@ def test_auto_refuses_unlabelled_and_one_class_data(tmp_path):
 
 
 def test_auto_gives_one_task_per_labelled_modality():
-    df = pd.DataFrame({"modality": ["oct", "oct", "xray", "xray", "fundus"], "label": ["A", "B", "n", "m", ""],
-                       "labels": [["A"], ["B"], ["n"], ["m"], []], "dataset": ["o", "o", "x", "x", "f"],
-                       "status": ["ok"] * 5})
+    df = pd.DataFrame(
+        {
+            "modality": ["oct", "oct", "xray", "xray", "fundus"],
+            "label": ["A", "B", "n", "m", ""],
+            "labels": [["A"], ["B"], ["n"], ["m"], []],
+            "dataset": ["o", "o", "x", "x", "f"],
+            "status": ["ok"] * 5,
+        }
+    )
     specs = auto_tasks(df, "shards")
     assert [(s.modality, s.name) for s in specs] == [("oct", "auto-o"), ("xray", "auto-x")]
 
@@ -125,16 +136,22 @@ def test_task_file_with_indicator_columns_ingests_a_raw_folder(tmp_path):
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(raw / f"img{i}.png")
         lines.append(f"img{i}.png,{i % 2},{1 if i % 3 == 0 else 0},p{i // 2}")
     _write(tmp_path / "findings.csv", "\n".join(lines) + "\n")
-    f = _write(tmp_path / "cxr.yaml", (
-        "name: cxr-findings\nmodality: xray\nlabel_type: multilabel\nlabels: findings.csv\npath_column: file\n"
-        "label_column: [effusion, nodule]\ngroup_column: pid\n"
-    ))
+    f = _write(
+        tmp_path / "cxr.yaml",
+        (
+            "name: cxr-findings\nmodality: xray\nlabel_type: multilabel\n"
+            "labels: findings.csv\npath_column: file\n"
+            "label_column: [effusion, nodule]\ngroup_column: pid\n"
+        ),
+    )
     spec = resolve_task(str(f))
     man = resolve_data(spec, raw, tmp_path / "cache")
     df, _ = read_manifest(man, only_ok=True)
     assert len(df) == 12
     got = dict(zip(df["path"], df["labels"].apply(tuple), strict=True))
-    assert got["img0.png"] == ("nodule",) and got["img3.png"] == ("effusion", "nodule") and got["img2.png"] == ()
+    assert (
+        got["img0.png"] == ("nodule",) and got["img3.png"] == ("effusion", "nodule") and got["img2.png"] == ()
+    )
     assert df.groupby("group")["split"].nunique().max() == 1  # patients stay in one split
 
 
@@ -198,7 +215,8 @@ def test_task_file_and_auto_run_end_to_end(tmp_path):
     midol("finetune", "--task", "auto", "--weights", tmp_path / "model", "--data", man, "--out", out,
           "recipes/finetune_smoke.yaml", "epochs=1")
     ft = json.loads((out / "model" / "auto-clinic" / "summary.json").read_text())
-    assert "finetune" in ft["protocols"] and "subgroups" not in ft["protocols"]["finetune"]  # auto: no columns
+    # auto: no columns
+    assert "finetune" in ft["protocols"] and "subgroups" not in ft["protocols"]["finetune"]
     assert (out / "model" / "auto-clinic" / "run_finetune" / "best.pt").is_file()
     midol("report", out)
 

@@ -53,8 +53,14 @@ def test_the_task_list_at_80_columns_shows_every_name_whole():
     from midol_cli.tasks import TASKS
 
     root = Path(__file__).resolve().parents[2]
-    res = subprocess.run([sys.executable, "-m", "midol_cli", "tasks"], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(root)}, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "midol_cli", "tasks"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(root)},
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     cells = {c.strip() for line in res.stdout.splitlines() for c in line.split("│")}
     missing = [n for n in TASKS if n not in cells]
