@@ -76,7 +76,8 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-se
 max-width:1200px;padding:1rem 2rem;color:#1d1d1f;line-height:1.4}
 h1{font-size:1.6rem}h2{font-size:1.3rem;border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
 h3{font-size:1.1rem;margin-top:1.4rem}h4{font-size:1rem;margin:.8rem 0 .3rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem;display:block;max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.85rem;display:block;\
+max-width:100%;overflow-x:auto}
 th,td{border:1px solid #c8c8c8;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f0f0f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.avg td{background:#fafafa;font-style:italic}tr.mean td{background:#f5f5f5;font-weight:600}
@@ -224,13 +225,27 @@ def _comparison_table(rows: Sequence[dict[str, Any]], models: tuple[str, str] | 
     a, b = (esc(models[0]), esc(models[1])) if models else ("A", "B")
     head = ["task", "metric", a, b, f"difference ({a} − {b}) [95% CI]", "p (bootstrap)", "p (DeLong)",
             "p (Holm)", "test images", "groups", "CI excludes 0"]
-    out = ['<table class="comparison"><thead><tr>', "".join(f"<th>{h}</th>" for h in head), "</tr></thead><tbody>"]
+    out = [
+        '<table class="comparison"><thead><tr>',
+        "".join(f"<th>{h}</th>" for h in head),
+        "</tr></thead><tbody>",
+    ]
     for r in rows:
         diff = {"value": r.get("diff"), "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")}
         mark = f'<span class="sig">{SIGNIFICANT}</span>' if r.get("excludes_zero") else ""
-        cells = [esc(r.get("task")), esc(r.get("metric")), _fmt(r.get("a")), _fmt(r.get("b")), _ci_text(diff), _p(r.get("p_boot")),
-                 _p(r.get("p_delong")), _p(r.get("p_holm")), esc(_int(r.get("n_test"))),
-                 esc(_int(r.get("n_groups"))), mark]
+        cells = [
+            esc(r.get("task")),
+            esc(r.get("metric")),
+            _fmt(r.get("a")),
+            _fmt(r.get("b")),
+            _ci_text(diff),
+            _p(r.get("p_boot")),
+            _p(r.get("p_delong")),
+            _p(r.get("p_holm")),
+            esc(_int(r.get("n_test"))),
+            esc(_int(r.get("n_groups"))),
+            mark,
+        ]
         cls = ' class="mean"' if str(r.get("task")) == "mean" else ""
         out.append(f"<tr{cls}>" + "".join(_td(c) for c in cells) + "</tr>")
     out.append("</tbody></table>")
@@ -293,7 +308,9 @@ def _operating_table(run: _Run, protocol: str) -> str:
 
 def _patient_table(runs: Sequence[tuple[_Run, str]]) -> str:
     rows = [(run, p, run.summary["protocols"][p].get("patient_level")) for run, p in runs]
-    rows = [(run, p, pl) for run, p, pl in rows if isinstance(pl, dict) and isinstance(pl.get("metrics"), dict)]
+    rows = [
+        (run, p, pl) for run, p, pl in rows if isinstance(pl, dict) and isinstance(pl.get("metrics"), dict)
+    ]
     if not rows:
         return ""
     names = list(dict.fromkeys(m for _, _, pl in rows for m in pl["metrics"]))
@@ -327,14 +344,19 @@ def _load_report(rep: Any) -> str:
             parts.append(f"{len(items)} {kind}")
             listed = "".join(f"<li><code>{esc(x)}</code></li>" for x in items[:MAX_LISTED])
             more = f"<li>… {len(items) - MAX_LISTED} more</li>" if len(items) > MAX_LISTED else ""
-            details.append(f"<details><summary>{esc(kind)} ({len(items)})</summary><ul>{listed}{more}</ul></details>")
+            details.append(
+                f"<details><summary>{esc(kind)} ({len(items)})</summary><ul>{listed}{more}</ul></details>"
+            )
     return esc("; ".join(parts)) + "".join(details)
 
 
 def _provenance_table(runs: Sequence[_Run]) -> str:
     """One row per (model, task): what produced the numbers."""
-    out = ["<table><thead><tr><th>model</th><th>task</th><th>weights</th><th>weights hash</th><th>arch</th>"
-           "<th>data hash</th><th>load report</th><th>command</th><th>versions and settings</th></tr></thead><tbody>"]
+    out = [
+        "<table><thead><tr><th>model</th><th>task</th><th>weights</th><th>weights hash</th><th>arch</th>"
+        "<th>data hash</th><th>load report</th><th>command</th><th>versions "
+        "and settings</th></tr></thead><tbody>"
+    ]
     for run in runs:
         model = run.summary.get("model") or {}
         task = run.summary.get("task") or {}
@@ -434,7 +456,9 @@ def render_html(
 
     section("benchmark", "Benchmark", _benchmark_table(table, comparison, compare_models))
     if comparison is not None:
-        heading = "Paired comparison" + (f": {compare_models[0]} vs {compare_models[1]}" if compare_models else "")
+        heading = "Paired comparison" + (
+            f": {compare_models[0]} vs {compare_models[1]}" if compare_models else ""
+        )
         section("comparison", heading, _comparison_table(comparison, compare_models))
 
     if table.pretraining:
@@ -459,17 +483,21 @@ def render_html(
               + (f" with <code>{esc(command)}</code>" if command else "")
               + f". {images.count} embedded images, {images.nbytes / 1024:.0f} KiB of base64 image data; "
               "no scripts, no external resources.</p></footer>")
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-        f"<header><h1>{esc(title)}</h1><p class=\"note\">Protocol {esc(protocol)} · {len(runs)} result(s) · "
-        f"{len(table.models)} model(s) · {len(table.rows)} task(s) under <code>{esc(root)}</code></p></header>",
-        nav,
-        *body,
-        footer,
-        "</body></html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+            f'<header><h1>{esc(title)}</h1><p class="note">Protocol {esc(protocol)} · {len(runs)} result(s) '
+            '· '
+            f"{len(table.models)} model(s) · {len(table.rows)} task(s) "
+            f"under <code>{esc(root)}</code></p></header>",
+            nav,
+            *body,
+            footer,
+            "</body></html>",
+            "",
+        ]
+    )

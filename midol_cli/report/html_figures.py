@@ -225,7 +225,11 @@ def _subgroup_section(images: _Images, run: _Run, protocol: str, metric: str) ->
         groups = [g for g in (block.get("groups") or []) if isinstance(g, dict)]
         if not groups:
             continue
-        shown = metric if any(metric in (g.get("metrics") or {}) for g in groups) else str(sub.get("metric") or metric)
+        shown = (
+            metric
+            if any(metric in (g.get("metrics") or {}) for g in groups)
+            else str(sub.get("metric") or metric)
+        )
         labels, values, errors, small = [], [], [], []
         for g in groups:
             entry = (g.get("metrics") or {}).get(shown) if not g.get("too_small") else None
@@ -246,13 +250,19 @@ def _subgroup_section(images: _Images, run: _Run, protocol: str, metric: str) ->
             ci = ""
             if gap.get("ci_low") is not None and gap.get("ci_high") is not None:
                 ci = f" [{_fmt(gap['ci_low'])}, {_fmt(gap['ci_high'])}]"
-            caption = (f"{col}: {shown} by subgroup (×100, 95% CI). Worst-group gap ({gap.get('metric', shown)}): "
-                       f"{_fmt(gap['gap'])}{ci}, best '{gap.get('best')}', worst '{gap.get('worst')}'.")
+            caption = (
+                f"{col}: {shown} by subgroup (×100, 95% CI). Worst-group gap ({gap.get('metric', shown)}): "
+                f"{_fmt(gap['gap'])}{ci}, best '{gap.get('best')}', worst '{gap.get('worst')}'."
+            )
         else:
-            caption = f"{col}: {shown} by subgroup (×100, 95% CI). Worst-group gap: not defined (fewer than two " \
-                      "subgroups large enough)."
+            caption = (
+                f"{col}: {shown} by subgroup (×100, 95% CI). Worst-group gap: not defined (fewer than two "
+                "subgroups large enough)."
+            )
         if any(small):
-            caption += f" Too small: fewer than {min_pos} positives/negatives (or classes) to report a number."
+            caption += (
+                f" Too small: fewer than {min_pos} positives/negatives (or classes) to report a number."
+            )
         fig = subgroup_figure(labels, values, errors, small, ylabel=f"{shown} (x100)",
                               title=f"{run.task} · {run.model} · {col}")
         out.append(_figure(images.uri(_fig_png(fig)), caption))
@@ -263,8 +273,8 @@ def _subgroup_section(images: _Images, run: _Run, protocol: str, metric: str) ->
                 value = '<span class="small">too small</span>'
             else:
                 value = _ci_text((g.get("metrics") or {}).get(shown))
-            out.append("<tr>" + "".join(_td(c) for c in (esc(lab), esc(_int(g.get("n"))), esc(_int(g.get("n_groups"))),
-                                                        esc(_int(g.get("n_pos"))), value)) + "</tr>")
+            cells = (esc(lab), *(esc(_int(g.get(k))) for k in ("n", "n_groups", "n_pos")), value)
+            out.append("<tr>" + "".join(_td(c) for c in cells) + "</tr>")
         if block.get("missing"):
             out.append(f'<tr><td colspan="5" class="note">{esc(block["missing"])} images without a value '
                        "left out</td></tr>")
@@ -278,11 +288,15 @@ def _run_card(images: _Images, run: _Run, protocol: str) -> str:
     names = [f"confusion_matrix_{protocol}.png"] + (["confusion_matrix.png"] if protocol == "linear" else [])
     found = next((run.folder / n for n in names if (run.folder / n).is_file()), None)
     if found is not None:
-        out.append(_file_figure(images, found, f"confusion matrix ({protocol}, test)", f"{run.model}/{run.task}"))
+        out.append(
+            _file_figure(images, found, f"confusion matrix ({protocol}, test)", f"{run.model}/{run.task}")
+        )
     names = [f"reliability_{protocol}.png"] + (["reliability.png"] if protocol == "linear" else [])
     found = next((run.folder / n for n in names if (run.folder / n).is_file()), None)
     if found is not None:
-        out.append(_file_figure(images, found, f"reliability diagram ({protocol}, test)", f"{run.model}/{run.task}"))
+        out.append(
+            _file_figure(images, found, f"reliability diagram ({protocol}, test)", f"{run.model}/{run.task}")
+        )
     out.append(_roc_figure(images, run, protocol))
     out.append("</div>")
     return "\n".join(out)
@@ -298,7 +312,9 @@ def _roc_figure(images: _Images, run: _Run, protocol: str) -> str:
     if not path.is_file():
         return f'<p class="note">No {esc(PREDICTIONS_NAME)}: no ROC curve.</p>'
     try:
-        curves, note = _prediction_curves(path, protocol, [str(c) for c in task["classes"]], str(task["label_type"]))
+        curves, note = _prediction_curves(
+            path, protocol, [str(c) for c in task["classes"]], str(task["label_type"])
+        )
     except ValueError as e:
         images.problems.append(f"{run.model}/{run.task}: ROC: {e}")
         return f'<p class="note">No ROC curve: {esc(e)}.</p>'

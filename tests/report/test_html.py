@@ -34,9 +34,16 @@ def _ci(v: float, half: float = 0.05) -> dict[str, float]:
 
 
 def _bins() -> list[dict[str, Any]]:
-    return [{"low": b / 15, "high": (b + 1) / 15, "n": 2 if b > 4 else 0,
-             "confidence": (b + 0.5) / 15 if b > 4 else None, "accuracy": min(1.0, (b + 1) / 15) if b > 4 else None}
-            for b in range(15)]
+    return [
+        {
+            "low": b / 15,
+            "high": (b + 1) / 15,
+            "n": 2 if b > 4 else 0,
+            "confidence": (b + 0.5) / 15 if b > 4 else None,
+            "accuracy": min(1.0, (b + 1) / 15) if b > 4 else None,
+        }
+        for b in range(15)
+    ]
 
 
 def _write_predictions(folder: Path, classes: list[str], task: str, model: str, labels: list[str],
@@ -52,7 +59,9 @@ def _write_predictions(folder: Path, classes: list[str], task: str, model: str, 
         logits = rng.normal(size=(n, C))
         logits[np.arange(n), [classes.index(lab) for lab in labels]] += 1.5  # better than chance
         probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        parts.append((protocol, s, [f"s{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)], labels, probs))
+        parts.append(
+            (protocol, s, [f"s{i}" for i in range(n)], [f"p{i // 2}" for i in range(n)], labels, probs)
+        )
     pq.write_table(prediction_table(classes, task, model, parts), folder / "predictions.parquet")
 
 
@@ -68,22 +77,59 @@ def rich_tree(root: Path) -> Path:
     d = results / "m-a" / "ham10000"
     s = json.loads((d / "summary.json").read_text())
     lin = s["protocols"]["linear"]
-    lin["calibration"] = {"ece": _ci(0.061, 0.02), "brier": _ci(0.312, 0.03), "n_bins": 15, "reliability": _bins()}
+    lin["calibration"] = {
+        "ece": _ci(0.061, 0.02),
+        "brier": _ci(0.312, 0.03),
+        "n_bins": 15,
+        "reliability": _bins(),
+    }
     lin["operating_points"] = {"threshold_from": "val", "targets": [0.9, 0.95], "columns": {
         "a": {"sens_at_spec_0.90": {"threshold": 0.41, "sensitivity": _ci(0.72), "specificity": _ci(0.91)}},
         "c": {"too_small": True, "min_count": 3, "needed": 5},
     }}
-    lin["subgroups"] = {"min_positives": 10, "metric": "accuracy", "columns": {"sex": {
-        "groups": [
-            {"value": "F", "n": 14, "n_groups": 12, "n_pos": None, "too_small": False,
-             "metrics": {"accuracy": _ci(0.8123)}},
-            {"value": "M", "n": 13, "n_groups": 11, "n_pos": None, "too_small": False,
-             "metrics": {"accuracy": _ci(0.7421)}},
-            {"value": "<other>", "n": 3, "n_groups": 3, "n_pos": None, "too_small": True, "metrics": {}},
-        ],
-        "missing": 2,
-        "worst_gap": {"metric": "accuracy", "gap": 0.0702, "ci_low": -0.05, "ci_high": 0.2, "best": "F", "worst": "M"},
-    }}}
+    lin["subgroups"] = {
+        "min_positives": 10,
+        "metric": "accuracy",
+        "columns": {
+            "sex": {
+                "groups": [
+                    {
+                        "value": "F",
+                        "n": 14,
+                        "n_groups": 12,
+                        "n_pos": None,
+                        "too_small": False,
+                        "metrics": {"accuracy": _ci(0.8123)},
+                    },
+                    {
+                        "value": "M",
+                        "n": 13,
+                        "n_groups": 11,
+                        "n_pos": None,
+                        "too_small": False,
+                        "metrics": {"accuracy": _ci(0.7421)},
+                    },
+                    {
+                        "value": "<other>",
+                        "n": 3,
+                        "n_groups": 3,
+                        "n_pos": None,
+                        "too_small": True,
+                        "metrics": {},
+                    },
+                ],
+                "missing": 2,
+                "worst_gap": {
+                    "metric": "accuracy",
+                    "gap": 0.0702,
+                    "ci_low": -0.05,
+                    "ci_high": 0.2,
+                    "best": "F",
+                    "worst": "M",
+                },
+            }
+        },
+    }
     lin["patient_level"] = {"unit": "patient", "aggregation": "mean", "n_groups": 15,
                             "metrics": {"accuracy": _ci(0.8333), "auroc": _ci(0.9012)}}
     s["model"]["load_report"] = {"strict": True, "complete": True, "missing": [], "mismatched": []}
@@ -91,14 +137,27 @@ def rich_tree(root: Path) -> Path:
     labels = ["a", "b", "c"] * 10
     _write_predictions(d, ["a", "b", "c"], "ham10000", "m-a", labels,
                        [("linear", None), ("fraction_0.01", 0), ("fraction_0.01", 1), ("fraction_0.01", 2)])
-    plot_confusion_matrix(np.eye(3, dtype=int) * 8 + 1, ["a", "b", "c"], d / "confusion_matrix.png", title="cm")
+    plot_confusion_matrix(
+        np.eye(3, dtype=int) * 8 + 1, ["a", "b", "c"], d / "confusion_matrix.png", title="cm"
+    )
     plot_reliability(_bins(), d / "reliability.png", title="rel", ece=0.061)
 
     hs = summary(HOSTILE_MODEL, HOSTILE_TASK, "<mod>", "auroc", 0.77, 0.7, 0.84)
     hs["task"].update(label_type="binary", classes=["neg", "pos&<b>"])
-    hs["protocols"]["linear"]["operating_points"] = {"threshold_from": "val", "columns": {
-        "pos&<b>": {"sens_at_spec_0.95": {"threshold": 0.8, "sensitivity": _ci(0.55), "specificity": _ci(0.95)}}}}
-    hs["model"]["load_report"] = {"strict": False, "complete": False, "missing": ["head.weight [3]"], "mismatched": []}
+    hs["protocols"]["linear"]["operating_points"] = {
+        "threshold_from": "val",
+        "columns": {
+            "pos&<b>": {
+                "sens_at_spec_0.95": {"threshold": 0.8, "sensitivity": _ci(0.55), "specificity": _ci(0.95)}
+            }
+        },
+    }
+    hs["model"]["load_report"] = {
+        "strict": False,
+        "complete": False,
+        "missing": ["head.weight [3]"],
+        "mismatched": [],
+    }
     hs["provenance"]["command"] = f"midol probe --model '{HOSTILE_MODEL}'"
     hd = results / "hostile" / "task"
     hd.mkdir(parents=True)
@@ -280,9 +339,13 @@ def test_analysis_tables(report):
     assert "2 images without a value left out" in text
 
     (pl,) = page.tables_starting("metric")
-    assert [[c for c, _ in r] for r in pl] == [["metric", "m-a"], ["unit", "patient (mean)"], ["groups", "15"],
-                                               ["accuracy [95% CI]", "83.33 [78.33, 88.33]"],
-                                               ["auroc [95% CI]", "90.12 [85.12, 95.12]"]]
+    assert [[c for c, _ in r] for r in pl] == [
+        ["metric", "m-a"],
+        ["unit", "patient (mean)"],
+        ["groups", "15"],
+        ["accuracy [95% CI]", "83.33 [78.33, 88.33]"],
+        ["auroc [95% CI]", "90.12 [85.12, 95.12]"],
+    ]
 
     cal = page.table_with("ECE [95% CI]")
     assert [c for c, _ in cal[1]] == ["m-a", "linear", "6.10 [4.10, 8.10]", "31.20 [28.20, 34.20]", "15"]
@@ -332,8 +395,19 @@ def test_comparison_table_and_significance_marks(tmp_path):
     comp = page.table_with("p (bootstrap)")
     assert [c for c, _ in comp[0]][:5] == ["task", "metric", "m-a", "m-b", "difference (m-a − m-b) [95% CI]"]
     ham, retina, mean = comp[1:]
-    assert [c for c, _ in ham] == ["ham10000", "accuracy", "80.00", "85.00", "-5.00 [-8.00, -2.00]", "<0.001", "–",
-                                   "<0.001", "30", "30", "*"]
+    assert [c for c, _ in ham] == [
+        "ham10000",
+        "accuracy",
+        "80.00",
+        "85.00",
+        "-5.00 [-8.00, -2.00]",
+        "<0.001",
+        "–",
+        "<0.001",
+        "30",
+        "30",
+        "*",
+    ]
     assert "sig" in ham[-1][1] and retina[-1][0] == "" and mean[-1][0] == ""
     assert mean[0][0] == "mean"
     bench = page.table_with("modality")
@@ -441,11 +515,18 @@ def test_real_probe_results_render_every_section(tmp_path):
     for model, signal in (("weak", 0.5), ("strong", 2.0)):
         X = rng.normal(size=(n, 8)).astype(np.float32)
         X[:, 0] += signal * (2 * y - 1)
-        df = pd.DataFrame({
-            "sample_id": [f"s{i}" for i in range(n)], "modality": "xray", "label": np.where(y == 1, "pos", "neg"),
-            "group": [f"p{i // 2}" for i in range(n)], "split": split, "embedding": list(X), "dataset": "d",
-            "meta": [json.dumps({"sex": s}) for s in sex],
-        })
+        df = pd.DataFrame(
+            {
+                "sample_id": [f"s{i}" for i in range(n)],
+                "modality": "xray",
+                "label": np.where(y == 1, "pos", "neg"),
+                "group": [f"p{i // 2}" for i in range(n)],
+                "split": split,
+                "embedding": list(X),
+                "dataset": "d",
+                "meta": [json.dumps({"sex": s}) for s in sex],
+            }
+        )
         info = {"id": model, "weights": f"{model}.safetensors", "weights_hash": "f" * 64, "arch": "vit"}
         run_probe_suite(df, task, results / model / "bin", model_info=info, data_hash="dh", fractions=(),
                         seeds=(0,), n_boot=50, knn_ks=(), subgroups=("sex",), group_unit="patient")
@@ -458,7 +539,11 @@ def test_real_probe_results_render_every_section(tmp_path):
     assert [c for c, _ in page.table_with("ECE [95% CI]")[0]][:3] == ["model", "protocol", "ECE [95% CI]"]
     assert len(page.tables_with("threshold")) == 2
     (patient,) = ([[c for c, _ in r] for r in t] for t in page.tables_starting("metric"))
-    assert patient[0] == ["metric", "strong", "weak"] and patient[1] == ["unit", "patient (mean)", "patient (mean)"]
+    assert patient[0] == ["metric", "strong", "weak"] and patient[1] == [
+        "unit",
+        "patient (mean)",
+        "patient (mean)",
+    ]
     assert patient[2] == ["groups", "40", "40"] and "auroc [95% CI]" in [r[0] for r in patient]
     bench = page.table_with("modality")
     row = _row(bench, "xray", "bin<&>")

@@ -29,8 +29,11 @@ REQUIRED = os.environ.get("MIDOL_REQUIRE_BROWSER", "") not in ("", "0")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None and not REQUIRED, reason="no chromium, chromium-browser or google-chrome "
-                       "on PATH: install Debian's chromium package (apt-get install chromium)"),
+    pytest.mark.skipif(
+        CHROMIUM is None and not REQUIRED,
+        reason="no chromium, chromium-browser or google-chrome "
+        "on PATH: install Debian's chromium package (apt-get install chromium)",
+    ),
 ]
 
 # A line Chromium writes (with --enable-logging=stderr) for each console message of the page, e.g.
@@ -66,7 +69,9 @@ def images_decoded(tmp: Path, page: str, name: str) -> tuple[int, int]:
     from midol_cli.report.html import CSP
 
     assert CSP in page
-    probe = page.replace(CSP, CSP.replace("default-src 'none'", "default-src 'none'; script-src 'unsafe-inline'"))
+    probe = page.replace(
+        CSP, CSP.replace("default-src 'none'", "default-src 'none'; script-src 'unsafe-inline'")
+    )
     path = tmp / name
     path.write_text(probe.replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
     res = chromium(tmp, "--virtual-time-budget=5000", "--dump-dom", path.as_uri())
