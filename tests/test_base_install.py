@@ -82,7 +82,9 @@ def _copy_repo(dest: Path) -> Path:
     dest.mkdir()
     for f in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / f, dest / f)
-    shutil.copytree(ROOT / "midol_cli", dest / "midol_cli", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "midol_cli", dest / "midol_cli", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     return dest
 
 
@@ -139,9 +141,25 @@ def test_base_install_runs_help_and_ingest(base_venv, tmp_path):
     for cls in ("a", "b"):
         (tmp_path / "png" / cls).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (32, 32), (40 * i, 100 if cls == "a" else 200, 7)).save(tmp_path / "png" / cls / f"{i}.png")
-    _run([midol, "ingest", str(tmp_path / "png"), "--modality", "fundus", "--out", str(tmp_path / "png.parquet"),
-          "--workers", "1"], env, tmp_path, 300)
+            Image.new("RGB", (32, 32), (40 * i, 100 if cls == "a" else 200, 7)).save(
+                tmp_path / "png" / cls / f"{i}.png"
+            )
+    _run(
+        [
+            midol,
+            "ingest",
+            str(tmp_path / "png"),
+            "--modality",
+            "fundus",
+            "--out",
+            str(tmp_path / "png.parquet"),
+            "--workers",
+            "1",
+        ],
+        env,
+        tmp_path,
+        300,
+    )
     df = pd.read_parquet(tmp_path / "png.parquet")
     assert len(df) == 6 and (df["status"] == "ok").all()
 

@@ -112,7 +112,9 @@ def test_new_keys_at_their_default_leave_the_recipe_dict_and_hash_as_before():
     d = recipe_dict(plain)
     assert "experts_per_modality" not in d["projector"] and "negatives" not in d["loss"]
     assert PretrainRecipe.model_validate(d) == plain  # the dict still reads back as the same recipe
-    set_ = load_recipe(PretrainRecipe, "smoke", ["projector.experts_per_modality=2", "loss.negatives=modality"])
+    set_ = load_recipe(
+        PretrainRecipe, "smoke", ["projector.experts_per_modality=2", "loss.negatives=modality"]
+    )
     assert recipe_dict(set_)["projector"]["experts_per_modality"] == 2
     assert recipe_dict(set_)["loss"]["negatives"] == "modality"
     assert recipe_hash(set_) != recipe_hash(plain)

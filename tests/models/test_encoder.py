@@ -29,7 +29,9 @@ def _tiny():
     return build_encoder(EncoderSpec(img_size=64, arch_kwargs=TINY_SWIN)).eval()
 
 
-@pytest.mark.parametrize("prefix,container", [("module.", "state_dict"), ("backbone.", "model"), ("encoder.", None)])
+@pytest.mark.parametrize(
+    "prefix,container", [("module.", "state_dict"), ("backbone.", "model"), ("encoder.", None)]
+)
 def test_weights_with_wrapper_prefixes_load(tmp_path, prefix, container):
     src = _tiny()
     sd = {prefix + k: v for k, v in src.state_dict().items()}
@@ -48,7 +50,9 @@ def test_safetensors_weights_load(tmp_path):
 
     src = _tiny()
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, tmp_path / "w.safetensors")
-    dst = build_encoder(EncoderSpec(img_size=64, arch_kwargs=TINY_SWIN), weights=str(tmp_path / "w.safetensors"))
+    dst = build_encoder(
+        EncoderSpec(img_size=64, arch_kwargs=TINY_SWIN), weights=str(tmp_path / "w.safetensors")
+    )
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(src(x), dst.eval()(x), atol=1e-6)
 

@@ -32,7 +32,9 @@ def run_dir(tmp_path):
             "encoder_spec": spec.to_dict(),
             "modalities": ["xray", "oct"],
             "n_experts": 2,
-            "recipe": {"projector": {"hidden_dim": 16, "bottleneck_dim": 8, "n_prototypes": 6, "n_layers": 2}},
+            "recipe": {
+                "projector": {"hidden_dim": 16, "bottleneck_dim": 8, "n_prototypes": 6, "n_layers": 2}
+            },
             "recipe_hash": "abc",
         },
         keep_last=2,
@@ -108,15 +110,23 @@ def test_folder_export_loads_in_timm_from_its_config_and_has_a_model_card(run_di
     study = tmp_path_factory.mktemp("study") / "study.md"
     study.write_text("| variant | mean |\n|---|---|\n| midol | 61.0 [58.0, 64.0] |\n")
     out = export_folder(path, path / "folder", study=study)
-    assert sorted(p.name for p in out["folder"].iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                               "projector.safetensors"]
+    assert sorted(p.name for p in out["folder"].iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "projector.safetensors",
+    ]
     # timm alone (no midol): the architecture, its arguments and the preprocessing come from config.json
     model = timm.create_model(f"local-dir:{out['folder']}", pretrained=True).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), m.teacher.encoder.eval()(x), atol=1e-6)
     cfg = timm.data.resolve_data_config({}, model=model)
-    assert tuple(cfg["input_size"]) == (3, 64, 64) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 1.0
+    assert (
+        tuple(cfg["input_size"]) == (3, 64, 64)
+        and cfg["interpolation"] == "bicubic"
+        and cfg["crop_pct"] == 1.0
+    )
     assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406)
     # and by name with pretrained_cfg_overlay, as for the plain safetensors export
     import json
@@ -127,8 +137,15 @@ def test_folder_export_loads_in_timm_from_its_config_and_has_a_model_card(run_di
     with torch.no_grad():
         assert torch.allclose(again(x), model(x), atol=1e-6)
     card = out["card"].read_text()
-    for part in ("## Intended use", "not a medical device", "recipe hash | `abc`", "xray, oct", "61.0 [58.0, 64.0]",
-                 "local-dir:", "random initialisation"):
+    for part in (
+        "## Intended use",
+        "not a medical device",
+        "recipe hash | `abc`",
+        "xray, oct",
+        "61.0 [58.0, 64.0]",
+        "local-dir:",
+        "random initialisation",
+    ):
         assert part in card, part
     again_out = export_folder(path, path / "folder")  # re-export replaces the folder whole
     assert "No study was found" in again_out["card"].read_text()
@@ -151,7 +168,11 @@ def test_the_card_summarises_the_pretraining_shards(tmp_path):
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"shards": str(shards), "shard_index_sha": "0123"}))
     text = "\n".join(data_summary(run))
-    assert "30 images in 2 shards" in text and "| fundus | 3 | 12 | 15 |" in text and "`fundus.parquet` (15 images, manifest hash `db37aa3a204c2916`)" in text
+    assert (
+        "30 images in 2 shards" in text
+        and "| fundus | 3 | 12 | 15 |" in text
+        and "`fundus.parquet` (15 images, manifest hash `db37aa3a204c2916`)" in text
+    )
     assert find_study(run, None) is None
     (tmp_path / "study" / "study.md").write_text("table")
     assert find_study(run, None) == (tmp_path / "study" / "study.md").resolve()
@@ -181,6 +202,8 @@ def test_onnx_without_its_extra_names_the_extra(run_dir, monkeypatch):
     from midol_cli.models.export import export_onnx
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+    )
     with pytest.raises(UsageError, match=r"needs onnxruntime: pip install 'midol\[onnx\]'"):
         export_onnx(run_dir[0])

@@ -27,8 +27,11 @@ def test_every_student_parameter_gets_a_gradient_and_teacher_none(intra):
     loss, stats = m.forward_train(views, [], mod, StepSchedule(0.04, 1.0, 1.0, 0.1))
     assert torch.isfinite(loss)
     loss.backward()
-    missing = [n for n, p in m.student.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-               or p.grad.abs().sum() == 0]
+    missing = [
+        n
+        for n, p in m.student.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert missing == []
     assert all(p.grad is None and not p.requires_grad for p in m.teacher.parameters())
     for key in ("loss_intra", "loss_inter", "loss_route", "teacher_entropy", "emb_std", "expert_router_acc"):
@@ -133,7 +136,9 @@ def test_encoder_diagnostics_watch_the_pooled_features():
     _, stats = m.forward_train(views, [], mod, StepSchedule(0.04, 1.0, 1.0, 0.1))
     assert stats["enc_spread"].shape == (3,) and stats["enc_rank"].shape == (3,)
     # enc_rank is a fraction of the batch's maximum rank: in (0, 1].
-    assert (stats["enc_spread"] > 0).all() and (stats["enc_rank"] > 0).all() and (stats["enc_rank"] <= 1).all()
+    assert (
+        (stats["enc_spread"] > 0).all() and (stats["enc_rank"] > 0).all() and (stats["enc_rank"] <= 1).all()
+    )
     # A collapsed representation (one direction for every image) reads ~0 spread and rank ~1.
     same = torch.zeros(12, m.student.encoder.num_features)
     same[:, 0] = 1.0

@@ -21,8 +21,22 @@ NAMES = list(reg.registry())
 
 
 def test_the_registry_covers_the_models_the_issue_names():
-    need = {"imagenet-swinb", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "retfound-mae", "retfound-dinov2",
-            "rad-dino", "uni", "uni2-h", "phikon", "phikon-v2", "conch", "biomedclip", "midol"}
+    need = {
+        "imagenet-swinb",
+        "dinov2-vits14",
+        "dinov2-vitb14",
+        "dinov2-vitl14",
+        "retfound-mae",
+        "retfound-dinov2",
+        "rad-dino",
+        "uni",
+        "uni2-h",
+        "phikon",
+        "phikon-v2",
+        "conch",
+        "biomedclip",
+        "midol",
+    }
     assert need <= set(NAMES)
 
 
@@ -47,12 +61,16 @@ def test_uni2_h_resolves_its_layer_classes_and_nothing_else():
     with torch.device("meta"):
         enc = build_encoder(m.spec())
     mlp = enc.blocks[0].mlp  # timm's SwiGLUPacked is GluMlp(act=SiLU) with packed [x1; x2] weights
-    assert type(mlp).__name__ == "GluMlp" and isinstance(mlp.act, torch.nn.SiLU) and enc.num_prefix_tokens == 9
+    assert (
+        type(mlp).__name__ == "GluMlp" and isinstance(mlp.act, torch.nn.SiLU) and enc.num_prefix_tokens == 9
+    )
     bad = EncoderSpec(arch="vit_small_patch16_224", arch_kwargs={"act_layer": "os.system"})
     with pytest.raises(UsageError):  # left a string, which timm refuses: never imported
         build_encoder(bad)
     with pytest.raises(UsageError, match="not a class in torch.nn"):
-        build_encoder(EncoderSpec(arch="vit_small_patch16_224", arch_kwargs={"act_layer": "torch.nn.functional"}))
+        build_encoder(
+            EncoderSpec(arch="vit_small_patch16_224", arch_kwargs={"act_layer": "torch.nn.functional"})
+        )
 
 
 def _vit(pooling, **kw):
@@ -102,10 +120,14 @@ def tiny_entries(monkeypatch):
 def _hf_names(timm_sd, dinov2: bool):
     """A timm ViT state dict under the transformers 4 names the released files use (written out here,
     independently of midol's converter)."""
-    out = {"embeddings.cls_token": timm_sd["cls_token"], "embeddings.position_embeddings": timm_sd["pos_embed"],
-           "embeddings.patch_embeddings.projection.weight": timm_sd["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": timm_sd["patch_embed.proj.bias"],
-           "layernorm.weight": timm_sd["norm.weight"], "layernorm.bias": timm_sd["norm.bias"]}
+    out = {
+        "embeddings.cls_token": timm_sd["cls_token"],
+        "embeddings.position_embeddings": timm_sd["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": timm_sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": timm_sd["patch_embed.proj.bias"],
+        "layernorm.weight": timm_sd["norm.weight"],
+        "layernorm.bias": timm_sd["norm.bias"],
+    }
     if dinov2:
         out["embeddings.mask_token"] = torch.zeros(1, timm_sd["cls_token"].shape[-1])
     i = 0
@@ -117,8 +139,12 @@ def _hf_names(timm_sd, dinov2: bool):
                     h + f"attention.attention.value.{kind}": v,
                     h + f"attention.output.dense.{kind}": timm_sd[b + f"attn.proj.{kind}"]}
             if dinov2:
-                out |= {h + f"norm1.{kind}": timm_sd[b + f"norm1.{kind}"], h + f"norm2.{kind}": timm_sd[b + f"norm2.{kind}"],
-                        h + f"mlp.fc1.{kind}": timm_sd[b + f"mlp.fc1.{kind}"], h + f"mlp.fc2.{kind}": timm_sd[b + f"mlp.fc2.{kind}"]}
+                out |= {
+                    h + f"norm1.{kind}": timm_sd[b + f"norm1.{kind}"],
+                    h + f"norm2.{kind}": timm_sd[b + f"norm2.{kind}"],
+                    h + f"mlp.fc1.{kind}": timm_sd[b + f"mlp.fc1.{kind}"],
+                    h + f"mlp.fc2.{kind}": timm_sd[b + f"mlp.fc2.{kind}"],
+                }
             else:
                 out |= {h + f"layernorm_before.{kind}": timm_sd[b + f"norm1.{kind}"],
                         h + f"layernorm_after.{kind}": timm_sd[b + f"norm2.{kind}"],
@@ -158,12 +184,37 @@ def test_the_hf_converter_matches_transformers_itself(tmp_path):
     weights, saved by save_pretrained, load into timm with the same class-token output."""
     tf = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cases = [(tf.Dinov2Model(tf.Dinov2Config(hidden_size=384, num_hidden_layers=2, num_attention_heads=6,
-                                             image_size=56, patch_size=14, layerscale_value=0.5)),
-              EncoderSpec(arch="vit_small_patch14_dinov2", img_size=56, arch_kwargs={"depth": 2}, pooling="cls")),
-             (tf.ViTModel(tf.ViTConfig(hidden_size=384, num_hidden_layers=2, num_attention_heads=6,
-                                       intermediate_size=1536, image_size=64, patch_size=16, layer_norm_eps=1e-6)),
-              EncoderSpec(arch="vit_small_patch16_224", img_size=64, arch_kwargs={"depth": 2}, pooling="cls"))]
+    cases = [
+        (
+            tf.Dinov2Model(
+                tf.Dinov2Config(
+                    hidden_size=384,
+                    num_hidden_layers=2,
+                    num_attention_heads=6,
+                    image_size=56,
+                    patch_size=14,
+                    layerscale_value=0.5,
+                )
+            ),
+            EncoderSpec(
+                arch="vit_small_patch14_dinov2", img_size=56, arch_kwargs={"depth": 2}, pooling="cls"
+            ),
+        ),
+        (
+            tf.ViTModel(
+                tf.ViTConfig(
+                    hidden_size=384,
+                    num_hidden_layers=2,
+                    num_attention_heads=6,
+                    intermediate_size=1536,
+                    image_size=64,
+                    patch_size=16,
+                    layer_norm_eps=1e-6,
+                )
+            ),
+            EncoderSpec(arch="vit_small_patch16_224", img_size=64, arch_kwargs={"depth": 2}, pooling="cls"),
+        ),
+    ]
     for i, (hf, spec) in enumerate(cases):
         hf.eval()
         with torch.no_grad():
@@ -181,9 +232,13 @@ def test_the_hf_converter_matches_transformers_itself(tmp_path):
 def test_a_checkpoint_in_another_format_is_refused_unless_lenient(tiny_entries, tmp_path):
     src = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=56, depth=2)
     sd = dict(src.state_dict())
-    torch.save({"model": {**sd, "decoder_embed.weight": torch.zeros(8, 384), "mask_token": torch.zeros(1, 1, 8)}},
-               tmp_path / "mae.pth")
-    with pytest.raises(UsageError, match=r"is a mae checkpoint, but tiny-dinov2 ships as hf-dinov2 \(https://"):
+    torch.save(
+        {"model": {**sd, "decoder_embed.weight": torch.zeros(8, 384), "mask_token": torch.zeros(1, 1, 8)}},
+        tmp_path / "mae.pth",
+    )
+    with pytest.raises(
+        UsageError, match=r"is a mae checkpoint, but tiny-dinov2 ships as hf-dinov2 \(https://"
+    ):
         load_eval_model(f"tiny-dinov2={tmp_path / 'mae.pth'}")
     assert load_eval_model(f"tiny-dinov2={tmp_path / 'mae.pth'}", lenient=True).load_report["format"] == "mae"
     torch.save(sd, tmp_path / "plain.pth")  # a plain state dict of the same tensors is as good

@@ -72,21 +72,46 @@ def _prefixed(sd, p):
     return {p + k: v for k, v in sd.items()}
 
 
-@pytest.mark.parametrize("fmt,wrap", [
-    ("state-dict", lambda sd: {"state_dict": _prefixed(sd, "model."), "pytorch-lightning_version": "2.4.0",
-                               "epoch": 3, "global_step": 90}),  # Lightning
-    ("state-dict", lambda sd: _prefixed(sd, "module.")),  # DDP
-    ("state-dict", lambda sd: {"model_ema": _prefixed(sd, "module.")}),  # an EMA wrapper
-    ("state-dict", lambda sd: _prefixed(sd, "student.")),
-    ("timm-train-ema", lambda sd: {"state_dict": {k: v + 1 for k, v in sd.items()}, "state_dict_ema": sd,
-                                   "epoch": 10}),
-    ("moco-v3", lambda sd: {"state_dict": {**_prefixed(sd, "module.base_encoder."),
-                                           **_prefixed({k: v + 1 for k, v in sd.items()}, "module.momentum_encoder."),
-                                           "module.predictor.0.weight": torch.zeros(4, 4)}, "epoch": 100}),
-    ("dino-teacher", lambda sd: {"teacher": {**_prefixed(sd, "backbone."), "head.mlp.0.weight": torch.zeros(8, 4)},
-                                 "student": _prefixed({k: v + 1 for k, v in sd.items()}, "module.backbone."),
-                                 "epoch": 100}),
-])
+@pytest.mark.parametrize(
+    "fmt,wrap",
+    [
+        (
+            "state-dict",
+            lambda sd: {
+                "state_dict": _prefixed(sd, "model."),
+                "pytorch-lightning_version": "2.4.0",
+                "epoch": 3,
+                "global_step": 90,
+            },
+        ),  # Lightning
+        ("state-dict", lambda sd: _prefixed(sd, "module.")),  # DDP
+        ("state-dict", lambda sd: {"model_ema": _prefixed(sd, "module.")}),  # an EMA wrapper
+        ("state-dict", lambda sd: _prefixed(sd, "student.")),
+        (
+            "timm-train-ema",
+            lambda sd: {"state_dict": {k: v + 1 for k, v in sd.items()}, "state_dict_ema": sd, "epoch": 10},
+        ),
+        (
+            "moco-v3",
+            lambda sd: {
+                "state_dict": {
+                    **_prefixed(sd, "module.base_encoder."),
+                    **_prefixed({k: v + 1 for k, v in sd.items()}, "module.momentum_encoder."),
+                    "module.predictor.0.weight": torch.zeros(4, 4),
+                },
+                "epoch": 100,
+            },
+        ),
+        (
+            "dino-teacher",
+            lambda sd: {
+                "teacher": {**_prefixed(sd, "backbone."), "head.mlp.0.weight": torch.zeros(8, 4)},
+                "student": _prefixed({k: v + 1 for k, v in sd.items()}, "module.backbone."),
+                "epoch": 100,
+            },
+        ),
+    ],
+)
 def test_wrapper_formats_load_the_encoder_they_hold(tmp_path, fmt, wrap):
     src = _tiny_swin()
     path = tmp_path / "w.pth"
@@ -99,15 +124,24 @@ def test_wrapper_formats_load_the_encoder_they_hold(tmp_path, fmt, wrap):
 
 def _vit_s(img_size=224, **kw):
     torch.manual_seed(0)
-    return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, img_size=img_size, **kw).eval()
+    return timm.create_model(
+        "vit_small_patch16_224", pretrained=False, num_classes=0, img_size=img_size, **kw
+    ).eval()
 
 
 def test_mae_retfound_checkpoint_drops_its_decoder(tmp_path):
     src = _vit_s()
     sd = dict(src.state_dict())
-    sd.update({"mask_token": torch.zeros(1, 1, 512), "decoder_embed.weight": torch.zeros(512, 384),
-               "decoder_pos_embed": torch.zeros(1, 197, 512), "decoder_blocks.0.norm1.weight": torch.ones(512),
-               "decoder_norm.weight": torch.ones(512), "decoder_pred.weight": torch.zeros(768, 512)})
+    sd.update(
+        {
+            "mask_token": torch.zeros(1, 1, 512),
+            "decoder_embed.weight": torch.zeros(512, 384),
+            "decoder_pos_embed": torch.zeros(1, 197, 512),
+            "decoder_blocks.0.norm1.weight": torch.ones(512),
+            "decoder_norm.weight": torch.ones(512),
+            "decoder_pred.weight": torch.zeros(768, 512),
+        }
+    )
     torch.save({"model": sd, "optimizer": {}, "epoch": 799}, tmp_path / "RETFound_mae.pth")
     m = load_eval_model(f"timm:vit_small_patch16_224={tmp_path / 'RETFound_mae.pth'}")
     x = torch.randn(1, 3, 224, 224)
@@ -141,7 +175,9 @@ def test_dinov2_hub_checkpoint_at_518_px_is_resized_as_timm_does(tmp_path, arch,
     assert hub["pos_embed"].shape == (1, 1370, 384) and any(".ls1.gamma" in k for k in hub)
     torch.save(hub, tmp_path / "dinov2_vits14_pretrain.pth")
 
-    dst = build_encoder(EncoderSpec(arch=arch, img_size=224), weights=str(tmp_path / "dinov2_vits14_pretrain.pth"))
+    dst = build_encoder(
+        EncoderSpec(arch=arch, img_size=224), weights=str(tmp_path / "dinov2_vits14_pretrain.pth")
+    )
     ref = timm.create_model(arch, pretrained=False, num_classes=0, img_size=224)
     want = dict(big.state_dict())
     want["pos_embed"] = resample_abs_pos_embed(want["pos_embed"], new_size=(16, 16), old_size=(37, 37),
@@ -151,7 +187,11 @@ def test_dinov2_hub_checkpoint_at_518_px_is_resized_as_timm_does(tmp_path, arch,
     x = torch.randn(1, 3, 224, 224)
     assert torch.allclose(ref.eval()(x), dst.eval()(x), atol=1e-5)
     rep = dst.load_report
-    assert rep.complete and rep.format == "dinov2-hub" and any(r.startswith("pos_embed [1, 13") for r in rep.resized)
+    assert (
+        rep.complete
+        and rep.format == "dinov2-hub"
+        and any(r.startswith("pos_embed [1, 13") for r in rep.resized)
+    )
 
 
 def test_damaged_bytes_are_not_called_pickled_code(tmp_path):
