@@ -112,8 +112,10 @@ def resolve_task(arg: str, data: str | Path | None = None) -> TaskSpec:
         specs = custom.auto_tasks(custom.read_labels_table(p), str(p))
         if len(specs) > 1:
             mods = ", ".join(s.modality for s in specs)
-            raise UsageError(f"'{p}' holds labelled images of several modalities ({mods}); --task auto needs one "
-                             "(give one manifest per modality, or a task file)")
+            raise UsageError(
+                f"'{p}' holds labelled images of several modalities ({mods}); --task auto needs one "
+                "(give one manifest per modality, or a task file)"
+            )
         return specs[0]
     if custom.is_task_file(arg):
         if not Path(arg).is_file():
@@ -142,7 +144,9 @@ def task_options(spec: TaskSpec, overrides: list[str] | tuple[str, ...] = ()) ->
     return opts
 
 
-def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: dict[str, str] | None = None) -> Path:
+def resolve_data(
+    spec: TaskSpec, data: str | Path, cache_root: Path, options: dict[str, str] | None = None
+) -> Path:
     """A manifest or shard dir for ``spec``: ``data`` itself, or the raw folder ingested into the cache.
 
     A manifest's labels are checked against the task before anything is embedded or trained
@@ -162,7 +166,9 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
         df, _ = read_manifest(p)
         mods = set(df["modality"].unique())
         if spec.modality not in mods:
-            raise UsageError(f"manifest '{p}' holds {sorted(mods)}, not {spec.modality} images for task {spec.name}")
+            raise UsageError(
+                f"manifest '{p}' holds {sorted(mods)}, not {spec.modality} images for task {spec.name}"
+            )
         custom.check_labels(spec, df, f"manifest '{p}'")
         return p
     if (p / "index.json").is_file():
@@ -172,7 +178,9 @@ def resolve_data(spec: TaskSpec, data: str | Path, cache_root: Path, options: di
 
     opts = dict(spec.layout_options) if options is None else options
     fields = dict(spec.ingest_options)
-    key = hashlib.sha1(repr((str(p.resolve()), sorted(opts.items()), sorted(fields.items()))).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        repr((str(p.resolve()), sorted(opts.items()), sorted(fields.items()))).encode()
+    ).hexdigest()[:12]
     out = cache_root / "manifests" / f"{spec.name}-{key}.parquet"
     layout_opts = LayoutOptions(
         labels=Path(fields["labels"]) if "labels" in fields else None,
