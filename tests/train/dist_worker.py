@@ -27,7 +27,10 @@ def fake_make_loader(shard_dir, transform, batch_size, *, seed=0, modalities=Non
                 g = torch.Generator().manual_seed(seed * 1000 + i)
                 gb = batch_size * world
                 # uint8 pixels, as MultiViewTransform sends them (the loop normalises on its device)
-                views = [torch.randint(0, 256, (gb, 3, size, size), generator=g, dtype=torch.uint8) for _ in range(2)]
+                views = [
+                    torch.randint(0, 256, (gb, 3, size, size), generator=g, dtype=torch.uint8)
+                    for _ in range(2)
+                ]
                 mod = torch.randint(0, k, (gb,), generator=g)
                 sl = slice(rank * batch_size, (rank + 1) * batch_size)
                 yield {"global": [v[sl] for v in views], "local": [], "modality": mod[sl]}

@@ -84,8 +84,17 @@ def _fit(task, run_dir, epochs=4, resume=None, lr=0.5, early=0, max_epochs=None)
     opt = torch.optim.SGD(task.model.parameters(), lr=lr)
     for g in opt.param_groups:
         g["lr_scale"] = 1.0
-    cfg = engine.FitConfig(run_dir=run_dir, epochs=epochs, peak_lr=lr, min_lr=0.0, warmup_frac=0.0, clip_grad=None,
-                           early_stopping=early, ckpt_every=1, seed=0)
+    cfg = engine.FitConfig(
+        run_dir=run_dir,
+        epochs=epochs,
+        peak_lr=lr,
+        min_lr=0.0,
+        warmup_frac=0.0,
+        clip_grad=None,
+        early_stopping=early,
+        ckpt_every=1,
+        seed=0,
+    )
     cfg.precision = "fp32"
     resume_path = engine.check_run_dir(run_dir, resume)
     return fit_supervised(task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=FinetuneRecipe(),
@@ -211,7 +220,13 @@ def test_a_usage_error_on_rank_zero_reaches_every_rank(tmp_path):
     script = tmp_path / "relay.py"
     script.write_text(RELAY)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "rank 0: UsageError 2: no labels in 'x.parquet'" in res.stdout, res.stderr[-2000:]
     assert "rank 1: MidolError 2: no labels in 'x.parquet'" in res.stdout, res.stderr[-2000:]

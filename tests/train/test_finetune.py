@@ -1,4 +1,6 @@
-"""Fine-tuning: layer-wise LR decay and real runs on synth data (the head and its losses: tests/models/test_heads.py)."""
+"""Fine-tuning: layer-wise LR decay and real runs on synth data.
+
+The head and its losses: tests/models/test_heads.py."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from tests.conftest import TINY_SWIN, tiny_encoder
 
 # Light augmentation for the learning check: a random-init tiny Swin memorises 56 synth images within a
 # few epochs without it, but needs far longer under the full pathology augmentations.
-NO_AUG = ["augment={crop_scale: [1.0, 1.0], jitter_p: 0, blur_p: 0, hflip: false, vflip: false, rot90: false}"]
+NO_AUG = [
+    "augment={crop_scale: [1.0, 1.0], jitter_p: 0, blur_p: 0, hflip: false, vflip: false, rot90: false}"
+]
 SMOKE = Path(__file__).resolve().parents[2] / "recipes" / "finetune_smoke.yaml"
 
 
@@ -316,7 +320,8 @@ def test_multilabel_task_from_a_raw_folder(export, tmp_path, monkeypatch):
 
 
 def test_task_options_reach_the_ingest_of_a_raw_folder(monkeypatch, tmp_path):
-    """`midol finetune --task-option uncertainty=u-zeros` must change how CheXpert is read (it was ignored)."""
+    """`midol finetune --task-option uncertainty=u-zeros` must change how CheXpert is read
+    (it was ignored)."""
     import midol_cli.tasks as tasks_mod
     from midol_cli.errors import UsageError
     from midol_cli.tasks import get_task, task_options

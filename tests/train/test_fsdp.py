@@ -46,8 +46,16 @@ ARGS = [
 def _run(launcher, run, shards, *extra, resume=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     head = [f"--resume={resume}"] if resume else []
-    cmd = [*launcher, str(WORKER), *head, str(ROOT / "recipes" / "smoke.yaml"), str(run), f"data.shards={shards}",
-           *ARGS, *extra]
+    cmd = [
+        *launcher,
+        str(WORKER),
+        *head,
+        str(ROOT / "recipes" / "smoke.yaml"),
+        str(run),
+        f"data.shards={shards}",
+        *ARGS,
+        *extra,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -104,7 +112,9 @@ def test_fsdp_matches_ddp(runs):
 
     ckpts = sorted(p.name for p in (runs["fsdp"] / "checkpoints").iterdir())
     assert ckpts == ["ckpt-00000002.dcp", "ckpt-00000004.dcp"]  # a DCP directory per checkpoint, no temps
-    shard_files = sorted(p.name for p in (runs["fsdp"] / "checkpoints" / "ckpt-00000004.dcp").glob("*.distcp"))
+    shard_files = sorted(
+        p.name for p in (runs["fsdp"] / "checkpoints" / "ckpt-00000004.dcp").glob("*.distcp")
+    )
     assert len(shard_files) == 2  # each rank wrote its own shards
     a = torch.load(ddp / "checkpoints" / "ckpt-00000004.pt", weights_only=True)
     b = _state(runs["fsdp"] / "checkpoints" / "ckpt-00000004.dcp")
@@ -119,7 +129,10 @@ def test_fsdp_matches_ddp(runs):
 
     from midol_cli.models.export import load_exported_encoder
 
-    ea, eb = load_file(ddp / "export" / "encoder.safetensors"), load_file(runs["fsdp"] / "export" / "encoder.safetensors")
+    ea, eb = (
+        load_file(ddp / "export" / "encoder.safetensors"),
+        load_file(runs["fsdp"] / "export" / "encoder.safetensors"),
+    )
     assert set(ea) == set(eb)
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -134,8 +147,12 @@ def test_fsdp_resume_same_world_is_exact(runs):
     assert "resumed from" in res.stderr and "ckpt-00000002.dcp" in res.stderr
     assert not (run / "checkpoints" / ".ckpt-00000004.dcp.tmp").exists()  # the kill's leftovers removed
     assert _losses(run) == pytest.approx(_losses(runs["fsdp"]), rel=0, abs=1e-6)
-    _compare(_state(run / "checkpoints" / "ckpt-00000004.dcp"), _state(runs["fsdp"] / "checkpoints" / "ckpt-00000004.dcp"),
-             rtol=0, atol=1e-6)
+    _compare(
+        _state(run / "checkpoints" / "ckpt-00000004.dcp"),
+        _state(runs["fsdp"] / "checkpoints" / "ckpt-00000004.dcp"),
+        rtol=0,
+        atol=1e-6,
+    )
     assert (run / "export" / "encoder.safetensors").is_file()
 
 
@@ -160,7 +177,9 @@ def test_ddp_refuses_a_sharded_checkpoint(runs, tmp_path):
     from midol_cli.recipes import PretrainRecipe, load_recipe
     from midol_cli.train.pretrain import run_pretrain
 
-    r = load_recipe(PretrainRecipe, str(ROOT / "recipes" / "smoke.yaml"), [f"data.shards={runs['shards']}", *ARGS])
+    r = load_recipe(
+        PretrainRecipe, str(ROOT / "recipes" / "smoke.yaml"), [f"data.shards={runs['shards']}", *ARGS]
+    )
     with pytest.raises(UsageError, match="train.strategy=fsdp"):
         run_pretrain(r, tmp_path / "run", resume=str(runs["fsdp"] / "checkpoints" / "ckpt-00000002.dcp"))
 

@@ -23,7 +23,9 @@ def test_timm_arch_file_starts_the_encoder_from_the_file(tmp_path):
 def test_timm_init_refuses_another_arch_and_a_missing_file(tmp_path):
     weights = tmp_path / "w.pth"
     _released(weights)
-    with pytest.raises(UsageError, match=r"names timm:resnet18 but model.arch is swin_tiny.*model.arch=resnet18"):
+    with pytest.raises(
+        UsageError, match=r"names timm:resnet18 but model.arch is swin_tiny.*model.arch=resnet18"
+    ):
         build_model(_recipe(tmp_path, f"timm:resnet18={weights}"))
     with pytest.raises(UsageError, match=r"weights file '.*nope.pth' does not exist"):
         build_model(_recipe(tmp_path, f"timm:{ARCH}={tmp_path / 'nope.pth'}"))

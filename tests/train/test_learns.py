@@ -58,8 +58,21 @@ def test_smoke_pretraining_beats_random_init(tmp_path, monkeypatch):
         spec = get_task(task)
         data = p["manifests"] / f"{spec.modality}.parquet"
         for kind, weights in (("pretrained", str(run)), ("random", f"random:{run}")):
-            s = probe_task(spec, ProbeSettings(task=spec.name, weights=weights, data=data, out=results, model_id=kind,
-                                               fractions=[1.0], seeds=1, n_boot=50, workers=1), Reporter())
+            s = probe_task(
+                spec,
+                ProbeSettings(
+                    task=spec.name,
+                    weights=weights,
+                    data=data,
+                    out=results,
+                    model_id=kind,
+                    fractions=[1.0],
+                    seeds=1,
+                    n_boot=50,
+                    workers=1,
+                ),
+                Reporter(),
+            )
             assert not s["protocols"]["linear"]["degenerate"]["flag"], (kind, task)
             acc[kind][task] = s["protocols"]["linear"]["metrics"]["accuracy"]["value"]
     floor = statistics.mean(acc["random"].values())

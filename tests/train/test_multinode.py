@@ -134,7 +134,8 @@ def _final(run: Path) -> dict:
 
 class _SeededViews(torch.utils.data.IterableDataset):
     """MultiViewTransform-shaped samples (2 uint8 global views, modality, key) from a seed: global sample j
-    of step i is ``i * global_batch + j``, and this rank yields its ``global_batch / world`` slice of each step."""
+    of step i is ``i * global_batch + j``, and this rank yields its ``global_batch / world`` slice of each
+    step."""
 
     def __init__(self, n_modalities: int, size: int, seed: int, global_batch: int) -> None:
         self.k, self.size, self.seed, self.gb = n_modalities, size, seed, global_batch

@@ -39,7 +39,9 @@ def _final(run):
 
 def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
     full = tmp_path / "full"
-    res = subprocess.run(_cmd(shards, full), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        _cmd(shards, full), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
 
     killed = tmp_path / "killed"
@@ -64,5 +66,8 @@ def test_sigkill_then_resume_matches_uninterrupted(shards, tmp_path):
     for key in ("student", "teacher", "intra"):
         for name, ta in a[key].items():
             torch.testing.assert_close(ta, b[key][name], rtol=0, atol=1e-6, msg=f"{key}.{name}")
-    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        int(line.split('"step": ')[1].split(",")[0])
+        for line in (killed / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 13))  # rows after the checkpoint were dropped and redone, none twice

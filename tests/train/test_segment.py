@@ -152,7 +152,8 @@ def _features(arch: str, **kw):
 
 
 @pytest.mark.parametrize(
-    ("arch", "kw"), [(SWIN, dict(img_size=64, **TINY_SWIN)), ("test_resnet", {}), ("test_vit", {"img_size": 64})]
+    ("arch", "kw"),
+    [(SWIN, dict(img_size=64, **TINY_SWIN)), ("test_resnet", {}), ("test_vit", {"img_size": 64})],
 )
 def test_model_shape_and_every_decoder_parameter_learns(arch, kw):
     torch.manual_seed(0)
@@ -181,7 +182,9 @@ def test_headless_weights_map_into_features_model():
     feats = _features(SWIN, img_size=64, **TINY_SWIN)
     report = load_encoder_weights(feats, head.state_dict(), "test")
     own = feats.state_dict()
-    torch.testing.assert_close(own["layers_2.blocks.1.attn.qkv.weight"], head.state_dict()["layers.2.blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(
+        own["layers_2.blocks.1.attn.qkv.weight"], head.state_dict()["layers.2.blocks.1.attn.qkv.weight"]
+    )
     assert report.missing == []
     assert set(report.unexpected) == {"norm.weight", "norm.bias"}  # features_only drops the final norm
     # Same weights, same last-stage features as the headless model's (before its final norm).
@@ -236,7 +239,9 @@ def trained(tmp_path_factory):
     export = tiny_swin_export(base / "tiny" / "encoder.safetensors")
     spec = get_task("isic2018-seg")
     rec = recipe()
-    summary = run_segmentation(spec, f"random:{export}", raw, rec, base / "results", "tiny", base / "run", None)
+    summary = run_segmentation(
+        spec, f"random:{export}", raw, rec, base / "results", "tiny", base / "run", None
+    )
     yield {"base": base, "raw": raw, "export": export, "spec": spec, "recipe": rec, "summary": summary}
     mp.undo()
 
@@ -295,8 +300,16 @@ def test_resume_auto_after_the_end_does_not_retrain(trained):
     with pytest.raises(UsageError, match="already holds"):
         run_segmentation(trained["spec"], f"random:{trained['export']}", trained["raw"], trained["recipe"],
                          b / "results", "tiny", b / "run", None)
-    again = run_segmentation(trained["spec"], f"random:{trained['export']}", trained["raw"], trained["recipe"],
-                             b / "results2", "tiny", b / "run", "auto")
+    again = run_segmentation(
+        trained["spec"],
+        f"random:{trained['export']}",
+        trained["raw"],
+        trained["recipe"],
+        b / "results2",
+        "tiny",
+        b / "run",
+        "auto",
+    )
     assert again["protocols"]["finetune"]["metrics"] == trained["summary"]["protocols"]["finetune"]["metrics"]
     assert len((b / "run" / "metrics.jsonl").read_text().splitlines()) == 8
 
@@ -346,7 +359,9 @@ from midol_cli.train.segment import run_segmentation
 
 rec = SegmentationRecipe.model_validate(json.loads(sys.argv[1]))
 out = Path(sys.argv[2])
-run_segmentation(get_task("isic2018-seg"), sys.argv[3], sys.argv[4], rec, out / "results", "m", out / "run", None)
+run_segmentation(
+    get_task("isic2018-seg"), sys.argv[3], sys.argv[4], rec, out / "results", "m", out / "run", None
+)
 """
 
 

@@ -20,7 +20,8 @@ from midol_cli.recipes import FinetuneRecipe, LoggingCfg, PretrainRecipe, load_r
 from midol_cli.train import engine
 from midol_cli.train.trackers import EXTRA, check_backends, local_mlflow_uri, make_trackers
 
-# Checked without importing: importing mlflow here, before the fixture moves $HOME, writes its telemetry id there.
+# Checked without importing: importing mlflow here, before the fixture moves $HOME, writes its telemetry id
+# there.
 pytestmark = pytest.mark.skipif(not (has("wandb") and has("mlflow") and has("sqlalchemy")),
                                 reason="needs the tracking extra")
 
@@ -28,9 +29,17 @@ pytestmark = pytest.mark.skipif(not (has("wandb") and has("mlflow") and has("sql
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
     home = tmp_path / "home"
-    for k, v in {"HOME": home, "WANDB_MODE": "offline", "WANDB_DIR": tmp_path / "wandb_dir", "WANDB_SILENT": "true",
-                 "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true", "WANDB_CONFIG_DIR": home / "wandb_cfg",
-                 "WANDB_CACHE_DIR": home / "wandb_cache", "WANDB_DATA_DIR": home / "wandb_data"}.items():
+    for k, v in {
+        "HOME": home,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": tmp_path / "wandb_dir",
+        "WANDB_SILENT": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_CONFIG_DIR": home / "wandb_cfg",
+        "WANDB_CACHE_DIR": home / "wandb_cache",
+        "WANDB_DATA_DIR": home / "wandb_data",
+    }.items():
         monkeypatch.setenv(k, str(v))
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     for k in ("WANDB_API_KEY", "WANDB_BASE_URL", "MLFLOW_TRACKING_URI"):
@@ -76,11 +85,19 @@ def wandb_runs(run_dir):
         kind = r.WhichOneof("record_type")
         if kind in ("run", "config"):
             rid, cfg = runs.setdefault(f, (r.run.run_id, {}))
-            cfg.update({i.key: json.loads(i.value_json) for i in (r.run.config if kind == "run" else r.config).update})
+            cfg.update(
+                {
+                    i.key: json.loads(i.value_json)
+                    for i in (r.run.config if kind == "run" else r.config).update
+                }
+            )
     return list(runs.values())
 
 
-ROWS = [{"step": s, "loss": 1.0 / s, "teacher_entropy/xray": 0.5, "lr": float("nan"), "note": "text"} for s in (1, 2)]
+ROWS = [
+    {"step": s, "loss": 1.0 / s, "teacher_entropy/xray": 0.5, "lr": float("nan"), "note": "text"}
+    for s in (1, 2)
+]
 PARAMS = {"recipe": {"name": "tiny", "optim": {"lr": 0.001, "betas": [0.9, 0.99]}, "long": "x" * 10_000,
                      "many": {f"k{i}": i for i in range(250)}},
           "run": {"midol_version": "0.test", "shards": {"hash": "abc"}}}
@@ -124,7 +141,8 @@ def test_mlflow_local_store_holds_metrics_and_flat_params_and_resumes_the_same_r
     rid = json.loads((run / "trackers.json").read_text())["mlflow"]
     got = client.get_run(rid)
     assert got.info.status == "FINISHED"
-    assert got.info.experiment_id == client.get_experiment_by_name("tiny").experiment_id  # project: the recipe name
+    # project: the recipe name
+    assert got.info.experiment_id == client.get_experiment_by_name("tiny").experiment_id
     p = got.data.params
     assert p["recipe.optim.lr"] == "0.001" and p["recipe.optim.betas"] == "[0.9, 0.99]"
     assert p["run.midol_version"] == "0.test" and p["run.shards.hash"] == "abc"
@@ -154,9 +172,13 @@ def test_a_named_backend_without_its_package_stops_the_run_before_training(tmp_p
             engine.RunLogger(tmp_path, 10, 0, enabled, recipe=recipe)
     assert not (tmp_path / "metrics.jsonl").exists()
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # MLflow's local store is SQLite via SQLAlchemy
-    with pytest.raises(UsageError, match=re.escape(f"mlflow tracker (logging.backends) needs sqlalchemy: {EXTRA}")):
+    with pytest.raises(
+        UsageError, match=re.escape(f"mlflow tracker (logging.backends) needs sqlalchemy: {EXTRA}")
+    ):
         check_backends(LoggingCfg(backends=["mlflow"]))
-    assert check_backends(LoggingCfg(backends=["mlflow"], mlflow_tracking_uri="http://localhost:5000")) == ["mlflow"]
+    assert check_backends(LoggingCfg(backends=["mlflow"], mlflow_tracking_uri="http://localhost:5000")) == [
+        "mlflow"
+    ]
     with pytest.raises(ValueError, match="at most once"):
         LoggingCfg(backends=["mlflow", "mlflow"])
 
@@ -175,7 +197,8 @@ def test_tensorboard_only_default_is_unchanged(tmp_path, monkeypatch):
     assert [e.step for e in ea.Scalars("loss")] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "tensorboard"]
 
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed: a note, metrics.jsonl stays the record
+    # not installed: a note, metrics.jsonl stays the record
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
     lines = []
     reporter = engine.Reporter()
     reporter.line = lines.append
@@ -185,7 +208,8 @@ def test_tensorboard_only_default_is_unchanged(tmp_path, monkeypatch):
     log.close()
     assert lines[0].startswith("note: TensorBoard logging disabled") and EXTRA in lines[0]
     assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 1
-    with pytest.raises(UsageError, match=r"tensorboard tracker \(logging.backends\) needs"):  # named: an error
+    # named: an error
+    with pytest.raises(UsageError, match=r"tensorboard tracker \(logging.backends\) needs"):
         check_backends(LoggingCfg(backends=["tensorboard"]))
 
 
@@ -195,13 +219,24 @@ def test_fine_tuning_logs_epochs_to_the_trackers(tmp_path):
     task = Toy()
     loader, sampler = task.loader()
     opt = torch.optim.SGD(task.model.parameters(), lr=0.5)
-    cfg = engine.FitConfig(run_dir=tmp_path, epochs=2, peak_lr=0.5, min_lr=0.0, warmup_frac=0.0, clip_grad=None,
-                           early_stopping=0, ckpt_every=1, seed=0)
+    cfg = engine.FitConfig(
+        run_dir=tmp_path,
+        epochs=2,
+        peak_lr=0.5,
+        min_lr=0.0,
+        warmup_frac=0.0,
+        clip_grad=None,
+        early_stopping=0,
+        ckpt_every=1,
+        seed=0,
+    )
     recipe = FinetuneRecipe(logging=LoggingCfg(backends=["wandb"]))
     from midol_cli.train.supervised import fit_supervised
 
     cfg.precision = "fp32"
-    fit_supervised(task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=recipe, run_info={"stage": "toy"})
+    fit_supervised(
+        task, task.model, opt, loader, sampler, cfg, DistInfo(), recipe=recipe, run_info={"stage": "toy"}
+    )
     hist = wandb_history(tmp_path)
     assert [h["epoch"] for h in hist] == [1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(hist[0])
     (_, config), = wandb_runs(tmp_path)
@@ -222,7 +257,9 @@ def test_a_tiny_pretrain_logs_to_all_three(tmp_path):
     run = tmp_path / "run"
     run_pretrain(recipe, run, max_steps=2)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    finite = [{k for k, v in r.items() if isinstance(v, int | float) and k != "step" and v == v} for r in rows]
+    finite = [
+        {k for k, v in r.items() if isinstance(v, int | float) and k != "step" and v == v} for r in rows
+    ]
     names = set().union(*finite)  # e.g. a modality's entropy is NaN (not logged) in a step without it
     assert next((run / "tensorboard").glob("events.*"))
     hist = wandb_history(run)
