@@ -96,12 +96,19 @@ class ModelCfg(Strict):
     arch: str = Field("swin_base_patch4_window7_224", description="any timm model name")
     img_size: int = Field(224, ge=16)
     arch_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="extra timm constructor args (tiny test models: embed_dim, depths, ...)"
+        default_factory=dict, description="extra timm constructor args (tiny test models: embed_dim, depths, "
+                                          "...)"
     )
     weights: str | None = Field(
-        None, description="start student and teacher from released weights: a local .pth/.safetensors in timm "
-        "names (or any format `midol models` documents), or NAME=FILE for a registry model; loaded strictly")
-    weights_lenient: bool = Field(False, description="load what fits of model.weights; the rest stays at random init")
+        None,
+        description="start student and teacher from released weights: a local .pth/.safetensors in timm "
+        ""
+        ""
+        ""
+        "names (or any format `midol models` documents), or NAME=FILE for a registry model; loaded strictly",
+    )
+    weights_lenient: bool = Field(False, description="load what fits of model.weights; the rest stays at "
+                                                     "random init")
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     grad_checkpointing: bool = False
 
@@ -135,7 +142,9 @@ class LossCfg(Strict):
         None, description="the intra term's negatives (contrastive) or centre (distill): the image's own "
         "modality, or every image; default: modality with one expert per modality, all with a shared expert")
     w_balance: float = Field(0.01, ge=0, description="load balancing of projector.experts_per_modality > 1")
-    inter_ramp_frac: float = Field(0.1, ge=0, le=1, description="w_inter rises linearly over this fraction of steps")
+    inter_ramp_frac: float = Field(
+        0.1, ge=0, le=1, description="w_inter rises linearly over this fraction of steps"
+    )
     student_temp: float = Field(0.1, gt=0)
     teacher_temp: float = Field(0.04, gt=0)
     teacher_temp_warmup: float = Field(0.04, gt=0, description="teacher temperature at step 0")
@@ -143,7 +152,8 @@ class LossCfg(Strict):
     center_momentum: float = Field(0.9, ge=0, lt=1)
     contrastive_temp: float = Field(0.1, gt=0)
     queue_size: int = Field(1024, ge=0, description="per-modality queue of teacher keys (contrastive)")
-    freeze_prototypes_frac: float = Field(0.02, ge=0, le=1, description="prototype layer frozen for this fraction")
+    freeze_prototypes_frac: float = Field(0.02, ge=0, le=1, description="prototype layer frozen for this "
+                                                                        "fraction")
 
     @model_validator(mode="after")
     def _some_term(self) -> LossCfg:
@@ -165,10 +175,14 @@ class AugCfg(Strict):
     hue: float = Field(0.0, ge=0, le=0.5)
     jitter_p: float = Field(0.8, ge=0, le=1)
     blur_p: float = Field(0.2, ge=0, le=1)
-    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur sigma range, pixels of the view")
-    noise: float = Field(0.0, ge=0, le=0.5, description="sensor-noise std drawn from [0, noise] (intensity 0..1)")
+    blur_sigma: tuple[float, float] = Field(
+        (0.1, 2.0), description="Gaussian blur sigma range, pixels of the view"
+    )
+    noise: float = Field(0.0, ge=0, le=0.5, description="sensor-noise std drawn from [0, noise] (intensity "
+                                                        "0..1)")
     noise_p: float = Field(0.5, ge=0, le=1)
-    grayscale: bool = Field(False, description="the modality is grayscale: colour jitter touches intensity only")
+    grayscale: bool = Field(False, description="the modality is grayscale: colour jitter touches intensity "
+                                               "only")
 
     @field_validator("crop_scale")
     @classmethod
@@ -201,8 +215,12 @@ def default_augs() -> dict[str, AugCfg]:
 class DataCfg(Strict):
     shards: str = Field("shards", description="folder written by `midol shard`, or shard URLs: a brace list "
                                                 "of paths, file: or pipe:CMD URLs (docs/distributed.md)")
-    modalities: list[str] = Field(default_factory=lambda: ["xray", "fundus", "oct", "dermoscopy", "pathology"])
-    split: Literal["train", "val", "test"] | None = Field("train", description="use only this split; null for all")
+    modalities: list[str] = Field(
+        default_factory=lambda: ["xray", "fundus", "oct", "dermoscopy", "pathology"]
+    )
+    split: Literal["train", "val", "test"] | None = Field(
+        "train", description="use only this split; null for all"
+    )
     global_views: int = Field(2, ge=2)
     local_views: int = Field(0, ge=0)
     local_size: int = Field(96, ge=16)
@@ -212,7 +230,8 @@ class DataCfg(Strict):
     shuffle_buffer: int = Field(2000, ge=1)
     decode: Literal["cpu", "gpu"] = Field(
         "cpu", description="pre-training views: cpu (loader workers decode and augment) or gpu (workers draw "
-        "the augmentation parameters only; the training process decodes the JPEGs and renders the views on its "
+        "the augmentation parameters only; the training process decodes the JPEGs and renders the views on "
+        "its "
         "CUDA device, data/gpu_views.py; docs/performance.md)")
     mix: Literal["proportional", "balanced"] | dict[str, float] = Field(
         "proportional",
@@ -283,15 +302,21 @@ class TrainCfg(Strict):
     ckpt_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
     max_bad_steps: int = Field(5, ge=1)
-    collapse_ratio: float = Field(0.95, gt=0, le=1, description="warn when teacher entropy stays above this x log P")
+    collapse_ratio: float = Field(
+        0.95, gt=0, le=1, description="warn when teacher entropy stays above this x log P"
+    )
 
 
 class LoggingCfg(Strict):
     backends: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="trackers beside metrics.jsonl (docs/tracking.md)")
-    project: str | None = Field(None, description="wandb project / MLflow experiment; default: the recipe's name")
-    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="offline: wandb sync later")
-    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite store in the run dir (mlflow.db)")
+        default_factory=lambda: ["tensorboard"], description="trackers beside metrics.jsonl "
+                                                             "(docs/tracking.md)")
+    project: str | None = Field(None, description="wandb project / MLflow experiment; default: the recipe's "
+                                                  "name")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="offline: wandb sync "
+                                                                                        "later")
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite store in the run dir "
+                                                              "(mlflow.db)")
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("backends")
@@ -388,7 +413,11 @@ def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
 
 def load_recipe(schema: type[T], path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Load ``path`` (or the schema defaults when None), apply overrides, validate everything at once."""
-    data = read_yaml(path, example=_EXAMPLES.get(schema.__name__, "recipes/smoke.yaml")) if path is not None else {}
+    data = (
+        read_yaml(path, example=_EXAMPLES.get(schema.__name__, "recipes/smoke.yaml"))
+        if path is not None
+        else {}
+    )
     data = _merge(data, parse_overrides(list(overrides)))
     src = f"recipe '{path}'" if path is not None else "recipe"
     if overrides:
@@ -463,9 +492,12 @@ class _FinetuneBase(Strict):
     img_size: int | None = Field(None, ge=16, description="input size; default: the encoder's own")
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     augment: AugCfg | dict[str, AugCfg] | None = Field(
-        None, description="one AugCfg, or one per modality; default: the modality's pre-training augmentations"
+        None, description="one AugCfg, or one per modality; default: the modality's pre-training "
+                          "augmentations"
     )
-    early_stopping: int = Field(10, ge=0, description="stop after this many epochs without val improvement; 0 = off")
+    early_stopping: int = Field(
+        10, ge=0, description="stop after this many epochs without val improvement; 0 = off"
+    )
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     num_workers: int = Field(4, ge=0)
     seed: int = 0

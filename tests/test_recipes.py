@@ -46,7 +46,11 @@ def test_non_finite_values_are_refused_everywhere():
     from midol_cli.errors import UsageError
     from midol_cli.recipes import FinetuneRecipe, PretrainRecipe, load_recipe
 
-    for schema, key in ((PretrainRecipe, "optim.lr"), (FinetuneRecipe, "optim.lr"), (PretrainRecipe, "loss.w_inter")):
+    for schema, key in (
+        (PretrainRecipe, "optim.lr"),
+        (FinetuneRecipe, "optim.lr"),
+        (PretrainRecipe, "loss.w_inter"),
+    ):
         for v in (".inf", "-.inf", ".nan"):
             with pytest.raises(UsageError, match="finite number"):
                 load_recipe(schema, None, [f"{key}={v}"])
@@ -64,8 +68,13 @@ def test_a_missing_finetune_recipe_suggests_a_finetune_recipe(tmp_path):
 def test_every_shipped_recipe_loads(path):
     from midol_cli.recipes import FinetuneRecipe, SegmentationRecipe
 
-    schema = (FinetuneRecipe if path.name.startswith("finetune") else SegmentationRecipe if path.name.startswith("segment")
-              else PretrainRecipe)
+    schema = (
+        FinetuneRecipe
+        if path.name.startswith("finetune")
+        else SegmentationRecipe
+        if path.name.startswith("segment")
+        else PretrainRecipe
+    )
     load_recipe(schema, path)
 
 
@@ -78,7 +87,10 @@ def test_classification_and_segmentation_recipes_each_forbid_the_others_keys():
     with pytest.raises(UsageError, match="label_smoothing"):
         load_recipe(SegmentationRecipe, None, ["label_smoothing=0.2"])
     assert load_recipe(SegmentationRecipe, None, ["decoder_dim=64"]).decoder_dim == 64
-    assert finetune_schema("segmentation") is SegmentationRecipe and finetune_schema("multiclass") is FinetuneRecipe
+    assert (
+        finetune_schema("segmentation") is SegmentationRecipe
+        and finetune_schema("multiclass") is FinetuneRecipe
+    )
 
 
 @pytest.mark.parametrize("key", ["train.steps", "optim.lr", "optim.betas", "data.global_views", "train.seed"])

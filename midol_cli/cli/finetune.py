@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
     from midol_cli.workflows.settings import FinetuneSettings
 
     args = option("args", list[str], typer.Argument(
-        None, metavar="[RECIPE.yaml] [KEY=VALUE]...", help="Optional recipe YAML (it may hold the command's keys "
+        None, metavar="[RECIPE.yaml] [KEY=VALUE]...", help="Optional recipe YAML (it may hold the command's "
+                                                           "keys "
         "too: task, weights, data, ...), then key.sub=value overrides (e.g. epochs=10)."))
     settings_command(app, "finetune", FinetuneSettings, finetune, args=args, help=(
         "Fine-tune an encoder with a linear head on a classification task: AdamW, layer-wise LR decay, "

@@ -52,8 +52,10 @@ app = typer.Typer(
     help=(
         "M-IDoL medical foundation models: raw folders -> manifest -> shards -> pre-training -> "
         "embeddings, probes, fine-tuning -> report tables.\n\n"
-        "Quick start:  midol synth demo/raw && midol quickstart demo/raw --out demo/qs --recipe recipes/smoke.yaml\n\n"
-        "Every command takes [CONFIG.yaml] and key=value settings; --print-config shows what it will run with, "
+        "Quick start:  midol synth demo/raw && midol quickstart demo/raw --out demo/qs --recipe "
+        "recipes/smoke.yaml\n\n"
+        "Every command takes [CONFIG.yaml] and key=value settings; --print-config shows what it will run "
+        "with, "
         "and the resolved settings are written beside each output."
     ),
     epilog=EPILOG,
@@ -73,7 +75,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """midol command-line interface."""
 
@@ -187,9 +191,16 @@ def _polish(cmd) -> None:  # noqa: ANN001
     for sub in getattr(cmd, "commands", {}).values():
         _polish(sub)
     for p in cmd.params:
-        if isinstance(p, TyperOption) and p.is_flag and getattr(p, "is_bool_flag", False) and not p.secondary_opts \
-                and p.name not in ("help", "version") and p.opts and p.opts[-1].startswith("--") \
-                and not p.opts[-1].startswith("--no-"):
+        if (
+            isinstance(p, TyperOption)
+            and p.is_flag
+            and getattr(p, "is_bool_flag", False)
+            and not p.secondary_opts
+            and p.name not in ("help", "version")
+            and p.opts
+            and p.opts[-1].startswith("--")
+            and not p.opts[-1].startswith("--no-")
+        ):
             p.secondary_opts = ["--no-" + p.opts[-1][2:]]
 
 

@@ -54,11 +54,19 @@ def register(app: typer.Typer) -> None:
             return
         from rich import box
 
-        t = Table(title="midol models", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, caption="`midol models show NAME`: arguments and where to get the file; "
-                  "use with --weights NAME=FILE")
+        t = Table(
+            title="midol models",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+            pad_edge=False,
+            caption="`midol models show NAME`: arguments and where to get the file; "
+            "use with --weights NAME=FILE",
+        )
         t.add_column("name", no_wrap=True, min_width=max(len(e.name) for e in entries))
         for col in ("arch", "px", "pooling", "format"):
             t.add_column(col, no_wrap=True)
         for e in entries:
-            t.add_row(e.name, e.arch or "(from the export)", str(e.img_size) if e.arch else "-", e.pooling, e.format)
+            t.add_row(
+                e.name, e.arch or "(from the export)", str(e.img_size) if e.arch else "-", e.pooling, e.format
+            )
         out.print(t)

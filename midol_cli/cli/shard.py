@@ -50,7 +50,9 @@ def _summary(c, index: dict, out: Path) -> None:
     from rich.table import Table
 
     tot = index["totals"]
-    t = Table(title=f"{out}: {tot['shards']} shards, {tot['samples']} samples, {tot['bytes'] / 2**20:.1f} MiB")
+    t = Table(
+        title=f"{out}: {tot['shards']} shards, {tot['samples']} samples, {tot['bytes'] / 2**20:.1f} MiB"
+    )
     t.add_column("modality")
     splits = sorted({s for by in tot["counts"].values() for s in by})
     for s in splits:
@@ -58,7 +60,9 @@ def _summary(c, index: dict, out: Path) -> None:
     t.add_column("total", justify="right")
     t.add_column("labels", justify="right")
     for m, by in tot["counts"].items():
-        t.add_row(m, *[str(by.get(s, 0)) for s in splits], str(sum(by.values())), str(len(tot["labels"].get(m, {}))))
+        t.add_row(
+            m, *[str(by.get(s, 0)) for s in splits], str(sum(by.values())), str(len(tot["labels"].get(m, {})))
+        )
     c.print(t)
     sk = index["skipped"]
     if sk["count"]:

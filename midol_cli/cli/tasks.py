@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         if action != "show" or not name:
             raise UsageError("use `midol tasks` or `midol tasks show NAME`")
         s = get_task(name)
-        out.print(f"[bold]{s.name}[/]  ({s.modality}, {s.label_type}, {len(s.classes)} classes; metric {s.metric})")
+        out.print(f"[bold]{s.name}[/]  ({s.modality}, {s.label_type}, {len(s.classes)} classes; metric "
+                  f"{s.metric})")
         out.print(f"classes: {', '.join(s.classes)}")
         out.print(f"source:  {s.source}" + (f"  licence: {s.license}" if s.license else ""))
         out.print(f"split:   {s.split}")
@@ -63,6 +64,9 @@ def register(app: typer.Typer) -> None:
         out.print(layout_description(s), markup=False, highlight=False)
         if s.user_options:
             opts = dict(s.layout_options)
-            out.print("options (--task-option KEY=VALUE): " + ", ".join(f"{k} (default {opts.get(k)})" for k in s.user_options))
+            out.print(
+                "options (--task-option KEY=VALUE): "
+                + ", ".join(f"{k} (default {opts.get(k)})" for k in s.user_options)
+            )
         cmd = "finetune" if s.label_type == "segmentation" else "probe"
         out.print(f"\nrun: midol {cmd} --task {s.name} --weights runs/base --data /path/to/download")

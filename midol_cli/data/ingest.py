@@ -26,7 +26,13 @@ from typing import Any
 
 from midol_cli.artifacts import MANIFEST_COLUMNS, SPLITS, is_within, provenance, stable_id
 from midol_cli.data import readers
-from midol_cli.data.ingest_workers import _decode_all, inspect_file, inspect_stat  # noqa: F401  (public here too)
+
+# inspect_file and inspect_stat are public here too
+from midol_cli.data.ingest_workers import (  # noqa: F401
+    _decode_all,
+    inspect_file,
+    inspect_stat,
+)
 from midol_cli.data.layouts import (
     LAYOUTS,
     Entry,
@@ -379,12 +385,18 @@ def _build_frame(
     decs = [None if e.reason else decoded.pop(p, None) for p, e in zip(paths, es, strict=True)]
     decoded.clear()
     cols: dict[str, list[Any]] = {
-        "sample_id": [stable_id(dataset, p) for p in paths], "path": paths,
-        "modality": [modality] * len(paths), "dataset": [dataset] * len(paths), "layout": [layout] * len(paths),
-        "label": [e.label for e in es], "labels": [list(e.labels) for e in es],
+        "sample_id": [stable_id(dataset, p) for p in paths],
+        "path": paths,
+        "modality": [modality] * len(paths),
+        "dataset": [dataset] * len(paths),
+        "layout": [layout] * len(paths),
+        "label": [e.label for e in es],
+        "labels": [list(e.labels) for e in es],
         "group": [e.group or strip_ext(p) for p, e in zip(paths, es, strict=True)],
-        "meta": [json.dumps({k: v for k, v in e.meta.items() if v != ""}, sort_keys=True) if e.meta else "{}"
-                 for e in es],
+        "meta": [
+            json.dumps({k: v for k, v in e.meta.items() if v != ""}, sort_keys=True) if e.meta else "{}"
+            for e in es
+        ],
         "split": [e.split or "" for e in es],
     }
     for c in _DECODED:
@@ -457,8 +469,12 @@ def _summarize(df) -> dict[str, Any]:
     # Identical files whose labels disagree: the copy is kept out of training as a duplicate, but the
     # disagreement itself is a labelling problem the user should see.
     label_of = {sid: sorted(v or []) for sid, v in zip(ok["sample_id"], ok["labels"], strict=True)}
-    conflicts = int(sum(label_of.get(d) != sorted(v or []) for d, v in zip(dups["duplicate_of"], dups["labels"],
-                                                                          strict=True)))
+    conflicts = int(
+        sum(
+            label_of.get(d) != sorted(v or [])
+            for d, v in zip(dups["duplicate_of"], dups["labels"], strict=True)
+        )
+    )
     groups_across = int((ok.groupby("group")["split"].nunique() > 1).sum()) if len(ok) else 0
     return {
         "rows": int(len(df)),
@@ -496,8 +512,8 @@ def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[s
         )
     if summary["duplicate_label_conflicts"]:
         w.append(
-            f"label conflict: {summary['duplicate_label_conflicts']} exact duplicate images carry other labels "
-            "than their first copy (the copies are marked duplicate_of and left out; check the labels)"
+            f"label conflict: {summary['duplicate_label_conflicts']} exact duplicate images carry other "
+            "labels than their first copy (the copies are marked duplicate_of and left out; check the labels)"
         )
     if summary["groups_across_splits"]:
         w.append(

@@ -173,7 +173,13 @@ class _ShardWriter:
     """One shard being written: temp file, running stats; finish() renames it into place."""
 
     def __init__(self, out_dir: Path, index: int, start: int, chunk_end: int, phash: str) -> None:
-        self.out_dir, self.index, self.start, self.chunk_end, self.phash = out_dir, index, start, chunk_end, phash
+        self.out_dir, self.index, self.start, self.chunk_end, self.phash = (
+            out_dir,
+            index,
+            start,
+            chunk_end,
+            phash,
+        )
         self.name = shard_name(index)
         self.tmp = new_temp_file(out_dir / self.name)  # umask-respecting mode, as every file midol writes
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
@@ -427,7 +433,9 @@ def build_index(
         for m, c in r["labels"].items():
             labels.setdefault(m, Counter()).update(c)
         skipped.extend(r["skipped"])
-        shards.append({k: r[k] for k in ("name", "samples", "bytes", "sha256", "per_modality", "per_split", "counts")})
+        shards.append(
+            {k: r[k] for k in ("name", "samples", "bytes", "sha256", "per_modality", "per_split", "counts")}
+        )
     reasons = Counter(s["reason"] for s in skipped)
     return {
         "format": INDEX_FORMAT,

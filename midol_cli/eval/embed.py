@@ -205,7 +205,9 @@ def _rows(data: str | Path, kind: str, transform, batch_size: int, workers: int)
         recs = df[list(COLUMNS)].to_dict("records")
         where = {str(r["path"]): (r["split"], r["modality"]) for r in df[["path", "split", "modality"]]
                  .to_dict("records")}
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate_skip)
+        loader = DataLoader(
+            ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate_skip
+        )
         for b in loader:
             bad = [(p, why, *where.get(str(p), (None, None))) for p, why in b["bad"]]
             yield b["x"], [recs[int(i)] for i in b["idx"]], bad
@@ -402,7 +404,11 @@ def write_embeddings(df, out: str | Path, model_info: dict[str, Any], modalities
     from midol_cli.artifacts import atomic_path, provenance
 
     table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = provenance(model=model_info, data_hash=df.attrs.get("data_hash"), router_modalities=modalities or [])
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"midol": json.dumps(meta).encode()})
+    meta = provenance(
+        model=model_info, data_hash=df.attrs.get("data_hash"), router_modalities=modalities or []
+    )
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"midol": json.dumps(meta).encode()}
+    )
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)

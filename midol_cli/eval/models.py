@@ -186,7 +186,11 @@ def load_eval_model(weights: str, name: str | None = None, lenient: bool = False
     enc, spec, meta = load_exported_encoder(path, lenient=lenient)
     proj = load_exported_projector(path, enc.num_features)
     p = Path(weights)
-    default_id = _slug(p.name) if p.is_dir() else _slug(path.parent.parent.name if path.parent.name == "export" else path.stem)
+    default_id = (
+        _slug(p.name)
+        if p.is_dir()
+        else _slug(path.parent.parent.name if path.parent.name == "export" else path.stem)
+    )
     from midol_cli.eval.routing import calibration_beside
 
     return EvalModel(name or default_id, "midol", weights, sha256_file(path)[:16], spec, enc, proj,

@@ -248,9 +248,11 @@ class ProbeSettings(_Weights, _TaskSettings):
     allow_changed: bool = Field(False, description="Probe although raw files changed since ingest (size or "
                                 "modification time differs from the manifest) under their recorded labels.")
     protocol: Literal["image", "abmil"] = Field(
-        "image", description="image: the per-image suite (linear, k-NN, fractions); abmil: a case-level task's "
+        "image", description="image: the per-image suite (linear, k-NN, fractions); abmil: a case-level "
+                             "task's "
         "gated attention MIL on each case's tiles / B-scans, with the mean and max baselines.")
-    runs: int = Field(5, ge=1, description="ABMIL runs (seeds 0..N-1) of --protocol abmil: mean ± SD over runs.")
+    runs: int = Field(5, ge=1, description="ABMIL runs (seeds 0..N-1) of --protocol abmil: mean ± SD over "
+                                           "runs.")
     heatmaps: int = Field(0, ge=0, description="--protocol abmil: draw attention heatmaps of the N most "
                           "confident true positives and the N worst errors (needs matplotlib).")
 
@@ -268,7 +270,8 @@ class ProbeSettings(_Weights, _TaskSettings):
 
 
 class ContaminationSettings(Strict):
-    sources: list[Path] = Field(..., min_length=1, description="Pre-training data: shard dirs and/or manifests.",
+    sources: list[Path] = Field(..., min_length=1, description="Pre-training data: shard dirs and/or "
+                                                               "manifests.",
                                 json_schema_extra=cli(arg="SOURCES..."))
     against: list[Path] = Field(..., min_length=1, description="Test manifest to check (repeatable).",
                                 json_schema_extra=cli(repeat=True))

@@ -35,36 +35,76 @@ def data(tmp_path_factory):
     return build_pipeline(tmp_path_factory.mktemp("cfg"), per_class=4, modalities=("oct", "pathology"))
 
 
-def test_every_command_with_settings_takes_key_value_and_prints_its_config(data, tmp_path, monkeypatch, capsys):
+def test_every_command_with_settings_takes_key_value_and_prints_its_config(
+    data, tmp_path, monkeypatch, capsys
+):
     raw, man, shards = data["raw"], data["manifests"], data["shards"]
-    cfg = printed(monkeypatch, capsys, "ingest", raw / "oct", "--modality", "oct", "seed=3", "meta_cols=[sex,age]")
+    cfg = printed(
+        monkeypatch, capsys, "ingest", raw / "oct", "--modality", "oct", "seed=3", "meta_cols=[sex,age]"
+    )
     assert cfg["raw_dir"] == str(raw / "oct") and cfg["modality"] == "oct" and cfg["seed"] == 3
     assert cfg["meta_cols"] == ["sex", "age"] and cfg["layout"] == "auto"
     cfg = printed(monkeypatch, capsys, "shard", man / "oct.parquet", "--out", tmp_path / "s", "max_side=96",
                   "--modality", "oct")
-    assert cfg["max_side"] == 96 and cfg["modalities"] == ["oct"] and cfg["manifests"] == [str(man / "oct.parquet")]
+    assert (
+        cfg["max_side"] == 96
+        and cfg["modalities"] == ["oct"]
+        and cfg["manifests"] == [str(man / "oct.parquet")]
+    )
     cfg = printed(monkeypatch, capsys, "embed", "weights=random:resnet10t", f"data={shards}",
                   f"out={tmp_path}/e.parquet", "--no-cache", "--name", "r")
     assert cfg["cache"] is False and cfg["model_id"] == "r" and cfg["batch_size"] == 64
-    cfg = printed(monkeypatch, capsys, "probe", "--task", "synth-oct", "weights=random:resnet10t",
-                  f"data={man}/oct.parquet", "fractions=[0.5,1.0]", "--subgroups", "none", "--task-option", "a=b")
+    cfg = printed(
+        monkeypatch,
+        capsys,
+        "probe",
+        "--task",
+        "synth-oct",
+        "weights=random:resnet10t",
+        f"data={man}/oct.parquet",
+        "fractions=[0.5,1.0]",
+        "--subgroups",
+        "none",
+        "--task-option",
+        "a=b",
+    )
     assert cfg["fractions"] == [0.5, 1.0] and cfg["subgroups"] == [] and cfg["task_options"] == {"a": "b"}
     cfg = printed(monkeypatch, capsys, "finetune", "recipes/finetune_smoke.yaml", "--task", "synth-oct",
                   "--weights", "random:resnet10t", "--data", man / "oct.parquet", "epochs=2", "optim.lr=0.01",
                   "linear=true")
-    assert cfg["task"] == "synth-oct" and cfg["epochs"] == 2 and cfg["optim"]["lr"] == 0.01 and cfg["linear"] is True
+    assert (
+        cfg["task"] == "synth-oct"
+        and cfg["epochs"] == 2
+        and cfg["optim"]["lr"] == 0.01
+        and cfg["linear"] is True
+    )
     cfg = printed(monkeypatch, capsys, "export", tmp_path / "run", "format=folder", "--which", "student")
     assert cfg["format"] == "folder" and cfg["which"] == "student" and cfg["run_dir"] == str(tmp_path / "run")
     cfg = printed(monkeypatch, capsys, "report", tmp_path, "protocol=finetune", "-f", "csv")
     assert cfg["protocol"] == "finetune" and cfg["format"] == "csv"
-    cfg = printed(monkeypatch, capsys, "study", "recipes/smoke.yaml", "--data", shards, "study.tasks=[synth-oct]",
-                  "study.seeds=2", "train.steps=7")
+    cfg = printed(
+        monkeypatch,
+        capsys,
+        "study",
+        "recipes/smoke.yaml",
+        "--data",
+        shards,
+        "study.tasks=[synth-oct]",
+        "study.seeds=2",
+        "train.steps=7",
+    )
     assert cfg["study"]["tasks"] == ["synth-oct"] and cfg["study"]["seeds"] == 2
     assert cfg["train"]["steps"] == 7 and cfg["data"]["shards"] == str(shards)
     cfg = printed(monkeypatch, capsys, "pretrain", "recipes/smoke.yaml", "train.steps=9")
     assert cfg["train"]["steps"] == 9 and cfg["name"] == "smoke"
-    cfg = printed(monkeypatch, capsys, "quickstart", raw, "--no-baseline", "pretrain.train.steps=5", "shard.max_side=64")
-    assert cfg["baseline"] is False and cfg["pretrain"] == {"train": {"steps": 5}} and cfg["shard"]["max_side"] == 64
+    cfg = printed(
+        monkeypatch, capsys, "quickstart", raw, "--no-baseline", "pretrain.train.steps=5", "shard.max_side=64"
+    )
+    assert (
+        cfg["baseline"] is False
+        and cfg["pretrain"] == {"train": {"steps": 5}}
+        and cfg["shard"]["max_side"] == 64
+    )
 
 
 def test_every_problem_at_once_with_dotted_keys_and_the_flag_that_gives_it(tmp_path, monkeypatch, capsys):
@@ -79,13 +119,26 @@ def test_every_problem_at_once_with_dotted_keys_and_the_flag_that_gives_it(tmp_p
     line = " ".join(err.split())  # issue 25.25: the closest known key, and none where nothing is close
     assert code == 2 and "seeed: unknown key (did you mean 'seed'?)" in line, line
     assert "max_side: unknown key (got 3)" in line, line
-    code, _, err = midol(monkeypatch, capsys, "finetune", "--task", "synth-oct", "--weights", "random:resnet10t",
-                         "--data", tmp_path, "epochs=0", "min_subgroup=0")
+    code, _, err = midol(
+        monkeypatch,
+        capsys,
+        "finetune",
+        "--task",
+        "synth-oct",
+        "--weights",
+        "random:resnet10t",
+        "--data",
+        tmp_path,
+        "epochs=0",
+        "min_subgroup=0",
+    )
     assert code == 2 and "epochs" in err and "min_subgroup (--min-subgroup)" in err, err
 
 
 def test_a_key_given_as_flag_and_as_key_value_is_refused(tmp_path, monkeypatch, capsys):
-    code, _, err = midol(monkeypatch, capsys, "ingest", tmp_path, "--seed", "1", "seed=2", "--modality", "oct")
+    code, _, err = midol(
+        monkeypatch, capsys, "ingest", tmp_path, "--seed", "1", "seed=2", "--modality", "oct"
+    )
     assert code == 2 and "'seed' is given twice: as --seed and as seed=..." in err, err
     code, _, err = midol(monkeypatch, capsys, "report", tmp_path, "extra_folder")
     assert code == 2 and "unexpected argument 'extra_folder'" in err, err
@@ -134,8 +187,21 @@ def test_probe_no_cache_recomputes_the_embeddings(data, tmp_path, monkeypatch, c
     nothing is read from or written to the cache; without it the embeddings are cached."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(cache))
-    base = ("probe", "--task", "synth-oct", "--weights", "random:resnet10t", "--data", data["manifests"] / "oct.parquet",
-            "--out", tmp_path / "res", "seeds=1", "fractions=[1.0]", "n_boot=20", "workers=0")
+    base = (
+        "probe",
+        "--task",
+        "synth-oct",
+        "--weights",
+        "random:resnet10t",
+        "--data",
+        data["manifests"] / "oct.parquet",
+        "--out",
+        tmp_path / "res",
+        "seeds=1",
+        "fractions=[1.0]",
+        "n_boot=20",
+        "workers=0",
+    )
     assert printed(monkeypatch, capsys, *base, "--no-cache")["cache"] is False
     code, _, err = midol(monkeypatch, capsys, *base, "--no-cache")
     assert code == 0, err
@@ -148,7 +214,9 @@ def test_probe_no_cache_recomputes_the_embeddings(data, tmp_path, monkeypatch, c
 def test_settings_are_written_beside_outputs_and_taken_back(data, tmp_path, monkeypatch, capsys):
     raw = data["raw"]
     man = tmp_path / "m" / "oct.parquet"
-    code, _, err = midol(monkeypatch, capsys, "ingest", raw / "oct", "-m", "oct", "--out", man, "workers=1", "seed=5")
+    code, _, err = midol(
+        monkeypatch, capsys, "ingest", raw / "oct", "-m", "oct", "--out", man, "workers=1", "seed=5"
+    )
     assert code == 0, err
     written = man.with_name("oct.ingest.yaml")
     cfg = yaml.safe_load(written.read_text())
@@ -159,15 +227,28 @@ def test_settings_are_written_beside_outputs_and_taken_back(data, tmp_path, monk
     assert again == {**cfg, "seed": 6}
 
     out = tmp_path / "shards"
-    code, _, err = midol(monkeypatch, capsys, "shard", man, "--out", out, "max_side=64", "min_shards=2", "workers=1")
+    code, _, err = midol(
+        monkeypatch, capsys, "shard", man, "--out", out, "max_side=64", "min_shards=2", "workers=1"
+    )
     assert code == 0, err
     assert yaml.safe_load((out / "shard.yaml").read_text())["max_side"] == 64
     code, _, err = midol(monkeypatch, capsys, "shard", "--verify", out)
     assert code == 0, err  # the settings file beside the shards is not a shard
 
     emb = tmp_path / "e" / "r.parquet"
-    code, _, err = midol(monkeypatch, capsys, "embed", "--weights", "random:resnet10t", "--data", out, "--out", emb,
-                         "workers=0", "batch_size=16")
+    code, _, err = midol(
+        monkeypatch,
+        capsys,
+        "embed",
+        "--weights",
+        "random:resnet10t",
+        "--data",
+        out,
+        "--out",
+        emb,
+        "workers=0",
+        "batch_size=16",
+    )
     assert code == 0, err
     assert yaml.safe_load(emb.with_name("r.embed.yaml").read_text())["batch_size"] == 16
 
@@ -195,7 +276,8 @@ def test_the_python_api_takes_the_same_settings(data, tmp_path):
                        workers=1)
     summary = api.ingest(s, reporter=Silent())
     assert summary["ok"] > 0 and Path(summary["settings"]).is_file()
-    assert api.ingest(s, reporter=Silent(), seed=1)["reused"] == summary["ok"]  # keyword over a settings object
+    # keyword over a settings object
+    assert api.ingest(s, reporter=Silent(), seed=1)["reused"] == summary["ok"]
     with pytest.raises(UsageError, match="2 problems: modality: required.*seed: Input should be a valid "
                                          "integer"):
         api.ingest(raw_dir=tmp_path, seed="x")

@@ -73,14 +73,28 @@ def _commands(i, ro):
         "synth": ["synth", ro / "raw", "--per-class", "1", "--size", "32", "-m", "oct"],
         "ingest": ["ingest", "--modality", "oct", i["raw"] / "oct", "--out", ro / "m.parquet"],
         "shard": ["shard", man, "--out", ro / "shards"],
-        "pretrain": ["pretrain", ROOT / "recipes" / "smoke.yaml", f"data.shards={i['shards']}", "--out", ro / "run"],
+        "pretrain": [
+            "pretrain",
+            ROOT / "recipes" / "smoke.yaml",
+            f"data.shards={i['shards']}",
+            "--out",
+            ro / "run",
+        ],
         "export": ["export", i["base"], "--out", ro / "enc.safetensors"],
         "embed": ["embed", "--weights", w, "--data", i["shards"], "--out", ro / "e.parquet"],
         "probe": ["probe", "--task", "synth-oct", "--weights", w, "--data", man, "--out", ro],
         "finetune": ["finetune", "--task", "synth-oct", "--weights", w, "--data", man, "--out", ro],
         "report": ["report", i["results"], "--plot", ro / "bars.png"],
-        "study": ["study", ROOT / "recipes" / "smoke.yaml", "--data", i["shards"], "--tasks", "synth-oct",
-                  "--out", ro / "study"],
+        "study": [
+            "study",
+            ROOT / "recipes" / "smoke.yaml",
+            "--data",
+            i["shards"],
+            "--tasks",
+            "synth-oct",
+            "--out",
+            ro / "study",
+        ],
     }
 
 
@@ -153,8 +167,20 @@ def test_embed_with_workers_on_a_damaged_shard_is_one_line(inputs, tmp_path, cap
     tar = sorted(shards.glob("*.tar"))[0]
     tar.write_bytes(tar.read_bytes()[:700])  # cut inside the first member's data
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
-    code, lines = _midol(capsys, monkeypatch, "embed", "--weights", f"random:{inputs['export']}", "--data", shards,
-                         "--out", tmp_path / "e.parquet", "--workers", "2", "--no-cache")
+    code, lines = _midol(
+        capsys,
+        monkeypatch,
+        "embed",
+        "--weights",
+        f"random:{inputs['export']}",
+        "--data",
+        shards,
+        "--out",
+        tmp_path / "e.parquet",
+        "--workers",
+        "2",
+        "--no-cache",
+    )
     errors = [x for x in lines if x.startswith("error: ")]
     assert code == 1 and len(errors) == 1 and "cannot be read" in errors[0], lines
     assert not any("Traceback" in x or x.startswith("  File ") for x in lines), lines
@@ -188,9 +214,22 @@ def tiny_disk(path: Path, size: str = "64k"):
 def test_a_read_only_cache_dir_is_one_line(inputs, tmp_path, capsys, monkeypatch):
     with readonly_dir(tmp_path / "ro") as ro:
         monkeypatch.setenv("MIDOL_CACHE_DIR", str(ro / "cache"))
-        code, lines = _midol(capsys, monkeypatch, "embed", "--weights", f"random:{inputs['export']}", "--data",
-                             inputs["shards"], "--out", tmp_path / "e.parquet", "--workers", "0")
-    assert code == 2 and len(lines) == 1 and "cannot write" in lines[0] and "MIDOL_CACHE_DIR" in lines[0], lines
+        code, lines = _midol(
+            capsys,
+            monkeypatch,
+            "embed",
+            "--weights",
+            f"random:{inputs['export']}",
+            "--data",
+            inputs["shards"],
+            "--out",
+            tmp_path / "e.parquet",
+            "--workers",
+            "0",
+        )
+    assert code == 2 and len(lines) == 1 and "cannot write" in lines[0] and "MIDOL_CACHE_DIR" in lines[0], (
+        lines
+    )
 
 
 def test_a_full_disk_during_shard_is_one_line_that_says_so(inputs, tmp_path, capsys, monkeypatch):
@@ -214,10 +253,33 @@ def test_embed_refuses_a_partial_export_in_one_line_and_lenient_warns(inputs, ca
     save_file(kept, str(part), metadata=meta)
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "emb.parquet"
-    code, err = _midol(capsys, monkeypatch, "embed", "--weights", part, "--data", inputs["shards"], "--out", out,
-                       "--workers", "0")
+    code, err = _midol(
+        capsys,
+        monkeypatch,
+        "embed",
+        "--weights",
+        part,
+        "--data",
+        inputs["shards"],
+        "--out",
+        out,
+        "--workers",
+        "0",
+    )
     assert code == 2 and len(err) == 1 and "missing" in err[0] and "--weights-lenient" in err[0], err
     assert not out.exists()
-    code, err = _midol(capsys, monkeypatch, "embed", "--weights", part, "--data", inputs["shards"], "--out", out,
-                       "--workers", "0", "--weights-lenient")
+    code, err = _midol(
+        capsys,
+        monkeypatch,
+        "embed",
+        "--weights",
+        part,
+        "--data",
+        inputs["shards"],
+        "--out",
+        out,
+        "--workers",
+        "0",
+        "--weights-lenient",
+    )
     assert code in (0, None) and any("lenient weights load" in x for x in err), err

@@ -25,7 +25,11 @@ def setup(tmp_path_factory):
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MIDOL_CACHE_DIR=env.get("MIDOL_CACHE_DIR", "/tmp/midol-test"))
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        MIDOL_CACHE_DIR=env.get("MIDOL_CACHE_DIR", "/tmp/midol-test"),
+    )
     return env
 
 

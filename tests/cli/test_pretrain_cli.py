@@ -41,7 +41,9 @@ def test_missing_shard_dir(tmp_path):
 
 
 def test_modality_mismatch(shards, tmp_path):
-    line = one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}", "--out", tmp_path / "r"))
+    line = one_line_error(
+        _midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}", "--out", tmp_path / "r")
+    )
     assert "modality mismatch" in line and "fundus" in line
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing computed
 
@@ -58,8 +60,17 @@ def test_zero_sample_shards(shards, tmp_path):
 
 
 def test_bad_global_batch(shards, tmp_path):
-    line = one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}",
-                                  "data.modalities=[xray,oct]", "optim.accum_steps=3", "--out", tmp_path / "r"))
+    line = one_line_error(
+        _midol(
+            "pretrain",
+            "recipes/smoke.yaml",
+            f"data.shards={shards}",
+            "data.modalities=[xray,oct]",
+            "optim.accum_steps=3",
+            "--out",
+            tmp_path / "r",
+        )
+    )
     assert "divisible" in line
 
 
@@ -76,15 +87,26 @@ def test_help_lists_commands_fast():
     for cmd in ("pretrain", "export"):
         assert cmd in res.stdout
     assert time.perf_counter() - t < 5  # the process incl. interpreter start; torch is never imported
-    res = subprocess.run([sys.executable, "-c", "import midol_cli.cli.main, sys; print('torch' in sys.modules)"],
+    res = subprocess.run([sys.executable, "-c", "import midol_cli.cli.main, sys; print('torch' in "
+                                                "sys.modules)"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "False"
 
 
 def test_local_views_with_fixed_size_swin_is_a_clear_error(shards, tmp_path):
-    line = one_line_error(_midol("pretrain", "recipes/smoke.yaml", f"data.shards={shards}",
-                                  "data.modalities=[xray,oct]", "data.local_views=2", "data.local_size=32",
-                                  "model.arch=swin_base_patch4_window7_224",
-                                  "model.arch_kwargs={embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8], "
-                                  "window_size: 4}", "--out", tmp_path / "r"))
+    line = one_line_error(
+        _midol(
+            "pretrain",
+            "recipes/smoke.yaml",
+            f"data.shards={shards}",
+            "data.modalities=[xray,oct]",
+            "data.local_views=2",
+            "data.local_size=32",
+            "model.arch=swin_base_patch4_window7_224",
+            "model.arch_kwargs={embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8], "
+            "window_size: 4}",
+            "--out",
+            tmp_path / "r",
+        )
+    )
     assert "local views" in line and "32 px" in line

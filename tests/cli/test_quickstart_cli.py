@@ -10,9 +10,19 @@ import yaml
 
 from tests.conftest import one_line_error, run_midol
 
-TINY = ["ingest.workers=1", "shard.max_side=64", "shard.workers=1", "shard.min_shards=2", "pretrain.train.steps=3",
-        "pretrain.optim.global_batch_size=16", "pretrain.data.num_workers=0", "probe.seeds=1",
-        "probe.fractions=[1.0]", "probe.n_boot=20", "probe.workers=0"]
+TINY = [
+    "ingest.workers=1",
+    "shard.max_side=64",
+    "shard.workers=1",
+    "shard.min_shards=2",
+    "pretrain.train.steps=3",
+    "pretrain.optim.global_batch_size=16",
+    "pretrain.data.num_workers=0",
+    "probe.seeds=1",
+    "probe.fractions=[1.0]",
+    "probe.n_boot=20",
+    "probe.workers=0",
+]
 
 
 def _env(tmp_path):
@@ -101,7 +111,10 @@ def test_quickstart_end_to_end_then_a_rerun_reuses_everything(tmp_path, monkeypa
     assert len(df["embedding"].iloc[0]) == 128 and len(df["router_probs"].iloc[0]) == 2
     assert "modality silhouette" in err
     assert (tmp_path / "plots" / "tsne_modality.png").stat().st_size > 1000
-    assert set(json.loads(emb.with_suffix(".metrics.json").read_text())["per_modality"]) == {"oct", "pathology"}
+    assert set(json.loads(emb.with_suffix(".metrics.json").read_text())["per_modality"]) == {
+        "oct",
+        "pathology",
+    }
     folder = tmp_path / "model"
     midol(monkeypatch, capsys, "export", run, "--format", "folder", "--out", folder)
     assert yaml.safe_load((folder / "export.yaml").read_text())["format"] == "folder"
@@ -114,7 +127,9 @@ def test_quickstart_end_to_end_then_a_rerun_reuses_everything(tmp_path, monkeypa
 def test_an_undetectable_modality_folder_is_one_line_naming_it(tmp_path):
     (tmp_path / "raw" / "oct").mkdir(parents=True)
     (tmp_path / "raw" / "scans_2024").mkdir()
-    line = one_line_error(run_midol("quickstart", tmp_path / "raw", "--out", tmp_path / "qs", env=_env(tmp_path)))
+    line = one_line_error(
+        run_midol("quickstart", tmp_path / "raw", "--out", tmp_path / "qs", env=_env(tmp_path))
+    )
     assert f"cannot tell the modality of folder '{tmp_path / 'raw' / 'scans_2024'}'" in line
     assert "modalities.scans_2024=MODALITY" in line
     assert not (tmp_path / "qs").exists()  # nothing ran
@@ -122,8 +137,19 @@ def test_an_undetectable_modality_folder_is_one_line_naming_it(tmp_path):
 
 def test_every_stage_is_checked_before_the_first_starts(tmp_path):
     (tmp_path / "raw" / "retina").mkdir(parents=True)  # an alias of fundus
-    line = one_line_error(run_midol("quickstart", tmp_path / "raw", "--out", tmp_path / "qs", "shard.max_side=2",
-                                    "pretrain.optim.lr=-1", "probe.seeds=0", "ingest.out=x", env=_env(tmp_path)))
+    line = one_line_error(
+        run_midol(
+            "quickstart",
+            tmp_path / "raw",
+            "--out",
+            tmp_path / "qs",
+            "shard.max_side=2",
+            "pretrain.optim.lr=-1",
+            "probe.seeds=0",
+            "ingest.out=x",
+            env=_env(tmp_path),
+        )
+    )
     for part in ("ingest.out: set by quickstart itself", "max_side", "optim.lr", "seeds"):
         assert part in line, line
     assert not (tmp_path / "qs").exists()

@@ -81,7 +81,9 @@ def test_fraction_protocol_and_metric_override(tmp_path, monkeypatch, capsys):
     assert "mean ± std over seeds" in out
     # ham10000: m-a mean 60.00 ± 10.00; m-b 70.00 ± 17.32 (best)
     assert "| dermoscopy | ham10000 | accuracy | 60.00 ± 10.00 n=30 | **70.00 ± 17.32** n=30 |" in out
-    code, out, _ = midol(monkeypatch, capsys, "report", str(results), "--metric", "auroc", "--reference", "paper")
+    code, out, _ = midol(
+        monkeypatch, capsys, "report", str(results), "--metric", "auroc", "--reference", "paper"
+    )
     assert code == 0
     assert ("| dermoscopy | ham10000 | auroc | 85.00 [78.00, 87.00] n=30 | **90.00 [83.00, 92.00]** n=30 |  |"
             in out)
@@ -99,7 +101,10 @@ def test_plot_is_written(tmp_path, monkeypatch, capsys):
     [
         (["report", "{missing}"], "does not exist"),
         (["report", "{empty}"], "no valid summary.json"),
-        (["report", "{results}", "--format", "xlsx"], "format (--format): Input should be 'md', 'csv', 'json' or 'html' (got \"xlsx\")"),
+        (
+            ["report", "{results}", "--format", "xlsx"],
+            "format (--format): Input should be 'md', 'csv', 'json' or 'html' (got \"xlsx\")",
+        ),
         (["report", "{results}", "--protocol", "finetune"], "no summary has protocol 'finetune'"),
         (["report", "{results}", "--reference", "blog"], "--reference 'blog'"),
         (["report", "{results}", "--metric", "dice"], "no summary has metric 'dice'"),

@@ -46,7 +46,9 @@ def _manifest(tmp: Path, n: int = 12) -> Path:
 
 
 def test_missing_manifest_is_one_line_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
-    code, out, err = midol(monkeypatch, capsys, "shard", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "s"))
+    code, out, err = midol(
+        monkeypatch, capsys, "shard", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "s")
+    )
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0 and "nope.parquet" in err and "midol ingest" in err
     assert not (tmp_path / "s").exists()

@@ -146,5 +146,6 @@ def test_embed_takes_every_shard_url_form_data_shards_takes(setup, tmp_path):
     assert n > 1
     with pytest.raises(UsageError, match=r"cannot read 's3:' URLs directly.*pipe:aws s3 cp"):
         embed(setup["model"], "s3://bucket/shard-{000000..000003}.tar", batch_size=8, workers=0)
-    with pytest.raises(UsageError, match=r"does not exist; pass a manifest \(\.parquet\), a shard dir or shard"):
+    with pytest.raises(UsageError, match=r"does not exist; pass a manifest \(\.parquet\), a shard dir or "
+                                         r"shard"):
         embed(setup["model"], tmp_path / "nope", batch_size=8, workers=0)
