@@ -231,7 +231,10 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter:
 
     path = summary_path(cfg.out / "results", mid, task.spec.name)
     # What the summary was computed from: the same weights on the same data, or it is recomputed.
-    source = {"weights_hash": sha256_file(run_dir / "export" / ENCODER_FILE)[:16], "data": str(task.data.resolve())}
+    source = {
+        "weights_hash": sha256_file(run_dir / "export" / ENCODER_FILE)[:16],
+        "data": str(task.data.resolve()),
+    }
     marker = path.parent / "study_source.json"
     if path.is_file() and marker.is_file():
         try:
@@ -303,7 +306,11 @@ def run_study(cfg: StudyConfig, reporter: Reporter) -> dict[str, Any]:
         say(f"{mid}: probing {len(cfg.tasks)} task(s)")
         summaries[(vname, s)] = {t.spec.name: _probe(cfg, t, run_dir, mid, reporter) for t in cfg.tasks}
         reps[(vname, s)] = _representation(cfg, run_dir, mid)
-        if cfg.finetune_recipe is not None and vname in cfg.finetune_variants and s in cfg.seeds[: cfg.finetune_seeds]:
+        if (
+            cfg.finetune_recipe is not None
+            and vname in cfg.finetune_variants
+            and s in cfg.seeds[: cfg.finetune_seeds]
+        ):
             for t in cfg.tasks:
                 say(f"{mid}: fine-tuning on {t.spec.name}")
                 block = _finetune(cfg, t, run_dir, mid)
@@ -349,27 +356,44 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
             "chance": (first.get("chance") or {}).get(m),
             "n_test": first["n"]["test"],
             "variants": {
-                v: _mean_std([summaries[(v, s)][t]["protocols"]["linear"]["metrics"][m]["value"] for s in cfg.seeds])
+                v: _mean_std(
+                    [summaries[(v, s)][t]["protocols"]["linear"]["metrics"][m]["value"] for s in cfg.seeds]
+                )
                 for v in variants
             },
             "accuracy": {
-                v: _mean_std([summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"]
-                              for s in cfg.seeds])
+                v: _mean_std(
+                    [
+                        summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"]
+                        for s in cfg.seeds
+                    ]
+                )
                 for v in variants
             },
         }
     mean_over_tasks = {
-        v: _mean_std([
-            sum(summaries[(v, s)][t]["protocols"]["linear"]["metrics"][metric_of[t]]["value"] for t in tasks) / len(tasks)
-            for s in cfg.seeds
-        ])
+        v: _mean_std(
+            [
+                sum(
+                    summaries[(v, s)][t]["protocols"]["linear"]["metrics"][metric_of[t]]["value"]
+                    for t in tasks
+                )
+                / len(tasks)
+                for s in cfg.seeds
+            ]
+        )
         for v in variants
     }
     mean_accuracy = {
-        v: _mean_std([
-            sum(summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"] for t in tasks) / len(tasks)
-            for s in cfg.seeds
-        ])
+        v: _mean_std(
+            [
+                sum(
+                    summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"] for t in tasks
+                )
+                / len(tasks)
+                for s in cfg.seeds
+            ]
+        )
         for v in variants
     }
     ids = {v: {s: model_id(v, s) for s in cfg.seeds} for v in variants}
@@ -400,8 +424,12 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
         rep_out[v] = {
             "modality_silhouette": _mean_std([r.get("modality_silhouette") for r in rs]),
             "router_accuracy": _mean_std([r.get("router_accuracy") for r in rs]),
-            "effective_rank": {m: _mean_std([r["per_modality"][m]["effective_rank"] for r in rs]) for m in mods},
-            "knn_accuracy": {m: _mean_std([r["per_modality"][m].get("knn_accuracy") for r in rs]) for m in mods},
+            "effective_rank": {
+                m: _mean_std([r["per_modality"][m]["effective_rank"] for r in rs]) for m in mods
+            },
+            "knn_accuracy": {
+                m: _mean_std([r["per_modality"][m].get("knn_accuracy") for r in rs]) for m in mods
+            },
         }
     ft_out: dict[str, Any] = {}
     for (v, s), blocks in finetunes.items():

@@ -60,7 +60,9 @@ def test_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
 
 
 def test_variants_parse():
-    vs = parse_variants(["no_moe", "random", "other_reading"], ["fastlr:optim.lr=1e-3,train.seed=3"], "contrastive")
+    vs = parse_variants(
+        ["no_moe", "random", "other_reading"], ["fastlr:optim.lr=1e-3,train.seed=3"], "contrastive"
+    )
     assert [v.name for v in vs] == ["midol", "no_moe", "random", "distill", "fastlr"]
     assert vs[2].overrides is None and vs[3].overrides == ["loss.intra=distill"]
     assert vs[4].overrides == ["optim.lr=1e-3", "train.seed=3"]
@@ -75,13 +77,29 @@ def test_variants_parse():
 
 
 def test_finetune_on_shards_is_refused_before_any_training(tmp_path):
-    """Fine-tuning reads manifests: a study that would only find out after hours of pre-training says so first."""
+    """Fine-tuning reads manifests: a study that would only find out after hours of pre-training says so
+    first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MIDOL_CACHE_DIR": str(tmp_path / "cache")}
     p = build_pipeline(tmp_path / "data", per_class=2, modalities=("oct",))
     out = tmp_path / "study"
-    res = run_midol("study", "recipes/smoke.yaml", "data.modalities=[oct]", "--data", p["shards"], "--tasks", "synth-oct",
-                 "--variants", "midol,random", "--seeds", "1", "--finetune", "recipes/finetune_smoke.yaml",
-                 "--out", out, env=env)
+    res = run_midol(
+        "study",
+        "recipes/smoke.yaml",
+        "data.modalities=[oct]",
+        "--data",
+        p["shards"],
+        "--tasks",
+        "synth-oct",
+        "--variants",
+        "midol,random",
+        "--seeds",
+        "1",
+        "--finetune",
+        "recipes/finetune_smoke.yaml",
+        "--out",
+        out,
+        env=env,
+    )
     assert res.returncode == 2 and "--task-data" in res.stderr and "synth-oct" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (out / "runs").exists()
 
@@ -129,11 +147,17 @@ def test_aggregate_adds_holm_and_delong_per_seed(tmp_path):
                 folder.mkdir(parents=True)
                 summ = summary(mid, t, "fundus", metric, 0.7, 0.6, 0.8)
                 summ["task"].update({"label_type": lt, "classes": classes})
-                summ["protocols"]["linear"]["metrics"]["accuracy"] = {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}
+                summ["protocols"]["linear"]["metrics"]["accuracy"] = {
+                    "value": 0.7,
+                    "ci_low": 0.6,
+                    "ci_high": 0.8,
+                }
                 (folder / "summary.json").write_text(json.dumps(summ))
                 sids = [f"s{i:03d}" for i in range(n)]
-                pq.write_table(prediction_table(classes, t, mid, [("linear", None, sids, groups, labels, probs)]),
-                               folder / "predictions.parquet")
+                pq.write_table(
+                    prediction_table(classes, t, mid, [("linear", None, sids, groups, labels, probs)]),
+                    folder / "predictions.parquet",
+                )
                 summaries[(v, s)][t] = summ
     cfg = StudyConfig(recipe_path=Path("r.yaml"), overrides=[], data=tmp_path, out=tmp_path, seeds=seeds,
                       variants=[Variant("midol", []), Variant("no_moe", ["projector.shared_expert=true"])],
