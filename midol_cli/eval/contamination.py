@@ -1,8 +1,8 @@
 """Contamination check: test images that also appear in the pre-training data.
 
-Pre-training sources are shard dirs (``midol shard``: their samples are looked up in the input
-manifests that ``index.json`` records) or manifests. Each test image (rows of the wanted splits,
-status ok) is matched two ways:
+Pre-training sources are shard dirs or shard URLs in every form ``data.shards`` takes (``midol
+shard``: their samples are looked up in the input manifests that ``index.json`` records) or manifests.
+Each test image (rows of the wanted splits, status ok) is matched two ways:
 
 * exact: the same file bytes (sha256, recorded at ingest);
 * near: a perceptual hash (``data.phash``) within ``radius`` bits of a pre-training image's, for
@@ -119,12 +119,21 @@ def _manifest_rows(path: Path) -> _Rows:
     return _from_frame(df, str(meta.get("root") or ""))
 
 
-def _shard_keys(shard_dir: Path, index: dict[str, Any]) -> set[str]:
-    """The sample_ids stored in a shard set: from its plan when it is this index's, else the tars."""
+def _unreadable(url: str, spec: str, e: Exception) -> UsageError:
+    from midol_cli.data.urls import display_name
+
+    return UsageError(f"cannot read shard '{display_name(url)}' of '{spec}' ({type(e).__name__}); "
+                      f"check it with `midol shard --verify {spec}`")
+
+
+def _shard_keys(shards: Any, spec: str) -> set[str]:
+    """The sample_ids a shard set stores: from a shard folder's plan when it is this index's, else the
+    tars (only the URLs given: a brace list may name part of a set)."""
     from midol_cli.data.shard_format import PLAN_NAME, _read_json
     from midol_cli.data.shard_plan import plan_hash
 
-    plan = _read_json(shard_dir / PLAN_NAME)
+    index = shards.index
+    plan = _read_json(shards.folder / PLAN_NAME) if shards.folder is not None else None
     if (
         isinstance(plan, dict)
         and isinstance(plan.get("order"), list)
@@ -132,44 +141,47 @@ def _shard_keys(shard_dir: Path, index: dict[str, Any]) -> set[str]:
     ):
         skipped = {str(s.get("sample_id")) for s in index.get("skipped", {}).get("items", [])}
         return {str(k) for k in plan["order"]} - skipped
-    return _tar_keys(shard_dir, index)
+    return _tar_keys(shards.urls, spec)
 
 
-def _tar_keys(shard_dir: Path, index: dict[str, Any]) -> set[str]:
-    """Sample keys of every shard, read from the tar headers only (member data is skipped)."""
+def _tar_keys(urls: list[str], spec: str) -> set[str]:
+    """Sample keys of every shard: a local tar's headers only (member data is skipped); a ``pipe:``
+    stream is read through."""
     import tarfile
 
     from midol_cli.data.shard_format import _iter_tar_members, split_member_name
+    from midol_cli.data.urls import is_pipe, iter_url_samples
 
     keys: set[str] = set()
-    for s in index["shards"]:
+    for url in urls:
         try:
-            with open(shard_dir / s["name"], "rb") as fh:
+            if is_pipe(url):
+                keys.update(s["__key__"] for s in iter_url_samples(url) if "json" in s)
+                continue
+            with open(url, "rb") as fh:
                 for name, _regular, _size, blocks in _iter_tar_members(fh):
                     parts = split_member_name(name)
                     if parts is not None and parts[1] == "json":
                         keys.add(parts[0])
                     fh.seek(blocks, os.SEEK_CUR)
         except (OSError, tarfile.TarError) as e:
-            raise UsageError(
-                f"cannot read shard '{shard_dir / s['name']}' ({type(e).__name__}); "
-                f"check it with `midol shard --verify {shard_dir}`"
-            ) from None
+            raise _unreadable(url, spec, e) from None
     return keys
 
 
-def _decoded_shard_rows(shard_dir: Path, index: dict[str, Any], keys: set[str]) -> _Rows:
+def _decoded_shard_rows(urls: list[str], keys: set[str], spec: str) -> _Rows:
     """Rows for shard samples without a manifest: pHash of the stored (resized) image, no sha256."""
     import tarfile
 
     from midol_cli.data.phash import phash
-    from midol_cli.data.shard_format import decode_image, iter_tar_samples, sample_image
+    from midol_cli.data.shard_format import decode_image, sample_image
+    from midol_cli.data.urls import display_name, is_pipe, iter_url_samples
 
     rows = _Rows()
-    for s in index["shards"]:
-        tar = shard_dir / s["name"]
+    for url in urls:
+        name = display_name(url) if is_pipe(url) else url
         try:
-            for sample in iter_tar_samples(tar):
+            for sample in iter_url_samples(url):
                 key, img = sample["__key__"], sample_image(sample)
                 if key not in keys or img is None:
                     continue
@@ -179,27 +191,24 @@ def _decoded_shard_rows(shard_dir: Path, index: dict[str, Any], keys: set[str]) 
                 except (ValueError, OSError):
                     continue  # a damaged member: `midol shard --verify` reports it
                 meta = meta if isinstance(meta, dict) else {}
-                rows.add(f"{tar}#{key}", "", ph, meta.get("split"), meta.get("modality"))
+                rows.add(f"{name}#{key}", "", ph, meta.get("split"), meta.get("modality"))
         except (OSError, tarfile.TarError) as e:
-            raise UsageError(
-                f"cannot read shard '{tar}' ({type(e).__name__}); "
-                f"check it with `midol shard --verify {shard_dir}`"
-            ) from None
+            raise _unreadable(url, spec, e) from None
     return rows
 
 
-def _shard_rows(shard_dir: Path, decode_missing: bool, log: Callable[[str], None]) -> _Rows:
+def _shard_rows(shards: Any, spec: str, decode_missing: bool, log: Callable[[str], None]) -> _Rows:
+    """The rows of a ``data.urls.ShardSet``: its samples looked up in the input manifests its index
+    records (when it has one), the rest decoded (pHash only) or counted as unchecked."""
     from midol_cli.data.manifest import read_manifest
-    from midol_cli.data.shard_format import load_index
 
-    index = load_index(shard_dir)
-    keys = _shard_keys(shard_dir, index)
+    keys = _shard_keys(shards, spec)
     rows = _Rows()
     found: set[str] = set()
-    for inp in index.get("inputs", []):
+    for inp in (shards.index or {}).get("inputs", []):
         path = Path(str(inp.get("path", "")))
         if not path.is_file():
-            log(f"contamination: input manifest '{path}' of shard set '{shard_dir}' is gone")
+            log(f"contamination: input manifest '{path}' of shard set '{spec}' is gone")
             continue
         df, meta = read_manifest(path, only_ok=True)
         df = df[df["sample_id"].astype(str).isin(keys)]
@@ -208,25 +217,41 @@ def _shard_rows(shard_dir: Path, decode_missing: bool, log: Callable[[str], None
     missing = keys - found
     if missing and decode_missing:
         log(f"contamination: hashing {len(missing)} shard images that no manifest lists (pHash only)")
-        rows.extend(_decoded_shard_rows(shard_dir, index, missing))
+        rows.extend(_decoded_shard_rows(shards.urls, missing, spec))
     elif missing:
         rows.unchecked += len(missing)
     return rows
 
 
+def _url_like(text: str) -> bool:
+    """Shard URLs as ``data.shards`` takes them (a brace list, ``::``, ``file:``, ``pipe:``, a scheme)."""
+    import re
+
+    return "::" in text or "{" in text or bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", text))
+
+
 def load_source(
     path: str | os.PathLike[str], *, decode_missing: bool = True, log: Callable[[str], None] | None = None
 ) -> _Rows:
-    """The ok images of a shard dir (with ``index.json``) or a manifest file; UsageError otherwise."""
-    p = Path(path)
+    """The ok images of a manifest file, a shard dir (with ``index.json``) or shard URLs in any form
+    ``data.shards`` takes (``data.urls.resolve``: its one-line errors for s3://, gs://, https://);
+    UsageError otherwise."""
+    from midol_cli.data.urls import resolve
+
+    text = os.fspath(path)
+    p = Path(text)
+    log = log or (lambda _m: None)
     if p.is_dir():
         if not (p / "index.json").is_file():
             raise UsageError(f"'{p}' is neither a shard dir (no index.json) nor a manifest file")
-        return _shard_rows(p, decode_missing, log or (lambda _m: None))
+        return _shard_rows(resolve(text), text, decode_missing, log)
     if p.is_file():
         return _manifest_rows(p)
+    if _url_like(text):
+        return _shard_rows(resolve(text), text, decode_missing, log)
     raise UsageError(
-        f"'{p}' does not exist; give shard dirs (from `midol shard`) or manifests (`midol ingest`)"
+        f"'{p}' does not exist; give shard dirs (from `midol shard`), shard URLs "
+        "(shard-{000000..000003}.tar, file:, pipe:CMD) or manifests (`midol ingest`)"
     )
 
 

@@ -28,6 +28,7 @@ from midol_cli.eval.contamination import DEFAULT_RADIUS
 from midol_cli.recipes import Strict, _merge, format_validation_error, parse_overrides, read_yaml
 from midol_cli.workflows.settings_paths import (  # noqa: F401  (public here too)
     path_text,
+    path_texts,
     rebase_paths,
     settings_dict,
     settings_path,
@@ -270,9 +271,9 @@ class ProbeSettings(_Weights, _TaskSettings):
 
 
 class ContaminationSettings(Strict):
-    sources: list[Path] = Field(..., min_length=1, description="Pre-training data: shard dirs and/or "
-                                                               "manifests.",
-                                json_schema_extra=cli(arg="SOURCES..."))
+    sources: list[str] = Field(..., min_length=1, description="Pre-training data: shard dirs, shard URLs "
+                               "(as data.shards takes them) and/or manifests.",
+                               json_schema_extra=cli(arg="SOURCES..."))
     against: list[Path] = Field(..., min_length=1, description="Test manifest to check (repeatable).",
                                 json_schema_extra=cli(repeat=True))
     radius: int = Field(DEFAULT_RADIUS, description="Most differing pHash bits (of 64) for a near copy.")
@@ -285,6 +286,7 @@ class ContaminationSettings(Strict):
                                           json_schema_extra=cli(short="-f"))
     out: Path | None = Field(None, description="Write every pair to this CSV file.")
     fail_on_overlap: bool = Field(False, description="Exit with code 1 when any overlap is found.")
+    _sources = field_validator("sources", mode="before")(path_texts)
 
     @field_validator("splits", "source_splits", mode="before")
     @classmethod

@@ -55,6 +55,11 @@ def path_text(v: Any) -> Any:
     return os.fspath(v) if isinstance(v, os.PathLike) else v
 
 
+def path_texts(v: Any) -> Any:
+    """``path_text`` of each item of a list (a list of sources that also takes shard URLs)."""
+    return [path_text(x) for x in v] if isinstance(v, list | tuple) else v
+
+
 def _url_like(text: str) -> bool:
     """Shard URLs as ``data.shards`` takes them (a brace list, ``::``, ``file:``, ``pipe:``, a scheme)."""
     import re
@@ -73,6 +78,9 @@ def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> d
         kind = "" if key in _PATHISH and key != "data" else _path_kind(field)
         if key == "data" and isinstance(out[key], str) and not _url_like(out[key]):
             kind = "path"  # a manifest, shard dir or raw folder; shard URLs are kept as written
+        if key == "sources" and isinstance(out[key], list):  # manifests, shard dirs or shard URLs
+            out[key] = [v if not isinstance(v, str) or _url_like(v) else _rebased(v, base) for v in out[key]]
+            continue
         if kind == "path":
             out[key] = _rebased(out[key], base)
         elif kind == "paths" and isinstance(out[key], list):

@@ -104,3 +104,18 @@ def test_bad_input_is_one_line(planted, tmp_path):
     for args, needle in cases:
         line = one_line_error(run_midol("contamination", *args, env=ENV))
         assert needle in line, line
+
+
+def test_shard_urls_as_sources(planted, tmp_path):
+    """Issue 25.19: a brace list of shards is a source; s3:// is data.shards' one-line error."""
+    from midol_cli.data.shards import ShardParams, write_shards
+
+    shards = tmp_path / "shards"
+    write_shards([planted["pre"]], shards, ShardParams(max_side=128, min_shards=2), workers=1)
+    n = len(list(shards.glob("shard-*.tar")))
+    spec = f"{shards}/shard-{{000000..{n - 1:06d}}}.tar"
+    res = run_midol("contamination", spec, "--against", planted["test"], env=ENV, check=True)
+    assert "| 30 | 2 | 4 | 6 | 0 |" in res.stdout
+    line = one_line_error(run_midol("contamination", "s3://b/set/shard-000000.tar", "--against",
+                                    planted["test"], env=ENV))
+    assert "pipe:aws s3 cp s3://b/set/shard-000000.tar -" in line, line

@@ -233,3 +233,29 @@ def test_only_the_split_pre_training_read_counts(planted, shard_dir, tmp_path):
         assert len(lines) == (1 if n else 0)
     (run / "recipe.yaml").write_text("data:\n  split: null\n")  # a run over every split saw all six
     assert warn_if_contaminated(str(run), planted["test"], "planted", lambda _m: None).overlaps == 6
+
+
+def test_shard_urls_in_every_data_shards_form(planted, shard_dir):
+    """Issue 25.19: SOURCES take a brace list, file: and pipe: URLs and '::'-joined URLs as data.shards does;
+    each finds the planted overlap (the URLs' own index lists the input manifest; through pipe: no index is
+    known, so the stored images are hashed and the copies are near)."""
+    from midol_cli.errors import UsageError
+
+    names = sorted(p.name for p in shard_dir.glob("shard-*.tar"))
+    assert len(names) >= 2
+    last = names[-1][len("shard-"):-len(".tar")]
+    brace = f"{shard_dir}/shard-{{000000..{last}}}.tar"
+    files = "::".join(f"file://{shard_dir / n}" for n in names)
+    for spec in (brace, files):
+        rep = check_contamination([spec], [planted["test"]]).reports[0]
+        assert (rep.checked, rep.exact, rep.near) == (N_TEST, 2, 4), spec
+        assert found(rep) == planted["planted"]
+    pipes = "::".join(f"pipe:cat '{shard_dir / n}'" for n in names)
+    res = check_contamination([pipes], [planted["test"]])
+    assert (res.reports[0].exact, res.reports[0].near, res.pretrain_images) == (0, 6, N_PRE)
+    assert {k: v[0] for k, v in found(res.reports[0]).items()} == {k: "near" for k in planted["planted"]}
+    for bad, needle in [("s3://b/set/shard-000000.tar", "pipe:aws s3 cp"), ("gs://b/x.tar", "pipe:gsutil"),
+                        ("https://h/x.tar", "pipe:curl"), (f"{shard_dir}/shard-{{000000..000099}}.tar",
+                                                          "does not exist")]:
+        with pytest.raises(UsageError, match=needle):
+            check_contamination([bad], [planted["test"]])
