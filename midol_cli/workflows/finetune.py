@@ -10,7 +10,7 @@ from typing import Any
 
 from midol_cli.errors import UsageError
 from midol_cli.progress import Reporter
-from midol_cli.workflows.settings import FinetuneSettings, write_settings
+from midol_cli.workflows.settings import FinetuneSettings, settings_dict, write_settings
 
 
 def run(s: FinetuneSettings, recipe: Any, reporter: Reporter) -> dict[str, Any]:
@@ -38,8 +38,9 @@ def run(s: FinetuneSettings, recipe: Any, reporter: Reporter) -> dict[str, Any]:
                            subgroups=None if s.subgroups is None else tuple(s.subgroups),
                            min_positives=s.min_subgroup)
     if summary:  # rank 0
-        write_settings({**s.model_dump(mode="json"), **recipe.model_dump(mode="json")}, summary["out_dir"],
-                       "finetune", folder=True)
+        # the settings' paths absolute, as every written settings file's (issue 25.26)
+        write_settings({**settings_dict(s), **settings_dict(recipe)}, summary["out_dir"], "finetune",
+                       folder=True)
     return summary
 
 

@@ -81,6 +81,12 @@ def rebase_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> d
         if key == "sources" and isinstance(out[key], list):  # manifests, shard dirs or shard URLs
             out[key] = [v if not isinstance(v, str) or _url_like(v) else _rebased(v, base) for v in out[key]]
             continue
+        if key == "tasks" and isinstance(out[key], list):  # names stay names, task files are rebased
+            out[key] = [_rebased(v, base, pathish=True) for v in out[key]]
+            continue
+        if key == "task_data" and isinstance(out[key], dict):  # TASK -> manifest or shard dir
+            out[key] = {k: _rebased(v, base) for k, v in out[key].items()}
+            continue
         if kind == "path":
             out[key] = _rebased(out[key], base)
         elif kind == "paths" and isinstance(out[key], list):
@@ -96,6 +102,16 @@ def settings_dict(settings: BaseModel | dict[str, Any]) -> dict[str, Any]:
     if isinstance(settings, dict):
         return settings
     return rebase_paths(type(settings), settings.model_dump(mode="json"), Path.cwd())
+
+
+def recipe_paths(recipe: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A pre-training recipe dict with ``data.shards`` absolute against ``base`` where it names a local
+    folder or file (shard URLs are kept as written), for a written settings file that holds the recipe."""
+    data = recipe.get("data")
+    shards = data.get("shards") if isinstance(data, dict) else None
+    if not isinstance(shards, str) or _url_like(shards):
+        return recipe
+    return {**recipe, "data": {**data, "shards": _rebased(shards, base)}}
 
 
 def settings_yaml(settings: BaseModel | dict[str, Any], command: str) -> str:

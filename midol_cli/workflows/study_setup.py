@@ -87,6 +87,14 @@ def split_study_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return own, [t for t in overrides if not t.startswith("study.")]
 
 
+def written_settings(resolved: dict[str, Any], s: StudySettings) -> dict[str, Any]:
+    """study.yaml's content: the resolved recipe and the ``study:`` section, their paths absolute (the
+    cwd's), so the file names the same places from any folder (issue 25.26)."""
+    from midol_cli.workflows.settings_paths import recipe_paths, settings_dict
+
+    return {**recipe_paths(resolved, Path.cwd()), "study": settings_dict(s)}
+
+
 def run(recipe_path: Path, s: StudySettings, reporter: Reporter, overrides: list[str] | tuple[str, ...] = (),
         data: str | Path | None = None) -> dict[str, Any]:
     """``midol study``'s one home: every variant of ``recipe_path`` (with ``overrides``; ``data``: the shard
@@ -101,5 +109,5 @@ def run(recipe_path: Path, s: StudySettings, reporter: Reporter, overrides: list
     writable_out(s.out)
     rec = run_study(cfg, reporter)
     rec["written"] = [str(p) for p in write_outputs(s.out, rec)]
-    write_settings({**resolved, "study": s.model_dump(mode="json")}, s.out, "study", folder=True)
+    write_settings(written_settings(resolved, s), s.out, "study", folder=True)
     return rec
