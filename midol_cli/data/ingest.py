@@ -190,6 +190,7 @@ def _ingest_folder(
     lay, unlabelled_note = _choose_layout(root, raw, layout)
     opts = dataclasses.replace(layout_options) if layout_options else LayoutOptions()
     opts.workers, opts.seed, opts.out, opts.report = workers, seed, target, {}  # slides/volumes layouts
+    opts.rehash = rehash  # slides: no per-slide cached result is reused either
     ds_name = (dataset or "").strip() or lay.dataset_name(root)
 
     walk_errors: list[str] = []

@@ -2,7 +2,8 @@
 
 Each slide's result is cached as JSON in ``<manifest>.qc/.cache/`` (keyed by the tile settings and the
 slide's size and mtime) as soon as it is done, beside its QC thumbnail ``<manifest>.qc/<slide>.png``; a
-killed ingest, or one run again, tiles only the slides without a valid cache entry. A corrupt slide is
+killed ingest, or one run again, tiles only the slides without a valid cache entry; ``ingest --rehash``
+tiles every slide again (a slide replaced by one of the same size and mtime). A corrupt slide is
 rejected with its reason and the others go on.
 """
 
@@ -33,7 +34,8 @@ def _one(task: tuple[str, str, Any, str | None]) -> dict[str, Any]:
 
 
 def tile_all(root: Path, slides: list[str], settings: Any, opts: Any) -> dict[str, dict[str, Any]]:
-    """``{rel: tile_slide result}`` for every slide (cached results reused); QC thumbnails written."""
+    """``{rel: tile_slide result}`` for every slide (cached results reused unless ``opts.rehash``); QC
+    thumbnails written."""
     from midol_cli.data.slide_tiles import cached
 
     qc = qc_dir(Path(opts.out)) if opts.out is not None else None
@@ -48,9 +50,8 @@ def tile_all(root: Path, slides: list[str], settings: Any, opts: Any) -> dict[st
         except OSError:
             keys[rel] = {}
         png = str(qc / f"{_safe(rel)}.png") if qc is not None else None
-        hit = (
-            cached(qc / ".cache" / f"{_safe(rel)}.json", keys[rel]) if qc is not None and keys[rel] else None
-        )
+        use_cache = qc is not None and bool(keys[rel]) and not getattr(opts, "rehash", False)
+        hit = cached(qc / ".cache" / f"{_safe(rel)}.json", keys[rel]) if use_cache else None
         if hit is not None and (png is None or hit.get("status") != "ok" or Path(png).is_file()):
             out[rel] = hit
         else:

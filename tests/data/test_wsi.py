@@ -335,3 +335,31 @@ def test_dicom_files_that_are_not_slides_are_each_rejected_never_dropped(tmp_pat
     df, _ = read_manifest(tmp_path / "m.parquet")
     assert sorted(df["path"]) == ["s/a.dcm", "s/b.dcm"] and s["rejected"] == 2
     assert all(r.startswith("not a slide") for r in df["reason"])
+
+
+def test_rehash_tiles_a_slide_replaced_by_one_of_the_same_size_and_mtime(tmp_path):
+    """Issue 25.5: the per-slide cache is keyed by size and mtime; `ingest --rehash` must not trust it."""
+    import os
+
+    raw, other = tmp_path / "raw", tmp_path / "other.svs"
+    raw.mkdir()
+    a = raw / "a.svs"
+    write_svs(a, slide_pixels(1792, 1344, (224, 224, 1344, 896), seed=0), factors=(1, 4))
+    write_svs(other, slide_pixels(1792, 1344, (0, 0, 1792, 1344), seed=5), factors=(1, 4))
+    size = max(a.stat().st_size, other.stat().st_size)
+    for p in (a, other):  # bytes after the last IFD's data: TIFF readers never see them
+        with open(p, "ab") as fh:
+            fh.write(b"\0" * (size - p.stat().st_size))
+    out = tmp_path / "m.parquet"
+    first, _ = _ingest(raw, out)
+    st = a.stat()
+    os.replace(other, a)  # as `cp -p`: same size, same mtime, other pixels
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    kept, _ = _ingest(raw, out)
+    assert kept["path"].tolist() == first["path"].tolist()  # a plain re-run trusts the cache
+    s = ingest_folder(raw, "pathology", out=out, workers=1, rehash=True)
+    again, _ = read_manifest(out)
+    fresh, _ = _ingest(raw, tmp_path / "fresh.parquet")
+    assert again["path"].tolist() == fresh["path"].tolist() != first["path"].tolist()
+    assert again["sha256"].tolist() == fresh["sha256"].tolist() and s["ok"] == len(fresh)

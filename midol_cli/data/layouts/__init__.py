@@ -108,6 +108,7 @@ class LayoutOptions:
     seed: int = 0
     out: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    rehash: bool = False  # `ingest --rehash`: every slide read again, no cached result reused
 
     def as_record(self) -> dict[str, str | None]:
         """The user-set options as JSON-able data (for manifest provenance)."""
