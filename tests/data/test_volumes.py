@@ -212,3 +212,26 @@ def test_three_parts_give_the_rows_and_splits_of_one_run(tmp_path):
     assert set(frames["group"]) == {f"P{i}" for i in range(6)}
     assert set(whole["split"]) == {"train", "val", "test"}
     assert (whole["path"].str.endswith(".png").sum(), merged["path"].str.endswith(".png").sum()) == (3, 3)
+
+
+def test_rehash_reads_a_volume_replaced_by_one_of_the_same_size_and_mtime(tmp_path):
+    """Issue 25.5: `ingest --rehash` reads every volume again; one whose pixels changed under the same size
+    and mtime (`cp -p`) gives its new frames, as a fresh ingest does."""
+    import os
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    vol = frames_of(6)
+    v1 = write_opt(raw / "v1.dcm", vol)
+    first, _ = _ingest(raw, tmp_path / "m.parquet")
+    st = v1.stat()
+    with open(v1, "r+b") as fh:  # native pixel data ends the file: other pixels, same bytes count
+        fh.seek(-vol.nbytes, os.SEEK_END)
+        fh.write((255 - vol).tobytes())
+    os.utime(v1, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (v1.stat().st_size, v1.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    s = ingest_folder(raw, "oct", out=tmp_path / "m.parquet", workers=1, rehash=True)
+    again, _ = read_manifest(tmp_path / "m.parquet")
+    fresh, _ = _ingest(raw, tmp_path / "fresh.parquet")
+    assert again["sha256"].tolist() == fresh["sha256"].tolist() and s["ok"] == 6
+    assert not set(again["sha256"]) & set(first["sha256"])
