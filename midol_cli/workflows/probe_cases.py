@@ -51,10 +51,13 @@ def probe_cases(spec, s: ProbeSettings, emb, src: Path, model, out_dir: Path,
                 subgroups: tuple[str, ...] | None, reporter: Reporter,
                 log: Callable[[str], None]) -> dict[str, Any]:
     """The case protocols of ``spec`` (a case-level ``TaskSpec``) on the embeddings ``emb`` (``log``: the
-    protocols' lines); the summary (with ``out_dir``) as written to ``out_dir/summary.json``."""
+    protocols' lines); the summary (with ``out_dir``) as written to ``out_dir/summary.json``, its
+    ``n.dropped`` the unreadable instances (tiles, B-scans) embedding left out (issue 25.4)."""
     from midol_cli.eval.case_protocols import run_case_protocols, write_case_results
     from midol_cli.eval.cases import case_data
+    from midol_cli.eval.embed import dropped_summary
     from midol_cli.eval.subgroups import resolve_columns
+    from midol_cli.workflows.probe_checks import record_dropped
 
     task = spec.eval_task(spec.split)
     unit = spec.case
@@ -68,6 +71,9 @@ def probe_cases(spec, s: ProbeSettings, emb, src: Path, model, out_dir: Path,
         group_unit="patient" if unit != "patient" else "", min_positives=s.min_subgroup, log=log)
     summary = write_case_results(out_dir, cd, task, run, model.info(), emb.attrs.get("data_hash", ""),
                                  data_root=root)
+    # the instances embedding left out (already printed by the caller), as for the image protocol
+    dropped = dropped_summary(list(emb.attrs.get("dropped_rows") or []), spec.modality)
+    record_dropped(summary, dropped, out_dir)
     for name, block in summary["protocols"].items():
         if block.get("degenerate", {}).get("flag"):
             d = block["degenerate"]

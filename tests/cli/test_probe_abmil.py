@@ -291,3 +291,29 @@ def test_heatmaps_without_protocol_abmil_is_a_one_line_error(small_slides, monke
     line = one_line("probe", "--task", tmp / "task.yaml", "--weights", WEIGHTS, "--data", manifest,
                     "--heatmaps", "2", "--out", tmp / "r")
     assert "add --protocol abmil" in line
+
+
+def test_abmil_counts_the_dropped_instances_in_summary_json(tmp_path, monkeypatch):
+    """Issue 25.4 for --protocol abmil: a test volume gone after ingest is counted in summary.json's
+    ``n.dropped`` (each of its B-scans, with reason and split) and printed, as for the image protocol."""
+    import os
+
+    import pandas as pd
+
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
+    _write_volumes(tmp_path / "raw", n=10, frames=3)
+    manifest = tmp_path / "oct.parquet"
+    ok("ingest", tmp_path / "raw", "-m", "oct", "--layout", "volumes", "--out", manifest, "-j", "1")
+    df = pd.read_parquet(manifest)
+    test = df[df["split"] == "test"].assign(vol=lambda d: d["path"].str.split("#").str[0])
+    per_class = test.groupby("label")["vol"].unique()
+    victim = sorted(max(per_class, key=len))[0]  # both classes keep a test volume
+    assert len(max(per_class, key=len)) >= 2 and len(per_class) == 2
+    os.remove(tmp_path / "raw" / victim)
+    out = ok("probe", "--task", "auto", "--weights", WEIGHTS, "--data", manifest, "--workers", "0",
+             "--protocol", "abmil", "--runs", "1", "--n-boot", "20", "--allow-changed", "--out",
+             tmp_path / "results")
+    dropped = json.loads(next((tmp_path / "results").rglob("summary.json")).read_text())["n"]["dropped"]
+    assert dropped["count"] == 3 and dropped["by_split"] == {"test": 3}
+    assert dropped["reasons"] == {"file not found": 3} and dropped["examples"][0].startswith(victim)
+    assert "3 damaged or unreadable sample(s) left out (3 file not found)" in " ".join(out.split())
