@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from midol_cli.paths import existing_dir, existing_file, writable_out  # noqa: F401  (the commands import them here)
+# The commands import these path checks from here.
+from midol_cli.paths import existing_dir, existing_file, writable_out  # noqa: F401
 from midol_cli.progress import Reporter
 
 

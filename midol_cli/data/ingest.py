@@ -175,12 +175,11 @@ def _ingest_folder(
     (``workers``, at least one; ``isolate=False``: in this process, for tests that patch the reader).
     ``rehash``: read every file again, reusing no row (``cp -p`` or ``touch -r`` keeps size and mtime).
 
-    Summary keys: manifest (path), layout, dataset, modality, rows, ok, rejected,
-    decoded, reused, unlisted, duplicate_listings, rejects_by_reason {reason: n},
-    per_label_split {label: {split: n}} (multi-label rows count once per label; unlabelled
-    rows under "(unlabelled)"), per_split {split: n images},
-    duplicates (rows marked duplicate_of), duplicates_across_splits (duplicate rows in
-    another split than their first copy), groups_across_splits, walk_errors, warnings [str].
+    Summary keys: manifest (path), layout, dataset, modality, rows, ok, rejected, decoded, reused, unlisted,
+    duplicate_listings, rejects_by_reason {reason: n}, per_label_split {label: {split: n}} (multi-label rows
+    count once per label; unlabelled rows under "(unlabelled)"), per_split {split: n images}, duplicates (rows
+    marked duplicate_of), duplicates_across_splits (duplicate rows in another split than their first copy),
+    groups_across_splits, walk_errors, warnings [str].
     Raises UsageError for a bad folder, layout, modality, option or output path.
     """
     t0 = time.perf_counter()
