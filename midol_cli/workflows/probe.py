@@ -65,7 +65,8 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     spec = complete_classes(spec, emb, f"'{s.data}'")
     out_dir = Path(s.out) / model.id / spec.name
     subgroups = None if s.subgroups is None else tuple(s.subgroups)
-    warn_if_contaminated(s.weights, src, spec.name, lambda m: reporter.line(f"  {m}"), spec.modality)
+    if s.protocol != "abmil":  # a case-level run states it per case (probe_cases.case_contamination)
+        warn_if_contaminated(s.weights, src, spec.name, lambda m: reporter.line(f"  {m}"), spec.modality)
     if s.protocol == "abmil":
         from midol_cli.workflows.probe_cases import probe_cases
 

@@ -73,6 +73,10 @@ def probe_cases(spec, s: ProbeSettings, emb, src: Path, model, out_dir: Path,
                                  data_root=root)
     # the instances embedding left out (already printed by the caller), as for the image protocol
     dropped = dropped_summary(list(emb.attrs.get("dropped_rows") or []), spec.modality)
+    cont = case_contamination(s.weights, src, cd.df["sample_id"][cd.mask("test")].tolist(), unit,
+                              spec.name, spec.modality, lambda m: reporter.line(f"  {m}"))
+    if cont is not None:  # written to summary.json with n.dropped
+        summary["contamination"] = cont
     record_dropped(summary, dropped, out_dir)
     for name, block in summary["protocols"].items():
         if block.get("degenerate", {}).get("flag"):
@@ -83,6 +87,51 @@ def probe_cases(spec, s: ProbeSettings, emb, src: Path, model, out_dir: Path,
         summary["heatmaps"] = draw_run_heatmaps(out_dir, s.heatmaps)
     summary["out_dir"] = str(out_dir)
     return summary
+
+
+def case_contamination(weights: str, src: Path, test_cases: list[str], unit: str, name: str,
+                       modality: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The probe's contamination check (``warn_if_contaminated``: the test rows of ``src`` against the
+    shards the run behind ``weights`` pre-trained on) stated per case: one warning line naming how many
+    of the ``test_cases`` have an instance (tile, B-scan) in those shards; the record for summary.json.
+    None (and no line) where the check does not apply; never raises (the check is advisory)."""
+    from midol_cli.eval.contamination import warn_if_contaminated
+
+    lines: list[str] = []
+    rep = warn_if_contaminated(weights, src, name, lines.append, modality)
+    if rep is None:
+        for line in lines:  # 'contamination check skipped (...)'
+            log(line)
+        return None
+    try:
+        case_of = _instance_cases(src, unit)
+    except Exception:  # a shard dir: its rows name no case here, so the instances' line stands
+        case_of = None
+        for line in lines:
+            log(line)
+    wanted = {str(c) for c in test_cases}
+    hit = sorted({str(case_of.get(p.test_path, "")) for p in rep.pairs} & wanted) if case_of else []
+    record = {"test_cases": len(wanted), "cases": len(hit) if case_of else None, "first": hit[:5],
+              "instances_checked": rep.checked, "instances": rep.overlaps, "exact": rep.exact,
+              "near": rep.near}
+    if case_of is not None and rep.overlaps:
+        kind = {"slide": "tiles", "volume": "B-scans"}.get(unit, "images")
+        log(f"probe: WARNING {len(hit)} of {len(wanted)} test {unit}s of {name} have {kind} in the "
+            f"pre-training shards ({rep.overlaps} of {rep.checked} test {kind}: {rep.exact} exact, "
+            f"{rep.near} near; first: '{hit[0] if hit else '-'}'); see midol contamination")
+    return record
+
+
+def _instance_cases(src: Path, unit: str) -> dict[str, str]:
+    """Each ok row's path as the contamination check names it (under the manifest's root) -> its case."""
+    from midol_cli.data.manifest import read_manifest
+    from midol_cli.eval.cases import case_keys
+
+    df, meta = read_manifest(src, only_ok=True)
+    df = df[df["label"].fillna("").astype(str) != ""]
+    base = Path(str(meta.get("root") or "")) if meta.get("root") else None
+    paths = [str(base / str(p)) if base else str(p) for p in df["path"]]
+    return dict(zip(paths, case_keys(df, unit).tolist(), strict=True))
 
 
 def draw_run_heatmaps(out_dir: Path, n: int) -> list[dict[str, str]]:

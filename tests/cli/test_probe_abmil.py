@@ -317,3 +317,46 @@ def test_abmil_counts_the_dropped_instances_in_summary_json(tmp_path, monkeypatc
     assert dropped["count"] == 3 and dropped["by_split"] == {"test": 3}
     assert dropped["reasons"] == {"file not found": 3} and dropped["examples"][0].startswith(victim)
     assert "3 damaged or unreadable sample(s) left out (3 file not found)" in " ".join(out.split())
+
+
+def test_contamination_is_stated_per_test_case(tmp_path, monkeypatch):
+    """Issue 27.2: the probe's contamination check at case level. Two test slides (the second the first
+    under a coarse checkerboard, so no tile of one is a near copy of the other's); pre-training shards that
+    hold one slide's tiles: '1 of 2 test slides', naming that slide, recorded for summary.json; weights
+    that are no midol run skip the check without a line."""
+    from midol_cli.data.manifest import read_manifest
+    from midol_cli.eval.cases import case_keys
+    from midol_cli.workflows.probe_cases import case_contamination
+
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
+    img = slide_pixels(512, 512, (32, 32, 448, 448), seed=0)
+    yy, xx = np.mgrid[:512, :512]
+    other = np.where(((yy // 48 + xx // 48) % 2 == 0)[..., None], img // 2, img).astype(img.dtype)
+    for label, name, pixels in (("normal", "a", img), ("tumor", "b", other)):
+        (tmp_path / "raw" / label).mkdir(parents=True)
+        write_svs(tmp_path / "raw" / label / f"{name}.svs", pixels, mpp=0.5, app_mag=20)
+    manifest = tmp_path / "m.parquet"
+    ok("ingest", tmp_path / "raw", "-m", "pathology", "--layout", "slides", "--out", manifest, "-j", "1")
+    _relabelled(manifest, manifest, lambda d: d.assign(split="test"))
+    df = read_manifest(manifest, only_ok=True)[0]
+    test = sorted(set(case_keys(df, "slide").tolist()))
+    assert test == ["normal/a.svs", "tumor/b.svs"]
+    for slide in test:
+        mine = df["path"].str.startswith(slide)
+        pre = _relabelled(manifest, tmp_path / "pre.parquet", lambda d, m=mine: d[m].assign(split="train"))
+        ok("shard", pre, "--out", tmp_path / f"{slide}-shards", "--workers", "1")
+        run = tmp_path / f"{slide}-run"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"shards": str(tmp_path / f"{slide}-shards")}))
+        lines: list[str] = []
+        rec = case_contamination(str(run), manifest, test, "slide", "slides", "pathology", lines.append)
+        n = int(mine.sum())
+        assert rec == {"test_cases": 2, "cases": 1, "first": [slide], "instances_checked": len(df),
+                       "instances": n, "exact": n, "near": 0}
+        assert lines == [f"probe: WARNING 1 of 2 test slides of slides have tiles in the pre-training shards "
+                         f"({n} of {len(df)} test tiles: {n} exact, 0 near; first: '{slide}'); see midol "
+                         "contamination"]
+        json.dumps(rec)  # summary.json takes it as is
+    lines = []
+    assert case_contamination(WEIGHTS, manifest, test, "slide", "slides", "pathology", lines.append) is None
+    assert lines == []
