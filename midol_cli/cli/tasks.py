@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from midol_cli.errors import UsageError
-        from midol_cli.tasks import TASKS, get_task, layout_description
+        from midol_cli.tasks import TASKS, get_task, layout_description, resolve_task
 
         out = Console()
         if fmt not in ("table", "md"):
@@ -49,19 +49,22 @@ def register(app: typer.Typer) -> None:
             return
         if action != "show" or not name:
             raise UsageError("use `midol tasks` or `midol tasks show NAME`")
-        s = get_task(name)
+        s = get_task(name) if name == "auto" else resolve_task(name)  # a name or a task file
         out.print(f"[bold]{s.name}[/]  ({s.modality}, {s.label_type}, {len(s.classes)} classes; metric "
                   f"{s.metric})")
         out.print(f"classes: {', '.join(s.classes)}")
         out.print(f"source:  {s.source}" + (f"  licence: {s.license}" if s.license else ""))
         out.print(f"split:   {s.split}")
+        if s.case:  # issue 27: case-level
+            out.print(f"case:    {s.case} (the label belongs to each {s.case}: probe --protocol abmil)")
         if s.notes:
             out.print(f"notes:   {s.notes}")
         if s.subgroups or s.group_unit:
             per = f"; also per {s.group_unit} ({s.aggregation} of its images)" if s.group_unit else ""
             out.print(f"reports: subgroups by {', '.join(s.subgroups) or 'none'}{per}")
-        out.print(f"layout ({s.layout}), pass its root folder as --data:")
-        out.print(layout_description(s), markup=False, highlight=False)
+        if s.layout:  # a task file without labels: takes a labelled manifest as --data
+            out.print(f"layout ({s.layout}), pass its root folder as --data:")
+            out.print(layout_description(s), markup=False, highlight=False)
         if s.user_options:
             opts = dict(s.layout_options)
             out.print(
@@ -69,4 +72,5 @@ def register(app: typer.Typer) -> None:
                 + ", ".join(f"{k} (default {opts.get(k)})" for k in s.user_options)
             )
         cmd = "finetune" if s.label_type == "segmentation" else "probe"
-        out.print(f"\nrun: midol {cmd} --task {s.name} --weights runs/base --data /path/to/download")
+        cmd += " --protocol abmil" if s.case else ""
+        out.print(f"\nrun: midol {cmd} --task {name} --weights runs/base --data /path/to/download")

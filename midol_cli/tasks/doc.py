@@ -111,6 +111,8 @@ def _task_sections() -> list[str]:
                 f"primary metric {s.metric})",
                 f"- **Split:** {s.split}",
             ]
+            if s.case:  # issue 27: the label belongs to the case, a bag of tiles or B-scans
+                lines.append(f"- **Case:** `{s.case}` (`midol probe --protocol abmil`)")
             if s.notes:
                 lines.append(f"- **Notes:** {s.notes}")
             if s.subgroups or s.group_unit:

@@ -79,3 +79,33 @@ def test_docs_tasks_md_table_rows_follow_its_header():
     rows = lines[head + 2 : head + 2 + len(TASKS)]
     assert [r.split("|")[1].strip().strip("`") for r in rows] == list(TASKS), rows[:3]
     assert not lines[head + 2 + len(TASKS)].startswith("|")
+
+
+def test_tasks_show_states_a_case_level(tmp_path, monkeypatch):
+    """Issue 27: `midol tasks show` names a task's case level (a task file's `case:`), and docs/tasks.md a
+    built-in's; an image-level task shows none."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    from midol_cli.tasks.doc import tasks_markdown
+
+    task = tmp_path / "slides.yaml"
+    task.write_text("name: slides-mine\nmodality: pathology\nlabel_type: binary\nclasses: [normal, tumor]\n"
+                    "case: slide\n")
+
+    def show(name: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "midol_cli", "tasks", "show", name], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)})
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    out = show(str(task))
+    assert "case:    slide (the label belongs to each slide: probe --protocol abmil)" in out
+    assert f"run: midol probe --protocol abmil --task {task} " in out
+    assert "case:" not in show("ham10000")
+    assert "**Case:**" not in tasks_markdown()
+    monkeypatch.setitem(TASKS, "pcam", dataclasses.replace(TASKS["pcam"], case="slide"))
+    assert "- **Case:** `slide` (`midol probe --protocol abmil`)" in tasks_markdown()
