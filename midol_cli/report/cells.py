@@ -27,6 +27,7 @@ class Cell:
     lenient: int = 0  # tensors the model's lenient weights load left at random init (0: a complete load)
     n_test: int | None = None  # test images the value was computed on
     predicts: str = ""  # a degenerate probe's prediction and share, e.g. "'nv' for 97%"
+    unit: str = ""  # a case-level result's case (slide, volume, patient): n_test counts test cases
 
     def text(self) -> str:
         v = _pct(self.value)
@@ -51,6 +52,7 @@ class Row:
     reference: float | None = None  # fraction
     chance: float | None = None  # fraction: the metric of a predictor that learned nothing
     floor_models: frozenset[str] = frozenset()  # random-init baselines: the floor a model must beat
+    protocol: str = ""  # the protocol its cells show (the table's, or the one this task has)
 
     def best(self) -> set[str]:
         """Models holding the highest (displayed) value; none in a flagged row, none when every model
@@ -113,7 +115,8 @@ def _cell(summary: dict[str, Any], protocol: str, metric: str) -> Cell | None:
         return None
     predicts = _degenerate(summary, block, metric)
     extra = {"degenerate": predicts is not None, "predicts": predicts or "",
-             "lenient": _left_at_init(summary), "n_test": _n_test(summary, block)}
+             "lenient": _left_at_init(summary), "n_test": _n_test(summary, block),
+             "unit": str((summary.get("case_level") or {}).get("unit") or "")}
     if "mean" in entry:
         if entry["mean"] is None:
             return None

@@ -113,8 +113,11 @@ def build_table(
     protocol: str = "linear",
     metric: str | None = None,
     reference: str | None = None,
+    case_protocol: str | None = None,
 ) -> Table:
-    """Arrange validated summaries into a ``Table`` (warnings collected in ``table.warnings``)."""
+    """Arrange validated summaries into a ``Table`` (warnings collected in ``table.warnings``).
+    ``case_protocol``: shown for a task without ``protocol`` results that has it (a case-level task's
+    ``abmil`` where the default ``linear`` was not asked for); the table names each row's protocol."""
     warnings: list[str] = []
     by_task: dict[str, dict[str, tuple[Path, dict[str, Any]]]] = defaultdict(dict)
     for path, s in summaries:
@@ -130,8 +133,10 @@ def build_table(
     ref_label = SOURCES[reference][0] if reference else None
     floors = frozenset(str(s["model"]["id"]) for path, s in summaries
                        if is_random_init(s["model"], Path(path).resolve().parents))
-    rows = [_task_row(task, per, models, protocol, metric, reference, warnings)
+    rows = [_task_row(task, per, models, (protocol, case_protocol), metric, reference, warnings)
             for task, per in by_task.items()]
+    shown = {r.protocol for r in rows}
+    protocol = shown.pop() if len(shown) == 1 and case_protocol in shown else protocol
     for r in rows:
         r.floor_models = floors
     rows.sort(key=lambda r: (r.modality, r.task))
@@ -145,9 +150,12 @@ def build_table(
                  collect_pretraining(summaries), average_rows)
 
 
-def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: list[str], protocol: str,
-              metric: str | None, reference: str | None, warnings: list[str]) -> Row:
-    """One task's row (its warnings appended to ``warnings``)."""
+def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: list[str],
+              protocols: tuple[str, str | None], metric: str | None, reference: str | None,
+              warnings: list[str]) -> Row:
+    """One task's row (its warnings appended to ``warnings``); ``protocols``: (the table's, the one a
+    task without it shows when it has it, or None)."""
+    protocol, case_protocol = protocols
     first = per[sorted(per)[0]][1]
     modality = str(first["task"]["modality"])
     if metric is None:
@@ -169,7 +177,10 @@ def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: li
             f"its cells are marked {MISMATCH} and left out of averages and ranks"
         )
     row_protocol = protocol
-    if not any(protocol in s["protocols"] for _, s in per.values()) and any(
+    has = {p for _, s in per.values() for p in s["protocols"]}
+    if protocol not in has and case_protocol in has:  # a case-level task: its protocol, in the caption
+        row_protocol = case_protocol
+    elif protocol not in has and any(
         "finetune" in s["protocols"] for _, s in per.values()
     ):
         # Dense tasks (segmentation) have no frozen-encoder protocol: show their fine-tune
@@ -179,7 +190,7 @@ def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: li
     cells = {m: (_cell(per[m][1], row_protocol, row_metric) if m in per else None) for m in models}
     ref = reference_for(reference, task, row_metric) if reference else None
     return Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None,
-               _chance(per, row_metric))
+               _chance(per, row_metric), protocol=row_protocol)
 
 
 _Averages = dict[str, dict[str, tuple[float, int, int]]]
@@ -247,6 +258,10 @@ def _floor_models(t: Table) -> frozenset[str]:
 def _caption(t: Table) -> str:
     metric = f"metric: {t.metric}" if t.metric else "metric: each task's primary metric"
     kind = "mean ± std over seeds" if t.protocol.startswith("fraction_") else "95% bootstrap CI in brackets"
+    others = sorted({r.protocol for r in t.rows if r.protocol and r.protocol not in (t.protocol, "finetune")})
+    for p in others:  # a mixed folder: the case-level tasks' protocol (finetune rows have their warning)
+        tasks = ", ".join(r.task for r in t.rows if r.protocol == p)
+        kind += f"; {p} for {tasks}"
     return f"Protocol: {t.protocol} · {metric} · values ×100, {kind}"
 
 
@@ -293,11 +308,28 @@ def _md_rows(t: Table, chance: bool) -> list[str]:
     return lines
 
 
+def _n_note(t: Table) -> str:
+    """The ``n=`` footnote: test images, or test cases (slides, volumes, patients) on case-level rows."""
+    counted = [(r.task, c.unit) for r in t.rows for c in r.cells.values()
+               if c is not None and c.n_test is not None]
+    if not counted:
+        return ""
+    cases = {task: unit for task, unit in counted if unit}
+    units = ", ".join(f"{u}s" for u in sorted(set(cases.values())))
+    if len(cases) == len({task for task, _ in counted}):
+        return f"n=: the number of test cases ({units}) each value was computed on."
+    text = "n=: the number of test images each value was computed on"
+    if cases:
+        text += f"; test cases ({units}) on the case-level rows ({', '.join(sorted(cases))})"
+    return text + "."
+
+
 def benchmark_notes(t: Table) -> list[str]:
     """The table's footnotes as plain text (the Markdown's, and the HTML's once escaped)."""
     notes = []
-    if any(c is not None and c.n_test is not None for r in t.rows for c in r.cells.values()):
-        notes.append("n=: the number of test images each value was computed on.")
+    n_note = _n_note(t)
+    if n_note:
+        notes.append(n_note)
     if any(r.chance is not None for r in t.rows):
         notes.append("chance: the metric of a predictor that learned nothing (the training class prior for "
                      "every test image: majority-class accuracy, AUROC 50; balanced accuracy 100/K for K "
@@ -430,7 +462,8 @@ def render_json(t: Table) -> str:
                 "degenerate": c.degenerate, "n_test": c.n_test,
             }
         rows.append({
-            "modality": r.modality, "task": r.task, "metric": r.metric, "data_hash_mismatch": r.mismatch,
+            "modality": r.modality, "task": r.task, "metric": r.metric, "protocol": r.protocol,
+            "data_hash_mismatch": r.mismatch,
             "cells": cells, "reference": _r(r.reference), "chance": _r(r.chance),
         })
     obj = {

@@ -56,14 +56,17 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
     if not summaries:
         raise UsageError(f"no valid summary.json under '{root}'; write results with `midol probe` first")
     available = sorted({p for _, x in summaries for p in x["protocols"]})
-    if s.protocol not in available:
+    # The default protocol (linear) not asked for: a case-level task shows abmil (issue 27.2)
+    case_protocol = None if "protocol" in s.model_fields_set else "abmil"
+    if s.protocol not in available and case_protocol not in available:
         raise UsageError(f"no summary has protocol '{s.protocol}' (available: {', '.join(available)})")
     if s.metric is not None:
         known = {m for _, x in summaries for b in x["protocols"].values() for m in b.get("metrics", {})}
         if s.metric not in known:
             raise UsageError(f"no summary has metric '{s.metric}' (available: {', '.join(sorted(known))})")
 
-    table = build_table(summaries, protocol=s.protocol, metric=s.metric, reference=s.reference)
+    table = build_table(summaries, protocol=s.protocol, metric=s.metric, reference=s.reference,
+                        case_protocol=case_protocol)
     for w in table.warnings:
         reporter.line(f"warning: {w}")
     comparison, compare_models = None, None
@@ -95,5 +98,5 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
 
         tasks, values, errors = bar_chart_data(table)
         ylabel = f"{s.metric or 'primary metric'} (x100)"
-        plot_bars(tasks, table.models, values, errors, s.plot, ylabel, title=f"protocol: {s.protocol}")
+        plot_bars(tasks, table.models, values, errors, s.plot, ylabel, title=f"protocol: {table.protocol}")
     return text

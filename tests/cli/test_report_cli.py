@@ -132,3 +132,59 @@ def test_command_module_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _case_summary(model: str, task: str, value: float) -> dict:
+    """A case-level run's summary (probe --protocol abmil): abmil, mean and max over 12 test slides."""
+    from tests.report._tree import summary
+
+    s = summary(model, task, "pathology", "auroc", value, value - 0.05, value + 0.05)
+    block = {"metrics": {"auroc": {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05}}}
+    s["protocols"] = {"abmil": block, "mean": block, "max": block}
+    s["n"], s["case_level"] = {"train": 40, "val": 8, "test": 12}, {"unit": "slide", "runs": 5}
+    return s
+
+
+def _write(results, *summaries) -> None:
+    for s in summaries:
+        path = results / s["model"]["id"] / s["task"]["name"] / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(s))
+
+
+def test_a_case_level_folder_reports_abmil_without_asking(tmp_path, monkeypatch, capsys):
+    """Issue 27.2: plain `midol report` on case-level results only shows abmil (its heading says so, n=
+    counts test slides); an explicit -p linear keeps the one-line error."""
+    results = tmp_path / "results"
+    _write(results, _case_summary("m-a", "camelyon", 0.90), _case_summary("m-b", "camelyon", 0.80))
+    code, out, err = midol(monkeypatch, capsys, "report", str(results))
+    assert code == 0, err
+    assert out.startswith("Protocol: abmil · ")
+    row = "| pathology | camelyon | auroc | **90.00 [85.00, 95.00]** n=12 | 80.00 [75.00, 85.00] n=12 |"
+    assert row in out
+    assert "n=: the number of test cases (slides) each value was computed on." in out
+    code, out, err = midol(monkeypatch, capsys, "report", str(results), "-p", "linear")
+    assert code == 2 and "no summary has protocol 'linear' (available: abmil, max, mean)" in err
+    code, out, _ = midol(monkeypatch, capsys, "report", str(results), "-p", "mean", "--format", "json")
+    assert code == 0 and json.loads(out)["protocol"] == "mean"
+
+
+def test_a_mixed_folder_shows_linear_and_abmil_rows(tmp_path, monkeypatch, capsys):
+    """Issue 27.2: image-level tasks show linear, case-level ones abmil (no dashes), each row labelled."""
+    from tests.report._tree import summary
+
+    results = tmp_path / "results"
+    _write(results, summary("m-a", "ham10000", "dermoscopy", "accuracy", 0.80, 0.78, 0.82),
+           _case_summary("m-a", "camelyon", 0.90))
+    code, out, err = midol(monkeypatch, capsys, "report", str(results))
+    assert code == 0, err
+    assert out.startswith("Protocol: linear · ") and "; abmil for camelyon" in out.splitlines()[0]
+    assert "| pathology | camelyon | auroc | **90.00 [85.00, 95.00]** n=12 |" in out
+    assert "| dermoscopy | ham10000 | accuracy | **80.00 [78.00, 82.00]** n=30 |" in out
+    assert ("n=: the number of test images each value was computed on; test cases (slides) on the "
+            "case-level rows (camelyon).") in out
+    code, out, _ = midol(monkeypatch, capsys, "report", str(results), "--format", "json")
+    rows = {r["task"]: r["protocol"] for r in json.loads(out)["rows"]}
+    assert rows == {"camelyon": "abmil", "ham10000": "linear"} and json.loads(out)["protocol"] == "linear"
+    code, out, _ = midol(monkeypatch, capsys, "report", str(results), "-p", "linear")
+    assert code == 0 and "| pathology | camelyon | auroc | – |" in out  # asked for: linear only
