@@ -150,3 +150,19 @@ def _chance(per: dict[str, tuple[Path, dict[str, Any]]], metric: str) -> float |
         if value is not None:
             return float(value)
     return None
+
+
+def n_test_note(rows: list[Row]) -> str:
+    """The ``n=`` footnote: test images, or test cases (slides, volumes, patients) on case-level rows."""
+    counted = [(r.task, c.unit) for r in rows for c in r.cells.values()
+               if c is not None and c.n_test is not None]
+    if not counted:
+        return ""
+    cases = {task: unit for task, unit in counted if unit}
+    units = ", ".join(f"{u}s" for u in sorted(set(cases.values())))
+    if len(cases) == len({task for task, _ in counted}):
+        return f"n=: the number of test cases ({units}) each value was computed on."
+    text = "n=: the number of test images each value was computed on"
+    if cases:
+        text += f"; test cases ({units}) on the case-level rows ({', '.join(sorted(cases))})"
+    return text + "."

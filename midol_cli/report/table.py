@@ -41,6 +41,7 @@ from midol_cli.report.cells import (  # noqa: F401  (the marks and Cell are publ
     _cell,
     _chance,
     _pct,
+    n_test_note,
     top_models,
 )
 from midol_cli.report.pretraining import Pretraining, collect_pretraining, is_random_init
@@ -308,26 +309,10 @@ def _md_rows(t: Table, chance: bool) -> list[str]:
     return lines
 
 
-def _n_note(t: Table) -> str:
-    """The ``n=`` footnote: test images, or test cases (slides, volumes, patients) on case-level rows."""
-    counted = [(r.task, c.unit) for r in t.rows for c in r.cells.values()
-               if c is not None and c.n_test is not None]
-    if not counted:
-        return ""
-    cases = {task: unit for task, unit in counted if unit}
-    units = ", ".join(f"{u}s" for u in sorted(set(cases.values())))
-    if len(cases) == len({task for task, _ in counted}):
-        return f"n=: the number of test cases ({units}) each value was computed on."
-    text = "n=: the number of test images each value was computed on"
-    if cases:
-        text += f"; test cases ({units}) on the case-level rows ({', '.join(sorted(cases))})"
-    return text + "."
-
-
 def benchmark_notes(t: Table) -> list[str]:
     """The table's footnotes as plain text (the Markdown's, and the HTML's once escaped)."""
     notes = []
-    n_note = _n_note(t)
+    n_note = n_test_note(t.rows)
     if n_note:
         notes.append(n_note)
     if any(r.chance is not None for r in t.rows):
