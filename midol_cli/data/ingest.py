@@ -19,13 +19,15 @@ import dataclasses
 import json
 import os
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from midol_cli.artifacts import MANIFEST_COLUMNS, SPLITS, is_within, provenance, stable_id
+from midol_cli.artifacts import MANIFEST_COLUMNS, is_within, provenance, stable_id
 from midol_cli.data import readers
+
+# reason_class and UNLABELLED are public here too (ingest_summary)
+from midol_cli.data.ingest_summary import UNLABELLED, add_warnings, as_and, reason_class, summarize
 
 # inspect_file and inspect_stat are public here too
 from midol_cli.data.ingest_workers import (  # noqa: F401
@@ -78,18 +80,12 @@ _CONTENT_REJECTS = (
     "unsupported DICOM transfer syntax",
     "file too large",
 )
-UNLABELLED = "(unlabelled)"
 
 
 def default_out(raw_dir: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> Path:
     """``./manifests/<raw folder name>.parquet`` relative to ``cwd`` (default: the current directory)."""
     name = Path(raw_dir).resolve().name or "root"
     return Path(cwd or os.getcwd()) / "manifests" / f"{name}.parquet"
-
-
-def reason_class(reason: str) -> str:
-    """A reason without its per-file detail: "over pixel cap (9000 x 9000)" -> "over pixel cap"."""
-    return reason.split(" (", 1)[0]
 
 
 # ---------------------------------------------------------------- the command's core
@@ -214,11 +210,11 @@ def _ingest_folder(
                                                   isolate)
     df = _build_frame(entries, decoded, modality, ds_name, lay.name, seed, fractions,
                       opts.report.pop("split_listing", None))  # slides/volumes: parts split alike
-    summary = _summarize(df)
+    summary = summarize(df)
     summary.update(manifest=str(target), layout=lay.name, dataset=ds_name, modality=modality,
                    decoded=n_decoded, reused=reused, unlisted=unlisted, duplicate_listings=duplicate_listings,
                    label_conflicts=label_conflicts, walk_errors=walk_errors)
-    _add_warnings(summary, df, lay, root, opts, unlabelled_note, log)
+    add_warnings(summary, df, lay, root, opts, unlabelled_note, log)
 
     counts = {k: summary[k] for k in ("rows", "ok", "rejected", "decoded", "reused", "unlisted", "duplicates",
                                       "duplicates_across_splits", "duplicate_label_conflicts")}
@@ -293,23 +289,6 @@ def _reuse_or_decode(entries: dict[str, Entry], root: Path, prev: dict[str, dict
     return decoded, len(todo) + measured, reused
 
 
-def _add_warnings(summary: dict[str, Any], df: Any, lay: Layout, root: Path, opts: LayoutOptions, note: str,
-                  log: Callable[[str], None]) -> None:
-    """The summary's warnings and the layout's per-slide / per-volume results and lines."""
-    summary["warnings"] = ([note] if note else []) + _warnings(
-        summary, lay.label_source, lay.name) + lay.scan_warnings(root, opts)
-    summary.update({k: v for k, v in opts.report.items() if k != "lines"})  # per slide / volume results
-    summary["lines"] = list(opts.report.get("lines", []))
-    first_only = 0 if lay.name == "volumes" or not len(df) else int(
-        df["intensity"].astype(str).str.contains("frame1of", regex=False).sum())
-    if first_only:  # multi-frame DICOMs an image layout read as one image: said, never silent
-        summary["warnings"].append(
-            f"{first_only} multi-frame DICOMs were read as their first frame only (intensity 'frame1ofN'); "
-            "--layout volumes takes every frame, or a subset with --frames central:N or every:K")
-    for line in summary["lines"]:
-        log(f"ingest: {line}")
-
-
 def _choose_layout(root: Path, raw: Path, layout: str) -> tuple[Layout, str]:
     """The layout to read ``root`` with, and a note when ``auto`` recognised none: a folder of images
     without class sub-folders (the usual pre-training archive) is then read unlabelled."""
@@ -346,18 +325,13 @@ def _scan_entries(lay: Layout, root: Path, opts: LayoutOptions, files: list[str]
             e.reason = _present_but_unsupported(root, e.path) or e.reason
         entries[e.path] = e
     for path, labels in conflicts.items():
-        entries[path].reason = f"conflicting labels (listed as {_as_and(labels)})"
+        entries[path].reason = f"conflicting labels (listed as {as_and(labels)})"
     unlisted = 0
     for f in files:
         if f not in entries and not lay.auxiliary(f):
             entries[f] = Entry(f, "", [], strip_ext(f), None)
             unlisted += 1
     return entries, repeats, conflicts, unlisted
-
-
-def _as_and(labels: list[str]) -> str:
-    """"'cat' and as 'dog'": the labels a file was listed with."""
-    return " and as ".join(f"'{x}'" for x in labels)
 
 
 def _build_frame(
@@ -456,72 +430,3 @@ def _present_but_unsupported(root: Path, rel: str) -> str:
             f"{', '.join(sorted(readers.SUPPORTED_EXTENSIONS))} or DICOM")
 
 
-def _summarize(df) -> dict[str, Any]:
-    ok = df[df["status"] == "ok"] if len(df) else df
-    rej = df[df["status"] == "rejected"] if len(df) else df
-    per: dict[str, Counter[str]] = defaultdict(Counter)
-    for labels, split in zip(ok["labels"], ok["split"], strict=True):
-        for lab in labels or [UNLABELLED]:
-            per[lab][split] += 1
-    split_of = dict(zip(ok["sample_id"], ok["split"], strict=True))
-    dups = ok[ok["duplicate_of"] != ""]
-    across = int(sum(split_of.get(d) != s for d, s in zip(dups["duplicate_of"], dups["split"], strict=True)))
-    # Identical files whose labels disagree: the copy is kept out of training as a duplicate, but the
-    # disagreement itself is a labelling problem the user should see.
-    label_of = {sid: sorted(v or []) for sid, v in zip(ok["sample_id"], ok["labels"], strict=True)}
-    conflicts = int(
-        sum(
-            label_of.get(d) != sorted(v or [])
-            for d, v in zip(dups["duplicate_of"], dups["labels"], strict=True)
-        )
-    )
-    groups_across = int((ok.groupby("group")["split"].nunique() > 1).sum()) if len(ok) else 0
-    return {
-        "rows": int(len(df)),
-        "ok": int(len(ok)),
-        "rejected": int(len(rej)),
-        "rejects_by_reason": dict(sorted(Counter(reason_class(r) for r in rej["reason"]).items())),
-        "per_label_split": {lab: {s: int(c[s]) for s in SPLITS} for lab, c in sorted(per.items())},
-        "per_split": {s: int((ok["split"] == s).sum()) for s in SPLITS},
-        "duplicates": int(len(dups)),
-        "duplicates_across_splits": across,
-        "duplicate_label_conflicts": conflicts,
-        "groups_across_splits": groups_across,
-    }
-
-
-def _warnings(summary: dict[str, Any], label_source: str, layout: str) -> list[str]:
-    w: list[str] = []
-    if summary["unlisted"]:
-        w.append(
-            f"{summary['unlisted']} image files are not listed in {label_source} ({layout} layout); "
-            "kept as unlabelled rows"
-        )
-    if summary["duplicate_listings"]:
-        w.append(f"{summary['duplicate_listings']} repeated listings of the same file were ignored")
-    conflicts = summary.get("label_conflicts") or {}
-    if conflicts:
-        path, labels = next(iter(conflicts.items()))
-        are = "files are" if len(conflicts) > 1 else "file is"
-        w.append(f"label conflict: {len(conflicts)} {are} listed more than once with different labels (e.g. "
-                 f"'{path}' as {_as_and(labels)}); rejected as 'conflicting labels': fix the listing")
-    if summary["duplicates_across_splits"]:
-        w.append(
-            f"leakage: {summary['duplicates_across_splits']} exact duplicate images sit in a different "
-            "split than their first copy"
-        )
-    if summary["duplicate_label_conflicts"]:
-        w.append(
-            f"label conflict: {summary['duplicate_label_conflicts']} exact duplicate images carry other "
-            "labels than their first copy (the copies are marked duplicate_of and left out; check the labels)"
-        )
-    if summary["groups_across_splits"]:
-        w.append(
-            f"leakage: {summary['groups_across_splits']} groups have images in more than one split "
-            "(from the official split files)"
-        )
-    if summary["walk_errors"]:
-        w.append(
-            f"{len(summary['walk_errors'])} folders were not listed (e.g. '{summary['walk_errors'][0]}')"
-        )
-    return w
