@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from midol_cli.errors import UsageError
 from midol_cli.paths import existing_dir, writable_out
 from midol_cli.progress import Reporter
-from midol_cli.workflows.settings import ReportSettings, write_settings
+from midol_cli.workflows.settings import ReportSettings, settings_dict, write_settings
 
 
 def check_report(s: ReportSettings) -> Path:
@@ -91,7 +92,7 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
         from midol_cli.artifacts import write_text_atomic
 
         write_text_atomic(s.out, text)
-        write_settings(s, s.out, "report", folder=False)
+        write_settings(_written(s), s.out, "report", folder=False)
     if s.plot is not None:
         from midol_cli.report.plots import plot_bars
         from midol_cli.report.table import bar_chart_data
@@ -100,3 +101,13 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
         ylabel = f"{s.metric or 'primary metric'} (x100)"
         plot_bars(tasks, table.models, values, errors, s.plot, ylabel, title=f"protocol: {table.protocol}")
     return text
+
+
+def _written(s: ReportSettings) -> dict[str, Any]:
+    """The settings written beside the report. A protocol not given is left out rather than written as
+    the default 'linear': re-running from the file then picks abmil for case-level tasks again, as this
+    run did (issue 27.2); an explicit 'protocol: linear' would stop on a case-level-only folder."""
+    d = settings_dict(s)
+    if "protocol" not in s.model_fields_set:
+        d.pop("protocol", None)
+    return d

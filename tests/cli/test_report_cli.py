@@ -188,3 +188,25 @@ def test_a_mixed_folder_shows_linear_and_abmil_rows(tmp_path, monkeypatch, capsy
     assert rows == {"camelyon": "abmil", "ham10000": "linear"} and json.loads(out)["protocol"] == "linear"
     code, out, _ = midol(monkeypatch, capsys, "report", str(results), "-p", "linear")
     assert code == 0 and "| pathology | camelyon | auroc | – |" in out  # asked for: linear only
+
+
+def test_the_written_settings_rerun_a_case_level_report(tmp_path, monkeypatch, capsys):
+    """Issue 27.2: the settings written beside a report that picked abmil by itself leave the protocol
+    out (not 'protocol: linear'), so `midol report THAT.yaml` gives the same report; a -p given is kept."""
+    import yaml
+
+    results = tmp_path / "results"
+    _write(results, _case_summary("m-a", "camelyon", 0.90), _case_summary("m-b", "camelyon", 0.80))
+    first = tmp_path / "first.md"
+    code, _, err = midol(monkeypatch, capsys, "report", str(results), "--out", str(first))
+    assert code == 0, err
+    written = first.with_name("first.report.yaml")
+    cfg = yaml.safe_load(written.read_text())
+    assert "protocol" not in cfg and cfg["results_dir"] == str(results)
+    again = tmp_path / "again.md"
+    code, _, err = midol(monkeypatch, capsys, "report", str(written), "--out", str(again))
+    assert code == 0, err
+    assert again.read_text() == first.read_text() and again.read_text().startswith("Protocol: abmil · ")
+    code, _, err = midol(monkeypatch, capsys, "report", str(results), "-p", "mean", "--out", str(first))
+    assert code == 0, err
+    assert yaml.safe_load(written.read_text())["protocol"] == "mean"
