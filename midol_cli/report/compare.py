@@ -75,6 +75,7 @@ def comparison_rows(
     n_boot: int = 2000,
     seed: int = 0,
     warn: Callable[[str], None] | None = None,
+    case_protocol: str | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per task both models have (keys ``ROW_KEYS``), then the ``mean`` row.
 
@@ -82,7 +83,8 @@ def comparison_rows(
     anywhere below ``results_root``. Metric values are fractions; None where undefined. A task whose
     two prediction files are not comparable (other test images or labels, a missing protocol) is
     skipped with a ``warn`` message (default: a ``warning:`` line on stderr). Unknown models, or no
-    comparable task, are ``UsageError``s.
+    comparable task, are ``UsageError``s. ``case_protocol``: compared instead of ``protocol`` on a task
+    whose summaries have it and not ``protocol`` (``task_protocol``; abmil, -p not given: issue 27.2).
     """
     from midol_cli.eval.paired import paired_differences
 
@@ -95,13 +97,30 @@ def comparison_rows(
     folders, common = _common_tasks(root, a, b)
     points = []
     for task in common:
-        point = _task_point(root, task, folders, a, b, protocol, say)
+        used = task_protocol([f[task] for f in folders.values() if task in f], protocol, case_protocol)
+        point = _task_point(root, task, folders, a, b, used, say)
         if point is not None:
             points.append(point)
     if not points:
         raise UsageError(f"--compare: no task with comparable '{protocol}' predictions of '{a}' and '{b}'")
     diffs = paired_differences([p[0] for p in points], "B", ["A"], n_boot=n_boot, seed=seed)["A"]
     return _rows(points, diffs)
+
+
+def task_protocol(task_dirs: Sequence[Path], protocol: str, case_protocol: str | None) -> str:
+    """The protocol a task is compared on: ``case_protocol`` where no summary in ``task_dirs`` (the task's
+    folders, every model's) has ``protocol`` results and one has it, as the table shows; else ``protocol``."""
+    if case_protocol is None:
+        return protocol
+    from midol_cli.eval.results import SUMMARY_NAME
+
+    has: set[str] = set()
+    for folder in task_dirs:
+        try:
+            has |= set(json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))["protocols"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable summary: the report warned about it
+    return case_protocol if protocol not in has and case_protocol in has else protocol
 
 
 def _common_tasks(root: Path, a: str, b: str) -> tuple[dict[str, dict[str, Path]], list[str]]:

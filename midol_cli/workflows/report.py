@@ -77,7 +77,8 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
         if s.metric is not None:
             raise UsageError("--compare compares each task's primary metric; leave out --metric")
         compare_models = parse_compare(s.compare)
-        comparison = comparison_rows(root, *compare_models, protocol=s.protocol, n_boot=s.n_boot, seed=0)
+        comparison = comparison_rows(root, *compare_models, protocol=s.protocol, n_boot=s.n_boot, seed=0,
+                                     case_protocol=case_protocol)
     if s.format == "html":
         from midol_cli.report.html import render_html
 
@@ -85,7 +86,8 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
                            tsne=list(s.tsne), warnings=warnings,
                            command=command or " ".join(["midol", *sys.argv[1:]]))
     elif comparison is not None:
-        text = render_comparison(comparison, compare_models, s.format, protocol=s.protocol, n_boot=s.n_boot)
+        text = render_comparison(comparison, compare_models, s.format, n_boot=s.n_boot,
+                                 protocol=_compared_protocol(table, comparison, s.protocol, case_protocol))
     else:
         text = {"md": render_markdown, "csv": render_csv, "json": render_json}[s.format](table)
     if s.out is not None:
@@ -111,3 +113,18 @@ def _written(s: ReportSettings) -> dict[str, Any]:
     if "protocol" not in s.model_fields_set:
         d.pop("protocol", None)
     return d
+
+
+def _compared_protocol(table: Any, rows: list[dict[str, Any]], protocol: str, case_protocol: str | None
+                       ) -> str:
+    """The comparison caption's protocol: ``protocol``; ``case_protocol`` where every compared task used it
+    (a case-level folder); ``"linear; abmil for camelyon"`` where some did, as the table's caption says.
+    The table's rows name each task's protocol; ``report.compare.task_protocol`` picks it by the same rule."""
+    used = {r.task: r.protocol for r in table.rows}
+    tasks = [r["task"] for r in rows if r["task"] != "mean"]
+    others = [t for t in tasks if case_protocol is not None and used.get(t) == case_protocol != protocol]
+    if not others:
+        return protocol
+    if len(others) == len(tasks):
+        return case_protocol
+    return f"{protocol}; {case_protocol} for {', '.join(others)}"

@@ -210,3 +210,50 @@ def test_the_written_settings_rerun_a_case_level_report(tmp_path, monkeypatch, c
     code, _, err = midol(monkeypatch, capsys, "report", str(results), "-p", "mean", "--out", str(first))
     assert code == 0, err
     assert yaml.safe_load(written.read_text())["protocol"] == "mean"
+
+
+def _with_predictions(results, s: dict, protocol: str, skill: float) -> dict:
+    """``s`` (a binary auroc task) written with a predictions.parquet of 40 test cases under ``protocol``:
+    the positive class's score is ``skill`` * label + noise (fixed per skill; the same labels everywhere)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from midol_cli.artifacts import prediction_table
+
+    s["task"].update({"label_type": "binary", "classes": ["neg", "pos"], "metric": "auroc"})
+    s["primary_metric"] = "auroc"
+    y = np.arange(40) % 2
+    pos = 1 / (1 + np.exp(-(skill * y + np.random.default_rng(int(skill * 10)).normal(size=40))))
+    ids = [f"case{i:02d}" for i in range(40)]
+    _write(results, s)
+    part = (protocol, 0, ids, ids, [["neg", "pos"][v] for v in y], np.stack([1 - pos, pos], 1))
+    table = prediction_table(["neg", "pos"], s["task"]["name"], s["model"]["id"], [part])
+    pq.write_table(table, results / s["model"]["id"] / s["task"]["name"] / "predictions.parquet")
+    return s
+
+
+def test_compare_picks_abmil_for_a_case_level_task_as_the_table_does(tmp_path, monkeypatch, capsys):
+    """Issue 27.2: `report --compare` without -p compares a case-level task on abmil (it stopped with 'no
+    task with comparable linear predictions'); a mixed folder compares the others on linear."""
+    from tests.report._tree import summary
+
+    results = tmp_path / "results"
+    for model, skill in (("m-a", 3.0), ("m-b", 1.0)):
+        _with_predictions(results, _case_summary(model, "camelyon", 0.9), "abmil", skill)
+    args = ("report", str(results), "--compare", "m-a,m-b", "--n-boot", "200")
+    code, out, err = midol(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "Paired comparison m-a − m-b · protocol: abmil · " in out and "| camelyon | auroc |" in out
+    code, out, err = midol(monkeypatch, capsys, *args, "-f", "json")
+    assert code == 0 and json.loads(out)["protocol"] == "abmil"
+    assert [r["task"] for r in json.loads(out)["rows"]] == ["camelyon", "mean"]
+    code, _, err = midol(monkeypatch, capsys, *args, "-p", "linear")  # asked for: not picked
+    assert code == 2 and "no summary has protocol 'linear'" in err
+
+    for model, skill in (("m-a", 2.0), ("m-b", 2.5)):
+        image_level = summary(model, "ham10000", "dermoscopy", "auroc", 0.8, 0.78, 0.82)
+        _with_predictions(results, image_level, "linear", skill)
+    code, out, err = midol(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "· protocol: linear; abmil for camelyon · " in out
+    assert "| camelyon | auroc |" in out and "| ham10000 | auroc |" in out
