@@ -1,4 +1,5 @@
-"""Semantic segmentation: any timm ``features_only`` backbone + a light FPN decoder.
+"""Semantic segmentation: any timm ``features_only`` backbone + a light FPN decoder (fine-tuning), or a
+frozen backbone + a 1x1 conv on its last feature map (``DenseProbeModel``, the dense probe).
 
 Decoder (Lin et al., "Feature Pyramid Networks", CVPR 2017; the fusion follows the
 "panoptic FPN" semantic branch of Kirillov et al., CVPR 2019): a 1x1 lateral conv brings every
@@ -102,6 +103,50 @@ class SegmentationModel(nn.Module):
         ]
         logits = self.head(self.fuse(torch.cat(up, dim=1)))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class DenseProbeModel(nn.Module):
+    """A frozen encoder (timm ``features_only``) + one 1x1 conv on its last feature map, upsampled
+    bilinearly to the input: the frozen-backbone dense probe. ``forward``: ``[B, 3, H, W]`` -> logits
+    ``[B, C, H, W]``.
+
+    The head is eva's ``ConvDecoder1x1`` (kaiko.ai, "eva: Evaluation framework for pathology foundation
+    models", MIDL 2024; ``eva.vision.models.networks.decoders.segmentation``), the linear segmentation
+    probe of DINOv2 (Oquab et al., 2023, sec. 7.4) without its BatchNorm: each location's class
+    logits are a linear function of that location's frozen feature, so the score measures what the
+    features already hold. As ``models.heads.Classifier(freeze_encoder=True)``: encoder parameters get
+    ``requires_grad=False``, the encoder stays in eval mode (drop-path, dropout and BatchNorm statistics
+    frozen) when the module trains, and runs without autograd.
+    """
+
+    def __init__(self, encoder_features: nn.Module, n_classes: int = 2) -> None:
+        super().__init__()
+        info = getattr(encoder_features, "feature_info", None)
+        if info is None:
+            raise UsageError("the encoder has no feature_info; build it with timm features_only=True")
+        self.encoder = encoder_features
+        self.nhwc = feature_format(encoder_features) == "NHWC"
+        self.n_classes = int(n_classes)
+        self.head = nn.Conv2d(int(list(info.channels())[-1]), self.n_classes, 1)
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> DenseProbeModel:
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def decoder_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters outside the encoder: the 1x1 conv, the only ones that train."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            last = self.encoder(x)[-1]
+        fmap = last.permute(0, 3, 1, 2) if self.nhwc else last
+        logits = self.head(fmap)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 # ---------------------------------------------------------------- weights

@@ -19,6 +19,14 @@ Run dir (default ``<out>/<model_id>/<task>/run_finetune``, as classification): `
 Recipe fields of classification only (``label_smoothing``, ``class_balanced``) are ignored here;
 ``decoder_dim`` and ``dice_weight`` are this module's.
 
+The frozen-backbone dense probe (``midol finetune --task isic2018-seg --linear``; protocol
+``dense_probe``, issue 29.4) runs the same driver, data, loss, schedule and scoring with
+``models.segmentation.DenseProbeModel``: the encoder frozen (no gradient, eval mode) and only a 1x1 conv
+on its last feature map trained, as eva's frozen segmentation protocol. Its files sit beside full
+fine-tuning's: the ``dense_probe`` block of the same ``summary.json``, ``predictions_dense_probe.parquet``,
+``panel_dense_probe.png`` and the run dir ``run_dense_probe``; ``decoder_dim`` and ``optim.layer_decay``
+do not apply to it.
+
 Runs as one process or under torchrun (DDP, gloo on CPU): the training set is split by
 ``DistributedSampler``, val by rank (no padding; Dice sums are all-reduced), and test is scored on
 rank 0.
@@ -52,6 +60,7 @@ from midol_cli.train.seg_data import (  # noqa: F401  (prepare_segmentation_data
 )
 
 PROTOCOL = "finetune"
+PROBE_PROTOCOL = "dense_probe"
 BEST_FORMAT = "midol-segmentation-best-2"
 CKPT_KIND = "segmentation"
 PANEL_CASES = 6
@@ -61,20 +70,22 @@ PANEL_CASES = 6
 
 
 def build_segmentation_model(eval_model: Any, img_size: int, decoder_dim: int, drop_path_rate: float,
-                             seed: int = 0) -> tuple[Any, Any, Any]:
+                             seed: int = 0, probe: bool = False) -> tuple[Any, Any, Any]:
     """``SegmentationModel`` on a ``features_only`` copy of ``eval_model``'s encoder (an
-    ``eval.models.EvalModel``), built at ``img_size``; decoder initialised from ``seed``.
+    ``eval.models.EvalModel``), built at ``img_size``; decoder initialised from ``seed``. ``probe``: a
+    ``DenseProbeModel`` instead (frozen encoder, drop-path off, a 1x1 conv head).
 
     Returns ``(model, EncoderSpec, LoadReport)``.
     """
     from midol_cli.models.encoder import build_feature_encoder
-    from midol_cli.models.segmentation import SegmentationModel, load_encoder_weights
+    from midol_cli.models.segmentation import DenseProbeModel, SegmentationModel, load_encoder_weights
 
-    spec = replace(eval_model.spec, img_size=int(img_size), drop_path_rate=float(drop_path_rate))
+    spec = replace(eval_model.spec, img_size=int(img_size),
+                   drop_path_rate=0.0 if probe else float(drop_path_rate))
     torch.manual_seed(seed)
     feats = build_feature_encoder(spec)
     report = load_encoder_weights(feats, eval_model.encoder.state_dict(), f"'{eval_model.weights}'")
-    model = SegmentationModel(feats, decoder_dim, 2)
+    model = DenseProbeModel(feats, 2) if probe else SegmentationModel(feats, decoder_dim, 2)
     return model, spec, report
 
 
@@ -198,8 +209,9 @@ def panel_cases(model: Any, data: SegData, picks: list[int], dice: dict[int, flo
 class SegmentationTask:
     """Binary (lesion / background) segmentation for the supervised driver
     (``train.supervised.run_supervised``): its data (masks checked once), its model (FPN decoder on a
-    ``features_only`` encoder) and optimiser groups, CE + ``dice_weight`` x soft Dice, mean val Dice at
-    the input size, and test scoring at each mask's own resolution."""
+    ``features_only`` encoder; with ``probe`` a 1x1 conv on the frozen encoder) and optimiser groups,
+    CE + ``dice_weight`` x soft Dice, mean val Dice at the input size, and test scoring at each mask's
+    own resolution."""
 
     kind = CKPT_KIND
     title = "segmentation fine-tuning"
@@ -209,10 +221,14 @@ class SegmentationTask:
     label = "segment"
 
     def __init__(self, spec: Any, recipe: SegmentationRecipe, di: DistInfo,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None, probe: bool = False) -> None:
         if spec.label_type != "segmentation":
             raise UsageError(f"task {spec.name} is not a segmentation task; use run_finetune")
         self.spec, self.recipe, self.di, self.options = spec, recipe, di, options
+        self.probe = bool(probe)
+        if self.probe:  # instance attributes: the class's stay those of full fine-tuning
+            self.protocol, self.label = PROBE_PROTOCOL, "dense probe"
+            self.title = "dense probe (frozen encoder)"
         self.max_pixels = DEFAULT_MAX_PIXELS
 
     # ---- data, model, loaders
@@ -231,9 +247,11 @@ class SegmentationTask:
         r = self.recipe
         self.size = int(r.img_size or eval_model.spec.img_size)
         self.model, self.enc_spec, self.load_report = build_segmentation_model(
-            eval_model, self.size, r.decoder_dim, r.drop_path_rate, r.seed)
+            eval_model, self.size, r.decoder_dim, r.drop_path_rate, r.seed, probe=self.probe)
         self.say(f"{self.spec.name}: encoder weights from {eval_model.weights}: {self.load_report.summary()}")
-        scales = encoder_layer_scales(self.model, eval_model.encoder, r.optim.layer_decay)
+        # the probe's encoder is frozen: its parameters are left out of the groups, no layer decay
+        scales = ({} if self.probe
+                  else encoder_layer_scales(self.model, eval_model.encoder, r.optim.layer_decay))
         return self.model, param_groups(self.model, scales, r.optim.weight_decay)
 
     def loaders(self, idx: dict[str, list[int]], micro: int) -> tuple[Any, Any]:
@@ -258,10 +276,15 @@ class SegmentationTask:
         return train
 
     def run_info(self, model_info: dict[str, Any]) -> dict[str, Any]:
-        return {"stage": "finetune", "protocol": PROTOCOL, "task": self.spec.name, "model": model_info,
+        return {"stage": "finetune", "protocol": self.protocol, "task": self.spec.name, "model": model_info,
                 "manifest": str(self.fd.manifest.resolve()), "data_hash": self.fd.data_hash,
-                "encoder": self.enc_spec.to_dict(), "decoder_dim": self.recipe.decoder_dim,
+                "encoder": self.enc_spec.to_dict(), **self._decoder(),
                 "encoder_load": self.load_report.summary()}
+
+    def _decoder(self) -> dict[str, Any]:
+        if self.probe:
+            return {"decoder": "conv1x1"}
+        return {"decoder": "fpn", "decoder_dim": self.recipe.decoder_dim}
 
     # ---- what the engine asks for
     def train_loss(self, net: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -294,17 +317,16 @@ class SegmentationTask:
         return dice, {"val_dice": dice, "val_jaccard": jac}, bad
 
     def identity(self) -> dict[str, Any]:
-        return {"task": self.spec.name, "protocol": PROTOCOL}
+        return {"task": self.spec.name, "protocol": self.protocol}
 
     def extra(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "classes": list(self.spec.classes),
-                "encoder_spec": self.enc_spec.to_dict(),
-                "decoder_dim": self.recipe.decoder_dim, "data_hash": self.fd.data_hash}
+                "encoder_spec": self.enc_spec.to_dict(), **self._decoder(), "data_hash": self.fd.data_hash}
 
     # ---- test, on rank 0 at each mask's own resolution
     def test(self, run: Any, say: Any) -> dict[str, Any]:
         """``summary.json`` (through ``eval.protocols``, keeping every other protocol), per-image
-        ``predictions.parquet`` and the panel of test cases."""
+        ``predictions.parquet`` and the panel of test cases (the probe's: ``..._dense_probe``)."""
         if not self.di.is_main:
             return {}
         from midol_cli.eval.protocols import write_protocol
@@ -326,30 +348,38 @@ class SegmentationTask:
         if not kept:
             raise UsageError(f"no test image of task {self.spec.name} could be read")
         block = metrics_block(dice, jac, [fd.items[k].group for k in kept], n_boot=r.n_boot, seed=r.seed)
-        block.update({**run.block(), "train_mode": "full", "layer_decay": r.optim.layer_decay,
-                      "img_size": size,
-                      "decoder": "fpn", "decoder_dim": r.decoder_dim, "dice_weight": r.dice_weight,
+        mode = ({"train_mode": "frozen"} if self.probe
+                else {"train_mode": "full", "layer_decay": r.optim.layer_decay})
+        block.update({**run.block(), **mode, "img_size": size, **self._decoder(),
+                      "dice_weight": r.dice_weight,
                       "threshold": "argmax", "metric_resolution": "mask",
                       "skipped_unreadable_test": len(bad_test),
                       "encoder_load": self.load_report.summary()})
         out_dir, mid = run.out_dir, run.model_info["id"]
-        summary = write_protocol(out_dir, PROTOCOL, block, self.task, run.model_info, data_hash=fd.data_hash,
-                                 n={**run.n, "test": len(kept)}, val_source=fd.val_source, notes=fd.notes,
-                                 recipe=r, task_extra={"split_source": self.spec.split},
-                                 manifest=str(fd.manifest))
+        summary = write_protocol(out_dir, self.protocol, block, self.task, run.model_info,
+                                 data_hash=fd.data_hash, n={**run.n, "test": len(kept)},
+                                 val_source=fd.val_source, notes=fd.notes, recipe=r,
+                                 task_extra={"split_source": self.spec.split}, manifest=str(fd.manifest))
         ids = [fd.items[k].sample_id for k in kept]
-        write_predictions(out_dir / PREDICTIONS_NAME, ids, ["test"] * len(kept),
-                          dice, jac, {"task": self.spec.name, "model": mid, "protocol": PROTOCOL,
+        write_predictions(out_dir / self._named(PREDICTIONS_NAME), ids, ["test"] * len(kept),
+                          dice, jac, {"task": self.spec.name, "model": mid, "protocol": self.protocol,
                                       "metrics": ["dice", "jaccard"], "threshold": "argmax"})
         by_item = {k: float(d) for k, d in zip(kept, dice, strict=True)}
         picks = [kept[i] for i in pick_cases(dice, PANEL_CASES)]
         cases = panel_cases(self.model, fd, picks, by_item, size, mean, std, dev, self.max_pixels)
-        plot_panel(cases, out_dir / PANEL_NAME, title=f"{self.spec.name}: {mid} (test; green truth, magenta "
-                                                      "prediction)")
+        plot_panel(cases, out_dir / self._named(PANEL_NAME),
+                   title=f"{self.spec.name}: {mid} {self.protocol} (test; green truth, magenta prediction)")
         m = block["metrics"]["dice"]
-        say(f"{self.spec.name}: test Dice {m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}] on "
-            f"{len(kept)} images -> {out_dir}")
+        say(f"{self.spec.name}: {self.protocol} test Dice {m['value']:.4f} [{m['ci_low']:.4f}, "
+            f"{m['ci_high']:.4f}] on {len(kept)} images -> {out_dir}")
         return summary
+
+    def _named(self, name: str) -> str:
+        """A result file's name: full fine-tuning's as before, the probe's with ``_dense_probe``."""
+        if not self.probe:
+            return name
+        stem, dot, ext = name.rpartition(".")
+        return f"{stem}_{self.protocol}{dot}{ext}"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -367,12 +397,14 @@ def run_segmentation(
     reporter: engine.Reporter | None = None,
     options: dict[str, str] | None = None,
     lenient: bool = False,
+    probe: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on segmentation task ``spec`` (a ``tasks.TaskSpec``); write results.
+    ``probe``: the frozen-backbone dense probe (protocol ``dense_probe``) instead of full fine-tuning.
 
     ``weights``: a midol run dir / export, ``timm:NAME=FILE`` or ``random:...``; ``data``: raw folder or
     manifest; ``out_root``: results root; ``name``: model id (default: derived from ``weights``);
-    ``run_dir``: checkpoints (default ``<out>/<model id>/<task>/run_finetune``); ``resume``: None, "auto"
+    ``run_dir``: checkpoints (default ``<out>/<model id>/<task>/run_<protocol>``); ``resume``: None, "auto"
     or a checkpoint path. Returns the summary dict on rank 0 (plus ``out_dir``, ``run_dir`` and
     ``protocol``), ``{}`` on other ranks.
     """
@@ -380,6 +412,6 @@ def run_segmentation(
 
     if spec.label_type != "segmentation":
         raise UsageError(f"task {spec.name} is not a segmentation task; use run_finetune")
-    return run_supervised(lambda di: SegmentationTask(spec, recipe, di, options), weights, data, recipe,
-                          out_root=out_root, name=name, run_dir=run_dir, resume=resume, reporter=reporter,
-                          lenient=lenient)
+    return run_supervised(lambda di: SegmentationTask(spec, recipe, di, options, probe), weights, data,
+                          recipe, out_root=out_root, name=name, run_dir=run_dir, resume=resume,
+                          reporter=reporter, lenient=lenient)
