@@ -1,9 +1,11 @@
 """Volumes (issue 26): multi-frame Ophthalmic Tomography DICOMs written by pydicom, and the real Heidelberg
-.vol in ../shared/data/oct read through eyepy; frame choice, grouping, laterality, rejects, shards."""
+.vol in $MIDOL_SHARED/data/oct (default: ../shared/data/oct) read through eyepy; frame choice, grouping,
+laterality, rejects, shards."""
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,19 @@ from midol_cli.data.volumes import OPHTHALMIC_TOMOGRAPHY, parse_frames, select_f
 from midol_cli.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_OCT = ROOT.parent / "shared" / "data" / "oct"
+
+
+def shared_dir() -> Path:
+    """The shared test data's folder: $MIDOL_SHARED when set, else ``shared`` beside the repository
+    (/work/shared for /work/main)."""
+    env = os.environ.get("MIDOL_SHARED", "").strip()
+    return Path(env).expanduser().resolve() if env else ROOT.parent / "shared"
+
+
+SHARED_OCT = shared_dir() / "data" / "oct"
+# eyepy's own test file (tests/data/filetypes/heyex_vol/test_volume.vol, eyepy commit 5dc5313, MIT licence).
+# It cannot be generated here: eyepy 0.21's HeVolWriter fails on its own date fields (TypeError).
+HEYEX_VOL = "heyex_test_volume.vol"
 
 
 def frames_of(n: int, h: int = 40, w: int = 50) -> np.ndarray:
@@ -174,11 +188,15 @@ def test_image_layouts_say_when_they_take_only_the_first_frame(tmp_path):
 
 def test_heidelberg_vol_through_eyepy(tmp_path):
     pytest.importorskip("eyepy", reason="the oct extra (eyepy) is not installed")
-    vol = SHARED_OCT / "heyex_test_volume.vol"
+    vol = SHARED_OCT / HEYEX_VOL
     if not vol.is_file():
-        pytest.skip(f"the shared Heidelberg test volume is absent ({vol})")
+        pytest.skip(
+            f"the Heidelberg test volume {vol} is missing: copy eyepy's "
+            "tests/data/filetypes/heyex_vol/test_volume.vol (eyepy commit 5dc5313) there as "
+            f"{HEYEX_VOL}, or set MIDOL_SHARED to a folder holding data/oct/{HEYEX_VOL}"
+        )
     df, s = _ingest(SHARED_OCT, tmp_path / "m.parquet", frames="all")
-    rows = df[df["path"].str.startswith("heyex_test_volume.vol#")]
+    rows = df[df["path"].str.startswith(f"{HEYEX_VOL}#")]
     assert len(rows) == 10 and (rows["status"] == "ok").all()
     assert (
         (rows["width"] == 50).all() and (rows["height"] == 40).all() and (rows["format"] == "HEYEX-VOL").all()
