@@ -56,6 +56,11 @@ def _midol(capsys, monkeypatch, *args):
     return e.value.code, [x for x in err.splitlines() if x.strip()]
 
 
+def _embed(capsys, monkeypatch, weights, data, out, *extra):
+    """``midol embed --weights WEIGHTS --data DATA --out OUT EXTRA...``: (exit code, stderr's lines)."""
+    return _midol(capsys, monkeypatch, "embed", "--weights", weights, "--data", data, "--out", out, *extra)
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     base = tmp_path_factory.mktemp("errs")
@@ -129,8 +134,8 @@ def test_a_cuda_device_without_a_gpu_is_one_line(inputs, tmp_path, capsys, monke
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
-    code, lines = _midol(capsys, monkeypatch, "embed", "--weights", f"random:{inputs['export']}", "--data",
-                         inputs["shards"], "--out", tmp_path / "e.parquet", "--device", "cuda", "--no-cache")
+    code, lines = _embed(capsys, monkeypatch, f"random:{inputs['export']}", inputs["shards"],
+                         tmp_path / "e.parquet", "--device", "cuda", "--no-cache")
     assert code == 2 and lines == ["error: --device cuda: no CUDA GPU is visible here; use --device cpu"]
 
 
@@ -167,20 +172,8 @@ def test_embed_with_workers_on_a_damaged_shard_is_one_line(inputs, tmp_path, cap
     tar = sorted(shards.glob("*.tar"))[0]
     tar.write_bytes(tar.read_bytes()[:700])  # cut inside the first member's data
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
-    code, lines = _midol(
-        capsys,
-        monkeypatch,
-        "embed",
-        "--weights",
-        f"random:{inputs['export']}",
-        "--data",
-        shards,
-        "--out",
-        tmp_path / "e.parquet",
-        "--workers",
-        "2",
-        "--no-cache",
-    )
+    code, lines = _embed(capsys, monkeypatch, f"random:{inputs['export']}", shards, tmp_path / "e.parquet",
+                         "--workers", "2", "--no-cache")
     errors = [x for x in lines if x.startswith("error: ")]
     assert code == 1 and len(errors) == 1 and "cannot be read" in errors[0], lines
     assert not any("Traceback" in x or x.startswith("  File ") for x in lines), lines
@@ -214,19 +207,8 @@ def tiny_disk(path: Path, size: str = "64k"):
 def test_a_read_only_cache_dir_is_one_line(inputs, tmp_path, capsys, monkeypatch):
     with readonly_dir(tmp_path / "ro") as ro:
         monkeypatch.setenv("MIDOL_CACHE_DIR", str(ro / "cache"))
-        code, lines = _midol(
-            capsys,
-            monkeypatch,
-            "embed",
-            "--weights",
-            f"random:{inputs['export']}",
-            "--data",
-            inputs["shards"],
-            "--out",
-            tmp_path / "e.parquet",
-            "--workers",
-            "0",
-        )
+        code, lines = _embed(capsys, monkeypatch, f"random:{inputs['export']}", inputs["shards"],
+                             tmp_path / "e.parquet", "--workers", "0")
     assert code == 2 and len(lines) == 1 and "cannot write" in lines[0] and "MIDOL_CACHE_DIR" in lines[0], (
         lines
     )
@@ -253,33 +235,9 @@ def test_embed_refuses_a_partial_export_in_one_line_and_lenient_warns(inputs, ca
     save_file(kept, str(part), metadata=meta)
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "emb.parquet"
-    code, err = _midol(
-        capsys,
-        monkeypatch,
-        "embed",
-        "--weights",
-        part,
-        "--data",
-        inputs["shards"],
-        "--out",
-        out,
-        "--workers",
-        "0",
-    )
+    code, err = _embed(capsys, monkeypatch, part, inputs["shards"], out, "--workers", "0")
     assert code == 2 and len(err) == 1 and "missing" in err[0] and "--weights-lenient" in err[0], err
     assert not out.exists()
-    code, err = _midol(
-        capsys,
-        monkeypatch,
-        "embed",
-        "--weights",
-        part,
-        "--data",
-        inputs["shards"],
-        "--out",
-        out,
-        "--workers",
-        "0",
-        "--weights-lenient",
-    )
+    code, err = _embed(capsys, monkeypatch, part, inputs["shards"], out, "--workers", "0",
+                       "--weights-lenient")
     assert code in (0, None) and any("lenient weights load" in x for x in err), err
