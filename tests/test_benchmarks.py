@@ -1,41 +1,13 @@
 """The loader benchmark runs end to end (tiny data): its figures are in docs/performance.md."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_runner import run_benchmark
 
 
 def test_loader_benchmark_runs_and_prints_both_ratios(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "loader.py"),
-            "--n",
-            "24",
-            "--size",
-            "96",
-            "--max-side",
-            "64",
-            "--epochs",
-            "1",
-            "--workers",
-            "1",
-            "--batch-size",
-            "8",
-            "--workdir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = run_benchmark("loader.py", "--n", "24", "--size", "96", "--max-side", "64", "--epochs", "1",
+                        "--workers", "1", "--batch-size", "8", "--workdir", tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout
     assert "allocator pinned" in out  # re-executed with the fixed allocator thresholds
@@ -50,13 +22,9 @@ def test_scale_benchmark_runs_and_reports_ratios(tmp_path):
     tests cover them): fixed costs dominate, so only that it runs and reports is checked."""
     import json
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--n", "24", "--workers", "1",
-         "--keep", str(tmp_path / "work"), "--json", str(tmp_path / "scale.json"),
-         "--stages", "ingest,reingest,shard,report"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    res = run_benchmark("scale.py", "--n", "24", "--workers", "1", "--keep", tmp_path / "work",
+                        "--json", tmp_path / "scale.json", "--stages", "ingest,reingest,shard,report",
+                        timeout=600, env={"OMP_NUM_THREADS": "1"})
     assert res.returncode in (0, 1), res.stderr[-2000:]  # 1: some target missed (expected at this size)
     figures = json.loads((tmp_path / "scale.json").read_text())
     assert set(figures["stages"]) == {"ingest", "reingest", "shard", "report"}
