@@ -28,6 +28,9 @@ import numpy as np
 
 DEFAULT_KS = (1, 5, 10)
 PRIMARY = "map_10"
+# per-query values of the retrieval protocols, beside summary.json (``report --compare`` resamples them)
+RETRIEVAL_NAME = "retrieval.parquet"
+PROTOCOLS = ("retrieval", "retrieval_loo")
 
 
 def neighbours(gallery: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False,
@@ -127,3 +130,14 @@ def retrieval_block(values: dict[str, np.ndarray], *, gallery: str, n_gallery: i
         "relevant": "same class (multi-label: a shared label)", "n_boot": int(n_boot),
         "bootstrap_seed": int(seed), "bootstrap_unit": "group" if groups is not None else "sample",
     }
+
+
+def load_retrieval(folder: Any, protocol: str) -> Any:
+    """``protocol``'s rows of ``folder/retrieval.parquet`` (a DataFrame: ``sample_id, group, label,
+    protocol`` and one column per metric), sorted by sample id; FileNotFoundError without the file."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    df = pd.read_parquet(Path(folder) / RETRIEVAL_NAME)
+    return df[df["protocol"] == protocol].sort_values("sample_id", kind="stable").reset_index(drop=True)

@@ -127,6 +127,16 @@ def _cell(summary: dict[str, Any], protocol: str, metric: str) -> Cell | None:
     return Cell(float(entry["value"]), entry.get("ci_low"), entry.get("ci_high"), **extra)
 
 
+def _block_primary(per: dict[str, tuple[Path, dict[str, Any]]], protocol: str) -> str | None:
+    """The ``primary_metric`` a protocol block states (retrieval's ``map_10``), or None: the protocol
+    scores the task's own metrics (linear, k-NN, SimpleShot...)."""
+    for m in sorted(per):
+        block = per[m][1]["protocols"].get(protocol)
+        if isinstance(block, dict) and block.get("primary_metric"):
+            return str(block["primary_metric"])
+    return None
+
+
 def _left_at_init(summary: dict[str, Any]) -> int:
     """How many tensors a lenient weights load left at random init (0 for a strict or complete load)."""
     rep = (summary.get("model") or {}).get("load_report")

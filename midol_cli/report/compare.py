@@ -95,6 +95,15 @@ def comparison_rows(
         raise UsageError(f"--n-boot {n_boot} is too small; use at least 10 (2000 for a report)")
     root = Path(results_root)
     folders, common = _common_tasks(root, a, b)
+    from midol_cli.eval.retrieval import PROTOCOLS
+
+    if protocol in PROTOCOLS:  # per-query values, not class probabilities (issue 29.2)
+        from midol_cli.report.compare_retrieval import retrieval_differences, retrieval_points
+
+        found = retrieval_points(root, common, folders, a, b, protocol, say)
+        if not found:
+            raise UsageError(f"--compare: no task with comparable '{protocol}' values of '{a}' and '{b}'")
+        return _rows(found, retrieval_differences([p[0] for p in found], n_boot=n_boot, seed=seed))
     points = []
     for task in common:
         used = task_protocol([f[task] for f in folders.values() if task in f], protocol, case_protocol)

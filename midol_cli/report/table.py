@@ -38,6 +38,7 @@ from midol_cli.report.cells import (  # noqa: F401  (the marks and Cell are publ
     MISMATCH,
     Cell,
     Row,
+    _block_primary,
     _cell,
     _chance,
     _pct,
@@ -188,6 +189,8 @@ def _task_row(task: str, per: dict[str, tuple[Path, dict[str, Any]]], models: li
         # result in the same table rather than dropping the row, and say so.
         row_protocol = "finetune"
         warnings.append(f"task '{task}': no '{protocol}' results (e.g. segmentation); showing 'finetune'")
+    if metric is None:  # a protocol with metrics of its own (retrieval: map_10) names its primary one
+        row_metric = _block_primary(per, row_protocol) or row_metric
     cells = {m: (_cell(per[m][1], row_protocol, row_metric) if m in per else None) for m in models}
     ref = reference_for(reference, task, row_metric) if reference else None
     return Row(modality, task, row_metric, cells, mismatch, ref.fraction if ref else None,

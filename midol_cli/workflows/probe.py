@@ -9,6 +9,7 @@ from typing import Any
 from midol_cli.errors import UsageError
 from midol_cli.progress import Reporter
 from midol_cli.workflows.probe_checks import check_changed, dropped_rows, record_dropped
+from midol_cli.workflows.probe_fewshot import add_protocols, wanted
 from midol_cli.workflows.settings import ProbeSettings, write_settings
 
 
@@ -59,7 +60,7 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
     emb = embed(model, src, batch_size=s.batch_size, workers=s.workers, device=s.device, use_cache=s.cache,
                 reporter=reporter)
     dropped = dropped_rows(emb, spec.modality, model.id, spec.name, reporter)
-    emb = emb[emb["modality"] == spec.modality].reset_index(drop=True)
+    emb_all, emb = emb, emb[emb["modality"] == spec.modality].reset_index(drop=True)
     if emb.empty:
         raise UsageError(f"no {spec.modality} images in '{s.data}' for task {spec.name}")
     spec = complete_classes(spec, emb, f"'{s.data}'")
@@ -78,6 +79,9 @@ def probe_task(spec, s: ProbeSettings, reporter: Reporter) -> dict[str, Any]:
         n_boot=s.n_boot, split_source=spec.split, log=probe_log(model.id, spec, reporter),
         subgroups=resolve_columns(emb, spec.subgroups, subgroups), group_unit=spec.group_unit,
         aggregation=spec.aggregation, min_positives=s.min_subgroup)
+    if wanted(s):  # SimpleShot / retrieval, on the same embeddings (issue 29.1, 29.2)
+        add_protocols(summary, emb_all, emb, spec.eval_task(spec.split), out_dir, s,
+                      probe_log(model.id, spec, reporter))
     record_dropped(summary, dropped, out_dir)
     summary["out_dir"] = str(out_dir)
     return summary

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator
 
 from midol_cli.errors import UsageError
 from midol_cli.eval.contamination import DEFAULT_RADIUS
@@ -256,8 +256,15 @@ class ProbeSettings(_Weights, _TaskSettings):
                                            "runs.")
     heatmaps: int = Field(0, ge=0, description="--protocol abmil: draw attention heatmaps of the N most "
                           "confident true positives and the N worst errors (needs matplotlib).")
+    simpleshot: bool = Field(False, description="Also run SimpleShot few-shot (protocols "
+                             "simpleshot_<shots>): centred, L2-normalised features, nearest class mean.")
+    shots: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1,
+                             description="--simpleshot: support images per class, one protocol each.")
+    episodes: int = Field(100, ge=1, description="--simpleshot: seeded episodes per shot count.")
+    retrieval: bool = Field(False, description="Also run cosine k-NN retrieval: protocols retrieval (test "
+                            "against train) and retrieval_loo (within test), mAP@k, precision@k, majority@k.")
 
-    @field_validator("fractions", mode="before")
+    @field_validator("fractions", "shots", mode="before")
     @classmethod
     def _fracs(cls, v: Any) -> Any:
         return _csv_list(v)
