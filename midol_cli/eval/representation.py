@@ -8,7 +8,10 @@
   modality's labels (train -> test when both splits exist, else leave-one-out).
 
 All functions take plain arrays; ``representation_metrics`` runs them on an embeddings table
-(columns ``embedding``, ``modality``, ``label``, ``split``, optional ``router_probs``).
+(columns ``embedding``, ``modality``, ``label``, ``split``, optional ``router_probs``), on its
+held-out rows only by default (issue 28.5, METHOD.md "What to measure"): the ``val`` and ``test``
+splits, never the ``train`` split that pre-training reads. The record says which split and how many
+images (``split``, ``n_images``, ``n_excluded``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from midol_cli.eval.knn import DEFAULT_TEMPERATURE, knn_predict
 
 if TYPE_CHECKING:
     import pandas as pd
+
+# The splits pre-training never reads (train/pretrain.py reads the shard dir's train split).
+HELDOUT_SPLITS: tuple[str, ...] = ("val", "test")
 
 
 def effective_rank(X: np.ndarray, center: bool = True) -> float:
@@ -94,12 +100,14 @@ def knn_label_accuracy(
     splits: Sequence[str] | None = None,
     k: int = 20,
     temperature: float = DEFAULT_TEMPERATURE,
+    reference: str = "train",
 ) -> tuple[float, str]:
     """Weighted k-NN accuracy of ``labels`` (exact match of the label string) from ``embeddings``.
 
-    Uses train -> test when ``splits`` has both, else leave-one-out over all rows. Returns
-    ``(accuracy, protocol)`` with protocol ``"train->test"`` or ``"leave-one-out"``; NaN when there
-    are fewer than two labelled rows or a single class.
+    Uses ``reference`` -> test (``train`` by default; ``val`` on held-out rows) when ``splits`` has
+    both, else leave-one-out over all rows. Returns ``(accuracy, protocol)`` with protocol
+    ``"train->test"`` (``"val->test"``) or ``"leave-one-out"``; NaN when there are fewer than two
+    labelled rows or a single class.
     """
     X = np.asarray(embeddings, dtype=np.float32)
     lab = np.asarray(labels).astype(str)
@@ -109,42 +117,70 @@ def knn_label_accuracy(
     classes, y = np.unique(lab, return_inverse=True)
     if len(X) < 2 or len(classes) < 2:
         return float("nan"), "none"
-    if sp is not None and (sp == "train").any() and (sp == "test").any():
-        tr, te = sp == "train", sp == "test"
+    if sp is not None and (sp == reference).any() and (sp == "test").any():
+        tr, te = sp == reference, sp == "test"
         probs = knn_predict(X[tr], y[tr], X[te], k, "multiclass", len(classes), temperature=temperature)
-        return float((probs.argmax(1) == y[te]).mean()), "train->test"
+        return float((probs.argmax(1) == y[te]).mean()), f"{reference}->test"
     probs = knn_predict(X, y, X, k, "multiclass", len(classes), temperature=temperature, exclude_self=True)
     return float((probs.argmax(1) == y).mean()), "leave-one-out"
+
+
+def heldout_rows(emb_df: pd.DataFrame, splits: Sequence[str] | None = HELDOUT_SPLITS
+                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows of ``emb_df`` in ``splits`` (None: every row) and what was kept:
+    ``{"split": "val+test" | "all", "n_images", "n_excluded", "per_split": {split: n}}``.
+
+    A table without a ``split`` column has no held-out rows: nothing is kept (it cannot show which
+    images pre-training did not read)."""
+    if splits is None:
+        kept = emb_df
+    elif "split" not in emb_df.columns:
+        kept = emb_df.iloc[:0]
+    else:
+        kept = emb_df[emb_df["split"].astype(str).isin(list(splits))]
+    per = kept["split"].astype(str).value_counts().to_dict() if "split" in kept.columns else {}
+    return kept.reset_index(drop=True), {
+        "split": "all" if splits is None else "+".join(splits),
+        "n_images": int(len(kept)),
+        "n_excluded": int(len(emb_df) - len(kept)),
+        "per_split": {str(k): int(v) for k, v in sorted(per.items())},
+    }
 
 
 def representation_metrics(
     emb_df: pd.DataFrame,
     modality_order: Sequence[str] | None = None,
     *,
+    splits: Sequence[str] | None = HELDOUT_SPLITS,
     max_silhouette: int = 5000,
     max_rank_rows: int = 10000,
     k: int = 20,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """All representation metrics of an embeddings table, as a JSON-ready dict.
+    """All representation metrics of an embeddings table's rows in ``splits`` (default: the held-out
+    val and test splits, never the pre-training images; None: every row), as a JSON-ready dict.
 
-    ``{"modality_silhouette", "router_accuracy", "router_rows", "per_modality": {modality:
-    {"n", "effective_rank", "knn_accuracy", "knn_protocol"}}}``. Router accuracy needs
-    ``modality_order`` (the model's expert order) and a ``router_probs`` column; NaN otherwise.
+    ``{"split", "n_images", "n_excluded", "per_split", "modality_silhouette", "router_accuracy",
+    "router_rows", "per_modality": {modality: {"n", "effective_rank", "knn_accuracy",
+    "knn_protocol"}}}``. Router accuracy needs ``modality_order`` (the model's expert order) and a
+    ``router_probs`` column; NaN otherwise. k-NN on held-out rows is val -> test (else leave-one-out
+    over the held-out rows). Every metric is NaN (and ``per_modality`` empty) without a held-out row.
     """
+    emb_df, which = heldout_rows(emb_df, splits)
+    out: dict[str, Any] = {**which, "modality_silhouette": float("nan"), "router_accuracy": float("nan"),
+                           "router_rows": 0, "per_modality": {}}
+    if emb_df.empty:
+        return out
     X = np.stack(emb_df["embedding"].to_numpy()).astype(np.float32)
     mods = emb_df["modality"].astype(str).to_numpy()
-    out: dict[str, Any] = {"modality_silhouette": modality_silhouette(X, mods, max_silhouette, seed)}
+    out["modality_silhouette"] = modality_silhouette(X, mods, max_silhouette, seed)
     if modality_order is not None and "router_probs" in emb_df.columns:
-        acc, used = router_accuracy(emb_df["router_probs"].tolist(), mods, modality_order)
-    else:
-        acc, used = float("nan"), 0
-    out["router_accuracy"] = acc
-    out["router_rows"] = used
+        out["router_accuracy"], out["router_rows"] = router_accuracy(
+            emb_df["router_probs"].tolist(), mods, modality_order)
     labels = emb_df["label"].astype(str).to_numpy() if "label" in emb_df.columns else None
-    splits = emb_df["split"].astype(str).to_numpy() if "split" in emb_df.columns else None
+    sp = emb_df["split"].astype(str).to_numpy() if "split" in emb_df.columns else None
+    reference = "train" if splits is None or "train" in splits else "val"
     rng = np.random.default_rng(seed)
-    per: dict[str, Any] = {}
     for m in sorted(set(mods)):
         sel = np.flatnonzero(mods == m)
         rank_rows = (
@@ -152,13 +188,9 @@ def representation_metrics(
         )
         entry: dict[str, Any] = {"n": int(len(sel)), "effective_rank": effective_rank(X[rank_rows])}
         if labels is not None:
-            acc_m, protocol = knn_label_accuracy(
-                X[sel], labels[sel], splits[sel] if splits is not None else None, k
-            )
-            entry["knn_accuracy"] = acc_m
-            entry["knn_protocol"] = protocol
-        per[m] = entry
-    out["per_modality"] = per
+            entry["knn_accuracy"], entry["knn_protocol"] = knn_label_accuracy(
+                X[sel], labels[sel], sp[sel] if sp is not None else None, k, reference=reference)
+        out["per_modality"][m] = entry
     return out
 
 

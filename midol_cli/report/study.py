@@ -51,10 +51,12 @@ def _seed_values(rec: dict[str, Any], task: str, variant: str) -> dict[int, floa
 
 
 def _metric_groups(rec: dict[str, Any]) -> dict[str, list[str]]:
-    """``{metric: [tasks]}`` in task order: the tasks a mean may be taken over together."""
+    """``{metric: [tasks]}`` in task order: the tasks a mean may be taken over together. The pooled task
+    (every modality's images again, ``tasks/pooled.py``) is left out of every mean."""
     groups: dict[str, list[str]] = {}
     for t, row in rec["tasks"].items():
-        groups.setdefault(row["metric"], []).append(t)
+        if not row.get("pooled"):
+            groups.setdefault(row["metric"], []).append(t)
     return groups
 
 
@@ -92,9 +94,11 @@ def honest_means(rec: dict[str, Any]) -> list[dict[str, Any]]:
             label = "**mean**" if len(groups) == 1 else f"**mean** ({metric}, {len(ts)} tasks)"
             rows.append({"label": label, "metric": metric, "tasks": ts, "key": f"mean {metric}",
                          "per_seed": {v: _per_seed_mean(rec, v, ts, False) for v in variants}})
-    normed = [t for t in tasks if _chance(rec, t) is not None and _chance(rec, t) < 1]
+    normed = [t for t in tasks if _chance(rec, t) is not None and _chance(rec, t) < 1
+              and not rec["tasks"][t].get("pooled")]
     if len(normed) >= 2:
-        of = "" if len(normed) == len(tasks) else f", {len(normed)} of {len(tasks)} tasks"
+        n_all = sum(1 for t in tasks if not rec["tasks"][t].get("pooled"))
+        of = "" if len(normed) == n_all else f", {len(normed)} of {n_all} tasks"
         rows.append({"label": f"mean, chance-normalised{of}", "metric": "(x - chance)/(1 - chance)",
                      "tasks": normed, "key": "mean chance-normalised",
                      "per_seed": {v: _per_seed_mean(rec, v, normed, True) for v in variants}})
@@ -160,13 +164,16 @@ def render_markdown(rec: dict[str, Any]) -> str:
     variants = list(rec["variants"])
     tasks = list(rec["tasks"])
     seeds = rec["seeds"]
+    first = (rec.get("protocols") or ["linear"])[0]
+    title = "Linear probe" if first == "linear" else f"Protocol {first}"
     lines = [
         "# midol study",
         "",
         f"Recipe `{rec['recipe']}`" + (f" with `{' '.join(rec['overrides'])}`" if rec["overrides"] else "")
         + f"; data `{rec['data']}`; seeds {', '.join(map(str, seeds))}.",
+        *_variant_lines(rec),
         "",
-        "## Linear probe (each task's primary metric, x100, mean ± std over seeds)",
+        f"## {title} (each task's primary metric, x100, mean ± std over seeds)",
         "",
         "| task | metric | chance | " + " | ".join(variants) + " |",
         "|---|---|---|" + "---|" * len(variants),
@@ -184,21 +191,96 @@ def render_markdown(rec: dict[str, Any]) -> str:
     if len(_metric_groups(rec)) > 1:
         lines += ["", "Means are taken over tasks that share a metric, never AUROC with accuracy; the "
                   "chance-normalised mean averages (x - chance)/(1 - chance), 0 at chance and 100 at a "
-                  "perfect score, over the tasks with a chance level. Mean accuracy is the accuracy of "
-                  "every task."]
+                  "perfect score, over the tasks with a chance level. Mean accuracy is the linear probe's "
+                  "accuracy on every task."]
     lines += _paired_lines(rec, tasks, means)
     lines += _delong_lines(rec, tasks)
-    mods = sorted({m for v in variants for m in rec["representation"][v]["effective_rank"]})
-    lines += [
+    lines += _protocol_lines(rec)
+    lines += _retrieval_lines(rec)
+    lines += _representation_lines(rec)
+    lines += _finetune_lines(rec, tasks)
+    lines += ["", "## Degenerate probes", "", *_degenerate_lines(rec)]
+    secs = rec.get("seconds", {})
+    if secs:
+        lines += ["", f"Total time {secs.get('total', 0) / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def _variant_lines(rec: dict[str, Any]) -> list[str]:
+    """What each variant changes against the baseline (``variant_changes``); the floors say so."""
+    changes = rec.get("variant_changes") or {}
+    if not changes:
+        return []
+    return ["", "| variant | what it changes |", "|---|---|",
+            *(f"| {v} | {changes.get(v, '')} |" for v in rec["variants"])]
+
+
+def _protocol_lines(rec: dict[str, Any]) -> list[str]:
+    """One table per further protocol of ``--protocols``: each variant's mean ± std over seeds and its
+    seed-level difference against the baseline (t-interval over seeds)."""
+    from midol_cli.eval.seeds import seed_t_interval
+
+    base, variants = rec["baseline"], list(rec["variants"])
+    others = [v for v in variants if v != base]
+    lines: list[str] = []
+    for p in (rec.get("protocols") or ["linear"])[1:]:
+        lines += ["", f"## Protocol {p} (x100, mean ± std over seeds; difference: variant - {base}, "
+                  "95% t-interval over seeds)", "",
+                  "| task | metric | " + " | ".join(variants) + " | "
+                  + " | ".join(f"{v} - {base}" for v in others) + " |",
+                  "|---|---|" + "---|" * (len(variants) + len(others))]
+        for t, row in rec["tasks"].items():
+            blk = row["protocols"][p]
+            cells = [_ms(blk["variants"][v]) for v in variants]
+            b = blk["variants"][base]["values"]
+            for v in others:
+                a = blk["variants"][v]["values"]
+                diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+                cells.append(_seed_diff(seed_t_interval(diffs).to_dict()) if diffs else "–")
+            lines.append(f"| {t} | {blk['metric']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _retrieval_lines(rec: dict[str, Any]) -> list[str]:
+    """The pooled task's cross-modality retrieval (issue 28.6): per variant mAP@10 and the share of the
+    top 10 from another modality, and mAP@10's seed-level difference against the baseline."""
+    from midol_cli.eval.seeds import seed_t_interval
+
+    base = rec["baseline"]
+    lines: list[str] = []
+    for task, per in (rec.get("retrieval") or {}).items():
+        lines += ["", f"## Cross-modality retrieval ({task}: each test image queries the training images "
+                  "of every modality, cosine; x100, mean ± std over seeds)", "",
+                  f"| variant | mAP@10 | from another modality (top 10) | mAP@10 - {base} |",
+                  "|---|---|---|---|"]
+        b = per["map_10"][base]["values"]
+        for v in rec["variants"]:
+            a = per["map_10"][v]["values"]
+            diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+            diff = "" if v == base or not diffs else _seed_diff(seed_t_interval(diffs).to_dict())
+            lines.append(f"| {v} | {_ms(per['map_10'][v])} | {_ms(per['cross_modality_10'][v])} | {diff} |")
+    return lines
+
+
+def _representation_lines(rec: dict[str, Any]) -> list[str]:
+    """The representation table, headed by the images it read: held-out only (issue 28.5)."""
+    variants = list(rec["variants"])
+    reps = rec["representation"]
+    mods = sorted({m for v in variants for m in reps[v]["effective_rank"]})
+    first = reps[variants[0]]
+    where = "every image" if first.get("split", "all") == "all" else (
+        f"held-out images only ({first['split']}: {first.get('n_images')} images; the "
+        f"{first.get('n_excluded')} pre-training (train) images excluded)")
+    lines = [
         "",
-        "## Representation (encoder features of the evaluation data, mean ± std over seeds)",
+        f"## Representation (encoder features of {where}, mean ± std over seeds)",
         "",
         "| variant | modality silhouette | router accuracy | "
         + " | ".join(f"eff. rank {m}" for m in mods) + " | " + " | ".join(f"k-NN {m}" for m in mods) + " |",
         "|---|---|---|" + "---|" * (2 * len(mods)),
     ]
     for v in variants:
-        r = rec["representation"][v]
+        r = reps[v]
         lines.append(
             f"| {v} | {_ms(r['modality_silhouette'], False)} | {_ms(r['router_accuracy'])} | "
             + " | ".join(_ms(r["effective_rank"][m], False) if m in r["effective_rank"] else "–"
@@ -206,12 +288,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
             + " | " + " | ".join(_ms(r["knn_accuracy"][m]) if m in r["knn_accuracy"] else "–" for m in mods)
             + " |"
         )
-    lines += _finetune_lines(rec, tasks)
-    lines += ["", "## Degenerate probes", "", *_degenerate_lines(rec)]
-    secs = rec.get("seconds", {})
-    if secs:
-        lines += ["", f"Total time {secs.get('total', 0) / 60:.1f} min."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _paired_lines(rec: dict[str, Any], tasks: list[str], means: list[dict[str, Any]]) -> list[str]:
@@ -243,15 +320,14 @@ def _paired_lines(rec: dict[str, Any], tasks: list[str], means: list[dict[str, A
         "replicates). "
         "With few seeds its error rate depends on how the noise splits between seeds and images (too "
         "narrow when the seeds' spread dominates: 6-12% false rejections at 3 seeds; too wide when each "
-        "run's luck on the images does: docs/evaluation.md, \"Seed-level inference\"); its mean row "
-        "averages the tasks' primary metrics.",
+        "run's luck on the images does: docs/evaluation.md, \"Seed-level inference\"). Linear probe, "
+        "per task; no mean row (it averaged the tasks' primary metrics).",
         "",
         "| task | " + " | ".join(others) + " |",
         "|---|" + "---|" * len(others),
     ]
-    for t in [*tasks, "mean"]:
-        name = "mean (primary metrics)" if t == "mean" else t
-        lines.append(f"| {name} | " + " | ".join(_diff(rec["paired"][v].get(t, {})) for v in others) + " |")
+    for t in tasks:
+        lines.append(f"| {t} | " + " | ".join(_diff(rec["paired"][v].get(t, {})) for v in others) + " |")
     return lines
 
 

@@ -351,7 +351,7 @@ class StudySettings(Strict):
     """``study:`` keys; the pre-training recipe (every variant's base) is the rest of the settings."""
 
     tasks: list[str] = Field(..., min_length=1, description="Comma-separated task names, task files (.yaml), "
-                             "or auto.")
+                             "auto, or pooled (every modality's classes in one task).")
     task_data: dict[str, str] = Field(default_factory=dict, description="Probe TASK on another manifest or "
                                       "shard dir (repeatable).",
                                       json_schema_extra=cli(repeat=True, metavar="TASK=PATH"))
@@ -369,7 +369,7 @@ class StudySettings(Strict):
     workers: int = Field(1, ge=0, description="Data-loading processes for embedding.")
     device: str | None = Field(None, description="cpu | cuda (default: cuda if available).")
 
-    @field_validator("tasks", "variants", mode="before")
+    @field_validator("tasks", "variants", "protocols", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
         return _csv_list(v)
@@ -383,6 +383,9 @@ class StudySettings(Strict):
 class QuickstartSettings(Strict):
     """``midol quickstart``: one sub-folder per modality -> every stage with its normal files under ``out``.
     The stage sections take that stage's keys (``ingest.seed=1``, ``shard.max_side=256``,
+    protocols: list[str] = Field(["linear"], min_length=1, description="Comma-separated probe protocols "
+                                 "of summary.json to compare (linear, knn_k20, ...); the first drives the "
+                                 "paired statistics.")
     ``pretrain.train.steps=2000`` (recipe keys), ``probe.seeds=1``)."""
 
     raw_root: Path = Field(..., description="Folder with one sub-folder per modality.",

@@ -11,19 +11,25 @@ metrics, optionally fine-tunes, and returns the study record (``report.study`` r
   images, patients and seeds resampled together) with a 95% CI, a bootstrap p-value and its Holm
   adjustment over the tasks (``p_holm``), plus DeLong's test per seed on binary AUROC tasks
   (``delong``: one test per pre-training seed, each seed being one pair of fixed models);
-- modality silhouette, router accuracy, per-modality effective rank and k-NN accuracy;
+- modality silhouette, router accuracy, per-modality effective rank and k-NN accuracy, on the
+  held-out (val, test) images only: never the pre-training images (issue 28.5);
 - the probes flagged degenerate, and each task's chance level.
+
+Tasks are built-in names, task files, ``auto``, or ``pooled`` (``tasks/pooled.py``: every modality's
+classes in one task, issue 28.6). ``protocols`` picks which of each summary.json's protocols the study
+compares (the first drives the paired statistics; default ``linear``).
 
 Variants are recipe switches (METHOD.md, "Ablations"): ``midol`` is the recipe as given, ``no_moe``
 one shared expert, ``no_inter`` / ``no_intra`` one term off, ``distill`` / ``contrastive`` the other
 reading of the intra term, ``random`` no pre-training at all (the seed's own initialisation, see
-``train.pretrain.export_initial``). A custom variant is ``NAME:KEY=VALUE[,KEY=VALUE...]``.
+``train.pretrain.export_initial``), ``random_bn`` that initialisation with its BatchNorm statistics
+re-estimated on the pre-training images (``eval/floor.py``, the fair floor). A custom variant is
+``NAME:KEY=VALUE[,KEY=VALUE...]``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,9 +38,10 @@ from typing import Any
 
 from midol_cli.errors import UsageError
 from midol_cli.progress import Reporter
+from midol_cli.workflows.study_aggregate import BASELINE, model_id
 
-BASELINE = "midol"
 RANDOM = "random"
+RANDOM_BN = "random_bn"
 # name -> recipe overrides; None: no pre-training.
 BUILTIN_VARIANTS: dict[str, list[str] | None] = {
     "midol": [],
@@ -51,6 +58,7 @@ BUILTIN_VARIANTS: dict[str, list[str] | None] = {
     "distill": ["loss.intra=distill"],
     "contrastive": ["loss.intra=contrastive"],
     "random": None,
+    "random_bn": None,
 }
 # What each built-in variant changes against midol (the study table prints it); a custom variant's
 # change is its overrides.
@@ -66,7 +74,9 @@ VARIANT_CHANGES: dict[str, str] = {
     "negatives_all": "intra-term negatives (or centre) from every modality",
     "route_detach": "the router's loss does not reach the encoder",
     "experts2": "two experts per modality, learned top-1 gate, load balancing",
-    "random": "no pre-training (the seed's own initialisation)",
+    "random": "floor: no pre-training (the seed's own initialisation, BatchNorm statistics untouched)",
+    "random_bn": "floor: no pre-training (the seed's own initialisation), BatchNorm statistics "
+                 "re-estimated on the pre-training images without labels",
 }
 STUDY_SCHEMA = 1
 
@@ -85,6 +95,7 @@ class Variant:
 class StudyTask:
     spec: Any  # tasks.TaskSpec
     data: Path  # manifest or shard dir the task is probed on
+    pooled: bool = False  # tasks/pooled.py: every modality's single-label images, modality:label classes
 
 
 @dataclass
@@ -103,6 +114,7 @@ class StudyConfig:
     finetune_seeds: int = 1
     workers: int = 1
     device: str | None = None
+    protocols: list[str] = field(default_factory=lambda: ["linear"])
 
 
 # --------------------------------------------------------------------------- parsing
@@ -152,10 +164,6 @@ def parse_variants(names: Sequence[str], custom: Sequence[str], recipe_intra: st
     return ordered
 
 
-def model_id(variant: str, seed: int) -> str:
-    return f"{variant}-s{seed}"
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -193,6 +201,7 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, reporter: Reporter
     Returns ``(run_dir, seconds spent here)``. A run dir made with another recipe is an error, never
     silently reused: the study would compare something else than it says.
     """
+    from midol_cli.artifacts import write_json_atomic
     from midol_cli.recipes import recipe_hash
     from midol_cli.train.outputs import export_initial
     from midol_cli.train.pretrain import run_pretrain
@@ -201,10 +210,17 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, reporter: Reporter
     run_dir = cfg.out / "runs" / model_id(variant.name, seed)
     t0 = time.perf_counter()
     if not variant.pretrained:
-        if (run_dir / "export").is_dir() and _recorded_hash(run_dir) == recipe_hash(recipe):
+        floor = {"bn_data": str(cfg.data.resolve())} if variant.name == RANDOM_BN else None
+        if ((run_dir / "export").is_dir() and _recorded_hash(run_dir) == recipe_hash(recipe)
+                and _floor_marker(run_dir) == floor):
             return run_dir, 0.0
-        reporter.line(f"{model_id(variant.name, seed)}: exporting the initial (random) encoder")
+        reporter.line(f"{model_id(variant.name, seed)}: exporting the initial (random) encoder"
+                      + (", BatchNorm statistics re-estimated on the shard images" if floor else ""))
+        (run_dir / FLOOR_MARKER).unlink(missing_ok=True)
         export_initial(recipe, run_dir)
+        if floor is not None:
+            floor["batches"] = bn_floor_export(run_dir, cfg.data, cfg.workers)
+            write_json_atomic(run_dir / FLOOR_MARKER, floor)
         return run_dir, time.perf_counter() - t0
     recorded = _recorded_hash(run_dir)
     if recorded is not None and recorded != recipe_hash(recipe):
@@ -221,8 +237,48 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, reporter: Reporter
     return run_dir, time.perf_counter() - t0
 
 
+FLOOR_MARKER = "bn_floor.json"
+
+
+def _floor_marker(run_dir: Path) -> dict[str, Any] | None:
+    """What ``random_bn``'s re-estimation used (``bn_data``), None where it did not run."""
+    try:
+        rec = json.loads((run_dir / FLOOR_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {"bn_data": rec.get("bn_data")}
+
+
+def bn_floor_export(run_dir: Path, data: Path, workers: int = 0) -> int:
+    """Rewrite ``run_dir``'s exported encoder with its BatchNorm statistics re-estimated on ``data``
+    (``eval/floor.py``; no label read), so every stage that reads the run (probe, embed, the
+    representation metrics) sees the fair floor. Returns the batches used (0: no BatchNorm layer)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from midol_cli.artifacts import atomic_path
+    from midol_cli.eval.floor import batchnorm_layers, image_batches, reestimate_batchnorm
+    from midol_cli.models.export import ENCODER_FILE, load_exported_encoder
+
+    path = run_dir / "export" / ENCODER_FILE
+    enc, spec, _ = load_exported_encoder(path)
+    if not batchnorm_layers(enc):
+        return 0
+    used = reestimate_batchnorm(enc, image_batches(data, spec, workers=workers), 50)
+    state = enc.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: (state[k] if k in state else f.get_tensor(k)).detach().contiguous().cpu()
+                   for k in f.keys()}
+    meta["bn_reestimated"] = json.dumps({"data": str(data), "batches": used})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return used
+
+
 def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter: Reporter) -> dict[str, Any]:
-    """The task's summary for model ``mid``: reused when it was made from the same weights and data."""
+    """The task's summary for model ``mid``: reused when it was made from the same weights and data and
+    holds every protocol the study compares."""
     from midol_cli.artifacts import sha256_file, write_json_atomic
     from midol_cli.eval.results import load_summary, summary_path
     from midol_cli.models.export import ENCODER_FILE
@@ -239,20 +295,72 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter:
     if path.is_file() and marker.is_file():
         try:
             old = load_summary(path)
-            if json.loads(marker.read_text(encoding="utf-8")) == source and "linear" in old["protocols"]:
+            if (json.loads(marker.read_text(encoding="utf-8")) == source
+                    and all(p in old["protocols"] for p in cfg.protocols)):
                 return old
         except ValueError:
             pass
-    s = ProbeSettings(task=task.spec.name, weights=str(run_dir), data=task.data, out=cfg.out / "results",
-                      model_id=mid, fractions=[1.0], seeds=1, n_boot=cfg.probe_boot, workers=cfg.workers,
-                      device=cfg.device)
-    summary = probe_task(task.spec, s, WarningsOnly(reporter))
+    if task.pooled:
+        summary = _probe_pooled(cfg, task, run_dir, mid, reporter)
+    else:
+        s = ProbeSettings(task=task.spec.name, weights=str(run_dir), data=task.data, out=cfg.out / "results",
+                          model_id=mid, fractions=[1.0], seeds=1, n_boot=cfg.probe_boot, workers=cfg.workers,
+                          device=cfg.device)
+        summary = probe_task(task.spec, s, WarningsOnly(reporter))
+    missing = [p for p in cfg.protocols if p not in summary["protocols"]]
+    if missing:
+        raise UsageError(f"--protocols {', '.join(missing)}: not in {mid}'s summary of {task.spec.name} "
+                         f"(it has {', '.join(summary['protocols'])})")
     write_json_atomic(marker, source)
     return summary
 
 
+def _probe_pooled(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str,
+                  reporter: Reporter) -> dict[str, Any]:
+    """The pooled task (``tasks/pooled.py``) probed with the suite ``midol probe`` runs, on the rows
+    ``pooled_frame`` makes of the task data's embeddings (cached, shared with the other tasks)."""
+    from midol_cli.artifacts import write_json_atomic
+    from midol_cli.eval.embed import embed
+    from midol_cli.eval.models import load_eval_model
+    from midol_cli.eval.results import SUMMARY_NAME, run_probe_suite
+    from midol_cli.tasks.pooled import pooled_frame
+    from midol_cli.workflows.probe import WarningsOnly, probe_log
+
+    model = load_eval_model(str(run_dir), mid)
+    df = embed(model, task.data, workers=cfg.workers, device=cfg.device)
+    out_dir = cfg.out / "results" / mid / task.spec.name
+    frame = pooled_frame(df)
+    summary = run_probe_suite(
+        frame, task.spec.eval_task(task.spec.split), out_dir, model_info=model.info(),
+        data_hash=df.attrs.get("data_hash", ""), fractions=(1.0,), seeds=(0,), n_boot=cfg.probe_boot,
+        split_source=task.spec.split, log=probe_log(mid, task.spec, WarningsOnly(reporter)))
+    if "retrieval" not in summary["protocols"]:
+        summary["protocols"]["retrieval"] = pooled_retrieval(frame, task.spec, cfg.probe_boot)
+        write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def pooled_retrieval(frame, spec, n_boot: int) -> dict[str, Any]:
+    """Cross-modality retrieval on the pooled task (issue 28.6), with ``eval/retrieval.py``: each test
+    image queries the pooled training gallery (every modality) by cosine similarity; mAP@k, precision@k
+    and the share of the top k from another modality (``cross_modality_k``), with CIs over groups."""
+    from midol_cli.eval.results import task_data
+    from midol_cli.eval.retrieval import DEFAULT_KS, cross_modality, neighbours, per_query, retrieval_block
+
+    td = task_data(frame, spec.eval_task(spec.split))
+    tr, te = td.mask("train"), td.mask("test")
+    idx = neighbours(td.X[tr], td.X[te], max(DEFAULT_KS))
+    values = per_query(td.y[te], td.y[tr], idx, "multiclass", len(spec.classes), DEFAULT_KS)
+    mods = td.df["source_modality"].astype(str).to_numpy()
+    values.update(cross_modality(mods[te], mods[tr], idx, DEFAULT_KS))
+    return retrieval_block(values, gallery="train", n_gallery=int(tr.sum()), groups=td.groups[te],
+                           n_boot=n_boot, seed=0, ks=DEFAULT_KS)
+
+
 def _representation(cfg: StudyConfig, run_dir: Path, mid: str) -> dict[str, Any]:
-    """Representation metrics of model ``mid`` on the study data (its embeddings are cached)."""
+    """Representation metrics of model ``mid`` on the study data's held-out (val, test) images, never
+    the pre-training (train) images (its embeddings are cached)."""
     from midol_cli.artifacts import write_json_atomic
     from midol_cli.eval.embed import embed
     from midol_cli.eval.models import load_eval_model
@@ -326,116 +434,12 @@ def run_study(cfg: StudyConfig, reporter: Reporter) -> dict[str, Any]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _mean_std(values: list[float]) -> dict[str, Any]:
-    import numpy as np
-
-    clean = [float(v) if v is not None and math.isfinite(v) else None for v in values]
-    finite = [v for v in clean if v is not None]
-    mean = float(np.mean(finite)) if finite else None
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None)
-    return {"mean": mean, "std": std, "values": clean}
-
-
 def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
-    """The study record: per-variant numbers, paired differences, representation metrics, flags."""
+    """The study record: what was run (recipe, variants and what each changes, seeds, protocols), then
+    ``study_aggregate.aggregate``'s numbers."""
     from midol_cli.artifacts import provenance
-    from midol_cli.eval.paired import delong_by_seed, holm, load_task_scores, paired_differences
+    from midol_cli.workflows.study_aggregate import aggregate as numbers
 
-    variants = [v.name for v in cfg.variants]
-    models = [(v, s) for v in variants for s in cfg.seeds]
-    tasks = [t.spec.name for t in cfg.tasks]
-    metric_of = {t.spec.name: t.spec.metric for t in cfg.tasks}
-
-    per_task: dict[str, dict[str, Any]] = {}
-    for t in tasks:
-        m = metric_of[t]
-        first = summaries[models[0]][t]
-        per_task[t] = {
-            "metric": m,
-            "modality": first["task"]["modality"],
-            "chance": (first.get("chance") or {}).get(m),
-            "n_test": first["n"]["test"],
-            "variants": {
-                v: _mean_std(
-                    [summaries[(v, s)][t]["protocols"]["linear"]["metrics"][m]["value"] for s in cfg.seeds]
-                )
-                for v in variants
-            },
-            "accuracy": {
-                v: _mean_std(
-                    [
-                        summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"]
-                        for s in cfg.seeds
-                    ]
-                )
-                for v in variants
-            },
-        }
-    mean_over_tasks = {
-        v: _mean_std(
-            [
-                sum(
-                    summaries[(v, s)][t]["protocols"]["linear"]["metrics"][metric_of[t]]["value"]
-                    for t in tasks
-                )
-                / len(tasks)
-                for s in cfg.seeds
-            ]
-        )
-        for v in variants
-    }
-    mean_accuracy = {
-        v: _mean_std(
-            [
-                sum(
-                    summaries[(v, s)][t]["protocols"]["linear"]["metrics"]["accuracy"]["value"] for t in tasks
-                )
-                / len(tasks)
-                for s in cfg.seeds
-            ]
-        )
-        for v in variants
-    }
-    ids = {v: {s: model_id(v, s) for s in cfg.seeds} for v in variants}
-    scores = [load_task_scores(cfg.out / "results", t.spec.name, ids) for t in cfg.tasks]
-    diffs = paired_differences(scores, BASELINE, [v for v in variants if v != BASELINE], n_boot=cfg.n_boot)
-    # Per variant: Holm's adjustment of the bootstrap p over the tasks (the family of one variant's
-    # comparisons with the baseline), and DeLong's test per seed where the metric is a binary AUROC.
-    paired = {v: {k: d.to_dict() for k, d in per.items()} for v, per in diffs.items()}
-    by_task = {ts.task: ts for ts in scores}
-    for v, per in paired.items():
-        names = [t for t in tasks if t in per]
-        for t, adj in zip(names, holm([per[t]["p_value"] for t in names]), strict=True):
-            per[t]["p_holm"] = adj
-            dl = delong_by_seed(by_task[t], v, BASELINE, per[t]["seeds"])
-            if dl:
-                per[t]["delong"] = dl
-    degenerate = [
-        {"model": model_id(v, s), "task": t, "top": blk["top"], "share": blk["share"]}
-        for (v, s) in models
-        for t in tasks
-        for blk in [summaries[(v, s)][t]["protocols"]["linear"].get("degenerate") or {}]
-        if blk.get("flag")
-    ]
-    rep_out: dict[str, Any] = {}
-    for v in variants:
-        rs = [reps[(v, s)] for s in cfg.seeds]
-        mods = sorted({m for r in rs for m in r.get("per_modality", {})})
-        rep_out[v] = {
-            "modality_silhouette": _mean_std([r.get("modality_silhouette") for r in rs]),
-            "router_accuracy": _mean_std([r.get("router_accuracy") for r in rs]),
-            "effective_rank": {
-                m: _mean_std([r["per_modality"][m]["effective_rank"] for r in rs]) for m in mods
-            },
-            "knn_accuracy": {
-                m: _mean_std([r["per_modality"][m].get("knn_accuracy") for r in rs]) for m in mods
-            },
-        }
-    ft_out: dict[str, Any] = {}
-    for (v, s), blocks in finetunes.items():
-        for t, blk in blocks.items():
-            val = blk.get("metrics", {}).get(metric_of[t], {}).get("value")
-            ft_out.setdefault(t, {}).setdefault(v, {})[str(s)] = val
     return {
         "schema": STUDY_SCHEMA,
         "recipe": str(cfg.recipe_path),
@@ -446,13 +450,8 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
         "variant_changes": {v.name: VARIANT_CHANGES.get(v.name, ", ".join(v.overrides or []))
                             for v in cfg.variants},
         "seeds": list(cfg.seeds),
-        "tasks": per_task,
-        "mean": mean_over_tasks,
-        "mean_accuracy": mean_accuracy,
-        "paired": paired,
-        "representation": rep_out,
-        "degenerate": degenerate,
-        "finetune": ft_out,
+        "protocols": list(cfg.protocols),
+        **numbers(cfg, summaries, reps, finetunes),
         "n_boot": cfg.n_boot,
         "provenance": provenance(stage="study"),
     }

@@ -40,15 +40,17 @@ def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, dat
             )
     cfg = StudyConfig(recipe_path, overrides, shards, tasks, chosen, list(range(s.seeds)), s.out,
                       n_boot=s.n_boot, finetune_recipe=s.finetune, finetune_seeds=s.finetune_seeds,
-                      workers=s.workers, device=s.device)
+                      workers=s.workers, device=s.device, protocols=list(s.protocols))
     return cfg, recipe_dict(base)
 
 
 def study_tasks(names: list[str], data: Path, task_data: dict[str, str]):
-    """The study's tasks: built-in names, task files or ``auto`` (every labelled modality of the data),
-    each on its own data where ``task_data`` names some."""
+    """The study's tasks: built-in names, task files, ``auto`` (every labelled modality of the data) or
+    ``pooled`` (every modality's classes in one task, ``tasks/pooled.py``), each on its own data where
+    ``task_data`` names some."""
     from midol_cli.tasks import resolve_task
     from midol_cli.tasks.custom import auto_tasks, read_labels_table
+    from midol_cli.tasks.pooled import POOLED, pooled_spec
     from midol_cli.workflows.study import StudyTask
 
     extra: dict[str, Path] = {}
@@ -63,6 +65,10 @@ def study_tasks(names: list[str], data: Path, task_data: dict[str, str]):
         if name == "auto":
             src = extra.get("auto", data)
             out += [StudyTask(sp, src) for sp in auto_tasks(read_labels_table(src), str(src))]
+            continue
+        if name == POOLED:
+            src = extra.get(name, data)
+            out.append(StudyTask(pooled_spec(read_labels_table(src), str(src)), src, pooled=True))
             continue
         src = extra.get(name, data)
         spec = resolve_task(name, src)

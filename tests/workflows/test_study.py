@@ -24,19 +24,20 @@ def test_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     p = build_pipeline(tmp_path / "data", per_class=10, modalities=("oct", "pathology"))
     out = tmp_path / "study"
     args = ["study", "recipes/smoke.yaml", *TINY, "data.modalities=[oct,pathology]", "--data", p["shards"],
-            "--tasks", "synth-oct,synth-pathology", "--variants", "midol,no_moe,random", "--seeds", "1",
-            "--n-boot", "200", "--out", out]
+            "--tasks", "synth-oct,synth-pathology,pooled", "--variants", "midol,no_moe,random,random_bn",
+            "--seeds", "1", "--protocols", "linear,knn_k20", "--n-boot", "200", "--out", out]
     res = run_midol(*args, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "pre-training 4 steps" in res.stderr
     rec = json.loads((out / "study.json").read_text())
-    assert set(rec["variants"]) == {"midol", "no_moe", "random"}
-    assert set(rec["tasks"]) == {"synth-oct", "synth-pathology"}
+    assert set(rec["variants"]) == {"midol", "no_moe", "random", "random_bn"}
+    assert set(rec["tasks"]) == {"synth-oct", "synth-pathology", "pooled"}
     for v in ("no_moe", "random"):
         per = rec["paired"][v]
-        assert set(per) == {"synth-oct", "synth-pathology", "mean"}
-        d = per["mean"]
+        assert set(per) == {"synth-oct", "synth-pathology", "pooled"}  # no pooled mean across metrics
+        d = per["synth-oct"]
         assert d["ci_low"] <= d["value"] <= d["ci_high"] and 0 < d["p_value"] <= 1
+        assert {"synth-oct", "synth-pathology", "mean accuracy"} <= set(rec["seed_level"][v])
     assert rec["paired"]["random"]["synth-oct"]["seeds"] == [0]
     # The random baseline is the seed's own initialisation: no training steps.
     assert json.loads((out / "runs" / "random-s0" / "run.json").read_text())["steps"] == 0
@@ -49,6 +50,7 @@ def test_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     assert any(line.startswith("| task | no_moe | random |") for line in header)
     assert "modality silhouette" in md
     assert (out / "study.png").stat().st_size > 5000
+    _check_mechanism_and_floor(out, rec, md)
     # A second run reuses every pre-training run and every probe.
     again = run_midol(*args, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -57,6 +59,39 @@ def test_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     changed = run_midol(*[a if a != "train.steps=4" else "train.steps=6" for a in args], env=env, timeout=600)
     assert changed.returncode == 2 and "another recipe" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
+
+
+def _check_mechanism_and_floor(out: Path, rec: dict, md: str) -> None:
+    """issue 28.5, 28.6 and the study wiring: the pooled task (every modality's classes) with its
+    cross-modality retrieval, the random_bn floor, a second protocol, held-out representation metrics and
+    what each variant changes, in study.json and study.md."""
+    from safetensors.numpy import load_file
+
+    pooled = json.loads((out / "results" / "midol-s0" / "pooled" / "summary.json").read_text())
+    classes = pooled["task"]["classes"]
+    assert {c.split(":")[0] for c in classes} == {"oct", "pathology"} and "oct:CNV" in classes
+    assert pooled["n"]["test"] > json.loads((out / "results" / "midol-s0" / "synth-oct" / "summary.json")
+                                            .read_text())["n"]["test"]
+    ret = pooled["protocols"]["retrieval"]["metrics"]
+    assert 0 <= ret["map_10"]["value"] <= 1 and 0 <= ret["cross_modality_10"]["value"] <= 1
+    assert rec["tasks"]["pooled"]["pooled"]
+    assert rec["retrieval"]["pooled"]["map_10"]["midol"]["mean"] is not None
+    assert all("pooled" not in m["tasks"] for m in rec["means"])  # it sees every task's images again
+    assert "## Cross-modality retrieval (pooled" in md
+    # random_bn: the seed's own initialisation, BatchNorm running statistics re-estimated, nothing else.
+    a = load_file(out / "runs" / "random-s0" / "export" / "encoder.safetensors")
+    b = load_file(out / "runs" / "random_bn-s0" / "export" / "encoder.safetensors")
+    bn = [k for k in a if k.endswith("running_mean")]
+    assert bn and all(not (a[k] == b[k]).all() for k in bn)
+    assert all((a[k] == b[k]).all() for k in a if "running_" not in k and "num_batches" not in k)
+    assert "| random_bn | floor:" in md and "| no_moe | one shared expert" in md
+    # --protocols linear,knn_k20: the second protocol's table.
+    assert rec["protocols"] == ["linear", "knn_k20"] and "## Protocol knn_k20" in md
+    assert rec["tasks"]["synth-oct"]["protocols"]["knn_k20"]["variants"]["midol"]["mean"] is not None
+    # Representation metrics on held-out images only.
+    r = rec["representation"]["midol"]
+    assert r["split"] == "val+test" and r["n_images"] > 0 and r["n_excluded"] > 0
+    assert "held-out images only (val+test" in md
 
 
 def test_variants_parse():
@@ -167,7 +202,9 @@ def test_aggregate_adds_holm_and_delong_per_seed(tmp_path):
     per = rec["paired"]["no_moe"]
     assert per["bin"]["p_holm"] == pytest.approx(holm([per["bin"]["p_value"], per["mc"]["p_value"]])[0])
     assert per["mc"]["p_holm"] == pytest.approx(holm([per["bin"]["p_value"], per["mc"]["p_value"]])[1])
-    assert "p_holm" not in per["mean"] and "delong" not in per["mc"]
+    # issue 28 (C3): no pooled mean across tasks (it averaged AUROC with accuracy); report/study.py's
+    # honest means replace it.
+    assert "mean" not in per and "mean" not in rec and "delong" not in per["mc"]
     assert set(per["bin"]["delong"]) == {"0", "1"}
     for s in seeds:  # clustered (two images per patient), no_moe - midol
         want = delong_test(y_bin, raw[("no_moe", s)], raw[("midol", s)], groups=np.array(groups))
