@@ -441,6 +441,10 @@ def recipe_dict(recipe: BaseModel) -> dict[str, Any]:
             for key, default in keys.items():
                 if key in d[section] and d[section][key] == default:
                     del d[section][key]
+    # a fine-tuning recipe's later top-level keys (recipe_finetune: its LoRA block)
+    for key, default in getattr(recipe, "LATER_DEFAULTS", {}).items():
+        if d.get(key) == default:
+            del d[key]
     return d
 
 
@@ -462,71 +466,16 @@ def dump_recipe(recipe: BaseModel, path: str | Path) -> None:
 
 # ---------------------------------------------------------------- fine-tuning
 
-
-class FinetuneOptimCfg(Strict):
-    batch_size: int = Field(64, ge=1, description="global batch over all ranks")
-    lr: float = Field(5e-4, gt=0, description="peak LR for a global batch of 256 (scaled linearly)")
-    min_lr: float = Field(1e-6, ge=0)
-    layer_decay: float = Field(0.75, gt=0, le=1, description="layer-wise LR decay (RETFound/BEiT); 1 = off")
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_frac: float = Field(0.1, ge=0, lt=1)
-    clip_grad: float | None = Field(None, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+# The fine-tuning recipes live in recipe_finetune.py, which builds on the classes above; these names are
+# looked up there on first use (PEP 562), so ``from midol_cli.recipes import FinetuneRecipe`` keeps working
+# without an import cycle.
+_FINETUNE_NAMES = frozenset({"FinetuneOptimCfg", "LoraCfg", "FinetuneRecipe", "SegmentationRecipe",
+                             "_FinetuneBase", "augment_for", "finetune_schema"})
 
 
-def augment_for(augment: AugCfg | dict[str, AugCfg] | None, modality: str) -> AugCfg:
-    """A fine-tuning recipe's augmentations for ``modality``: its own entry, else the code default."""
-    if isinstance(augment, AugCfg):
-        return augment
-    if augment and modality in augment:
-        return augment[modality]
-    return default_augs().get(modality, AugCfg())
+def __getattr__(name: str) -> Any:
+    if name in _FINETUNE_NAMES:
+        from midol_cli import recipe_finetune
 
-
-class _FinetuneBase(Strict):
-    """What every fine-tuning recipe has: the engine's settings (``train.engine``)."""
-
-    name: str = "finetune"
-    epochs: int = Field(50, ge=1)
-    optim: FinetuneOptimCfg = Field(default_factory=FinetuneOptimCfg)
-    img_size: int | None = Field(None, ge=16, description="input size; default: the encoder's own")
-    drop_path_rate: float = Field(0.1, ge=0, lt=1)
-    augment: AugCfg | dict[str, AugCfg] | None = Field(
-        None, description="one AugCfg, or one per modality; default: the modality's pre-training "
-                          "augmentations"
-    )
-    early_stopping: int = Field(
-        10, ge=0, description="stop after this many epochs without val improvement; 0 = off"
-    )
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    num_workers: int = Field(4, ge=0)
-    seed: int = 0
-    ckpt_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
-    n_boot: int = Field(1000, ge=10)
-    max_train_samples: int | None = Field(None, ge=1, description="cap the training set (quick runs)")
-    logging: LoggingCfg = Field(default_factory=LoggingCfg)
-
-    @field_validator("name")
-    @classmethod
-    def _plain(cls, v: str) -> str:
-        return plain_name(v)
-
-
-class FinetuneRecipe(_FinetuneBase):
-    """Fine-tuning encoder + linear head on a classification task (or the head alone, ``--linear``)."""
-
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    class_balanced: bool = Field(False, description="weight the loss by inverse class frequency")
-
-
-class SegmentationRecipe(_FinetuneBase):
-    """Fine-tuning encoder + FPN decoder on a segmentation task (CE + dice_weight x soft Dice)."""
-
-    name: str = "segment"
-    decoder_dim: int = Field(128, ge=8, description="channels of the segmentation decoder (FPN)")
-    dice_weight: float = Field(1.0, ge=0)
-
-
-def finetune_schema(label_type: str) -> type[_FinetuneBase]:
-    """The recipe schema of a task: ``SegmentationRecipe`` for segmentation, else ``FinetuneRecipe``."""
-    return SegmentationRecipe if label_type == "segmentation" else FinetuneRecipe
+        return getattr(recipe_finetune, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
