@@ -1,8 +1,9 @@
 """Optional parts of midol and the pip extra that installs each (pyproject's optional-dependencies).
 
 The base install is lean: DICOM decoder plugins, h5py, matplotlib, the trackers, ONNX, the slide reader
-(openslide) and the OCT vendor reader (eyepy) come with an extra (``pip install 'midol[dicom]'``,
-``[hdf5]``, ``[plots]``, ``[tracking]``, ``[onnx]``, ``[wsi]``, ``[oct]``, ``[all]``).
+(openslide), the OCT vendor reader (eyepy) and LoRA adapters (peft) come with an extra
+(``pip install 'midol[dicom]'``, ``[hdf5]``, ``[plots]``, ``[tracking]``, ``[onnx]``, ``[wsi]``, ``[oct]``,
+``[peft]``, ``[all]``).
 A feature whose package is missing ends in one line naming the extra, never an ImportError traceback.
 """
 

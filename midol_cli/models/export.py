@@ -44,6 +44,64 @@ def _save(tensors: dict[str, Any], meta: dict[str, str], target: Path) -> None:
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def _meta(spec: dict[str, Any], modalities: list[str], n_experts: int, recipe_hash: str, step: int,
+          which: str) -> dict[str, str]:
+    """The strings an exported encoder carries: how to rebuild it and where it came from."""
+    return {
+        "format": "midol-export-1",
+        "arch": spec["arch"],
+        "img_size": str(spec["img_size"]),
+        "arch_kwargs": json.dumps(spec.get("arch_kwargs", {})),
+        "mean": json.dumps(spec["mean"]),
+        "std": json.dumps(spec["std"]),
+        "pooling": str(spec.get("pooling", "default")),
+        "modalities": json.dumps(modalities),
+        "expert_map": json.dumps({m: (0 if n_experts == 1 else i) for i, m in enumerate(modalities)}),
+        "n_experts": str(n_experts),
+        "midol_version": __version__,
+        "recipe_hash": str(recipe_hash),
+        "step": str(step),
+        "which": which,
+    }
+
+
+def _plain(enc: dict[str, Any]) -> dict[str, Any]:
+    """Without the buffers timm rebuilds itself (non-persistent in spirit)."""
+    return {k: v for k, v in enc.items() if "relative_position_index" not in k and "attn_mask" not in k}
+
+
+def export_finetuned(best_path: str | Path, out_file: str | Path) -> dict[str, Path]:
+    """The encoder of a classification fine-tuning run's best epoch (``best.pt``: the model it tested) as
+    ``out_file``; a LoRA run's adapters merged into its weights (``models.lora.merged_state``), so every
+    method exports a plain timm state dict. No projector: a fine-tuned encoder has none."""
+    import torch
+
+    best_path = Path(best_path)
+    try:
+        state = torch.load(best_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"'{best_path}' is unreadable ({type(e).__name__}); re-run the fine-tuning"
+                         ) from None
+    if not isinstance(state, dict) or state.get("kind") != "finetune":
+        kind = state.get("kind") if isinstance(state, dict) else None
+        raise UsageError(f"'{best_path}' is a {kind or 'foreign'} run; `midol export` takes pre-training and "
+                         "classification fine-tuning runs")
+    spec = state["encoder_spec"]
+    enc = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    if state.get("lora"):
+        from midol_cli.models.encoder import EncoderSpec, build_encoder
+        from midol_cli.models.lora import merged_state
+
+        es = EncoderSpec(**{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"])})
+        enc = merged_state(build_encoder(es), es.arch, state["lora"], enc)
+    modalities = [state["modality"]] if state.get("modality") else []
+    meta = _meta(spec, modalities, 1, state.get("recipe_hash", ""), int(state.get("epoch", 0)),
+                 f"finetuned ({state.get('method', 'full')})")
+    out_file = Path(out_file)
+    _save(_plain(enc), meta, out_file)
+    return {"encoder": out_file}
+
+
 def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = "teacher") -> dict[str, Path]:
     """Write encoder (``out_file``) and projector (beside it) from a pre-training checkpoint."""
     from midol_cli.checkpoint import load_checkpoint
@@ -54,28 +112,9 @@ def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = 
     net = state[which]
     enc = {k[len("encoder.") :]: v for k, v in net.items() if k.startswith("encoder.")}
     proj = {k[len("projector.") :]: v for k, v in net.items() if k.startswith("projector.")}
-    # Non-persistent-in-spirit buffers timm rebuilds itself.
-    enc = {k: v for k, v in enc.items() if "relative_position_index" not in k and "attn_mask" not in k}
-    spec = state["encoder_spec"]
-    modalities = list(state["modalities"])
-    meta = {
-        "format": "midol-export-1",
-        "arch": spec["arch"],
-        "img_size": str(spec["img_size"]),
-        "arch_kwargs": json.dumps(spec.get("arch_kwargs", {})),
-        "mean": json.dumps(spec["mean"]),
-        "std": json.dumps(spec["std"]),
-        "pooling": str(spec.get("pooling", "default")),
-        "modalities": json.dumps(modalities),
-        "expert_map": json.dumps(
-            {m: (0 if state["n_experts"] == 1 else i) for i, m in enumerate(modalities)}
-        ),
-        "n_experts": str(state["n_experts"]),
-        "midol_version": __version__,
-        "recipe_hash": str(state.get("recipe_hash", "")),
-        "step": str(state["step"]),
-        "which": which,
-    }
+    enc = _plain(enc)
+    meta = _meta(state["encoder_spec"], list(state["modalities"]), state["n_experts"],
+                 state.get("recipe_hash", ""), state["step"], which)
     init = state.get("init")
     if init:  # the released weights the run started from: file, sha256 and how they loaded
         meta["init"] = json.dumps({k: init.get(k) for k in ("weights", "model", "sha256")} |
@@ -93,16 +132,19 @@ def export_checkpoint(ckpt_path: str | Path, out_file: str | Path, which: str = 
 def export_run(
     run_dir: str | Path, out_file: str | Path | None = None, which: str = "teacher"
 ) -> dict[str, Path]:
-    """Export the newest checkpoint of ``run_dir`` (default target: RUN_DIR/export/encoder.safetensors)."""
+    """Export the newest checkpoint of ``run_dir`` (default target: RUN_DIR/export/encoder.safetensors); a
+    fine-tuning run's best epoch (``best.pt``, ``export_finetuned``)."""
     from midol_cli.checkpoint import list_checkpoints
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run dir '{run_dir}' does not exist")
+    target = Path(out_file) if out_file else run_dir / "export" / ENCODER_FILE
+    if (run_dir / "best.pt").is_file():  # only supervised runs write one (train.engine.BEST_NAME)
+        return export_finetuned(run_dir / "best.pt", target)
     found = list_checkpoints(run_dir)
     if not found:
         raise UsageError(f"'{run_dir}' holds no checkpoint (checkpoints/ckpt-*.pt); pre-train first")
-    target = Path(out_file) if out_file else run_dir / "export" / ENCODER_FILE
     return export_checkpoint(found[-1], target, which)
 
 
@@ -196,8 +238,8 @@ def export_folder(run_dir: str | Path, out_dir: str | Path | None = None, which:
         write_json_atomic(tmp / "config.json", cfg)
         write_text_atomic(tmp / "README.md", model_card(run_dir, meta, n_params, enc.num_features,
                                                         Path(study) if study else None))
-        proj = paths["projector"]
-        if proj.name != PROJECTOR_FILE:
+        proj = paths.get("projector")  # a fine-tuned encoder has none
+        if proj is not None and proj.name != PROJECTOR_FILE:
             proj.rename(tmp / PROJECTOR_FILE)
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -1,4 +1,6 @@
-"""Fine-tuning on a classification task: encoder + linear head, trained end to end (or head only).
+"""Fine-tuning on a classification task: encoder + linear head, trained end to end (``--method full``),
+the head alone on a frozen encoder (``linear``), or the head and low-rank adapters on a frozen encoder
+(``lora``: ``models.lora``, Hugging Face peft).
 
 ``run_finetune`` reads a task's manifest (or its raw folder, ingested on the fly), builds
 ``models.heads.Classifier`` and hands ``ClassificationTask`` to the shared engine
@@ -6,11 +8,14 @@
 warm-up + cosine LR, the non-finite guard, best epoch on the task's primary val metric, early
 stopping, resume). Label smoothing and an optional class-balanced loss are this task's. The best
 model is then scored on test into ``results/<model_id>/<task>/`` in the probe's schema (protocol
-``finetune``, or ``linear_ft`` for a head-only run with augmentation).
+``finetune``, ``linear_ft`` for a head-only run with augmentation, ``lora_ft`` for adapters).
 
-Run dir (default ``<out>/<model_id>/<task>/run_finetune``; ``run_linear_ft`` for ``--linear``):
-``recipe.yaml`` (resolved), ``run.json`` (provenance), ``metrics.jsonl`` (one row per epoch),
-``best.pt`` (encoder + head of the best val epoch), ``checkpoints/ckpt-<epoch>.pt`` (resumable).
+Run dir (default ``<out>/<model_id>/<task>/run_<protocol>``: ``run_finetune``, ``run_linear_ft``,
+``run_lora_ft``), the same for every method: ``recipe.yaml`` (resolved), ``run.json`` (provenance, with
+the trainable and total parameter counts), ``metrics.jsonl`` (one row per epoch), ``best.pt`` (encoder +
+head of the best val epoch), ``checkpoints/ckpt-<epoch>.pt`` (resumable); a LoRA run adds ``adapter/``
+(the best epoch's adapters alone, peft's ``save_pretrained``: ``adapter_model.safetensors`` +
+``adapter_config.json``).
 
 Runs as one process or under torchrun (DDP; gloo on CPU): every rank trains on its shard of the
 training set and evaluates its shard of val/test; predictions are gathered so that every rank
@@ -30,12 +35,23 @@ import torch
 
 from midol_cli.distributed import DistInfo, gather_objects, on_main
 from midol_cli.errors import UsageError
-from midol_cli.recipes import FinetuneRecipe, augment_for
+from midol_cli.recipe_finetune import FinetuneRecipe, augment_for
 from midol_cli.train import engine
 from midol_cli.train.engine import default_run_dir, protocol_name  # noqa: F401  (public here too)
 
 BEST_FORMAT = "midol-finetune-best-2"
 CKPT_KIND = "finetune"
+# --method -> the results protocol (and run dir run_<protocol>)
+PROTOCOLS = {"full": "finetune", "linear": "linear_ft", "lora": "lora_ft"}
+
+
+def resolve_method(method: str | None, linear: bool = False) -> str:
+    """``--method`` with ``--linear`` as its alias: ``full`` when neither is given."""
+    if method is not None and method not in PROTOCOLS:
+        raise UsageError(f"--method {method} is not one of {', '.join(PROTOCOLS)}")
+    if linear and method not in (None, "linear"):
+        raise UsageError(f"--linear is --method linear; it contradicts --method {method}: give one of them")
+    return "linear" if linear else (method or "full")
 
 
 # --------------------------------------------------------------------------- data
@@ -110,12 +126,17 @@ def prepare_data(spec: Any, data: str | Path, cache_root: Path | None = None, ca
 # --------------------------------------------------------------------------- model and optimiser
 
 
-def build_classifier(model: Any, n_classes: int, recipe: FinetuneRecipe, linear: bool):
+def build_classifier(model: Any, n_classes: int, recipe: FinetuneRecipe, linear: bool = False,
+                     method: str | None = None):
     """``Classifier`` from an ``eval.models.EvalModel``: the encoder re-created with the recipe's drop-path
-    rate (and ``img_size`` if set) carrying the loaded weights, plus a fresh ``ClassifierHead``.
+    rate (and ``img_size`` if set) carrying the loaded weights, plus a fresh ``ClassifierHead``; for
+    ``method="lora"`` the encoder is wrapped with the recipe's adapters (``models.lora``: its own
+    weights frozen, the adapters and the head trained).
 
     Returns ``(classifier, EncoderSpec)``.
     """
+    method = resolve_method(method, linear)
+    linear = method == "linear"
     from midol_cli.models.encoder import build_encoder
     from midol_cli.models.heads import Classifier, ClassifierHead
     from midol_cli.models.weights import load_into
@@ -135,6 +156,10 @@ def build_classifier(model: Any, n_classes: int, recipe: FinetuneRecipe, linear:
             report = load_into(enc, state, f"'{model.weights}' at {size} px", fmt="resized")
             if report.resized:
                 print(f"note: encoder rebuilt at {size} px: {report.summary()}", file=sys.stderr)
+    if method == "lora":
+        from midol_cli.models.lora import add_lora, lora_config
+
+        enc = add_lora(enc, spec.arch, lora_config(recipe.lora, spec.arch))
     head = ClassifierHead(int(enc.num_features), n_classes)
     return Classifier(enc, head, freeze_encoder=linear), spec
 
@@ -185,20 +210,24 @@ def predict(model: Any, loader: Any, di: DistInfo, autocast: Any) -> tuple[np.nd
 
 class ClassificationTask:
     """Single- and multi-label classification for the supervised driver (``train.supervised.run_supervised``):
-    its data, its model (``Classifier``: encoder + linear head, or the head alone for ``--linear``) and
-    optimiser groups, one batch's loss, validation on the task's primary metric, and test scoring
+    its data, its model (``Classifier``: encoder + linear head; the head alone for ``--method linear``; the
+    head and the encoder's adapters for ``lora``) and optimiser groups, one batch's loss, validation on the
+    task's primary metric, and test scoring
     (``eval.scoring``) into ``results/<model>/<task>/`` in the probe's schema."""
 
     kind = CKPT_KIND
     title = "fine-tuning"
     best_format = BEST_FORMAT
 
-    def __init__(self, spec: Any, recipe: FinetuneRecipe, di: DistInfo, linear: bool = False,
+    def __init__(self, spec: Any, recipe: FinetuneRecipe, di: DistInfo, method: str = "full",
                  options: dict[str, str] | None = None, subgroups: tuple[str, ...] | None = None,
                  min_positives: int | None = None) -> None:
-        self.spec, self.recipe, self.di, self.linear, self.options = spec, recipe, di, linear, options
+        self.spec, self.recipe, self.di, self.options = spec, recipe, di, options
+        self.method = resolve_method(method)
+        self.linear = self.method == "linear"
         self.subgroups, self.min_positives = subgroups, min_positives
-        self.protocol = self.label = protocol_name(linear)
+        self.protocol = self.label = PROTOCOLS[self.method]
+        self.lora: dict[str, Any] | None = None  # the resolved adapter settings of a LoRA run
 
     # ---- data, model, loaders
     def prepare(self, data: str | Path, say: Any) -> dict[str, np.ndarray]:
@@ -223,10 +252,23 @@ class ClassificationTask:
     def build(self, eval_model: Any) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
         torch.manual_seed(self.recipe.seed)
         n_classes = len(self.task.classes)
-        self.model, self.enc_spec = build_classifier(eval_model, n_classes, self.recipe, self.linear)
+        self.model, self.enc_spec = build_classifier(eval_model, n_classes, self.recipe, method=self.method)
         eval_model.encoder = None  # its weights now live in the classifier
-        self.layer_decay = 1.0 if self.linear else self.recipe.optim.layer_decay
+        if self.method == "lora":
+            from midol_cli.models.lora import lora_config
+
+            self.lora = lora_config(self.recipe.lora, self.enc_spec.arch)
+        # one LR for the adapters: layer-wise decay is a full fine-tuning device (BEiT / RETFound)
+        self.layer_decay = self.recipe.optim.layer_decay if self.method == "full" else 1.0
         return self.model, param_groups(self.model, self.recipe.optim.weight_decay, self.layer_decay)
+
+    def save_adapter(self, run_dir: Path) -> Path | None:
+        """A LoRA run's adapters of the best epoch (loaded) into ``run_dir/adapter`` (rank 0)."""
+        if self.method != "lora" or not self.di.is_main:
+            return None
+        from midol_cli.models.lora import ADAPTER_DIR, save_adapter
+
+        return save_adapter(self.model.encoder, run_dir / ADAPTER_DIR)
 
     def loaders(self, idx: dict[str, np.ndarray], micro: int) -> tuple[Any, Any]:
         from midol_cli.data.rows import LoadImage, RowDataset
@@ -259,10 +301,11 @@ class ClassificationTask:
         return train
 
     def run_info(self, model_info: dict[str, Any]) -> dict[str, Any]:
-        return {"stage": "finetune", "protocol": self.protocol, "task": self.spec.name,
+        info = {"stage": "finetune", "protocol": self.protocol, "method": self.method, "task": self.spec.name,
                 "task_options": dict(self.options or {}), "model": model_info,
                 "manifest": str(self.fd.manifest.resolve()), "data_hash": self.fd.data_hash,
                 "encoder": self.enc_spec.to_dict()}
+        return {**info, "lora": self.lora} if self.lora else info
 
     # ---- what the engine asks for
     def train_loss(self, net: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -303,9 +346,10 @@ class ClassificationTask:
         return {"task": self.task.name, "protocol": self.protocol}
 
     def extra(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "classes": list(self.task.classes),
-                "label_type": self.task.label_type,
-                "encoder_spec": self.enc_spec.to_dict(), "data_hash": self.fd.data_hash}
+        out = {"model_id": self.model_id, "classes": list(self.task.classes),
+               "label_type": self.task.label_type, "method": self.method, "modality": self.spec.modality,
+               "encoder_spec": self.enc_spec.to_dict(), "data_hash": self.fd.data_hash}
+        return {**out, "lora": self.lora} if self.lora else out
 
     # ---- test, with the best epoch loaded
     def test(self, run: Any, say: Any) -> dict[str, Any]:
@@ -328,7 +372,7 @@ class ClassificationTask:
                            subgroups=self.sub_cols, group_unit=self.spec.group_unit,
                            aggregation=self.spec.aggregation, min_positives=self.min_positives,
                            n_boot=r.n_boot, seed=r.seed)
-        block.update({**run.block(), "train_mode": "linear" if self.linear else "full",
+        block.update({**run.block(), "train_mode": self.method, **({"lora": self.lora} if self.lora else {}),
                       "layer_decay": self.layer_decay, "img_size": self.size,
                       "skipped_unreadable_test": len(bad_test), "val_source": fd.val_source,
                       "notes": list(fd.notes)})
@@ -380,17 +424,20 @@ def run_finetune(
     lenient: bool = False,
     subgroups: tuple[str, ...] | None = None,
     min_positives: int | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``weights`` on task ``spec`` (a ``tasks.TaskSpec``); returns the summary (rank 0; other
     ranks return ``{}``). ``options``: the task's layout options (``tasks.task_options``), used when
     ``data`` is a raw folder; ``lenient``: ``--weights-lenient``; ``subgroups``: metadata columns to
-    report per subgroup (None: the task's own; () none), ``min_positives`` their too-small rule.
-    Segmentation tasks go to ``train.segment.run_segmentation``; both run
+    report per subgroup (None: the task's own; () none), ``min_positives`` their too-small rule;
+    ``method``: full (default), linear (``linear=True`` is its alias) or lora. Segmentation tasks go to
+    ``train.segment.run_segmentation``; both run
     ``train.supervised.run_supervised``."""
-    if spec.label_type == "segmentation":
-        if linear:
-            raise UsageError("--linear applies to classification tasks; segmentation fine-tunes encoder "
-                             "+ decoder")
+    method = resolve_method(method, linear)
+    if spec.label_type == "segmentation":  # --linear: the frozen-backbone dense probe (issue 29.4)
+        if method == "lora":
+            raise UsageError("--method lora applies to classification tasks; segmentation takes --method "
+                             "full or linear")
         try:
             from midol_cli.train.segment import run_segmentation
         except ModuleNotFoundError as e:
@@ -398,10 +445,11 @@ def run_finetune(
                 raise UsageError("segmentation fine-tuning is not available in this build") from None
             raise
         return run_segmentation(spec, weights, data, recipe, out_root, name, run_dir, resume,
-                                reporter=reporter, options=options, lenient=lenient)
+                                reporter=reporter, options=options, lenient=lenient,
+                                probe=method == "linear")
     from midol_cli.train.supervised import run_supervised
 
     return run_supervised(
-        lambda di: ClassificationTask(spec, recipe, di, linear, options, subgroups, min_positives),
+        lambda di: ClassificationTask(spec, recipe, di, method, options, subgroups, min_positives),
         weights, data, recipe, out_root=out_root, name=name, run_dir=run_dir, resume=resume,
         reporter=reporter, lenient=lenient)

@@ -181,6 +181,7 @@ class Run:
     peak_lr: float
     data_hash: str
     autocast: Callable[[], Any]
+    params: dict[str, int] | None = None  # trainable / total parameters (models.lora.parameter_counts)
 
     def block(self) -> dict[str, Any]:
         """The protocol-block fields every supervised protocol records."""
@@ -189,7 +190,9 @@ class Run:
                 "best_val": st.best_finite(), "early_stopped": st.stopped, "peak_lr": self.peak_lr,
                 "batch_size": r.optim.batch_size, "n_train": self.n["train"],
                 "skipped_unreadable": st.skipped,
-                "recipe_hash": recipe_hash(r), "data_hash": self.data_hash, "run_dir": str(self.run_dir)}
+                "recipe_hash": recipe_hash(r), "data_hash": self.data_hash, "run_dir": str(self.run_dir),
+                **({"trainable_params": self.params["trainable"], "total_params": self.params["total"]}
+                   if self.params else {})}
 
 
 def cap_rows(rows: Any, cap: int | None, seed: int, notes: list[str]) -> Any:
@@ -253,10 +256,15 @@ def _drive(task: Any, weights: str, data: str | Path, recipe: Any, out_root: Pat
     model_info = eval_model.info()
     task.model_id, spec = model_info["id"], task.spec
     if run_dir is None:
-        run_dir = engine.default_run_dir(out_root, task.model_id, spec.name, task.protocol == "linear_ft")
+        run_dir = out_root / task.model_id / spec.name / f"run_{task.protocol}"  # engine.default_run_dir's
     resume_path = engine.check_run_dir(Path(run_dir), resume)
     net, optimizer, peak_lr = _optimise(task, eval_model, recipe, di)
     del eval_model  # its weights now live in the task's model
+    from midol_cli.models.lora import parameter_counts
+
+    params = parameter_counts(task.model)  # what --method full | linear | lora trains (issue 29.3)
+    say(f"trainable parameters: {params['trainable']:,} of {params['total']:,} "
+        f"({100 * params['trainable'] / max(params['total'], 1):.2f}%)")
     if recipe.precision == "bf16" and di.device.type != "cuda":
         say("note: bf16 autocast on CPU is slow; precision=fp32 is usually faster here")
     train_loader, sampler = task.loaders(idx, oc.batch_size // world)
@@ -268,11 +276,14 @@ def _drive(task: Any, weights: str, data: str | Path, recipe: Any, out_root: Pat
                     ckpt_every=recipe.ckpt_every, seed=recipe.seed, precision=recipe.precision,
                     label=task.label)
     st = fit_supervised(task, net, optimizer, train_loader, sampler, cfg, di, recipe=recipe,
-                        run_info=task.run_info(model_info), resume_path=resume_path, reporter=reporter)
+                        run_info={**task.run_info(model_info), "parameters": params},
+                        resume_path=resume_path, reporter=reporter)
     engine.load_best(task, cfg.run_dir, di)
+    if hasattr(task, "save_adapter"):  # a LoRA run's adapters of the best epoch, on their own
+        task.save_adapter(cfg.run_dir)
     run = Run(st, recipe, cfg.run_dir, out_root / task.model_id / spec.name, model_info,
               {"train": len(idx["train"]), "val": len(idx["val"])}, peak_lr, task.fd.data_hash,
-              engine.autocast_for(recipe.precision, di.device))
+              engine.autocast_for(recipe.precision, di.device), params)
     summary = task.test(run, say)
     if summary:
         summary.update(out_dir=str(run.out_dir), run_dir=str(cfg.run_dir), protocol=task.protocol)

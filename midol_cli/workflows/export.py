@@ -29,7 +29,8 @@ def run(s: ExportSettings, reporter: Reporter) -> dict[str, Any]:
         res["settings"] = str(write_settings(s, res["file"], "export", folder=False))
         return res
     res = dict(export_run(s.run_dir, s.out, s.which))
-    if s.out is None:  # the calibration lives beside RUN_DIR/export/encoder.safetensors
+    # the calibration lives beside RUN_DIR/export/encoder.safetensors (a fine-tuned encoder has no router)
+    if s.out is None and "projector" in res:
         from midol_cli.eval.calibrate import calibrate_routing
 
         res["routing"] = calibrate_routing(s.run_dir)

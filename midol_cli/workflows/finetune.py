@@ -33,7 +33,7 @@ def run(s: FinetuneSettings, recipe: Any, reporter: Reporter) -> dict[str, Any]:
     writable_out(s.out)
     writable_out(s.run_dir, "--run-dir")
     summary = run_finetune(spec, s.weights, s.data, recipe, out_root=s.out, name=s.model_id,
-                           run_dir=s.run_dir, resume=s.resume, linear=s.linear, reporter=reporter,
+                           run_dir=s.run_dir, resume=s.resume, method=s.method, reporter=reporter,
                            options=opts, lenient=s.weights_lenient,
                            subgroups=None if s.subgroups is None else tuple(s.subgroups),
                            min_positives=s.min_subgroup)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, PositiveInt, field_validator
+from pydantic import BaseModel, Field, PositiveInt, field_validator, model_validator
 
 from midol_cli.errors import UsageError
 from midol_cli.eval.contamination import DEFAULT_RADIUS
@@ -307,8 +307,23 @@ class FinetuneSettings(_Model, _TaskSettings):
     run_dir: Path | None = Field(None, description="Checkpoints and metrics (default: OUT/<model id>/<task>/"
                                  "run_finetune).")
     resume: str | None = Field(None, description="'auto' (newest checkpoint in the run dir) or a ckpt file.")
-    linear: bool = Field(False, description="Freeze the encoder and train only the head (protocol "
-                                            "'linear_ft').")
+    method: Literal["full", "linear", "lora"] = Field(
+        "full", description="What trains: full (encoder + head, protocol 'finetune'), linear (the head on a "
+        "frozen encoder, 'linear_ft'; on a segmentation task a 1x1-conv dense probe, 'dense_probe') or lora "
+        "(the head and low-rank adapters, 'lora_ft'; the recipe's lora block; needs midol[peft]).")
+    linear: bool = Field(False, description="Alias of --method linear: freeze the encoder and train only the "
+                                            "head (protocol 'linear_ft'; on a segmentation task a 1x1-conv "
+                                            "dense probe, protocol 'dense_probe').")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _linear_is_a_method(cls, data: Any) -> Any:
+        # --linear came first; it stays, as another name for --method linear (issue 29.3)
+        if isinstance(data, dict) and data.get("linear") in (True, "true", "True", "1", 1):
+            if data.get("method", "linear") != "linear":
+                raise ValueError(f"--linear is --method linear; it contradicts --method {data['method']}")
+            data = {**data, "method": "linear"}
+        return data
 
 
 class ExportSettings(Strict):
@@ -368,6 +383,9 @@ class StudySettings(Strict):
     finetune_seeds: int = Field(1, ge=0, description="Seeds to fine-tune (the first N).")
     workers: int = Field(1, ge=0, description="Data-loading processes for embedding.")
     device: str | None = Field(None, description="cpu | cuda (default: cuda if available).")
+    protocols: list[str] = Field(["linear"], min_length=1, description="Comma-separated probe protocols "
+                                 "of summary.json to compare (linear, knn_k20, ...); the first drives the "
+                                 "paired statistics.")
 
     @field_validator("tasks", "variants", "protocols", mode="before")
     @classmethod
@@ -383,9 +401,6 @@ class StudySettings(Strict):
 class QuickstartSettings(Strict):
     """``midol quickstart``: one sub-folder per modality -> every stage with its normal files under ``out``.
     The stage sections take that stage's keys (``ingest.seed=1``, ``shard.max_side=256``,
-    protocols: list[str] = Field(["linear"], min_length=1, description="Comma-separated probe protocols "
-                                 "of summary.json to compare (linear, knn_k20, ...); the first drives the "
-                                 "paired statistics.")
     ``pretrain.train.steps=2000`` (recipe keys), ``probe.seeds=1``)."""
 
     raw_root: Path = Field(..., description="Folder with one sub-folder per modality.",
