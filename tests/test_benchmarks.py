@@ -32,3 +32,16 @@ def test_scale_benchmark_runs_and_reports_ratios(tmp_path):
     assert "re-ingest of the unchanged 96-file folder" in res.stdout
     assert (tmp_path / "work" / "n96" / "shards" / "index.json").is_file()
     assert "time x" in res.stdout and figures["reingest_fraction"] > 0
+
+
+def test_fewshot_retrieval_benchmark_runs_and_reports_its_figures(tmp_path):
+    """Tiny sizes (issue 29 figures): SimpleShot's seconds and the retrieval child's peak RSS come back."""
+    import json
+
+    res = run_benchmark("fewshot_retrieval.py", "--n-fewshot", "300", "--n-retrieval", "400", "--dim", "16",
+                        "--episodes", "3", "--n-boot", "20", "--json", tmp_path / "f.json",
+                        env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["simpleshot"]["seconds"] > 0 and 0 < figures["retrieval"]["peak_rss_mb"] < 2048
+    assert "simpleshot: 3 episodes x 5 shot counts" in res.stdout and "peak RSS" in res.stdout
