@@ -152,6 +152,7 @@ def simpleshot_block(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarra
     block = {
         "metrics": {k: {"value": stats[k]["mean"], "ci_low": _num(cis[k][0]), "ci_high": _num(cis[k][1])}
                     for k in names},
+        "primary_metric": task.metric,
         "episode_metrics": stats,
         "shots": int(shots), "episodes": int(episodes), "seed": int(seed),
         "support_per_class": dict(zip(task.classes, used, strict=True)),

@@ -67,6 +67,7 @@ def _simpleshot(td: Any, task: Any, shots: list[int], episodes: int, boot: dict[
         block, probs = simpleshot_block(td.X[tr], td.y[tr], td.X[te], td.y[te], task, n, episodes=episodes,
                                         seed=boot["seed"], groups=td.groups[te], n_boot=boot["n_boot"])
         out[f"simpleshot_{n}"] = block
+        say(f"{task.name}: simpleshot_{n}: {_line(block, task.metric)}")
         rows += [(f"simpleshot_{n}", e, probs[e]) for e in range(episodes)]
     return rows
 
@@ -91,13 +92,25 @@ def _retrieval(td: Any, task: Any, emb_all: pd.DataFrame, boot: dict[str, int], 
         vals.update(cross_modality(np.full(int(te.sum()), task.modality),
                                    gallery["modality"].astype(str).to_numpy(), idx))
     out["retrieval"] = retrieval_block(vals, gallery="train", n_gallery=int(tr.sum()), groups=g_te, **boot)
+    say(f"{task.name}: retrieval: {_line(out['retrieval'], 'map_10')}")
     per = {"retrieval": vals}
     if te.sum() >= 2:
         loo = per_query(td.y[te], td.y[te], neighbours(td.X[te], td.X[te], kmax, exclude_self=True), lt, C)
         out["retrieval_loo"] = retrieval_block(loo, gallery="test (leave-one-out)",
                                                n_gallery=int(te.sum()) - 1, groups=g_te, **boot)
         per["retrieval_loo"] = loo
+        say(f"{task.name}: retrieval_loo: {_line(out['retrieval_loo'], 'map_10')}")
     return per
+
+
+def _line(block: dict[str, Any], metric: str) -> str:
+    """``auroc 0.8123 [0.7710, 0.8500]`` of ``block`` (``n/a`` where undefined)."""
+    v = block["metrics"].get(metric) or {}
+
+    def f(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    return f"{metric} {f(v.get('value'))} [{f(v.get('ci_low'))}, {f(v.get('ci_high'))}]"
 
 
 def _merge_predictions(out_dir: Path, task: Any, model_id: str, td: Any,

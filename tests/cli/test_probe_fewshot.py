@@ -88,6 +88,8 @@ def test_probe_writes_simpleshot_and_retrieval_protocols(run):
     mine = per_q[per_q["protocol"] == "retrieval"]
     assert mine["map_10"].mean() == pytest.approx(r["metrics"]["map_10"]["value"])
     assert "SimpleShot 4-shot, 5 episodes" in run["log"]
+    assert f"clinic-spots: simpleshot_4: auroc {auroc['value']:.4f}" in run["log"]
+    assert "clinic-spots: retrieval: map_10 " in run["log"] and ss["primary_metric"] == "auroc"
 
 
 def test_task_auto_reuses_the_cached_embeddings(run):
