@@ -95,6 +95,9 @@ def check_case_task(spec, s: ProbeSettings) -> None:
             raise UsageError("--heatmaps draws the attention of case-level runs: add --protocol abmil (a "
                              "task with a case level: slide, volume or patient)")
         return
+    if wanted(s):
+        raise UsageError("--simpleshot and --retrieval score images (--protocol image); drop them for "
+                         "--protocol abmil, or run the image protocol separately")
     if not spec.case:
         raise UsageError(f"task {spec.name} is not case-level, so --protocol abmil has no cases: add `case: "
                          "slide` (volume, patient) to its task file, or use --task auto on a manifest of "

@@ -151,3 +151,14 @@ def test_cross_modality_rate_and_multilabel_skip(tmp_path):
     mixed = emb_all.assign(embedding=list(rng.normal(size=(n, 4)).astype(np.float32)))  # now they mix
     add_protocols(summary, mixed, emb, task, tmp_path, s, lambda m: None)
     assert summary["protocols"]["retrieval"]["metrics"]["cross_modality_10"]["value"] > 0.2
+
+
+def test_abmil_with_simpleshot_is_a_one_line_refusal():
+    from types import SimpleNamespace
+
+    from midol_cli.errors import UsageError
+    from midol_cli.workflows.probe import check_case_task
+
+    s = SimpleNamespace(protocol="abmil", heatmaps=0, simpleshot=True, retrieval=False)
+    with pytest.raises(UsageError, match="--simpleshot and --retrieval score images"):
+        check_case_task(SimpleNamespace(case="slide", name="t"), s)
