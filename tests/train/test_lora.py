@@ -112,6 +112,12 @@ def test_adapter_folder_loads_on_its_own_and_the_merged_export_matches(lora_run)
         assert not any("lora" in k or "base_layer" in k for k in enc.state_dict())
         torch.testing.assert_close(enc(x), want, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(_base_encoder(lora_run["export"]).eval()(x), want, atol=1e-4)
+        # the run dir is then --weights for embed and probe, like a pre-training run's
+        from midol_cli.eval.models import load_eval_model
+
+        m = load_eval_model(str(run_dir))
+        assert m.projector is None
+        torch.testing.assert_close(m.encoder(x), want, rtol=1e-4, atol=1e-5)
     assert meta["modalities"] == ["pathology"] and meta["which"] == "finetuned (lora)"
 
 
