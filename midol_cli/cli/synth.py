@@ -20,6 +20,9 @@ HELP = (
     "\n\n[b]Examples[/b]\n\n"
     "  midol synth demo/raw\n\n"
     "  midol synth demo/small --per-class 8 --size 64 -m fundus -m oct --corrupt 3"
+    "\n\n[b]Testing the mechanism[/b] (docs/method.md, \"Tasks that test the mechanism\")\n\n"
+    "  midol synth demo/look --lookalike          (a sixth modality, slo, drawn like fundus)\n\n"
+    "  midol synth demo/mix --per-class 50 --mix oct=5    (10:1 between the others and OCT)"
 )
 
 
@@ -95,8 +98,16 @@ def synth(
     force: bool = typer.Option(
         False, "--force", help="Write into a non-empty OUT_DIR, replacing the modality folders drawn."
     ),
+    lookalike: bool = typer.Option(
+        False, "--lookalike", help="Also draw slo, a look-alike of fundus (same statistics and classes, "
+        "a small camera mark): a shared head confuses the two. The other modalities' images do not change."
+    ),
+    mix: list[str] | None = typer.Option(
+        None, "--mix", metavar="MODALITY=N", help="Images per class for MODALITY instead of --per-class "
+        "(repeatable): an imbalanced mix, e.g. --per-class 50 --mix oct=5 for 10:1."
+    ),
 ) -> None:
-    from midol_cli.data.synth import generate
+    from midol_cli.data.synth import LOOKALIKES, generate
     from midol_cli.modalities import check_modality
 
     try:
@@ -105,7 +116,7 @@ def synth(
         if out_dir is None:
             raise UsageError("`midol synth` needs OUT_DIR, the folder to create: midol synth OUT_DIR")
         writable_out(out_dir, "OUT_DIR")
-        chosen = [check_modality(m) for m in modality] if modality else None
+        chosen = [m if m in LOOKALIKES else check_modality(m) for m in modality] if modality else None
         update, close = _progress_printer()
         try:
             summary = generate(
@@ -118,6 +129,8 @@ def synth(
                 corrupt=corrupt,
                 force=force,
                 progress=update,
+                lookalike=lookalike,
+                mix=_mix(mix or []),
             )
         finally:
             close()
@@ -134,6 +147,17 @@ def synth(
             con.print(f"  {c['path']}  ({c['kind']})", highlight=False, markup=False)
     total = sum(m["images"] for m in summary["modalities"].values())
     con.print(f"{total} images in {summary['seconds']:.1f} s; provenance in synth.json", highlight=False)
+
+
+def _mix(tokens: list[str]) -> dict[str, int]:
+    """``--mix MODALITY=N`` tokens -> ``{modality: N}`` (one-line errors)."""
+    out: dict[str, int] = {}
+    for tok in tokens:
+        name, sep, n = tok.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise UsageError(f"--mix '{tok}' must look like MODALITY=N (images per class), e.g. oct=5")
+        out[name.strip().lower()] = int(n)
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -317,25 +317,34 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter:
 
 def _probe_pooled(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str,
                   reporter: Reporter) -> dict[str, Any]:
-    """The pooled task (``tasks/pooled.py``) probed with the suite ``midol probe`` runs, on the rows
-    ``pooled_frame`` makes of the task data's embeddings (cached, shared with the other tasks)."""
-    from midol_cli.artifacts import write_json_atomic
-    from midol_cli.eval.embed import embed
+    """The pooled task of the study's model ``mid`` (``probe_pooled``)."""
     from midol_cli.eval.models import load_eval_model
-    from midol_cli.eval.results import SUMMARY_NAME, run_probe_suite
-    from midol_cli.tasks.pooled import pooled_frame
     from midol_cli.workflows.probe import WarningsOnly, probe_log
 
-    model = load_eval_model(str(run_dir), mid)
-    df = embed(model, task.data, workers=cfg.workers, device=cfg.device)
-    out_dir = cfg.out / "results" / mid / task.spec.name
+    return probe_pooled(load_eval_model(str(run_dir), mid), task.spec, task.data,
+                        cfg.out / "results" / mid / task.spec.name, cfg.probe_boot, workers=cfg.workers,
+                        device=cfg.device, log=probe_log(mid, task.spec, WarningsOnly(reporter)))
+
+
+def probe_pooled(model, spec, data: Path, out_dir: Path, n_boot: int, *, workers: int = 1,
+                 device: str | None = None, log=None) -> dict[str, Any]:
+    """The pooled task (``tasks/pooled.py``) of ``model`` (an ``EvalModel``) on ``data``: the probe suite
+    ``midol probe`` runs (linear, k-NN) on the rows ``pooled_frame`` makes of the data's embeddings
+    (cached, shared with the other tasks), plus cross-modality retrieval (``pooled_retrieval``) unless
+    the suite already has it; summary.json and predictions written under ``out_dir``."""
+    from midol_cli.artifacts import write_json_atomic
+    from midol_cli.eval.embed import embed
+    from midol_cli.eval.results import SUMMARY_NAME, run_probe_suite
+    from midol_cli.tasks.pooled import pooled_frame
+
+    df = embed(model, data, workers=workers, device=device)
     frame = pooled_frame(df)
     summary = run_probe_suite(
-        frame, task.spec.eval_task(task.spec.split), out_dir, model_info=model.info(),
-        data_hash=df.attrs.get("data_hash", ""), fractions=(1.0,), seeds=(0,), n_boot=cfg.probe_boot,
-        split_source=task.spec.split, log=probe_log(mid, task.spec, WarningsOnly(reporter)))
+        frame, spec.eval_task(spec.split), out_dir, model_info=model.info(),
+        data_hash=df.attrs.get("data_hash", ""), fractions=(1.0,), seeds=(0,), n_boot=n_boot,
+        split_source=spec.split, log=log)
     if "retrieval" not in summary["protocols"]:
-        summary["protocols"]["retrieval"] = pooled_retrieval(frame, task.spec, cfg.probe_boot)
+        summary["protocols"]["retrieval"] = pooled_retrieval(frame, spec, n_boot)
         write_json_atomic(out_dir / SUMMARY_NAME, summary)
     summary["out_dir"] = str(out_dir)
     return summary

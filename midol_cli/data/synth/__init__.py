@@ -28,6 +28,13 @@ pre-training adds shows.
 
 Every image is drawn from a random generator keyed by (seed, modality, item),
 so output is byte-identical for a seed regardless of ``workers``.
+
+Two opt-in settings test the mechanism (issue 28.6); neither changes an image of the five modalities:
+
+- ``lookalike``: a sixth modality, ``slo`` (``slo.py``), drawn like fundus (same statistics,
+  same lesion classes) but for a small camera mark, so that a shared head confuses the two;
+- ``mix``: images per class for named modalities instead of ``per_class`` (``{"oct": 5}`` with
+  ``per_class=50`` is a 10:1 mix between fundus and OCT).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import importlib
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +52,8 @@ from typing import Any
 from midol_cli.errors import UsageError
 
 MODALITIES: tuple[str, ...] = ("xray", "fundus", "oct", "dermoscopy", "pathology")
+# Opt-in look-alike modalities (drawn only when asked for): name -> the modality it imitates.
+LOOKALIKES: dict[str, str] = {"slo": "fundus"}
 CORRUPT_KINDS: tuple[str, ...] = ("zero-byte", "truncated", "not-an-image")
 MIN_SIZE, MAX_SIZE = 32, 1024
 MAX_PER_CLASS = 100_000
@@ -163,18 +172,35 @@ def _prepare_out(out: Path, modalities: Sequence[str], force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _chosen(modalities: Sequence[str] | None) -> list[str]:
-    """The modalities to draw, in ``MODALITIES`` order (all of them for None or empty)."""
+def _chosen(modalities: Sequence[str] | None, lookalike: bool = False) -> list[str]:
+    """The modalities to draw, in ``MODALITIES`` order then the look-alikes (the five for None or empty;
+    ``lookalike`` adds every look-alike modality)."""
+    known = (*MODALITIES, *LOOKALIKES)
     if modalities is None or len(modalities) == 0:
-        return list(MODALITIES)
-    wanted = list(dict.fromkeys(m.strip().lower() for m in modalities))
-    bad = [m for m in wanted if m not in MODALITIES]
+        wanted = list(MODALITIES)
+    else:
+        wanted = list(dict.fromkeys(m.strip().lower() for m in modalities))
+    bad = [m for m in wanted if m not in known]
     if bad:
-        raise UsageError(f"synth cannot draw modality '{bad[0]}'; choose from {', '.join(MODALITIES)}")
-    return [m for m in MODALITIES if m in wanted]
+        raise UsageError(f"synth cannot draw modality '{bad[0]}'; choose from {', '.join(known)}")
+    if lookalike:
+        wanted += list(LOOKALIKES)
+    return [m for m in known if m in wanted]
 
 
-def _plans(chosen: list[str], seed: int, per_class: int, corrupt: int) -> dict[str, list[Item]]:
+def _per_class(chosen: list[str], per_class: int, mix: Mapping[str, int] | None) -> dict[str, int]:
+    """Images per class of each drawn modality: ``mix``'s where it names one, else ``per_class``."""
+    mix = dict(mix or {})
+    unknown = sorted(set(mix) - set(chosen))
+    if unknown:
+        raise UsageError(f"--mix names modality '{unknown[0]}', which is not drawn ({', '.join(chosen)})")
+    for name, n in mix.items():
+        if not 1 <= int(n) <= MAX_PER_CLASS:
+            raise UsageError(f"--mix {name}={n} is out of range; use 1 to {MAX_PER_CLASS} images per class")
+    return {m: int(mix.get(m, per_class)) for m in chosen}
+
+
+def _plans(chosen: list[str], seed: int, per_class: dict[str, int], corrupt: int) -> dict[str, list[Item]]:
     """Each modality's items, with ``corrupt`` damaged ones spread over the modalities."""
     from midol_cli.data.synth.draw import rng_for
 
@@ -185,7 +211,7 @@ def _plans(chosen: list[str], seed: int, per_class: int, corrupt: int) -> dict[s
 
     plans: dict[str, list[Item]] = {}
     for name in chosen:
-        plans[name] = _module(name).plan(rng_for(seed, name, "plan"), per_class, kinds[name])
+        plans[name] = _module(name).plan(rng_for(seed, name, "plan"), per_class[name], kinds[name])
     return plans
 
 
@@ -250,14 +276,16 @@ def generate(
     corrupt: int = 0,
     force: bool = False,
     progress: ProgressFn | None = None,
+    lookalike: bool = False,
+    mix: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic raw folders under ``out_dir`` and return what was written.
 
-    ``modalities`` defaults to all five; ``corrupt`` adds that many damaged files
-    (spread over the modalities, referenced by their tables) for the ingest
-    reject path. ``out_dir`` must be empty or absent unless ``force``, which
-    replaces only the modality folders being written. ``progress(modality,
-    done, total)`` is called from this process as files land.
+    ``modalities`` defaults to all five (a look-alike such as ``slo`` is drawn when named there or with
+    ``lookalike``); ``mix`` gives named modalities their own images per class; ``corrupt`` adds that many
+    damaged files (spread over the modalities, referenced by their tables) for the ingest reject path.
+    ``out_dir`` must be empty or absent unless ``force``, which replaces only the modality folders being
+    written. ``progress(modality, done, total)`` is called from this process as files land.
 
     Returns ``{"out_dir", "seed", "per_class", "size", "seconds",
     "modalities": {name: {"dataset", "root", "images", "classes": {class: n},
@@ -269,10 +297,11 @@ def generate(
 
     t0 = time.perf_counter()
     _check_args(per_class, size, workers, corrupt, seed)
-    chosen = _chosen(modalities)
+    chosen = _chosen(modalities, lookalike)
+    counts = _per_class(chosen, per_class, mix)
     out = Path(out_dir)
     _prepare_out(out, chosen, force)
-    plans = _plans(chosen, seed, per_class, corrupt)
+    plans = _plans(chosen, seed, counts, corrupt)
     _render_all(plans, out, size, seed, workers, progress)
 
     summary: dict[str, Any] = {
@@ -284,6 +313,10 @@ def generate(
         "corrupt": [],
         "paths": [],
     }
+    if mix:
+        summary["mix"] = {m: counts[m] for m in chosen if m in mix}
+    if any(m in LOOKALIKES for m in chosen):
+        summary["lookalike"] = {m: LOOKALIKES[m] for m in chosen if m in LOOKALIKES}
     for name in chosen:
         summary["modalities"][name] = _write_modality(out, name, plans[name], summary)
 

@@ -44,6 +44,7 @@ from midol_cli.data.synth.draw import (
     encode,
     expose,
     illumination,
+    pixel_centres,
     polyline_distance,
     random_curve,
     random_wobble,
@@ -93,6 +94,15 @@ def write_tables(root: Path, items: list[Item]) -> list[str]:
     return ["train.csv"]
 
 
+def notch_mask(size: int, top: float, cx: float, half_width: float = 0.09, depth: float = 0.22) -> np.ndarray:
+    """``[size, size]`` coverage of a rectangular notch hanging from ``top`` (the field of view's upper
+    edge, image coordinates in [-1, 1]) at column ``cx``: a look-alike camera's mask mark."""
+    c = pixel_centres(size)
+    rows = (c >= top - 0.05) & (c <= top + depth)
+    cols = np.abs(c - cx) <= half_width
+    return (rows[:, None] & cols[None, :]).astype(np.float32)
+
+
 def _lesion_sites(rng: np.random.Generator, n: int, disc: tuple[float, float]) -> np.ndarray:
     """``n`` world positions ``[n, 2]`` on the posterior pole, away from the optic disc."""
     pts = np.empty((0, 2))
@@ -135,9 +145,11 @@ def _vessels(rng: np.random.Generator, view: View, disc: tuple[float, float], si
     return np.clip(0.5 - sd * (size / 2.0), 0.0, 1.0)
 
 
-def render(item: Item, size: int, seed: int) -> bytes:
-    """PNG bytes of one fundus photograph of class ``item.label``."""
-    rng = rng_for(seed, NAME, "image", item.index)
+def render(item: Item, size: int, seed: int, name: str = NAME, notch: bool = False) -> bytes:
+    """PNG bytes of one fundus photograph of class ``item.label``. ``name`` keys the random stream and
+    ``notch`` cuts the look-alike camera's mark into the field of view (``slo.py``); the defaults
+    draw the fundus modality, unchanged."""
+    rng = rng_for(seed, name, "image", item.index)
     view = View.random(rng, 25.0, (0.85, 1.15), 0.05, mirror_p=0.5)
     v, u = view.world_grid(size)
 
@@ -196,6 +208,8 @@ def render(item: Item, size: int, seed: int) -> bytes:
     fov_r = float(rng.uniform(0.86, 1.02))
     fcy, fcx = (float(x) for x in rng.uniform(-0.04, 0.04, 2))
     mask = disc_mask(size, fcy, fcx, fov_r, edge_px=1.2)
+    if notch:  # after every fundus draw, so the fundus stream is untouched
+        mask = mask * (1.0 - notch_mask(size, fcy - fov_r, fcx))
     img = img * (illumination(rng, size, 0.35) * vignette(size, rng.uniform(0.15, 0.55), fcy, fcx))[..., None]
     target = np.array([0.55, 0.27, 0.12]) * rng.uniform(0.6, 1.45) * rng.uniform(0.85, 1.15, 3)
     img = expose(img, rng, target, (0.06, 0.14), mask=mask, channel_gain_jitter=0.15)
