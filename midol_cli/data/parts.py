@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from midol_cli.data.decoded import ImageRejected, ReadResult
@@ -46,6 +47,17 @@ def parse_frame(path: str) -> tuple[str, int] | None:
     base, sep, spec = path.rpartition(SEP)
     m = _FRAME.match(spec) if sep else None
     return (base, int(m.group(1))) if m is not None and base else None
+
+
+def read_order(path: str) -> tuple[str, int, int, int]:
+    """Where a part lies in its file, as a sort key: (file, level, y, x) for a tile, (file, 0, frame, 0)
+    for a frame, (path, 0, 0, 0) otherwise. Reading a window of rows in this order lets a worker's
+    decoded-tile cache serve the TIFF tiles that neighbouring slide tiles share."""
+    tile = parse_tile(path)
+    if tile is not None:
+        return tile[0], tile[1]["level"], tile[1]["y"], tile[1]["x"]
+    frame = parse_frame(path)
+    return (frame[0], 0, frame[1], 0) if frame is not None else (path, 0, 0, 0)
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
@@ -101,3 +113,48 @@ def read_part(abs_path: str, sample: dict[str, Any]) -> ReadResult | None:
     if res is None and ("slide" in meta or "volume" in meta):
         raise ImageRejected("part row without a part path; re-run `midol ingest`")
     return res
+
+
+READ_WINDOW = 1024  # tasks dispatched at a time in the order they lie in their files (about a shard)
+
+
+def in_read_order(tasks: Iterable[tuple], run: Callable[[Iterable[tuple]], Iterable[Any]],
+                   window: int = READ_WINDOW) -> Iterator[Any]:
+    """``run``'s results for ``tasks``, in task order, with each window of ``window`` tasks dispatched
+    sorted by where its samples lie (``parts.read_order``: a slide's tiles row by row), so that a worker's
+    decoded-tile cache serves the TIFF tiles that neighbouring slide tiles share. A window of plain images
+    keeps its order and streams through without being held."""
+    from collections import deque
+
+    perms: deque[tuple[int, list[int] | None]] = deque()
+
+    def emit(chunk: list[tuple]) -> Iterator[tuple]:
+        perm = sorted(range(len(chunk)), key=lambda i: read_order(chunk[i][1]))
+        perms.append((len(chunk), None if perm == sorted(perm) else perm))
+        yield from (chunk[i] for i in perm)
+
+    def feed() -> Iterator[tuple]:
+        chunk: list[tuple] = []
+        for t in tasks:
+            chunk.append(t)
+            if len(chunk) == window:
+                yield from emit(chunk)
+                chunk = []
+        if chunk:
+            yield from emit(chunk)
+
+    results = iter(run(feed()))
+    for first in results:  # the feeder has queued this window's order before its first task ran
+        n, perm = perms.popleft()
+        got = [first]
+        if perm is None:  # already in read order: stream it
+            yield first
+            for _ in range(n - 1):
+                yield next(results)
+            continue
+        for _ in range(n - 1):
+            got.append(next(results))
+        out: list[Any] = [None] * n
+        for j, i in enumerate(perm):
+            out[i] = got[j]
+        yield from out

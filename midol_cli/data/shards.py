@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -38,7 +39,7 @@ import math
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from midol_cli.artifacts import (
     sha256_file,
     write_json_atomic,
 )
+from midol_cli.data.parts import in_read_order
 from midol_cli.data.shard_format import (
     _TAR_BLOCK,
     _TAR_RECORD,
@@ -242,10 +244,11 @@ ProgressFn = Callable[[int, int], None]
 LogFn = Callable[[str], None]
 
 
-def _pool_map(workers: int, tasks: Iterable[tuple], n: int):
-    """Ordered map of _encode_task: in-process for one worker, a process pool otherwise."""
+def _pool_map(workers: int, n: int):
+    """A context giving an ordered map of _encode_task over tasks: in-process for one worker, a process
+    pool otherwise."""
     if workers <= 1 or n <= 1:
-        return contextlib.nullcontext(map(_encode_task, tasks))
+        return contextlib.nullcontext(functools.partial(map, _encode_task))
     import multiprocessing as mp
 
     # forkserver: the parent holds pyarrow thread pools, which a plain fork can deadlock on.
@@ -259,7 +262,7 @@ def _pool_map(workers: int, tasks: Iterable[tuple], n: int):
     @contextlib.contextmanager
     def _ctx():
         try:
-            yield pool.imap(_encode_task, tasks, chunksize=4)
+            yield functools.partial(pool.imap, _encode_task, chunksize=8)
             pool.close()
         finally:
             pool.terminate()
@@ -382,7 +385,8 @@ def _write_samples(out: Path, plan: dict[str, Any], phash: str, inputs: InputSet
             log(_shard_line(records[-1]))
 
     try:
-        with _pool_map(workers, tasks, len(todo)) as results:
+        with _pool_map(workers, len(todo)) as run:
+            results = in_read_order(tasks, run)
             for done, (pos, res) in enumerate(zip(todo, results, strict=True), start=1):
                 sid, ext, img, meta_json, reason = res
                 sample = inputs.samples[sid]

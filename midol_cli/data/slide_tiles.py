@@ -76,7 +76,7 @@ def tile_slide(abs_path: str, rel: str, settings: TileSettings, qc_png: str | No
 
 
 def _tile(abs_path: str, rel: str, s: TileSettings, qc_png: str | None) -> dict[str, Any]:
-    from midol_cli.data import tissue, wsi
+    from midol_cli.data import tissue, wsi, wsi_jpeg
 
     slide = wsi.open_slide(abs_path)
     try:
@@ -93,8 +93,13 @@ def _tile(abs_path: str, rel: str, s: TileSettings, qc_png: str | None) -> dict[
         keep = [(c, r) for r in range(grid.rows) for c in range(grid.cols) if frac[r, c] >= s.min_tissue]
         chosen = [keep[i] for i in sample_tiles(len(keep), s.max_tiles, s.seed, rel)]
         tiles = [[*grid.origin(c, r), round(float(frac[r, c]), 4)] for c, r in chosen]
-        for t in tiles:
-            t.append(tile_phash(slide, t[0], t[1], grid.span))
+        fast = wsi_jpeg.open_tiles(abs_path, slide)
+        try:
+            for t in tiles:
+                t.append(tile_phash(slide, t[0], t[1], grid.span, fast=fast))
+        finally:
+            if fast is not None:
+                fast.close()
         if qc_png:
             write_qc(qc_png, rgb, mask, grid, scale, chosen)
         return {
@@ -115,7 +120,7 @@ def _tile(abs_path: str, rel: str, s: TileSettings, qc_png: str | None) -> dict[
         slide.close()
 
 
-def tile_phash(slide: Any, x: int, y: int, span: float, side: int = 64) -> str:
+def tile_phash(slide: Any, x: int, y: int, span: float, side: int = 64, fast: Any = None) -> str:
     """The tile's perceptual hash (``midol contamination``), from the coarsest level where the tile still
     spans ``side`` pixels: the hash only sees a 32 x 32 reduction, so reading the full tile is not needed."""
     from midol_cli.data import wsi
@@ -127,7 +132,7 @@ def tile_phash(slide: Any, x: int, y: int, span: float, side: int = 64) -> str:
             level = i
     read = max(1, int(round(span / float(slide.level_downsamples[level]))))
     try:
-        return phash(wsi.read_tile(slide, x, y, level, read, side))
+        return phash(wsi.read_tile(slide, x, y, level, read, side, fast))
     except Exception:  # the hash is optional: a tile is never rejected for it
         return ""
 

@@ -172,14 +172,21 @@ def rgba_to_rgb(img: Any) -> Any:
     return white
 
 
-def read_tile(slide: Any, x: int, y: int, level: int, read: int, tile: int) -> Any:
+def read_tile(slide: Any, x: int, y: int, level: int, read: int, tile: int, fast: Any = None) -> Any:
     """The RGB tile at level-0 (x, y): ``read`` x ``read`` pixels of ``level``, resized to ``tile``. An
     exact integer reduction (448 -> 224: 0.5 um/px from a 0.25 um/px level) is the mean of each k x k block,
     as scanners compute their pyramid levels (a tenth of a Lanczos resize's time); other ratios: Lanczos
-    down, bicubic up."""
+    down, bicubic up. ``fast`` (``wsi_jpeg.open_tiles``) decodes a JPEG TIFF's tiles directly, the same
+    pixels; whatever it cannot serve is read through OpenSlide."""
     from PIL import Image
 
-    img = rgba_to_rgb(slide.read_region((int(x), int(y)), int(level), (int(read), int(read))))
+    img = None
+    if fast is not None:
+        from midol_cli.data.wsi_jpeg import fast_region
+
+        img = fast_region(fast, slide, x, y, level, read)
+    if img is None:
+        img = rgba_to_rgb(slide.read_region((int(x), int(y)), int(level), (int(read), int(read))))
     if read > tile and read % tile == 0:
         return img.reduce(read // tile)
     if read != tile:
@@ -189,25 +196,31 @@ def read_tile(slide: Any, x: int, y: int, level: int, read: int, tile: int) -> A
 
 # ---------------------------------------------------------------- shard time: one tile from its row
 
-_OPEN: dict[str, tuple[tuple[int, int], Any]] = {}
+_OPEN: dict[str, tuple[tuple[int, int], Any, Any]] = {}  # path -> (size and mtime, slide, fast path)
 _MAX_OPEN = 64  # slide handles kept per worker process (the shard plan visits slides in shuffled order)
 _CACHE_BYTES = 64 << 20
 _TILE_CACHE: Any = None
 
 
-def _cached_slide(path: str, st: os.stat_result) -> Any:
-    """An open slide from this process's least-recently-used set (opening costs milliseconds a slide).
-    All of them share one tile cache (``_CACHE_BYTES``): by default each handle has its own 32 MiB."""
+def _close(entry: tuple[Any, Any, Any]) -> None:
+    entry[1].close()
+    if entry[2] is not None:
+        entry[2].close()
+
+
+def _cached_slide(path: str, st: os.stat_result) -> tuple[Any, Any]:
+    """(slide, fast path) from this process's least-recently-used set of open slides (opening costs
+    milliseconds a slide). All of them share one tile cache (``_CACHE_BYTES``): by default each handle has
+    its own 32 MiB."""
     key = (int(st.st_size), int(st.st_mtime_ns))
     hit = _OPEN.pop(path, None)
     if hit is not None and hit[0] == key:
         _OPEN[path] = hit  # most recently used last
-        return hit[1]
+        return hit[1], hit[2]
     if hit is not None:
-        hit[1].close()
+        _close(hit)
     while len(_OPEN) >= _MAX_OPEN:
-        _, (_, old) = _OPEN.pop(next(iter(_OPEN)))  # the least recently used
-        old.close()
+        _close(_OPEN.pop(next(iter(_OPEN))))  # the least recently used
     slide = open_slide(path)
     global _TILE_CACHE
     try:
@@ -216,8 +229,11 @@ def _cached_slide(path: str, st: os.stat_result) -> Any:
         slide.set_cache(_TILE_CACHE)
     except Exception:  # an OpenSlide without shared caches (before 4.0): per-handle caches
         pass
-    _OPEN[path] = (key, slide)
-    return slide
+    from midol_cli.data.wsi_jpeg import open_tiles
+
+    fast = open_tiles(path, slide)
+    _OPEN[path] = (key, slide, fast)
+    return slide, fast
 
 
 def tile_result(
@@ -233,11 +249,13 @@ def tile_result(
         expected_mtime and st.st_mtime_ns != expected_mtime
     ):
         raise ImageRejected("slide changed since ingest (size or mtime differs); re-run `midol ingest`")
-    slide = _cached_slide(slide_path, st)
+    slide, fast = _cached_slide(slide_path, st)
     size = int(spec["size"])
     try:
-        img = read_tile(slide, spec["x"], spec["y"], spec["level"], spec["read"], size)
+        img = read_tile(slide, spec["x"], spec["y"], spec["level"], spec["read"], size, fast)
     except Exception as e:
-        _OPEN.pop(slide_path, None)  # an OpenSlide error is sticky: the next tile opens the slide again
+        entry = _OPEN.pop(slide_path, None)  # an OpenSlide error is sticky: the next tile opens it again
+        if entry is not None:
+            _close(entry)
         raise ImageRejected(f"unreadable slide tile ({_short(e)})") from None
     return ReadResult(image=img, width=size, height=size, channels=3, bit_depth=8, format="WSI", intensity="")
