@@ -41,6 +41,9 @@ def embed_cmd(ctx: typer.Context, args: list[str] | None, print_config: bool, **
 
         c.print(f"[yellow]warning[/]: {dropped_line(dropped)} (not cached)", highlight=False)
     sil, racc = rep["modality_silhouette"], rep.get("router_accuracy", float("nan"))
+    c.print(f"representation metrics on {rep.get('n_images', len(df))} held-out images "  # issue 28.5
+            f"({rep.get('split', 'all')}; {rep.get('n_excluded', 0)} training images left out)",
+            highlight=False)
     c.print("modality silhouette (cosine): " + (f"{sil:.3f}" if sil == sil else "n/a (one modality)")
             + "   router accuracy: " + (f"{racc:.3f}" if racc == racc else "n/a (no router)"))
     if "routed_modality" in df.columns:

@@ -68,7 +68,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
                 f"{last.get('loss_intra', float('nan')):.4f}  "
                 f"inter {last.get('loss_inter', float('nan')):.4f}  route "
                 f"{last.get('loss_route', float('nan')):.4f}  "
-                + (f"router acc {last['router_acc']:.3f}" if 'router_acc' in last else "")
+                + (f"router acc {last['router_acc']:.3f} (training batch)" if 'router_acc' in last else "")
             )
         from midol_cli.train.diagnostics import damage_line
 

@@ -25,11 +25,16 @@ def register(app: typer.Typer) -> None:
         "each task, and compare every variant with midol by paired differences with grouped bootstrap "
         "CIs. Completed runs are reused, killed ones resumed. Writes OUT/study.md, study.json, study.png.\n\n"
         "Variants: midol (the recipe), no_moe, no_inter, no_intra, distill / contrastive (the other intra "
-        "reading), random (no pre-training), or NAME:KEY=VALUE,... with --variant.\n\n"
+        "reading), random (no pre-training), random_bn (random, BatchNorm statistics re-estimated), or "
+        "NAME:KEY=VALUE,... with --variant.\n\n"
+        "Tasks: built-in names, task files, auto, and pooled (every modality's classes in one task, with "
+        "cross-modality retrieval). --protocols linear,knn_k20,retrieval,... compares any probe protocol.\n\n"
         "Examples:\n\n"
         "  midol study recipes/smoke.yaml --data demo/shards --tasks synth-fundus,synth-oct --seeds 3\n\n"
         "  midol study recipes/base.yaml --data shards/ --tasks auto --variants midol,no_moe,random "
         "--out studies/base\n\n"
+        "  midol study recipes/smoke.yaml --data demo/shards --tasks synth-oct,pooled --variants "
+        "midol,no_moe,random_bn --protocols linear,knn_k20\n\n"
         "  midol study study/study.yaml study.seeds=5 --print-config"))
 
 

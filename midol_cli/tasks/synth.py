@@ -1,4 +1,15 @@
-"""Tasks on the data ``midol synth`` draws: one per modality, in the layout of a real dataset."""
+"""Tasks on the data ``midol synth`` draws: one per modality, in the layout of a real dataset.
+
+The tasks that test the mechanism (issue 28.6) are not registry entries here, since ``SYNTH_TASKS`` (every
+``synth-*`` name) is what the demo and its check probe on the five-modality demo data:
+
+- the pooled cross-modality task, ``pooled`` in ``midol study --tasks`` (``tasks/pooled.py``): every
+  modality's classes as ``modality:class`` in one task, with cross-modality retrieval (mAP@10);
+- the look-alike modality ``slo`` (``midol synth --lookalike``): its images are probed with
+  ``--task auto`` on its manifest, or pooled with fundus, whose classes it shares;
+- the imbalanced mix (``midol synth --mix oct=5`` beside ``--per-class 50``) changes the data, not the
+  tasks: the synth-* tasks apply unchanged.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,12 @@ on runs whose encoders probed better than the runs they stayed silent on.
 
 A sign must persist over at least 10% of the run (and 3 log steps) after warm-up, so a dip around
 the peak learning rate that the run recovers from is not an alarm.
+
+Every number here (and the router accuracy the loop logs) is measured on the training batches: it says
+whether training works, not how good the representation is. The representation metrics (modality
+silhouette, router accuracy, effective rank, k-NN) are measured on held-out images only
+(``eval/representation.py``, issue 28.5): ``midol study``, ``midol embed``, and the router calibration
+fitted on the held-out split after pre-training (``heldout_router_accuracy``).
 """
 
 from __future__ import annotations

@@ -305,7 +305,7 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter:
     else:
         s = ProbeSettings(task=task.spec.name, weights=str(run_dir), data=task.data, out=cfg.out / "results",
                           model_id=mid, fractions=[1.0], seeds=1, n_boot=cfg.probe_boot, workers=cfg.workers,
-                          device=cfg.device)
+                          device=cfg.device, **protocol_switches(cfg.protocols))
         summary = probe_task(task.spec, s, WarningsOnly(reporter))
     missing = [p for p in cfg.protocols if p not in summary["protocols"]]
     if missing:
@@ -313,6 +313,18 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter:
                          f"(it has {', '.join(summary['protocols'])})")
     write_json_atomic(marker, source)
     return summary
+
+
+def protocol_switches(protocols: Sequence[str]) -> dict[str, Any]:
+    """The probe settings that make ``protocols`` appear in summary.json: ``simpleshot_<n>`` turns on
+    SimpleShot with those shot counts, ``retrieval``/``retrieval_loo`` retrieval (issue 29.1, 29.2); the
+    suite's own protocols (linear, knn_k10, knn_k20) need nothing."""
+    shots = sorted({int(p.split("_", 1)[1]) for p in protocols
+                    if p.startswith("simpleshot_") and p.split("_", 1)[1].isdigit()})
+    out: dict[str, Any] = {"simpleshot": True, "shots": shots} if shots else {}
+    if any(p in ("retrieval", "retrieval_loo") for p in protocols):
+        out["retrieval"] = True
+    return out
 
 
 def _probe_pooled(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str,

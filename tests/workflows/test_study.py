@@ -227,3 +227,20 @@ def test_a_bad_variant_lists_every_valid_one_other_reading_included():
         msg = str(e.value)
         assert "\n" not in msg and all(v in msg for v in (*BUILTIN_VARIANTS, "other_reading")), msg
         assert (f"did you mean '{close}'?" in msg) == (close is not None), msg
+
+
+def test_protocols_pick_any_summary_protocol_and_switch_it_on():
+    """--protocols: each name turns on what writes it (SimpleShot shot counts, retrieval), and each block is
+    compared on the task's metric where it has it, else on its own primary metric (retrieval's map_10)."""
+    from midol_cli.workflows.settings import ProbeSettings
+    from midol_cli.workflows.study import protocol_switches
+    from midol_cli.workflows.study_aggregate import protocol_metric
+
+    on = protocol_switches(["linear", "simpleshot_8", "simpleshot_2", "retrieval_loo"])
+    assert on == {"simpleshot": True, "shots": [2, 8], "retrieval": True}
+    assert protocol_switches(["linear", "knn_k20"]) == {}
+    s = ProbeSettings(task="synth-oct", weights="w", data="d", **on)
+    assert s.simpleshot and s.retrieval and list(s.shots) == [2, 8]
+    ret = {"metrics": {"map_10": {"value": 0.4}, "precision_5": {"value": 0.3}}, "primary_metric": "map_10"}
+    assert protocol_metric(ret, "accuracy") == "map_10"
+    assert protocol_metric({"metrics": {"accuracy": {}, "f1": {}}}, "accuracy") == "accuracy"
