@@ -34,14 +34,15 @@ def export(ctx: typer.Context, args: list[str] | None, print_config: bool, **_fl
     res = run(s, progress_reporter())
     c = console()
     if s.format == "folder":
-        c.print(f"model folder -> {res['folder']} (model.safetensors, config.json, README.md, "
-                "projector.safetensors)")
+        proj = ", projector.safetensors" if (res["folder"] / "projector.safetensors").is_file() else ""
+        c.print(f"model folder -> {res['folder']} (model.safetensors, config.json, README.md{proj})")
     elif s.format == "onnx":
         c.print(f"onnx -> {res['file']} (opset {res['opset']}; onnxruntime matches PyTorch, "
                 f"max abs difference {res['max_abs_diff']:.1e})")
     else:
         c.print(f"encoder   -> {res['encoder']}")
-        c.print(f"projector -> {res['projector']}")
+        if "projector" in res:  # a fine-tuned encoder has none (issue 29.3)
+            c.print(f"projector -> {res['projector']}")
         info = res.get("routing")
         if info:
             c.print(f"routing   -> {info['file']} (held-out router accuracy "

@@ -95,7 +95,9 @@ def export_finetuned(best_path: str | Path, out_file: str | Path) -> dict[str, P
         es = EncoderSpec(**{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"])})
         enc = merged_state(build_encoder(es), es.arch, state["lora"], enc)
     modalities = [state["modality"]] if state.get("modality") else []
-    meta = _meta(spec, modalities, 1, state.get("recipe_hash", ""), int(state.get("epoch", 0)),
+    run_json = best_path.parent / "run.json"  # best.pt carries no recipe hash; the run's record does
+    rec = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
+    meta = _meta(spec, modalities, 1, rec.get("recipe_hash", ""), int(state.get("epoch", 0)),
                  f"finetuned ({state.get('method', 'full')})")
     out_file = Path(out_file)
     _save(_plain(enc), meta, out_file)

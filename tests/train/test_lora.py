@@ -119,6 +119,7 @@ def test_adapter_folder_loads_on_its_own_and_the_merged_export_matches(lora_run)
         assert m.projector is None
         torch.testing.assert_close(m.encoder(x), want, rtol=1e-4, atol=1e-5)
     assert meta["modalities"] == ["pathology"] and meta["which"] == "finetuned (lora)"
+    assert meta["recipe_hash"] == json.loads((run_dir / "run.json").read_text())["recipe_hash"]
 
 
 def _classifier(arch: str, method: str, *over: str, **kwargs):
