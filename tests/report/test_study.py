@@ -122,3 +122,29 @@ def test_write_outputs_records_the_seed_level_comparison(tmp_path):
     rec = json.loads((tmp_path / "study.json").read_text())
     assert rec["seed_level"]["no_moe"]["cxr"]["method"] == "t over seeds"
     assert [m["key"] for m in rec["means"]] == ["mean accuracy", "mean chance-normalised"]
+
+
+# --------------------------------------------------------------------------- issue 28.5, 28.6, wiring
+
+
+def test_study_md_prints_variant_changes_protocols_retrieval_and_the_held_out_images():
+    rec = _rec()
+    rec["variant_changes"] = {"midol": "the recipe as given", "no_moe": "one shared expert (matched)"}
+    rec["protocols"] = ["linear", "knn_k20"]
+    for row in rec["tasks"].values():
+        row["protocols"] = {"knn_k20": {"metric": row["metric"], "variants": {
+            "midol": _ms([0.5, 0.6, 0.5, 0.6]), "no_moe": _ms([0.6, 0.7, 0.6, 0.7])}}}
+    rec["tasks"]["pooled"] = {**rec["tasks"]["derm"], "pooled": True, "chance": 0.05}
+    rec["retrieval"] = {"pooled": {"map_10": {"midol": _ms([0.4] * 4), "no_moe": _ms([0.5, 0.5, 0.6, 0.5])},
+                                   "cross_modality_10": {"midol": _ms([0.1] * 4), "no_moe": _ms([0.3] * 4)}}}
+    for r in rec["representation"].values():
+        r.update(split="val+test", n_images=30, n_excluded=70)
+    md = render_markdown(rec)
+    assert "| no_moe | one shared expert (matched) |" in md.split("## Linear probe")[0]
+    knn = md.split("## Protocol knn_k20")[1].split("##")[0]
+    assert "| oct | accuracy | 55.0 ± 5.8 | 65.0 ± 5.8 | +10.0 [+10.0, +10.0]" in knn
+    ret = md.split("## Cross-modality retrieval (pooled")[1].split("##")[0]
+    assert "| no_moe | 52.5 ± 5.0 | 30.0 ± 0.0 | +12.5 [" in ret
+    assert "held-out images only (val+test: 30 images; the 70 pre-training (train) images excluded)" in md
+    assert all("pooled" not in m["tasks"] for m in honest_means(rec))  # the pooled task is in no mean
+    assert "mean (primary metrics)" not in md  # the old pooled mean row is gone
