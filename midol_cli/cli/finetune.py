@@ -1,4 +1,4 @@
-"""`midol finetune`: fine-tune an encoder + linear head on a task (or train the head alone, --linear)."""
+"""`midol finetune`: fine-tune an encoder + linear head on a task (--method full | linear | lora)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
     settings_command(app, "finetune", FinetuneSettings, finetune, args=args, help=(
         "Fine-tune an encoder with a linear head on a classification task: AdamW, layer-wise LR decay, "
         "warm-up + cosine, best epoch on val, early stopping; test metrics with 95% bootstrap CIs are added "
-        "to results/<model>/<task>/summary.json as protocol 'finetune' ('linear_ft' with --linear).\n\n"
+        "to results/<model>/<task>/summary.json as protocol 'finetune' ('linear_ft' with --method linear, "
+        "'lora_ft' with --method lora: low-rank adapters, the recipe's lora block).\n\n"
         "Examples:\n\n"
         "  midol finetune --task synth-pathology --weights demo/runs/smoke --data "
         "demo/manifests/pathology.parquet "
