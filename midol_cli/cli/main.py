@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finetune",
     "report",
     "heatmap",
+    "explain",
     "study",
     "contamination",
     "tasks",

@@ -14,7 +14,9 @@ Sections, each left out when the results hold nothing for it:
 - per task: the confusion matrix and reliability diagram each run drew, a ROC curve drawn here from
   ``predictions.parquet`` (binary: the positive class; otherwise one-vs-rest, at most
   ``MAX_ROC_CLASSES`` classes), the calibration and operating-point tables, subgroup bars with CI
-  error bars (too-small groups labelled, never given a number), and patient-level metrics;
+  error bars (too-small groups labelled, never given a number), and patient-level metrics; a
+  case-level run's attention heatmaps and a classification result's explanation maps (``midol
+  explain``: ``explain/explain.json`` and its PNGs);
 - t-SNE maps (``tsne_*.png``, from ``midol embed --plot``) found under the results folder or given;
 - provenance per model and task: weights and their hash, data hash, the weights load report, the
   command and versions that wrote the summary.
@@ -47,6 +49,7 @@ from midol_cli.report.html_figures import (  # noqa: F401  (MAX_IMAGE_PX, roc_po
     _subgroup_section,
     _td,
     esc,
+    explain_section,
     find_tsne,
     heatmap_section,
     pretraining_section,
@@ -382,8 +385,6 @@ def _plain(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
 
 
-
-
 def _task_section(images: _Images, runs: dict[tuple[str, str], _Run], table: Table, row: Any) -> str:
     """One task's figures and analysis tables for every model that has it ("" when none has)."""
     present = [runs[(row.task, m)] for m in table.models if (row.task, m) in runs]
@@ -399,6 +400,7 @@ def _task_section(images: _Images, runs: dict[tuple[str, str], _Run], table: Tab
     parts.extend(_subgroup_section(images, run, p, row.metric) for run, p in shown)
     parts.append(_patient_table(shown))
     parts.extend(heatmap_section(images, run) for run, _ in shown)
+    parts.extend(explain_section(images, run) for run, _ in shown)
     return "\n".join(x for x in parts if x)
 
 
@@ -483,21 +485,18 @@ def render_html(
               + (f" with <code>{esc(command)}</code>" if command else "")
               + f". {images.count} embedded images, {images.nbytes / 1024:.0f} KiB of base64 image data; "
               "no scripts, no external resources.</p></footer>")
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-            f'<header><h1>{esc(title)}</h1><p class="note">Protocol {esc(protocol)} · {len(runs)} result(s) '
-            '· '
-            f"{len(table.models)} model(s) · {len(table.rows)} task(s) "
-            f"under <code>{esc(root)}</code></p></header>",
-            nav,
-            *body,
-            footer,
-            "</body></html>",
-            "",
-        ]
-    )
+    head = _page_head(title, f"Protocol {esc(protocol)} · {len(runs)} result(s) · {len(table.models)} "
+                      f"model(s) · {len(table.rows)} task(s) under <code>{esc(root)}</code>")
+    return "\n".join([*head, nav, *body, footer, "</body></html>", ""])
+
+
+def _page_head(title: str, note: str) -> list[str]:
+    """The document's opening lines up to its ``<header>`` (``note``: HTML, already escaped)."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f'<header><h1>{esc(title)}</h1><p class="note">{note}</p></header>',
+    ]

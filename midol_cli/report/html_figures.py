@@ -343,6 +343,34 @@ def heatmap_section(images: _Images, run: _Run) -> str:
             '<div class="cards">' + "\n".join(figs) + "</div>")
 
 
+def explain_section(images: _Images, run: _Run) -> str:
+    """A classification result's explanation maps (``midol explain``: ``explain/explain.json`` and its
+    PNGs), embedded; "" when it has none or the index cannot be read."""
+    import json
+
+    index = run.folder / "explain" / "explain.json"
+    try:
+        listed = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    except (OSError, ValueError) as e:
+        images.problems.append(f"{run.model}/{run.task}: {index.name}: {e}")
+        return ""
+    items = listed.get("items") if isinstance(listed, dict) else None
+    if not items:
+        return ""
+    method = {"gradcam": "Grad-CAM", "rollout": "attention rollout"}.get(str(listed.get("method")),
+                                                                        str(listed.get("method")))
+    def caption(it: dict[str, Any]) -> str:
+        return (f"{it.get('why', '')}: {it.get('sample_id', '')} (true {it.get('label', '')}, predicted "
+                f"{it.get('predicted', '')}, p {it.get('confidence', '')})")
+
+    figs = [_file_figure(images, run.folder / str(it.get("png", "")), caption(it), f"{run.model}/{run.task}")
+            for it in items if isinstance(it, dict)]
+    return (f"<h4>Explanation maps: {esc(run.model)} ({esc(listed.get('protocol', ''))}, {esc(method)})</h4>"
+            '<p class="note">The most confident correct and wrong test images; the map shows which parts of '
+            "the image the prediction drew on, not a segmentation.</p>"
+            '<div class="cards">' + "\n".join(figs) + "</div>")
+
+
 def find_tsne(paths: Iterable[Path]) -> list[Path]:
     """``tsne_*.png`` files below each of ``paths`` (sorted, de-duplicated)."""
     found: dict[Path, None] = {}
