@@ -210,7 +210,9 @@ def ensure_run(cfg: StudyConfig, variant: Variant, seed: int, reporter: Reporter
     run_dir = cfg.out / "runs" / model_id(variant.name, seed)
     t0 = time.perf_counter()
     if not variant.pretrained:
-        floor = {"bn_data": str(cfg.data.resolve())} if variant.name == RANDOM_BN else None
+        floor = None
+        if variant.name == RANDOM_BN:
+            floor = {"bn_data": str(cfg.data.resolve()), "bn_split": "train"}
         if ((run_dir / "export").is_dir() and _recorded_hash(run_dir) == recipe_hash(recipe)
                 and _floor_marker(run_dir) == floor):
             return run_dir, 0.0
@@ -241,30 +243,31 @@ FLOOR_MARKER = "bn_floor.json"
 
 
 def _floor_marker(run_dir: Path) -> dict[str, Any] | None:
-    """What ``random_bn``'s re-estimation used (``bn_data``), None where it did not run."""
+    """What ``random_bn``'s re-estimation used (``bn_data``, ``bn_split``), None where it did not run."""
     try:
         rec = json.loads((run_dir / FLOOR_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return {"bn_data": rec.get("bn_data")}
+    return {"bn_data": rec.get("bn_data"), "bn_split": rec.get("bn_split")}
 
 
 def bn_floor_export(run_dir: Path, data: Path, workers: int = 0) -> int:
-    """Rewrite ``run_dir``'s exported encoder with its BatchNorm statistics re-estimated on ``data``
-    (``eval/floor.py``; no label read), so every stage that reads the run (probe, embed, the
-    representation metrics) sees the fair floor. Returns the batches used (0: no BatchNorm layer)."""
+    """Rewrite ``run_dir``'s exported encoder with its BatchNorm statistics re-estimated on ``data``'s
+    train split, the pre-training images (``eval/floor.py``; no label read), so every stage that reads
+    the run (probe, embed, the representation metrics) sees the fair floor. Returns the batches used (0:
+    no BatchNorm layer)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from midol_cli.artifacts import atomic_path
-    from midol_cli.eval.floor import batchnorm_layers, image_batches, reestimate_batchnorm
+    from midol_cli.eval.floor import batchnorm_layers, reestimate_batchnorm
     from midol_cli.models.export import ENCODER_FILE, load_exported_encoder
 
     path = run_dir / "export" / ENCODER_FILE
     enc, spec, _ = load_exported_encoder(path)
     if not batchnorm_layers(enc):
         return 0
-    used = reestimate_batchnorm(enc, image_batches(data, spec, workers=workers), 50)
+    used = reestimate_batchnorm(enc, _train_batches(data, spec, workers), 50)
     state = enc.state_dict()
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
@@ -274,6 +277,20 @@ def bn_floor_export(run_dir: Path, data: Path, workers: int = 0) -> int:
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return used
+
+
+def _train_batches(data: Path, spec: Any, workers: int, batch_size: int = 64):
+    """The evaluation views of ``data``'s pre-training (train split) images, ``[B, 3, S, S]`` per batch:
+    the images pre-training reads, never a val or test image (labels are not read)."""
+    from midol_cli.data.transforms import EvalTransform
+    from midol_cli.eval.embed import _rows, data_source
+
+    kind, _ = data_source(data)
+    transform = EvalTransform(spec.img_size, spec.mean, spec.std)
+    for x, rows, _bad in _rows(Path(data), kind, transform, batch_size, workers):
+        keep = [i for i, r in enumerate(rows) if str(r.get("split")) == "train"]
+        if x is not None and keep:
+            yield x[keep]
 
 
 def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter: Reporter) -> dict[str, Any]:
