@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.install, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 # What the extras install (by import name); none may be importable from the base install.
 OPTIONAL = ("pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm", "h5py", "matplotlib", "tensorboard", "wandb",
-            "mlflow", "onnx", "onnxruntime", "onnxscript", "openslide", "openslide_bin", "eyepy")
+            "mlflow", "onnx", "onnxruntime", "onnxscript", "openslide", "openslide_bin", "eyepy", "peft")
 # Base dependencies of midol itself: pip must install them, never borrow them.
 NOT_BORROWED = {"pillow", "setuptools", "pip"}
 

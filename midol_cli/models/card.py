@@ -125,10 +125,15 @@ def model_card(
     mods = ", ".join(meta.get("modalities") or []) or "?"
     init = meta.get("init")
     arch_kwargs = json.dumps(meta["arch_kwargs"]) if meta["arch_kwargs"] else ""
+    which = str(meta.get("which", "teacher"))
+    tuned = which.startswith("finetuned")  # export_finetuned: "finetuned (full|linear|lora)", step = epoch
+    made = f"fine-tuned ({which.partition('(')[2].rstrip(')') or 'full'})" if tuned else "pre-trained"
+    weights = (f"the best epoch's encoder (epoch {meta.get('step', '?')})" if tuned
+               else f"the {which} at step {meta.get('step', '?')}")
     out = [
         f"# midol encoder: {name}",
         "",
-        f"An M-IDoL encoder pre-trained by midol {meta.get('midol_version', '')} on "
+        f"An {'' if tuned else 'M-IDoL '}encoder {made} by midol {meta.get('midol_version', '')} on "
         f"{mods} images: a headless `{meta['arch']}` ({num_params / 1e6:.1f} M parameters) giving a "
         f"{num_features}-d feature per image.",
         "",
@@ -139,7 +144,7 @@ def model_card(
         f"| architecture | `{meta['arch']}` {arch_kwargs} |",
         f"| input | {meta['img_size']} px RGB; shorter side resized (bicubic), centre crop |",
         f"| normalisation | mean {list(meta['mean'])}, std {list(meta['std'])} |",
-        f"| weights | the {meta.get('which', 'teacher')} at step {meta.get('step', '?')} |",
+        f"| weights | {weights} |",
         f"| recipe hash | `{meta.get('recipe_hash', '')}` |",
         f"| started from | {_init_text(init)} |",
         *([f"| command | `{recipe['command']}` |"] if recipe.get("command") else []),

@@ -207,3 +207,15 @@ def test_onnx_without_its_extra_names_the_extra(run_dir, monkeypatch):
     )
     with pytest.raises(UsageError, match=r"needs onnxruntime: pip install 'midol\[onnx\]'"):
         export_onnx(run_dir[0])
+
+
+def test_the_card_of_a_fine_tuned_export_says_fine_tuned_and_names_the_epoch(tmp_path):
+    from midol_cli.models.card import model_card
+
+    meta = {"arch": "resnet18", "arch_kwargs": {}, "img_size": 224, "mean": (0.5,) * 3, "std": (0.5,) * 3,
+            "modalities": ["fundus"], "which": "finetuned (lora)", "step": "7", "recipe_hash": "abc"}
+    card = model_card(tmp_path, meta, 11_000_000, 512, None)
+    assert "An encoder fine-tuned (lora) by midol" in card and "pre-trained" not in card.split("##")[0]
+    assert "| weights | the best epoch's encoder (epoch 7) |" in card
+    pre = model_card(tmp_path, {**meta, "which": "teacher", "step": "300"}, 11_000_000, 512, None)
+    assert "M-IDoL encoder pre-trained by midol" in pre and "| weights | the teacher at step 300 |" in pre
