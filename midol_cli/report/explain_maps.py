@@ -103,7 +103,10 @@ def _images(manifest: str | None, sample_ids: list[str]) -> dict[str, Path]:
     """Image path of each of ``sample_ids`` from the manifest (root + path)."""
     from midol_cli.data.manifest import read_manifest
 
-    if not manifest or not Path(manifest).is_file():
+    if not manifest:
+        raise UsageError("this protocol's results record no manifest (a probe's do not): pass the manifest "
+                         "of the test images as --data")
+    if not Path(manifest).is_file():
         raise UsageError(f"the manifest '{manifest}' is not reachable: pass the one the run used as --data")
     df, meta = read_manifest(manifest)
     root = Path(str(meta.get("root") or Path(manifest).parent))
@@ -184,7 +187,9 @@ def draw_overlay(image: np.ndarray, heat: np.ndarray, path: str | Path, caption:
     axes[0].imshow(image)
     axes[1].imshow(image)
     axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-    for ax, title in zip(axes, ("image", "map"), strict=True):
+    # a map is scaled to its peak: peak / mean tells a focused map (large) from a flat one (near 1)
+    focus = float(heat.max() / max(float(heat.mean()), 1e-12))
+    for ax, title in zip(axes, ("image", f"map (peak / mean {focus:.1f})"), strict=True):
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     if caption:
