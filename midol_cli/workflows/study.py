@@ -417,7 +417,7 @@ def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dic
     from midol_cli.recipes import finetune_schema, load_recipe
     from midol_cli.train.finetune import run_finetune
 
-    if task.spec.label_type == "segmentation":
+    if task.spec.label_type == "segmentation" or task.pooled:  # the pooled task has no images of its own
         return None
     path = summary_path(cfg.out / "results", mid, task.spec.name)
     if path.is_file():

@@ -31,7 +31,8 @@ def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, dat
     if s.finetune is not None:  # checked now, not after hours of pre-training
         if not s.finetune.is_file():
             raise UsageError(f"--finetune '{s.finetune}' is not a file")
-        on_shards = [t.spec.name for t in tasks if (Path(t.data) / "index.json").is_file()]
+        # the pooled task is probed only, never fine-tuned (study._finetune skips it)
+        on_shards = [t.spec.name for t in tasks if (Path(t.data) / "index.json").is_file() and not t.pooled]
         if on_shards:
             raise UsageError(
                 f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read "
