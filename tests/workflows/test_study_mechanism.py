@@ -60,6 +60,12 @@ def test_pooled_task_on_lookalike_and_imbalanced_demo_data(tmp_path, monkeypatch
     assert 0 <= ret["metrics"]["cross_modality_10"]["value"] <= 1
     written = json.loads((tmp_path / "results" / "random-r10" / "pooled" / "summary.json").read_text())
     assert "retrieval" in written["protocols"]
+    # random_bn's statistics come from the pre-training (train) images only, never val or test.
+    from midol_cli.workflows.study import _train_batches
+
+    n_train = int((labels["split"] == "train").sum())
+    assert 0 < n_train < len(labels)
+    assert sum(len(x) for x in _train_batches(shards, model.spec, 0, batch_size=16)) == n_train
 
 
 def test_pooled_task_needs_two_labelled_modalities():
