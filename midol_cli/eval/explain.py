@@ -179,7 +179,8 @@ def pick_examples(y: Any, probs: Any, n: int) -> list[tuple[int, str]]:
 
 def load_finetuned(run_dir: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(encoder, head, EncoderSpec, meta)`` of a classification fine-tuning run's ``best.pt`` (``midol
-    finetune``, with or without ``--linear``: both keep the trained linear head), eval mode, on CPU."""
+    finetune --method full | linear | lora``: each keeps the trained linear head; LoRA adapters merged),
+    eval mode, on CPU."""
     from pathlib import Path
 
     from midol_cli.models.encoder import EncoderSpec, build_encoder
@@ -192,15 +193,17 @@ def load_finetuned(run_dir: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
     if state.get("kind") != "finetune" or "encoder_spec" not in state:
         raise UsageError(f"'{path}' is not a classification fine-tuning checkpoint (kind "
                          f"{state.get('kind')})")
-    if state.get("method") == "lora":
-        raise UsageError("explanation maps of a --method lora run are not supported yet; merge the adapter "
-                         "(midol export) or explain the finetune / linear_ft run")
     spec = EncoderSpec(**{**state["encoder_spec"], "mean": tuple(state["encoder_spec"]["mean"]),
                           "std": tuple(state["encoder_spec"]["std"])})
     enc = build_encoder(spec)
     head = ClassifierHead(int(enc.num_features), len(state["classes"]))
     weights = state["model"]
-    enc.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
+    enc_state = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+    if state.get("lora"):  # a --method lora run: its adapters merged into the weights, as `midol export`
+        from midol_cli.models.lora import merged_state
+
+        enc_state = merged_state(build_encoder(spec), spec.arch, state["lora"], enc_state)
+    enc.load_state_dict(enc_state)
     head.load_state_dict({k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")})
     meta = {k: v for k, v in state.items() if k != "model"}
     return enc.eval(), head.eval(), spec, meta

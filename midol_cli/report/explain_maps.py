@@ -5,7 +5,7 @@ most confident wrong test predictions (``predictions.parquet``) are explained (`
 as PNGs into ``<folder>/explain/``: the image as the model saw it (resized and centre-cropped) beside the
 map over it. ``explain/explain.json`` lists them; ``midol report --format html`` embeds them.
 
-- a fine-tuning run (``finetune``, ``linear_ft``: their ``best.pt`` keeps the trained linear head):
+- a fine-tuning run (``finetune``, ``linear_ft``, ``lora_ft``: its ``best.pt`` keeps the trained head):
   Grad-CAM of the predicted class for CNNs and Swin, attention rollout for ViTs;
 - a probe's protocol (``linear``, ``knn_*``, ...: the embedding probe keeps no head): attention
   rollout of the encoder, which is class-agnostic, for ViTs only; the encoder comes from the summary's
@@ -28,7 +28,7 @@ from midol_cli.errors import UsageError
 
 EXPLAIN_DIR = "explain"
 INDEX_NAME = "explain.json"
-TRAINED = ("finetune", "linear_ft")
+TRAINED = ("finetune", "linear_ft", "lora_ft")
 
 
 @dataclass
@@ -48,7 +48,8 @@ def _safe(name: str) -> str:
 
 
 def choose_protocol(summary: dict[str, Any], protocol: str | None) -> str:
-    """The protocol to explain: the one asked for, else the first of finetune / linear_ft / linear held."""
+    """The protocol to explain: the one asked for, else the first of finetune / linear_ft / lora_ft /
+    linear held."""
     have = list(summary.get("protocols") or {})
     if protocol is not None:
         if protocol not in have:

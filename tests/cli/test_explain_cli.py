@@ -48,6 +48,7 @@ def test_explain_a_finetuned_model_and_show_it_in_the_html_report(tmp_path, monk
     conf = [it["confidence"] for it in items if it["why"] == "correct"]
     assert conf == sorted(conf, reverse=True)
     assert "explained (gradcam)" in out + err
+    _reproduces(folder, "finetune", items)
     html = tmp_path / "report.html"
     code, _, err = _midol(monkeypatch, capsys, "report", results, "-p", "finetune", "-f", "html", "-o", html)
     assert code == 0, err
@@ -60,3 +61,39 @@ def test_explain_errors_are_one_line(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     code, _, err = _midol(monkeypatch, capsys, "explain", tmp_path)
     assert code == 2 and "no summary.json" in err and "Traceback" not in err
+
+
+def _reproduces(folder: Path, protocol: str, items: list[dict]) -> None:
+    """The model explain rebuilt from best.pt gives the confidence the run recorded for each image."""
+    import torch
+
+    from midol_cli.eval.explain import load_finetuned
+    from midol_cli.report.explain_maps import _images, _load
+
+    run = folder / f"run_{protocol}"
+    enc, head, spec, _ = load_finetuned(run)
+    paths = _images(json.loads((run / "run.json").read_text())["manifest"], [it["sample_id"] for it in items])
+    for it in items:
+        _, x = _load(paths[it["sample_id"]], spec)
+        with torch.no_grad():
+            p = head(enc(x[None])).softmax(1)[0]
+        assert float(p.max()) == pytest.approx(it["confidence"], abs=2e-4)
+
+
+def test_explain_a_lora_run_through_its_merged_adapters(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("peft")
+    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
+    export = tiny_export(tmp_path / "tiny")
+    data = synth_manifest(tmp_path / "data", per_class=6)
+    results = tmp_path / "results"
+    code, _, err = _midol(monkeypatch, capsys, "finetune", "--task", "synth-pathology", "--weights",
+                          f"random:{export}", "--data", data, "--out", results, "--name", "tiny", SMOKE,
+                          "epochs=1", "--method", "lora", "optim.lr=2.0")
+    assert code == 0, err
+    folder = results / "tiny" / "synth-pathology"
+    code, _, err = _midol(monkeypatch, capsys, "explain", folder, "--n", "1")
+    assert code == 0, err
+    index = json.loads((folder / "explain" / "explain.json").read_text())
+    assert index["protocol"] == "lora_ft" and index["items"]
+    _reproduces(folder, "lora_ft", index["items"])
