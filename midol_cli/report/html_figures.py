@@ -283,7 +283,8 @@ def _subgroup_section(images: _Images, run: _Run, protocol: str, metric: str) ->
 
 
 def _run_card(images: _Images, run: _Run, protocol: str) -> str:
-    """One model's figures for a task: confusion matrix, reliability diagram, ROC curve."""
+    """One model's figures for a task: confusion matrix, reliability diagram, ROC curve (a segmentation
+    task: its panel of test cases)."""
     out = [f'<div class="card"><h4>{esc(run.model)}</h4>']
     names = [f"confusion_matrix_{protocol}.png"] + (["confusion_matrix.png"] if protocol == "linear" else [])
     found = next((run.folder / n for n in names if (run.folder / n).is_file()), None)
@@ -298,8 +299,21 @@ def _run_card(images: _Images, run: _Run, protocol: str) -> str:
             _file_figure(images, found, f"reliability diagram ({protocol}, test)", f"{run.model}/{run.task}")
         )
     out.append(_roc_figure(images, run, protocol))
+    out.append(_panel_figure(images, run, protocol))
     out.append("</div>")
     return "\n".join(out)
+
+
+def _panel_figure(images: _Images, run: _Run, protocol: str) -> str:
+    """A segmentation run's panel of test cases (``panel.png``: full fine-tuning; ``panel_<protocol>.png``:
+    the dense probe); "" for other tasks or when absent."""
+    if run.summary["task"].get("label_type") != "segmentation":
+        return ""
+    path = run.folder / ("panel.png" if protocol == "finetune" else f"panel_{protocol}.png")
+    if not path.is_file():
+        return ""
+    return _file_figure(images, path, f"test cases ({protocol}): green truth, magenta prediction",
+                        f"{run.model}/{run.task}")
 
 
 def _roc_figure(images: _Images, run: _Run, protocol: str) -> str:

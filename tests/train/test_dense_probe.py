@@ -101,3 +101,8 @@ def test_dense_probe_beside_finetune_through_the_cli(tmp_path, monkeypatch, caps
     assert code == 0, err
     row = json.loads(out)["rows"][0]
     assert row["task"] == "isic2018-seg" and row["protocol"] == "dense_probe"
+    code, _, err = _midol(monkeypatch, capsys, "report", str(results), "-p", "dense_probe", "-f", "html",
+                          "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    assert "Protocol dense_probe" in page and "test cases (dense_probe)" in page  # its panel, embedded
