@@ -67,23 +67,34 @@ def reestimate_batchnorm(module: Any, batches: Iterable[Any], n_batches: int | N
     return used
 
 
-def image_batches(data: str | Path, spec: Any, batch_size: int = 64, workers: int = 0) -> Iterable[Any]:
-    """The images of a manifest or shard dir as evaluation views of ``spec`` (labels never read)."""
+def image_batches(data: str | Path, spec: Any, batch_size: int = 64, workers: int = 0,
+                  split: str | None = "train") -> Iterable[Any]:
+    """The ``split`` images of a manifest or shard dir as evaluation views of ``spec`` (labels never read):
+    the training images by default, so that the floor never sees the val or test images it is scored on.
+    Data with no row of that split (an unsplit folder) gives every image instead."""
     from midol_cli.data.transforms import EvalTransform
     from midol_cli.eval.embed import _rows, data_source
 
     kind, _ = data_source(data)
     transform = EvalTransform(spec.img_size, spec.mean, spec.std)
-    for x, _rows_meta, _bad in _rows(Path(data), kind, transform, batch_size, workers):
-        if x is not None:
-            yield x
+    seen = False
+    for x, rows, _bad in _rows(Path(data), kind, transform, batch_size, workers):
+        if x is None:
+            continue
+        keep = [i for i, r in enumerate(rows) if split is None or (r or {}).get("split") == split]
+        if keep:
+            seen = True
+            yield x if len(keep) == len(rows) else x[keep]
+    if not seen and split is not None:
+        yield from image_batches(data, spec, batch_size, workers, split=None)
 
 
 def with_bn_reestimated(model: Any, data: str | Path, n_batches: int = 50, batch_size: int = 64,
                         workers: int = 0) -> Any:
     """The ``random-bn`` floor of an ``EvalModel``: a copy whose encoder's BatchNorm statistics are
-    re-estimated on ``data`` (the training images). An encoder without BatchNorm (Swin, ViT) is returned
-    as a copy unchanged, labelled so (``kind`` stays ``random`` then: there is nothing to re-estimate)."""
+    re-estimated on ``data``'s training images (``image_batches``). An encoder without BatchNorm (Swin,
+    ViT) is returned as a copy unchanged, labelled so (``kind`` stays ``random`` then: there is nothing
+    to re-estimate)."""
     import copy
     import dataclasses
 

@@ -92,3 +92,17 @@ def test_random_bn_weights_grammar():
     assert (ref.kind, ref.target, ref.file) == ("random-bn", "resnet18", "shards/train")
     with pytest.raises(UsageError, match="random-bn:<model name or run>@"):
         parse_weights("random-bn:resnet18")
+
+
+def test_the_floor_reads_only_training_images_unless_there_are_none(tmp_path):
+    from midol_cli.eval.floor import image_batches
+    from midol_cli.eval.models import load_eval_model
+    from tests.pipeline import build_pipeline
+
+    shards = build_pipeline(tmp_path, per_class=3, modalities=("fundus",), min_shards=1)["shards"]
+    spec = load_eval_model("random:resnet18").spec
+    n_train = sum(len(x) for x in image_batches(shards, spec, batch_size=4))
+    n_all = sum(len(x) for x in image_batches(shards, spec, batch_size=4, split=None))
+    assert 0 < n_train < n_all  # val and test images never feed the floor's statistics
+    n_none = sum(len(x) for x in image_batches(shards, spec, batch_size=4, split="no-such-split"))
+    assert n_none == n_all  # an unsplit folder: every image
