@@ -192,9 +192,12 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
 
     ``models`` maps an arm name to ``{seed: model id}``; rows are aligned by sample id, and every
     model must have scored the same test images with the same labels (else ``UsageError``: they are
-    not comparable). A label-fraction protocol holds one prediction per image and probe seed; its
-    probe seeds (the same training subsets for every model) then become the seeds of an arm that
-    names a single model, and are paired and resampled like pre-training seeds.
+    not comparable). A label-fraction or SimpleShot protocol holds one prediction per image and probe
+    seed (training subset or episode, the same for every model). In an arm that names a single model
+    its probe seeds become the arm's seeds, paired and resampled like pre-training seeds; in an arm
+    with one model per pre-training seed (``midol study``) each seed's probe seeds are pooled: its rows
+    stacked (image x probe seed, the labels and groups repeated), so the seed's metric is taken over every
+    episode and the case bootstrap resamples an image with all its episodes.
     """
     import pandas as pd
 
@@ -215,19 +218,17 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
             if df.empty:
                 raise UsageError(f"model '{mid}' has no '{protocol}' predictions on task {task}")
             probe_seeds = sorted({int(x) for x in df["seed"].dropna()}) if "seed" in df.columns else []
-            if len(probe_seeds) > 1 and len(seeds) > 1:
-                raise UsageError(
-                    f"task {task}: protocol '{protocol}' has {len(probe_seeds)} probe seeds per image; "
-                    "compare it with one model per arm"
-                )
-            parts = ({s: df[df["seed"] == s] for s in probe_seeds} if len(probe_seeds) > 1
+            pooled = len(probe_seeds) > 1 and len(seeds) > 1
+            parts = ({s: df[df["seed"] == s] for s in probe_seeds} if len(probe_seeds) > 1 and not pooled
                      else {int(seed): df})
+            order = ["seed", "sample_id"] if pooled else ["sample_id"]
             for key, part in parts.items():
-                part = part.sort_values("sample_id", kind="stable").reset_index(drop=True)
-                if part["sample_id"].duplicated().any():
+                part = part.sort_values(order, kind="stable").reset_index(drop=True)
+                if part.duplicated(subset=order).any():
                     raise UsageError(
                         f"model '{mid}' has several '{protocol}' predictions per image on task {task}"
                     )
+                ids = part["sample_id"].astype(str) + ("#" + part["seed"].astype(str) if pooled else "")
                 labels = part["label"].astype(str).to_numpy()
                 if out is None:
                     t = load_summary(folder / SUMMARY_NAME)["task"]
@@ -241,8 +242,8 @@ def load_task_scores(results_root: str | Path, task: str, models: Mapping[str, M
                     has_groups = "group" in part.columns and (part["group"].astype(str) != "").all()
                     groups = part["group" if has_groups else "sample_id"].astype(str).to_numpy()
                     out = TaskScores(task, t["label_type"], classes, t["metric"], y, groups)
-                    ref = (part["sample_id"].to_numpy(), labels)
-                elif not np.array_equal(ref[0], part["sample_id"].to_numpy()):  # type: ignore[index]
+                    ref = (ids.to_numpy(), labels)
+                elif not np.array_equal(ref[0], ids.to_numpy()):  # type: ignore[index]
                     raise UsageError(
                         f"task {task}: '{mid}' was scored on other test images than the first model; "
                         "paired comparisons need the same ones"

@@ -175,8 +175,14 @@ def test_load_task_scores_pairs_fraction_probe_seeds_and_refuses_other_labels(tm
     assert set(ts.scores["A"]) == {0, 1} and ts.scores["A"][0].shape == (20, 3)
     with pytest.raises(UsageError, match="other labels"):
         load_task_scores(tmp_path, "t", {"A": {0: "m1"}, "B": {0: "m2"}}, protocol="linear")
-    with pytest.raises(UsageError, match="probe seeds"):
-        load_task_scores(tmp_path, "t", {"A": {0: "m1", 1: "m2"}}, protocol="fraction_0.1")
+    # one model per pre-training seed (a study's arm): each seed's probe seeds (subsets, or SimpleShot's
+    # episodes) are pooled, rows ordered by probe seed then sample id, labels and groups repeated
+    pooled = load_task_scores(tmp_path, "t", {"A": {0: "m1", 1: "m2"}, "B": {0: "m2", 1: "m1"}},
+                              protocol="fraction_0.1")
+    assert set(pooled.scores["A"]) == {0, 1} and pooled.scores["A"][0].shape == (40, 3)
+    assert len(pooled.y_true) == 40 and list(pooled.groups[:2]) == ["s00", "s01"]
+    assert pooled.groups[20] == "s00"
+    assert np.array_equal(pooled.scores["A"][1], pooled.scores["B"][0])  # both are m2's rows
 
 
 def test_per_seed_differences_are_the_one_seed_bootstrap_of_each_seed():
