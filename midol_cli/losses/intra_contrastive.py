@@ -74,7 +74,9 @@ class IntraContrastiveLoss(nn.Module):
             q_mask = q_mask & (self.queue_ids.unsqueeze(0) != sample_key.view(b, 1, 1))
         q_mask = q_mask.flatten(1)  # [B, K*Q]
         queue = self.queue.detach().reshape(k * q_size, d)
-        neg_inf = torch.finfo(student_emb.dtype).min
+        # The logits are masked and scored in float32: under bf16 autocast the matmuls give bf16, which
+        # cannot hold float32's minimum (issue 30).
+        neg_inf = torch.finfo(torch.float32).min
         total, n = student_emb.new_zeros(()), 0
         for a in range(teacher_emb.shape[0]):
             keys = all_gather_cat(teacher_emb[a].detach())  # [G, d] or [G, K, d]
@@ -83,10 +85,10 @@ class IntraContrastiveLoss(nn.Module):
                     continue
                 q = student_emb[v]
                 lb = self._batch_logits(q, keys, expert)
-                lb = lb.masked_fill(~same, neg_inf)
+                lb = lb.float().masked_fill(~same, neg_inf)
                 if self.queue_size > 0:
                     lq = (q @ queue.T) / self.temperature
-                    lq = lq.masked_fill(~q_mask, neg_inf)
+                    lq = lq.float().masked_fill(~q_mask, neg_inf)
                     logits = torch.cat([lb, lq], dim=1)
                 else:
                     logits = lb

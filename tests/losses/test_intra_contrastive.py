@@ -79,3 +79,20 @@ def test_duplicate_image_in_batch_is_not_a_negative():
     masked = loss(s, s.clone(), e, torch.tensor([1, 2, 1]))["loss"]
     unmasked = loss(s, s.clone(), e, torch.tensor([1, 2, 3]))["loss"]
     assert masked < unmasked
+
+
+def test_bf16_autocast_masks_without_overflow_and_matches_fp32():
+    """Under bf16 autocast the logits come out of the matmuls in bf16; masking them with float32's minimum
+    overflowed ("value cannot be converted to type c10::BFloat16"), so a contrastive recipe could not
+    pre-train in bf16 (found by benchmarks/peers_pretrain.py --precision bf16, issue 30)."""
+    torch.manual_seed(0)
+    loss = IntraContrastiveLoss(2, 8, queue_size=4, temperature=0.1)
+    s = F.normalize(torch.randn(2, 6, 8), dim=-1)
+    t = F.normalize(torch.randn(2, 6, 8), dim=-1)
+    e = torch.tensor([0, 0, 0, 1, 1, 1])
+    loss.enqueue(t, e)
+    ref = loss(s, t, e, sample_key=torch.arange(6))["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(s, t, e, sample_key=torch.arange(6))["loss"]
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    assert math.isclose(out.item(), ref.item(), rel_tol=0.02)
