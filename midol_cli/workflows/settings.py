@@ -352,8 +352,9 @@ class ReportSettings(Strict):
     reference: str | None = Field(None, description="Add published numbers as a labelled column: 'paper' "
                                   "(M-IDoL, arXiv 2604.08936).")
     protocol: str = Field("linear", description="Protocol to tabulate: linear, knn_k10, knn_k20, "
-                          "fraction_0.01, finetune... (not given: linear, and abmil for a case-level task "
-                          "without linear results).", json_schema_extra=cli(short="-p"))
+                          "fraction_0.01, simpleshot_8, retrieval, retrieval_loo, finetune, linear_ft, "
+                          "lora_ft, dense_probe, abmil... (not given: linear, and abmil for a case-level "
+                          "task without linear results).", json_schema_extra=cli(short="-p"))
     metric: str | None = Field(None, description="Metric to show (default: each task's primary metric).",
                                json_schema_extra=cli(short="-m"))
     plot: Path | None = Field(None, description="Also write a bar chart (PNG) of models x tasks to this "
