@@ -22,7 +22,12 @@ views) at the same global batch, with AdamW on both sides, on one device:
   ``on_before_optimizer_step`` weight-decay / last-layer schedule, optimiser and LR-scheduler step). The heads
   are sized as midol's projector (``--peer-heads matched``, the default) or left at lightly-train's defaults
   (``--peer-heads default``: 2048 / 256 / 1024 for a small data set);
-- ``lt-simclr``: lightly-train's ``SimCLR`` (one student pass over both views, no teacher, NT-Xent).
+- ``lt-simclr``: lightly-train's ``SimCLR`` (one student pass over both views, no teacher, NT-Xent);
+- ``ly-dino``, ``ly-simclr``: the same two steps written with lightly 1.6's building blocks in a plain loop
+  (``DINOProjectionHead``, ``DINOLoss``, ``update_momentum``; ``SimCLRProjectionHead``, ``NTXentLoss``),
+  as lightly-train's method modules compose them. lightly needs only tqdm beside torch, so this is the
+  peer where lightly-train's dependencies (Lightning, OpenCV, transformers, ...) cannot be installed,
+  e.g. the GPU machine (benchmarks/gpu_check.sh).
 
 The peer runs without Lightning's ``Trainer`` (no logging, progress bar or callbacks per step), so it is
 timed at or below what ``lightly_train.pretrain`` costs per step: a conservative baseline for midol.
@@ -50,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NO_MOE = ["projector.shared_expert=true", "projector.match_params=true", "projector.modality_router=true",
           "loss.negatives=modality"]  # workflows/study.py BUILTIN_VARIANTS["no_moe"]
-VARIANTS = ("midol", "no_moe", "lt-dino", "lt-simclr")
+VARIANTS = ("midol", "no_moe", "lt-dino", "lt-simclr", "ly-dino", "ly-simclr")
+PEERS = VARIANTS[2:]
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +70,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the trained modules on both sides")
     ap.add_argument("--peer-heads", choices=["matched", "default"], default="matched")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS[:4]), help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--profile", action="store_true", help="profile one step of each variant")
     ap.add_argument("--dry-run", action="store_true",
                     help="tiny sizes (batch 8, 1 round of 1 step, 1 warm-up): checks the code path only")
@@ -213,6 +219,67 @@ def _describe_lt(name: str, method) -> str:
     return f"one enc + SimCLR head ({n / 1e6:.2f} M params) pass over 2 views; no teacher; NT-Xent; AdamW"
 
 
+def _lightly_heads(name: str, dim: int, recipe, heads: str):
+    """lightly 1.6 heads sized as lightly-train's methods size them (matched: midol's widths)."""
+    from lightly.models.modules.heads import DINOProjectionHead, SimCLRProjectionHead
+
+    pj = recipe.projector
+    if name == "dino":
+        matched = (pj.hidden_dim, pj.bottleneck_dim, pj.n_prototypes)
+        h, bn, out = matched if heads == "matched" else (2048, 256, 1024)
+        return [DINOProjectionHead(dim, h, bn, out, batch_norm=False, freeze_last_layer=-1,
+                                   norm_last_layer=True) for _ in range(2)]
+    h, out = (pj.hidden_dim, pj.bottleneck_dim) if heads == "matched" else (2048, 128)
+    return [SimCLRProjectionHead(dim, h, out, num_layers=2, batch_norm=True)]
+
+
+def lightly_stepper(name: str, encoder, recipe, heads: str, dev, precision: str, compile_: bool,
+                    views: list):
+    """lightly-train's DINO / SimCLR step, written with lightly 1.6's blocks in a plain loop."""
+    import torch
+    from lightly.loss import DINOLoss, NTXentLoss
+    from lightly.models.utils import get_weight_decay_parameters, update_momentum
+
+    student = encoder.to(dev)
+    hs = [h.to(dev) for h in _lightly_heads(name, encoder.num_features, recipe, heads)]
+    teacher = copy.deepcopy(student).requires_grad_(False) if name == "dino" else None
+    if name == "dino":
+        hs[1].requires_grad_(False)
+        crit = DINOLoss(output_dim=hs[0].last_layer.out_features, warmup_teacher_temp=0.04, teacher_temp=0.04)
+    else:
+        crit = NTXentLoss(temperature=0.1)
+    decay, no_decay = get_weight_decay_parameters([student, hs[0]])
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=5e-4,
+                            weight_decay=0.04)
+    fwd_s = torch.nn.Sequential(student, hs[0])
+    fwd_s = torch.compile(fwd_s) if compile_ else fwd_s
+    x = torch.cat(views)
+    bf16 = precision == "bf16"
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            if name == "dino":
+                update_momentum(student, teacher, m=0.996)
+                update_momentum(hs[0], hs[1], m=0.996)
+                with torch.no_grad():
+                    t_out = hs[1](teacher(x))
+                loss = crit(teacher_out=list(t_out.chunk(2)), student_out=list(fwd_s(x).chunk(2)))
+            else:
+                loss = crit(*fwd_s(x).chunk(2))
+        loss.backward()
+        if name == "dino":
+            torch.nn.utils.clip_grad_norm_(decay + no_decay, 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    n = sum(p.numel() for p in hs[0].parameters())
+    desc = (f"lightly 1.6 blocks, plain loop: student enc + DINO head ({n / 1e6:.2f} M params) on 2 views; "
+            "teacher enc + head on 2 views (1 teacher pass); DINOLoss; AdamW; EMA" if name == "dino" else
+            f"lightly 1.6 blocks, plain loop: one enc + SimCLR head ({n / 1e6:.2f} M params) pass over 2 "
+            "views; no teacher; NT-Xent; AdamW")
+    return step, desc
+
+
 def _timed(step, n: int, dev) -> tuple[float, float]:
     """Wall and process-CPU seconds per step over ``n`` steps (device synchronised at both ends)."""
     import torch
@@ -289,6 +356,9 @@ def _build(args: argparse.Namespace, dev):
         elif v in ("lt-dino", "lt-simclr"):
             steps[v] = lt_stepper(v[3:], copy.deepcopy(encoder), batch, r, args.peer_heads, dev,
                                   args.precision, args.compile, normed)
+        elif v in ("ly-dino", "ly-simclr"):
+            steps[v] = lightly_stepper(v[3:], copy.deepcopy(encoder), r, args.peer_heads, dev,
+                                       args.precision, args.compile, normed)
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     return r, batch, steps
@@ -314,7 +384,7 @@ def _ratios(rates: dict[str, list[float]]) -> dict[str, list[float]]:
     """Paired per-round ratios of each midol variant to each peer: [median, min, max]."""
     out = {}
     for mine in ("midol", "no_moe"):
-        for peer in ("lt-dino", "lt-simclr"):
+        for peer in PEERS:
             if mine in rates and peer in rates:
                 q = sorted(a / b for a, b in zip(rates[mine], rates[peer], strict=True))
                 out[f"{mine}/{peer}"] = [statistics.median(q), q[0], q[-1]]
@@ -323,14 +393,19 @@ def _ratios(rates: dict[str, list[float]]) -> dict[str, list[float]]:
 
 def _report(args: argparse.Namespace, r, batch: int, dev, steps: dict, wall: dict, cpu: dict) -> dict:
     import lightly
-    import lightly_train
     import torch
 
+    try:
+        import lightly_train
+
+        lt_version = lightly_train.__version__
+    except ImportError:  # the ly-* peers need lightly alone
+        lt_version = "not installed"
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"peer lightly-train {lightly_train.__version__} (lightly {lightly.__version__}); encoder "
+    print(f"peer lightly-train {lt_version} (lightly {lightly.__version__}); encoder "
           f"{r.model.arch} @ {r.model.img_size}px, global batch {batch}, 2 global views, {args.precision}"
           f"{', compiled' if args.compile else ''}; peer heads {args.peer_heads}; {args.reps} rounds x "
           f"{args.steps} steps after {args.warmup} warm-up steps each")
@@ -345,7 +420,7 @@ def _report(args: argparse.Namespace, r, batch: int, dev, steps: dict, wall: dic
         cm, clo, chi = res["cpu_ratios"][key]
         print(f"  ratio {key}: {med:.2f}x (rounds {lo:.2f}-{hi:.2f}x); "
               f"by CPU time {cm:.2f}x ({clo:.2f}-{chi:.2f}x)"
-              + ("  target >= 1.0x" if key == "midol/lt-dino" else ""))
+              + ("  target >= 1.0x" if key in ("midol/lt-dino", "midol/ly-dino") else ""))
     return res
 
 

@@ -33,11 +33,14 @@ def bench(monkeypatch):
 
 def test_peers_pretrain_dry_run_measures_every_variant(bench, capsys):
     pytest.importorskip("lightly_train", reason="the bench extra (lightly-train) is not installed")
-    res = bench("peers_pretrain").main(["--dry-run", "--profile"])
+    every = ["midol", "no_moe", "lt-dino", "lt-simclr", "ly-dino", "ly-simclr"]
+    # bf16, as benchmarks/gpu_check.sh runs it (a contrastive recipe once failed there: issue 30)
+    res = bench("peers_pretrain").main(["--dry-run", "--profile", "--precision", "bf16",
+                                        "--variants", ",".join(every)])
     out = capsys.readouterr().out
-    assert set(res["rates"]) == {"midol", "no_moe", "lt-dino", "lt-simclr"}
+    assert set(res["rates"]) == set(every)
     assert all(len(r) == 1 and r[0] > 0 for r in res["rates"].values())
-    assert set(res["ratios"]) == {"midol/lt-dino", "midol/lt-simclr", "no_moe/lt-dino", "no_moe/lt-simclr"}
+    assert set(res["ratios"]) == {f"{m}/{p}" for m in every[:2] for p in every[2:]}
     assert "lightly-train 0.18" in out and "load average" in out and "1 teacher pass" in out
     # the profile splits each step's op time; the encoder's ops are most of it on every side
     for cats in res["profile_ms"].values():
