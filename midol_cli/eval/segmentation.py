@@ -103,18 +103,28 @@ def metrics_block(
     return out
 
 
+def predictions_name(protocol: str) -> str:
+    """The per-image file of a segmentation protocol: full fine-tuning's ``predictions.parquet``, any
+    other's ``predictions_<protocol>.parquet`` (``train/segment.py``: the probe's ``_dense_probe``)."""
+    return "predictions.parquet" if protocol == "finetune" else f"predictions_{protocol}.parquet"
+
+
 def write_predictions(
     path: str | Path, sample_ids: Sequence[str], splits: Sequence[str], dice: Any, jaccard: Any,
-    meta: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None, groups: Sequence[Any] | None = None,
 ) -> None:
-    """``predictions.parquet``: one row per image, columns ``sample_id, split, dice, jaccard`` (atomic)."""
+    """``predictions.parquet``: one row per image, columns ``sample_id, split, group, dice, jaccard``
+    (atomic). ``group`` (the patient or lesion; the sample id when not given) is what ``report --compare``
+    resamples, as the summary's CIs do (issue 29)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    ids = [str(s) for s in sample_ids]
     schema = pa.schema(
         [
             ("sample_id", pa.string()),
             ("split", pa.string()),
+            ("group", pa.string()),
             ("dice", pa.float64()),
             ("jaccard", pa.float64()),
         ],
@@ -122,8 +132,9 @@ def write_predictions(
     )
     table = pa.table(
         {
-            "sample_id": [str(s) for s in sample_ids],
+            "sample_id": ids,
             "split": [str(s) for s in splits],
+            "group": ids if groups is None else [str(g) for g in groups],
             "dice": np.asarray(dice, dtype=np.float64),
             "jaccard": np.asarray(jaccard, dtype=np.float64),
         },

@@ -95,15 +95,9 @@ def comparison_rows(
         raise UsageError(f"--n-boot {n_boot} is too small; use at least 10 (2000 for a report)")
     root = Path(results_root)
     folders, common = _common_tasks(root, a, b)
-    from midol_cli.eval.retrieval import PROTOCOLS
-
-    if protocol in PROTOCOLS:  # per-query values, not class probabilities (issue 29.2)
-        from midol_cli.report.compare_retrieval import retrieval_differences, retrieval_points
-
-        found = retrieval_points(root, common, folders, a, b, protocol, say)
-        if not found:
-            raise UsageError(f"--compare: no task with comparable '{protocol}' values of '{a}' and '{b}'")
-        return _rows(found, retrieval_differences([p[0] for p in found], n_boot=n_boot, seed=seed))
+    rows, common = _per_case_rows(root, common, folders, a, b, protocol, say, n_boot, seed)
+    if rows is not None:
+        return rows
     points = []
     for task in common:
         used = task_protocol([f[task] for f in folders.values() if task in f], protocol, case_protocol)
@@ -114,6 +108,32 @@ def comparison_rows(
         raise UsageError(f"--compare: no task with comparable '{protocol}' predictions of '{a}' and '{b}'")
     diffs = paired_differences([p[0] for p in points], "B", ["A"], n_boot=n_boot, seed=seed)["A"]
     return _rows(points, diffs)
+
+
+def _per_case_rows(root: Path, common: list[str], folders: dict[str, dict[str, Path]], a: str, b: str,
+                   protocol: str, say: Callable[[str], None], n_boot: int,
+                   seed: int) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """The rows of a protocol scored by per-case values (retrieval's queries, issue 29.2; a segmentation
+    task's images, issue 29), or ``(None, the tasks left for class probabilities)``. Segmentation tasks
+    are compared under ``dense_probe``, or ``finetune`` when every shared task is one; otherwise they are
+    skipped (their Dice is not a class probability, and no mean mixes it with an AUROC)."""
+    from midol_cli.eval.retrieval import PROTOCOLS
+    from midol_cli.report.compare_retrieval import retrieval_differences, retrieval_points
+    from midol_cli.report.compare_segmentation import SEG_PROBE, is_segmentation, segmentation_points
+
+    seg = [t for t in common if is_segmentation(folders[a][t])]
+    if protocol in PROTOCOLS:
+        found = retrieval_points(root, common, folders, a, b, protocol, say)
+    elif protocol == SEG_PROBE or (seg and len(seg) == len(common)):
+        found = segmentation_points(common, folders, a, b, protocol, say)
+    else:
+        for t in seg:
+            say(f"--compare: task {t} skipped: a segmentation task; compare it with -p dense_probe, or "
+                "-p finetune on segmentation tasks alone")
+        return None, [t for t in common if t not in seg]
+    if not found:
+        raise UsageError(f"--compare: no task with comparable '{protocol}' values of '{a}' and '{b}'")
+    return _rows(found, retrieval_differences([p[0] for p in found], n_boot=n_boot, seed=seed)), common
 
 
 def task_protocol(task_dirs: Sequence[Path], protocol: str, case_protocol: str | None) -> str:

@@ -363,7 +363,8 @@ class SegmentationTask:
         ids = [fd.items[k].sample_id for k in kept]
         write_predictions(out_dir / self._named(PREDICTIONS_NAME), ids, ["test"] * len(kept),
                           dice, jac, {"task": self.spec.name, "model": mid, "protocol": self.protocol,
-                                      "metrics": ["dice", "jaccard"], "threshold": "argmax"})
+                                      "metrics": ["dice", "jaccard"], "threshold": "argmax"},
+                          groups=[fd.items[k].group for k in kept])
         by_item = {k: float(d) for k, d in zip(kept, dice, strict=True)}
         picks = [kept[i] for i in pick_cases(dice, PANEL_CASES)]
         cases = panel_cases(self.model, fd, picks, by_item, size, mean, std, dev, self.max_pixels)

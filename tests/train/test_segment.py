@@ -282,7 +282,7 @@ def test_results_files_and_summary_schema(trained):
     d, j = block["metrics"]["dice"]["value"], block["metrics"]["jaccard"]["value"]
     assert j < d  # per image J = D / (2 - D) <= D
     preds = pd.read_parquet(out / "predictions.parquet")
-    assert list(preds.columns) == ["sample_id", "split", "dice", "jaccard"] and len(preds) == 12
+    assert list(preds.columns) == ["sample_id", "split", "group", "dice", "jaccard"] and len(preds) == 12
     assert preds["dice"].mean() == pytest.approx(d)
     np.testing.assert_allclose(preds["jaccard"], preds["dice"] / (2 - preds["dice"]), rtol=1e-9)
     assert (out / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
