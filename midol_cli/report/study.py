@@ -160,12 +160,17 @@ def _ms_seeds(per_seed: dict[int, float]) -> str:
     return f"{_fmt(mean)} ± {_fmt(std)}"
 
 
+def _first_title(rec: dict[str, Any]) -> str:
+    """The protocol that drives the study's statistics, as its tables name it."""
+    first = (rec.get("protocols") or ["linear"])[0]
+    return "Linear probe" if first == "linear" else f"Protocol {first}"
+
+
 def render_markdown(rec: dict[str, Any]) -> str:
     variants = list(rec["variants"])
     tasks = list(rec["tasks"])
     seeds = rec["seeds"]
-    first = (rec.get("protocols") or ["linear"])[0]
-    title = "Linear probe" if first == "linear" else f"Protocol {first}"
+    title = _first_title(rec)
     lines = [
         "# midol study",
         "",
@@ -320,8 +325,8 @@ def _paired_lines(rec: dict[str, Any], tasks: list[str], means: list[dict[str, A
         "replicates). "
         "With few seeds its error rate depends on how the noise splits between seeds and images (too "
         "narrow when the seeds' spread dominates: 6-12% false rejections at 3 seeds; too wide when each "
-        "run's luck on the images does: docs/evaluation.md, \"Seed-level inference\"). Linear probe, "
-        "per task; no mean row (it averaged the tasks' primary metrics).",
+        "run's luck on the images does: docs/evaluation.md, \"Seed-level inference\"). "
+        f"{_first_title(rec)}, per task; no mean row (it averaged the tasks' primary metrics).",
         "",
         "| task | " + " | ".join(others) + " |",
         "|---|" + "---|" * len(others),

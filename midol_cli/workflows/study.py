@@ -39,6 +39,7 @@ from typing import Any
 from midol_cli.errors import UsageError
 from midol_cli.progress import Reporter
 from midol_cli.workflows.study_aggregate import BASELINE, model_id
+from midol_cli.workflows.study_protocols import check_protocols, protocol_switches
 
 RANDOM = "random"
 RANDOM_BN = "random_bn"
@@ -115,6 +116,9 @@ class StudyConfig:
     workers: int = 1
     device: str | None = None
     protocols: list[str] = field(default_factory=lambda: ["linear"])
+
+    def __post_init__(self) -> None:  # before any pre-training (issue 29)
+        check_protocols(self.protocols)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -330,18 +334,6 @@ def _probe(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str, reporter:
                          f"(it has {', '.join(summary['protocols'])})")
     write_json_atomic(marker, source)
     return summary
-
-
-def protocol_switches(protocols: Sequence[str]) -> dict[str, Any]:
-    """The probe settings that make ``protocols`` appear in summary.json: ``simpleshot_<n>`` turns on
-    SimpleShot with those shot counts, ``retrieval``/``retrieval_loo`` retrieval (issue 29.1, 29.2); the
-    suite's own protocols (linear, knn_k10, knn_k20) need nothing."""
-    shots = sorted({int(p.split("_", 1)[1]) for p in protocols
-                    if p.startswith("simpleshot_") and p.split("_", 1)[1].isdigit()})
-    out: dict[str, Any] = {"simpleshot": True, "shots": shots} if shots else {}
-    if any(p in ("retrieval", "retrieval_loo") for p in protocols):
-        out["retrieval"] = True
-    return out
 
 
 def _probe_pooled(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str,

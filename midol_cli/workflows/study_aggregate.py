@@ -81,23 +81,32 @@ def _mean_accuracy(cfg: StudyConfig, per_task: dict[str, Any]) -> dict[str, Any]
 
 
 def _pooled_paired(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
-    """The pooled bootstrap of the linear probe per task (patients and seeds resampled together), kept
+    """The pooled bootstrap of the first protocol per task (patients and seeds resampled together), kept
     for reference beside the seed-level answer, with Holm over the tasks and DeLong per seed on binary
-    AUROC tasks. Its old cross-task "mean" (primary metrics averaged, AUROC with accuracy) is dropped."""
+    AUROC tasks. Its old cross-task "mean" (primary metrics averaged, AUROC with accuracy) is dropped.
+    A retrieval protocol resamples its per-query values (``study_protocols.pooled_query_differences``)."""
     from midol_cli.eval.paired import delong_by_seed, holm, load_task_scores, paired_differences
+    from midol_cli.eval.retrieval import PROTOCOLS
+    from midol_cli.workflows.study_protocols import pooled_query_differences
 
     variants = [v.name for v in cfg.variants]
     tasks = [t.spec.name for t in cfg.tasks]
     ids = {v: {s: model_id(v, s) for s in cfg.seeds} for v in variants}
-    scores = [load_task_scores(cfg.out / "results", t.spec.name, ids) for t in cfg.tasks]
-    diffs = paired_differences(scores, BASELINE, [v for v in variants if v != BASELINE], n_boot=cfg.n_boot)
+    first = cfg.protocols[0]
+    if first in PROTOCOLS:  # per-query values, not class probabilities (issue 29)
+        scores = []
+        diffs = pooled_query_differences(cfg.out / "results", tasks, ids, BASELINE, first, n_boot=cfg.n_boot)
+    else:
+        scores = [load_task_scores(cfg.out / "results", t, ids, protocol=first) for t in tasks]
+        diffs = paired_differences(scores, BASELINE, [v for v in variants if v != BASELINE],
+                                   n_boot=cfg.n_boot)
     paired = {v: {k: d.to_dict() for k, d in per.items() if k != "mean"} for v, per in diffs.items()}
     by_task = {ts.task: ts for ts in scores}
     for v, per in paired.items():
         names = [t for t in tasks if t in per]
         for t, adj in zip(names, holm([per[t]["p_value"] for t in names]), strict=True):
             per[t]["p_holm"] = adj
-            dl = delong_by_seed(by_task[t], v, BASELINE, per[t]["seeds"])
+            dl = delong_by_seed(by_task[t], v, BASELINE, per[t]["seeds"]) if t in by_task else {}
             if dl:
                 per[t]["delong"] = dl
     return paired
