@@ -100,15 +100,17 @@ def test_finetune_with_classification_tasks_beside_skips_the_segmentation_one(tm
     assert any(f"task {SEG} skipped: a segmentation task" in m for m in said)
 
 
-def test_the_command_writes_md_csv_and_json(tmp_path, monkeypatch, capsys):
+def test_the_command_writes_md_csv_json_and_html(tmp_path, monkeypatch, capsys):
     from midol_cli.cli import main
 
     _seg_folder(tmp_path, "A", A_DICE)
     _seg_folder(tmp_path, "B", B_DICE)
     out = {}
-    for fmt in ("md", "csv", "json"):
+    page = tmp_path / "r.html"
+    for fmt in ("md", "csv", "json", "html"):
         monkeypatch.setattr(sys, "argv", ["midol", "report", str(tmp_path), "--compare", "A,B", "-p",
-                                          "dense_probe", "--n-boot", "100", "-f", fmt])
+                                          "dense_probe", "--n-boot", "100", "-f", fmt,
+                                          *(["-o", str(page)] if fmt == "html" else [])])
         with pytest.raises(SystemExit) as ex:
             main.run()
         got = capsys.readouterr()
@@ -118,3 +120,4 @@ def test_the_command_writes_md_csv_and_json(tmp_path, monkeypatch, capsys):
     assert out["csv"].splitlines()[1].startswith(f"A,B,{SEG},dice,")
     row = json.loads(out["json"])["rows"][0]
     assert json.loads(out["json"])["protocol"] == "dense_probe" and row["diff"] == pytest.approx(20.0)
+    assert "Paired comparison: A vs B" in page.read_text() and "20.00 [20.00, 20.00]" in page.read_text()
