@@ -29,6 +29,7 @@ import torch
 
 from midol_cli.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from midol_cli.errors import UsageError
+from midol_cli.malloc import pin_malloc_thresholds
 from midol_cli.models.encoder import build_encoder
 from midol_cli.models.midol import MIDoL, StepSchedule, cosine_momentum, midol_from_recipe
 from midol_cli.recipes import PretrainRecipe
@@ -108,6 +109,7 @@ def run_pretrain(
     if max_steps is not None and max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1 (got {max_steps}); "
                          "leave it out to run the whole schedule")
+    pin_malloc_thresholds()  # the same activations every step: keep glibc from page-faulting them anew
     dist_info: DistInfo = init_distributed()
     try:
         return _run(recipe, run_dir, resume, max_steps, dist_info, reporter or Reporter(), overwrite,
