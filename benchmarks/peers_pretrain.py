@@ -32,6 +32,9 @@ views) at the same global batch, with AdamW on both sides, on one device:
 The peer runs without Lightning's ``Trainer`` (no logging, progress bar or callbacks per step), so it is
 timed at or below what ``lightly_train.pretrain`` costs per step: a conservative baseline for midol.
 
+glibc's allocator thresholds are pinned for the whole process (``midol_cli.malloc``, as ``midol pretrain``
+does), so the peers run with them too.
+
 Timing: ``--warmup`` steps of each variant, then ``--reps`` rounds; each round runs ``--steps`` steps of
 every variant in turn (A B C D A B C D ...). Images/s per round; ratios are per round (same round, paired)
 with the median and min-max over rounds. ``--profile``: one step of each variant under torch.profiler, the
@@ -117,6 +120,7 @@ def midol_stepper(recipe_path: str, overrides: list[str], batch: int, dev, preci
     task = PretrainTask(r, DistInfo(device=dev), micro=batch, init=False, reporter=Silent())
     task.model.student.encoder.load_state_dict(encoder_state)
     task.model.teacher.encoder.load_state_dict(encoder_state)
+    task.model.train()  # as train/pretrain.py does before fit: the teacher's batch norms use batch statistics
     task.stop = r.train.steps
     oc = r.optim
     cfg = FitConfig(run_dir=Path(tempfile.gettempdir()), peak_lr=task.peak_lr, warmup_frac=oc.warmup_frac,
@@ -311,25 +315,26 @@ def _category(name: str) -> str:
     return "other ops (elementwise, copies, losses, autograd glue)"
 
 
-def profile_step(name: str, step, dev) -> dict[str, float]:
-    """ms per category of one step under torch.profiler (self time of the top-level-free aten ops)."""
+def profile_step(name: str, step, dev, n: int = 3) -> dict[str, float]:
+    """ms per step and category over ``n`` steps under torch.profiler (self time of the aten ops)."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        step()
+        for _ in range(n):
+            step()
     cats: dict[str, float] = {}
     attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     for ev in prof.key_averages():
         if not ev.key.startswith("aten::"):
             continue
-        cats[_category(ev.key)] = cats.get(_category(ev.key), 0.0) + getattr(ev, attr) / 1e3
+        cats[_category(ev.key)] = cats.get(_category(ev.key), 0.0) + getattr(ev, attr) / 1e3 / n
     top = sorted(prof.key_averages(), key=lambda e: -getattr(e, attr))[:5]
     total = sum(cats.values())
-    print(f"  profile {name:10s} {total:8.1f} ms of aten self time: "
+    print(f"  profile {name:10s} {total:8.1f} ms of aten self time per step: "
           + "; ".join(f"{k} {v:.1f} ({100 * v / total:.0f}%)"
                       for k, v in sorted(cats.items(), key=lambda kv: -kv[1])))
-    print(f"  {'':18s} top ops: " + ", ".join(f"{e.key} {getattr(e, attr) / 1e3:.1f}" for e in top))
+    print(f"  {'':18s} top ops: " + ", ".join(f"{e.key} {getattr(e, attr) / 1e3 / n:.1f}" for e in top))
     return cats
 
 
@@ -428,14 +433,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = _args(argv)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("LIGHTLY_TRAIN_EVENTS_DISABLED", "1")  # no telemetry from the peer
+    from midol_cli.malloc import pin_malloc_thresholds
+
+    # as `midol pretrain` runs (train/pretrain.py); process-wide, so the peers run with it too
+    pinned = pin_malloc_thresholds()
     import torch
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     r, batch, steps = _build(args, dev)
     wall, cpu = _rates(args, dev, steps, batch)
     res = _report(args, r, batch, dev, steps, wall, cpu)
+    res["malloc_pinned"] = pinned
+    print(f"  glibc malloc thresholds pinned (midol_cli.malloc, both sides): {pinned}")
     if args.profile:
-        res["profile_ms"] = {k: profile_step(k, step, dev) for k, (step, _desc) in steps.items()}
+        res["profile_ms"] = {k: profile_step(k, step, dev, 1 if args.dry_run else 3)
+                             for k, (step, _desc) in steps.items()}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return res
