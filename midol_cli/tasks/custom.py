@@ -389,7 +389,18 @@ def auto_tasks(df, source: str) -> list:
         )
         if label_type != "multilabel":  # a one-class test split is refused here, before any embedding
             check_labels(specs[-1], df.iloc[rows], f"'{source}'")
-    return specs
+    return _distinct_names(specs)
+
+
+def _distinct_names(specs: list) -> list:
+    """Two modalities ingested in the same dataset layout (a look-alike of fundus in APTOS's) would give
+    the same ``auto-<dataset>`` name: those take ``auto-<dataset>-<modality>``; a unique name is kept."""
+    import dataclasses
+    from collections import Counter
+
+    seen = Counter(sp.name for sp in specs)
+    return [dataclasses.replace(sp, name=f"{sp.name}-{sp.modality}") if seen[sp.name] > 1 else sp
+            for sp in specs]
 
 
 def auto_case(df, labels: list[str]) -> str:

@@ -115,6 +115,9 @@ def test_auto_gives_one_task_per_labelled_modality():
     )
     specs = auto_tasks(df, "shards")
     assert [(s.modality, s.name) for s in specs] == [("oct", "auto-o"), ("xray", "auto-x")]
+    # two modalities in one dataset layout (a look-alike of fundus ingested as APTOS) stay two tasks
+    same = df.assign(dataset=["aptos2019"] * 4 + ["f"], modality=["slo", "slo", "fundus", "fundus", "oct"])
+    assert [s.name for s in auto_tasks(same, "shards")] == ["auto-aptos2019-fundus", "auto-aptos2019-slo"]
 
 
 def test_builtin_names_still_resolve_and_suggest():
