@@ -37,7 +37,8 @@ found in the data. ``--data`` may also be a manifest that already carries the la
 
 ``--task auto`` reads the labels of a manifest (or shard dir): one task per labelled modality, its
 label type from the data (multilabel when any image has several labels; binary with two classes),
-its classes sorted, its split the manifest's, its name ``auto-<dataset>``.
+its classes sorted, its split the manifest's, its name ``auto-<dataset>`` (``-<modality>`` added when two
+modalities share a layout).
 """
 
 from __future__ import annotations

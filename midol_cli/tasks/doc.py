@@ -60,7 +60,8 @@ def _own_data_section() -> list[str]:
         "`--task auto --data MANIFEST` derives the task from a labelled manifest (or shard dir with one",
         "labelled modality): multilabel when any image has several labels, binary with two classes,",
         "multiclass otherwise; classes sorted; the manifest's split; "
-        "name `auto-<dataset>`. In `midol study`,",
+        "name `auto-<dataset>` (`auto-<dataset>-<modality>` when two modalities share a layout). In",
+        "`midol study`,",
         "`--tasks auto` makes one such task per labelled modality of `--data`. A manifest without labels, or",
         "with a single class, is a one-line error.",
         "",
