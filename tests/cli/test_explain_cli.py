@@ -25,17 +25,22 @@ def _midol(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return (0 if ex.value.code is None else int(ex.value.code)), out.out, out.err
 
 
-def test_explain_a_finetuned_model_and_show_it_in_the_html_report(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("matplotlib")
+def _finetuned(tmp_path, monkeypatch, capsys, *extra: str):
+    """A tiny fine-tuning run of synth-pathology (1 epoch); its results folder."""
     monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
     export = tiny_export(tmp_path / "tiny")
     data = synth_manifest(tmp_path / "data", per_class=6)
     results = tmp_path / "results"
     code, _, err = _midol(monkeypatch, capsys, "finetune", "--task", "synth-pathology", "--weights",
                           f"random:{export}", "--data", data, "--out", results, "--name", "tiny", SMOKE,
-                          "epochs=1")
+                          "epochs=1", *extra)
     assert code == 0, err
-    folder = results / "tiny" / "synth-pathology"
+    return results / "tiny" / "synth-pathology"
+
+
+def test_explain_a_finetuned_model_and_show_it_in_the_html_report(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    folder = _finetuned(tmp_path, monkeypatch, capsys)
     code, out, err = _midol(monkeypatch, capsys, "explain", folder, "--n", "2")
     assert code == 0, err
     index = json.loads((folder / "explain" / "explain.json").read_text())
@@ -50,7 +55,8 @@ def test_explain_a_finetuned_model_and_show_it_in_the_html_report(tmp_path, monk
     assert "explained (gradcam)" in out + err
     _reproduces(folder, "finetune", items)
     html = tmp_path / "report.html"
-    code, _, err = _midol(monkeypatch, capsys, "report", results, "-p", "finetune", "-f", "html", "-o", html)
+    code, _, err = _midol(monkeypatch, capsys, "report", folder.parents[1], "-p", "finetune", "-f", "html",
+                          "-o", html)
     assert code == 0, err
     page = html.read_text()
     assert "Explanation maps: tiny (finetune, Grad-CAM)" in page
@@ -83,15 +89,7 @@ def _reproduces(folder: Path, protocol: str, items: list[dict]) -> None:
 def test_explain_a_lora_run_through_its_merged_adapters(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     pytest.importorskip("peft")
-    monkeypatch.setenv("MIDOL_CACHE_DIR", str(tmp_path / "cache"))
-    export = tiny_export(tmp_path / "tiny")
-    data = synth_manifest(tmp_path / "data", per_class=6)
-    results = tmp_path / "results"
-    code, _, err = _midol(monkeypatch, capsys, "finetune", "--task", "synth-pathology", "--weights",
-                          f"random:{export}", "--data", data, "--out", results, "--name", "tiny", SMOKE,
-                          "epochs=1", "--method", "lora", "optim.lr=2.0")
-    assert code == 0, err
-    folder = results / "tiny" / "synth-pathology"
+    folder = _finetuned(tmp_path, monkeypatch, capsys, "--method", "lora", "optim.lr=2.0")
     code, _, err = _midol(monkeypatch, capsys, "explain", folder, "--n", "1")
     assert code == 0, err
     index = json.loads((folder / "explain" / "explain.json").read_text())
