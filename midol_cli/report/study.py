@@ -357,17 +357,22 @@ def _delong_lines(rec: dict[str, Any], tasks: list[str]) -> list[str]:
 
 
 def _finetune_lines(rec: dict[str, Any], tasks: list[str]) -> list[str]:
-    """The fine-tuning table (mean over the seeds run), or nothing when the study fine-tuned nothing."""
-    if not rec["finetune"]:
+    """The fine-tuning table: one column per variant and protocol (``finetune``, ``linear_ft``, ``lora_ft``,
+    ``dense_probe``), each the mean over the seeds run; nothing when the study fine-tuned nothing.
+    Segmentation tasks, fine-tuned only, follow the probed ``tasks``."""
+    ft = rec.get("finetune") or {}
+    if not ft:
         return []
-    ft_vars = sorted({v for per in rec["finetune"].values() for v in per})
-    lines = ["", "## Fine-tuning (primary metric on test, x100; first seed(s))", "",
-             "| task | " + " | ".join(ft_vars) + " |", "|---|" + "---|" * len(ft_vars)]
-    for t in tasks:
-        per = rec["finetune"].get(t, {})
+    cols = sorted({(v, p) for per in ft.values() for p, by_v in per.items() for v in by_v},
+                  key=lambda c: (c[1] != "finetune", c[1], c[0]))
+    lines = ["", "## Fine-tuning (primary metric on test, x100; mean over the first seed(s))", "",
+             "| task | " + " | ".join(f"{v} · {p}" for v, p in cols) + " |", "|---|" + "---|" * len(cols)]
+    for t in [*tasks, *(t for t in ft if t not in tasks)]:
+        if t not in ft:
+            continue
         cells = []
-        for v in ft_vars:
-            vals = [x for x in per.get(v, {}).values() if x is not None]
+        for v, p in cols:
+            vals = [x for x in ft[t].get(p, {}).get(v, {}).values() if x is not None]
             cells.append(_fmt(sum(vals) / len(vals)) if vals else "–")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines

@@ -388,13 +388,17 @@ class StudySettings(Strict):
     finetune: Path | None = Field(None, description="Also fine-tune random and midol on every task with this "
                                   "recipe.", json_schema_extra=cli(metavar="RECIPE.yaml"))
     finetune_seeds: int = Field(1, ge=0, description="Seeds to fine-tune (the first N).")
+    finetune_methods: list[Literal["full", "linear", "lora"]] = Field(
+        ["full"], min_length=1, description="Comma-separated fine-tuning methods of --finetune: full "
+        "(protocol finetune), linear (frozen encoder: linear_ft, or dense_probe on a segmentation task) and "
+        "lora (lora_ft, the peft extra).")
     workers: int = Field(1, ge=0, description="Data-loading processes for embedding.")
     device: str | None = Field(None, description="cpu | cuda (default: cuda if available).")
     protocols: list[str] = Field(["linear"], min_length=1, description="Comma-separated probe protocols "
                                  "of summary.json to compare (linear, knn_k20, ...); the first drives the "
                                  "paired statistics.")
 
-    @field_validator("tasks", "variants", "protocols", mode="before")
+    @field_validator("tasks", "variants", "protocols", "finetune_methods", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
         return _csv_list(v)

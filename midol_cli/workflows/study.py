@@ -39,7 +39,8 @@ from typing import Any
 from midol_cli.errors import UsageError
 from midol_cli.progress import Reporter
 from midol_cli.workflows.study_aggregate import BASELINE, model_id
-from midol_cli.workflows.study_protocols import check_protocols, protocol_switches
+from midol_cli.workflows.study_finetune import finetune_arm
+from midol_cli.workflows.study_protocols import check_finetune_methods, check_protocols, protocol_switches
 
 RANDOM = "random"
 RANDOM_BN = "random_bn"
@@ -79,7 +80,7 @@ VARIANT_CHANGES: dict[str, str] = {
     "random_bn": "floor: no pre-training (the seed's own initialisation), BatchNorm statistics "
                  "re-estimated on the pre-training images without labels",
 }
-STUDY_SCHEMA = 1
+STUDY_SCHEMA = 2  # 2: finetune is {task: {protocol: {variant: {seed: value}}}}
 
 
 @dataclass
@@ -116,9 +117,14 @@ class StudyConfig:
     workers: int = 1
     device: str | None = None
     protocols: list[str] = field(default_factory=lambda: ["linear"])
+    finetune_methods: list[str] = field(default_factory=lambda: ["full"])
+    # Fine-tuned only, never probed: the segmentation tasks of a study with --finetune (issue 29.4)
+    finetune_tasks: list[StudyTask] = field(default_factory=list)
 
     def __post_init__(self) -> None:  # before any pre-training (issue 29)
         check_protocols(self.protocols)
+        if self.finetune_recipe is not None:
+            check_finetune_methods(self.finetune_methods, [*self.tasks, *self.finetune_tasks])
 
 
 # --------------------------------------------------------------------------- parsing
@@ -404,26 +410,6 @@ def _representation(cfg: StudyConfig, run_dir: Path, mid: str) -> dict[str, Any]
     return rep
 
 
-def _finetune(cfg: StudyConfig, task: StudyTask, run_dir: Path, mid: str) -> dict[str, Any] | None:
-    from midol_cli.eval.results import load_summary, summary_path
-    from midol_cli.recipes import finetune_schema, load_recipe
-    from midol_cli.train.finetune import run_finetune
-
-    if task.spec.label_type == "segmentation" or task.pooled:  # the pooled task has no images of its own
-        return None
-    path = summary_path(cfg.out / "results", mid, task.spec.name)
-    if path.is_file():
-        old = load_summary(path)
-        if "finetune" in old["protocols"]:
-            return old["protocols"]["finetune"]
-    recipe = load_recipe(finetune_schema(task.spec.label_type), cfg.finetune_recipe)
-    ft_dir = cfg.out / "finetune" / mid / task.spec.name
-    resume = "auto" if ft_dir.is_dir() else None
-    s = run_finetune(task.spec, str(run_dir), task.data, recipe, out_root=cfg.out / "results", name=mid,
-                     run_dir=ft_dir, resume=resume)
-    return s["protocols"]["finetune"] if s and "protocols" in s else None
-
-
 def run_study(cfg: StudyConfig, reporter: Reporter) -> dict[str, Any]:
     """Everything of the module docstring; returns the study record, which ``run`` writes
     (``report.study.write_outputs``: study.json, study.md, study.png)."""
@@ -449,11 +435,12 @@ def run_study(cfg: StudyConfig, reporter: Reporter) -> dict[str, Any]:
             and vname in cfg.finetune_variants
             and s in cfg.seeds[: cfg.finetune_seeds]
         ):
-            for t in cfg.tasks:
-                say(f"{mid}: fine-tuning on {t.spec.name}")
-                block = _finetune(cfg, t, run_dir, mid)
-                if block is not None:
-                    finetunes.setdefault((vname, s), {})[t.spec.name] = block
+            for t in [*cfg.tasks, *cfg.finetune_tasks]:
+                if not t.pooled:
+                    say(f"{mid}: fine-tuning on {t.spec.name} ({', '.join(cfg.finetune_methods)})")
+                blocks = finetune_arm(cfg, t, run_dir, mid)
+                if blocks:
+                    finetunes.setdefault((vname, s), {})[t.spec.name] = blocks
 
     record = aggregate(cfg, summaries, reps, finetunes)
     record["seconds"] = {"total": round(time.perf_counter() - t_start, 1),
@@ -481,6 +468,7 @@ def aggregate(cfg: StudyConfig, summaries, reps, finetunes) -> dict[str, Any]:
                             for v in cfg.variants},
         "seeds": list(cfg.seeds),
         "protocols": list(cfg.protocols),
+        "finetune_methods": list(cfg.finetune_methods) if cfg.finetune_recipe is not None else [],
         **numbers(cfg, summaries, reps, finetunes),
         "n_boot": cfg.n_boot,
         "provenance": provenance(stage="study"),

@@ -159,12 +159,14 @@ def _degenerate(cfg: StudyConfig, summaries) -> list[dict[str, Any]]:
 
 
 def _finetune(cfg: StudyConfig, finetunes) -> dict[str, Any]:
-    metric_of = {t.spec.name: t.spec.metric for t in cfg.tasks}
+    """``{task: {protocol: {variant: {seed: primary metric on test}}}}`` of the fine-tuning arm."""
+    metric_of = {t.spec.name: t.spec.metric for t in [*cfg.tasks, *cfg.finetune_tasks]}
     out: dict[str, Any] = {}
-    for (v, s), blocks in finetunes.items():
-        for t, blk in blocks.items():
-            val = blk.get("metrics", {}).get(metric_of[t], {}).get("value")
-            out.setdefault(t, {}).setdefault(v, {})[str(s)] = val
+    for (v, s), per_task in finetunes.items():
+        for t, blocks in per_task.items():
+            for protocol, blk in blocks.items():
+                val = blk.get("metrics", {}).get(metric_of[t], {}).get("value")
+                out.setdefault(t, {}).setdefault(protocol, {}).setdefault(v, {})[str(s)] = val
     return out
 
 

@@ -7,8 +7,10 @@ and ``retrieval`` / ``retrieval_loo`` (per-query values in ``retrieval.parquet``
 first and drive the paired statistics. The seed-level t-interval (``eval/seeds.py``) takes the per-seed
 differences of the block's value, which for retrieval is the mean of its per-query values; the pooled
 bootstrap kept for reference resamples those values here. Protocols that ``midol finetune`` writes
-(``finetune``, ``linear_ft``, ``lora_ft``, ``dense_probe``) never appear in a probe's summary, so they
-are refused before any pre-training instead of failing after it.
+(``finetune``, ``linear_ft``, ``lora_ft``, ``dense_probe``) never appear in a probe's summary, so
+``--protocols`` refuses them before any pre-training instead of failing after it: the study runs them
+with ``--finetune RECIPE.yaml --finetune-methods full,linear,lora`` (``finetune_protocol`` names the
+protocol each method writes on a task), segmentation tasks included.
 """
 
 from __future__ import annotations
@@ -32,7 +34,29 @@ def check_protocols(protocols: Sequence[str]) -> None:
         raise UsageError(
             f"--protocols {', '.join(made)}: written by `midol finetune`, not by the probe midol study runs; "
             f"--protocols takes the probe's ({PROBE_MADE}), any of which may come first and drive the "
-            "paired statistics (e.g. --protocols linear,retrieval); fine-tuning is --finetune RECIPE.yaml")
+            "paired statistics (e.g. --protocols linear,retrieval); fine-tuning's are --finetune RECIPE.yaml "
+            "--finetune-methods full,linear,lora")
+
+
+METHOD_PROTOCOL = {"full": "finetune", "linear": "linear_ft", "lora": "lora_ft"}
+
+
+def finetune_protocol(method: str, label_type: str) -> str | None:
+    """The protocol ``midol finetune --method METHOD`` writes on a task of ``label_type``: full ->
+    ``finetune``, linear -> ``linear_ft`` (``dense_probe`` on a segmentation task), lora -> ``lora_ft``;
+    None where the method does not apply (lora on a segmentation task: the study skips that pair)."""
+    if label_type == "segmentation":
+        return {"full": "finetune", "linear": "dense_probe"}.get(method)
+    return METHOD_PROTOCOL[method]
+
+
+def check_finetune_methods(methods: Sequence[str], tasks: Sequence[Any]) -> None:
+    """UsageError (one line) when a task (``StudyTask``) would take none of ``methods``."""
+    for t in tasks:
+        if not t.pooled and not any(finetune_protocol(m, t.spec.label_type) for m in methods):
+            raise UsageError(f"--finetune-methods {','.join(methods)}: none applies to {t.spec.name}, a "
+                             f"{t.spec.label_type} task (lora fine-tunes classification tasks; full and "
+                             "linear fine-tune every task)")
 
 
 def protocol_switches(protocols: Sequence[str]) -> dict[str, Any]:

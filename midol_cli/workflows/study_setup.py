@@ -17,6 +17,7 @@ def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, dat
     """(``StudyConfig``, the resolved base recipe as a dict) for ``StudySettings`` ``s``."""
     from midol_cli.recipes import PretrainRecipe, load_recipe, recipe_dict
     from midol_cli.workflows.study import StudyConfig, parse_variants
+    from midol_cli.workflows.study_finetune import finetune_recipe
 
     if data is not None:
         overrides = [*overrides, f"data.shards={data}"]
@@ -27,12 +28,24 @@ def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, dat
     if data is None:
         overrides = [*overrides, f"data.shards={shards}"]
     chosen = parse_variants(list(s.variants or DEFAULT_VARIANTS), list(s.custom_variants), base.loss.intra)
-    tasks = study_tasks(s.tasks, shards, dict(s.task_data))
+    every = study_tasks(s.tasks, shards, dict(s.task_data))
+    # segmentation tasks are fine-tuned only (full or the frozen-backbone dense probe), never probed
+    tasks = [t for t in every if t.spec.label_type != "segmentation"]
+    seg = [t for t in every if t.spec.label_type == "segmentation"]
+    if seg and s.finetune is None:
+        raise UsageError(f"task {seg[0].spec.name} is a segmentation task: a study probes frozen encoders "
+                         "on classification tasks and fine-tunes segmentation ones only with --finetune "
+                         "RECIPE.yaml")
+    if seg and not tasks:
+        raise UsageError("--tasks names segmentation tasks only; a study needs a classification task "
+                         "to probe")
     if s.finetune is not None:  # checked now, not after hours of pre-training
         if not s.finetune.is_file():
             raise UsageError(f"--finetune '{s.finetune}' is not a file")
+        for label_type in sorted({t.spec.label_type for t in every if not t.pooled}):
+            finetune_recipe(s.finetune, label_type)  # a bad key fails now, in one line
         # the pooled task is probed only, never fine-tuned (study._finetune skips it)
-        on_shards = [t.spec.name for t in tasks if (Path(t.data) / "index.json").is_file() and not t.pooled]
+        on_shards = [t.spec.name for t in every if (Path(t.data) / "index.json").is_file() and not t.pooled]
         if on_shards:
             raise UsageError(
                 f"--finetune reads images through a manifest, but task(s) {', '.join(on_shards)} would read "
@@ -41,7 +54,8 @@ def prepare_study(recipe_path: Path, overrides: list[str], s: StudySettings, dat
             )
     cfg = StudyConfig(recipe_path, overrides, shards, tasks, chosen, list(range(s.seeds)), s.out,
                       n_boot=s.n_boot, finetune_recipe=s.finetune, finetune_seeds=s.finetune_seeds,
-                      workers=s.workers, device=s.device, protocols=list(s.protocols))
+                      workers=s.workers, device=s.device, protocols=list(s.protocols),
+                      finetune_methods=list(s.finetune_methods), finetune_tasks=seg)
     return cfg, recipe_dict(base)
 
 
@@ -72,10 +86,7 @@ def study_tasks(names: list[str], data: Path, task_data: dict[str, str]):
             out.append(StudyTask(pooled_spec(read_labels_table(src), str(src)), src, pooled=True))
             continue
         src = extra.get(name, data)
-        spec = resolve_task(name, src)
-        if spec.label_type == "segmentation":
-            raise UsageError(f"task {spec.name} is a segmentation task; a study probes frozen encoders")
-        out.append(StudyTask(spec, src))
+        out.append(StudyTask(resolve_task(name, src), src))
     if not out:
         raise UsageError("--tasks names no task")
     listed = [t.spec.name for t in out]

@@ -103,6 +103,7 @@ def test_study_yaml_paths_are_absolute(tmp_path, monkeypatch, oct_data):
     for name in ("shards", "manifests"):
         shutil.copytree(oct_data[name], work / name)
     shutil.copy(ROOT / "recipes" / "finetune_smoke.yaml", work / "ft.yaml")
+    shutil.copy(ROOT / "recipes" / "finetune.yaml", work)  # ft.yaml inherits it; the study validates it now
     monkeypatch.chdir(work)
     monkeypatch.setattr("midol_cli.workflows.study.run_study", lambda cfg, rep: {})
     monkeypatch.setattr("midol_cli.report.study.write_outputs", lambda out, rec: [out / "a", out / "b"])
