@@ -76,6 +76,7 @@ def comparison_rows(
     seed: int = 0,
     warn: Callable[[str], None] | None = None,
     case_protocol: str | None = None,
+    metric: str | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per task both models have (keys ``ROW_KEYS``), then the ``mean`` row.
 
@@ -85,6 +86,8 @@ def comparison_rows(
     skipped with a ``warn`` message (default: a ``warning:`` line on stderr). Unknown models, or no
     comparable task, are ``UsageError``s. ``case_protocol``: compared instead of ``protocol`` on a task
     whose summaries have it and not ``protocol`` (``task_protocol``; abmil, -p not given: issue 27.2).
+    ``metric``: compared instead of each task's primary metric (``report -m``); a task that does not
+    score it is skipped with a warning.
     """
     from midol_cli.eval.paired import paired_differences
 
@@ -95,13 +98,13 @@ def comparison_rows(
         raise UsageError(f"--n-boot {n_boot} is too small; use at least 10 (2000 for a report)")
     root = Path(results_root)
     folders, common = _common_tasks(root, a, b)
-    rows, common = _per_case_rows(root, common, folders, a, b, protocol, say, n_boot, seed)
+    rows, common = _per_case_rows(root, common, folders, a, b, protocol, say, n_boot, seed, metric)
     if rows is not None:
         return rows
     points = []
     for task in common:
         used = task_protocol([f[task] for f in folders.values() if task in f], protocol, case_protocol)
-        point = _task_point(root, task, folders, a, b, used, say)
+        point = _task_point(root, task, folders, a, b, used, say, metric)
         if point is not None:
             points.append(point)
     if not points:
@@ -111,8 +114,8 @@ def comparison_rows(
 
 
 def _per_case_rows(root: Path, common: list[str], folders: dict[str, dict[str, Path]], a: str, b: str,
-                   protocol: str, say: Callable[[str], None], n_boot: int,
-                   seed: int) -> tuple[list[dict[str, Any]] | None, list[str]]:
+                   protocol: str, say: Callable[[str], None], n_boot: int, seed: int,
+                   metric: str | None = None) -> tuple[list[dict[str, Any]] | None, list[str]]:
     """The rows of a protocol scored by per-case values (retrieval's queries, issue 29.2; a segmentation
     task's images, issue 29), or ``(None, the tasks left for class probabilities)``. Segmentation tasks
     are compared under ``dense_probe``, or ``finetune`` when every shared task is one; otherwise they are
@@ -123,9 +126,9 @@ def _per_case_rows(root: Path, common: list[str], folders: dict[str, dict[str, P
 
     seg = [t for t in common if is_segmentation(folders[a][t])]
     if protocol in PROTOCOLS:
-        found = retrieval_points(root, common, folders, a, b, protocol, say)
+        found = retrieval_points(root, common, folders, a, b, protocol, say, metric)
     elif protocol == SEG_PROBE or (seg and len(seg) == len(common)):
-        found = segmentation_points(common, folders, a, b, protocol, say)
+        found = segmentation_points(common, folders, a, b, protocol, say, metric or "dice")
     else:
         for t in seg:
             say(f"--compare: task {t} skipped: a segmentation task; compare it with -p dense_probe, or "
@@ -167,13 +170,16 @@ def _common_tasks(root: Path, a: str, b: str) -> tuple[dict[str, dict[str, Path]
 
 
 def _task_point(root: Path, task: str, folders: dict[str, dict[str, Path]], a: str, b: str, protocol: str,
-                say: Callable[[str], None]) -> tuple[Any, dict[str, float], float | None] | None:
-    """``(task scores, {"A": metric, "B": metric}, DeLong p or None)`` of one task, the metric
-    averaged over the probe seeds both models have; None (after ``say``) when not comparable."""
+                say: Callable[[str], None],
+                metric: str | None = None) -> tuple[Any, dict[str, float], float | None] | None:
+    """``(task scores, {"A": metric, "B": metric}, DeLong p or None)`` of one task, its primary metric (or
+    ``metric``) averaged over the probe seeds both models have; None (after ``say``) when not comparable."""
+    import dataclasses
+
     import numpy as np
 
     from midol_cli.eval.delong import delong_test
-    from midol_cli.eval.metrics import PreparedScores
+    from midol_cli.eval.metrics import PreparedScores, metric_names
     from midol_cli.eval.paired import load_task_scores
 
     # Model ids relative to the root, so the two models may sit in different results folders.
@@ -184,6 +190,11 @@ def _task_point(root: Path, task: str, folders: dict[str, dict[str, Path]], a: s
     except UsageError as e:
         say(f"--compare: {e} (task skipped)")
         return None
+    if metric is not None:
+        if metric not in metric_names(ts.label_type):
+            say(f"--compare: task {task} skipped: a {ts.label_type} task has no metric '{metric}'")
+            return None
+        ts = dataclasses.replace(ts, metric=metric)
     seeds = sorted(set(ts.scores["A"]) & set(ts.scores["B"]))
     if not seeds:
         say(f"--compare: task {task} skipped: the models share no probe seed under '{protocol}'")
@@ -253,9 +264,10 @@ def _p(x: float | None) -> str:
     return "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
-def _caption(a: str, b: str, protocol: str, n_boot: int) -> list[str]:
+def _caption(a: str, b: str, protocol: str, n_boot: int, metric: str | None = None) -> list[str]:
+    what = f"metric: {metric}" if metric else "each task's primary metric"
     return [
-        f"Paired comparison {a} − {b} · protocol: {protocol} · each task's primary metric, values ×100 · "
+        f"Paired comparison {a} − {b} · protocol: {protocol} · {what}, values ×100 · "
         f"same test images, patients resampled ({n_boot} paired bootstrap replicates)",
         "",
     ]
@@ -274,9 +286,10 @@ def _notes(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], a: str, b: str, *, protocol: str = "linear",
-                    n_boot: int = 2000) -> str:
-    """The comparison as a Markdown table (values ×100) with a caption and a legend."""
-    lines = _caption(a, b, protocol, n_boot)
+                    n_boot: int = 2000, metric: str | None = None) -> str:
+    """The comparison as a Markdown table (values ×100) with a caption (``metric``: the one compared
+    instead of each task's primary metric) and a legend."""
+    lines = _caption(a, b, protocol, n_boot, metric)
     lines += [
         f"| task | metric | {a} | {b} | {a} − {b} | 95% CI | p (bootstrap) | p (DeLong) | p (Holm) | n test "
         f"| n patients | CI excludes 0 |",
@@ -317,18 +330,18 @@ def render_csv(rows: Sequence[dict[str, Any]], a: str, b: str, **_: Any) -> str:
 
 
 def render_json(rows: Sequence[dict[str, Any]], a: str, b: str, *, protocol: str = "linear",
-                n_boot: int = 2000) -> str:
-    """``{"a", "b", "protocol", "n_boot", "scale", "p_holm_of", "rows"}`` (values ×100, null where
-    undefined)."""
-    obj = {"a": a, "b": b, "protocol": protocol, "n_boot": n_boot, "scale": 100, "p_holm_of": "p_boot",
-           "rows": [_scaled(r) for r in rows]}
+                n_boot: int = 2000, metric: str | None = None) -> str:
+    """``{"a", "b", "protocol", "metric", "n_boot", "scale", "p_holm_of", "rows"}`` (values ×100, null
+    where undefined; ``metric`` null for each task's primary metric)."""
+    obj = {"a": a, "b": b, "protocol": protocol, "metric": metric, "n_boot": n_boot, "scale": 100,
+           "p_holm_of": "p_boot", "rows": [_scaled(r) for r in rows]}
     return json.dumps(obj, indent=2) + "\n"
 
 
 def render_comparison(rows: Sequence[dict[str, Any]], models: tuple[str, str], fmt: str, *,
-                      protocol: str = "linear", n_boot: int = 2000) -> str:
-    """``rows`` in ``fmt`` (md, csv or json)."""
+                      protocol: str = "linear", n_boot: int = 2000, metric: str | None = None) -> str:
+    """``rows`` in ``fmt`` (md, csv or json); ``metric`` when one was compared instead of the primary."""
     renderers = {"md": render_markdown, "csv": render_csv, "json": render_json}
     if fmt not in renderers:
         raise UsageError(f"--compare writes md, csv, json or html, not '{fmt}'")
-    return renderers[fmt](rows, models[0], models[1], protocol=protocol, n_boot=n_boot)
+    return renderers[fmt](rows, models[0], models[1], protocol=protocol, n_boot=n_boot, metric=metric)

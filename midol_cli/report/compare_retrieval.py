@@ -28,13 +28,15 @@ class QueryScores:
     values: dict[str, np.ndarray]
 
 
-def _load(folder_a: Path, folder_b: Path, task: str, protocol: str) -> QueryScores:
-    """Both models' ``protocol`` values on ``task``; UsageError when missing or not the same queries."""
+def _load(folder_a: Path, folder_b: Path, task: str, protocol: str, metric: str | None = None) -> QueryScores:
+    """Both models' ``protocol`` values of ``metric`` (default: the block's primary metric) on ``task``;
+    UsageError when missing or not the same queries."""
     from midol_cli.eval.results import SUMMARY_NAME, load_summary
     from midol_cli.eval.retrieval import PRIMARY, load_retrieval
 
-    block = load_summary(folder_a / SUMMARY_NAME)["protocols"].get(protocol) or {}
-    metric = str(block.get("primary_metric") or PRIMARY)
+    if metric is None:
+        block = load_summary(folder_a / SUMMARY_NAME)["protocols"].get(protocol) or {}
+        metric = str(block.get("primary_metric") or PRIMARY)
     parts = {}
     for arm, folder in (("A", folder_a), ("B", folder_b)):
         try:
@@ -54,12 +56,14 @@ def _load(folder_a: Path, folder_b: Path, task: str, protocol: str) -> QueryScor
 
 
 def retrieval_points(root: Path, common: Sequence[str], folders: dict[str, dict[str, Path]], a: str, b: str,
-                     protocol: str, say: Callable[[str], None]) -> list[tuple[QueryScores, dict, None]]:
-    """``(scores, {"A": mean, "B": mean}, None)`` per comparable task (others skipped after ``say``)."""
+                     protocol: str, say: Callable[[str], None],
+                     metric: str | None = None) -> list[tuple[QueryScores, dict, None]]:
+    """``(scores, {"A": mean, "B": mean}, None)`` per comparable task (others skipped after ``say``);
+    ``metric``: a per-query column other than the primary (``precision_5``, ...)."""
     points = []
     for task in common:
         try:
-            qs = _load(folders[a][task], folders[b][task], task, protocol)
+            qs = _load(folders[a][task], folders[b][task], task, protocol, metric)
         except UsageError as e:
             say(f"--compare: {e} (task skipped)")
             continue

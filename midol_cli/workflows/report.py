@@ -74,11 +74,9 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
     if s.compare is not None:  # the paired comparison: report/compare.py (html shows it beside the table)
         from midol_cli.report.compare import comparison_rows, parse_compare, render_comparison
 
-        if s.metric is not None:
-            raise UsageError("--compare compares each task's primary metric; leave out --metric")
         compare_models = parse_compare(s.compare)
         comparison = comparison_rows(root, *compare_models, protocol=s.protocol, n_boot=s.n_boot, seed=0,
-                                     case_protocol=case_protocol)
+                                     case_protocol=case_protocol, metric=s.metric)
     if s.format == "html":
         from midol_cli.report.html import render_html
 
@@ -86,7 +84,7 @@ def run(s: ReportSettings, reporter: Reporter, command: str | None = None) -> st
                            tsne=list(s.tsne), warnings=warnings,
                            command=command or " ".join(["midol", *sys.argv[1:]]))
     elif comparison is not None:
-        text = render_comparison(comparison, compare_models, s.format, n_boot=s.n_boot,
+        text = render_comparison(comparison, compare_models, s.format, n_boot=s.n_boot, metric=s.metric,
                                  protocol=_compared_protocol(table, comparison, s.protocol, case_protocol))
     else:
         text = {"md": render_markdown, "csv": render_csv, "json": render_json}[s.format](table)

@@ -211,10 +211,35 @@ def test_command_line(tree):
     assert res.exit_code == 0 and [r["task"] for r in json.loads(res.stdout)["rows"]][-1] == "mean"
 
 
+def test_a_named_metric_is_compared_instead_of_the_primary_one(tree):
+    """``report --compare -m balanced_accuracy``: every task on that metric (the binary one too, whose
+    primary is AUROC), no DeLong (not an AUROC), and the caption names the metric."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    said: list[str] = []
+    rows = comparison_rows(tree["results"], "m-a", "m-b", protocol="linear", n_boot=200, seed=0,
+                           warn=said.append, metric="balanced_accuracy")
+    by = {r["task"]: r for r in rows}
+    assert {r["metric"] for r in rows} == {"balanced_accuracy"} and by["tie"]["diff"] == pytest.approx(0)
+    y, sa, sb = tree["bin"]
+    want = balanced_accuracy_score(y, sa > 0.5) - balanced_accuracy_score(y, sb > 0.5)
+    assert by["bin"]["diff"] == pytest.approx(want) and by["bin"]["p_delong"] is None
+    assert by["clear"]["excludes_zero"] and by["clear"]["diff"] > 0.2
+    said.clear()
+    with pytest.raises(UsageError, match="no task with comparable"):  # qwk: ordinal tasks only
+        comparison_rows(tree["results"], "m-a", "m-b", protocol="linear", n_boot=50, seed=0,
+                        warn=said.append, metric="qwk")
+    assert any("a binary task has no metric 'qwk'" in m for m in said)
+    res = runner.invoke(app, ["report", str(tree["results"]), "--compare", "m-a,m-b", "--n-boot", "200",
+                              "-m", "accuracy"])
+    assert res.exit_code == 0, res.output
+    assert "metric: accuracy" in res.stdout and "| bin | accuracy |" in res.stdout
+
+
 @pytest.mark.parametrize(("args", "msg"), [
     (["--compare", "m-a"], "exactly two"),
     (["--compare", "m-a,zz"], "no model 'zz'"),
-    (["--compare", "m-a,m-b", "--metric", "auroc"], "primary metric"),
+    (["--compare", "m-a,m-b", "--metric", "qwk_zz"], "no summary has metric 'qwk_zz'"),
 ])
 def test_command_line_errors_are_one_line_with_exit_code_2(tree, monkeypatch, capsys, args, msg):
     import sys

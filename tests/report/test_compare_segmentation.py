@@ -64,6 +64,9 @@ def test_images_are_the_cases_in_files_without_groups_and_jaccard_is_paired_too(
     cs = load_case_scores(tmp_path / "A" / SEG, tmp_path / "B" / SEG, SEG, "dense_probe", "jaccard")
     expect = np.array([x / (2 - x) for x in A_DICE]) - np.array([x / (2 - x) for x in B_DICE])
     assert cs.metric == "jaccard" and np.allclose(cs.values["A"] - cs.values["B"], expect)
+    rows = comparison_rows(tmp_path, "A", "B", protocol="dense_probe", n_boot=100, warn=lambda m: None,
+                           metric="jaccard")  # report --compare A,B -p dense_probe -m jaccard
+    assert rows[0]["metric"] == "jaccard" and rows[0]["diff"] == pytest.approx(expect.mean())
 
 
 def test_finetune_on_a_segmentation_task_reads_predictions_parquet(tmp_path):
