@@ -23,6 +23,9 @@ HELP = (
     "\n\n[b]Testing the mechanism[/b] (docs/method.md, \"Tasks that test the mechanism\")\n\n"
     "  midol synth demo/look --lookalike          (a sixth modality, slo, drawn like fundus)\n\n"
     "  midol synth demo/mix --per-class 50 --mix oct=5    (10:1 between the others and OCT)"
+    "\n\n[b]A second family[/b] (docs/data.md, \"A second family\")\n\n"
+    "  midol synth shapes/raw --family shapes    (other generators, the same five modality names, "
+    "ImageFolder layout, three classes each)"
 )
 
 
@@ -106,6 +109,10 @@ def synth(
         None, "--mix", metavar="MODALITY=N", help="Images per class for MODALITY instead of --per-class "
         "(repeatable): an imbalanced mix, e.g. --per-class 50 --mix oct=5 for 10:1."
     ),
+    family: str = typer.Option(
+        "demo", "--family", metavar="NAME", help="Generators: demo (real dataset layouts, 4 classes) or "
+        "shapes (outlines, dot arrangements, textures, lesion colour layouts, cells; ImageFolder, 3 classes)."
+    ),
 ) -> None:
     from midol_cli.data.synth import LOOKALIKES, generate
     from midol_cli.modalities import check_modality
@@ -131,6 +138,7 @@ def synth(
                 progress=update,
                 lookalike=lookalike,
                 mix=_mix(mix or []),
+                family=family.strip().lower(),
             )
         finally:
             close()

@@ -35,6 +35,10 @@ Two opt-in settings test the mechanism (issue 28.6); neither changes an image of
   same lesion classes) but for a small camera mark, so that a shared head confuses the two;
 - ``mix``: images per class for named modalities instead of ``per_class`` (``{"oct": 5}`` with
   ``per_class=50`` is a 10:1 mix between fundus and OCT).
+
+``family="shapes"`` (issue 28.8) draws the same five modality names with other generators (``shapes/``:
+outlines, dot arrangements, oriented textures, lesion colour layouts, cell textures; three classes each,
+ImageFolder layout), to check that the demo's recipe was not tuned to this family's images.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ from typing import Any
 from midol_cli.errors import UsageError
 
 MODALITIES: tuple[str, ...] = ("xray", "fundus", "oct", "dermoscopy", "pathology")
+# Procedural families (issue 28.8): the demo's generators, and a second family with other generators under
+# the same five modality names (``shapes/``), to check that a recipe was not tuned to one family's images.
+FAMILIES: tuple[str, ...] = ("demo", "shapes")
 # Opt-in look-alike modalities (drawn only when asked for): name -> the modality it imitates.
 LOOKALIKES: dict[str, str] = {"slo": "fundus"}
 CORRUPT_KINDS: tuple[str, ...] = ("zero-byte", "truncated", "not-an-image")
@@ -106,8 +113,9 @@ def unique_values(rng, n: int, draw: Callable[[Any], str], taken: set[str] | Non
     return out
 
 
-def _module(name: str):
-    return importlib.import_module(f"midol_cli.data.synth.{name}")
+def _module(name: str, family: str = "demo"):
+    pkg = "midol_cli.data.synth" if family == "demo" else f"midol_cli.data.synth.{family}"
+    return importlib.import_module(f"{pkg}.{name}")
 
 
 def _damage(kind: str, good: bytes) -> bytes:
@@ -121,11 +129,12 @@ def _damage(kind: str, good: bytes) -> bytes:
     raise ValueError(f"unknown corruption kind {kind!r}")
 
 
-def _render_chunk(name: str, items: Sequence[Item], size: int, seed: int, root: str) -> int:
+def _render_chunk(name: str, items: Sequence[Item], size: int, seed: int, root: str,
+                  family: str = "demo") -> int:
     """Draw and write ``items`` of modality ``name`` under ``root``; runs in a worker process."""
     from midol_cli.data.synth.draw import write_bytes
 
-    mod = _module(name)
+    mod = _module(name, family)
     base = Path(root)
     for it in items:
         if it.corrupt in ("zero-byte", "not-an-image"):
@@ -149,6 +158,16 @@ def _check_args(per_class: int, size: int, workers: int, corrupt: int, seed: int
         raise UsageError(f"--corrupt {corrupt} must be 0 or more")
     if seed < 0:
         raise UsageError(f"--seed {seed} must be 0 or more")
+
+
+def _check_family(family: str, modalities: Sequence[str] | None, lookalike: bool) -> None:
+    if family not in FAMILIES:
+        raise UsageError(f"--family '{family}' is not a synth family; choose from {', '.join(FAMILIES)}")
+    if family == "demo":
+        return
+    if lookalike or any(m.strip().lower() in LOOKALIKES for m in modalities or ()):
+        raise UsageError(f"--lookalike draws a demo modality (slo); family '{family}' has none: "
+                         "use --family demo")
 
 
 def _prepare_out(out: Path, modalities: Sequence[str], force: bool) -> None:
@@ -200,7 +219,8 @@ def _per_class(chosen: list[str], per_class: int, mix: Mapping[str, int] | None)
     return {m: int(mix.get(m, per_class)) for m in chosen}
 
 
-def _plans(chosen: list[str], seed: int, per_class: dict[str, int], corrupt: int) -> dict[str, list[Item]]:
+def _plans(chosen: list[str], seed: int, per_class: dict[str, int], corrupt: int,
+           family: str = "demo") -> dict[str, list[Item]]:
     """Each modality's items, with ``corrupt`` damaged ones spread over the modalities."""
     from midol_cli.data.synth.draw import rng_for
 
@@ -211,12 +231,13 @@ def _plans(chosen: list[str], seed: int, per_class: dict[str, int], corrupt: int
 
     plans: dict[str, list[Item]] = {}
     for name in chosen:
-        plans[name] = _module(name).plan(rng_for(seed, name, "plan"), per_class[name], kinds[name])
+        keys = (name, "plan") if family == "demo" else (family, name, "plan")  # the demo's streams unchanged
+        plans[name] = _module(name, family).plan(rng_for(seed, *keys), per_class[name], kinds[name])
     return plans
 
 
 def _render_all(plans: dict[str, list[Item]], out: Path, size: int, seed: int, workers: int,
-                progress: ProgressFn | None) -> None:
+                progress: ProgressFn | None, family: str = "demo") -> None:
     """Draw every planned file under ``out/<modality>``, in chunks, on ``workers`` processes."""
     total = {name: len(items) for name, items in plans.items()}
     done = dict.fromkeys(plans, 0)
@@ -225,7 +246,7 @@ def _render_all(plans: dict[str, list[Item]], out: Path, size: int, seed: int, w
             for i in range(0, len(items), chunk)]
     if workers == 1:
         for name, part in jobs:
-            done[name] += _render_chunk(name, part, size, seed, str(out / name))
+            done[name] += _render_chunk(name, part, size, seed, str(out / name), family)
             if progress is not None:
                 progress(name, done[name], total[name])
         return
@@ -234,7 +255,7 @@ def _render_all(plans: dict[str, list[Item]], out: Path, size: int, seed: int, w
     # spawn, not fork: the parent may hold torch/OpenMP threads when called from a test or a stage.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futs = {pool.submit(_render_chunk, name, part, size, seed, str(out / name)): name
+        futs = {pool.submit(_render_chunk, name, part, size, seed, str(out / name), family): name
                 for name, part in jobs}
         for fut in as_completed(futs):
             name = futs[fut]
@@ -246,7 +267,7 @@ def _render_all(plans: dict[str, list[Item]], out: Path, size: int, seed: int, w
 def _write_modality(out: Path, name: str, items: list[Item], summary: dict[str, Any]) -> dict[str, Any]:
     """Write one modality's tables; add its damaged files to ``summary["corrupt"]`` and its files to
     ``summary["paths"]``; return its entry of ``summary["modalities"]``."""
-    mod = _module(name)
+    mod = _module(name, summary["family"])
     tables = mod.write_tables(out / name, items)
     good = [it for it in items if not it.corrupt]
     classes = Counter(lab for it in good for lab in it.labels)
@@ -278,6 +299,7 @@ def generate(
     progress: ProgressFn | None = None,
     lookalike: bool = False,
     mix: Mapping[str, int] | None = None,
+    family: str = "demo",
 ) -> dict[str, Any]:
     """Write the synthetic raw folders under ``out_dir`` and return what was written.
 
@@ -285,9 +307,11 @@ def generate(
     ``lookalike``); ``mix`` gives named modalities their own images per class; ``corrupt`` adds that many
     damaged files (spread over the modalities, referenced by their tables) for the ingest reject path.
     ``out_dir`` must be empty or absent unless ``force``, which replaces only the modality folders being
-    written. ``progress(modality, done, total)`` is called from this process as files land.
+    written. ``family`` picks the generators: ``demo`` (this package's modules) or ``shapes`` (``shapes/``,
+    the same modality names in the ImageFolder layout, three classes each; no look-alike).
+    ``progress(modality, done, total)`` is called from this process as files land.
 
-    Returns ``{"out_dir", "seed", "per_class", "size", "seconds",
+    Returns ``{"out_dir", "family", "seed", "per_class", "size", "seconds",
     "modalities": {name: {"dataset", "root", "images", "classes": {class: n},
     "groups", "multi_label", "tables", "files"}}, "corrupt": [{"modality",
     "path", "kind"}], "paths"}``; ``files`` are relative to the modality root,
@@ -297,15 +321,17 @@ def generate(
 
     t0 = time.perf_counter()
     _check_args(per_class, size, workers, corrupt, seed)
+    _check_family(family, modalities, lookalike)
     chosen = _chosen(modalities, lookalike)
     counts = _per_class(chosen, per_class, mix)
     out = Path(out_dir)
     _prepare_out(out, chosen, force)
-    plans = _plans(chosen, seed, counts, corrupt)
-    _render_all(plans, out, size, seed, workers, progress)
+    plans = _plans(chosen, seed, counts, corrupt, family)
+    _render_all(plans, out, size, seed, workers, progress, family)
 
     summary: dict[str, Any] = {
         "out_dir": str(out.resolve()),
+        "family": family,
         "seed": seed,
         "per_class": per_class,
         "size": size,
