@@ -11,6 +11,11 @@ The second tone of ``twotone`` and ``ring`` is drawn from one distribution (30-4
 lightness, another hue) and covers about half the lesion in both; the lesion's base colour, size, shape,
 shading and position are drawn alike for all three. The cue is a lightness layout, so hue jitter and
 rot90 or flips keep it. Nuisance: the family's camera (``shapes.finish``) on top.
+
+Calibration (docs/data.md, "A second family"; per-class 100, size 128, 60 test images): linear probe at
+random init 0.333, with BatchNorm re-estimated 0.467; fine-tuned from random init with
+recipes/finetune_smoke.yaml 0.717 at its 40 epochs and 0.900 at ``epochs=100``; per-channel mean and std
+0.317 (chance 0.33).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ The number of dots, hence the ink, and the dots' colours are drawn from the same
 three classes; only how dots group differs, which a crop of half the image keeps (every motif is
 repeated). Nuisance: positions, motif orientation, dot size and colour, polarity, ground colour and
 texture, the family's camera (``shapes.finish``).
+
+Calibration (docs/data.md, "A second family"; per-class 100, size 128, 60 test images): linear probe at
+random init 0.350, with BatchNorm re-estimated 0.433; fine-tuned from random init with
+recipes/finetune_smoke.yaml 0.767 at its 40 epochs and 0.883 at ``epochs=100``; per-channel mean and std
+0.353 (chance 0.33).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ The radial spectrum, hence the grain size, the intensity histogram (Gaussian) an
 are drawn from the same distribution for all three; only how orientations are shared differs, which
 no rotation, flip, crop or blur changes. Nuisance: the orientation itself, wavelength, a slow amplitude
 modulation, a low-frequency background, the family's camera (``shapes.finish``).
+
+Calibration (docs/data.md, "A second family"; per-class 100, size 128, 60 test images): linear probe at
+random init 0.667, with BatchNorm re-estimated 0.633; fine-tuned from random init with
+recipes/finetune_smoke.yaml 0.983 at its 40 epochs and 0.917 at ``epochs=100``; per-channel mean and std
+0.357 (chance 0.33).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ The covered area, cell brightness and colour are drawn alike for all three, so t
 spread say little; the cue is cell size and elongation (texture), on every part of the tile. Nuisance:
 magnification (0.85-1.2), positions, the cells' and the debris' colours, the family's camera
 (``shapes.finish``).
+
+Calibration (docs/data.md, "A second family"; per-class 100, size 128, 60 test images): linear probe at
+random init 0.700, with BatchNorm re-estimated 0.717; fine-tuned from random init with
+recipes/finetune_smoke.yaml 0.983 at its 40 epochs and 0.950 at ``epochs=100``; per-channel mean and std
+0.330 (chance 0.33).
 """
 
 from __future__ import annotations
