@@ -85,7 +85,9 @@ def synth(
     out_dir: Path | None = typer.Argument(None, metavar="OUT_DIR", show_default=False,
                                           help="Folder to create (must be empty or absent unless --force)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
-    per_class: int = typer.Option(50, "--per-class", help="Images per class (4 classes per modality)."),
+    per_class: int = typer.Option(
+        50, "--per-class", help="Images per class (4 classes per modality; 3 with --family shapes)."
+    ),
     size: int = typer.Option(128, "--size", help="Image edge in pixels (32-1024)."),
     modality: list[str] | None = typer.Option(
         None,
