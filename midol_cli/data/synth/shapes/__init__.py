@@ -20,7 +20,7 @@ per-modality augmentations apply unchanged, but nothing else is shared with the 
 Class-independent nuisance, drawn from one distribution for every class: position, scale, rotation,
 background texture, colour cast, illumination, auto-exposure to a random brightness and contrast, the
 acquisition (``draw.acquire``: focus blur, tone curve, correlated grain) and sensor noise. Cues are
-3-15 px across at the recipe's 64 px, repeated or large enough that a crop of half the image keeps them,
+3-17 px across at the recipe's 64 px, repeated or large enough that a crop of half the image keeps them,
 and carried by lightness and geometry, never by hue alone.
 
 Every image is drawn from ``draw.rng_for(seed, "shapes", modality, "image", index)``: byte-identical
