@@ -50,6 +50,7 @@ import colorsys
 import math
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,19 @@ def write_tables(root: Path, classes: tuple[str, ...]) -> list[str]:
         for cls in classes:
             (root / split / cls).mkdir(parents=True, exist_ok=True)
     return []
+
+
+def layout(classes: tuple[str, ...]) -> tuple[Any, Any]:
+    """A modality module's ``plan(rng, per_class, corrupt)`` and ``write_tables(root, items)`` (the
+    interface ``synth.generate`` calls) for its ``classes``: this family's ``plan`` and ``write_tables``."""
+
+    def plan_of(rng: np.random.Generator, per_class: int, corrupt: list[str]) -> list[Item]:
+        return plan(rng, per_class, corrupt, classes)
+
+    def tables_of(root: Path, items: list[Item]) -> list[str]:
+        return write_tables(root, classes)
+
+    return plan_of, tables_of
 
 
 def image_rng(seed: int, name: str, item: Item) -> np.random.Generator:

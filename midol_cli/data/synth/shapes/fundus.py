@@ -21,27 +21,18 @@ recipes/finetune_smoke.yaml 0.767 at its 40 epochs and 0.883 at ``epochs=100``; 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from midol_cli.data.synth import Item
 from midol_cli.data.synth.draw import blend, smooth_noise, stamp_ellipses
-from midol_cli.data.synth.shapes import DATASET, apart, colour, finish, image_rng
-from midol_cli.data.synth.shapes import plan as _plan
-from midol_cli.data.synth.shapes import write_tables as _tables
+from midol_cli.data.synth.shapes import DATASET, apart, colour, finish, image_rng, layout
 
 NAME = "fundus"
 CLASSES: tuple[str, ...] = ("single", "pair", "chain")
 __all__ = ["CLASSES", "DATASET", "NAME", "plan", "render", "write_tables"]
 
-
-def plan(rng: np.random.Generator, per_class: int, corrupt: list[str]) -> list[Item]:
-    return _plan(rng, per_class, corrupt, CLASSES)
-
-
-def write_tables(root: Path, items: list[Item]) -> list[str]:
-    return _tables(root, CLASSES)
+plan, write_tables = layout(CLASSES)
 
 
 def dots(cls: str, rng: np.random.Generator, r: float) -> np.ndarray:

@@ -21,15 +21,12 @@ recipes/finetune_smoke.yaml 0.983 at its 40 epochs and 0.950 at ``epochs=100``; 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from midol_cli.data.synth import Item
 from midol_cli.data.synth.draw import smooth_noise, stamp_ellipses
-from midol_cli.data.synth.shapes import DATASET, colour, finish, image_rng
-from midol_cli.data.synth.shapes import plan as _plan
-from midol_cli.data.synth.shapes import write_tables as _tables
+from midol_cli.data.synth.shapes import DATASET, colour, finish, image_rng, layout
 
 NAME = "pathology"
 CLASSES: tuple[str, ...] = ("small", "large", "spindle")
@@ -38,13 +35,7 @@ __all__ = ["CLASSES", "DATASET", "NAME", "plan", "render", "write_tables"]
 _RADII = {"small": ((0.05, 0.065), None), "large": ((0.09, 0.115), None),
           "spindle": ((0.1, 0.13), (0.04, 0.05))}
 
-
-def plan(rng: np.random.Generator, per_class: int, corrupt: list[str]) -> list[Item]:
-    return _plan(rng, per_class, corrupt, CLASSES)
-
-
-def write_tables(root: Path, items: list[Item]) -> list[str]:
-    return _tables(root, CLASSES)
+plan, write_tables = layout(CLASSES)
 
 
 def cells(cls: str, rng: np.random.Generator, size: int, mag: float) -> np.ndarray:

@@ -21,7 +21,6 @@ recipes/finetune_smoke.yaml 0.23 at its 40 epochs and 0.85 at ``epochs=100``; pe
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -33,21 +32,13 @@ from midol_cli.data.synth.draw import (
     smooth_noise,
     stamp_ellipses,
 )
-from midol_cli.data.synth.shapes import DATASET, apart, finish, image_rng
-from midol_cli.data.synth.shapes import plan as _plan
-from midol_cli.data.synth.shapes import write_tables as _tables
+from midol_cli.data.synth.shapes import DATASET, apart, finish, image_rng, layout
 
 NAME = "xray"
 CLASSES: tuple[str, ...] = ("disc", "square", "triangle")
 __all__ = ["CLASSES", "DATASET", "NAME", "plan", "render", "write_tables"]
 
-
-def plan(rng: np.random.Generator, per_class: int, corrupt: list[str]) -> list[Item]:
-    return _plan(rng, per_class, corrupt, CLASSES)
-
-
-def write_tables(root: Path, items: list[Item]) -> list[str]:
-    return _tables(root, CLASSES)
+plan, write_tables = layout(CLASSES)
 
 
 def _shape(cls: str, size: int, cy: float, cx: float, r: float, angle: float) -> np.ndarray:
