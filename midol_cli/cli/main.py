@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "heatmap",
     "explain",
     "study",
+    "trend",
     "contamination",
     "tasks",
     "recipes",

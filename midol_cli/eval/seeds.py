@@ -169,3 +169,35 @@ def seed_level_differences(tasks: Sequence[Any], baseline: str, variants: Sequen
             res[f"mean {metric}"] = seed_t_interval(means, alpha, power)
         out[v] = res
     return out
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> dict[str, Any]:
+    """``mean(a) - mean(b)`` for two independent sets of per-seed values (NaNs dropped): Welch's
+    t-interval and two-sided p, with the Welch-Satterthwaite degrees of freedom. Used where the seeds of
+    the two sets are not paired, e.g. a study's gap at two data scales (different images, different
+    test sets): ``report/trend.py``. CI and p are None with fewer than 2 values on a side; with no spread
+    on either side the interval has zero width (p 0, or 1 when the means are equal)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in a if v is not None and math.isfinite(v)], dtype=np.float64)
+    y = np.asarray([v for v in b if v is not None and math.isfinite(v)], dtype=np.float64)
+    out: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "df": None,
+                           "n": [int(x.size), int(y.size)], "excludes_zero": False, "method": "Welch t"}
+    if x.size == 0 or y.size == 0:
+        return out
+    diff = float(x.mean() - y.mean())
+    out["value"] = diff
+    if x.size < 2 or y.size < 2:
+        return out
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        out.update(ci_low=diff, ci_high=diff, p_value=1.0 if diff == 0 else 0.0,
+                   df=float(x.size + y.size - 2))
+    else:
+        df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+        half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+        out.update(ci_low=diff - half, ci_high=diff + half, df=float(df),
+                   p_value=float(2 * stats.t.sf(abs(diff) / se, df)))
+    out["excludes_zero"] = bool(out["ci_low"] > 0 or out["ci_high"] < 0)
+    return out

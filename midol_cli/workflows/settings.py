@@ -369,6 +369,30 @@ class ReportSettings(Strict):
     n_boot: int = Field(2000, ge=100, description="--compare: paired bootstrap replicates.")
 
 
+class TrendSettings(Strict):
+    studies: list[Path] = Field(..., min_length=2, description="Study folders written by `midol study` (or "
+                                "their study.json), in the factor's order.",
+                                json_schema_extra=cli(arg="STUDY..."))
+    labels: list[str] | None = Field(None, description="Comma-separated label per study, e.g. its data "
+                                     "scale (default: the folders' names).")
+    baseline: str | None = Field(None, description="Variant the gaps are taken against (default: the first "
+                                 "study's baseline).")
+    variants: list[str] | None = Field(None, description="Comma-separated variants to compare (default: "
+                                       "every variant all studies share).")
+    seeds: list[int] | None = Field(None, description="Comma-separated seeds (default: those every study "
+                                    "has).")
+    format: Literal["md", "json"] = Field("md", description="md (tables) or json.",
+                                          json_schema_extra=cli(short="-f"))
+    out: Path | None = Field(None, description="Write the tables to this file (atomically) instead of "
+                             "stdout.", json_schema_extra=cli(short="-o"))
+    plot: Path | None = Field(None, description="Also write the gaps per study as a PNG to this file.")
+
+    @field_validator("labels", "variants", "seeds", mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        return _csv_list(v)
+
+
 class StudySettings(Strict):
     """``study:`` keys; the pre-training recipe (every variant's base) is the rest of the settings."""
 

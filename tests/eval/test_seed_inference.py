@@ -166,3 +166,23 @@ def test_end_to_end_finds_a_planted_difference_with_the_t_power():
     one = seed_level_differences(_study(rng, n_seeds, delta, tasks=3), "midol", ["v"])["v"]
     assert set(one) == {"t0", "t1", "t2", "mean accuracy"}
     assert one["t0"].n_seeds == n_seeds and one["mean accuracy"].value > 0
+
+
+def test_welch_interval_matches_scipy_and_edge_cases():
+    from scipy import stats
+
+    from midol_cli.eval.seeds import welch_interval
+
+    a, b = [0.05, 0.06, 0.08, 0.02], [0.01, 0.02, 0.03]
+    w = welch_interval(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    lo, hi = ref.confidence_interval(0.95)
+    assert w["value"] == pytest.approx(np.mean(a) - np.mean(b)) and w["df"] == pytest.approx(ref.df)
+    assert w["p_value"] == pytest.approx(ref.pvalue) and (w["ci_low"], w["ci_high"]) == (
+        pytest.approx(lo), pytest.approx(hi))
+    assert w["n"] == [4, 3] and w["excludes_zero"] == (lo > 0)
+    one = welch_interval([0.1], [0.0, 0.02, float("nan")])
+    assert one["value"] == pytest.approx(0.09) and one["ci_low"] is None and one["n"] == [1, 2]
+    flat = welch_interval([0.1, 0.1], [0.0, 0.0])
+    assert flat["ci_low"] == flat["ci_high"] == pytest.approx(0.1) and flat["p_value"] == 0.0
+    assert welch_interval([], [0.1])["value"] is None
