@@ -75,12 +75,31 @@ def _mean_std(per_seed: dict[int, float]) -> dict[str, float | None]:
     return {"mean": mu, "std": sd, "n": len(vals)}
 
 
+def _study_seeds(studies: list[tuple[str, dict[str, Any]]], seeds: list[int] | str | None
+                 ) -> list[list[int]]:
+    """The seeds each study contributes: ``seeds`` (each study must have them), those every study has
+    (None), or each study's own (``"all"``)."""
+    if seeds == "all":
+        return [sorted(rec["seeds"]) for _, rec in studies]
+    common = sorted(set.intersection(*(set(rec["seeds"]) for _, rec in studies)))
+    use = common if seeds is None else list(seeds)
+    for lab, rec in studies:
+        missing = [s for s in use if s not in rec["seeds"]]
+        if missing:
+            raise UsageError(f"study '{lab}' lacks seed(s) {', '.join(map(str, missing))} (it has "
+                             f"{', '.join(map(str, rec['seeds']))})")
+    if not use:
+        raise UsageError("the studies share no seed; give --seeds each of them has, or --seeds all")
+    return [use] * len(studies)
+
+
 def trend(studies: list[tuple[str, dict[str, Any]]], *, baseline: str | None = None,
-          variants: list[str] | None = None, seeds: list[int] | None = None, alpha: float = 0.05
+          variants: list[str] | None = None, seeds: list[int] | str | None = None, alpha: float = 0.05
           ) -> dict[str, Any]:
     """Each study's scores and seed-level gaps (variant - baseline) on the rows they share, and the
     change of each gap from the first study to each later one (Welch). ``studies`` is ``[(label,
-    study.json record)]`` in the factor's order; seeds default to those every study has."""
+    study.json record)]`` in the factor's order; seeds default to those every study has, ``"all"``
+    takes each study's own (the change is unpaired, so the studies need not share them)."""
     from midol_cli.eval.seeds import seed_t_interval, welch_interval
 
     labels = [lab for lab, _ in studies]
@@ -101,21 +120,13 @@ def trend(studies: list[tuple[str, dict[str, Any]]], *, baseline: str | None = N
                              f"(shared: {', '.join(shared)})")
     if not want:
         raise UsageError(f"the studies share no variant besides the baseline '{base}'")
-    common = sorted(set.intersection(*(set(r["seeds"]) for r in recs)))
-    use = common if seeds is None else list(seeds)
-    for lab, rec in studies:
-        missing = [s for s in use if s not in rec["seeds"]]
-        if missing:
-            raise UsageError(f"study '{lab}' lacks seed(s) {', '.join(map(str, missing))} (it has "
-                             f"{', '.join(map(str, rec['seeds']))})")
-    if not use:
-        raise UsageError("the studies share no seed; give --seeds each of them has")
-    recs = [restrict(r, use) for r in recs]
+    uses = _study_seeds(studies, seeds)
+    recs = [restrict(r, use) for r, use in zip(recs, uses, strict=True)]
     rows, left = _rows(recs)
     out_rows = []
     for row in rows:
         scores, gaps = {}, {}
-        for lab, per in zip(labels, row["per_seed"], strict=True):
+        for lab, per, use in zip(labels, row["per_seed"], uses, strict=True):
             scores[lab] = {v: _mean_std(per[v]) for v in [base, *want]}
             gaps[lab] = {v: seed_t_interval([per[v][s] - per[base][s] for s in use
                                              if s in per[v] and s in per[base]], alpha).to_dict()
@@ -124,7 +135,8 @@ def trend(studies: list[tuple[str, dict[str, Any]]], *, baseline: str | None = N
                         for v in want} for lab in labels[1:]}
         out_rows.append({"key": row["key"], "label": row["label"], "metric": row["metric"],
                          "scores": scores, "gaps": gaps, "change": change})
-    return {"labels": labels, "baseline": base, "variants": want, "seeds": use, "rows": out_rows,
+    return {"labels": labels, "baseline": base, "variants": want, "rows": out_rows,
+            "seeds": {lab: use for lab, use in zip(labels, uses, strict=True)},
             "left_out": left, "alpha": alpha,
             "studies": {lab: {k: rec.get(k) for k in ("recipe", "overrides", "data", "seeds")}
                         for lab, rec in studies}}
@@ -152,11 +164,15 @@ def render_markdown(t: dict[str, Any]) -> str:
     """The trend's tables: scores per study, then one table per variant with its gap in each study and
     the change of the gap from the first study."""
     labels, base, first = t["labels"], t["baseline"], t["labels"][0]
-    seeds = ", ".join(map(str, t["seeds"]))
+    per = {lab: ", ".join(map(str, s)) for lab, s in t["seeds"].items()}
     out = [f"# midol trend: {', '.join(t['variants'])} against {base} across {len(labels)} studies", ""]
     out += [f"- `{lab}`: recipe `{s['recipe']}` {' '.join(s['overrides'] or [])}, data `{s['data']}`"
             for lab, s in t["studies"].items()]
-    out += ["", f"Seeds {seeds} (every study has them; each study's other seeds are left out).", ""]
+    if len(set(per.values())) == 1:
+        seeds = f"Seeds {per[first]}, in every study"
+    else:
+        seeds = "Seeds: " + "; ".join(f"`{lab}` {s}" for lab, s in per.items())
+    out += ["", seeds + " (a study's other seeds, if any, are left out).", ""]
     cols = [f"{lab}: {v}" for lab in labels for v in [base, *t["variants"]]]
     out += ["## Scores (x100, mean ± std over seeds)", "", "| row | metric | " + " | ".join(cols) + " |",
             "|---|---|" + "---|" * len(cols)]

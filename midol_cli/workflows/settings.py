@@ -379,8 +379,9 @@ class TrendSettings(Strict):
                                  "study's baseline).")
     variants: list[str] | None = Field(None, description="Comma-separated variants to compare (default: "
                                        "every variant all studies share).")
-    seeds: list[int] | None = Field(None, description="Comma-separated seeds (default: those every study "
-                                    "has).")
+    seeds: list[int] | Literal["all"] | None = Field(
+        None, description="Comma-separated seeds (default: those every study has), or all: each study's "
+        "own (the change between studies is unpaired).")
     format: Literal["md", "json"] = Field("md", description="md (tables) or json.",
                                           json_schema_extra=cli(short="-f"))
     out: Path | None = Field(None, description="Write the tables to this file (atomically) instead of "
@@ -390,7 +391,7 @@ class TrendSettings(Strict):
     @field_validator("labels", "variants", "seeds", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
-        return _csv_list(v)
+        return v if v == "all" else _csv_list(v)
 
 
 class StudySettings(Strict):

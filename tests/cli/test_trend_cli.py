@@ -35,7 +35,9 @@ def test_trend_cli(tmp_path):
     assert "change 800 - 200" in text and "random_bn" not in text.split("## Scores")[1]
     assert png.stat().st_size > 1000 and (tmp_path / "t" / "trend.trend.yaml").is_file()
     res = run_midol("trend", small, large, "-f", "json", "seeds=0,1", env=ENV, check=True)
-    assert json.loads(res.stdout)["seeds"] == [0, 1]
+    assert json.loads(res.stdout)["seeds"] == {"s200": [0, 1], "s800": [0, 1]}
+    res = run_midol("trend", small, large, "--seeds", "all", env=ENV, check=True)
+    assert "`s200` 0, 1, 2; `s800` 0, 1, 2, 3" in res.stdout
     assert "no study.json" in one_line_error(run_midol("trend", small, tmp_path / "none", env=ENV))
     assert "lacks seed(s) 3" in one_line_error(run_midol("trend", small, large, "--seeds", "3", env=ENV))
     assert "--labels names 1" in one_line_error(run_midol("trend", small, large, "--labels", "x", env=ENV))

@@ -34,7 +34,8 @@ def test_gap_per_study_and_welch_change_known_answer():
     large = study([0, 1, 2], {"a": {"midol": [0.70, 0.70, 0.70], "no_moe": [0.75, 0.76, 0.78]},
                               "b": {"midol": [0.50, 0.50, 0.50], "no_moe": [0.50, 0.50, 0.50]}})
     t = trend([("200", small), ("800", large)])
-    assert t["labels"] == ["200", "800"] and t["variants"] == ["no_moe"] and t["seeds"] == [0, 1, 2]
+    assert t["labels"] == ["200", "800"] and t["variants"] == ["no_moe"]
+    assert t["seeds"] == {"200": [0, 1, 2], "800": [0, 1, 2]}
     row = {r["key"]: r for r in t["rows"]}["a"]
     g = row["gaps"]["200"]["no_moe"]
     half = stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)  # sd of (1, 2, 3) points is 1 point
@@ -62,7 +63,7 @@ def test_only_shared_seeds_by_id_and_rows_every_study_has():
     few = study([2, 0, 1], {"a": {"midol": [0.5] * 3, "no_moe": [0.53, 0.51, 0.52]},
                             "c": {"midol": [0.5] * 3, "no_moe": [0.5] * 3}})
     t = trend([("big", big), ("few", few)])
-    assert t["seeds"] == [0, 1, 2]
+    assert t["seeds"] == {"big": [0, 1, 2], "few": [0, 1, 2]}
     (row,) = [r for r in t["rows"] if r["key"] == "a"]
     assert row["gaps"]["big"]["no_moe"]["value"] == pytest.approx(0.02)
     assert row["gaps"]["few"]["no_moe"]["diffs"] == pytest.approx([0.01, 0.02, 0.03])
@@ -70,6 +71,13 @@ def test_only_shared_seeds_by_id_and_rows_every_study_has():
     assert set(t["left_out"]) >= {"x"} and "c" not in {r["key"] for r in t["rows"]}
     # never AUROC averaged with accuracy: no mean row spans the auroc task
     assert all(r["metric"] != "auroc" or not r["key"].startswith("mean") for r in t["rows"])
+    # --seeds all: each study its own seeds (unpaired across studies), so big's seeds 3-4 enter there
+    every = trend([("big", big), ("few", few)], seeds="all")
+    assert every["seeds"] == {"big": [0, 1, 2, 3, 4], "few": [0, 1, 2]}
+    (row,) = [r for r in every["rows"] if r["key"] == "a"]
+    assert row["gaps"]["big"]["no_moe"]["value"] == pytest.approx(0.172)
+    assert row["change"]["few"]["no_moe"]["n"] == [3, 5]
+    assert "`big` 0, 1, 2, 3, 4; `few` 0, 1, 2" in render_markdown(every)
     cut = restrict(big, [1, 3])
     assert cut["tasks"]["a"]["variants"]["no_moe"]["values"] == [0.52, 0.90]
     assert cut["tasks"]["a"]["protocols"]["linear"]["variants"]["no_moe"]["values"] == [0.52, 0.90]
