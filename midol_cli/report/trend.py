@@ -28,14 +28,11 @@ def restrict(rec: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     out = copy.deepcopy(rec)
     out["seeds"] = list(seeds)
 
+    from midol_cli.workflows.study_aggregate import mean_std
+
     def cut(block: dict[str, Any]) -> None:
         for entry in block.values():
-            vals = [entry["values"][i] for i in keep]
-            fin = [v for v in vals if v is not None and math.isfinite(v)]
-            mean = sum(fin) / len(fin) if fin else None
-            std = (math.sqrt(sum((v - mean) ** 2 for v in fin) / (len(fin) - 1)) if len(fin) > 1
-                   else (0.0 if fin else None))
-            entry.update(values=vals, mean=mean, std=std)
+            entry.update(mean_std([entry["values"][i] for i in keep]))
 
     for row in out["tasks"].values():
         cut(row["variants"])
@@ -66,13 +63,12 @@ def _rows(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, left
 
 
-def _mean_std(per_seed: dict[int, float]) -> dict[str, float | None]:
-    vals = list(per_seed.values())
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    mu = sum(vals) / len(vals)
-    sd = math.sqrt(sum((x - mu) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return {"mean": mu, "std": sd, "n": len(vals)}
+def _mean_std(per_seed: dict[int, float]) -> dict[str, Any]:
+    """Mean and std over a row's seeds (std None below 2 seeds) and their number."""
+    from midol_cli.workflows.study_aggregate import mean_std
+
+    out = mean_std(list(per_seed.values()))
+    return {"mean": out["mean"], "std": out["std"] if len(per_seed) > 1 else None, "n": len(per_seed)}
 
 
 def _study_seeds(studies: list[tuple[str, dict[str, Any]]], seeds: list[int] | str | None
