@@ -129,6 +129,16 @@ def seed_t_interval(diffs: Sequence[float], alpha: float = 0.05, power: float = 
     return SeedDifference(mean, mean - half, mean + half, p, sd, n, mde, d.tolist())
 
 
+def mean_std(values: list[Any]) -> dict[str, Any]:
+    """``{"mean", "std", "values"}`` over seeds; a missing or non-finite value stays None in ``values``
+    and is left out of the mean and the std (ddof 1; 0 for one value)."""
+    clean = [float(v) if v is not None and math.isfinite(v) else None for v in values]
+    finite = [v for v in clean if v is not None]
+    mean = float(np.mean(finite)) if finite else None
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None)
+    return {"mean": mean, "std": std, "values": clean}
+
+
 def normalised(value: float | None, chance: float | None) -> float | None:
     """``(x - chance) / (1 - chance)``: 0 at chance, 1 at a perfect score (None where undefined)."""
     if value is None or chance is None or not math.isfinite(value) or not 0 <= chance < 1:

@@ -28,7 +28,7 @@ def restrict(rec: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     out = copy.deepcopy(rec)
     out["seeds"] = list(seeds)
 
-    from midol_cli.workflows.study_aggregate import mean_std
+    from midol_cli.eval.seeds import mean_std
 
     def cut(block: dict[str, Any]) -> None:
         for entry in block.values():
@@ -65,7 +65,7 @@ def _rows(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
 
 def _mean_std(per_seed: dict[int, float]) -> dict[str, Any]:
     """Mean and std over a row's seeds (std None below 2 seeds) and their number."""
-    from midol_cli.workflows.study_aggregate import mean_std
+    from midol_cli.eval.seeds import mean_std
 
     out = mean_std(list(per_seed.values()))
     return {"mean": out["mean"], "std": out["std"] if len(per_seed) > 1 else None, "n": len(per_seed)}

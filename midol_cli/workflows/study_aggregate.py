@@ -5,8 +5,9 @@ degenerate probes. ``report/study.py`` adds the seed-level comparison and the ho
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from midol_cli.eval.seeds import mean_std
 
 BASELINE = "midol"
 # ``cfg`` below is a ``workflows.study.StudyConfig`` (not imported: study.py imports this module).
@@ -16,17 +17,6 @@ StudyConfig = Any
 def model_id(variant: str, seed: int) -> str:
     """A study model's id: ``<variant>-s<seed>`` (its run dir and results folder name)."""
     return f"{variant}-s{seed}"
-
-
-def mean_std(values: list[Any]) -> dict[str, Any]:
-    """``{"mean", "std", "values"}`` over seeds; a missing or non-finite value stays None in ``values``."""
-    import numpy as np
-
-    clean = [float(v) if v is not None and math.isfinite(v) else None for v in values]
-    finite = [v for v in clean if v is not None]
-    mean = float(np.mean(finite)) if finite else None
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None)
-    return {"mean": mean, "std": std, "values": clean}
 
 
 def protocol_metric(block: dict[str, Any], task_metric: str) -> str:
